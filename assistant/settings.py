@@ -1,0 +1,160 @@
+"""Atelier's settings: one pydantic-settings class, read once and passed down.
+
+Every name is `ATELIER_<FIELD>` in the environment (outside scripts rely on them), except
+`OPENAI_API_KEY`, which is read under its usual name so an existing OpenAI setup just works.
+Modules never read `os.environ` themselves; they receive a `Settings`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BackendChoice(StrEnum):
+    AUTO = "auto"
+    OFFLINE = "offline"
+    OPENAI = "openai"
+    DIFFUSERS = "diffusers"
+
+
+class ChatFailureMode(StrEnum):
+    """What a turn does when the configured chat model cannot be reached."""
+
+    FALLBACK = "fallback"
+    FAIL = "fail"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("atelier", appauthor=False))
+
+
+#: The chat model used when only OPENAI_API_KEY is set.
+DEFAULT_OPENAI_CHAT_MODEL = "gpt-5-mini"
+DEFAULT_OPENAI_IMAGE_MODEL = "gpt-image-2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATELIER_", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+
+    backend: BackendChoice = BackendChoice.AUTO
+    diffusers_model: str | None = None
+    diffusers_device: str | None = None
+    diffusers_compile: bool = False
+    diffusers_offload: bool = False
+
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key")
+    )
+    openai_base_url: str | None = None
+    openai_image_model: str = DEFAULT_OPENAI_IMAGE_MODEL
+    openai_timeout: float = 120.0
+    openai_max_retries: int = 2
+
+    chat_base_url: str | None = None
+    chat_model: str | None = None
+    chat_api_key: SecretStr | None = None
+    chat_on_failure: ChatFailureMode = ChatFailureMode.FALLBACK
+    chat_max_tool_calls: int = 6
+    chat_timeout: float = 60.0
+    chat_history_tokens: int = 2000
+
+    width: int = 512
+    height: int = 512
+    steps: int = 25
+    guidance: float = 7.0
+    style: str | None = None
+    verbatim: bool = False
+    seed: int | None = None
+
+    max_n: int = 4
+    max_side: int = 2048
+    max_steps: int = 150
+    max_pixels_per_turn: int = 4096 * 4096
+    #: Optional spending cap per conversation for paid backends, in US dollars.
+    cost_budget_usd: float | None = None
+    max_message_chars: int = 20_000
+
+    @model_validator(mode="after")
+    def _blank_strings_are_unset(self) -> Settings:
+        """An empty env var (ATELIER_CHAT_MODEL=) means 'not configured', not a model named ''."""
+        for name in ("database_url", "diffusers_model", "openai_base_url", "chat_base_url", "chat_model"):
+            if getattr(self, name) == "":
+                setattr(self, name, None)
+        for name in ("openai_api_key", "chat_api_key"):
+            secret = getattr(self, name)
+            if secret is not None and not secret.get_secret_value().strip():
+                setattr(self, name, None)
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'atelier.db'}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def effective_backend(self) -> BackendChoice:
+        """`auto`: a configured local model wins, then OpenAI when a key is set, else offline."""
+        if self.backend is not BackendChoice.AUTO:
+            return self.backend
+        if self.diffusers_model:
+            return BackendChoice.DIFFUSERS
+        if self.openai_api_key is not None:
+            return BackendChoice.OPENAI
+        return BackendChoice.OFFLINE
+
+    @property
+    def effective_chat_api_key(self) -> SecretStr | None:
+        return self.chat_api_key or self.openai_api_key
+
+    @property
+    def effective_chat_model(self) -> str | None:
+        """The LLM agent plans when a chat model is configured, or OpenAI is reachable by key."""
+        if self.chat_model:
+            return self.chat_model
+        if self.chat_base_url is None and self.openai_api_key is not None:
+            return DEFAULT_OPENAI_CHAT_MODEL
+        return None
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings for display: secrets shown only as set/unset plus their last 4 chars."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                raw = value.get_secret_value()
+                value = f"****{raw[-4:]}" if len(raw) >= 12 else "****"
+            elif isinstance(value, StrEnum):
+                value = value.value
+            elif isinstance(value, Path):
+                value = str(value)
+            shown[name] = value
+        shown["effective_database_url"] = _mask_url_password(self.effective_database_url)
+        shown["database_url"] = _mask_url_password(self.database_url) if self.database_url else None
+        shown["effective_backend"] = self.effective_backend.value
+        shown["effective_chat_model"] = self.effective_chat_model
+        return shown
+
+
+def _mask_url_password(url: str) -> str:
+    """postgresql://user:pw@host/db → postgresql://user:****@host/db."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url
+    if parsed.password:
+        return parsed.render_as_string(hide_password=True)
+    return url

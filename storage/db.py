@@ -1,0 +1,106 @@
+"""Engine, sessions and schema upgrades.
+
+SQLite is the default and gets WAL, foreign keys and a busy timeout on every connection.
+Write transactions start with `BEGIN IMMEDIATE`: with a deferred BEGIN, two writers that
+both read first (e.g. "next image number") deadlock and one gets "database is locked" at
+once, whatever the busy timeout. Any other SQLAlchemy URL works too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class StorageError(Exception):
+    """A storage problem with a one-line message fit for the user."""
+
+
+def _is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _install_sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (pysqlite's implicit BEGIN is always DEFERRED).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """One engine plus two session factories: reads (deferred) and writes (immediate)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = _is_sqlite(url)
+        if self.is_sqlite:
+            database = make_url(url).database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            _install_sqlite_pragmas(self.engine)
+            writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+            writer = self.engine
+        self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(writer, expire_on_commit=False)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._read_sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction that holds the write lock from its first statement to commit."""
+        with self._write_sessions() as session, session.begin():
+            yield session
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration; safe when several processes start at once."""
+        from storage.migrations.runner import upgrade_to_head
+
+        try:
+            with self.engine.execution_options(sqlite_begin="IMMEDIATE").connect() as connection:
+                upgrade_to_head(connection)
+        except (DatabaseError, OperationalError) as exc:
+            raise StorageError(_describe_open_failure(self.url, exc)) from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def check_connection(self) -> None:
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except (DatabaseError, OperationalError) as exc:
+            raise StorageError(_describe_open_failure(self.url, exc)) from None
+
+
+def _describe_open_failure(url: str, exc: Exception) -> str:
+    where = make_url(url).render_as_string(hide_password=True)
+    detail = str(getattr(exc, "orig", exc)).splitlines()[0]
+    if "file is not a database" in detail or "not a database" in detail:
+        return f"{where} is not an SQLite database; point ATELIER_DATABASE_URL or ATELIER_DATA_DIR elsewhere."
+    return f"Cannot open the database {where}: {detail}"

@@ -1,0 +1,663 @@
+"""The repository: every read and write the rest of Atelier makes to rows and files.
+
+Rows (SQLAlchemy) and bytes (`ImageFileStore`) are two services; the functions here are the
+one place that keeps them consistent: a file is written before the row that names it
+commits, a failed transaction removes the files it wrote, and `sweep` clears what a crash
+left behind. Lineage queries are single recursive CTEs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image as PILImage
+from sqlalchemy import Select, delete, func, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from storage.db import Database, StorageError
+from storage.files import ImageFileStore, SweepReport
+from storage.models import Conversation, Generation, GenerationInput, Image, Message, utcnow
+from storage.pngmeta import encode_png, format_infotext
+
+MAX_LINEAGE_DEPTH = 10_000
+
+
+class NotFound(StorageError):
+    pass
+
+
+@dataclass
+class NewImage:
+    """An image to store, with everything needed to explain and replay it."""
+
+    image: PILImage.Image
+    operation: str
+    backend: str
+    model: str
+    prompt: str = ""
+    negative_prompt: str = ""
+    instruction: str | None = None
+    revised_prompt: str | None = None
+    seed: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    parent_id: int | None = None
+    mask: PILImage.Image | None = None
+
+
+@dataclass
+class NewGeneration:
+    """One backend call and what it produced (nothing, when it failed)."""
+
+    operation: str
+    backend: str
+    model: str
+    status: str = "ok"
+    prompt: str = ""
+    negative_prompt: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    duration_ms: int | None = None
+    usage: Mapping[str, Any] | None = None
+    cost_usd: float | None = None
+    #: (image id, role) with role init | mask | reference
+    inputs: Sequence[tuple[int, str]] = ()
+    images: Sequence[NewImage] = ()
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    message: Message | None
+    images: list[Image]
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    image: Image
+    depth: int
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    images_checked: int
+    missing_files: list[int]
+    hash_mismatches: list[int]
+    orphan_files: list[str]
+    temp_files: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing_files or self.hash_mismatches or self.orphan_files or self.temp_files)
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    conversation_id: int | None = None
+    backend: str | None = None
+    operation: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    query: str | None = None
+
+
+def image_infotext(image: Image) -> str:
+    """The A1111 `parameters` text for a stored image, from its row."""
+    params = dict(image.params or {})
+    fields: dict[str, Any] = {
+        "Steps": params.get("steps"),
+        "Sampler": params.get("sampler") or params.get("scheduler"),
+        "CFG scale": params.get("guidance"),
+        "Seed": image.seed,
+        "Size": f"{image.width}x{image.height}",
+        "Model": image.model,
+        "Backend": image.backend,
+        "Denoising strength": params.get("strength"),
+        "Operation": image.operation,
+    }
+    return format_infotext(image.prompt, image.negative_prompt, fields)
+
+
+def image_lineage_chunk(image: Image) -> dict[str, Any]:
+    return {
+        "id": image.id,
+        "conversation_id": image.conversation_id,
+        "number": image.number,
+        "parent_id": image.parent_id,
+        "operation": image.operation,
+        "instruction": image.instruction,
+        "revised_prompt": image.revised_prompt,
+    }
+
+
+class Repository:
+    def __init__(self, db: Database, files: ImageFileStore) -> None:
+        self.db = db
+        self.files = files
+
+    @classmethod
+    def open(cls, database_url: str, images_dir: Path) -> Repository:
+        """Open (and upgrade) a database; the app calls this once at start."""
+        db = Database(database_url)
+        db.upgrade()
+        return cls(db, ImageFileStore(images_dir))
+
+    # ----- conversations ---------------------------------------------------------------
+
+    def create_conversation(self, title: str = "New conversation") -> Conversation:
+        with self.db.write() as session:
+            conversation = Conversation(title=_clean_title(title))
+            session.add(conversation)
+            session.flush()
+            return conversation
+
+    def get_conversation(self, conversation_id: int) -> Conversation:
+        with self.db.read() as session:
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is None:
+                raise NotFound(f"There is no conversation {conversation_id}.")
+            return conversation
+
+    def list_conversations(self, limit: int = 200) -> list[Conversation]:
+        with self.db.read() as session:
+            query = select(Conversation).order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+            return list(session.scalars(query.limit(limit)))
+
+    def rename_conversation(self, conversation_id: int, title: str) -> Conversation:
+        with self.db.write() as session:
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is None:
+                raise NotFound(f"There is no conversation {conversation_id}.")
+            conversation.title = _clean_title(title)
+            return conversation
+
+    def delete_conversation(self, conversation_id: int) -> int:
+        """Delete a conversation with its rows; its files go unless another row still uses them.
+
+        Returns the number of files removed.
+        """
+        with self.db.write() as session:
+            if session.get(Conversation, conversation_id) is None:
+                raise NotFound(f"There is no conversation {conversation_id}.")
+            rows = session.execute(
+                select(Image.sha256, Image.mask_sha256).where(Image.conversation_id == conversation_id)
+            ).all()
+            hashes = {h for row in rows for h in row if h}
+            session.execute(delete(Conversation).where(Conversation.id == conversation_id))
+            still_used = self._referenced_hashes(session, hashes)
+        unused = hashes - still_used
+        for digest in unused:
+            self.files.delete(digest)
+        return len(unused)
+
+    # ----- messages --------------------------------------------------------------------
+
+    def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        plan: Mapping[str, Any] | None = None,
+        status: str = "ok",
+    ) -> Message:
+        with self.db.write() as session:
+            self._touch_conversation(session, conversation_id)
+            message = Message(
+                conversation_id=conversation_id,
+                role=role,
+                content=content,
+                plan=dict(plan) if plan is not None else None,
+                status=status,
+            )
+            session.add(message)
+            session.flush()
+            return message
+
+    def messages(self, conversation_id: int, limit: int | None = None) -> list[Message]:
+        """Oldest first; with `limit`, the newest `limit` messages (still oldest first)."""
+        with self.db.read() as session:
+            query = select(Message).where(Message.conversation_id == conversation_id)
+            if limit is None:
+                return list(session.scalars(query.order_by(Message.id)))
+            newest = list(session.scalars(query.order_by(Message.id.desc()).limit(limit)))
+            return newest[::-1]
+
+    # ----- images: writing ------------------------------------------------------------
+
+    def save_upload(
+        self, conversation_id: int, message_id: int | None, image: PILImage.Image, instruction: str | None
+    ) -> Image:
+        record = self.record_turn(
+            conversation_id,
+            images=[
+                NewImage(
+                    image=image, operation="upload", backend="upload", model="", instruction=instruction
+                )
+            ],
+            images_message_id=message_id,
+        )
+        return record.images[0]
+
+    def record_turn(
+        self,
+        conversation_id: int,
+        *,
+        reply: str | None = None,
+        plan: Mapping[str, Any] | None = None,
+        status: str = "ok",
+        generations: Sequence[NewGeneration] = (),
+        images: Sequence[NewImage] = (),
+        images_message_id: int | None = None,
+    ) -> TurnRecord:
+        """Store an assistant reply, the backend calls and their images in one transaction.
+
+        Images of `generations` and loose `images` (transforms, uploads) get the next numbers
+        of the conversation. Files are written inside the transaction before commit; if
+        anything fails, the files this call created are removed and no row remains.
+        """
+        created_files: list[str] = []
+        try:
+            with self.db.write() as session:
+                self._lock_conversation(session, conversation_id)
+                message: Message | None = None
+                if reply is not None:
+                    message = Message(
+                        conversation_id=conversation_id,
+                        role="assistant",
+                        content=reply,
+                        plan=dict(plan) if plan is not None else None,
+                        status=status,
+                    )
+                    session.add(message)
+                    session.flush()
+                message_id = message.id if message is not None else images_message_id
+                next_number = self._next_number(session, conversation_id)
+                saved: list[Image] = []
+                for new_generation in generations:
+                    generation = self._insert_generation(session, conversation_id, message_id, new_generation)
+                    for new_image in new_generation.images:
+                        row = self._insert_image(
+                            session, conversation_id, message_id, generation.id, next_number, new_image,
+                            created_files,
+                        )
+                        next_number += 1
+                        saved.append(row)
+                for new_image in images:
+                    row = self._insert_image(
+                        session, conversation_id, message_id, None, next_number, new_image, created_files
+                    )
+                    next_number += 1
+                    saved.append(row)
+                self._touch_conversation(session, conversation_id)
+        except BaseException:
+            for digest in created_files:
+                self.files.delete(digest)
+            raise
+        return TurnRecord(message=message, images=saved)
+
+    def _insert_generation(
+        self, session: Session, conversation_id: int, message_id: int | None, new: NewGeneration
+    ) -> Generation:
+        generation = Generation(
+            conversation_id=conversation_id,
+            message_id=message_id,
+            operation=new.operation,
+            backend=new.backend,
+            model=new.model,
+            prompt=new.prompt,
+            negative_prompt=new.negative_prompt,
+            params=dict(new.params),
+            status=new.status,
+            error=new.error,
+            duration_ms=new.duration_ms,
+            usage=dict(new.usage) if new.usage is not None else None,
+            cost_usd=new.cost_usd,
+        )
+        session.add(generation)
+        session.flush()
+        seen: set[tuple[int, str]] = set()
+        for image_id, role in new.inputs:
+            if (image_id, role) in seen:
+                continue
+            seen.add((image_id, role))
+            session.add(GenerationInput(generation_id=generation.id, image_id=image_id, role=role))
+        return generation
+
+    def _insert_image(
+        self,
+        session: Session,
+        conversation_id: int,
+        message_id: int | None,
+        generation_id: int | None,
+        number: int,
+        new: NewImage,
+        created_files: list[str],
+    ) -> Image:
+        if new.parent_id is not None and session.get(Image, new.parent_id) is None:
+            raise NotFound(f"There is no image {new.parent_id} to derive from.")
+        row = Image(
+            conversation_id=conversation_id,
+            message_id=message_id,
+            generation_id=generation_id,
+            parent_id=new.parent_id,
+            number=number,
+            operation=new.operation,
+            instruction=new.instruction,
+            prompt=new.prompt,
+            negative_prompt=new.negative_prompt,
+            revised_prompt=new.revised_prompt,
+            backend=new.backend,
+            model=new.model,
+            seed=new.seed,
+            width=new.image.width,
+            height=new.image.height,
+            params=dict(new.params),
+            sha256="",
+        )
+        session.add(row)
+        session.flush()
+        if new.mask is not None:
+            row.mask_sha256 = self._put(encode_png(new.mask, None, None), created_files)
+        data = encode_png(new.image, image_infotext(row), image_lineage_chunk(row))
+        row.sha256 = self._put(data, created_files)
+        session.flush()
+        return row
+
+    def _put(self, data: bytes, created_files: list[str]) -> str:
+        from storage.files import sha256_hex
+
+        digest = sha256_hex(data)
+        existed = self.files.exists(digest)
+        self.files.put(data)
+        if not existed:
+            created_files.append(digest)
+        return digest
+
+    def record_failure(
+        self,
+        conversation_id: int,
+        *,
+        reply: str,
+        plan: Mapping[str, Any] | None,
+        generation: NewGeneration | None = None,
+    ) -> Message:
+        """A failed turn stays in the record with its reason, so the user sees what happened."""
+        record = self.record_turn(
+            conversation_id,
+            reply=reply,
+            plan=plan,
+            status="failed",
+            generations=[generation] if generation is not None else (),
+        )
+        assert record.message is not None
+        return record.message
+
+    # ----- images: reading ------------------------------------------------------------
+
+    def get_image(self, image_id: int) -> Image:
+        with self.db.read() as session:
+            image = session.get(Image, image_id)
+            if image is None:
+                raise NotFound(f"There is no image with id {image_id}.")
+            return image
+
+    def get_image_by_number(self, conversation_id: int, number: int) -> Image:
+        with self.db.read() as session:
+            image = session.scalar(
+                select(Image).where(Image.conversation_id == conversation_id, Image.number == number)
+            )
+            if image is None:
+                raise NotFound(f"There is no image #{number} in this conversation.")
+            return image
+
+    def conversation_images(self, conversation_id: int) -> list[Image]:
+        with self.db.read() as session:
+            query = select(Image).where(Image.conversation_id == conversation_id).order_by(Image.number)
+            return list(session.scalars(query))
+
+    def image_path(self, image: Image) -> Path:
+        return self.files.path_for(image.sha256)
+
+    def image_bytes(self, image: Image) -> bytes:
+        return self.files.read(image.sha256)
+
+    def load_image(self, image: Image) -> PILImage.Image:
+        with PILImage.open(self.image_path(image)) as opened:
+            return opened.copy()
+
+    def load_mask(self, image: Image) -> PILImage.Image | None:
+        if image.mask_sha256 is None:
+            return None
+        with PILImage.open(self.files.path_for(image.mask_sha256)) as opened:
+            return opened.copy()
+
+    def generation(self, generation_id: int) -> tuple[Generation, list[GenerationInput]]:
+        with self.db.read() as session:
+            generation = session.get(Generation, generation_id)
+            if generation is None:
+                raise NotFound(f"There is no generation {generation_id}.")
+            inputs = list(
+                session.scalars(select(GenerationInput).where(GenerationInput.generation_id == generation_id))
+            )
+            return generation, inputs
+
+    def generations(self, conversation_id: int) -> list[Generation]:
+        with self.db.read() as session:
+            query = select(Generation).where(Generation.conversation_id == conversation_id)
+            return list(session.scalars(query.order_by(Generation.id)))
+
+    # ----- lineage (one recursive query each) -----------------------------------------
+
+    def ancestors(self, image_id: int) -> list[Image]:
+        """Root first, the image's parent last; the image itself is not included."""
+        sql = text(
+            """
+            WITH RECURSIVE chain(id, parent_id, depth) AS (
+                SELECT id, parent_id, 0 FROM images WHERE id = :image_id
+                UNION ALL
+                SELECT images.id, images.parent_id, chain.depth + 1
+                FROM images JOIN chain ON images.id = chain.parent_id
+                WHERE chain.depth < :max_depth
+            )
+            SELECT images.* FROM images JOIN chain ON images.id = chain.id
+            WHERE chain.depth > 0 ORDER BY chain.depth DESC
+            """
+        )
+        return self._images_from_sql(sql, image_id)
+
+    def descendants(self, image_id: int) -> list[Image]:
+        """Breadth-first (children, then grandchildren…), ordered by id within a generation."""
+        sql = text(
+            """
+            WITH RECURSIVE below(id, depth) AS (
+                SELECT id, 0 FROM images WHERE id = :image_id
+                UNION ALL
+                SELECT images.id, below.depth + 1
+                FROM images JOIN below ON images.parent_id = below.id
+                WHERE below.depth < :max_depth
+            )
+            SELECT images.* FROM images JOIN below ON images.id = below.id
+            WHERE below.depth > 0 ORDER BY below.depth, images.id
+            """
+        )
+        return self._images_from_sql(sql, image_id)
+
+    def lineage_tree(self, image_id: int) -> list[LineageNode]:
+        """The whole tree the image belongs to, from its root, with each node's depth."""
+        sql = text(
+            """
+            WITH RECURSIVE
+            up(id, parent_id, depth) AS (
+                SELECT id, parent_id, 0 FROM images WHERE id = :image_id
+                UNION ALL
+                SELECT images.id, images.parent_id, up.depth + 1
+                FROM images JOIN up ON images.id = up.parent_id
+                WHERE up.depth < :max_depth
+            ),
+            root(id) AS (SELECT id FROM up WHERE parent_id IS NULL OR depth = :max_depth LIMIT 1),
+            down(id, depth) AS (
+                SELECT id, 0 FROM root
+                UNION ALL
+                SELECT images.id, down.depth + 1
+                FROM images JOIN down ON images.parent_id = down.id
+                WHERE down.depth < :max_depth
+            )
+            SELECT images.* FROM images JOIN down ON images.id = down.id
+            ORDER BY down.depth, images.id
+            """
+        )
+        images = self._images_from_sql(sql, image_id)
+        depths: dict[int, int] = {}
+        nodes: list[LineageNode] = []
+        for image in images:  # parents come before children (ordered by depth)
+            depth = depths.get(image.parent_id, -1) + 1 if image.parent_id is not None else 0
+            depths[image.id] = depth
+            nodes.append(LineageNode(image=image, depth=depth))
+        return nodes
+
+    def _images_from_sql(self, sql: Any, image_id: int) -> list[Image]:
+        with self.db.read() as session:
+            if session.get(Image, image_id) is None:
+                raise NotFound(f"There is no image with id {image_id}.")
+            statement = select(Image).from_statement(sql)
+            params = {"image_id": image_id, "max_depth": MAX_LINEAGE_DEPTH}
+            return list(session.scalars(statement, params))
+
+    # ----- gallery and search ----------------------------------------------------------
+
+    def list_images(self, filters: ImageFilter | None = None, limit: int = 50, offset: int = 0) -> list[Image]:
+        """Newest first; `filters.query` uses full-text search over prompts and instructions."""
+        filters = filters or ImageFilter()
+        with self.db.read() as session:
+            query: Select[tuple[Image]] = select(Image)
+            if filters.query and filters.query.strip():
+                query = self._text_search(query, filters.query)
+            if filters.conversation_id is not None:
+                query = query.where(Image.conversation_id == filters.conversation_id)
+            if filters.backend:
+                query = query.where(Image.backend == filters.backend)
+            if filters.operation:
+                query = query.where(Image.operation == filters.operation)
+            if filters.since is not None:
+                query = query.where(Image.created_at >= filters.since)
+            if filters.until is not None:
+                query = query.where(Image.created_at < filters.until)
+            query = query.order_by(Image.id.desc()).limit(limit).offset(offset)
+            return list(session.scalars(query))
+
+    def search_images(self, text_query: str, limit: int = 50) -> list[Image]:
+        return self.list_images(ImageFilter(query=text_query), limit=limit)
+
+    def _text_search(self, query: Select[tuple[Image]], text_query: str) -> Select[tuple[Image]]:
+        if self.db.is_sqlite:
+            match = fts5_query(text_query)
+            if not match:
+                return query.where(Image.id < 0)
+            matching = text("SELECT rowid FROM images_fts WHERE images_fts MATCH :match").bindparams(
+                match=match
+            )
+            return query.where(Image.id.in_(matching))
+        words = re.findall(r"\w+", text_query)
+        for word in words:
+            pattern = f"%{word}%"
+            query = query.where(
+                or_(
+                    Image.prompt.ilike(pattern),
+                    Image.instruction.ilike(pattern),
+                    Image.revised_prompt.ilike(pattern),
+                )
+            )
+        return query
+
+    def backends_and_operations(self) -> tuple[list[str], list[str]]:
+        with self.db.read() as session:
+            backends = list(session.scalars(select(Image.backend).distinct().order_by(Image.backend)))
+            operations = list(session.scalars(select(Image.operation).distinct().order_by(Image.operation)))
+            return backends, operations
+
+    def counts(self) -> dict[str, int]:
+        with self.db.read() as session:
+            return {
+                "conversations": session.scalar(select(func.count()).select_from(Conversation)) or 0,
+                "messages": session.scalar(select(func.count()).select_from(Message)) or 0,
+                "images": session.scalar(select(func.count()).select_from(Image)) or 0,
+                "generations": session.scalar(select(func.count()).select_from(Generation)) or 0,
+            }
+
+    # ----- integrity -------------------------------------------------------------------
+
+    def known_hashes(self) -> set[str]:
+        with self.db.read() as session:
+            images = set(session.scalars(select(Image.sha256)))
+            masks = set(session.scalars(select(Image.mask_sha256).where(Image.mask_sha256.is_not(None))))
+            return {h for h in images | masks if h}
+
+    def sweep(self, *, grace_seconds: float = 3600.0) -> SweepReport:
+        """Remove temp files and files no row names (what a crash between write and commit leaves)."""
+        return self.files.sweep(self.known_hashes(), grace_seconds=grace_seconds)
+
+    def check_integrity(self) -> IntegrityReport:
+        """Rows ↔ files ↔ hashes: what `atelier doctor` reports."""
+        from storage.files import sha256_hex
+
+        missing: list[int] = []
+        mismatched: list[int] = []
+        with self.db.read() as session:
+            rows = session.execute(select(Image.id, Image.sha256, Image.mask_sha256)).all()
+        for image_id, digest, mask_digest in rows:
+            for expected in (digest, mask_digest):
+                if not expected:
+                    continue
+                path = self.files.path_for(expected)
+                if not path.exists():
+                    missing.append(image_id)
+                elif sha256_hex(path.read_bytes()) != expected:
+                    mismatched.append(image_id)
+        known = {h for row in rows for h in row[1:] if h}
+        orphans = sorted(set(self.files.all_hashes()) - known)
+        temps = sorted(str(p) for p in self.files.temp_files())
+        return IntegrityReport(len(rows), missing, mismatched, orphans, temps)
+
+    # ----- helpers ---------------------------------------------------------------------
+
+    def _lock_conversation(self, session: Session, conversation_id: int) -> None:
+        query = select(Conversation.id).where(Conversation.id == conversation_id)
+        if not self.db.is_sqlite:
+            query = query.with_for_update()
+        if session.scalar(query) is None:
+            raise NotFound(f"There is no conversation {conversation_id}.")
+
+    def _next_number(self, session: Session, conversation_id: int) -> int:
+        current = session.scalar(
+            select(func.max(Image.number)).where(Image.conversation_id == conversation_id)
+        )
+        return (current or 0) + 1
+
+    def _touch_conversation(self, session: Session, conversation_id: int) -> None:
+        result = session.execute(
+            update(Conversation).where(Conversation.id == conversation_id).values(updated_at=utcnow())
+        )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFound(f"There is no conversation {conversation_id}.")
+
+    def _referenced_hashes(self, session: Session, hashes: Iterable[str]) -> set[str]:
+        wanted = list(hashes)
+        if not wanted:
+            return set()
+        used = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(wanted))))
+        used |= set(session.scalars(select(Image.mask_sha256).where(Image.mask_sha256.in_(wanted))))
+        return {h for h in used if h}
+
+
+def fts5_query(user_text: str) -> str:
+    """Words as quoted prefix terms, so user text can never be FTS5 syntax ("NOT", quotes, *)."""
+    words = re.findall(r"\w+", user_text.lower())
+    return " ".join(f'"{word}"*' for word in words[:16])
+
+
+def _clean_title(title: str) -> str:
+    cleaned = " ".join(title.split())
+    return (cleaned[:120] or "New conversation").strip()

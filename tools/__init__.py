@@ -1,0 +1,1 @@
+"""Image backends behind one interface, and pure image transforms. Knows nothing of the database."""

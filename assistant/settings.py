@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ATELIER_", extra="ignore", populate_by_name=True)
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    database_url: str | None = None
+    #: may hold a password (postgresql://user:pw@host/db): kept out of repr, masked in `masked()`
+    database_url: str | None = Field(default=None, repr=False)
 
     backend: BackendChoice = BackendChoice.AUTO
     diffusers_model: str | None = None
@@ -67,8 +68,9 @@ class Settings(BaseSettings):
     chat_timeout: float = 60.0
     chat_history_tokens: int = 2000
 
-    width: int = 512
-    height: int = 512
+    #: None: the backend's natural size (512² offline, 1024² on OpenAI, the model's own on diffusers)
+    width: int | None = None
+    height: int | None = None
     steps: int = 25
     guidance: float = 7.0
     style: str | None = None

@@ -7,7 +7,7 @@ these classes must match them (a test compares the two).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -29,7 +29,7 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON}
 
 
 class Conversation(Base):
@@ -60,7 +60,10 @@ class Generation(Base):
     """One backend call, successful or not, so nothing the user asked for disappears."""
 
     __tablename__ = "generations"
-    __table_args__ = (Index("ix_generations_conversation", "conversation_id"),)
+    __table_args__ = (
+        Index("ix_generations_conversation", "conversation_id"),
+        Index("ix_generations_message", "message_id"),  # ON DELETE SET NULL from messages
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
@@ -85,6 +88,7 @@ class GenerationInput(Base):
     """The images a call consumed (init, mask source, references): the full ancestry DAG."""
 
     __tablename__ = "generation_inputs"
+    __table_args__ = (Index("ix_generation_inputs_image", "image_id"),)  # ON DELETE CASCADE from images
 
     generation_id: Mapped[int] = mapped_column(
         ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True
@@ -100,6 +104,12 @@ class Image(Base):
         Index("ix_images_parent", "parent_id"),
         Index("ix_images_created", "created_at"),
         Index("ix_images_sha256", "sha256"),
+        # 0002: foreign keys SQLite must look up on every delete, and the gallery's filters
+        Index("ix_images_message", "message_id"),
+        Index("ix_images_generation", "generation_id"),
+        Index("ix_images_mask_sha256", "mask_sha256"),
+        Index("ix_images_backend", "backend"),
+        Index("ix_images_operation", "operation"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

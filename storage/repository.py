@@ -463,10 +463,10 @@ class Repository:
                 WHERE chain.depth < :max_depth
             )
             SELECT images.* FROM images JOIN chain ON images.id = chain.id
-            WHERE chain.depth > 0 ORDER BY chain.depth DESC
+            ORDER BY chain.depth DESC
             """
         )
-        return self._images_from_sql(sql, image_id)
+        return self._images_from_sql(sql, image_id)[:-1]  # the last row is the image itself
 
     def descendants(self, image_id: int) -> list[Image]:
         """Breadth-first (children, then grandchildren…), ordered by id within a generation."""
@@ -480,10 +480,10 @@ class Repository:
                 WHERE below.depth < :max_depth
             )
             SELECT images.* FROM images JOIN below ON images.id = below.id
-            WHERE below.depth > 0 ORDER BY below.depth, images.id
+            ORDER BY below.depth, images.id
             """
         )
-        return self._images_from_sql(sql, image_id)
+        return self._images_from_sql(sql, image_id)[1:]  # the first row is the image itself
 
     def lineage_tree(self, image_id: int) -> list[LineageNode]:
         """The whole tree the image belongs to, from its root, with each node's depth."""
@@ -519,12 +519,18 @@ class Repository:
         return nodes
 
     def _images_from_sql(self, sql: Any, image_id: int) -> list[Image]:
+        """Run one lineage CTE; each includes the image itself, so no rows means no such image.
+
+        The existence check rides on the same statement: a separate `session.get` would make
+        every lineage view two round trips.
+        """
         with self.db.read() as session:
-            if session.get(Image, image_id) is None:
-                raise NotFound(f"There is no image with id {image_id}.")
             statement = select(Image).from_statement(sql)
             params = {"image_id": image_id, "max_depth": MAX_LINEAGE_DEPTH}
-            return list(session.scalars(statement, params))
+            images = list(session.scalars(statement, params))
+        if not images:
+            raise NotFound(f"There is no image with id {image_id}.")
+        return images
 
     # ----- gallery and search ----------------------------------------------------------
 
@@ -591,13 +597,25 @@ class Repository:
 
     def known_hashes(self) -> set[str]:
         with self.db.read() as session:
-            images = set(session.scalars(select(Image.sha256)))
-            masks = set(session.scalars(select(Image.mask_sha256).where(Image.mask_sha256.is_not(None))))
-            return {h for h in images | masks if h}
+            return self._known_hashes(session)
+
+    @staticmethod
+    def _known_hashes(session: Session) -> set[str]:
+        images = set(session.scalars(select(Image.sha256)))
+        masks = set(session.scalars(select(Image.mask_sha256).where(Image.mask_sha256.is_not(None))))
+        return {h for h in images | masks if h}
 
     def sweep(self, *, grace_seconds: float = 3600.0) -> SweepReport:
-        """Remove temp files and files no row names (what a crash between write and commit leaves)."""
-        return self.files.sweep(self.known_hashes(), grace_seconds=grace_seconds)
+        """Remove temp files and files no row names (what a crash between write and commit leaves).
+
+        Runs while holding the write lock: Atelier writes files only inside a write
+        transaction, so no other process can be between "file written" and "row committed"
+        while we look, and even `grace_seconds=0` (`atelier doctor`) cannot delete the file
+        of a turn that is about to commit.
+        """
+        with self.db.write() as session:
+            known = self._known_hashes(session)
+            return self.files.sweep(known, grace_seconds=grace_seconds)
 
     def check_integrity(self) -> IntegrityReport:
         """Rows ↔ files ↔ hashes: what `atelier doctor` reports."""

@@ -1,0 +1,473 @@
+"""The `atelier` command: a thin layer over `assistant` and `storage`.
+
+Every command prints with rich, or one JSON document with `--json`. Expected failures
+(unknown ids, bad archives, a file that is not a database) end as one line on stderr and
+exit code 1 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+from sqlalchemy.exc import OperationalError
+
+from assistant.settings import Settings
+from storage.db import StorageError
+from storage.models import Image
+from storage.repository import ImageFilter, Repository
+from storage.serialize import row_as_dict
+
+app = typer.Typer(
+    help="Atelier: conversational image generation with a history you own.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+
+
+class CliError(Exception):
+    """A one-line message for the user; the command exits non-zero."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Expected failures become one line on stderr and exit code 1.
+
+    OS errors (a data dir that is a file, no permission, disk full) and database errors
+    (locked past the busy timeout, read-only file) are the user's environment, not a bug
+    to show a traceback for. The message is printed as plain text, never as rich markup:
+    a path like `x[/bold].zip` would otherwise crash the error printer itself.
+    """
+    try:
+        yield
+    except (CliError, StorageError, OSError) as exc:
+        _print_error(str(exc))
+    except OperationalError as exc:
+        _print_error(f"Database error: {str(exc.orig or exc).splitlines()[0]}")
+
+
+def _print_error(message: str) -> None:
+    err.print(Text.assemble(("Error:", "red"), " ", message), highlight=False)
+    raise typer.Exit(1) from None
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError: name the bad setting, never dump values
+        first = str(exc).splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
+        raise CliError(f"Invalid settings: {detail}") from None
+
+
+def open_repo(settings: Settings | None = None) -> Repository:
+    from assistant.runtime import open_repository
+
+    return open_repository(settings or load_settings())
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def image_document(repo: Repository, image: Image) -> dict[str, Any]:
+    document = row_as_dict(image)
+    document["path"] = str(repo.image_path(image))
+    document["mask_path"] = str(repo.files.path_for(image.mask_sha256)) if image.mask_sha256 else None
+    return document
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _parse_id(value: str, what: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise CliError(f"{what} must be a number, got {value!r}.") from None
+    if number < 1:
+        raise CliError(f"{what} must be a positive number, got {value!r}.")
+    return number
+
+
+@app.command()
+def config(as_json: JsonFlag = False) -> None:
+    """Print the effective settings (secrets masked)."""
+    with user_errors():
+        shown = load_settings().masked()
+        if as_json:
+            print_json(shown)
+            return
+        table = Table("setting", "value", title="Atelier settings")
+        for key in sorted(shown):
+            table.add_row(key, "" if shown[key] is None else escape(str(shown[key])))
+        out.print(table)
+
+
+@app.command()
+def history(
+    conversation: Annotated[str | None, typer.Option("-c", "--conversation", help="Conversation id.")] = None,
+    search: Annotated[str | None, typer.Option("--search", "-s", help="Full-text search.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many images.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List images, newest first, optionally of one conversation or matching a search."""
+    with user_errors():
+        repo = open_repo()
+        conversation_id = _parse_id(conversation, "Conversation id") if conversation else None
+        if conversation_id is not None:
+            repo.get_conversation(conversation_id)
+        images = repo.list_images(ImageFilter(conversation_id=conversation_id, query=search), limit=limit)
+        if as_json:
+            print_json(
+                {
+                    "conversation_id": conversation_id,
+                    "search": search,
+                    "images": [image_document(repo, image) for image in images],
+                }
+            )
+            return
+        if not images:
+            out.print("No images yet." if not search else f"No images match {escape(repr(search))}.")
+            return
+        table = Table("id", "conv", "#", "operation", "parent", "backend", "prompt", "created")
+        numbers = {image.id: image.number for image in images}
+        for image in images:
+            parent = "" if image.parent_id is None else f"#{numbers.get(image.parent_id, '?')}"
+            table.add_row(
+                str(image.id),
+                str(image.conversation_id),
+                f"#{image.number}",
+                image.operation,
+                parent if image.parent_id is None or image.parent_id in numbers else f"id {image.parent_id}",
+                image.backend,
+                escape(_short(image.instruction or image.prompt)),  # prompts may contain [brackets]
+                image.created_at.strftime("%Y-%m-%d %H:%M"),
+            )
+        out.print(table)
+
+
+@app.command()
+def show(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json: JsonFlag = False) -> None:
+    """Everything recorded about one image, with its file path."""
+    with user_errors():
+        repo = open_repo()
+        image = repo.get_image(_parse_id(image_id, "Image id"))
+        document = image_document(repo, image)
+        if image.generation_id is not None:
+            generation, inputs = repo.generation(image.generation_id)
+            document["generation"] = row_as_dict(generation)
+            document["generation"]["inputs"] = [{"image_id": i.image_id, "role": i.role} for i in inputs]
+        else:
+            document["generation"] = None
+        if as_json:
+            print_json(document)
+            return
+        table = Table(
+            "field",
+            "value",
+            title=f"Image {image.id} (#{image.number} of conversation {image.conversation_id})",
+        )
+        for key in sorted(document):
+            value = document[key]
+            shown = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
+            table.add_row(key, escape(shown))  # prompts may contain [brackets]
+        out.print(table)
+
+
+@app.command()
+def lineage(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json: JsonFlag = False) -> None:
+    """The lineage tree an image belongs to, with the image marked."""
+    with user_errors():
+        repo = open_repo()
+        target = _parse_id(image_id, "Image id")
+        nodes = repo.lineage_tree(target)
+        if as_json:
+            print_json(
+                {
+                    "image_id": target,
+                    "root_id": nodes[0].image.id,
+                    "nodes": [
+                        {
+                            "id": node.image.id,
+                            "number": node.image.number,
+                            "conversation_id": node.image.conversation_id,
+                            "parent_id": node.image.parent_id,
+                            "depth": node.depth,
+                            "operation": node.image.operation,
+                            "instruction": node.image.instruction,
+                            "prompt": node.image.prompt,
+                            "is_target": node.image.id == target,
+                        }
+                        for node in nodes
+                    ],
+                }
+            )
+            return
+        out.print(_lineage_tree(nodes, target))
+
+
+def _lineage_tree(nodes: list[Any], target: int) -> Tree:
+    def label(image: Image) -> str:
+        marker = " [bold yellow]◀ this image[/bold yellow]" if image.id == target else ""
+        words = escape(_short(image.instruction or image.prompt, 50))
+        return f"#{image.number} (id {image.id}) {image.operation}: {words}{marker}"
+
+    root = nodes[0].image
+    tree = Tree(label(root))
+    branches: dict[int, Tree] = {root.id: tree}
+    for node in nodes[1:]:
+        parent = branches.get(node.image.parent_id or -1, tree)
+        branches[node.image.id] = parent.add(label(node.image))
+    return tree
+
+
+@app.command("export")
+def export_command(
+    conversation_id: Annotated[str, typer.Argument(help="Conversation id.")],
+    out_zip: Annotated[Path, typer.Argument(help="The zip file to write.")],
+) -> None:
+    """Export a conversation (images, messages, lineage) to a zip."""
+    from storage.archive import export_conversation
+
+    with user_errors():
+        repo = open_repo()
+        count = export_conversation(repo, _parse_id(conversation_id, "Conversation id"), out_zip)
+        out.print(f"Exported conversation {conversation_id} with {count} files to {out_zip}")
+
+
+@app.command("import")
+def import_command(in_zip: Annotated[Path, typer.Argument(help="A zip made by `atelier export`.")]) -> None:
+    """Import a conversation exported by `atelier export`."""
+    from storage.archive import import_conversation
+
+    with user_errors():
+        repo = open_repo()
+        new_id = import_conversation(repo, in_zip)
+        out.print(f"Imported as conversation {new_id}")
+
+
+@app.command()
+def doctor(
+    as_json: JsonFlag = False,
+    sweep: Annotated[bool, typer.Option(help="Remove temp and orphan files first.")] = True,
+) -> None:
+    """Check that every row has its file with the right hash, and no file is orphaned."""
+    with user_errors():
+        repo = open_repo()
+        swept = repo.sweep(grace_seconds=0) if sweep else None
+        report = repo.check_integrity()
+        document = {
+            "ok": report.ok,
+            "images_checked": report.images_checked,
+            "missing_files": report.missing_files,
+            "hash_mismatches": report.hash_mismatches,
+            "orphan_files": report.orphan_files,
+            "temp_files": report.temp_files,
+            "swept_temp_files": swept.temp_files_removed if swept else 0,
+            "swept_orphan_files": swept.orphan_files_removed if swept else 0,
+            "counts": repo.counts(),
+        }
+        if as_json:
+            print_json(document)
+        else:
+            status = "[green]OK[/green]" if report.ok else "[red]PROBLEMS FOUND[/red]"
+            out.print(f"{status}: {report.images_checked} images checked")
+            for key in ("missing_files", "hash_mismatches", "orphan_files", "temp_files"):
+                if document[key]:
+                    out.print(f"  {key}: {document[key]}")
+        if not report.ok:
+            raise typer.Exit(1)
+
+
+def build_assistant(settings: Settings | None = None) -> Any:
+    from assistant.core import Assistant
+
+    settings = settings or load_settings()
+    return Assistant(settings, open_repo(settings))
+
+
+def _read_upload(path: Path | None, kind: str) -> Any:
+    from assistant.core import Attachment
+
+    if path is None:
+        return None
+    if not path.is_file():
+        raise CliError(f"The {kind} file {path} does not exist.")
+    return Attachment(data=path.read_bytes(), kind=kind, filename=path.name)
+
+
+@app.command()
+def chat(
+    text: Annotated[str, typer.Argument(help="What you want, e.g. 'a cozy cabin at night'.")],
+    conversation: Annotated[str | None, typer.Option("-c", "--conversation", help="Conversation id.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="An image to start from.")] = None,
+    mask: Annotated[
+        Path | None, typer.Option("--mask", help="A mask for inpainting (white = repaint).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event per line.")] = False,
+) -> None:
+    """Run one chat turn (a new conversation unless -c is given) and print its events."""
+    from assistant.events import Failed, ImageReady, PlanMade, Progress, Reply
+
+    with user_errors():
+        conversation_id = _parse_id(conversation, "Conversation id") if conversation else None
+        attachments = [a for a in (_read_upload(image, "image"), _read_upload(mask, "mask")) if a is not None]
+        assistant = build_assistant()
+        failed = False
+        for event in assistant.respond(conversation_id, text, attachments):
+            failed = failed or isinstance(event, Failed)
+            if as_json:
+                sys.stdout.write(json.dumps(event.to_dict(), sort_keys=True, default=str) + "\n")
+                sys.stdout.flush()
+                continue
+            if isinstance(event, PlanMade):
+                out.print(
+                    f"[dim]conversation {event.conversation_id} · {event.intent} · "
+                    f"{event.backend}/{event.model} · planner {event.planner}[/dim]"
+                )
+                if event.prompt:
+                    out.print(f"[dim]prompt:[/dim] {_escape(event.prompt)}")
+            elif isinstance(event, Progress):
+                pass
+            elif isinstance(event, ImageReady):
+                out.print(f"[bold]#{event.number}[/bold] (id {event.id}, {event.operation}) → {event.path}")
+            elif isinstance(event, Reply):
+                out.print(_escape(event.text))
+            elif isinstance(event, Failed):
+                err.print(f"[red]Error:[/red] {_escape(event.message)}")
+        if failed:
+            raise typer.Exit(1)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@app.command()
+def replay(
+    image_id: Annotated[str, typer.Argument(help="Image id.")],
+    from_root: Annotated[
+        bool, typer.Option("--from-root", help="Re-run the whole chain from its root.")
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="Use this seed (with --from-root: for the root).")] = None,
+    backend: Annotated[str | None, typer.Option(help="Replay on another backend (with --from-root).")] = None,
+    model: Annotated[str | None, typer.Option(help="Replay on another model (with --from-root).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Regenerate an image from its record and report whether the result is identical."""
+    from assistant.settings import BackendChoice
+    from tools.base import ToolError
+
+    with user_errors():
+        target = _parse_id(image_id, "Image id")
+        settings = load_settings()
+        updates: dict[str, Any] = {}
+        if (seed is not None or backend or model) and not from_root:
+            raise CliError("--seed, --backend and --model need --from-root (plain replay checks the record).")
+        if backend:
+            try:
+                updates["backend"] = BackendChoice(backend)
+            except ValueError:
+                raise CliError(f"Unknown backend {backend!r}; choose offline, openai or diffusers.") from None
+        if model:
+            chosen = updates.get("backend", settings.effective_backend)
+            field_name = {"openai": "openai_image_model", "diffusers": "diffusers_model"}.get(str(chosen))
+            if field_name is None:
+                raise CliError(
+                    "The offline backend has a single model; --model applies to openai or diffusers."
+                )
+            updates[field_name] = model
+        assistant = build_assistant(settings.model_copy(update=updates))
+        try:
+            if from_root:
+                created = assistant.replay_chain(target, seed=seed)
+                new_images = [
+                    {
+                        "id": i.id,
+                        "number": i.number,
+                        "parent_id": i.parent_id,
+                        "operation": i.operation,
+                        "seed": i.seed,
+                        "path": str(assistant.repo.image_path(i)),
+                    }
+                    for i in created
+                ]
+                if as_json:
+                    print_json({"image_id": target, "new_images": new_images})
+                else:
+                    for item in new_images:
+                        out.print(f"#{item['number']} (id {item['id']}) {item['operation']} → {item['path']}")
+                return
+            original, _pixels, identical = assistant.replay(target)
+        except ToolError as exc:
+            raise CliError(exc.user_message) from None
+        if as_json:
+            print_json({"image_id": original.id, "identical": identical, "backend": original.backend})
+        else:
+            out.print(
+                f"Replayed image {original.id} on {original.backend}: "
+                + (
+                    "identical, pixel for pixel."
+                    if identical
+                    else "the result DIFFERS from the stored image."
+                )
+            )
+        if not identical:
+            raise typer.Exit(2)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
+    address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    headless: Annotated[bool, typer.Option(help="Don't open a browser.")] = False,
+) -> None:
+    """Start the Streamlit app."""
+    import subprocess
+
+    import streamlit_app
+
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        streamlit_app.__file__,
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true" if headless else "false",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    raise typer.Exit(subprocess.call(command))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,843 @@
+"""`Assistant`: one turn from user text to stored images, as a stream of events.
+
+The order is fixed: store the user message, plan, run the tool, store images + lineage +
+reply atomically. Planners decide, tools render, storage records; this module is the only
+one that talks to all three, and the only place exceptions become user messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image as PILImage
+
+from assistant.describe import describe_lineage, describe_list, describe_prompt
+from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Reply
+from assistant.plan import ImageInfo, Intent, Plan, Planner, PlannerContext
+from assistant.settings import Settings
+from storage.db import StorageError
+from storage.models import Image
+from storage.repository import NewGeneration, NewImage, NotFound, Repository
+from tools.base import (
+    CancelToken,
+    ImageBackend,
+    ImageRequest,
+    ImageResult,
+    InvalidRequest,
+    Operation,
+    ToolError,
+)
+
+log = logging.getLogger(__name__)
+
+BACKEND_DEFAULT_SIZES: dict[str, tuple[int, int]] = {"openai": (1024, 1024), "offline": (512, 512)}
+
+#: Backends that ignore negative prompts: the planner leaves them empty instead of pretending.
+BACKENDS_WITHOUT_NEGATIVE_PROMPT = frozenset({"openai", "offline"})
+
+BACKEND_OPERATIONS_NEEDING_SOURCE = {
+    Operation.EDIT,
+    Operation.INPAINT,
+    Operation.VARIATION,
+    Operation.IMG2IMG,
+}
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An uploaded file: `kind` is "image" (a source) or "mask" (white = repaint)."""
+
+    data: bytes
+    kind: str = "image"
+    filename: str = "upload"
+
+
+@dataclass
+class TurnState:
+    """What a turn has gathered so far; becomes one atomic `record_turn`."""
+
+    conversation_id: int
+    plan: Plan
+    generations: list[NewGeneration] = field(default_factory=list)
+    images: list[NewImage] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class TurnRunner(Protocol):
+    """A planner that drives the whole turn itself (the LLM agent's tool-calling loop).
+
+    It must carry out every image operation through `Assistant.execute`, so there is one
+    code path for offline rules and LLM tool calls alike.
+    """
+
+    def run_turn(
+        self,
+        assistant: Assistant,
+        conversation_id: int,
+        text: str,
+        context: PlannerContext,
+        upload: Image | None,
+        mask: PILImage.Image | None,
+        notes: list[str],
+    ) -> Iterator[Event]: ...
+
+
+class TurnFailed(Exception):
+    def __init__(self, message: str, generation: NewGeneration | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.generation = generation
+
+
+class Assistant:
+    def __init__(
+        self,
+        settings: Settings,
+        repo: Repository,
+        backend: ImageBackend | None = None,
+        planner: Planner | None = None,
+        planner_name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self._backend = backend
+        self._planner = planner
+        self.planner_name = planner_name or ("custom" if planner is not None else "offline")
+        self.cancel_token = CancelToken()
+
+    # ----- collaborators, built lazily so the app starts fast ------------------------
+
+    @property
+    def backend(self) -> ImageBackend:
+        if self._backend is None:
+            from assistant.backends import make_backend
+
+            self._backend = make_backend(self.settings)
+        return self._backend
+
+    @property
+    def planner(self) -> Planner:
+        if self._planner is None:
+            from assistant.planners import make_planner
+
+            self._planner, self.planner_name = make_planner(self.settings, self)
+        return self._planner
+
+    # ----- the turn ------------------------------------------------------------------
+
+    def respond(
+        self, conversation_id: int | None, text: str, attachments: Sequence[Attachment] = ()
+    ) -> Iterator[Event]:
+        """Run one turn; yields PlanMade, Progress*, ImageReady*, then Reply or Failed."""
+        self.cancel_token = CancelToken()
+        text = text or ""
+        if not text.strip() and not attachments:
+            yield Failed(conversation_id or 0, "Please type what you'd like to create or change.")
+            return
+        notes: list[str] = []
+        limit = self.settings.max_message_chars
+        if len(text) > limit:
+            text = text[:limit]
+            notes.append(f"Your message was longer than {limit:,} characters; I used the first {limit:,}.")
+        try:
+            if conversation_id is None:
+                conversation_id = self.repo.create_conversation(_title_from(text)).id
+            else:
+                self.repo.get_conversation(conversation_id)
+        except StorageError as exc:
+            yield Failed(conversation_id or 0, str(exc))
+            return
+        user_message = self.repo.add_message(conversation_id, "user", text)
+
+        try:
+            upload, mask = self._take_attachments(conversation_id, user_message.id, text, attachments)
+        except TurnFailed as failure:
+            yield from self._fail(conversation_id, None, failure)
+            return
+
+        try:
+            context = self.planner_context(
+                conversation_id, has_upload=upload is not None, has_mask=mask is not None
+            )
+        except ToolError as exc:  # e.g. the configured local model folder is missing
+            yield from self._fail(conversation_id, None, TurnFailed(exc.user_message))
+            return
+        planner = self.planner
+        if isinstance(planner, TurnRunner):  # the LLM agent runs its own tool loop over `execute`
+            yield from planner.run_turn(self, conversation_id, text, context, upload, mask, notes)
+            return
+        try:
+            plan = planner.plan(text, context)
+        except Exception as exc:  # a planner bug must not lose the turn
+            log.exception("planner failed")
+            yield from self._fail(
+                conversation_id,
+                None,
+                TurnFailed(f"I could not understand that request ({type(exc).__name__})."),
+            )
+            return
+        yield from self.execute(conversation_id, plan, upload=upload, mask=mask, notes=notes)
+
+    def execute(
+        self,
+        conversation_id: int,
+        plan: Plan,
+        *,
+        upload: Image | None = None,
+        mask: PILImage.Image | None = None,
+        notes: Sequence[str] = (),
+        tool_calls: Sequence[dict[str, Any]] = (),
+        record_reply: bool = True,
+    ) -> Iterator[Event]:
+        """Carry out a plan: the one code path for every planner, offline or LLM tool call."""
+        state = TurnState(conversation_id, plan, notes=list(notes))
+        yield self._plan_event(conversation_id, plan, tool_calls, state.notes)
+        try:
+            if plan.is_reply_only:
+                reply = self._answer(conversation_id, plan)
+                if record_reply:
+                    self.repo.record_turn(
+                        conversation_id, reply=self._with_notes(reply, state), plan=plan.to_dict()
+                    )
+                yield Reply(conversation_id, self._with_notes(reply, state))
+                return
+            yield from self._run_plan(state, upload, mask)
+            state.notes = self._new_notes(conversation_id, state.notes)
+            reply = self._success_reply(state)
+            record = self.repo.record_turn(
+                conversation_id,
+                reply=reply if record_reply else None,
+                plan={**plan.to_dict(), "tool_calls": list(tool_calls), "notes": state.notes},
+                generations=state.generations,
+                images=state.images,
+                images_message_id=None,
+            )
+        except TurnFailed as failure:
+            yield from self._fail(conversation_id, plan, failure, tool_calls)
+            return
+        except StorageError as exc:
+            yield from self._fail(conversation_id, plan, TurnFailed(str(exc)), tool_calls)
+            return
+        for image in record.images:
+            yield ImageReady(
+                conversation_id,
+                image.id,
+                image.number,
+                image.parent_id,
+                image.operation,
+                str(self.repo.image_path(image)),
+            )
+        yield Reply(conversation_id, reply)
+
+    # ----- planning context ------------------------------------------------------------
+
+    def planner_context(self, conversation_id: int, *, has_upload: bool, has_mask: bool) -> PlannerContext:
+        rows = self.repo.conversation_images(conversation_id)
+        numbers = {row.id: row.number for row in rows}
+        infos = tuple(
+            ImageInfo(
+                number=row.number,
+                id=row.id,
+                operation=row.operation,
+                parent_number=numbers.get(row.parent_id) if row.parent_id is not None else None,
+                prompt=row.prompt,
+                instruction=row.instruction,
+                width=row.width,
+                height=row.height,
+                seed=row.seed,
+                negative_prompt=row.negative_prompt,
+                style=(row.params or {}).get("style"),
+            )
+            for row in rows
+        )
+        backend = self.backend
+        return PlannerContext(
+            images=infos,
+            has_upload=has_upload,
+            has_mask=has_mask,
+            capabilities=backend.capabilities,
+            backend_takes_negative_prompt=backend.name not in BACKENDS_WITHOUT_NEGATIVE_PROMPT,
+            style=self.settings.style,
+            verbatim=self.settings.verbatim,
+            default_n=1,
+            max_n=self.settings.max_n,
+        )
+
+    # ----- attachments -------------------------------------------------------------------
+
+    def _take_attachments(
+        self, conversation_id: int, message_id: int, text: str, attachments: Sequence[Attachment]
+    ) -> tuple[Image | None, PILImage.Image | None]:
+        from tools.image_input import load_image
+
+        upload: Image | None = None
+        mask: PILImage.Image | None = None
+        for attachment in attachments:
+            try:
+                image = load_image(attachment.data)
+            except ToolError as exc:
+                what = "mask" if attachment.kind == "mask" else "image"
+                raise TurnFailed(
+                    f"The uploaded {what} {attachment.filename!r} can't be used: {exc.user_message}"
+                ) from None
+            if attachment.kind == "mask":
+                mask = image
+            else:
+                upload = self.repo.save_upload(conversation_id, message_id, image, text)
+        return upload, mask
+
+    # ----- running a plan ----------------------------------------------------------------
+
+    def _run_plan(
+        self, state: TurnState, upload: Image | None, mask: PILImage.Image | None
+    ) -> Generator[Event, None, None]:
+        plan = state.plan
+        sources = self._sources(state.conversation_id, plan, upload)
+        if plan.intent in (Intent.TRANSFORM, Intent.UPSCALE):
+            for source in sources:
+                state.images.append(self._transform(source, plan))
+            return
+        if plan.intent is Intent.REGENERATE:
+            for target in sources:
+                yield from self._regenerate(state, target)
+            return
+        operation = plan.operation or Operation.GENERATE
+        if operation is Operation.GENERATE:
+            yield from self._backend_call(state, operation, plan.prompt, None, None, self._size(None), plan.n)
+            return
+        if not sources:
+            raise TurnFailed("That needs an image to work on, and there is none yet.")
+        if operation is Operation.INPAINT and mask is None:
+            raise TurnFailed("Inpainting needs a mask: upload one (white where the image should change).")
+        for source in sources:
+            yield from self._backend_call(
+                state, operation, plan.prompt, source, mask, (source.width, source.height), plan.n
+            )
+
+    def _sources(self, conversation_id: int, plan: Plan, upload: Image | None) -> list[Image]:
+        if plan.use_upload:
+            if upload is None:
+                raise TurnFailed("Please attach the image you want me to work from.")
+            return [upload]
+        sources: list[Image] = []
+        for number in plan.targets:
+            try:
+                sources.append(self.repo.get_image_by_number(conversation_id, number))
+            except NotFound:
+                raise TurnFailed(f"There is no image #{number} in this conversation.") from None
+        if not sources and upload is not None and plan.intent is not Intent.GENERATE:
+            sources.append(upload)
+        return sources
+
+    def _size(self, source: Image | None) -> tuple[int, int]:
+        if source is not None:
+            return source.width, source.height
+        return self.default_size()
+
+    def default_size(self) -> tuple[int, int]:
+        """The settings' size, else what the backend makes best (OpenAI rejects 512²)."""
+        natural = getattr(self.backend, "default_size", None)
+        if natural is None:
+            natural = BACKEND_DEFAULT_SIZES.get(self.backend.name, (512, 512))
+        width, height = natural
+        return self.settings.width or width, self.settings.height or height
+
+    def _check_limits(self, width: int, height: int, n: int) -> None:
+        settings = self.settings
+        if n > settings.max_n:
+            raise TurnFailed(f"At most {settings.max_n} images per request.")
+        if max(width, height) > settings.max_side:
+            raise TurnFailed(f"{width}×{height} is too large; the limit is {settings.max_side} px per side.")
+        if width * height * n > settings.max_pixels_per_turn:
+            raise TurnFailed(
+                f"{n} × {width}×{height} is more pixels than one turn may make "
+                f"({settings.max_pixels_per_turn:,}); ask for fewer or smaller images."
+            )
+        if self.settings.steps > settings.max_steps:
+            raise TurnFailed(f"{self.settings.steps} steps is over the limit of {settings.max_steps}.")
+
+    def _seed(self, plan: Plan, previous: int | None = None) -> int:
+        if plan.seed is not None:
+            return plan.seed % 2**32
+        if not plan.new_seed and self.settings.seed is not None:
+            return self.settings.seed % 2**32
+        seed = secrets.randbelow(2**32)
+        while seed == previous:
+            seed = secrets.randbelow(2**32)
+        return seed
+
+    def _check_budget(self, conversation_id: int) -> None:
+        budget = self.settings.cost_budget_usd
+        if budget is None:
+            return
+        spent = sum(g.cost_usd or 0.0 for g in self.repo.generations(conversation_id))
+        if spent >= budget:
+            raise TurnFailed(
+                f"This conversation has used its budget (${spent:.2f} of ${budget:.2f}); "
+                "raise ATELIER_COST_BUDGET_USD or start a new conversation."
+            )
+
+    def _backend_call(
+        self,
+        state: TurnState,
+        operation: Operation,
+        prompt: str,
+        source: Image | None,
+        mask: PILImage.Image | None,
+        size: tuple[int, int],
+        n: int,
+        *,
+        seed: int | None = None,
+        parent_id: int | None = None,
+        strength: float | None = None,
+    ) -> Generator[Event, None, None]:
+        plan = state.plan
+        width, height = size
+        self._check_limits(width, height, n)
+        self._check_budget(state.conversation_id)
+        backend = self.backend
+        seed = self._seed(plan) if seed is None else seed
+        strength = plan.strength if strength is None else strength
+        negative = plan.negative_prompt if backend.name not in BACKENDS_WITHOUT_NEGATIVE_PROMPT else ""
+        options: dict[str, Any] = {}
+        if plan.style:
+            options["style"] = plan.style
+        request = ImageRequest(
+            operation=operation,
+            prompt=prompt,
+            negative_prompt=negative,
+            width=width,
+            height=height,
+            n=n,
+            seed=seed,
+            steps=self.settings.steps,
+            guidance=self.settings.guidance,
+            strength=strength,
+            sources=(self.repo.load_image(source),) if source is not None else (),
+            mask=mask,
+            options=options,
+        )
+        request_record = {
+            "operation": operation.value,
+            "width": width,
+            "height": height,
+            "steps": self.settings.steps,
+            "guidance": self.settings.guidance,
+            "strength": strength,
+            "options": options,
+            "source_id": source.id if source is not None else None,
+        }
+        started = time.monotonic()
+        generation = NewGeneration(
+            operation=operation.value,
+            backend=backend.name,
+            model=backend.model,
+            prompt=prompt,
+            negative_prompt=negative,
+            params=request_record | {"seed": seed, "n": n},
+            inputs=[(source.id, "init")] if source is not None else (),
+        )
+        try:
+            result = yield from self._call_backend(state.conversation_id, backend, request)
+        except ToolError as exc:
+            status = "cancelled" if exc.user_message == "Cancelled." else "failed"
+            failed = replace(
+                generation, status=status, error=exc.user_message, duration_ms=_ms_since(started)
+            )
+            raise TurnFailed(exc.user_message, failed) from None
+        except Exception as exc:
+            log.exception("backend %s failed", backend.name)
+            message = (
+                f"The {backend.name} backend failed unexpectedly ({type(exc).__name__}). "
+                "Nothing was lost; please try again."
+            )
+            raise TurnFailed(message, replace(generation, status="failed", error=message)) from None
+        state.notes.extend(result.notes)
+        images = [
+            NewImage(
+                image=generated.image,
+                operation=operation.value,
+                backend=result.backend,
+                model=result.model,
+                prompt=prompt,
+                negative_prompt=negative,
+                instruction=plan.instruction,
+                revised_prompt=generated.revised_prompt,
+                seed=generated.seed,
+                params={**result.params, **request_record, "seed": generated.seed, "style": plan.style},
+                parent_id=parent_id if parent_id is not None else (source.id if source is not None else None),
+                mask=mask if operation is Operation.INPAINT else None,
+            )
+            for generated in result.images
+        ]
+        state.generations.append(
+            replace(
+                generation,
+                model=result.model,
+                params={**generation.params, **result.params},
+                duration_ms=_ms_since(started),
+                usage=result.usage,
+                cost_usd=result.cost_usd,
+                images=images,
+            )
+        )
+
+    def _call_backend(
+        self, conversation_id: int, backend: ImageBackend, request: ImageRequest
+    ) -> Generator[Event, None, ImageResult]:
+        """Run the backend in a worker thread so progress reaches the renderer as it happens."""
+        events: queue.Queue[Event | None] = queue.Queue()
+        outcome: dict[str, Any] = {}
+        cancel = self.cancel_token
+
+        def progress(step: int, total: int) -> None:
+            events.put(Progress(conversation_id, step, total))
+
+        def work() -> None:
+            try:
+                outcome["result"] = backend.run(request, progress, cancel)
+            except BaseException as exc:
+                outcome["error"] = exc
+            finally:
+                events.put(None)
+
+        worker = threading.Thread(target=work, name="atelier-backend", daemon=True)
+        worker.start()
+        try:
+            while (event := events.get()) is not None:
+                yield event
+        finally:
+            if worker.is_alive():  # the renderer went away mid-turn: stop between steps
+                cancel.cancel()
+            worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        result: ImageResult = outcome["result"]
+        return result
+
+    def _regenerate(self, state: TurnState, target: Image) -> Generator[Event, None, None]:
+        """A new seed for the same request; the result is a sibling of the target."""
+        operation = Operation(target.operation)
+        if operation in (Operation.TRANSFORM, Operation.UPSCALE):
+            raise TurnFailed(
+                f"#{target.number} is a {operation.value} of another image; it has no seed to change."
+            )
+        if operation is Operation.UPLOAD:
+            raise TurnFailed(f"#{target.number} is an upload; there is nothing to regenerate.")
+        parent = self.repo.get_image(target.parent_id) if target.parent_id is not None else None
+        if operation in BACKEND_OPERATIONS_NEEDING_SOURCE and parent is None:
+            raise TurnFailed(f"The image #{target.number} was made from is gone, so I can't redo it.")
+        params = target.params or {}
+        mask = self.repo.load_mask(target)
+        plan = state.plan
+        fresh_plan = replace(
+            plan, new_seed=True, strength=params.get("strength"), negative_prompt=target.negative_prompt
+        )
+        state.plan = fresh_plan
+        yield from self._backend_call(
+            state,
+            operation,
+            target.prompt,
+            parent,
+            mask,
+            (int(params.get("width", target.width)), int(params.get("height", target.height))),
+            max(1, plan.n),
+            seed=self._seed(fresh_plan, previous=target.seed),
+            parent_id=target.parent_id,
+            strength=params.get("strength"),
+        )
+        state.plan = plan
+
+    def _transform(self, source: Image, plan: Plan) -> NewImage:
+        from tools.transforms import apply_transform
+
+        name = plan.transform or ("upscale" if plan.intent is Intent.UPSCALE else "")
+        args = dict(plan.transform_args)
+        try:
+            pixels = apply_transform(self.repo.load_image(source), name, **args)
+        except ToolError as exc:
+            raise TurnFailed(exc.user_message) from None
+        except TypeError:
+            raise TurnFailed(f"The {name} transform does not take {sorted(args)}.") from None
+        return NewImage(
+            image=pixels,
+            operation="upscale" if name == "upscale" else "transform",
+            backend="transform",
+            model="pillow",
+            prompt=source.prompt,
+            negative_prompt=source.negative_prompt,
+            instruction=plan.instruction,
+            seed=None,
+            params={"transform": name, "args": args},
+            parent_id=source.id,
+        )
+
+    # ----- replies -------------------------------------------------------------------------
+
+    def _answer(self, conversation_id: int, plan: Plan) -> str:
+        if plan.intent is not Intent.DESCRIBE:
+            return plan.reply or "How can I help?"
+        images = self.repo.conversation_images(conversation_id)
+        if plan.question_kind == "list" or not plan.targets:
+            return describe_list(images)
+        parts = []
+        for number in plan.targets:
+            try:
+                image = self.repo.get_image_by_number(conversation_id, number)
+            except NotFound:
+                parts.append(f"There is no image #{number} in this conversation.")
+                continue
+            if plan.question_kind == "lineage":
+                parts.append(describe_lineage(self.repo, image))
+            else:
+                parts.append(describe_prompt(image))
+        return "\n\n".join(parts)
+
+    def _success_reply(self, state: TurnState) -> str:
+        plan = state.plan
+        count = len(state.images) + sum(len(g.images) for g in state.generations)
+        verb = {
+            Intent.GENERATE: "Here you go",
+            Intent.EDIT: "Edited",
+            Intent.INPAINT: "Repainted the masked area",
+            Intent.VARIATION: "Variations",
+            Intent.IMG2IMG: "Redrawn from your image",
+            Intent.UPSCALE: "Upscaled",
+            Intent.TRANSFORM: "Done",
+            Intent.REGENERATE: "Regenerated with a new seed",
+        }.get(plan.intent, "Done")
+        text = f"{verb}: {count} image{'s' if count != 1 else ''}."
+        if plan.reply:
+            text = f"{plan.reply} {text}"
+        return self._with_notes(text, state)
+
+    def _new_notes(self, conversation_id: int, notes: list[str]) -> list[str]:
+        """Drop notes this conversation has already shown (e.g. "offline sketch renderer" every turn)."""
+        seen: set[str] = set()
+        for message in self.repo.messages(conversation_id, limit=200):
+            seen.update((message.plan or {}).get("notes") or [])
+        unique: list[str] = []
+        for note in notes:
+            if note and note not in seen and note not in unique:
+                unique.append(note)
+        return unique
+
+    @staticmethod
+    def _with_notes(text: str, state: TurnState) -> str:
+        notes = [note for note in state.notes if note]
+        return text if not notes else text + "\n\n" + "\n".join(f"Note: {note}" for note in notes)
+
+    def _plan_event(
+        self, conversation_id: int, plan: Plan, tool_calls: Sequence[dict[str, Any]], notes: list[str]
+    ) -> PlanMade:
+        backend = self.backend
+        params: dict[str, Any] = {
+            "n": plan.n,
+            "steps": self.settings.steps,
+            "guidance": self.settings.guidance,
+            "size": "{}x{}".format(*self.default_size()),
+        }
+        if plan.strength is not None:
+            params["strength"] = plan.strength
+        if plan.seed is not None:
+            params["seed"] = plan.seed
+        if plan.style:
+            params["style"] = plan.style
+        if plan.transform:
+            params["transform"] = plan.transform
+            params["transform_args"] = dict(plan.transform_args)
+        return PlanMade(
+            conversation_id,
+            intent=plan.intent.value,
+            targets=list(plan.targets),
+            instruction=plan.instruction,
+            prompt=plan.prompt,
+            negative_prompt=plan.negative_prompt,
+            params=params,
+            backend=backend.name,
+            model=backend.model,
+            planner=self.planner_name,
+            tool_calls=list(tool_calls),
+            notes=list(notes),
+        )
+
+    def _fail(
+        self,
+        conversation_id: int,
+        plan: Plan | None,
+        failure: TurnFailed,
+        tool_calls: Sequence[dict[str, Any]] = (),
+    ) -> Iterator[Event]:
+        """Record the failed turn with its reason, then report it; the conversation stays usable."""
+        plan_record: dict[str, Any] = plan.to_dict() if plan is not None else {}
+        plan_record["error"] = failure.message
+        plan_record["tool_calls"] = list(tool_calls)
+        try:
+            self.repo.record_failure(
+                conversation_id, reply=failure.message, plan=plan_record, generation=failure.generation
+            )
+        except StorageError:
+            log.exception("could not record a failed turn")
+        yield Failed(conversation_id, failure.message)
+
+    # ----- replay ----------------------------------------------------------------------------
+
+    def replay(self, image_id: int) -> tuple[Image, PILImage.Image, bool]:
+        """Re-run an image's recorded request; returns (original, new pixels, identical?)."""
+        original = self.repo.get_image(image_id)
+        request, _ = self._request_from_record(original, original.seed, original.parent_id)
+        if request is None:
+            from tools.transforms import apply_transform
+
+            params = original.params or {}
+            if original.parent_id is None:
+                raise InvalidRequest(f"Image {image_id} is an upload; there is nothing to replay.")
+            pixels = apply_transform(
+                self.repo.load_image(self.repo.get_image(original.parent_id)),
+                str(params.get("transform")),
+                **dict(params.get("args") or {}),
+            )
+        else:
+            backend = self._backend_for(original)
+            pixels = backend.run(request).images[0].image
+        stored = self.repo.load_image(original)
+        identical = (
+            stored.mode == pixels.mode and stored.size == pixels.size and stored.tobytes() == pixels.tobytes()
+        )
+        return original, pixels, identical
+
+    def _backend_for(self, image: Image) -> ImageBackend:
+        backend = self.backend
+        if backend.name != image.backend:
+            raise InvalidRequest(
+                f"Image {image.id} was made by the {image.backend} backend, but {backend.name} is active; "
+                f"switch with ATELIER_BACKEND={image.backend} to replay it."
+            )
+        return backend
+
+    def _request_from_record(
+        self, image: Image, seed: int | None, source_id: int | None
+    ) -> tuple[ImageRequest | None, Image | None]:
+        """The backend request an image row describes; None for model-free steps."""
+        if image.operation in ("transform", "upscale", "upload"):
+            return None, None
+        params = image.params or {}
+        source = self.repo.get_image(source_id) if source_id is not None else None
+        operation = Operation(image.operation)
+        if operation in BACKEND_OPERATIONS_NEEDING_SOURCE and source is None:
+            raise InvalidRequest(f"The source of image {image.id} is gone; it cannot be replayed.")
+        request = ImageRequest(
+            operation=operation,
+            prompt=image.prompt,
+            negative_prompt=image.negative_prompt,
+            width=int(params.get("width", image.width)),
+            height=int(params.get("height", image.height)),
+            n=1,
+            seed=seed,
+            steps=params.get("steps"),
+            guidance=params.get("guidance"),
+            strength=params.get("strength"),
+            sources=(self.repo.load_image(source),)
+            if source is not None and operation is not Operation.GENERATE
+            else (),
+            mask=self.repo.load_mask(image),
+            options=dict(params.get("options") or {}),
+        )
+        return request, source
+
+    def replay_chain(
+        self,
+        image_id: int,
+        *,
+        seed: int | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> list[Image]:
+        """Re-run the edit chain from the root with one change; the new branch is added beside the old.
+
+        Returns the new images, root first. With no change, the same seeds are reused.
+        """
+        target = self.repo.get_image(image_id)
+        chain = [*self.repo.ancestors(image_id), target]
+        created: list[Image] = []
+        new_parent: Image | None = None
+        for index, step in enumerate(chain):
+            if step.operation == "upload":
+                new_parent = step  # an upload is the same source for the new branch
+                continue
+            step_seed = step.seed
+            if index == 0 or (new_parent is None and step.parent_id is None):
+                step_seed = seed if seed is not None else step.seed
+            elif seed is not None and step.seed is not None:
+                step_seed = (seed + index) % 2**32
+            source_id = new_parent.id if new_parent is not None else step.parent_id
+            new_image = self._rerun_step(step, step_seed, source_id)
+            record = self.repo.record_turn(
+                target.conversation_id,
+                reply=f"Replayed #{step.number} of the chain as a new branch.",
+                plan={"intent": "replay", "source_image_id": step.id, "seed": step_seed},
+                images=[new_image],
+            )
+            new_parent = record.images[0]
+            created.append(new_parent)
+            if progress is not None:
+                progress(f"#{step.number} → #{new_parent.number}")
+        return created
+
+    def _rerun_step(self, step: Image, seed: int | None, source_id: int | None) -> NewImage:
+        params = dict(step.params or {})
+        if step.operation in ("transform", "upscale"):
+            from tools.transforms import apply_transform
+
+            if source_id is None:
+                raise InvalidRequest(f"Image {step.id} has no source to transform.")
+            source = self.repo.get_image(source_id)
+            pixels = apply_transform(
+                self.repo.load_image(source), str(params.get("transform")), **dict(params.get("args") or {})
+            )
+            return NewImage(
+                image=pixels,
+                operation=step.operation,
+                backend="transform",
+                model="pillow",
+                prompt=step.prompt,
+                negative_prompt=step.negative_prompt,
+                instruction=step.instruction,
+                params=params,
+                parent_id=source_id,
+            )
+        request, _ = self._request_from_record(step, seed, source_id)
+        assert request is not None
+        backend = self.backend
+        result = backend.run(request)
+        generated = result.images[0]
+        return NewImage(
+            image=generated.image,
+            operation=step.operation,
+            backend=result.backend,
+            model=result.model,
+            prompt=step.prompt,
+            negative_prompt=step.negative_prompt,
+            instruction=step.instruction,
+            revised_prompt=generated.revised_prompt,
+            seed=generated.seed,
+            params={**params, **result.params, "seed": generated.seed, "replay_of": step.id},
+            parent_id=source_id,
+            mask=self.repo.load_mask(step),
+        )
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _title_from(text: str) -> str:
+    words = " ".join(text.split())
+    return (words[:60] + "…") if len(words) > 60 else (words or "New conversation")

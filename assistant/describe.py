@@ -1,0 +1,77 @@
+"""Answers to questions about the conversation, read from the lineage record only.
+
+"What prompt made #3?" and "how did #5 come about?" are answered from stored rows, never
+from the chat transcript or a model's memory, so the answer is true even after a restart.
+"""
+
+from __future__ import annotations
+
+from storage.models import Image
+from storage.repository import Repository
+
+
+def _quote(text: str | None, width: int = 160) -> str:
+    text = " ".join((text or "").split())
+    if len(text) > width:
+        text = text[: width - 1] + "…"
+    return f"“{text}”"
+
+
+def _step(image: Image, numbers: dict[int, int]) -> str:
+    if image.operation == "upload":
+        return f"#{image.number} was uploaded"
+    if image.operation == "generate":
+        return f"#{image.number} was generated from {_quote(image.instruction or image.prompt, 80)}"
+    parent = numbers.get(image.parent_id or -1)
+    source = f" of #{parent}" if parent is not None else ""
+    words = f" ({_quote(image.instruction, 80)})" if image.instruction else ""
+    return (
+        f"#{image.number} is a{'n' if image.operation[0] in 'aeiou' else ''} {image.operation}{source}{words}"
+    )
+
+
+def describe_prompt(image: Image) -> str:
+    lines = [
+        f"#{image.number} ({image.operation}, {image.backend}/{image.model}, seed {image.seed}, "
+        f"{image.width}×{image.height})"
+    ]
+    if image.instruction:
+        lines.append(f"You wrote: {_quote(image.instruction)}")
+    if image.prompt:
+        lines.append(f"Prompt used: {_quote(image.prompt, 600)}")
+    if image.negative_prompt:
+        lines.append(f"Negative prompt: {_quote(image.negative_prompt, 300)}")
+    if image.revised_prompt:
+        lines.append(f"The provider says it rendered: {_quote(image.revised_prompt, 600)}")
+    params = image.params or {}
+    keys = ("steps", "guidance", "strength", "sampler", "transform")
+    shown = {k: params[k] for k in keys if params.get(k) is not None}
+    if shown:
+        lines.append("Parameters: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    return "\n\n".join(lines)
+
+
+def describe_lineage(repo: Repository, image: Image) -> str:
+    chain = [*repo.ancestors(image.id), image]
+    numbers = {row.id: row.number for row in repo.conversation_images(image.conversation_id)}
+    steps = " → ".join(_step(row, numbers) for row in chain)
+    children = [row for row in repo.descendants(image.id) if row.parent_id == image.id]
+    text = f"How #{image.number} came about: {steps}."
+    if children:
+        text += " Made from it since: " + ", ".join(f"#{c.number} ({c.operation})" for c in children) + "."
+    return text
+
+
+def describe_list(images: list[Image]) -> str:
+    if not images:
+        return "There are no images in this conversation yet."
+    lines = []
+    for image in images:
+        parent = ""
+        if image.parent_id is not None:
+            parent_number = next((i.number for i in images if i.id == image.parent_id), None)
+            parent = f" from #{parent_number}" if parent_number is not None else ""
+        lines.append(
+            f"- #{image.number} {image.operation}{parent}: {_quote(image.instruction or image.prompt, 70)}"
+        )
+    return "Images in this conversation:\n" + "\n".join(lines)

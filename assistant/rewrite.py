@@ -1,0 +1,875 @@
+"""Prompt rewriting, style presets and instruction edits, as deterministic templates.
+
+Two jobs, both pure string functions so they can be tested exhaustively and replayed:
+
+* `rewrite_prompt` turns a short idea into a fuller prompt. The user's words come first and
+  unchanged; only neutral craft terms are added (composition, lighting, detail, the chosen
+  style). It never adds a time of day, weather or colour the user did not say, because the
+  built-in offline renderer paints those words literally and a "sunset" nobody asked for would
+  show up in the picture.
+* `apply_edit` produces an edited image's prompt from its PARENT's prompt: it changes exactly
+  what the instruction asks (time of day, weather, colour, style, lighting, add/remove) and
+  keeps every other word, so "#2 but at sunset" is still the cabin of #2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# --------------------------------------------------------------------------------------------
+# style presets
+
+
+@dataclass(frozen=True)
+class StylePreset:
+    """A named look: terms added to the prompt, terms added to the negative prompt.
+
+    `aliases` are recognised anywhere in a message; `weak_aliases` only in a style phrase
+    ("in X style", "as X", "into X"), because words like "photo" or "neon" often name the
+    subject rather than the look.
+    """
+
+    name: str
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+    aliases: tuple[str, ...]
+    weak_aliases: tuple[str, ...] = ()
+
+
+STYLE_PRESETS: dict[str, StylePreset] = {
+    p.name: p
+    for p in (
+        StylePreset(
+            "photographic",
+            ("professional photograph", "realistic textures", "50mm lens", "shallow depth of field"),
+            ("cartoon", "illustration", "painting", "drawing", "cgi", "3d render"),
+            ("photographic", "photorealistic", "photo-realistic", "photorealism", "realistic photo"),
+            ("photo", "photograph", "photography", "realistic"),
+        ),
+        StylePreset(
+            "cinematic",
+            ("cinematic film still", "widescreen framing", "dramatic lighting", "film grain"),
+            ("flat lighting", "amateur snapshot", "cartoon"),
+            ("cinematic", "film still", "movie still"),
+            ("film", "movie"),
+        ),
+        StylePreset(
+            "anime",
+            ("anime style", "cel shading", "clean line art", "expressive characters"),
+            ("photorealistic", "photo", "3d render", "realistic skin texture"),
+            ("anime", "manga"),
+        ),
+        StylePreset(
+            "watercolor",
+            ("watercolor painting", "soft pigment washes", "visible paper texture", "loose brushwork"),
+            ("photo", "photorealistic", "3d render", "hard digital edges"),
+            ("watercolor", "watercolour", "aquarelle"),
+        ),
+        StylePreset(
+            "oil painting",
+            ("oil painting", "visible impasto brushstrokes", "canvas texture", "classical fine art"),
+            ("photo", "photorealistic", "3d render", "flat digital shading"),
+            ("oil painting", "oil-painting", "oil paint", "oil on canvas"),
+            ("oils",),
+        ),
+        StylePreset(
+            "pixel art",
+            ("pixel art", "16-bit sprite style", "limited palette", "crisp pixel edges"),
+            ("blurry", "smooth gradients", "anti-aliasing", "photorealistic", "3d render"),
+            ("pixel art", "pixel-art", "pixelart", "8-bit", "16-bit", "pixelated"),
+        ),
+        StylePreset(
+            "3d render",
+            ("3d render", "physically based materials", "global illumination", "octane render"),
+            ("flat 2d", "sketch", "painting", "drawing"),
+            ("3d render", "3d-render", "3d rendered", "cgi", "octane render", "blender render"),
+            ("3d", "3-d"),
+        ),
+        StylePreset(
+            "line art",
+            ("line art", "clean ink linework", "minimal shading", "plain background"),
+            ("photo", "photorealistic", "3d render", "messy lines", "heavy shading"),
+            ("line art", "line-art", "lineart", "line drawing", "ink drawing"),
+        ),
+        StylePreset(
+            "digital art",
+            ("digital painting", "concept art", "crisp details", "artstation quality"),
+            ("photo", "amateur", "low detail"),
+            ("digital art", "digital painting", "concept art"),
+            ("digital",),
+        ),
+        StylePreset(
+            "fantasy art",
+            ("epic fantasy illustration", "magical atmosphere", "intricate details", "painterly"),
+            ("modern objects", "photo", "mundane"),
+            ("fantasy art", "fantasy illustration", "high fantasy"),
+            ("fantasy",),
+        ),
+        StylePreset(
+            "cyberpunk",
+            ("cyberpunk aesthetic", "neon glow", "futuristic high-tech details", "sci-fi atmosphere"),
+            ("rustic", "medieval", "dull flat colors"),
+            ("cyberpunk", "neon cyberpunk", "neon-noir", "synthwave"),
+            ("neon", "sci-fi"),
+        ),
+    )
+}
+
+DEFAULT_NEGATIVE: tuple[str, ...] = (
+    "blurry",
+    "low quality",
+    "lowres",
+    "jpeg artifacts",
+    "deformed",
+    "distorted",
+    "bad anatomy",
+    "watermark",
+    "text",
+    "signature",
+)
+
+DETAIL_TERMS: tuple[str, ...] = ("highly detailed", "sharp focus", "high quality")
+
+
+def _alias_pattern(alias: str) -> str:
+    return r"[\s-]+".join(re.escape(part) for part in re.split(r"[\s-]+", alias))
+
+
+def normalize_style(name: str | None) -> str | None:
+    """Map a settings value or alias ("Oil_Painting", "manga") to a preset name, else None."""
+    if not name:
+        return None
+    key = re.sub(r"[\s_\-]+", " ", name.strip().lower())
+    if key in STYLE_PRESETS:
+        return key
+    for preset in STYLE_PRESETS.values():
+        if key in (a.replace("-", " ") for a in (*preset.aliases, *preset.weak_aliases)):
+            return preset.name
+    return None
+
+
+def detect_style(text: str) -> str | None:
+    """The style preset a message asks for ("in anime style", "as pixel art"), or None.
+
+    A style named in a style phrase beats one merely mentioned ("turn this anime still into a
+    watercolor" → watercolor); among equals the first mention wins.
+    """
+    best: tuple[int, int, str] | None = None
+    for preset in STYLE_PRESETS.values():
+        for alias in (*preset.aliases, *preset.weak_aliases):
+            core = _alias_pattern(alias)
+            phrase = (
+                r"\b(?:in|as|into|like|to)\s+(?:an?\s+|the\s+)?" + core + r"(?:[\s-]+style)?\b"
+                r"|\b" + core + r"[\s-]+(?:style|look)\b"
+                r"|\bstyle\s+of\s+(?:an?\s+)?" + core + r"\b"
+            )
+            for rank, pattern in ((0, phrase), (1, r"\b" + core + r"\b")):
+                if rank == 1 and alias in preset.weak_aliases:
+                    continue
+                m = re.search(pattern, text, flags=re.IGNORECASE)
+                if m and (best is None or (rank, m.start()) < best[:2]):
+                    best = (rank, m.start(), preset.name)
+    return best[2] if best else None
+
+
+def _style_phrase_pattern(preset: StylePreset) -> str:
+    """A style named in a phrase ("in anime style", "as a watercolor"), or bare if unmistakable."""
+
+    def core(aliases: Iterable[str]) -> str:
+        return "(?:" + "|".join(_alias_pattern(a) for a in sorted(aliases, key=len, reverse=True)) + ")"
+
+    every = core((*preset.aliases, *preset.weak_aliases))
+    return (
+        r"\s*\b(?:in|as|into|like)\s+(?:an?\s+|the\s+)?" + every + r"(?:[\s-]+(?:style|look))?\b"
+        r"|\s*\b" + every + r"[\s-]+(?:style|look)\b"
+        r"|\s*\bstyle\s+of\s+(?:an?\s+)?" + every + r"\b"
+        r"|\s*\b" + core(preset.aliases) + r"\b"
+    )
+
+
+def build_negative(style: str | None, text: str = "") -> str:
+    """Default negative terms plus the style's, minus any the user's own text asks for.
+
+    "a blurry photo of a ghost" must not get "blurry" as a negative, nor "a sign with the text
+    OPEN" get "text".
+    """
+    preset = STYLE_PRESETS.get(normalize_style(style) or "")
+    terms = [*DEFAULT_NEGATIVE, *(preset.negative if preset else ())]
+    kept = [t for t in terms if not re.search(r"\b" + re.escape(t) + r"\b", text, flags=re.IGNORECASE)]
+    return ", ".join(_dedupe(kept))
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    seen: set[str] = set()
+    out: list[str] = []
+    for item in items:
+        key = item.strip().lower()
+        if key and key not in seen:
+            seen.add(key)
+            out.append(item.strip())
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# rewriting a fresh idea
+
+#: time of day → the lighting term that matches it (and only it)
+TIME_LIGHTING: dict[str, str] = {
+    "night": "low-key night lighting",
+    "sunset": "warm low-angle sunset light",
+    "sunrise": "soft early-morning light",
+    "day": "bright daylight",
+}
+NEUTRAL_LIGHTING = "soft natural lighting"
+
+_TIME_WORDS: dict[str, str] = {
+    "night": "night",
+    "nighttime": "night",
+    "midnight": "night",
+    "moonlight": "night",
+    "moonlit": "night",
+    "starry": "night",
+    "sunset": "sunset",
+    "dusk": "sunset",
+    "twilight": "sunset",
+    "evening": "sunset",
+    "golden hour": "sunset",
+    "sunrise": "sunrise",
+    "dawn": "sunrise",
+    "daybreak": "sunrise",
+    "morning": "sunrise",
+    "noon": "day",
+    "midday": "day",
+    "daytime": "day",
+    "daylight": "day",
+    "afternoon": "day",
+}
+_TIME_RE = r"\b(?:" + "|".join(_alias_pattern(w) for w in sorted(_TIME_WORDS, key=len, reverse=True)) + r")\b"
+
+_PORTRAIT = r"\b(?:portrait|headshot|selfie|close-?up|face)\b"
+_LANDSCAPE = (
+    r"\b(?:landscape|mountains?|valley|forest|woods|lake|sea|ocean|beach|desert|city|cityscape|skyline|"
+    r"village|meadow|field|river|canyon|island|horizon|coast|street|town|garden|park|jungle|hills?)\b"
+)
+_SETTING = r"\b(?:in|on|at|under|by|near|inside|beside|above|over|among|through|across|along|behind)\s+\w"
+_HAS_LIGHTING = r"\b(?:lighting|lit|backlit|candlelight|moonlight|sunlight|spotlight|lamplight|glow)\b"
+
+
+def time_of_day(text: str) -> str | None:
+    """Which of night/sunset/sunrise/day the text names, if any (first mention wins)."""
+    m = re.search(_TIME_RE, text, flags=re.IGNORECASE)
+    if not m:
+        if re.search(r"\b(?:during\s+the\s+day|by\s+day|in\s+the\s+day)\b", text, flags=re.IGNORECASE):
+            return "day"
+        return None
+    return _TIME_WORDS[re.sub(r"[\s-]+", " ", m.group(0).lower())]
+
+
+def lighting_for(text: str) -> str:
+    """A lighting term that agrees with the idea: neutral unless the idea names a time of day."""
+    when = time_of_day(text)
+    return TIME_LIGHTING[when] if when else NEUTRAL_LIGHTING
+
+
+def _composition_for(idea: str) -> str:
+    if re.search(_PORTRAIT, idea, flags=re.IGNORECASE):
+        return "portrait framing, centered subject"
+    if re.search(_LANDSCAPE, idea, flags=re.IGNORECASE):
+        return "wide establishing view, layered foreground and background"
+    return "balanced composition, clear focal point"
+
+
+def _setting_for(idea: str) -> str:
+    if re.search(_SETTING, idea, flags=re.IGNORECASE) or re.search(_LANDSCAPE, idea, flags=re.IGNORECASE):
+        return "detailed environment"
+    return "simple background"
+
+
+def clean_idea(idea: str) -> str:
+    return re.sub(r"\s+", " ", idea).strip().strip(" ,;").rstrip(".!")
+
+
+def rewrite_prompt(idea: str, style: str | None = None) -> tuple[str, str]:
+    """A short idea → (detailed prompt, negative prompt); the same input gives the same output.
+
+    Order: the user's words verbatim, setting, composition, lighting, style terms, detail terms.
+    """
+    idea = clean_idea(idea)
+    preset = STYLE_PRESETS.get(normalize_style(style) or "")
+    if not idea:
+        return "", build_negative(style)
+    parts = [idea, _setting_for(idea), _composition_for(idea)]
+    if not re.search(_HAS_LIGHTING, idea, flags=re.IGNORECASE):
+        parts.append(lighting_for(idea))
+    if preset:
+        parts.extend(preset.positive)
+    parts.extend(DETAIL_TERMS)
+    lowered = idea.lower()
+    extra = [p for p in parts[1:] if p.lower() not in lowered]
+    return ", ".join(_dedupe([idea, *extra])), build_negative(style, idea)
+
+
+def style_prompt(text: str, style: str | None = None) -> tuple[str, str]:
+    """For image-to-image from an upload: the user's words plus style and detail terms only.
+
+    Composition and setting terms are left out, since the source image already decides those.
+    """
+    text = clean_idea(text)
+    preset = STYLE_PRESETS.get(normalize_style(style) or "")
+    extra = [
+        p for p in (*(preset.positive if preset else ()), *DETAIL_TERMS) if p.lower() not in text.lower()
+    ]
+    return ", ".join(_dedupe([text, *extra] if text else extra)), build_negative(style, text)
+
+
+# --------------------------------------------------------------------------------------------
+# editing a parent's prompt
+
+COLORS = (
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "purple",
+    "violet",
+    "pink",
+    "brown",
+    "black",
+    "white",
+    "gray",
+    "grey",
+    "golden",
+    "gold",
+    "silver",
+    "teal",
+    "cyan",
+    "magenta",
+    "beige",
+    "turquoise",
+    "crimson",
+    "navy",
+    "scarlet",
+    "ginger",
+)
+_COLOR = r"(?:(?:light|dark|bright|pale|deep|pastel|vivid)\s+)?(?:" + "|".join(COLORS) + r")"
+
+
+@dataclass(frozen=True)
+class _Weather:
+    name: str
+    #: words (prefixes) that name this weather in an instruction or a prompt
+    words: tuple[str, ...]
+    light: str
+    base: str
+    heavy: str
+    heavier: str
+
+
+WEATHER: tuple[_Weather, ...] = (
+    _Weather(
+        "snow",
+        ("snow", "blizzard"),
+        "light snow",
+        "falling snow",
+        "heavy snowfall",
+        "blizzard, very heavy snowfall",
+    ),
+    _Weather(
+        "rain", ("rain", "drizzl", "downpour"), "light drizzle", "rain", "heavy rain", "torrential downpour"
+    ),
+    _Weather("fog", ("fog", "mist", "haz"), "light mist", "fog", "thick fog", "dense impenetrable fog"),
+    _Weather(
+        "storm",
+        ("storm", "thunder", "lightning"),
+        "distant storm clouds",
+        "storm",
+        "violent thunderstorm",
+        "violent thunderstorm with lightning strikes",
+    ),
+    _Weather(
+        "cloud", ("cloud", "overcast"), "a few clouds", "cloudy sky", "overcast sky", "heavy dark overcast"
+    ),
+    _Weather("wind", ("wind", "breez", "gust"), "light breeze", "windy", "strong wind", "gale-force wind"),
+    _Weather(
+        "sun", ("sunny", "sunnier", "sunshine"), "soft sunshine", "sunny", "bright sunshine", "blazing sun"
+    ),
+)
+
+_REMOVE_CUE = (
+    r"\b(?:remove|delete|erase|without|no|get\s+rid\s+of|take\s+(?:out|away)|stop|clear\s+(?:up|away)"
+    r"|minus|lose)\b"
+)
+_LESS_CUE = r"\b(?:less|lighter|fewer|lighten|reduce|softer|gentler|a\s+(?:bit|little)\s+of)\b"
+_MORE_CUE = r"\b(?:more|heavier|heavy|lots\s+of|much|thicker|intense|stronger|extra|very)\b|\b\w+ier\b"
+
+#: mood lighting an edit may set; one at a time, replacing the neutral default
+MOOD_LIGHTING: dict[str, str] = {
+    "dark": "dark, low-key lighting",
+    "very dark": "very dark, deep shadows, low-key lighting",
+    "bright": "bright, high-key lighting",
+    "very bright": "very bright, airy high-key lighting",
+    "dramatic": "dramatic, high-contrast lighting",
+    "moody": "moody atmospheric lighting",
+    "warm": "warm lighting",
+    "cool": "cool lighting",
+    "soft": "soft diffused lighting",
+}
+_MOOD_WORDS: dict[str, str] = {
+    "darker": "dark",
+    "dark": "dark",
+    "dimmer": "dark",
+    "dim": "dark",
+    "gloomier": "dark",
+    "brighter": "bright",
+    "bright": "bright",
+    "lighter": "bright",
+    "brighten": "bright",
+    "darken": "dark",
+    "dramatic": "dramatic",
+    "moodier": "moody",
+    "moody": "moody",
+    "warmer": "warm",
+    "cooler": "cool",
+    "colder": "cool",
+    "softer": "soft",
+}
+
+_LEAD = (
+    r"^(?:(?:please|pls|now|ok(?:ay)?|also|and|but|then|just|so|can\s+you|could\s+you|would\s+you|"
+    r"i\s+want|i'd\s+like|i\s+would\s+like|let's|lets|how\s+about|what\s+about|what\s+if|try)\s+)+"
+)
+_TRAIL = r"(?:\s+(?:please|instead|now|too|as\s+well|this\s+time|for\s+me))+$"
+
+
+#: a preposition left at the end once a reference was cut out ("remove the snow from [#2]")
+_DANGLING = r"(?:\s+(?:from|of|in|on|to|for|into|onto|at|with))+$"
+
+#: words that say nothing about the picture; a clause made only of them is dropped
+_EMPTY_WORDS = frozenset(
+    re.findall(
+        r"\S+",
+        "a an the it its this that these those them one ones image picture photo pic scene make turn let "
+        "have be is was were please now then so and but also just from of in on to for into at with do redo "
+        "again same what if how about",
+    )
+)
+
+
+def _clean_clause(clause: str) -> str:
+    clause = clause.strip().strip(" ,;:.!?")
+    clause = re.sub(_LEAD, "", clause, flags=re.IGNORECASE)
+    clause = re.sub(_TRAIL, "", clause, flags=re.IGNORECASE)
+    clause = re.sub(_DANGLING, "", clause.strip(" ,;:.!?"), flags=re.IGNORECASE)
+    return clause.strip().strip(" ,;:.!?")
+
+
+def _has_content(clause: str) -> bool:
+    return any(w not in _EMPTY_WORDS for w in re.findall(r"[a-z0-9]+", clause.lower()))
+
+
+def split_instruction(instruction: str) -> list[str]:
+    """One instruction may carry several changes: "at sunset, and add a moon"."""
+    cue = r"(?:add|remove|make|turn|change|put|set|give|replace|swap|without|no|at|in|as|with)"
+    parts = re.split(
+        r"[;,]|\b(?:and\s+then|then|also|plus)\b|\band\b(?=\s+" + cue + r"\b)",
+        instruction,
+        flags=re.IGNORECASE,
+    )
+    return [c for c in (_clean_clause(p) for p in parts) if c]
+
+
+def _tidy(text: str) -> str:
+    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s+([,.;:])", r"\1", text)
+    text = re.sub(r"(?:,\s*){2,}", ", ", text)
+    text = re.sub(r"\b(?:an?|the|with|and)\s*(,|$)", r"\1", text)
+    text = re.sub(r"(?:,\s*){2,}", ", ", text)
+    return text.strip(" ,")
+
+
+def _fix_articles(text: str) -> str:
+    def fix(m: re.Match[str]) -> str:
+        article, word = m.group(1), m.group(2)
+        want = "an" if word[0].lower() in "aeiou" else "a"
+        if article[0].isupper():
+            want = want.capitalize()
+        return f"{want} {word}"
+
+    return re.sub(r"\b([Aa]n?)\s+([A-Za-z]\w*)", fix, text)
+
+
+def _insert_after_subject(prompt: str, phrase: str, *, as_segment: bool) -> str:
+    """Put new content next to the subject (the first segment), where the user's words live."""
+    if not prompt:
+        return phrase
+    head, sep, rest = prompt.partition(",")
+    head = head.rstrip()
+    new_head = f"{head}, {phrase}" if as_segment else f"{head} {phrase}"
+    return new_head + (sep + rest if sep else "")
+
+
+def _insert_before_details(prompt: str, phrase: str) -> str:
+    """Craft terms (lighting, style) go before the closing detail terms, if there are any."""
+    for term in DETAIL_TERMS:
+        idx = prompt.find(f", {term}")
+        if idx >= 0:
+            return f"{prompt[:idx]}, {phrase}{prompt[idx:]}"
+    return f"{prompt}, {phrase}" if prompt else phrase
+
+
+# -- rules, each: (prompt, clause) -> new prompt, or None when the rule does not apply ---------
+
+
+def _edit_style(prompt: str, clause: str) -> tuple[str, str] | None:
+    style = detect_style(clause)
+    if not style:
+        return None
+    new = STYLE_PRESETS[style]
+    for preset in STYLE_PRESETS.values():
+        for term in preset.positive:
+            prompt = re.sub(r"\s*,?\s*\b" + re.escape(term) + r"\b", "", prompt, flags=re.IGNORECASE)
+        if preset.name != style:
+            prompt = re.sub(_style_phrase_pattern(preset), " ", prompt, flags=re.IGNORECASE)
+    prompt = _insert_before_details(_tidy(prompt), ", ".join(new.positive))
+    rest = re.sub(_style_phrase_pattern(new), " ", clause, flags=re.IGNORECASE)
+    rest = re.sub(
+        r"^\s*(?:make|turn|render|redo|draw|paint|convert|change)?\s*(?:it|this|that)?\s*(?:into|to)?\s*$",
+        "",
+        rest,
+        flags=re.IGNORECASE,
+    )
+    return _tidy(prompt), _clean_clause(rest)
+
+
+_TIME_PHRASE = {
+    "night": "at night",
+    "nighttime": "at night",
+    "midnight": "at midnight",
+    "moonlight": "by moonlight",
+    "sunset": "at sunset",
+    "dusk": "at dusk",
+    "twilight": "at twilight",
+    "golden hour": "at golden hour",
+    "evening": "in the evening",
+    "sunrise": "at sunrise",
+    "dawn": "at dawn",
+    "daybreak": "at daybreak",
+    "morning": "in the morning",
+    "noon": "at noon",
+    "midday": "at midday",
+    "daytime": "during the day",
+    "daylight": "in daylight",
+    "afternoon": "in the afternoon",
+    "day": "during the day",
+}
+_TIME_KEYS = r"(?:" + "|".join(_alias_pattern(k) for k in sorted(_TIME_PHRASE, key=len, reverse=True)) + r")"
+#: a time phrase in a prompt: prepositional ("at night") or bare ("a night sky")
+_TIME_IN_PROMPT = (
+    r"\b(?P<prep>(?:at|by|during|in)\s+(?:the\s+)?)?(?P<word>night(?:time)?|midnight|moonlight|sunset|dusk|"
+    r"twilight|golden[\s-]hour|evening|sunrise|dawn|daybreak|morning|noon|midday|daytime|daylight|afternoon"
+    r"|(?<=during the )day)\b"
+)
+
+
+_PLACEHOLDER = "\x00"
+
+
+def _edit_time(prompt: str, clause: str) -> tuple[str, str] | None:
+    m = re.search(r"\b" + _TIME_KEYS + r"\b", clause, flags=re.IGNORECASE)
+    if not m:
+        return None
+    key = re.sub(r"[\s-]+", " ", m.group(0).lower())
+    if key == "day" and not re.search(
+        r"\b(?:during\s+the\s+day|by\s+day|make\s+it\s+day|day\s*time|in\s+the\s+day|^day$)", clause, re.I
+    ):
+        return None
+    phrase = _TIME_PHRASE[key]
+    bare = phrase.split()[-1] if key not in ("golden hour",) else "golden hour"
+    when = _TIME_WORDS.get(key, "day")
+
+    # set the old lighting term aside first: its words ("night lighting") are not a time phrase
+    old_light = next((t for t in (*TIME_LIGHTING.values(), NEUTRAL_LIGHTING) if t in prompt), None)
+    if old_light:
+        prompt = prompt.replace(old_light, _PLACEHOLDER, 1)
+    found = list(re.finditer(_TIME_IN_PROMPT, prompt, flags=re.IGNORECASE))
+    if found:
+        first = found[0]
+        replacement = phrase if first.group("prep") else bare
+        pieces = [prompt[: first.start()], replacement]
+        pos = first.end()
+        for extra in found[1:]:
+            pieces.append(prompt[pos : extra.start()])
+            pos = extra.end()
+        pieces.append(prompt[pos:])
+        prompt = "".join(pieces)
+    else:
+        prompt = _insert_after_subject(prompt, phrase, as_segment=False)
+    if old_light:
+        prompt = prompt.replace(_PLACEHOLDER, TIME_LIGHTING[when])
+    rest = clause[: m.start()] + " " + clause[m.end() :]
+    rest = re.sub(
+        r"\b(?:at|by|during|in|the|make\s+it|turn\s+it|change\s+it\s+to|set\s+it)\b", " ", rest, flags=re.I
+    )
+    return _tidy(_dedupe_segments(prompt)), _clean_clause(rest)
+
+
+def _weather_in(prompt: str, w: _Weather) -> list[re.Match[str]]:
+    stems = "|".join(w.words)
+    pattern = (
+        r"(?:\b(?:in|under|with|during|covered\s+(?:in|with))\s+(?:the\s+|a\s+)?)?"
+        r"(?:\b(?:very|heavy|light|falling|fresh|thick|deep|dense|distant|violent|strong|soft|bright|"
+        r"blazing|torrential|impenetrable|gale-force)\s+)*"
+        r"\b(?:" + stems + r")[\w-]*(?:\s+(?:clouds|sky|conditions|strikes))?"
+    )
+    return list(re.finditer(pattern, prompt, flags=re.IGNORECASE))
+
+
+def _edit_weather(prompt: str, clause: str) -> tuple[str, str] | None:
+    for w in WEATHER:
+        stems = "|".join(w.words)
+        m = re.search(r"\b(?:" + stems + r")[\w-]*", clause, flags=re.IGNORECASE)
+        if not m:
+            continue
+        if w.name == "sun" and re.search(r"\bsunset|sunrise\b", clause, re.I):
+            continue
+        present = _weather_in(prompt, w)
+        added = [p for p in present if p.group(0).strip().lower() in {w.light, w.base, w.heavy, w.heavier}]
+        if re.search(_REMOVE_CUE, clause, flags=re.IGNORECASE):
+            for hit in reversed(present):
+                prompt = prompt[: hit.start()] + prompt[hit.end() :]
+            prompt = prompt.replace("blizzard, ", "")
+        elif re.search(_LESS_CUE, clause, flags=re.IGNORECASE):
+            if present:
+                target = added[0] if added else present[0]
+                prompt = prompt[: target.start()] + w.light + prompt[target.end() :]
+            else:
+                prompt = _insert_after_subject(prompt, w.light, as_segment=True)
+        else:
+            more = bool(present) or re.search(_MORE_CUE, clause, flags=re.IGNORECASE) is not None
+            if any(p.group(0).strip().lower() in {w.heavy, w.heavier} for p in present):
+                new = w.heavier
+            else:
+                new = w.heavy if more else w.base
+            if added:
+                target = added[0]
+                prompt = prompt[: target.start()] + new + prompt[target.end() :]
+            else:
+                prompt = _insert_after_subject(prompt, new, as_segment=True)
+        rest = clause[: m.start()] + " " + clause[m.end() :]
+        rest = re.sub(
+            _REMOVE_CUE
+            + "|"
+            + _LESS_CUE
+            + "|"
+            + _MORE_CUE
+            + r"|\b(?:make|it|the|add|some|a|let\s+it|have)\b",
+            " ",
+            rest,
+            flags=re.IGNORECASE,
+        )
+        return _tidy(_dedupe_segments(prompt)), _clean_clause(rest)
+    return None
+
+
+def _edit_lighting(prompt: str, clause: str) -> tuple[str, str] | None:
+    words = "|".join(sorted(_MOOD_WORDS, key=len, reverse=True))
+    m = re.fullmatch(
+        r"(?:make\s+|turn\s+)?(?:it|this|that|the\s+(?:image|picture|scene|photo|lighting|light|mood))?\s*"
+        r"(?:(?:a\s+(?:bit|little)|slightly|much|even|more|very|a\s+lot)\s+)*(?P<mood>" + words + r")"
+        r"(?:\s+(?:lighting|light|mood|atmosphere))?(?:\s+(?:it|the\s+(?:image|picture|scene)))?",
+        clause.strip(),
+        flags=re.IGNORECASE,
+    ) or re.fullmatch(
+        r"(?:use\s+|with\s+|give\s+it\s+)?(?:more\s+)?(?P<mood>" + words + r")\s+(?:lighting|light)",
+        clause.strip(),
+        flags=re.IGNORECASE,
+    )
+    if not m:
+        return None
+    mood = _MOOD_WORDS[m.group("mood").lower()]
+    current = next((k for k, v in MOOD_LIGHTING.items() if v in prompt), None)
+    if current == mood and f"very {mood}" in MOOD_LIGHTING:
+        mood = f"very {mood}"
+    new = MOOD_LIGHTING[mood]
+    if current:
+        prompt = prompt.replace(MOOD_LIGHTING[current], new, 1)
+    elif NEUTRAL_LIGHTING in prompt:
+        prompt = prompt.replace(NEUTRAL_LIGHTING, new, 1)
+    else:
+        prompt = _insert_before_details(prompt, new)
+    return prompt, ""
+
+
+def _edit_color(prompt: str, clause: str) -> tuple[str, str] | None:
+    obj_re = (
+        r"(?:the\s+|its\s+|his\s+|her\s+)?(?P<obj>[a-z][a-z\-]*(?:\s+(?!to\b|into\b|be\b)[a-z][a-z\-]*)?)"
+        r"(?:'s)?(?:\s+colou?r)?"
+    )
+    m = (
+        re.fullmatch(
+            r"(?:make|turn|paint|colou?r|recolou?r|change|dye)\s+"
+            + obj_re
+            + r"\s+(?:to\s+|into\s+)?(?:be\s+)?"
+            r"(?P<color>" + _COLOR + r")",
+            clause,
+            flags=re.IGNORECASE,
+        )
+        or re.fullmatch(
+            r"change\s+the\s+colou?r\s+of\s+" + obj_re + r"\s+to\s+(?P<color>" + _COLOR + r")",
+            clause,
+            flags=re.IGNORECASE,
+        )
+        or re.fullmatch(
+            r"(?:an?\s+|the\s+)?(?P<color>" + _COLOR + r")\s+(?P<obj>[a-z][a-z\-]*)",
+            clause,
+            flags=re.IGNORECASE,
+        )
+    )
+    if not m:
+        return None
+    color = m.group("color").lower()
+    obj = m.group("obj").lower()
+    if obj in ("it", "this", "that", "everything", "the image", "image", "picture", "scene"):
+        return _insert_before_details(prompt, f"dominant {color} tones"), ""
+    head = obj.split()[-1]
+    noun = re.search(r"\b" + re.escape(head) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
+    if not noun:
+        return _insert_after_subject(prompt, f"{color} {obj}", as_segment=True), ""
+    before = prompt[: noun.start()]
+    # a colour up to two words before the noun is the one to swap ("a red fluffy fox")
+    old = None
+    for c in re.finditer(
+        r"\b" + _COLOR + r"(?:\s+and\s+" + _COLOR + r")?\s+(?=(?:[a-z\-]+\s+)?$)", before, re.I
+    ):
+        old = c
+    if old:
+        prompt = prompt[: old.start()] + color + " " + prompt[old.end() :]
+    else:
+        prompt = prompt[: noun.start()] + color + " " + prompt[noun.start() :]
+    return _fix_articles(prompt), ""
+
+
+def _edit_add(prompt: str, clause: str) -> tuple[str, str] | None:
+    m = re.fullmatch(
+        r"(?:add|put|include|place|insert|draw|paint|show)\s+(?:in\s+)?(?P<what>.+?)"
+        r"(?:\s+(?:to|in|into|onto)\s+(?:it|this|that|the\s+(?:image|picture|scene|photo)))?",
+        clause,
+        flags=re.IGNORECASE,
+    ) or re.fullmatch(r"with\s+(?P<what>.+)", clause, flags=re.IGNORECASE)
+    if not m:
+        return None
+    what = m.group("what").strip()
+    if not prompt:  # an upload has no prompt to extend: the new thing is the description
+        return what, ""
+    return _insert_after_subject(prompt, f"with {what}", as_segment=False), ""
+
+
+def _removal_target(clause: str) -> str | None:
+    m = re.fullmatch(
+        r"(?:remove|delete|erase|get\s+rid\s+of|take\s+(?:out|away)|drop|lose|without|minus|no(?:\s+more)?)\s+"
+        r"(?P<what>.+?)(?:\s+(?:from|in)\s+(?:it|this|that|the\s+(?:image|picture|scene|photo)))?",
+        clause,
+        flags=re.IGNORECASE,
+    )
+    if not m:
+        return None
+    what = re.sub(
+        r"^(?:the|a|an|any|all(?:\s+the)?|some|those|these|that|this)\s+",
+        "",
+        m.group("what").strip(),
+        flags=re.I,
+    )
+    return what or None
+
+
+def _edit_remove(prompt: str, clause: str) -> tuple[str, str] | None:
+    what = _removal_target(clause)
+    if what is None:
+        return None
+    head = re.escape(what.split()[-1].lower())
+    head = head[:-1] + "(?:s|es)?" if head.endswith("s") else head + "(?:e?s)?"
+    pattern = (
+        r"(?:\s*,)?\s*(?:\b(?:with|and|plus)\s+)?"
+        r"(?:\b(?:an?|the|some|many|several|two|three|\d+)\s+(?:[a-z\-]+\s+)?)?\b" + head + r"\b"
+    )
+    new = re.sub(pattern, _PLACEHOLDER, prompt, flags=re.IGNORECASE)
+    # a preposition left hanging where the thing was ("sitting on _") goes with it
+    new = re.sub(
+        r"\s+\b(?:on|onto|in|into|at|under|by|near|over|beside|behind|of|from)\s*"
+        + _PLACEHOLDER
+        + r"(?=\s*(?:,|$))",
+        "",
+        new,
+        flags=re.IGNORECASE,
+    )
+    return _tidy(new.replace(_PLACEHOLDER, " ")), ""
+
+
+def _edit_clause(prompt: str, clause: str) -> str:
+    cleaned = re.sub(
+        r"^(?:make\s+it|make|let\s+it\s+be|have\s+it\s+be|have|turn\s+it|change\s+it\s+to)\s+"
+        r"(?:look(?:s)?\s+(?:like\s+)?(?:an?\s+)?)?",
+        "",
+        clause,
+        flags=re.I,
+    )
+    if not cleaned:
+        return prompt
+    return _insert_after_subject(prompt, cleaned, as_segment=True)
+
+
+def _dedupe_segments(prompt: str) -> str:
+    return ", ".join(_dedupe(prompt.split(","))) if prompt else prompt
+
+
+def apply_edit(parent_prompt: str, instruction: str) -> str:
+    """The parent's prompt changed by the instruction, and nothing else changed.
+
+    Each clause of the instruction goes through the first rule that claims it — style, time of
+    day, weather, lighting, colour, add, remove — and whatever a rule leaves over goes through
+    the rules again; words no rule understands are added after the subject as a clause.
+    """
+    prompt = clean_idea(parent_prompt)
+    for clause in split_instruction(instruction):
+        prompt = _apply_clause(prompt, clause)
+    return _tidy(_dedupe_segments(prompt))
+
+
+def _apply_clause(prompt: str, clause: str) -> str:
+    for _ in range(4):
+        if not _has_content(clause):
+            return prompt
+        for rule in (
+            _edit_style,
+            _edit_time,
+            _edit_weather,
+            _edit_lighting,
+            _edit_color,
+            _edit_remove,
+            _edit_add,
+        ):
+            result = rule(prompt, clause)
+            if result is not None:
+                prompt, clause = result
+                break
+        else:
+            return _edit_clause(prompt, clause)
+    return prompt
+
+
+def removed_terms(instruction: str) -> tuple[str, ...]:
+    """What an edit asks to take away ("remove the snow" → "snow"), for the negative prompt."""
+    out: list[str] = []
+    for clause in split_instruction(instruction):
+        what = _removal_target(clause)
+        if what:
+            out.append(what.lower())
+            continue
+        if re.search(_REMOVE_CUE, clause, flags=re.IGNORECASE):
+            for w in WEATHER:
+                if re.search(r"\b(?:" + "|".join(w.words) + r")", clause, flags=re.IGNORECASE):
+                    out.append(w.name)
+    return tuple(_dedupe(out))

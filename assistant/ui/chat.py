@@ -1,0 +1,370 @@
+"""The chat page: the conversation from the database, then one turn per submitted message.
+
+History is always drawn from the repository, so a reload or a restart shows exactly what
+was stored. A turn is drawn live from `Assistant.respond` events (plan in a status box, a
+progress bar fed by Progress events), then the page reruns and shows the stored result.
+Image actions only queue a request text ("three variations of #2"); the planner decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import streamlit as st
+
+from assistant.backends import backend_banner
+from assistant.core import Attachment
+from assistant.events import Failed, ImageReady, PlanMade, Progress, Reply
+from assistant.settings import BackendChoice
+from assistant.ui import HISTORY_PAGE, common, support
+from assistant.ui.common import UiContext
+from assistant.ui.support import ImageView, Keys, MessageView, escape_markdown
+from storage.db import StorageError
+from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = ["png", "jpg", "jpeg", "webp"]
+
+EXAMPLES = (
+    "a red fox in the snow at night",
+    "a cozy cabin by a lake at sunset, watercolor",
+    "#1 but at sunset",
+    "three variations of #2",
+    "upscale #3 2x",
+)
+
+
+@dataclass(frozen=True)
+class QueuedRequest:
+    """A message to send on the next run; `with_attachments` says whether the mask/init apply."""
+
+    text: str
+    with_attachments: bool = False
+
+
+@dataclass
+class TurnRequest:
+    text: str
+    attachments: list[Attachment] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+
+# ----- callbacks (run before the script, so they may set widget state) -----------------------
+
+
+def _queue(text: str) -> None:
+    st.session_state[Keys.PENDING] = QueuedRequest(text)
+
+
+def _open_edit(number: int) -> None:
+    st.session_state[Keys.EDIT_PREFILL] = support.edit_prefill(number)
+
+
+def _close_edit() -> None:
+    st.session_state[Keys.EDIT_OPEN] = False
+
+
+def _submit_edit() -> None:
+    text = str(st.session_state.get(Keys.EDIT_TEXT) or "").strip()
+    st.session_state[Keys.EDIT_OPEN] = False
+    if text:
+        st.session_state[Keys.PENDING] = QueuedRequest(text, with_attachments=True)
+
+
+def _use_as_init(image_id: int, number: int) -> None:
+    st.session_state[Keys.INIT_IMAGE] = image_id
+    common.flash(f"#{number} will be attached to your next message as its starting image.", "info")
+
+
+def _clear_init() -> None:
+    st.session_state[Keys.INIT_IMAGE] = None
+
+
+# ----- history ---------------------------------------------------------------------------------
+
+
+def _render_plan(plan: dict[str, Any] | Any) -> None:
+    for label, value in support.plan_rows(plan):
+        st.markdown(f"**{escape_markdown(label)}:** {escape_markdown(value)}")
+
+
+def _png_bytes(repo: Repository, image_id: int) -> bytes:
+    """The stored file, read only when the user clicks download (not on every rerun)."""
+    return repo.image_bytes(repo.get_image(image_id))
+
+
+def _render_image(repo: Repository, image: ImageView) -> None:
+    st.image(str(image.path), width="stretch")
+    st.caption(image.caption)
+    number = image.number
+    with st.container(horizontal=True, gap="small"):
+        st.button(
+            "Variations",
+            key=f"atelier.var.{image.id}",
+            icon=":material/shuffle:",
+            on_click=_queue,
+            args=(support.variations_request(number),),
+            help=f"Ask for three variations of #{number}",
+        )
+        st.button(
+            "Upscale 2×",
+            key=f"atelier.up.{image.id}",
+            icon=":material/open_in_full:",
+            on_click=_queue,
+            args=(support.upscale_request(number),),
+            help=f"Upscale #{number} 2x",
+        )
+        st.button(
+            "Edit",
+            key=f"atelier.edit.{image.id}",
+            icon=":material/edit:",
+            on_click=_open_edit,
+            args=(number,),
+            help=f"Say what to change in #{number}",
+        )
+        st.button(
+            "Regenerate",
+            key=f"atelier.regen.{image.id}",
+            icon=":material/refresh:",
+            on_click=_queue,
+            args=(support.regenerate_request(number),),
+            help=f"The same request as #{number} with a new seed",
+        )
+        st.button(
+            "Use as init",
+            key=f"atelier.init.{image.id}",
+            icon=":material/input:",
+            on_click=_use_as_init,
+            args=(image.id, number),
+            help=f"Attach #{number} to your next message as the image to start from",
+        )
+        st.download_button(
+            "PNG",
+            data=partial(_png_bytes, repo, image.id),
+            file_name=f"atelier-{image.conversation_id}-{number}.png",
+            mime="image/png",
+            key=f"atelier.png.{image.id}",
+            icon=":material/download:",
+            on_click="ignore",
+            help="The stored PNG, with its generation parameters and lineage in its metadata",
+        )
+        if st.button(
+            "Lineage",
+            key=f"atelier.lineage.{image.id}",
+            icon=":material/account_tree:",
+            help=f"Open #{number} in the history with its lineage tree",
+        ):
+            st.switch_page(HISTORY_PAGE, query_params={"image": str(image.id)})
+
+
+def _render_images(repo: Repository, images: Sequence[ImageView]) -> None:
+    columns = st.columns(min(3, max(2, len(images))))
+    for index, image in enumerate(images):
+        with columns[index % len(columns)]:
+            _render_image(repo, image)
+
+
+def _render_message(repo: Repository, view: MessageView) -> None:
+    with st.chat_message(view.role):
+        if view.text:
+            if view.failed:
+                st.error(escape_markdown(view.text), icon=":material/error:")
+            else:
+                st.markdown(escape_markdown(view.text))
+        if view.role == "assistant" and view.plan and (view.plan.get("prompt") or view.plan.get("error")):
+            with st.expander("How I read your request"):
+                _render_plan(view.plan)
+        if view.images:
+            _render_images(repo, view.images)
+
+
+def render_history(repo: Repository, conversation_id: int) -> None:
+    views = support.conversation_view(
+        repo.messages(conversation_id), repo.conversation_images(conversation_id), repo.image_path
+    )
+    for view in views:
+        _render_message(repo, view)
+
+
+# ----- the input area --------------------------------------------------------------------------
+
+
+def _init_attachment(repo: Repository) -> Attachment | None:
+    image_id = st.session_state.get(Keys.INIT_IMAGE)
+    if image_id is None:
+        return None
+    try:
+        image = repo.get_image(int(image_id))
+        return Attachment(repo.image_bytes(image), kind="image", filename=f"#{image.number}.png")
+    except (StorageError, OSError):
+        st.session_state[Keys.INIT_IMAGE] = None
+        return None
+
+
+def _input_area(ctx: UiContext) -> TurnRequest | None:
+    """Draw the edit box, attachment notes and the chat input; return what to send, if anything."""
+    repo = ctx.repo
+    prefill = st.session_state.pop(Keys.EDIT_PREFILL, None)
+    if prefill is not None:
+        st.session_state[Keys.EDIT_TEXT] = prefill
+        st.session_state[Keys.EDIT_OPEN] = True
+    if st.session_state.get(Keys.EDIT_OPEN):
+        with st.form("atelier.edit_form"):
+            st.text_input(
+                "Edit an image: say what to change after its number",
+                key=Keys.EDIT_TEXT,
+                placeholder="#1: make the sky stormy",
+            )
+            with st.container(horizontal=True):
+                st.form_submit_button("Send edit", type="primary", on_click=_submit_edit)
+                st.form_submit_button("Cancel", on_click=_close_edit)
+
+    init_id = st.session_state.get(Keys.INIT_IMAGE)
+    if init_id is not None:
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.caption(f"Your next message starts from image id {int(init_id)}.")
+            st.button("Don't attach it", key="atelier.clear_init", on_click=_clear_init)
+
+    generation = int(st.session_state.get(Keys.MASK_GENERATION, 0))
+    with st.expander("Inpainting mask (optional)"):
+        mask_file = st.file_uploader(
+            "Mask: white where the image should change", type=IMAGE_TYPES, key=f"atelier.mask.{generation}"
+        )
+        st.caption(
+            "Attach the image in the chat box (or use an image's “Use as init”), "
+            "or refer to one by number: “#2: replace the sky with stars”."
+        )
+
+    submitted = st.chat_input(
+        "Describe an image, or a change: “#1 but at sunset”",
+        accept_file=True,
+        file_type=IMAGE_TYPES,
+        max_chars=ctx.settings.max_message_chars,
+        key="atelier.chat_input",
+    )
+    queued: QueuedRequest | None = st.session_state.pop(Keys.PENDING, None)
+    text: str | None = None
+    files: list[Any] = []
+    with_attachments = False
+    if submitted is not None:
+        text = str(submitted.get("text") or "") if hasattr(submitted, "get") else str(submitted)
+        files = list(submitted.get("files") or []) if hasattr(submitted, "get") else []
+        with_attachments = True
+    elif queued is not None:
+        text = queued.text
+        with_attachments = queued.with_attachments
+    if text is None:
+        return None
+
+    request = TurnRequest(text=text)
+    if with_attachments:
+        for upload in files[:1]:
+            request.attachments.append(Attachment(upload.getvalue(), kind="image", filename=upload.name))
+            request.labels.append(f"image {upload.name}")
+        if not files and (init := _init_attachment(repo)) is not None:
+            request.attachments.append(init)
+            request.labels.append(f"image {init.filename}")
+        if mask_file is not None:
+            request.attachments.append(Attachment(mask_file.getvalue(), kind="mask", filename=mask_file.name))
+            request.labels.append(f"mask {mask_file.name}")
+    return request
+
+
+# ----- one turn ---------------------------------------------------------------------------------
+
+
+def _run_turn(ctx: UiContext, conversation_id: int | None, request: TurnRequest) -> None:
+    """Draw the turn as its events arrive; the rerun that follows shows what was stored."""
+    with st.chat_message("user"):
+        st.markdown(escape_markdown(request.text) if request.text else "_(no text)_")
+        for label in request.labels:
+            st.caption(f"Attached: {label}")
+    failure: Failed | None = None
+    with st.chat_message("assistant"):
+        status = st.status("Understanding your request…", expanded=False)
+        bar: Any = None
+        assistant = common.make_assistant(ctx.settings, ctx.repo)
+        events = assistant.respond(conversation_id, request.text, request.attachments)
+        try:
+            for event in events:
+                if event.conversation_id:
+                    st.session_state[Keys.CONVERSATION] = event.conversation_id
+                if isinstance(event, PlanMade):
+                    status.update(label=f"{event.intent.capitalize()} · {event.backend} ({event.model})")
+                    with status:
+                        _render_plan(event.to_dict())
+                    bar = status.progress(0.0, text="Starting…")
+                elif isinstance(event, Progress):
+                    if bar is None:
+                        bar = status.progress(0.0)
+                    fraction = min(1.0, event.step / event.total) if event.total else 0.0
+                    bar.progress(fraction, text=f"Step {event.step} of {event.total}")
+                elif isinstance(event, ImageReady):
+                    status.write(f"#{event.number} is ready.")
+                elif isinstance(event, Reply):
+                    if bar is not None:
+                        bar.progress(1.0, text="Done")
+                    status.update(label="Done", state="complete")
+                elif isinstance(event, Failed):
+                    failure = event
+                    status.update(label="That didn't work", state="error")
+                    st.error(escape_markdown(event.message))
+        except Exception as exc:  # a bug below the UI: say so, keep the page usable
+            log.exception("turn failed unexpectedly")
+            status.update(label="That didn't work", state="error")
+            failure = Failed(
+                conversation_id or 0,
+                f"Something went wrong ({type(exc).__name__}); nothing was lost, please try again.",
+            )
+        finally:
+            # when the script is interrupted (a rerun), closing cancels the backend between steps
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+    if failure is not None and not _failure_recorded(ctx.repo, failure):
+        common.flash(failure.message)
+    st.session_state[Keys.INIT_IMAGE] = None
+    st.session_state[Keys.MASK_GENERATION] = int(st.session_state.get(Keys.MASK_GENERATION, 0)) + 1
+    st.rerun()
+
+
+def _failure_recorded(repo: Repository, failure: Failed) -> bool:
+    """Whether the failure is in the conversation already (then the rerun shows it)."""
+    if not failure.conversation_id:
+        return False
+    try:
+        last = repo.messages(failure.conversation_id, limit=1)
+    except StorageError:
+        return False
+    return bool(last) and last[-1].status == "failed" and last[-1].content == failure.message
+
+
+# ----- the page ----------------------------------------------------------------------------------
+
+
+def render() -> None:
+    ctx = common.context()
+    repo = ctx.repo
+    conversation = common.current_conversation(repo)
+    st.title(escape_markdown(conversation.title) if conversation else "Atelier")
+    banner = backend_banner(ctx.settings)
+    if ctx.settings.effective_backend is BackendChoice.OFFLINE:
+        st.info(escape_markdown(banner), icon=":material/info:")
+    else:
+        st.caption(escape_markdown(banner))
+    common.show_flashes()
+    if conversation is not None:
+        render_history(repo, conversation.id)
+    else:
+        st.markdown(
+            "Describe a picture to start a new conversation. Each image gets a number "
+            "(#1, #2, …) you can refer to: " + ", ".join(f"“{escape_markdown(e)}”" for e in EXAMPLES) + "."
+        )
+    request = _input_area(ctx)
+    if request is not None:
+        _run_turn(ctx, conversation.id if conversation else None, request)

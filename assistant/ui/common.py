@@ -1,0 +1,365 @@
+"""What every page shares: settings, the cached repository and backend, the sidebar, flashes.
+
+Heavy things are built once per process with `st.cache_resource` (the repository and its
+engine, each backend: a diffusers pipeline loads once), keyed by what makes them differ;
+per-user things (the base Settings, the chosen conversation, the sidebar choices) live in
+`st.session_state`. The entry script renders the sidebar before the page runs, which is what
+keeps its widget values when the user moves between pages.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+from PIL import Image as PILImage
+
+from assistant.core import Assistant
+from assistant.settings import BackendChoice, Settings
+from assistant.ui import support
+from assistant.ui.support import Keys, escape_markdown
+from storage.db import StorageError
+from storage.models import Conversation
+from storage.repository import NotFound, Repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UiContext:
+    """What a page needs: the settings this run uses and the repository."""
+
+    base: Settings
+    settings: Settings
+    repo: Repository
+
+
+# ----- construction -------------------------------------------------------------------------
+
+
+def base_settings() -> Settings:
+    """Settings from the environment, read once per browser session (not per rerun).
+
+    Per session rather than per process so a changed environment (and each test's
+    ATELIER_DATA_DIR) is honoured by the next session without restarting the server.
+    """
+    settings = st.session_state.get(Keys.BASE_SETTINGS)
+    if isinstance(settings, Settings):
+        return settings
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic ValidationError: name the setting, don't dump values
+        lines = str(exc).splitlines()
+        detail = "; ".join(line.strip() for line in lines[1:3]) if len(lines) > 1 else str(exc)
+        st.error(f"Atelier's settings are invalid: {detail}")
+        st.stop()
+    st.session_state[Keys.BASE_SETTINGS] = settings
+    return settings
+
+
+@st.cache_resource(show_spinner=False)
+def _repository(database_url: str, images_dir: str, _settings: Settings) -> Repository:
+    """One repository (engine + migrations + sweep) per database for the whole server."""
+    from assistant.runtime import open_repository
+
+    return open_repository(_settings)
+
+
+def repository(settings: Settings) -> Repository:
+    try:
+        return _repository(settings.effective_database_url, str(settings.images_dir), settings)
+    except StorageError as exc:
+        st.error(f"Atelier can't open its data: {exc}")
+        st.stop()
+
+
+@st.cache_resource(show_spinner="Loading the image backend…", max_entries=4)
+def _backend(key: str, _settings: Settings) -> Any:
+    """One backend object per backend configuration: a local pipeline loads once, not per turn."""
+    from assistant.backends import make_backend
+
+    return make_backend(_settings)
+
+
+def make_assistant(settings: Settings, repo: Repository) -> Assistant:
+    """A fresh Assistant per turn around the shared backend.
+
+    The Assistant itself is cheap and holds per-turn state (its cancel token), so sessions
+    must not share one; the backend is the expensive part and is shared. When the backend
+    cannot be built, the Assistant is left to build it itself, which turns the error into a
+    recorded, user-facing failure of the turn.
+    """
+    try:
+        backend = _backend(support.backend_cache_key(settings), settings)
+    except Exception:
+        log.info("backend construction failed; the turn will report it", exc_info=True)
+        backend = None
+    return Assistant(settings, repo, backend=backend)
+
+
+def context() -> UiContext:
+    """The context the entry script stored for this run (pages are scripts, not functions)."""
+    ctx = st.session_state.get(Keys.CONTEXT)
+    if not isinstance(ctx, UiContext):
+        base = base_settings()
+        ctx = UiContext(base, base, repository(base))
+    return ctx
+
+
+@st.cache_data(max_entries=2000, show_spinner=False)
+def thumbnail(sha256: str, path: str, side: int = 320) -> bytes:
+    """A small PNG of a stored image; keyed by content hash, so it can never be stale."""
+    with PILImage.open(path) as opened:
+        image = opened.convert("RGB")
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+# ----- flashes ------------------------------------------------------------------------------
+
+
+def flash(message: str, kind: str = "error") -> None:
+    """Show `message` once at the top of the next run (for things no row records)."""
+    st.session_state.setdefault(Keys.FLASH, []).append((kind, message))
+
+
+def show_flashes() -> None:
+    for kind, message in st.session_state.pop(Keys.FLASH, []):
+        text = escape_markdown(message)
+        if kind == "error":
+            st.error(text)
+        elif kind == "success":
+            st.success(text)
+        else:
+            st.info(text)
+
+
+# ----- conversations ----------------------------------------------------------------------------
+
+
+def current_conversation(repo: Repository) -> Conversation | None:
+    """The selected conversation, or None (a new one starts with the next message)."""
+    conversation_id = st.session_state.get(Keys.CONVERSATION)
+    if conversation_id is None:
+        return None
+    try:
+        return repo.get_conversation(int(conversation_id))
+    except NotFound:  # deleted in another tab
+        st.session_state[Keys.CONVERSATION] = None
+        return None
+
+
+def select_conversation(conversation_id: int | None, goto_chat: bool = True) -> None:
+    st.session_state[Keys.CONVERSATION] = conversation_id
+    st.session_state[Keys.CONFIRM_DELETE] = None
+    st.session_state[Keys.INIT_IMAGE] = None
+    st.session_state[Keys.EDIT_OPEN] = False
+    if goto_chat:
+        st.session_state[Keys.GOTO_CHAT] = True
+
+
+def _rename(repo: Repository, conversation_id: int, key: str) -> None:
+    title = str(st.session_state.get(key) or "").strip()
+    if not title:
+        flash("A conversation needs a title.")
+        return
+    try:
+        repo.rename_conversation(conversation_id, title)
+    except StorageError as exc:
+        flash(str(exc))
+
+
+def _ask_delete(conversation_id: int) -> None:
+    st.session_state[Keys.CONFIRM_DELETE] = conversation_id
+
+
+def _cancel_delete() -> None:
+    st.session_state[Keys.CONFIRM_DELETE] = None
+
+
+def _delete(repo: Repository, conversation_id: int) -> None:
+    try:
+        repo.delete_conversation(conversation_id)
+    except StorageError as exc:
+        flash(str(exc))
+    else:
+        flash("Conversation deleted.", "success")
+    st.session_state[Keys.CONFIRM_DELETE] = None
+    if st.session_state.get(Keys.CONVERSATION) == conversation_id:
+        st.session_state[Keys.CONVERSATION] = None
+
+
+def _sidebar_conversations(repo: Repository) -> None:
+    sidebar = st.sidebar
+    sidebar.subheader("Conversations")
+    sidebar.button(
+        "New conversation",
+        key="atelier.new_conversation",
+        icon=":material/add:",
+        on_click=select_conversation,
+        args=(None,),
+        width="stretch",
+    )
+    current = st.session_state.get(Keys.CONVERSATION)
+    conversations = repo.list_conversations(limit=100)
+    with sidebar.container(height=300 if len(conversations) > 8 else "content", border=False):
+        for conversation in conversations:
+            st.button(
+                escape_markdown(support.short(conversation.title, 40)),
+                key=f"atelier.conversation.{conversation.id}",
+                type="primary" if conversation.id == current else "secondary",
+                on_click=select_conversation,
+                args=(conversation.id,),
+                width="stretch",
+                help=f"Conversation {conversation.id}",
+            )
+    selected = next((c for c in conversations if c.id == current), None)
+    if selected is None:
+        return
+    with sidebar.expander("Rename or delete this conversation"):
+        rename_key = f"atelier.rename.{selected.id}"
+        st.text_input("Title", value=selected.title, key=rename_key, max_chars=120)
+        st.button(
+            "Rename",
+            key=f"atelier.rename_button.{selected.id}",
+            on_click=_rename,
+            args=(repo, selected.id, rename_key),
+        )
+        if st.session_state.get(Keys.CONFIRM_DELETE) == selected.id:
+            count = len(repo.conversation_images(selected.id))
+            st.warning(f"Delete this conversation and its {count} image(s)? This cannot be undone.")
+            st.button(
+                "Yes, delete it",
+                key="atelier.delete_confirm",
+                type="primary",
+                on_click=_delete,
+                args=(repo, selected.id),
+            )
+            st.button("Keep it", key="atelier.delete_cancel", on_click=_cancel_delete)
+        else:
+            st.button(
+                "Delete…",
+                key=f"atelier.delete.{selected.id}",
+                icon=":material/delete:",
+                on_click=_ask_delete,
+                args=(selected.id,),
+            )
+
+
+# ----- model and image settings ------------------------------------------------------------------
+
+
+def _style_names() -> list[str]:
+    try:
+        from assistant.rewrite import STYLE_PRESETS
+    except ImportError:  # the rewrite module is optional for the UI
+        return []
+    return sorted(STYLE_PRESETS)
+
+
+def _sidebar_settings(base: Settings) -> support.Choices:
+    sidebar = st.sidebar
+    sidebar.subheader("Model")
+    options = [
+        choice.value for choice in (BackendChoice.OFFLINE, BackendChoice.OPENAI, BackendChoice.DIFFUSERS)
+    ]
+    backend = sidebar.selectbox(
+        "Image backend",
+        options,
+        index=options.index(base.effective_backend.value),
+        format_func=lambda value: support.BACKEND_LABELS.get(value, value),
+        key=Keys.BACKEND,
+    )
+    openai_model: str | None = None
+    diffusers_model: str | None = None
+    if backend == "openai":
+        openai_model = sidebar.text_input(
+            "OpenAI image model", value=base.openai_image_model, key=Keys.OPENAI_MODEL
+        )
+        if base.openai_api_key is None:
+            sidebar.caption("No key: set OPENAI_API_KEY before starting `atelier ui`.")
+    elif backend == "diffusers":
+        diffusers_model = sidebar.text_input(
+            "Local model (folder or hub id)",
+            value=base.diffusers_model or "",
+            key=Keys.DIFFUSERS_MODEL,
+            help="Any diffusers model: a local folder or a Hugging Face id such as "
+            "stable-diffusion-v1-5/stable-diffusion-v1-5. It loads once and stays loaded.",
+        )
+    else:
+        sidebar.caption("Model: offline sketch renderer (no download, no GPU).")
+    planner = base.effective_chat_model
+    sidebar.caption(f"Planner: {'LLM agent (' + planner + ')' if planner else 'offline rules planner'}")
+
+    with sidebar.expander("Image settings"):
+        sizes = support.size_options(base)
+        size = st.selectbox(
+            "Size", sizes, index=sizes.index(support.size_label(base.width, base.height)), key=Keys.SIZE
+        )
+        steps = st.slider(
+            "Steps", 1, max(1, min(base.max_steps, 150)), min(base.steps, base.max_steps), key=Keys.STEPS
+        )
+        guidance = st.slider("Guidance", 0.0, 20.0, float(base.guidance), 0.5, key=Keys.GUIDANCE)
+        styles = [support.NO_STYLE, *_style_names()]
+        if base.style and base.style not in styles:
+            styles.append(base.style)
+        style = st.selectbox(
+            "Style preset", styles, index=styles.index(base.style) if base.style else 0, key=Keys.STYLE
+        )
+        verbatim = st.checkbox(
+            "Use my prompt exactly",
+            value=base.verbatim,
+            key=Keys.VERBATIM,
+            help="Send your words to the model as they are, without rewriting.",
+        )
+        seed_mode = st.radio(
+            "Seed",
+            [support.RANDOM_SEED, support.FIXED_SEED],
+            horizontal=True,
+            index=1 if base.seed is not None else 0,
+            key=Keys.SEED_MODE,
+        )
+        seed: int | None = None
+        if seed_mode == support.FIXED_SEED:
+            seed = int(
+                st.number_input(
+                    "Seed value",
+                    min_value=0,
+                    max_value=2**32 - 1,
+                    value=int(base.seed or 0),
+                    step=1,
+                    key=Keys.SEED,
+                )
+            )
+    return support.Choices(
+        backend=str(backend),
+        openai_image_model=openai_model,
+        diffusers_model=diffusers_model,
+        size=size,
+        steps=int(steps),
+        guidance=float(guidance),
+        style=style,
+        verbatim=bool(verbatim),
+        seed=seed,
+    )
+
+
+def setup() -> UiContext:
+    """Build this run's context and draw the sidebar; called by the entry script every run."""
+    base = base_settings()
+    repo = repository(base)
+    _sidebar_conversations(repo)
+    choices = _sidebar_settings(base)
+    try:
+        settings = choices.apply(base)
+    except ValueError as exc:
+        st.sidebar.error(f"Invalid setting: {exc}")
+        settings = base
+    ctx = UiContext(base, settings, repo)
+    st.session_state[Keys.CONTEXT] = ctx
+    return ctx

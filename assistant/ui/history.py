@@ -1,0 +1,268 @@
+"""The history page: every image across conversations, searchable, and one image in detail.
+
+The gallery is `Repository.list_images` with the form's filters (full-text search, backend,
+operation, conversation, dates). The detail view shows everything recorded about an image:
+the words the user wrote beside the prompt the backend got and the prompt the provider says
+it used, its parameters, its lineage tree as a graph, and a side-by-side with its parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import partial
+from typing import Any
+
+import streamlit as st
+
+from assistant.ui import CHAT_PAGE, common, support
+from assistant.ui.common import UiContext
+from assistant.ui.support import Keys, escape_markdown
+from storage.db import StorageError
+from storage.models import Image
+from storage.repository import NotFound, Repository
+
+GRID_COLUMNS = 4
+PAGE_SIZE = 48
+ALL = "All"
+LIMIT_KEY = "atelier.h.limit"
+#: the gallery's filter widgets; kept alive across the detail view and page switches
+FILTER_KEYS = (
+    "atelier.h.query",
+    "atelier.h.backend",
+    "atelier.h.operation",
+    "atelier.h.conversation",
+    "atelier.h.since",
+    "atelier.h.until",
+)
+
+
+def keep_filters() -> None:
+    """Streamlit drops a widget's value on a run that doesn't draw it (the detail view, the chat
+    page); writing the value back makes it plain session state, so the search survives."""
+    for key in FILTER_KEYS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def _focus(image_id: int) -> None:
+    st.session_state[Keys.FOCUS] = image_id
+
+
+def _back_to_gallery() -> None:
+    st.session_state[Keys.FOCUS] = None
+
+
+def _more() -> None:
+    st.session_state[LIMIT_KEY] = int(st.session_state.get(LIMIT_KEY, PAGE_SIZE)) + PAGE_SIZE
+
+
+# ----- gallery ----------------------------------------------------------------------------------
+
+
+def _titles(repo: Repository) -> dict[int, str]:
+    return {conversation.id: conversation.title for conversation in repo.list_conversations(limit=1000)}
+
+
+def render_gallery(ctx: UiContext) -> None:
+    repo = ctx.repo
+    backends, operations = repo.backends_and_operations()
+    titles = _titles(repo)
+    with st.container(border=True):
+        query = st.text_input(
+            "Search prompts and instructions", key="atelier.h.query", placeholder="fox, sunset, watercolor…"
+        )
+        columns = st.columns(5)
+        backend = columns[0].selectbox("Backend", [ALL, *backends], key="atelier.h.backend")
+        operation = columns[1].selectbox("Operation", [ALL, *operations], key="atelier.h.operation")
+        conversation_ids: list[int | None] = [None, *titles]
+        conversation_id = columns[2].selectbox(
+            "Conversation",
+            conversation_ids,
+            key="atelier.h.conversation",
+            format_func=lambda cid: (
+                ALL if cid is None else f"{support.short(titles.get(cid, ''), 30)} ({cid})"
+            ),
+        )
+        since = columns[3].date_input("From", value=None, key="atelier.h.since")
+        until = columns[4].date_input("To", value=None, key="atelier.h.until")
+    filters = support.gallery_filter(
+        query=query or "",
+        backend=None if backend == ALL else str(backend),
+        operation=None if operation == ALL else str(operation),
+        conversation_id=conversation_id,
+        since=since if not isinstance(since, tuple) else None,
+        until=until if not isinstance(until, tuple) else None,
+    )
+    limit = int(st.session_state.get(LIMIT_KEY, PAGE_SIZE))
+    images = repo.list_images(filters, limit=limit + 1)
+    more = len(images) > limit
+    images = images[:limit]
+    if not images:
+        st.info(
+            "No images match."
+            if query or filters != support.gallery_filter()
+            else "No images yet: start a conversation on the Chat page."
+        )
+        return
+    st.caption(f"{len(images)}{'+' if more else ''} image(s), newest first")
+    grid = st.columns(GRID_COLUMNS)
+    for index, image in enumerate(images):
+        with grid[index % GRID_COLUMNS]:
+            _gallery_cell(
+                repo, image, titles.get(image.conversation_id, f"conversation {image.conversation_id}")
+            )
+    if more:
+        st.button("Show more", key="atelier.h.more", on_click=_more)
+
+
+def _gallery_cell(repo: Repository, image: Image, title: str) -> None:
+    with st.container(border=True):
+        try:
+            st.image(common.thumbnail(image.sha256, str(repo.image_path(image))), width="stretch")
+        except OSError:
+            st.warning("The file of this image is missing; `atelier doctor` checks the store.")
+        st.caption(f"#{image.number} · {image.operation} · {image.backend}")
+        st.markdown(escape_markdown(support.short(image.instruction or image.prompt, 60)) or "—")
+        st.caption(f"in {escape_markdown(support.short(title, 40))}")
+        st.button(
+            "Details", key=f"atelier.h.detail.{image.id}", on_click=_focus, args=(image.id,), width="stretch"
+        )
+
+
+# ----- detail -----------------------------------------------------------------------------------
+
+
+def _continue_from(image: Image) -> None:
+    """Open the chat on the image's conversation with '#N: ' ready in the edit box."""
+    common.select_conversation(image.conversation_id, goto_chat=False)
+    st.session_state[Keys.EDIT_PREFILL] = support.edit_prefill(image.number)
+
+
+def _prompt_block(label: str, text: str | None, empty: str) -> None:
+    st.markdown(f"**{label}**")
+    if text:
+        st.code(text, language=None, wrap_lines=True)
+    else:
+        st.caption(empty)
+
+
+def render_detail(ctx: UiContext, image: Image) -> None:
+    repo = ctx.repo
+    titles = _titles(repo)
+    title = titles.get(image.conversation_id, f"conversation {image.conversation_id}")
+    nodes = repo.lineage_tree(image.id)
+    numbers = {
+        node.image.id: node.image.number
+        for node in nodes
+        if node.image.conversation_id == image.conversation_id
+    }
+    parent = next((node.image for node in nodes if node.image.id == image.parent_id), None)
+
+    st.button(
+        "Back to gallery", key="atelier.h.back", icon=":material/arrow_back:", on_click=_back_to_gallery
+    )
+    st.subheader(f"#{image.number} · {escape_markdown(support.short(title, 60))}")
+    left, right = st.columns([3, 2])
+    with left:
+        st.image(str(repo.image_path(image)), width="stretch")
+    with right:
+        for label, value in support.image_fields(image, title, numbers):
+            st.markdown(f"**{escape_markdown(label)}:** {escape_markdown(value)}")
+        if st.button(
+            "Continue from here",
+            key="atelier.h.continue",
+            type="primary",
+            icon=":material/chat:",
+            help=f"Open this conversation with “#{image.number}: ” ready to edit",
+        ):
+            _continue_from(image)
+            st.switch_page(CHAT_PAGE)
+        st.download_button(
+            "Download PNG",
+            data=partial(repo.image_bytes, image),
+            file_name=f"atelier-{image.conversation_id}-{image.number}.png",
+            mime="image/png",
+            key="atelier.h.png",
+            icon=":material/download:",
+            on_click="ignore",
+        )
+
+    st.subheader("Prompts")
+    _prompt_block("You wrote", image.instruction, "(no words: this image came from an action or an upload)")
+    _prompt_block("Prompt used", image.prompt, "(none: a model-free step)")
+    _prompt_block("Negative prompt", image.negative_prompt, "(none)")
+    _prompt_block(
+        "Provider's revised prompt", image.revised_prompt, "(the backend did not revise the prompt)"
+    )
+
+    with st.expander("All parameters", expanded=False):
+        st.json(image.params or {})
+        _generation_details(repo, image)
+
+    st.subheader("Lineage")
+    st.graphviz_chart(support.lineage_dot(nodes, image.id))
+    if len(nodes) > 1:
+        with st.container(horizontal=True, gap="small"):
+            for node in nodes:
+                if node.image.id != image.id:
+                    st.button(
+                        f"Open #{node.image.number}",
+                        key=f"atelier.h.node.{node.image.id}",
+                        on_click=_focus,
+                        args=(node.image.id,),
+                    )
+
+    if parent is not None:
+        st.subheader("Compared with its parent")
+        before, after = st.columns(2)
+        with before:
+            st.image(str(repo.image_path(parent)), width="stretch")
+            st.caption(f"#{parent.number} · {parent.operation} (parent)")
+        with after:
+            st.image(str(repo.image_path(image)), width="stretch")
+            st.caption(f"#{image.number} · {image.operation}")
+
+
+def _generation_details(repo: Repository, image: Image) -> None:
+    if image.generation_id is None:
+        return
+    try:
+        generation, inputs = repo.generation(image.generation_id)
+    except StorageError:
+        return
+    details: dict[str, Any] = {
+        "backend call": generation.id,
+        "status": generation.status,
+        "duration_ms": generation.duration_ms,
+        "cost_usd": generation.cost_usd,
+        "usage": generation.usage,
+        "inputs": [{"image_id": i.image_id, "role": i.role} for i in inputs],
+    }
+    st.markdown("**Backend call**")
+    st.json(details)
+
+
+# ----- the page ----------------------------------------------------------------------------------
+
+
+def render() -> None:
+    st.set_page_config(layout="wide")
+    ctx = common.context()
+    requested = st.query_params.get("image")
+    if requested is not None:
+        with contextlib.suppress(ValueError):
+            st.session_state[Keys.FOCUS] = int(requested)
+        del st.query_params["image"]
+    st.title("History")
+    common.show_flashes()
+    focus = st.session_state.get(Keys.FOCUS)
+    if focus is not None:
+        try:
+            image = ctx.repo.get_image(int(focus))
+        except NotFound:
+            st.session_state[Keys.FOCUS] = None
+            st.warning("That image no longer exists.")
+        else:
+            render_detail(ctx, image)
+            return
+    render_gallery(ctx)

@@ -1,0 +1,407 @@
+"""What the UI needs besides rendering: session keys, view models, request texts, DOT source.
+
+Nothing here imports Streamlit, so it is unit-tested directly and the pages stay thin. The
+functions turn rows the repository returns into what a page shows; they never change the
+database and never decide what a turn does (that is the planner's job).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from assistant.settings import Settings
+from storage.models import Image, Message
+from storage.repository import ImageFilter, LineageNode
+
+
+class Keys:
+    """Session-state keys, in one place so pages and tests agree on them."""
+
+    BASE_SETTINGS = "atelier.base_settings"
+    CONTEXT = "atelier.context"
+    CONVERSATION = "atelier.conversation_id"
+    #: a request an image action queued ("three variations of #2"), sent on the next run
+    PENDING = "atelier.pending_request"
+    #: an image id the next turn sends as its attachment ("use as init image")
+    INIT_IMAGE = "atelier.init_image_id"
+    EDIT_OPEN = "atelier.edit_open"
+    EDIT_TEXT = "atelier.edit_text"
+    #: text for the edit box, set anywhere (even on another page) and moved into it before it draws
+    EDIT_PREFILL = "atelier.edit_prefill"
+    #: bumped after a turn so the mask uploader starts empty again
+    MASK_GENERATION = "atelier.mask_generation"
+    #: a one-shot message shown after the rerun that ends a turn (errors nobody recorded)
+    FLASH = "atelier.flash"
+    CONFIRM_DELETE = "atelier.confirm_delete"
+    GOTO_CHAT = "atelier.goto_chat"
+    #: the image the history page shows in detail
+    FOCUS = "atelier.focus_image_id"
+
+    # sidebar widgets (rendered by the entry script, so their values survive page switches)
+    BACKEND = "atelier.w.backend"
+    OPENAI_MODEL = "atelier.w.openai_model"
+    DIFFUSERS_MODEL = "atelier.w.diffusers_model"
+    SIZE = "atelier.w.size"
+    STEPS = "atelier.w.steps"
+    GUIDANCE = "atelier.w.guidance"
+    STYLE = "atelier.w.style"
+    VERBATIM = "atelier.w.verbatim"
+    SEED_MODE = "atelier.w.seed_mode"
+    SEED = "atelier.w.seed"
+
+
+BACKEND_LABELS: Mapping[str, str] = {
+    "offline": "Built-in offline sketch renderer",
+    "openai": "OpenAI Images",
+    "diffusers": "Local diffusers model",
+}
+
+SIZES: tuple[str, ...] = (
+    "512x512",
+    "768x768",
+    "1024x1024",
+    "768x512",
+    "512x768",
+    "1024x768",
+    "768x1024",
+    "1536x1024",
+    "1024x1536",
+)
+
+NO_STYLE = "(none)"
+RANDOM_SEED = "Random"
+FIXED_SEED = "Fixed"
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:=^&\"'@%])")
+
+
+def escape_markdown(text: str) -> str:
+    """User text for `st.markdown`: every markdown/HTML/LaTeX/directive character escaped.
+
+    Streamlit markdown also understands `:red[...]`, `:material/...:` and `$math$`; a
+    backslash before every ASCII punctuation character keeps all of them literal while the
+    text still wraps like prose (which `st.text` would not). Newlines become hard breaks.
+    """
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    return escaped.replace("\r\n", "\n").replace("\n", "  \n")
+
+
+def size_label(width: int, height: int) -> str:
+    return f"{width}x{height}"
+
+
+def parse_size(label: str) -> tuple[int, int]:
+    """'768x512' → (768, 512); raises ValueError for anything else."""
+    match = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", label)
+    if not match:
+        raise ValueError(f"not a size: {label!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def size_options(settings: Settings) -> list[str]:
+    """The preset sizes, plus the configured default when it is not one of them."""
+    current = size_label(settings.width, settings.height)
+    return list(SIZES) if current in SIZES else [current, *SIZES]
+
+
+def short(text: str | None, width: int = 60) -> str:
+    words = " ".join((text or "").split())
+    return words if len(words) <= width else words[: width - 1] + "…"
+
+
+# ----- requests the image actions send ---------------------------------------------------
+
+
+def variations_request(number: int) -> str:
+    return f"three variations of #{number}"
+
+
+def upscale_request(number: int) -> str:
+    return f"upscale #{number} 2x"
+
+
+def regenerate_request(number: int) -> str:
+    return f"regenerate #{number}"
+
+
+def edit_prefill(number: int) -> str:
+    return f"#{number}: "
+
+
+# ----- settings ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What the sidebar picked; `apply` turns it into a Settings copy for the Assistant."""
+
+    backend: str
+    openai_image_model: str | None = None
+    diffusers_model: str | None = None
+    size: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    style: str | None = None
+    verbatim: bool = False
+    seed: int | None = None
+
+    def apply(self, base: Settings) -> Settings:
+        from assistant.settings import BackendChoice
+
+        update: dict[str, Any] = {
+            "backend": BackendChoice(self.backend),
+            "verbatim": self.verbatim,
+            "seed": self.seed,
+            "style": None if self.style in (None, "", NO_STYLE) else self.style,
+        }
+        if self.openai_image_model:
+            update["openai_image_model"] = self.openai_image_model.strip()
+        if self.diffusers_model is not None:
+            update["diffusers_model"] = self.diffusers_model.strip() or None
+        if self.size:
+            update["width"], update["height"] = parse_size(self.size)
+        if self.steps is not None:
+            update["steps"] = int(self.steps)
+        if self.guidance is not None:
+            update["guidance"] = float(self.guidance)
+        return base.model_copy(update=update)
+
+
+def backend_cache_key(settings: Settings) -> str:
+    """What decides which backend object serves a turn: equal keys may share a loaded model.
+
+    The API key enters only as a hash, so the key (which Streamlit keeps in memory as the
+    cache key) never holds the secret.
+    """
+    secret = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+    backend = settings.effective_backend.value
+    parts: dict[str, Any] = {"backend": backend}
+    if backend == "openai":
+        parts |= {
+            "model": settings.openai_image_model,
+            "base_url": settings.openai_base_url,
+            "timeout": settings.openai_timeout,
+            "retries": settings.openai_max_retries,
+            "key": hashlib.sha256(secret.encode()).hexdigest()[:16],
+        }
+    elif backend == "diffusers":
+        parts |= {
+            "model": settings.diffusers_model,
+            "device": settings.diffusers_device,
+            "compile": settings.diffusers_compile,
+            "offload": settings.diffusers_offload,
+            "cache": str(settings.data_dir / "cache"),
+        }
+    return json.dumps(parts, sort_keys=True)
+
+
+# ----- view models -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageView:
+    id: int
+    number: int
+    conversation_id: int
+    operation: str
+    path: Path
+    parent_label: str | None
+    sha256: str
+
+    @property
+    def caption(self) -> str:
+        origin = f" · from {self.parent_label}" if self.parent_label else ""
+        return f"#{self.number} · {self.operation}{origin}"
+
+
+@dataclass(frozen=True)
+class MessageView:
+    id: int | None
+    role: str
+    text: str
+    failed: bool = False
+    plan: Mapping[str, Any] | None = None
+    images: list[ImageView] = field(default_factory=list)
+
+
+def parent_label(image: Image, numbers: Mapping[int, int]) -> str | None:
+    """'#2' for a parent in the same conversation, 'image 17' for one elsewhere."""
+    if image.parent_id is None:
+        return None
+    number = numbers.get(image.parent_id)
+    return f"#{number}" if number is not None else f"image {image.parent_id}"
+
+
+def image_view(image: Image, path: Path, numbers: Mapping[int, int]) -> ImageView:
+    return ImageView(
+        id=image.id,
+        number=image.number,
+        conversation_id=image.conversation_id,
+        operation=image.operation,
+        path=path,
+        parent_label=parent_label(image, numbers),
+        sha256=image.sha256,
+    )
+
+
+def conversation_view(
+    messages: Sequence[Message], images: Sequence[Image], image_path: Callable[[Image], Path]
+) -> list[MessageView]:
+    """Messages oldest first, each with the images stored under it.
+
+    Images whose message is gone (or that were stored without one) are shown at the end in
+    an assistant message of their own, so no stored image is ever hidden from the chat.
+    """
+    numbers = {image.id: image.number for image in images}
+    by_message: dict[int | None, list[ImageView]] = {}
+    for image in images:
+        by_message.setdefault(image.message_id, []).append(image_view(image, image_path(image), numbers))
+    views: list[MessageView] = []
+    known: set[int] = set()
+    for message in messages:
+        known.add(message.id)
+        views.append(
+            MessageView(
+                id=message.id,
+                role=message.role if message.role in ("user", "assistant") else "assistant",
+                text=message.content,
+                failed=message.status == "failed",
+                plan=message.plan,
+                images=by_message.get(message.id, []),
+            )
+        )
+    loose = [view for key, group in by_message.items() if key not in known for view in group]
+    if loose:
+        views.append(
+            MessageView(id=None, role="assistant", text="", images=sorted(loose, key=lambda v: v.number))
+        )
+    return views
+
+
+def plan_rows(plan: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The parts of a plan (PlanMade or a stored `messages.plan`) worth showing, as label/value."""
+    rows: list[tuple[str, str]] = []
+    labels = (
+        ("intent", "Intent"),
+        ("operation", "Operation"),
+        ("targets", "Works on"),
+        ("prompt", "Prompt"),
+        ("negative_prompt", "Negative prompt"),
+        ("style", "Style"),
+        ("n", "Images"),
+        ("strength", "Strength"),
+        ("seed", "Seed"),
+        ("transform", "Transform"),
+        ("backend", "Backend"),
+        ("model", "Model"),
+        ("planner", "Planner"),
+        ("error", "Error"),
+    )
+    for key, label in labels:
+        value = plan.get(key)
+        if value in (None, "", [], {}):
+            continue
+        if key == "targets":
+            value = ", ".join(f"#{n}" for n in value)
+        rows.append((label, str(value)))
+    params = plan.get("params")
+    if isinstance(params, Mapping):
+        for key, value in params.items():
+            if value not in (None, ""):
+                rows.append((key, json.dumps(value) if isinstance(value, dict | list) else str(value)))
+    for note in plan.get("notes") or ():
+        rows.append(("Note", str(note)))
+    return rows
+
+
+def image_fields(image: Image, conversation_title: str, numbers: Mapping[int, int]) -> list[tuple[str, str]]:
+    """Everything recorded about an image, for the detail view (params come separately)."""
+    rows = [
+        ("Image", f"#{image.number} (id {image.id})"),
+        ("Conversation", f"{conversation_title} (id {image.conversation_id})"),
+        ("Operation", image.operation),
+        ("Derived from", parent_label(image, numbers) or "—"),
+        ("Backend", image.backend),
+        ("Model", image.model or "—"),
+        ("Seed", "—" if image.seed is None else str(image.seed)),
+        ("Size", size_label(image.width, image.height)),
+        ("Created (UTC)", image.created_at.strftime("%Y-%m-%d %H:%M:%S")),
+        ("SHA-256", image.sha256[:16] + "…"),
+    ]
+    return rows
+
+
+def gallery_filter(
+    *,
+    query: str = "",
+    backend: str | None = None,
+    operation: str | None = None,
+    conversation_id: int | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> ImageFilter:
+    """Form values → the repository filter; `until` is inclusive of that whole day."""
+    return ImageFilter(
+        conversation_id=conversation_id,
+        backend=backend or None,
+        operation=operation or None,
+        since=datetime.combine(since, datetime.min.time()) if since else None,
+        until=datetime.combine(until + timedelta(days=1), datetime.min.time()) if until else None,
+        query=query.strip() or None,
+    )
+
+
+# ----- lineage as DOT ------------------------------------------------------------------------
+
+
+def dot_string(text: str) -> str:
+    """A DOT double-quoted string: backslashes, quotes and line breaks can't end or alter it."""
+    cleaned = text.replace("\\", "\\\\").replace('"', '\\"')
+    cleaned = cleaned.replace("\r", "").replace("\n", "\\n")
+    return f'"{cleaned}"'
+
+
+def lineage_dot(nodes: Iterable[LineageNode], highlight_id: int | None = None) -> str:
+    """The lineage tree as Graphviz DOT; the highlighted image is filled and bold.
+
+    Labels are user text (instructions), so each goes through `dot_string`; node names are
+    built from integer ids only.
+    """
+    rows = list(nodes)
+    conversations = {node.image.conversation_id for node in rows}
+    lines = [
+        "digraph lineage {",
+        "  rankdir=TB;",
+        '  node [shape=box, style="rounded,filled", fillcolor="#f4f4f5", color="#a1a1aa", '
+        'fontname="Helvetica", fontsize=11];',
+        '  edge [color="#71717a", fontname="Helvetica", fontsize=9];',
+    ]
+    present = {node.image.id for node in rows}
+    for node in rows:
+        image = node.image
+        where = f" (conversation {image.conversation_id})" if len(conversations) > 1 else ""
+        label = f"#{image.number} {image.operation}{where}\n{short(image.instruction or image.prompt, 40)}"
+        attributes = [f"label={dot_string(label)}", f"tooltip={dot_string(f'image id {image.id}')}"]
+        if image.id == highlight_id:
+            attributes += [
+                'fillcolor="#fde68a"',
+                'color="#b45309"',
+                "penwidth=2",
+                'fontname="Helvetica-Bold"',
+            ]
+        lines.append(f"  img{int(image.id)} [{', '.join(attributes)}];")
+    for node in rows:
+        image = node.image
+        if image.parent_id is not None and image.parent_id in present:
+            lines.append(
+                f"  img{int(image.parent_id)} -> img{int(image.id)} [label={dot_string(image.operation)}];"
+            )
+    lines.append("}")
+    return "\n".join(lines)

@@ -1,0 +1,533 @@
+"""Atelier's diffusers backend against plain diffusers, side by side in one run on one GPU.
+
+No download: SD 1.5- and SDXL-shaped pipelines are built from their published layer sizes
+with random weights, saved to a work folder, and loaded from there by both sides:
+
+* diffusers: `AutoPipelineForText2Image.from_pretrained(folder, dtype=float16).to("cuda")`, the
+  script a user would write (SDPA attention is diffusers' default on torch 2);
+* Atelier: `DiffusersBackend(folder)` with everything it turns on (channels_last, fused QKV,
+  cudnn autotuning, VAE tiling above 1024², and torch.compile with --compile).
+
+Both run the same end-to-end text-to-image call (prompt encoding, 25 steps, VAE decode, PIL)
+at each size and batch. The table gives seconds per image for each, the speed-up, peak GPU
+memory, and a UNet roofline: UNet FLOPs per step (counted with FlopCounterMode on one
+batch-2 forward, i.e. one image with classifier-free guidance) × steps ÷ the GPU's measured
+fp16 matmul rate. Random weights make noise, not pictures; the arithmetic is the real one.
+
+    python bench/diffusers_speed.py                       # sd15+sdxl, 512+1024, batch 1+4, 25 steps
+    python bench/diffusers_speed.py --quick               # each model at its native size, batch 1, 10 steps
+    python bench/diffusers_speed.py --compile --models sd15 --sizes 512 --batches 1
+    python bench/diffusers_speed.py --cpu-smoke           # tiny shapes on CPU: proves the script runs
+
+SDXL in fp16 is ~7 GB on disk in the work folder; pass --workdir to keep and reuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PROMPT = "a lighthouse on a cliff at dusk, oil painting"
+MODELS = ("sd15", "sdxl")
+NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
+
+
+# --------------------------------------------------------------------------------------
+# Model shapes: the published configs, and tiny ones for --cpu-smoke
+# --------------------------------------------------------------------------------------
+
+
+def unet_config(model: str, tiny: bool) -> dict[str, Any]:
+    if model == "sd15" and not tiny:
+        return {
+            "sample_size": 64,
+            "block_out_channels": (320, 640, 1280, 1280),
+            "layers_per_block": 2,
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            "cross_attention_dim": 768,
+            "attention_head_dim": 8,
+        }
+    if model == "sdxl" and not tiny:
+        return {
+            "sample_size": 128,
+            "block_out_channels": (320, 640, 1280),
+            "layers_per_block": 2,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            "transformer_layers_per_block": (1, 2, 10),
+            "attention_head_dim": (5, 10, 20),
+            "cross_attention_dim": 2048,  # CLIP-L 768 + OpenCLIP bigG 1280, concatenated
+            "use_linear_projection": True,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 256,
+            "projection_class_embeddings_input_dim": 2816,  # 6 time ids × 256 + bigG's 1280
+        }
+    tiny_cfg: dict[str, Any] = {
+        "sample_size": 32,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "attention_head_dim": (2, 4),
+        "cross_attention_dim": 32,
+    }
+    if model == "sdxl":
+        tiny_cfg |= {
+            "transformer_layers_per_block": (1, 2),
+            "cross_attention_dim": 64,
+            "use_linear_projection": True,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 6 * 8 + 32,
+        }
+    return tiny_cfg
+
+
+def vae_config(model: str, tiny: bool) -> dict[str, Any]:
+    channels = (8, 8, 8, 8) if tiny else (128, 256, 512, 512)
+    return {
+        "block_out_channels": channels,
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "latent_channels": 4,
+        "layers_per_block": 1 if tiny else 2,
+        "norm_num_groups": 8 if tiny else 32,
+        "sample_size": NATIVE_SIZE[model],
+        "scaling_factor": 0.18215 if model == "sd15" else 0.13025,
+        # the SDXL VAE overflows in fp16, so its pipeline decodes in fp32: keep that cost
+        "force_upcast": model == "sdxl",
+    }
+
+
+def text_config(kind: str, tiny: bool) -> dict[str, Any]:
+    if tiny:
+        return {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    if kind == "clip-l":
+        return {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "hidden_act": "quick_gelu",
+            "vocab_size": 49408,
+        }
+    return {  # OpenCLIP ViT-bigG/14 text tower
+        "hidden_size": 1280,
+        "intermediate_size": 5120,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 20,
+        "hidden_act": "gelu",
+        "vocab_size": 49408,
+    }
+
+
+def build_pipeline(model: str, *, tiny: bool, device: str, dtype: Any) -> Any:
+    """A random-weight pipeline with the real layer sizes, made directly on `device`."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from tests.tools.tiny_pipeline import byte_level_clip_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = byte_level_clip_tokenizer()
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "max_position_embeddings": 77,
+    }
+
+    def text(kind: str, cls: Any) -> Any:
+        cfg = {"vocab_size": len(tokenizer), **text_config(kind, tiny), **ids}
+        cfg["projection_dim"] = cfg["hidden_size"]
+        return cls(CLIPTextConfig(**cfg))
+
+    beta = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
+    with torch.device(device):
+        unet = UNet2DConditionModel(in_channels=4, out_channels=4, **unet_config(model, tiny))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, **vae_config(model, tiny))
+        if model == "sd15":
+            pipe = StableDiffusionPipeline(
+                vae=vae,
+                text_encoder=text("clip-l", CLIPTextModel),
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, **beta),  # type: ignore[arg-type]
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+        else:
+            pipe = StableDiffusionXLPipeline(
+                vae=vae,
+                text_encoder=text("clip-l", CLIPTextModel),
+                text_encoder_2=text("bigg", CLIPTextModelWithProjection),
+                tokenizer=tokenizer,
+                tokenizer_2=byte_level_clip_tokenizer(),
+                unet=unet,
+                scheduler=EulerDiscreteScheduler(timestep_spacing="leading", **beta),  # type: ignore[arg-type]
+                force_zeros_for_empty_prompt=True,
+            )
+    return pipe.to(dtype=dtype)
+
+
+def saved_model(model: str, workdir: Path, *, tiny: bool, device: str, dtype: Any) -> Path:
+    """The model folder, built and saved once; reused when --workdir already holds it."""
+    folder = workdir / f"{model}{'-tiny' if tiny else ''}"
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    started = time.perf_counter()
+    pipe = build_pipeline(model, tiny=tiny, device=device, dtype=dtype)
+    pipe.save_pretrained(folder)
+    done.touch()
+    del pipe
+    free_memory()
+    print(f"  built and saved {folder.name} in {time.perf_counter() - started:.0f}s", flush=True)
+    return folder
+
+
+# --------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    model: str
+    size: int
+    batch: int
+    steps: int
+    diffusers_s_per_image: float
+    atelier_s_per_image: float
+    diffusers_peak_gb: float | None
+    atelier_peak_gb: float | None
+    unet_gflop_per_step_per_image: float
+    roofline_s_per_image: float
+    atelier_compiled: bool
+
+    @property
+    def speedup(self) -> float:
+        return self.diffusers_s_per_image / self.atelier_s_per_image
+
+
+def free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def peak_memory(device: str, out: list[float | None]) -> Iterator[None]:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    yield
+    out.append(torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None)
+
+
+def timed(run: Callable[[], Any], device: str, repeats: int) -> float:
+    """Median wall seconds of `repeats` calls, each ended by a device sync."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        started = time.perf_counter()
+        run()
+        sync(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def matmul_flops_per_s(device: str, dtype: Any) -> float:
+    """The rate a large square matmul reaches: the ceiling the UNet's GEMMs and convs aim at."""
+    import torch
+
+    n = 8192 if device.startswith("cuda") else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    iters = 20 if device.startswith("cuda") else 5
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    sync(device)
+    return 2 * n**3 * iters / (time.perf_counter() - started)
+
+
+def unet_flops_per_step(pipe: Any, size: int) -> float:
+    """FLOPs of one UNet forward at batch 2: one image's step with classifier-free guidance."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = pipe.unet
+    device, dtype = unet.device, unet.dtype
+    latent = size // pipe.vae_scale_factor
+    sample = torch.randn(2, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
+    context = torch.randn(2, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    extra: dict[str, Any] = {}
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(2, pooled, device=device, dtype=dtype),
+            "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * 2, device=device, dtype=dtype),
+        }
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        unet(sample, torch.tensor(500, device=device), encoder_hidden_states=context, **extra)
+    return float(counter.get_total_flops())
+
+
+def bench_model(model: str, folder: Path, args: argparse.Namespace, peak: float) -> list[Row]:
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    from tools import diffusers_local
+    from tools.base import ImageRequest, Operation
+
+    device, dtype = args.device, args.dtype
+    shapes = [(size, batch) for size in args.sizes for batch in args.batches]
+    if args.quick:
+        shapes = [(NATIVE_SIZE[model] if not args.cpu_smoke else args.sizes[0], 1)]
+
+    # -- plain diffusers, as a user's script would do it
+    torch.backends.cudnn.benchmark = False
+    pipe = AutoPipelineForText2Image.from_pretrained(folder, local_files_only=True, dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    flops = {size: unet_flops_per_step(pipe, size) for size, _ in shapes}
+    plain: dict[tuple[int, int], tuple[float, float | None]] = {}
+    for size, batch in shapes:
+
+        def call(steps: int, size: int = size, batch: int = batch) -> Any:
+            generator = torch.Generator(device=device).manual_seed(0)
+            return pipe(
+                PROMPT,
+                height=size,
+                width=size,
+                num_images_per_prompt=batch,
+                num_inference_steps=steps,
+                generator=generator,
+            )
+
+        call(2)  # first use of a shape: kernels, allocator
+        mem: list[float | None] = []
+        with peak_memory(device, mem):
+            seconds = timed(lambda call=call: call(args.steps), device, args.repeats)
+        plain[size, batch] = (seconds / batch, mem[0])
+        print(f"  diffusers {model} {size}² ×{batch}: {seconds / batch:.3f} s/img", flush=True)
+    del pipe
+    free_memory()
+
+    # -- Atelier
+    backend = diffusers_local.DiffusersBackend(
+        str(folder),
+        device=device,
+        dtype=args.dtype_name,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        cache_dir=args.workdir / "compile-cache",
+        local_files_only=True,
+    )
+    backend.load()
+    if args.compile:
+        started = time.perf_counter()
+        for size, batch in shapes:
+            backend.warm_up(size, size, batch)
+        if not backend.wait_for_compile(timeout=args.compile_timeout):
+            print(
+                f"  compile still running after {args.compile_timeout:.0f}s; timing what is ready", flush=True
+            )
+        print(
+            f"  compiled {model} for {len(shapes)} shapes in {time.perf_counter() - started:.0f}s", flush=True
+        )
+    rows = []
+    for size, batch in shapes:
+
+        def request(steps: int, size: int = size, batch: int = batch) -> Any:
+            return backend.run(
+                ImageRequest(
+                    Operation.GENERATE, PROMPT, width=size, height=size, n=batch, seed=0, steps=steps
+                )
+            )
+
+        request(2)
+        mem = []
+        with peak_memory(device, mem):
+            seconds = timed(lambda request=request: request(args.steps), device, args.repeats)
+        compiled = bool(request(1).params["compiled"]) if args.compile else False
+        per_image_flops = flops[size]
+        rows.append(
+            Row(
+                model=model,
+                size=size,
+                batch=batch,
+                steps=args.steps,
+                diffusers_s_per_image=plain[size, batch][0],
+                atelier_s_per_image=seconds / batch,
+                diffusers_peak_gb=plain[size, batch][1],
+                atelier_peak_gb=mem[0],
+                unet_gflop_per_step_per_image=per_image_flops / 1e9,
+                roofline_s_per_image=per_image_flops * args.steps / peak,
+                atelier_compiled=compiled,
+            )
+        )
+        print(f"  atelier   {model} {size}² ×{batch}: {seconds / batch:.3f} s/img", flush=True)
+    diffusers_local.clear_cache()
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    def gb(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1f}"
+
+    header = (
+        f"{'model':<6} {'size':>5} {'batch':>5} {'diffusers s/img':>15} {'atelier s/img':>13} {'speed-up':>8} "
+        f"{'peak GB d/a':>12} {'UNet GFLOP/step':>15} {'roofline s/img':>14} {'atelier/roof':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        tag = "*" if r.atelier_compiled else " "
+        print(
+            f"{r.model:<6} {r.size:>5} {r.batch:>5} {r.diffusers_s_per_image:>15.3f} "
+            f"{r.atelier_s_per_image:>12.3f}{tag} {r.speedup:>7.2f}× "
+            f"{gb(r.diffusers_peak_gb) + '/' + gb(r.atelier_peak_gb):>12} "
+            f"{r.unet_gflop_per_step_per_image:>15.1f} {r.roofline_s_per_image:>14.3f} "
+            f"{r.roofline_s_per_image / r.atelier_s_per_image:>11.0%}"
+        )
+    if any(r.atelier_compiled for r in rows):
+        print("* = Atelier ran the torch.compiled UNet")
+    print(
+        "roofline = UNet FLOPs per step for one image with CFG (batch-2 forward) × steps ÷ measured matmul rate; "
+        "atelier/roof is the share of that bound Atelier reaches end to end (text encoder and VAE included)."
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    def ints(text: str) -> list[int]:
+        return [int(part) for part in text.split(",") if part]
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--models", default="sd15,sdxl", help="comma-separated: sd15, sdxl")
+    parser.add_argument("--sizes", type=ints, default=[512, 1024], help="square sizes in pixels")
+    parser.add_argument("--batches", type=ints, default=[1, 4], help="images per call")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per shape (median)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
+    parser.add_argument("--compile-timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--quick", action="store_true", help="native size per model, batch 1, 10 steps, 1 repeat"
+    )
+    parser.add_argument(
+        "--cpu-smoke", action="store_true", help="tiny shapes on CPU, 2 steps: checks the script"
+    )
+    parser.add_argument(
+        "--dtype", dest="dtype_name", default=None, help="float16 (default on GPU) or bfloat16"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep built models here (default: a temp dir)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = set(args.models) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
+    if args.quick:
+        args.steps, args.repeats = min(args.steps, 10), 1
+    if args.cpu_smoke:
+        args.sizes, args.batches, args.steps, args.repeats = [64], [1, 2], 2, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if torch.cuda.is_available() and not args.cpu_smoke:
+        args.device = "cuda"
+        args.dtype_name = args.dtype_name or "float16"
+    elif args.cpu_smoke:
+        args.device, args.dtype_name = "cpu", "float32"
+    else:
+        print(
+            "This benchmark times fp16 GPU kernels and needs a CUDA GPU; torch sees none here.\n"
+            "Run it on a GPU machine, or pass --cpu-smoke to check that it runs (tiny shapes, 2 steps).",
+            file=sys.stderr,
+        )
+        return 2
+    args.dtype = getattr(torch, args.dtype_name)
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # random weights decode to NaN-ish noise
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+
+    temp = None
+    if args.workdir is None:
+        temp = tempfile.mkdtemp(prefix="atelier-bench-")
+        args.workdir = Path(temp)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        import diffusers
+
+        name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU (smoke test: tiny shapes)"
+        peak = matmul_flops_per_s(args.device, args.dtype)
+        print(f"{name} · torch {torch.__version__} · diffusers {diffusers.__version__} · {args.dtype_name}")
+        print(f"matmul {peak / 1e12:.1f} TFLOP/s · {args.steps} steps · compile {args.compile}", flush=True)
+        rows: list[Row] = []
+        for model in args.models:
+            print(f"{model}:", flush=True)
+            folder = saved_model(
+                model, args.workdir, tiny=args.cpu_smoke, device=args.device, dtype=args.dtype
+            )
+            rows += bench_model(model, folder, args, peak)
+        print()
+        print_table(rows)
+        if args.json is not None:
+            args.json.write_text(json.dumps([asdict(r) | {"speedup": r.speedup} for r in rows], indent=2))
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,299 @@
+"""Prompt rewriting and edits: the user's words kept, only what was asked changed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from assistant.rewrite import (
+    COLORS,
+    DEFAULT_NEGATIVE,
+    MOOD_LIGHTING,
+    NEUTRAL_LIGHTING,
+    STYLE_PRESETS,
+    TIME_LIGHTING,
+    apply_edit,
+    build_negative,
+    detect_style,
+    normalize_style,
+    removed_terms,
+    rewrite_prompt,
+    split_instruction,
+    style_prompt,
+)
+
+CABIN, _ = rewrite_prompt("a cozy cabin in the woods at night")
+FOX = "a red fox sitting on a mossy rock, detailed environment, soft natural lighting, highly detailed"
+
+TIME_WEATHER_WORDS = (
+    "night",
+    "sunset",
+    "sunrise",
+    "dawn",
+    "dusk",
+    "morning",
+    "evening",
+    "snow",
+    "rain",
+    "fog",
+    "storm",
+)
+
+
+def _segments(prompt: str) -> list[str]:
+    return [s.strip() for s in prompt.split(",")]
+
+
+# -- rewrite_prompt ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "idea",
+    [
+        "a cozy cabin",
+        "a red fox sitting on a mossy rock",
+        "portrait of an old sailor",
+        "a mountain lake",
+        "a teapot",
+    ],
+)
+def test_rewrite_keeps_the_idea_first_and_injects_no_time_weather_or_colour(idea: str) -> None:
+    prompt, negative = rewrite_prompt(idea)
+    assert prompt.startswith(idea + ", ")
+    added = prompt[len(idea) :].lower()
+    for word in (*TIME_WEATHER_WORDS, *COLORS):
+        assert not re.search(rf"\b{word}\b", added), f"{word!r} was added to {idea!r}"
+    assert NEUTRAL_LIGHTING in prompt
+    assert negative == ", ".join(DEFAULT_NEGATIVE)
+
+
+@pytest.mark.parametrize(
+    ("idea", "lighting"),
+    [
+        ("a cabin at night", TIME_LIGHTING["night"]),
+        ("a beach at sunset", TIME_LIGHTING["sunset"]),
+        ("a farm at dawn", TIME_LIGHTING["sunrise"]),
+        ("a market at noon", TIME_LIGHTING["day"]),
+    ],
+)
+def test_rewrite_lighting_follows_the_time_the_user_named(idea: str, lighting: str) -> None:
+    prompt, _ = rewrite_prompt(idea)
+    assert lighting in prompt
+    assert NEUTRAL_LIGHTING not in prompt
+
+
+def test_rewrite_adds_structure_terms() -> None:
+    prompt, _ = rewrite_prompt("a mountain lake")
+    assert "wide establishing view" in prompt
+    assert "highly detailed" in prompt
+    portrait, _ = rewrite_prompt("portrait of an old sailor")
+    assert "portrait framing" in portrait
+
+
+def test_rewrite_is_deterministic() -> None:
+    assert rewrite_prompt("a fox", "anime") == rewrite_prompt("a fox", "anime")
+    assert rewrite_prompt("  a fox.  ") == rewrite_prompt("a fox")
+
+
+def test_rewrite_with_style_adds_positive_and_negative_terms() -> None:
+    prompt, negative = rewrite_prompt("a fox", "watercolor")
+    preset = STYLE_PRESETS["watercolor"]
+    assert all(term in prompt for term in preset.positive)
+    assert all(term in negative for term in preset.negative)
+    assert all(term in negative for term in DEFAULT_NEGATIVE)
+
+
+def test_rewrite_does_not_repeat_what_the_idea_says() -> None:
+    prompt, _ = rewrite_prompt("a fox in anime style", "anime")
+    assert prompt.lower().count("anime style") == 1
+    lit, _ = rewrite_prompt("a street lit by lanterns")
+    assert NEUTRAL_LIGHTING not in lit
+
+
+def test_negative_never_forbids_what_the_user_asked_for() -> None:
+    _, negative = rewrite_prompt("a blurry photo of a ghost holding a sign with text")
+    assert "blurry" not in _segments(negative)
+    assert "text" not in _segments(negative)
+    assert "low quality" in negative
+    _, anime = rewrite_prompt("a photo of a cat", "anime")
+    assert "photo" not in _segments(anime)
+
+
+def test_style_prompt_skips_composition_terms() -> None:
+    prompt, negative = style_prompt("a watercolor", "watercolor")
+    assert prompt.startswith("a watercolor, ")
+    assert "watercolor painting" in prompt
+    assert "composition" not in prompt
+    assert "photorealistic" in negative
+
+
+# -- style presets ----------------------------------------------------------------------------
+
+
+def test_presets_are_complete() -> None:
+    expected = {
+        "photographic",
+        "cinematic",
+        "anime",
+        "watercolor",
+        "oil painting",
+        "pixel art",
+        "3d render",
+        "line art",
+        "digital art",
+        "fantasy art",
+        "cyberpunk",
+    }
+    assert expected <= set(STYLE_PRESETS)
+    for name, preset in STYLE_PRESETS.items():
+        assert preset.name == name
+        assert preset.positive and preset.negative and preset.aliases
+        for word in TIME_WEATHER_WORDS:
+            assert not any(re.search(rf"\b{word}\b", t) for t in preset.positive), (name, word)
+
+
+@pytest.mark.parametrize("name", sorted(STYLE_PRESETS))
+def test_every_preset_is_detected_by_name(name: str) -> None:
+    assert detect_style(f"a fox in {name} style") == name
+    assert detect_style(f"as {STYLE_PRESETS[name].aliases[0]}") == name
+
+
+@pytest.mark.parametrize(
+    ("text", "style"),
+    [
+        ("in anime style", "anime"),
+        ("as pixel art", "pixel art"),
+        ("turn this photo into a watercolor", "watercolor"),
+        ("an oil painting of a ship", "oil painting"),
+        ("make it cinematic", "cinematic"),
+        ("a neon-noir alley", "cyberpunk"),
+        ("in neon style", "cyberpunk"),
+        ("a photo of a cat", None),
+        ("a neon sign", None),
+        ("a fox in a meadow", None),
+    ],
+)
+def test_detect_style(text: str, style: str | None) -> None:
+    assert detect_style(text) == style
+
+
+def test_normalize_style_accepts_settings_spellings() -> None:
+    assert normalize_style("Oil_Painting") == "oil painting"
+    assert normalize_style("manga") == "anime"
+    assert normalize_style("pixel-art") == "pixel art"
+    assert normalize_style("nonsense") is None
+    assert normalize_style(None) is None
+
+
+def test_build_negative_for_unknown_style_is_the_default() -> None:
+    assert build_negative("nonsense") == ", ".join(DEFAULT_NEGATIVE)
+
+
+# -- apply_edit -------------------------------------------------------------------------------
+
+
+def _kept(parent: str, edited: str, *, changed: tuple[str, ...] = ()) -> None:
+    """Every segment of the parent survives unless it was one the edit was meant to change."""
+    for segment in _segments(parent):
+        if segment not in changed:
+            assert segment in edited, f"{segment!r} lost in {edited!r}"
+
+
+def test_time_of_day_replaces_the_old_one_and_its_lighting() -> None:
+    edited = apply_edit(CABIN, "at sunset")
+    assert edited.startswith("a cozy cabin in the woods at sunset, ")
+    assert "night" not in edited
+    assert TIME_LIGHTING["sunset"] in edited
+    _kept(CABIN, edited, changed=("a cozy cabin in the woods at night", TIME_LIGHTING["night"]))
+
+
+def test_time_of_day_is_added_after_the_subject_when_absent() -> None:
+    edited = apply_edit(FOX, "make it night")
+    assert edited.startswith("a red fox sitting on a mossy rock at night, ")
+    assert TIME_LIGHTING["night"] in edited and NEUTRAL_LIGHTING not in edited
+
+
+def test_bare_time_words_are_swapped_in_place() -> None:
+    assert apply_edit("a night sky over a lake", "at dawn") == "a dawn sky over a lake"
+
+
+def test_weather_add_intensify_reduce_remove() -> None:
+    snowy = apply_edit(CABIN, "make it snowier")
+    assert "heavy snowfall" in snowy
+    _kept(CABIN, snowy)
+    assert "blizzard" in apply_edit(snowy, "make it snowier")
+    assert "light snow" in apply_edit(snowy, "less snow")
+    clear = apply_edit(snowy, "remove the snow")
+    assert "snow" not in clear
+    assert clear == CABIN
+    assert "rain" in apply_edit(CABIN, "make it rain")
+    assert "thick fog" in apply_edit(CABIN, "more fog")
+
+
+def test_colour_swap_changes_only_the_colour() -> None:
+    edited = apply_edit(FOX, "make the fox blue")
+    assert edited.startswith("a blue fox sitting on a mossy rock")
+    assert "red" not in edited
+    _kept(FOX, edited, changed=("a red fox sitting on a mossy rock",))
+    assert apply_edit("an orange fox", "make the fox blue") == "a blue fox"
+    assert apply_edit("a fox", "turn the fox purple") == "a purple fox"
+    assert apply_edit("a cozy cabin", "change the cabin to red") == "a cozy red cabin"
+
+
+def test_style_change_swaps_style_terms() -> None:
+    watercolor = apply_edit(CABIN, "as a watercolor")
+    assert "watercolor painting" in watercolor
+    _kept(CABIN, watercolor)
+    pixel = apply_edit(watercolor, "make it pixel art")
+    assert "pixel art" in pixel
+    assert "watercolor" not in pixel
+    assert pixel.startswith("a cozy cabin in the woods at night")
+    anime_idea = apply_edit("a fox in anime style, cel shading", "as an oil painting")
+    assert "anime" not in anime_idea and "oil painting" in anime_idea
+
+
+def test_lighting_changes_replace_the_neutral_lighting() -> None:
+    darker = apply_edit(FOX, "make it darker")
+    assert MOOD_LIGHTING["dark"] in darker and NEUTRAL_LIGHTING not in darker
+    assert MOOD_LIGHTING["very dark"] in apply_edit(darker, "even darker")
+    assert MOOD_LIGHTING["bright"] in apply_edit(darker, "make it brighter")
+    night_darker = apply_edit(CABIN, "make it darker")
+    assert TIME_LIGHTING["night"] in night_darker and MOOD_LIGHTING["dark"] in night_darker
+
+
+def test_add_and_remove() -> None:
+    moon = apply_edit(CABIN, "add a moon")
+    assert moon.startswith("a cozy cabin in the woods at night with a moon, ")
+    _kept(CABIN, moon, changed=("a cozy cabin in the woods at night",))
+    assert apply_edit(moon, "remove the moon") == CABIN
+    assert apply_edit(moon, "without the moon") == CABIN
+    assert apply_edit("a red fox sitting on a mossy rock", "remove the rock") == "a red fox sitting"
+
+
+def test_unknown_instruction_becomes_a_clause_after_the_subject() -> None:
+    edited = apply_edit(FOX, "make the fox smile")
+    assert _segments(edited)[:2] == ["a red fox sitting on a mossy rock", "the fox smile"]
+    _kept(FOX, edited)
+
+
+def test_several_changes_in_one_instruction() -> None:
+    assert split_instruction("at sunset, and add a moon") == ["at sunset", "add a moon"]
+    edited = apply_edit(CABIN, "at sunset and add a moon")
+    assert edited.startswith("a cozy cabin in the woods at sunset with a moon, ")
+
+
+def test_edit_of_an_upload_without_prompt() -> None:
+    assert apply_edit("", "make it snowier") == "heavy snowfall"
+    assert apply_edit("", "add a hat") == "a hat"
+
+
+def test_edit_is_deterministic_and_cleans_filler() -> None:
+    assert apply_edit(CABIN, "but at sunset please") == apply_edit(CABIN, "at sunset")
+    assert apply_edit(CABIN, "now make it snowier") == apply_edit(CABIN, "make it snowier")
+
+
+def test_removed_terms_feed_the_negative_prompt() -> None:
+    assert removed_terms("remove the snow") == ("snow",)
+    assert removed_terms("without the moon and no people") == ("moon", "people")
+    assert removed_terms("at sunset") == ()

@@ -1,0 +1,288 @@
+"""Export/import: a conversation leaves as a zip and comes back whole, on this or another machine."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image as PILImage
+
+from storage.archive import MANIFEST, ArchiveError, export_conversation, import_conversation
+from storage.repository import NewGeneration, NewImage, Repository
+from tests.storage.helpers import files_on_disk, row_count, table_rows, tiny_image
+
+TABLES = {
+    "conversations": "id",
+    "messages": "id",
+    "generations": "id",
+    "generation_inputs": "generation_id, image_id, role",
+    "images": "id",
+}
+JSON_COLUMNS = {"plan", "params", "usage"}
+
+
+def _normalised(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """JSON columns compared by value (the export sorts keys); every other column as stored."""
+    return [
+        {k: (json.loads(v) if k in JSON_COLUMNS and isinstance(v, str) else v) for k, v in row.items()}
+        for row in rows
+    ]
+
+
+def _dump(repo: Repository) -> dict[str, list[dict[str, Any]]]:
+    return {table: _normalised(table_rows(repo, table, order)) for table, order in TABLES.items()}
+
+
+def build_rich_conversation(repo: Repository) -> int:
+    """Every kind of row an export must carry: plans, n=2, edit, inpaint with mask, failure, upload."""
+    conversation = repo.create_conversation("Harbour, at night: a series")
+    cid = conversation.id
+    user = repo.add_message(cid, "user", "Two harbours at night, please")
+    first = repo.record_turn(
+        cid,
+        reply="Here are two harbours.",
+        plan={"intent": "generate", "targets": [], "prompt": "harbour at night", "n": 2},
+        generations=[
+            NewGeneration(
+                operation="generate",
+                backend="openai",
+                model="gpt-image-1",
+                prompt="a harbour at night, lanterns",
+                negative_prompt="blurry",
+                params={"quality": "high", "size": "8x8", "n": 2},
+                duration_ms=1234,
+                usage={"input_tokens": 12, "output_tokens": 4096},
+                cost_usd=0.0425,
+                images=[
+                    NewImage(
+                        image=tiny_image(i),
+                        operation="generate",
+                        backend="openai",
+                        model="gpt-image-1",
+                        prompt="a harbour at night, lanterns",
+                        negative_prompt="blurry",
+                        revised_prompt=f"A quiet harbour at night, variant {i}",
+                        instruction="Two harbours at night, please",
+                        seed=None,
+                        params={"quality": "high"},
+                    )
+                    for i in (1, 2)
+                ],
+            )
+        ],
+    ).images
+    repo.add_message(cid, "user", "make #2 foggy")
+    edited = repo.record_turn(
+        cid,
+        reply="Foggier.",
+        plan={"intent": "edit", "targets": [2]},
+        generations=[
+            NewGeneration(
+                operation="edit",
+                backend="diffusers",
+                model="sd15",
+                prompt="a harbour at night, thick fog",
+                params={"steps": 20, "guidance": 6.5, "strength": 0.6, "sampler": "Euler a"},
+                inputs=[(first[1].id, "init"), (first[0].id, "reference")],
+                images=[
+                    NewImage(
+                        image=tiny_image(3),
+                        operation="edit",
+                        backend="diffusers",
+                        model="sd15",
+                        prompt="a harbour at night, thick fog",
+                        instruction="make #2 foggy",
+                        seed=1234567,
+                        params={"steps": 20, "guidance": 6.5, "strength": 0.6, "sampler": "Euler a"},
+                        parent_id=first[1].id,
+                    )
+                ],
+            )
+        ],
+    ).images[0]
+    repo.record_turn(
+        cid,
+        reply="Boat added.",
+        generations=[
+            NewGeneration(
+                operation="inpaint",
+                backend="diffusers",
+                model="sd15-inpaint",
+                prompt="a small boat",
+                inputs=[(edited.id, "init"), (edited.id, "mask")],
+                images=[
+                    NewImage(
+                        image=tiny_image(4),
+                        operation="inpaint",
+                        backend="diffusers",
+                        model="sd15-inpaint",
+                        prompt="a small boat",
+                        instruction="add a boat bottom left",
+                        seed=5,
+                        parent_id=edited.id,
+                        mask=PILImage.new("L", (8, 8), 255),
+                    )
+                ],
+            )
+        ],
+    )
+    repo.record_failure(
+        cid,
+        reply="The image service refused that request.",
+        plan={"intent": "generate", "errors": ["content_policy"]},
+        generation=NewGeneration(
+            operation="generate", backend="openai", model="gpt-image-1", status="failed", error="policy"
+        ),
+    )
+    upload_message = repo.add_message(cid, "user", "here is my photo")
+    repo.save_upload(cid, upload_message.id, tiny_image(5), "here is my photo")
+    repo.record_turn(
+        cid,
+        images=[
+            NewImage(
+                image=tiny_image(6),
+                operation="transform",
+                backend="builtin",
+                model="",
+                instruction="flip it",
+                parent_id=edited.id,
+                params={"transform": "flip_horizontal"},
+            )
+        ],
+        images_message_id=user.id,
+    )
+    return cid
+
+
+@pytest.fixture
+def exported(repo: Repository, tmp_path: Path) -> tuple[int, Path]:
+    cid = build_rich_conversation(repo)
+    out = tmp_path / "exports" / "harbour.zip"
+    assert export_conversation(repo, cid, out) == 7  # 6 images + 1 mask
+    return cid, out
+
+
+def _empty_repo(root: Path) -> Repository:
+    return Repository.open(f"sqlite:///{root / 'atelier.db'}", root / "images")
+
+
+def test_round_trip_into_empty_data_dir_is_exact(
+    repo: Repository, exported: tuple[int, Path], tmp_path: Path
+) -> None:
+    cid, zip_path = exported
+    target = _empty_repo(tmp_path / "elsewhere")
+    assert import_conversation(target, zip_path) == cid
+    assert _dump(target) == _dump(repo)
+    assert files_on_disk(target.files.root) == files_on_disk(repo.files.root)
+    assert target.check_integrity().ok
+    target.db.dispose()
+
+
+def test_second_import_renumbers_and_keeps_lineage(
+    repo: Repository, exported: tuple[int, Path], tmp_path: Path
+) -> None:
+    cid, zip_path = exported
+    target = _empty_repo(tmp_path / "elsewhere")
+    assert import_conversation(target, zip_path) == cid
+    files_after_first = files_on_disk(target.files.root)
+    copy_id = import_conversation(target, zip_path)
+    assert copy_id != cid
+
+    original, copy = target.conversation_images(cid), target.conversation_images(copy_id)
+    assert {i.id for i in original}.isdisjoint({i.id for i in copy})
+    assert [i.number for i in copy] == [i.number for i in original] == [1, 2, 3, 4, 5, 6]
+
+    def parent_numbers(images: list[Any]) -> list[int | None]:
+        by_id = {i.id: i.number for i in images}
+        return [by_id[i.parent_id] if i.parent_id else None for i in images]
+
+    assert parent_numbers(copy) == parent_numbers(original) == [None, None, 2, 3, None, 3]
+    assert [i.sha256 for i in copy] == [i.sha256 for i in original]
+    tree = target.lineage_tree(copy[3].id)
+    assert [(n.image.number, n.depth) for n in tree] == [(2, 0), (3, 1), (4, 2), (6, 2)]
+    assert all(n.image.conversation_id == copy_id for n in tree)
+
+    # generation inputs point at the copy's own images, roles kept
+    edit = next(i for i in copy if i.operation == "edit")
+    _, inputs = target.generation(edit.generation_id or -1)
+    by_id = {i.id: i.number for i in copy}
+    assert sorted((by_id[i.image_id], i.role) for i in inputs) == [(1, "reference"), (2, "init")]
+    assert [m.content for m in target.messages(copy_id)] == [m.content for m in target.messages(cid)]
+    # the same bytes are stored once
+    assert files_on_disk(target.files.root) == files_after_first
+    assert target.check_integrity().ok
+    target.db.dispose()
+
+
+def _rewrite_zip(source: Path, target: Path, edit: Any) -> None:
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            name, data = edit(info.filename, old.read(info.filename))
+            new.writestr(name, data)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("traversal", "outside the archive"),
+        ("tampered", "does not match its hash"),
+        ("cycle", "cycle"),
+        ("not-json", "not valid JSON"),
+        ("missing-file", "missing the file"),
+    ],
+)
+def test_bad_archives_are_refused_and_write_nothing(
+    repo: Repository, exported: tuple[int, Path], tmp_path: Path, case: str, message: str
+) -> None:
+    _, zip_path = exported
+    bad = tmp_path / f"{case}.zip"
+    first_image = True
+
+    def edit(name: str, data: bytes) -> tuple[str, bytes]:
+        nonlocal first_image
+        if case == "traversal" and name.startswith("images/") and first_image:
+            first_image = False
+            return "../../evil.png", data
+        if case == "tampered" and name.startswith("images/"):
+            return name, data + b"x"
+        if case == "missing-file" and name.startswith("images/") and first_image:
+            first_image = False
+            return "images/" + "0" * 64 + ".png", data
+        if name == MANIFEST and case == "cycle":
+            manifest = json.loads(data)
+            ids = [image["id"] for image in manifest["images"]]
+            manifest["images"][0]["parent_id"] = ids[2]  # #1 ← #3 ← #2 … ← #1
+            manifest["images"][2]["parent_id"] = ids[1]
+            manifest["images"][1]["parent_id"] = ids[0]
+            return name, json.dumps(manifest).encode()
+        if name == MANIFEST and case == "not-json":
+            return name, b"{not json"
+        return name, data
+
+    _rewrite_zip(zip_path, bad, edit)
+    target = _empty_repo(tmp_path / "target")
+    with pytest.raises(ArchiveError, match=message):
+        import_conversation(target, bad)
+    assert row_count(target, "conversations") == 0 and row_count(target, "images") == 0
+    assert files_on_disk(target.files.root) == {}
+    assert not (tmp_path / "evil.png").exists()
+    target.db.dispose()
+
+
+def test_non_zip_and_missing_file_are_refused(repo: Repository, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ArchiveError, match=r"not a zip|damaged"):
+        import_conversation(repo, junk)
+    with pytest.raises(ArchiveError, match="does not exist"):
+        import_conversation(repo, tmp_path / "nope.zip")
+    assert row_count(repo, "conversations") == 0
+
+
+def test_export_of_unknown_conversation_writes_no_file(repo: Repository, tmp_path: Path) -> None:
+    with pytest.raises(ArchiveError, match="no conversation 42"):
+        export_conversation(repo, 42, tmp_path / "x.zip")
+    assert not (tmp_path / "x.zip").exists()

@@ -1,0 +1,170 @@
+"""Finding images by what people remember (their words, the prompt, what the model said it drew),
+the gallery's filters, and deleting conversations without losing files another row still uses."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from storage.archive import export_conversation, import_conversation
+from storage.models import Image, utcnow
+from storage.repository import ImageFilter, NotFound, Repository
+from tests.storage.helpers import add_generated, files_on_disk, ids
+
+
+@pytest.fixture
+def library(repo: Repository) -> dict[str, Image]:
+    coast = repo.create_conversation("coast")
+    desert = repo.create_conversation("desert")
+    images = {
+        "lighthouse": add_generated(repo, coast.id, "a lighthouse on a cliff, stormy sea", index=1),
+        "fog": add_generated(
+            repo,
+            coast.id,
+            "a lighthouse on a cliff, thick fog",
+            instruction="make it foggier please",
+            index=2,
+        ),
+        "revised": add_generated(
+            repo,
+            coast.id,
+            "boat",
+            revised_prompt="A cinematic wooden sailboat at golden hour",
+            index=3,
+        ),
+        "camel": add_generated(repo, desert.id, "a camel crossing dunes at noon", index=4),
+    }
+    return images
+
+
+def _fts_rowids(repo: Repository, match: str) -> list[int]:
+    with repo.db.engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT rowid FROM images_fts WHERE images_fts MATCH :m ORDER BY rowid"), {"m": match}
+        )
+        return [row[0] for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("lighthouse", ["fog", "lighthouse"]),  # prompt words, newest first
+        ("LIGHTHOUSE cliff", ["fog", "lighthouse"]),  # case-insensitive, all words
+        ("foggier", ["fog"]),  # the user's instruction
+        ("cinematic sailboat", ["revised"]),  # what the backend says it drew
+        ("lightho", ["fog", "lighthouse"]),  # a word being typed
+        ("lighthouses", ["fog", "lighthouse"]),  # plural finds singular (porter stemming)
+        ("lighthouse camel", []),
+        ("camel", ["camel"]),
+    ],
+)
+def test_search_finds_by_prompt_instruction_and_revised_prompt(
+    repo: Repository, library: dict[str, Image], query: str, expected: list[str]
+) -> None:
+    assert ids(repo.search_images(query)) == ids([library[k] for k in expected])
+
+
+@pytest.mark.parametrize(
+    "query",
+    ['"unbalanced', "NOT lighthouse", "light*", "(lighthouse OR", "lighthouse)", "NEAR(a b)",
+     "prompt:camel", "AND", '"', "***", "''", "", "   ", "a OR b AND NOT c",
+     "{prompt instruction}: camel", "💡 lighthouse"],
+)  # fmt: skip
+def test_fts_syntax_in_user_text_never_errors(
+    repo: Repository, library: dict[str, Image], query: str
+) -> None:
+    assert isinstance(repo.search_images(query), list)
+
+
+@pytest.mark.parametrize("query", ["-camel", "^camel", "camel*", "camel\x00", "(camel)", "camel:"])
+def test_operator_characters_are_ignored_around_words(
+    repo: Repository, library: dict[str, Image], query: str
+) -> None:
+    assert ids(repo.search_images(query)) == [library["camel"].id]
+
+
+def test_quoted_phrase_is_treated_as_words(repo: Repository, library: dict[str, Image]) -> None:
+    assert ids(repo.search_images('"thick fog"')) == [library["fog"].id]
+
+
+def test_search_within_one_conversation(repo: Repository, library: dict[str, Image]) -> None:
+    coast = library["lighthouse"].conversation_id
+    found = repo.list_images(ImageFilter(conversation_id=coast, query="a"))
+    assert {image.conversation_id for image in found} == {coast}
+
+
+def test_gallery_filters_and_pages(repo: Repository, library: dict[str, Image]) -> None:
+    everything = repo.list_images()
+    assert ids(everything) == sorted(ids(library.values()), reverse=True)  # newest first
+    assert ids(repo.list_images(limit=2)) + ids(repo.list_images(limit=2, offset=2)) == ids(everything)
+    assert ids(repo.list_images(ImageFilter(backend="offline"))) == ids(everything)
+    assert repo.list_images(ImageFilter(backend="openai")) == []
+    assert repo.list_images(ImageFilter(operation="edit")) == []
+    desert = library["camel"].conversation_id
+    assert ids(repo.list_images(ImageFilter(conversation_id=desert))) == [library["camel"].id]
+    now = utcnow()
+    assert repo.list_images(ImageFilter(since=now + timedelta(minutes=1))) == []
+    assert len(repo.list_images(ImageFilter(since=now - timedelta(hours=1), until=now + timedelta(1)))) == 4
+    assert repo.backends_and_operations() == (["offline"], ["generate"])
+
+
+def test_delete_keeps_files_an_imported_copy_still_uses(
+    repo: Repository, library: dict[str, Image], tmp_path: Path
+) -> None:
+    coast = library["lighthouse"].conversation_id
+    zip_path = tmp_path / "coast.zip"
+    export_conversation(repo, coast, zip_path)
+    copy = import_conversation(repo, zip_path)
+    files_before = files_on_disk(repo.files.root)
+
+    assert repo.delete_conversation(coast) == 0  # the copy uses the same bytes
+    assert files_on_disk(repo.files.root) == files_before
+    copy_images = repo.conversation_images(copy)
+    assert all(repo.load_image(image).size == (8, 8) for image in copy_images)
+    assert repo.check_integrity().ok
+    # search finds the copy, never the deleted originals
+    assert ids(repo.search_images("lighthouse")) == ids(sorted(copy_images[:2], key=lambda i: -i.id))
+    with pytest.raises(NotFound):
+        repo.get_conversation(coast)
+    with pytest.raises(NotFound):
+        repo.get_image(library["lighthouse"].id)
+
+    assert repo.delete_conversation(copy) == 3  # now nothing else uses them
+    remaining = files_on_disk(repo.files.root)
+    assert set(remaining) == {str(repo.image_path(library["camel"]).relative_to(repo.files.root))}
+    assert repo.search_images("lighthouse") == []
+    assert _fts_rowids(repo, "lighthouse") == []  # the index itself forgot them (triggers ran)
+    assert repo.check_integrity().ok
+
+
+def test_reused_row_id_does_not_inherit_old_search_text(repo: Repository, library: dict[str, Image]) -> None:
+    """SQLite reuses the highest rowid after a delete; a stale index would match the old words."""
+    desert = library["camel"].conversation_id
+    old_id = library["camel"].id
+    repo.delete_conversation(desert)
+    fresh = repo.create_conversation("again")
+    reborn = add_generated(repo, fresh.id, "a penguin on ice", index=9)
+    assert reborn.id == old_id
+    assert repo.search_images("camel") == []
+    assert _fts_rowids(repo, "camel") == []
+    assert ids(repo.search_images("penguin")) == [old_id]
+
+
+def test_deleting_a_parent_conversation_keeps_derived_images_elsewhere(
+    repo: Repository, library: dict[str, Image]
+) -> None:
+    other = repo.create_conversation("remix")
+    child = add_generated(repo, other.id, "remix of the camel", parent_id=library["camel"].id, index=7)
+    repo.delete_conversation(library["camel"].conversation_id)
+    survivor = repo.get_image(child.id)
+    assert survivor.parent_id is None
+    assert [n.image.id for n in repo.lineage_tree(child.id)] == [child.id]
+    assert repo.check_integrity().ok
+
+
+def test_delete_unknown_conversation(repo: Repository) -> None:
+    with pytest.raises(NotFound, match="no conversation 77"):
+        repo.delete_conversation(77)

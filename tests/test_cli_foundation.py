@@ -1,0 +1,270 @@
+"""The `atelier` command over a real data dir: what scripts parse (--json), what people read, and
+how it fails (one line on stderr, exit 1, no traceback, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from assistant.cli import app
+from storage.files import sha256_hex
+from storage.repository import Repository
+from tests.storage.helpers import add_generated, files_on_disk
+
+SENTINEL_KEY = "sk-test-SENTINEL-1234567890"
+IMAGE_KEYS = {
+    "id", "conversation_id", "message_id", "generation_id", "parent_id", "number", "operation",
+    "instruction", "prompt", "negative_prompt", "revised_prompt", "backend", "model", "seed",
+    "width", "height", "params", "sha256", "mask_sha256", "created_at", "path", "mask_path",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own ATELIER_* / OPENAI_* settings must not reach the command under test."""
+    for name in list(os.environ):
+        if name.startswith(("ATELIER_", "OPENAI_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A data dir holding one conversation: #1 → #2 → #3 (edits) and #1 → #4 (variation), #5 alone."""
+    root = tmp_path / "data"
+    repo = Repository.open(f"sqlite:///{root / 'atelier.db'}", root / "images")
+    conversation = repo.create_conversation("Foxes")
+    first = add_generated(repo, conversation.id, "a red fox in snow", index=1)
+    second = add_generated(repo, conversation.id, "a red fox, night", parent_id=first.id, index=2,
+                           instruction="make it night")  # fmt: skip
+    add_generated(repo, conversation.id, "a red fox, night, stars", parent_id=second.id, index=3)
+    add_generated(repo, conversation.id, "fox variation", parent_id=first.id, operation="variation", index=4)
+    add_generated(repo, conversation.id, "an owl [bold]on a [from:to:0.5] branch[/i]", index=5)
+    repo.db.dispose()
+    return root
+
+
+def invoke(data_dir: Path, *args: str, **env: str) -> Result:
+    return CliRunner().invoke(app, list(args), env={"ATELIER_DATA_DIR": str(data_dir), **env})
+
+
+def state(data_dir: Path) -> tuple[dict[str, int], dict[str, bytes]]:
+    """Row counts and every file byte: what "nothing was written" is checked against."""
+    repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
+    try:
+        return repo.counts(), files_on_disk(data_dir / "images")
+    finally:
+        repo.db.dispose()
+
+
+def assert_clean_failure(result: Result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    message = result.stderr.strip()
+    assert "\n" not in message, message
+    assert message.startswith("Error: ")
+    for fragment in fragments:
+        assert fragment in message
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_history_json_is_stable_and_newest_first(data_dir: Path) -> None:
+    result = invoke(data_dir, "history", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert set(document) == {"conversation_id", "search", "images"}
+    assert [image["number"] for image in document["images"]] == [5, 4, 3, 2, 1]
+    for image in document["images"]:
+        assert set(image) == IMAGE_KEYS
+        assert Path(image["path"]).is_file()
+
+    searched = json.loads(invoke(data_dir, "history", "--search", "night", "--json").stdout)
+    assert [image["number"] for image in searched["images"]] == [3, 2]
+    one = json.loads(invoke(data_dir, "history", "-c", "1", "--limit", "2", "--json").stdout)
+    assert one["conversation_id"] == 1 and [i["number"] for i in one["images"]] == [5, 4]
+
+
+def test_history_table_for_people(data_dir: Path) -> None:
+    result = invoke(data_dir, "history")
+    assert result.exit_code == 0, result.output
+    words = set(result.stdout.replace("│", " ").split())  # the table wraps cells at 80 columns
+    assert {"#1", "#5", "variation", "owl", "fox"} <= words
+    assert "[bold]on" in words  # prompt text is shown literally, not as rich markup
+
+
+@pytest.mark.parametrize(
+    "args", [["history"], ["show", "5"], ["lineage", "5"], ["history", "-s", "[/x] zebra"]]
+)
+def test_brackets_in_user_text_are_printed_not_interpreted(data_dir: Path, args: list[str]) -> None:
+    """A1111 prompt syntax ([from:to:0.5]) or a stray [/i] must not crash rich's markup parser."""
+    result = invoke(data_dir, *args)
+    assert result.exit_code == 0, result.output
+    flat = "".join(result.stdout.replace("│", " ").split())
+    assert "[/i]" in flat or "[/x]" in flat
+    assert "No images match 'zebra'" in invoke(data_dir, "history", "-s", "zebra").stdout
+
+
+def test_show_json_points_at_the_file(data_dir: Path) -> None:
+    result = invoke(data_dir, "show", "2", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert set(document) == IMAGE_KEYS | {"generation"}
+    path = Path(document["path"])
+    assert path.is_file() and sha256_hex(path.read_bytes()) == document["sha256"]
+    assert document["parent_id"] == 1 and document["instruction"] == "make it night"
+    assert document["generation"]["inputs"] == [{"image_id": 1, "role": "init"}]
+    text = invoke(data_dir, "show", "2")
+    assert text.exit_code == 0 and "make it night" in text.stdout
+
+
+def test_lineage_json_and_tree_mark_the_image(data_dir: Path) -> None:
+    document = json.loads(invoke(data_dir, "lineage", "3", "--json").stdout)
+    assert document["image_id"] == 3 and document["root_id"] == 1
+    nodes = [(n["id"], n["depth"], n["is_target"]) for n in document["nodes"]]
+    assert nodes == [(1, 0, False), (2, 1, False), (4, 1, False), (3, 2, True)]
+    assert set(document["nodes"][0]) == {
+        "id", "number", "conversation_id", "parent_id", "depth", "operation", "instruction", "prompt",
+        "is_target",
+    }  # fmt: skip
+    tree = invoke(data_dir, "lineage", "3")
+    assert tree.exit_code == 0
+    marked = [line for line in tree.stdout.splitlines() if "◀ this image" in line]
+    assert len(marked) == 1 and "#3" in marked[0]
+
+
+def test_export_import_round_trip(data_dir: Path, tmp_path: Path) -> None:
+    zip_path = tmp_path / "foxes.zip"
+    exported = invoke(data_dir, "export", "1", str(zip_path))
+    assert exported.exit_code == 0, exported.output
+    assert zipfile.is_zipfile(zip_path)
+
+    other = tmp_path / "other"
+    imported = invoke(other, "import", str(zip_path))
+    assert imported.exit_code == 0, imported.output
+    assert "Imported as conversation 1" in imported.stdout
+
+    def comparable(root: Path) -> list[dict[str, Any]]:
+        images = json.loads(invoke(root, "history", "--json").stdout)["images"]
+        return [{k: v for k, v in image.items() if k not in ("path", "mask_path")} for image in images]
+
+    assert comparable(other) == comparable(data_dir)
+    assert files_on_disk(other / "images") == files_on_disk(data_dir / "images")
+    again = invoke(other, "import", str(zip_path))
+    assert "Imported as conversation 2" in again.stdout
+    doctor = json.loads(invoke(other, "doctor", "--json").stdout)
+    assert doctor["ok"] and doctor["counts"]["images"] == 10
+
+
+def test_doctor_sweeps_an_orphan_and_reports_ok(data_dir: Path) -> None:
+    orphan = data_dir / "images" / "00" / ("0" * 64 + ".png")
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"left by a crash")
+    report = json.loads(invoke(data_dir, "doctor", "--json").stdout)
+    assert report["ok"] and report["swept_orphan_files"] == 1 and report["images_checked"] == 5
+    assert not orphan.exists()
+
+
+def _zip_with_traversal(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("atelier-export.json", "{}")
+        archive.writestr("../../escaped.png", b"boo")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["show", "999"], ["no image with id 999"]),
+        (["show", "abc"], ["must be a number"]),
+        (["lineage", "999", "--json"], ["no image with id 999"]),
+        (["history", "-c", "42"], ["no conversation 42"]),
+        (["export", "42", "{tmp}/out.zip"], ["no conversation 42"]),
+        (["import", "{tmp}/evil.zip"], ["outside the archive"]),
+        (["import", "{tmp}/notes.txt"], ["not a zip file"]),
+        (["import", "{tmp}/missing[/bold].zip"], ["missing[/bold].zip", "does not exist"]),
+    ],
+)
+def test_bad_input_fails_cleanly_and_writes_nothing(
+    data_dir: Path, tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
+    _zip_with_traversal(tmp_path / "evil.zip")
+    (tmp_path / "notes.txt").write_text("not a zip")
+    before = state(data_dir)
+    result = invoke(data_dir, *(arg.format(tmp=tmp_path) for arg in args))
+    assert_clean_failure(result, *fragments)
+    assert state(data_dir) == before
+    assert not (tmp_path / "out.zip").exists()
+    assert not (tmp_path.parent / "escaped.png").exists()
+
+
+def test_a_database_that_is_not_sqlite(data_dir: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(os.urandom(4096))
+    junk_bytes = junk.read_bytes()
+    files_before = files_on_disk(data_dir / "images")
+    result = invoke(data_dir, "history", ATELIER_DATABASE_URL=f"sqlite:///{junk}")
+    assert_clean_failure(result, "is not an SQLite database")
+    assert junk.read_bytes() == junk_bytes
+    assert files_on_disk(data_dir / "images") == files_before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("junk")) == ["junk.db"]
+
+
+def test_a_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("oops")
+    assert_clean_failure(invoke(not_a_dir, "history"), "File exists")
+
+
+def test_config_masks_the_key(tmp_path: Path) -> None:
+    for args in (["config"], ["config", "--json"]):
+        result = invoke(tmp_path, *args, OPENAI_API_KEY=SENTINEL_KEY)
+        assert result.exit_code == 0, result.output
+        assert SENTINEL_KEY not in result.output and "SENTINEL" not in result.output
+        assert "****7890" in result.output
+    shown = json.loads(invoke(tmp_path, "config", "--json", OPENAI_API_KEY=SENTINEL_KEY).stdout)
+    assert shown["effective_backend"] == "openai"
+    assert shown["data_dir"] == str(tmp_path)
+
+
+# ----- the installed console script, in a real process -------------------------------------
+
+
+def _atelier() -> str:
+    beside_python = Path(sys.executable).with_name("atelier")
+    found = str(beside_python) if beside_python.exists() else shutil.which("atelier")
+    if found is None:
+        pytest.skip("the `atelier` console script is not installed")
+    return found
+
+
+def _run(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ATELIER_", "OPENAI_"))}
+    clean.update({"ATELIER_DATA_DIR": str(data_dir), "COLUMNS": "200", **env})
+    return subprocess.run(
+        [_atelier(), *args], capture_output=True, text=True, env=clean, timeout=60, check=False
+    )
+
+
+def test_console_script_json_and_errors(data_dir: Path, tmp_path: Path) -> None:
+    listing = _run(data_dir, "lineage", "2", "--json")
+    assert listing.returncode == 0, listing.stderr
+    assert [n["id"] for n in json.loads(listing.stdout)["nodes"] if n["is_target"]] == [2]
+
+    before = state(data_dir)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"SQLite format 2\x00" + b"\xff" * 4000)
+    failed = _run(data_dir, "show", "1", ATELIER_DATABASE_URL=f"sqlite:///{junk}")
+    assert failed.returncode == 1
+    assert failed.stdout == ""
+    assert failed.stderr.strip().count("\n") == 0 and "is not an SQLite database" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert state(data_dir) == before

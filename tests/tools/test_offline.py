@@ -1,0 +1,447 @@
+"""The offline backend must draw what the prompt says, in ways simple pixel statistics can see."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tools.base import (
+    Cancelled,
+    CancelToken,
+    ImageBackend,
+    ImageRequest,
+    ImageResult,
+    InvalidRequest,
+    Operation,
+    UnsupportedOperation,
+)
+from tools.offline import RENDERER, OfflineBackend
+from tools.offline_scene import parse_scene
+
+SIZE = 192
+
+FOX_AT_NIGHT = "a red fox in the snow at night"
+SEA_SUNSET = "sunset over the sea, watercolor"
+GREEN_FOREST = "a green forest at noon"
+
+
+def run(prompt: str, operation: Operation = Operation.GENERATE, **fields: Any) -> ImageResult:
+    fields.setdefault("width", SIZE)
+    fields.setdefault("height", SIZE)
+    fields.setdefault("seed", 1)
+    return OfflineBackend().run(ImageRequest(operation=operation, prompt=prompt, **fields))
+
+
+def render(prompt: str, **fields: Any) -> Image.Image:
+    return run(prompt, **fields).images[0].image
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(pixels(a) - pixels(b)).mean())
+
+
+def hue_degrees(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    hsv = np.asarray(image.convert("HSV"), dtype=np.float64)
+    return hsv[..., 0] * 360 / 255, hsv[..., 1] / 255
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the prompt
+
+
+def test_rewritten_prompt_boilerplate_draws_nothing_extra() -> None:
+    scene = parse_scene(
+        "a red fox in the snow at night, centered composition, soft lighting, highly detailed, "
+        "sharp focus, depth of field, golden ratio"
+    )
+    assert scene.time_of_day == "night"
+    assert scene.weather == {"snow"}
+    assert [(s.kind, s.colour_name) for s in scene.subjects] == [("fox", "red")]
+    assert scene.composition == "center"
+    assert scene.elements == frozenset()  # "field" and "golden" came from boilerplate
+    assert scene.palette == ()
+
+
+def test_colour_words_attach_to_the_thing_after_them() -> None:
+    scene = parse_scene("a green forest and red and gold flowers under a purple sky")
+    assert dict(scene.element_colours) == {
+        "forest": ("green",),
+        "flowers": ("red", "gold"),
+        "sky": ("purple",),
+    }
+
+
+def test_phrases_win_over_their_words() -> None:
+    scene = parse_scene("a lighthouse at golden hour, black and white")
+    assert scene.time_of_day == "sunset"
+    assert scene.style == "monochrome"
+    assert scene.palette == ()
+
+
+def test_negated_words_are_not_drawn() -> None:
+    scene = parse_scene("an empty beach, no people, without any snow, at night")
+    assert scene.subjects == ()
+    assert scene.weather == frozenset()
+    assert scene.time_of_day == "night"
+    assert scene.elements == {"sea"}
+
+
+def test_a_coloured_background_colours_the_sky() -> None:
+    scene = parse_scene("a cat on a pink background")
+    assert dict(scene.element_colours) == {"sky": ("pink",)}
+    assert scene.subjects[0].colour_name is None
+
+
+def test_negative_prompt_is_never_drawn() -> None:
+    plain = run(GREEN_FOREST)
+    with_negative = run(GREEN_FOREST, negative_prompt="snow, night, red fox, blurry")
+    assert pixels(plain.images[0].image).tolist() == pixels(with_negative.images[0].image).tolist()
+    assert any("negative prompt" in note for note in with_negative.notes)
+
+
+# --------------------------------------------------------------------------------------------
+# The picture agrees with the words
+
+
+def test_red_fox_in_snow_at_night() -> None:
+    image = pixels(render(FOX_AT_NIGHT))
+    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+    fox_red = (red > 100) & (red > 2.5 * green) & (red > 2.5 * blue)
+    assert fox_red.mean() > 0.005, "a red fox should leave clearly red pixels"
+
+    ground = image[int(SIZE * 0.94) :]  # below the fox's feet
+    ground_colour = ground.reshape(-1, 3).mean(axis=0)
+    assert ground_colour.mean() > 100, "snow should be light even at night"
+    assert np.ptp(ground_colour) < 40, "snow should be white-ish, not coloured"
+    sky_top = image[: int(SIZE * 0.2)].mean()
+    assert sky_top < 60, "a night sky is dark"
+    assert ground_colour.mean() > 2 * sky_top
+
+
+def test_night_is_darker_than_noon() -> None:
+    night = pixels(render(FOX_AT_NIGHT)).mean()
+    noon = pixels(render("a red fox in the snow at noon")).mean()
+    forest_night = pixels(render("a green forest at night")).mean()
+    forest_noon = pixels(render(GREEN_FOREST)).mean()
+    assert night + 50 < noon
+    assert forest_night + 50 < forest_noon
+
+
+def test_green_forest_at_noon_is_mostly_green() -> None:
+    image = render(GREEN_FOREST)
+    hue, saturation = hue_degrees(image)
+    coloured = saturation > 0.25
+    green = coloured & (hue > 75) & (hue < 165)
+    blue = coloured & (hue >= 165) & (hue < 260)
+    warm = coloured & ((hue <= 75) | (hue >= 260))
+    assert green.sum() > max(blue.sum(), warm.sum()), "green is the dominant hue"
+    lower_half = green[SIZE // 2 :]
+    assert lower_half.mean() > 0.7
+    assert pixels(image).mean() > 100, "noon is bright"
+
+
+def test_sunset_over_the_sea_has_a_warm_sky_and_blue_sea() -> None:
+    image = pixels(render(SEA_SUNSET))
+    sky = image[: SIZE // 2 - SIZE // 10].reshape(-1, 3).mean(axis=0)
+    sea = image[-SIZE // 3 :].reshape(-1, 3).mean(axis=0)
+    assert sky[0] > sky[2] + 40, f"sunset sky should be warm, got mean RGB {sky}"
+    assert sea[2] > sea[0], f"the sea should be blue-ish, got mean RGB {sea}"
+
+
+@pytest.mark.parametrize(("composition", "left_side"), [("on the left", True), ("on the right", False)])
+def test_composition_places_the_subject(composition: str, left_side: bool) -> None:
+    image = pixels(render(f"a red cat in a meadow {composition}"))
+    red = (
+        (image[..., 0] > 120) & (image[..., 0] > 2.5 * image[..., 1]) & (image[..., 0] > 2.5 * image[..., 2])
+    )
+    centre_x = np.nonzero(red)[1].mean()
+    assert bool(centre_x < SIZE / 2) is left_side
+
+
+@pytest.mark.parametrize(
+    "addition",
+    [
+        "with mountains",
+        "with a city",
+        "with a house",
+        "with a road",
+        "with flowers",
+        "with a lake",
+        "with a horse",
+        "with a woman",
+        "in the rain",
+        "in the fog",
+        "at dawn",
+        "with a bird",
+    ],
+)
+def test_each_keyword_changes_the_picture(addition: str) -> None:
+    plain, added = pixels(render("a meadow")), pixels(render(f"a meadow {addition}"))
+    clearly_changed = np.abs(plain - added).max(axis=-1) > 30
+    assert clearly_changed.mean() > 0.01, (
+        f"{addition!r} changed only {clearly_changed.mean():.1%} of the picture"
+    )
+
+
+def test_styles_are_visible() -> None:
+    prompt = "a red fox in a green forest at noon"
+    plain = render(prompt)
+
+    mono = pixels(render(f"{prompt}, black and white"))
+    assert np.array_equal(mono[..., 0], mono[..., 1]) and np.array_equal(mono[..., 1], mono[..., 2])
+
+    sepia = pixels(render(f"{prompt}, sepia"))
+    assert (sepia[..., 0] >= sepia[..., 1]).mean() > 0.99 and (sepia[..., 1] >= sepia[..., 2]).mean() > 0.99
+
+    pixel_art = render(f"{prompt}, pixel art")
+    assert len(np.unique(np.asarray(pixel_art).reshape(-1, 3), axis=0)) <= 24
+
+    line_art = pixels(render(f"{prompt}, line art"))
+    assert line_art.mean() > pixels(plain).mean() + 40, "line art is mostly paper"
+
+    neon = pixels(render(f"{prompt}, neon"))
+    assert neon.mean() < pixels(plain).mean(), "neon is glowing lines on a dark picture"
+
+    pastel = pixels(render(f"{prompt}, pastel"))
+    assert pastel.min() > 90 and pastel.mean() > pixels(plain).mean()
+
+    for style in ("watercolor", "oil painting"):
+        assert mean_difference(plain, render(f"{prompt}, {style}")) > 5, style
+
+
+# --------------------------------------------------------------------------------------------
+# Seeds
+
+
+def test_same_seed_gives_identical_png_bytes() -> None:
+    first = run(FOX_AT_NIGHT, seed=123)
+    second = run(FOX_AT_NIGHT, seed=123)
+    assert png_bytes(first.images[0].image) == png_bytes(second.images[0].image)
+
+
+def test_another_seed_moves_things() -> None:
+    first = render(FOX_AT_NIGHT, seed=1)
+    other = render(FOX_AT_NIGHT, seed=2)
+    changed = np.abs(pixels(first) - pixels(other)).max(axis=-1) > 30
+    assert changed.mean() > 0.05
+    assert mean_difference(first, other) > 6
+
+
+def test_no_seed_is_still_deterministic_and_recorded() -> None:
+    first = run(GREEN_FOREST, seed=None)
+    second = run(GREEN_FOREST, seed=None)
+    assert png_bytes(first.images[0].image) == png_bytes(second.images[0].image)
+    assert isinstance(first.images[0].seed, int)
+    assert first.params["seed"] == first.images[0].seed
+
+
+def test_batch_uses_derived_seeds_and_each_image_replays_alone() -> None:
+    batch = run(FOX_AT_NIGHT, seed=40, n=3)
+    assert [image.seed for image in batch.images] == [40, 41, 42]
+    assert batch.params["seeds"] == [40, 41, 42]
+    alone = render(FOX_AT_NIGHT, seed=41)
+    assert png_bytes(batch.images[1].image) == png_bytes(alone)
+
+
+# --------------------------------------------------------------------------------------------
+# Operations on a source image
+
+
+def square_mask(size: int = SIZE, start: int = 48, stop: int = 144) -> Image.Image:
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[start:stop, start:stop] = 255
+    return Image.fromarray(mask)
+
+
+def test_inpaint_changes_only_the_masked_area() -> None:
+    source = render(GREEN_FOREST)
+    mask = square_mask()
+    result = run(FOX_AT_NIGHT, Operation.INPAINT, sources=(source,), mask=mask)
+    out, before = pixels(result.images[0].image), pixels(source)
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(out[outside], before[outside]), "every pixel outside the mask must stay"
+    assert np.abs(out[~outside] - before[~outside]).mean() > 30
+    assert result.params["strength"] == 1.0
+
+
+def test_inpaint_accepts_a_transparent_mask_of_another_size() -> None:
+    source = render(GREEN_FOREST)
+    small = np.zeros((SIZE // 2, SIZE // 2, 4), dtype=np.uint8)
+    small[24:72, 24:72] = (255, 255, 255, 255)  # opaque square on a transparent layer
+    result = run(FOX_AT_NIGHT, Operation.INPAINT, sources=(source,), mask=Image.fromarray(small))
+    out, before = pixels(result.images[0].image), pixels(source)
+    keep = np.asarray(square_mask()) == 0
+    assert np.array_equal(out[keep], before[keep])
+    assert any("resized" in note for note in result.notes)
+
+
+def test_inpaint_keeps_alpha_of_an_rgba_source_outside_the_mask() -> None:
+    source = render(GREEN_FOREST).convert("RGBA")
+    source.putalpha(128)
+    result = run(FOX_AT_NIGHT, Operation.INPAINT, sources=(source,), mask=square_mask())
+    out = np.asarray(result.images[0].image)
+    keep = np.asarray(square_mask()) == 0
+    assert np.array_equal(out[keep], np.asarray(source)[keep])
+
+
+def test_inpaint_without_a_mask_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="needs a mask"):
+        run(FOX_AT_NIGHT, Operation.INPAINT, sources=(render(GREEN_FOREST),))
+
+
+def test_img2img_strength_sets_how_far_it_moves() -> None:
+    source = render(GREEN_FOREST)
+    gentle = run(FOX_AT_NIGHT, Operation.IMG2IMG, sources=(source,), strength=0.2)
+    strong = run(FOX_AT_NIGHT, Operation.IMG2IMG, sources=(source,), strength=0.9)
+    near = mean_difference(gentle.images[0].image, source)
+    far = mean_difference(strong.images[0].image, source)
+    assert near < 0.35 * far
+    assert near > 1
+    assert gentle.params["strength"] == 0.2
+    assert run(FOX_AT_NIGHT, Operation.IMG2IMG, sources=(source,)).params["strength"] == 0.6
+
+
+def test_edit_adding_snow_is_visible_and_keeps_the_layout() -> None:
+    before_prompt = "a fox in a forest at noon"
+    source = render(before_prompt, seed=4)
+    edited = run(f"{before_prompt} with snow", Operation.EDIT, sources=(source,), seed=4).images[0].image
+    ground_before = pixels(source)[int(SIZE * 0.94) :].mean()
+    ground_after = pixels(edited)[int(SIZE * 0.94) :].mean()
+    assert ground_after > ground_before + 30, "snow should whiten the ground"
+    unrelated_layout = render(f"{before_prompt} with snow", seed=99)
+    assert mean_difference(edited, source) < mean_difference(unrelated_layout, source)
+
+
+def test_variation_keeps_the_scene_but_changes_the_layout() -> None:
+    source = render(FOX_AT_NIGHT, seed=1)
+    variation = run(FOX_AT_NIGHT, Operation.VARIATION, sources=(source,), seed=1).images[0].image
+    assert mean_difference(variation, source) > 5, "even with the same seed the layout must change"
+    out = pixels(variation)
+    assert out.mean() < 100, "still a night scene"
+    red = (out[..., 0] > 90) & (out[..., 0] > 2 * out[..., 1]) & (out[..., 0] > 2 * out[..., 2])
+    assert red.mean() > 0.003, "still a red fox"
+    again = run(FOX_AT_NIGHT, Operation.VARIATION, sources=(source,), seed=1).images[0].image
+    assert png_bytes(again) == png_bytes(variation)
+
+
+def test_variation_without_a_prompt_reworks_the_source() -> None:
+    source = render(SEA_SUNSET)
+    result = run("", Operation.VARIATION, sources=(source,), seed=3)
+    variation = result.images[0].image
+    assert variation.size == source.size
+    assert 3 < mean_difference(variation, source) < 80
+    assert (
+        mean_difference(variation, run("", Operation.VARIATION, sources=(source,), seed=4).images[0].image)
+        > 1
+    )
+
+
+def test_source_operations_keep_the_source_size() -> None:
+    source = render(GREEN_FOREST, width=160, height=96)
+    result = run(FOX_AT_NIGHT, Operation.IMG2IMG, sources=(source,), width=512, height=512)
+    assert result.images[0].image.size == (160, 96)
+    assert result.params["size"] == "160x96"
+
+
+# --------------------------------------------------------------------------------------------
+# Progress, cancel, metadata, validation
+
+
+def test_progress_counts_every_step_of_every_image() -> None:
+    calls: list[tuple[int, int]] = []
+    OfflineBackend().run(
+        ImageRequest(Operation.GENERATE, GREEN_FOREST, width=96, height=96, steps=5, n=2, seed=1),
+        progress=lambda step, total: calls.append((step, total)),
+    )
+    assert calls == [(step, 10) for step in range(1, 11)]
+
+
+def test_cancel_stops_between_steps() -> None:
+    token = CancelToken()
+    calls: list[int] = []
+
+    def on_progress(step: int, total: int) -> None:
+        calls.append(step)
+        if step == 3:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        OfflineBackend().run(
+            ImageRequest(Operation.GENERATE, GREEN_FOREST, width=96, height=96, steps=8), on_progress, token
+        )
+    assert calls == [1, 2, 3]
+
+
+def test_cancel_before_start_draws_nothing() -> None:
+    token = CancelToken()
+    token.cancel()
+    calls: list[int] = []
+    with pytest.raises(Cancelled):
+        OfflineBackend().run(
+            ImageRequest(Operation.GENERATE, GREEN_FOREST, width=96, height=96),
+            lambda step, total: calls.append(step),
+            token,
+        )
+    assert calls == []
+
+
+def test_result_metadata_is_honest() -> None:
+    result = run(SEA_SUNSET, seed=7, steps=6)
+    assert isinstance(OfflineBackend(), ImageBackend)
+    assert (result.backend, result.model) == ("offline", "atelier-sketch-v1")
+    assert result.params["renderer"] == RENDERER == "offline sketch renderer (not a neural model)"
+    assert result.params["steps"] == 6
+    assert result.params["seed"] == 7
+    assert result.params["size"] == f"{SIZE}x{SIZE}"
+    assert result.params["style"] == "watercolor"
+    assert any("not a neural model" in note for note in result.notes)
+    revised = result.images[0].revised_prompt
+    assert revised is not None and "sunset" in revised and "sea" in revised
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"width": 32}, "64 to 2048 px wide"),
+        ({"height": 4096}, "64 to 2048 px tall"),
+        ({"n": 0}, "1 to 8 images"),
+        ({"steps": 0}, "Steps must be between 1 and 100"),
+    ],
+)
+def test_bad_generate_requests_fail_before_drawing(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        run(GREEN_FOREST, **fields)
+
+
+def test_other_bad_requests_have_specific_messages() -> None:
+    source = render(GREEN_FOREST, width=96, height=96)
+    with pytest.raises(InvalidRequest, match="prompt is empty"):
+        run("   ")
+    with pytest.raises(InvalidRequest, match="needs a source image"):
+        run(FOX_AT_NIGHT, Operation.EDIT)
+    with pytest.raises(InvalidRequest, match="Strength must be between 0 and 1"):
+        run(FOX_AT_NIGHT, Operation.IMG2IMG, sources=(source,), strength=1.5)
+    with pytest.raises(InvalidRequest, match="source image is 40x96"):
+        run(FOX_AT_NIGHT, Operation.IMG2IMG, sources=(source.crop((0, 0, 40, 96)),))
+    with pytest.raises(UnsupportedOperation, match="cannot upscale"):
+        run(GREEN_FOREST, Operation.UPSCALE)
+
+
+def test_unknown_words_give_a_default_landscape_with_a_note() -> None:
+    result = run("zxqv blorp")
+    assert result.images[0].image.size == (SIZE, SIZE)
+    assert any("default landscape" in note for note in result.notes)

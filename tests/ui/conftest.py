@@ -1,0 +1,97 @@
+"""Fixtures for the UI suites: the real app file, a fresh data dir per test, the stored record.
+
+Every test points Atelier at its own `tmp_path` through ATELIER_DATA_DIR (set before the app
+first runs, since the app reads Settings once per session) and clears ATELIER_*/OPENAI_*
+variables, so a developer's own key or local model never leaks into a run. What AppTest
+cannot see (pixels, parent ids) is checked through a second `Repository` on the same files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from storage.repository import Repository
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_FILE = ROOT / "streamlit_app.py"
+#: relative to the app file, as `AppTest.switch_page` wants it
+HISTORY_PAGE = "assistant/ui/page_history.py"
+CHAT_PAGE = "assistant/ui/page_chat.py"
+#: one offline turn takes about a second; generous for a loaded CI machine
+TIMEOUT = 30
+
+
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("ATELIER_", "OPENAI_")):
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    clean_environment(monkeypatch)
+    path = tmp_path / "data"
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(path))
+    return path
+
+
+def new_app() -> AppTest:
+    """A fresh browser session on the app (its own session state), run once."""
+    at = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
+    at.run()
+    assert_ok(at)
+    return at
+
+
+@pytest.fixture
+def app(data_dir: Path) -> AppTest:
+    return new_app()
+
+
+@pytest.fixture
+def stored(data_dir: Path) -> Iterator[Repository]:
+    """The database and files the app wrote, read independently of the app's cached repository."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    repository = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
+    yield repository
+    repository.db.dispose()
+
+
+def assert_ok(at: AppTest) -> None:
+    """No exception element: a traceback on the page is always a failure."""
+    assert not at.exception, [exc.value for exc in at.exception]
+
+
+def send(at: AppTest, text: str) -> AppTest:
+    at.chat_input[0].set_value(text).run()
+    assert_ok(at)
+    return at
+
+
+def click(at: AppTest, key: str) -> AppTest:
+    at.button(key=key).click().run()
+    assert_ok(at)
+    return at
+
+
+def unescape(markdown: str) -> str:
+    """Undo `escape_markdown` so assertions read like what the user sees."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("  \n", "\n")
+
+
+def captions(at: AppTest) -> list[str]:
+    return [caption.value for caption in at.caption]
+
+
+def markdown_texts(at: AppTest) -> list[str]:
+    return [unescape(element.value) for element in at.markdown]
+
+
+def errors(at: AppTest) -> list[str]:
+    return [unescape(element.value) for element in at.error]

@@ -1,0 +1,214 @@
+"""The chat page through `AppTest`, on the embedded default (offline backend, offline planner).
+
+AppTest sees elements, not bytes: each test checks what the page shows (captions "#N",
+messages, errors) and then what was stored (rows, parent ids, pixels) through a Repository.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image as PILImage
+from streamlit.testing.v1 import AppTest
+
+from assistant.ui.support import Keys
+from storage.repository import Repository
+from tests.ui.conftest import (
+    assert_ok,
+    captions,
+    clean_environment,
+    click,
+    errors,
+    markdown_texts,
+    new_app,
+    send,
+    unescape,
+)
+
+FOX = "a red fox in the snow at night"
+
+
+def test_new_user_sees_the_banner_then_numbered_images_stored_with_lineage(
+    app: AppTest, stored: Repository
+) -> None:
+    banner = unescape(app.info[0].value)
+    assert "offline" in banner and "OPENAI_API_KEY" in banner and "ATELIER_DIFFUSERS_MODEL" in banner
+
+    send(app, FOX)
+    assert "#1 · generate" in captions(app)
+    assert FOX in markdown_texts(app)
+    assert not errors(app)
+
+    send(app, "make it darker")
+    second_caption = [c for c in captions(app) if c.startswith("#2 ")]
+    assert second_caption and second_caption[0].endswith("from #1")
+
+    (conversation,) = stored.list_conversations()
+    first, second = stored.conversation_images(conversation.id)
+    assert (first.number, second.number) == (1, 2)
+    assert first.parent_id is None and second.parent_id == first.id
+    assert first.instruction == FOX
+    with PILImage.open(stored.image_path(first)) as png:
+        assert png.size == (512, 512)
+        assert "parameters" in png.info  # the stored PNG carries its generation parameters
+    assert stored.load_image(second).tobytes() != stored.load_image(first).tobytes()
+    roles = [(m.role, m.status) for m in stored.messages(conversation.id)]
+    assert roles == [("user", "ok"), ("assistant", "ok")] * 2
+
+
+def test_a_new_session_shows_the_stored_conversation(app: AppTest, stored: Repository) -> None:
+    send(app, FOX)
+    send(app, "make it darker")
+    conversation_id = stored.list_conversations()[0].id
+
+    reloaded = new_app()  # a reload: a new session with nothing selected
+    assert not [c for c in captions(reloaded) if c.startswith("#")]
+    click(reloaded, f"atelier.conversation.{conversation_id}")
+    shown = captions(reloaded)
+    assert "#1 · generate" in shown and any(c.startswith("#2 ") for c in shown)
+    assert FOX in markdown_texts(reloaded) and "make it darker" in markdown_texts(reloaded)
+
+
+def test_switching_conversations_in_the_sidebar_shows_each_history(app: AppTest, stored: Repository) -> None:
+    send(app, FOX)
+    click(app, "atelier.new_conversation")
+    assert not [c for c in captions(app) if c.startswith("#")]
+    send(app, "a lighthouse on a cliff at dawn")
+    fox_id, lighthouse_id = sorted(c.id for c in stored.list_conversations())
+
+    click(app, f"atelier.conversation.{fox_id}")
+    assert FOX in markdown_texts(app)
+    assert "a lighthouse on a cliff at dawn" not in markdown_texts(app)
+    assert app.session_state[Keys.CONVERSATION] == fox_id
+
+    click(app, f"atelier.conversation.{lighthouse_id}")
+    assert "a lighthouse on a cliff at dawn" in markdown_texts(app)
+    assert FOX not in markdown_texts(app)
+    # each conversation numbers its own images
+    assert "#1 · generate" in captions(app)
+    assert [i.number for i in stored.conversation_images(lighthouse_id)] == [1]
+
+
+def test_image_actions_send_requests_about_that_image(app: AppTest, stored: Repository) -> None:
+    send(app, FOX)
+    conversation_id = app.session_state[Keys.CONVERSATION]
+    first = stored.get_image_by_number(conversation_id, 1)
+
+    click(app, f"atelier.var.{first.id}")
+    variations = stored.conversation_images(conversation_id)[1:]
+    assert len(variations) == 3
+    assert {(v.parent_id, v.operation) for v in variations} == {(first.id, "variation")}
+    assert len({v.sha256 for v in variations}) == 3
+
+    click(app, f"atelier.up.{first.id}")
+    upscaled = stored.conversation_images(conversation_id)[-1]
+    assert (upscaled.operation, upscaled.parent_id, upscaled.width) == ("upscale", first.id, 1024)
+
+    click(app, f"atelier.regen.{first.id}")
+    regenerated = stored.conversation_images(conversation_id)[-1]
+    assert regenerated.operation == "generate" and regenerated.seed != first.seed
+    assert regenerated.prompt == first.prompt
+
+    click(app, f"atelier.edit.{first.id}")
+    edit_box = app.text_input(key=Keys.EDIT_TEXT)
+    assert edit_box.value == "#1: "
+    edit_box.set_value("#1: at sunset")
+    app.button(key="FormSubmitter:atelier.edit_form-Send edit").click().run()
+    assert_ok(app)
+    edited = stored.conversation_images(conversation_id)[-1]
+    assert edited.parent_id == first.id and edited.instruction == "#1: at sunset"
+
+    click(app, f"atelier.init.{first.id}")
+    assert app.session_state[Keys.INIT_IMAGE] == first.id
+    send(app, "turn it into a watercolor painting")
+    *_, upload, derived = stored.conversation_images(conversation_id)
+    assert upload.operation == "upload"
+    same_pixels = (
+        stored.load_image(upload).convert("RGB").tobytes()
+        == stored.load_image(first).convert("RGB").tobytes()
+    )
+    assert same_pixels, "the attachment is the chosen image"
+    assert derived.parent_id == upload.id
+    assert app.session_state[Keys.INIT_IMAGE] is None  # used once
+    shown = captions(app)
+    assert f"#{derived.number} · {derived.operation} · from #{upload.number}" in shown
+
+
+def test_sidebar_settings_reach_the_assistant(app: AppTest, stored: Repository) -> None:
+    app.selectbox(key=Keys.SIZE).set_value("768x512")
+    app.radio(key=Keys.SEED_MODE).set_value("Fixed").run()
+    app.number_input(key=Keys.SEED).set_value(42)
+    app.checkbox(key=Keys.VERBATIM).check()
+    send(app, "a blue boat on a calm lake")
+    (image,) = stored.list_images()
+    assert (image.width, image.height, image.seed) == (768, 512, 42)
+    assert image.prompt == "a blue boat on a calm lake"  # "use my prompt exactly"
+
+
+def test_a_backend_failure_is_an_error_and_the_conversation_stays_usable(
+    data_dir: Path, stored: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean_environment(monkeypatch)
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("ATELIER_BACKEND", "openai")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-0000")
+    monkeypatch.setenv("ATELIER_OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens on port 9
+    monkeypatch.setenv("ATELIER_OPENAI_MAX_RETRIES", "0")
+    monkeypatch.setenv("ATELIER_OPENAI_TIMEOUT", "5")
+    # a base URL without a chat model keeps planning on the offline rules (no LLM call)
+    monkeypatch.setenv("ATELIER_CHAT_BASE_URL", "http://127.0.0.1:9/v1")
+    app = new_app()
+    assert "OpenAI" in unescape(app.caption[0].value)
+
+    send(app, FOX)
+    assert errors(app), "the failure must be shown as an error element"
+    assert not [c for c in captions(app) if c.startswith("#1")]
+    (conversation,) = stored.list_conversations()
+    messages = stored.messages(conversation.id)
+    assert [(m.role, m.status) for m in messages] == [("user", "ok"), ("assistant", "failed")]
+    assert unescape(app.error[0].value) == messages[-1].content
+    (generation,) = stored.generations(conversation.id)
+    assert generation.status == "failed"
+
+    app.selectbox(key=Keys.BACKEND).set_value("offline").run()
+    send(app, FOX)
+    assert "#1 · generate" in captions(app)
+    assert len(errors(app)) == 1  # the earlier failure stays in the history
+    assert [i.backend for i in stored.conversation_images(conversation.id)] == ["offline"]
+
+
+def test_rename_and_delete_with_confirmation(app: AppTest, stored: Repository) -> None:
+    send(app, FOX)
+    conversation_id = app.session_state[Keys.CONVERSATION]
+    images_dir = Path(stored.files.root) if hasattr(stored.files, "root") else None
+
+    app.text_input(key=f"atelier.rename.{conversation_id}").set_value("Foxes")
+    click(app, f"atelier.rename_button.{conversation_id}")
+    assert stored.get_conversation(conversation_id).title == "Foxes"
+    assert unescape(app.title[0].value) == "Foxes"
+
+    click(app, f"atelier.delete.{conversation_id}")
+    assert stored.list_conversations(), "nothing is deleted before the confirmation"
+    assert any("cannot be undone" in w.value for w in app.warning)
+    click(app, "atelier.delete_cancel")
+    assert stored.list_conversations()
+
+    click(app, f"atelier.delete.{conversation_id}")
+    click(app, "atelier.delete_confirm")
+    assert stored.list_conversations() == []
+    assert stored.list_images() == []
+    assert app.session_state[Keys.CONVERSATION] is None
+    if images_dir is not None:
+        assert not list(images_dir.rglob("*.png"))
+
+
+def test_user_text_is_escaped_never_html(app: AppTest) -> None:
+    hostile = "<img src=x onerror=alert(1)> **bold** :red[red] $x^2$ [link](http://example.com)"
+    send(app, hostile)
+    assert_ok(app)
+    user_markdown = [m for m in app.markdown if unescape(m.value) == hostile]
+    assert user_markdown, "the user's words are shown exactly as typed"
+    assert "**bold**" not in user_markdown[0].value  # escaped, so not rendered as bold
+    assert all(not m.proto.allow_html for m in app.markdown)
+    assert all(not m.proto.allow_html for m in app.get("error"))

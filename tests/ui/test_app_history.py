@@ -1,0 +1,162 @@
+"""The history page through `AppTest`: gallery search and filters, image detail, lineage graph,
+the way back into the chat; plus the DOT builder, since lineage labels are user text."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from assistant.ui.support import Keys, lineage_dot
+from storage.models import Image
+from storage.repository import LineageNode, Repository
+from tests.ui.conftest import CHAT_PAGE, HISTORY_PAGE, assert_ok, captions, click, send, unescape
+
+FOX = "a red fox in the snow at night"
+LIGHTHOUSE = "a lighthouse on a cliff at dawn"
+
+
+def gallery_numbers(at: AppTest) -> list[str]:
+    """The '#N · operation · backend' captions of the gallery cells, newest first."""
+    return [c for c in captions(at) if c.startswith("#")]
+
+
+@pytest.fixture
+def history(app: AppTest) -> AppTest:
+    """Two conversations (fox: #1 and its edit #2; lighthouse: #1), then the history page."""
+    send(app, FOX)
+    send(app, "make it darker")
+    click(app, "atelier.new_conversation")
+    send(app, LIGHTHOUSE)
+    app.switch_page(HISTORY_PAGE).run()
+    assert_ok(app)
+    return app
+
+
+def test_gallery_search_and_filters(history: AppTest, stored: Repository) -> None:
+    assert gallery_numbers(history) == [
+        "#1 · generate · offline",
+        "#2 · edit · offline",
+        "#1 · generate · offline",
+    ]
+
+    history.text_input(key="atelier.h.query").set_value("lighthouse").run()
+    assert gallery_numbers(history) == ["#1 · generate · offline"]
+    history.text_input(key="atelier.h.query").set_value("fox").run()
+    assert gallery_numbers(history) == ["#2 · edit · offline", "#1 · generate · offline"]
+    history.text_input(key="atelier.h.query").set_value("zebra").run()
+    assert gallery_numbers(history) == []
+    assert any("No images match" in info.value for info in history.info)
+
+    history.text_input(key="atelier.h.query").set_value("").run()
+    history.selectbox(key="atelier.h.operation").set_value("edit").run()
+    assert gallery_numbers(history) == ["#2 · edit · offline"]
+    history.selectbox(key="atelier.h.operation").set_value("All").run()
+
+    fox_id = min(c.id for c in stored.list_conversations())
+    history.selectbox(key="atelier.h.conversation").set_value(fox_id).run()
+    assert gallery_numbers(history) == ["#2 · edit · offline", "#1 · generate · offline"]
+    history.selectbox(key="atelier.h.conversation").set_value(None).run()
+
+    today = date.today()
+    history.date_input(key="atelier.h.since").set_value(today + timedelta(days=2)).run()
+    assert gallery_numbers(history) == []
+    history.date_input(key="atelier.h.since").set_value(today - timedelta(days=2)).run()
+    history.date_input(key="atelier.h.until").set_value(today + timedelta(days=2)).run()
+    assert len(gallery_numbers(history)) == 3
+    assert_ok(history)
+
+
+def test_detail_shows_prompts_lineage_graph_and_parent(history: AppTest, stored: Repository) -> None:
+    fox_id = min(c.id for c in stored.list_conversations())
+    first, second = stored.conversation_images(fox_id)
+    history.text_input(key="atelier.h.query").set_value("fox").run()
+    click(history, f"atelier.h.detail.{second.id}")
+
+    assert unescape(history.subheader[0].value).startswith("#2 · ")
+    blocks = [code.value for code in history.code]
+    assert "make it darker" in blocks  # what the user wrote
+    assert second.prompt in blocks  # what the backend got
+    assert second.prompt != "make it darker"
+    assert "**Derived from:** #1" in [unescape(m.value) for m in history.markdown]
+
+    (chart,) = history.get("graphviz_chart")
+    dot = chart.proto.spec
+    assert f"img{first.id} -> img{second.id}" in dot
+    highlighted = next(line for line in dot.splitlines() if line.strip().startswith(f"img{second.id} ["))
+    assert "fillcolor" in highlighted and "penwidth" in highlighted
+    assert "Compared with its parent" in [s.value for s in history.subheader]
+
+    click(history, f"atelier.h.node.{first.id}")  # walk the tree to the parent
+    assert unescape(history.subheader[0].value).startswith("#1 · ")
+    assert "Compared with its parent" not in [s.value for s in history.subheader]
+    click(history, "atelier.h.back")
+    assert len(gallery_numbers(history)) == 2  # the search is kept
+
+
+def test_continue_from_here_opens_the_chat_on_that_image(history: AppTest, stored: Repository) -> None:
+    fox_id = min(c.id for c in stored.list_conversations())
+    second = stored.get_image_by_number(fox_id, 2)
+    click(history, f"atelier.h.detail.{second.id}")
+    click(history, "atelier.h.continue")
+
+    assert history.session_state[Keys.CONVERSATION] == fox_id
+    assert unescape(history.title[0].value) == FOX  # the chat page, on the fox conversation
+    edit_box = history.text_input(key=Keys.EDIT_TEXT)
+    assert edit_box.value == "#2: "
+    # AppTest keeps requesting the page named by its own last switch_page (history) on every
+    # later run, where a browser asks for the page it is on; say so, as the browser would
+    history.switch_page(CHAT_PAGE)
+    edit_box.set_value("#2: add a full moon")
+    history.button(key="FormSubmitter:atelier.edit_form-Send edit").click().run()
+    assert_ok(history)
+    newest = stored.conversation_images(fox_id)[-1]
+    assert (newest.number, newest.parent_id) == (3, second.id)
+
+
+def test_lineage_button_in_the_chat_opens_the_detail(app: AppTest, stored: Repository) -> None:
+    send(app, FOX)
+    send(app, "make it darker")
+    second = stored.list_images()[0]
+    click(app, f"atelier.lineage.{second.id}")
+    assert [t.value for t in app.title] == ["History"]
+    assert unescape(app.subheader[0].value).startswith("#2 · ")
+    assert app.get("graphviz_chart")
+    app.switch_page(CHAT_PAGE).run()
+    assert_ok(app)
+    assert "#1 · generate" in captions(app)
+
+
+def test_an_empty_history_says_how_to_start(app: AppTest) -> None:
+    app.switch_page(HISTORY_PAGE).run()
+    assert_ok(app)
+    assert any("No images yet" in info.value for info in app.info)
+
+
+def _image(id_: int, number: int, parent_id: int | None, instruction: str) -> Image:
+    return Image(
+        id=id_,
+        conversation_id=1,
+        number=number,
+        parent_id=parent_id,
+        operation="edit",
+        instruction=instruction,
+        prompt="",
+        backend="offline",
+        model="m",
+        width=8,
+        height=8,
+        sha256="0" * 64,
+    )
+
+
+def test_lineage_labels_cannot_break_out_of_the_dot_source() -> None:
+    hostile = '"];\nevil [label="pwned"]; "\\'
+    nodes = [LineageNode(_image(1, 1, None, "a fox"), 0), LineageNode(_image(2, 2, 1, hostile), 1)]
+    dot = lineage_dot(nodes, highlight_id=2)
+    body = [line.strip() for line in dot.splitlines()[1:-1]]
+    # one statement per node and one edge: the hostile label stayed inside its quotes
+    assert [line.split(" ", 1)[0] for line in body if line.startswith("img")] == ["img1", "img2", "img1"]
+    assert "evil ->" not in dot and "\nevil" not in dot
+    assert '\\"pwned\\"' in dot and "\\\\" in dot

@@ -1,0 +1,1279 @@
+"""The built-in offline backend: draws a sketch of the prompt with numpy and Pillow.
+
+It exists so a fresh install works end to end with no key, no GPU and no download, and it is
+honest about being a sketch renderer, not a model. What it draws must still follow the prompt
+in ways a person can check at a glance (a red fox is red, night is dark, snow is white), and
+edits and variations must change the picture visibly and deterministically.
+
+How it works: `offline_scene.parse_scene` turns the prompt into a `Scene`; `_Painter` draws the
+scene layer by layer (sky, sun/moon/stars, far things, ground or water, mid and near things,
+figures, weather, texture, style). Each layer draws from its own random generator seeded by
+(seed, layer name), so adding snow to a prompt does not move the mountains, while another seed
+moves everything. The layers are spread over the requested number of "steps" so progress and
+cancel behave like a diffusion backend's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+
+from tools.base import (
+    Cancelled,
+    CancelToken,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    InvalidRequest,
+    Operation,
+    ProgressCallback,
+    check_capability,
+    derive_seeds,
+)
+from tools.image_input import prepare_mask
+from tools.offline_scene import COLOURS, RGB, Scene, Style, Subject, parse_scene
+
+NAME = "offline"
+MODEL = "atelier-sketch-v1"
+RENDERER = "offline sketch renderer (not a neural model)"
+HONEST_NOTE = (
+    "Drawn by Atelier's built-in offline sketch renderer, not a neural model: it draws the "
+    "prompt's keywords (colours, time of day, weather, scenery, animals, people, style). "
+    "Connect an OpenAI key or a local diffusers model for real images."
+)
+MIN_SIDE = 64
+MAX_SIDE = 2048
+MAX_IMAGES = 8
+MAX_STEPS = 100
+DEFAULT_STEPS = 8
+#: How far the result moves from the source image towards the new drawing (0 = source, 1 = drawing).
+DEFAULT_STRENGTH: dict[Operation, float] = {
+    Operation.EDIT: 0.7,
+    Operation.IMG2IMG: 0.6,
+    Operation.VARIATION: 0.75,
+    Operation.INPAINT: 1.0,
+}
+_NEEDS_PROMPT = frozenset({Operation.GENERATE, Operation.EDIT, Operation.IMG2IMG})
+_NEEDS_SOURCE = frozenset({Operation.EDIT, Operation.INPAINT, Operation.VARIATION, Operation.IMG2IMG})
+_LANDSCAPE = frozenset(
+    {"mountains", "hills", "forest", "trees", "city", "sea", "lake", "house", "cabin", "road", "flowers"}
+)
+
+Array = np.ndarray
+
+
+# --------------------------------------------------------------------------------------------
+# Light and colour
+
+
+@dataclass(frozen=True)
+class _Light:
+    """How the time of day changes every colour drawn: overall brightness plus a colour cast."""
+
+    brightness: float
+    tint: RGB
+    tint_amount: float
+
+    def shade(self, colour: RGB, *, floor: float = 0.0, tint_scale: float = 1.0) -> RGB:
+        level = max(self.brightness, floor)
+        amount = self.tint_amount * tint_scale
+        r, g, b = (level * ((1 - amount) * c + amount * t) for c, t in zip(colour, self.tint, strict=True))
+        return (_byte(r), _byte(g), _byte(b))
+
+
+_LIGHTS: dict[str, _Light] = {
+    "dawn": _Light(0.8, (255, 170, 190), 0.18),
+    "morning": _Light(0.95, (255, 230, 190), 0.08),
+    "day": _Light(1.0, (255, 255, 255), 0.0),
+    "sunset": _Light(0.78, (255, 140, 60), 0.25),
+    "night": _Light(0.42, (40, 60, 130), 0.3),
+}
+
+#: Sky gradients as (position from top 0 to horizon 1, colour) stops.
+_SKIES: dict[str, list[tuple[float, RGB]]] = {
+    "dawn": [(0.0, (60, 70, 140)), (0.55, (190, 130, 170)), (1.0, (255, 195, 150))],
+    "morning": [(0.0, (100, 155, 225)), (1.0, (225, 230, 215))],
+    "day": [(0.0, (55, 125, 220)), (1.0, (175, 212, 245))],
+    "sunset": [(0.0, (90, 50, 110)), (0.35, (205, 90, 90)), (0.75, (250, 150, 70)), (1.0, (255, 200, 115))],
+    "night": [(0.0, (5, 8, 25)), (1.0, (28, 38, 75))],
+}
+
+_GRASS: RGB = (95, 155, 70)
+_SNOW: RGB = (235, 238, 245)
+_SAND: RGB = (215, 195, 150)
+_PAVEMENT: RGB = (105, 105, 112)
+_WATER: RGB = (25, 75, 150)
+_MOUNTAIN: RGB = (105, 115, 140)
+_CONIFER: RGB = (40, 105, 55)
+_CANOPY: RGB = (70, 135, 60)
+_TRUNK: RGB = (95, 65, 40)
+_BUILDING: RGB = (70, 76, 92)
+_LIT_WINDOW: RGB = (255, 215, 120)
+_DAY_WINDOW: RGB = (160, 190, 215)
+_FLOWER_COLOURS: tuple[RGB, ...] = (
+    (230, 60, 80),
+    (250, 200, 50),
+    (240, 130, 180),
+    (150, 90, 200),
+    (250, 250, 250),
+)
+#: Subject colours when the prompt names none.
+_SUBJECT_DEFAULTS: dict[str, RGB] = {
+    "fox": (215, 105, 40),
+    "wolf": (120, 120, 125),
+    "cat": (90, 90, 95),
+    "dog": (150, 100, 55),
+    "horse": (120, 75, 45),
+    "deer": (170, 120, 75),
+    "rabbit": (165, 150, 135),
+    "bear": (85, 60, 40),
+    "bird": (60, 60, 70),
+    "person": (60, 85, 140),
+    "man": (60, 85, 140),
+    "woman": (150, 60, 90),
+    "child": (220, 150, 40),
+}
+#: Figure heights as a fraction of the picture height (a bird: its wingspan over the width).
+_SUBJECT_HEIGHTS: dict[str, float] = {
+    "fox": 0.26,
+    "wolf": 0.3,
+    "cat": 0.22,
+    "dog": 0.26,
+    "horse": 0.42,
+    "deer": 0.42,
+    "rabbit": 0.17,
+    "bear": 0.36,
+    "bird": 0.2,
+    "person": 0.48,
+    "man": 0.48,
+    "woman": 0.46,
+    "child": 0.32,
+}
+
+
+def _byte(value: float) -> int:
+    return max(0, min(255, round(value)))
+
+
+def _mix(a: RGB, b: RGB, amount: float) -> RGB:
+    r, g, bl = ((1 - amount) * x + amount * y for x, y in zip(a, b, strict=True))
+    return (_byte(r), _byte(g), _byte(bl))
+
+
+def _scaled(colour: RGB, factor: float) -> RGB:
+    return (_byte(colour[0] * factor), _byte(colour[1] * factor), _byte(colour[2] * factor))
+
+
+def _to_array(image: Image.Image) -> Array:
+    return np.asarray(image.convert("RGB"), dtype=np.float32)
+
+
+def _to_image(pixels: Array) -> Image.Image:
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------------------------
+# Figures: silhouettes in unit coordinates (feet at y=0, up is negative, facing +x, height ~1)
+
+Tone = Literal["body", "dark", "light", "eye", "skin", "accent", "hair"]
+
+
+@dataclass(frozen=True)
+class _Shape:
+    kind: Literal["ellipse", "polygon", "line"]
+    points: tuple[tuple[float, float], ...]
+    tone: Tone
+    width: float = 0.0
+
+
+def _e(x0: float, y0: float, x1: float, y1: float, tone: Tone = "body") -> _Shape:
+    return _Shape("ellipse", ((x0, y0), (x1, y1)), tone)
+
+
+def _p(tone: Tone, *points: tuple[float, float]) -> _Shape:
+    return _Shape("polygon", points, tone)
+
+
+def _leg(x: float, top: float, width: float, tone: Tone = "dark") -> _Shape:
+    return _p(tone, (x - width / 2, top), (x + width / 2, top), (x + width / 2, 0.0), (x - width / 2, 0.0))
+
+
+def _fox() -> list[_Shape]:
+    return [
+        _p(
+            "body", (-0.45, -0.5), (-0.75, -0.56), (-1.0, -0.46), (-1.1, -0.3), (-0.95, -0.24), (-0.45, -0.38)
+        ),
+        _e(-1.14, -0.42, -0.95, -0.24, "light"),
+        *(_leg(x, -0.42, 0.07) for x in (-0.38, -0.26, 0.18, 0.3)),
+        _e(-0.55, -0.68, 0.4, -0.32),
+        _e(0.16, -0.6, 0.42, -0.36, "light"),
+        _p("body", (0.15, -0.62), (0.38, -0.85), (0.55, -0.78), (0.4, -0.5)),
+        _e(0.3, -0.95, 0.62, -0.68),
+        _p("body", (0.55, -0.88), (0.84, -0.76), (0.56, -0.7)),
+        _p("dark", (0.34, -0.88), (0.38, -1.06), (0.46, -0.9)),
+        _p("dark", (0.46, -0.9), (0.52, -1.07), (0.57, -0.88)),
+        _e(0.79, -0.8, 0.85, -0.74, "eye"),
+        _e(0.5, -0.87, 0.55, -0.82, "eye"),
+    ]
+
+
+def _wolf() -> list[_Shape]:
+    return [
+        _p("body", (-0.5, -0.62), (-0.8, -0.5), (-0.95, -0.3), (-0.85, -0.28), (-0.5, -0.48)),
+        *(_leg(x, -0.5, 0.08) for x in (-0.42, -0.3, 0.2, 0.32)),
+        _e(-0.6, -0.78, 0.42, -0.4),
+        _e(0.1, -0.72, 0.42, -0.42, "light"),
+        _p("body", (0.15, -0.7), (0.4, -0.95), (0.6, -0.86), (0.42, -0.55)),
+        _e(0.32, -1.02, 0.66, -0.75),
+        _p("body", (0.58, -0.95), (0.92, -0.84), (0.6, -0.77)),
+        _p("dark", (0.36, -0.96), (0.4, -1.14), (0.48, -0.98)),
+        _p("dark", (0.48, -0.98), (0.54, -1.15), (0.6, -0.95)),
+        _e(0.87, -0.88, 0.93, -0.82, "eye"),
+        _e(0.53, -0.95, 0.58, -0.9, "eye"),
+    ]
+
+
+def _cat() -> list[_Shape]:
+    return [
+        _p("body", (0.15, -0.06), (0.55, -0.1), (0.68, -0.3), (0.6, -0.34), (0.5, -0.18), (0.15, -0.16)),
+        _e(-0.32, -0.62, 0.3, 0.0),
+        _e(-0.22, -0.92, 0.22, -0.55),
+        _p("body", (-0.2, -0.8), (-0.16, -1.02), (-0.03, -0.88)),
+        _p("body", (0.03, -0.88), (0.16, -1.02), (0.2, -0.8)),
+        _e(-0.12, -0.8, -0.04, -0.72, "accent"),
+        _e(0.04, -0.8, 0.12, -0.72, "accent"),
+        _e(-0.14, -0.3, 0.14, -0.02, "light"),
+    ]
+
+
+def _dog() -> list[_Shape]:
+    return [
+        _p("body", (-0.45, -0.62), (-0.7, -0.95), (-0.6, -0.98), (-0.38, -0.68)),
+        *(_leg(x, -0.45, 0.09, "body") for x in (-0.38, -0.25, 0.16, 0.28)),
+        _e(-0.5, -0.72, 0.38, -0.36),
+        _p("body", (0.18, -0.66), (0.34, -0.9), (0.52, -0.84), (0.38, -0.5)),
+        _e(0.26, -1.0, 0.6, -0.7),
+        _p("body", (0.5, -0.9), (0.8, -0.86), (0.8, -0.74), (0.5, -0.72)),
+        _e(0.26, -0.96, 0.38, -0.66, "dark"),
+        _e(0.75, -0.88, 0.82, -0.81, "eye"),
+        _e(0.46, -0.9, 0.51, -0.85, "eye"),
+    ]
+
+
+def _horse() -> list[_Shape]:
+    return [
+        _p("dark", (-0.58, -0.72), (-0.8, -0.45), (-0.74, -0.28), (-0.6, -0.55)),
+        *(_leg(x, -0.52, 0.07) for x in (-0.5, -0.38, 0.26, 0.38)),
+        _e(-0.62, -0.8, 0.48, -0.42),
+        _p("body", (0.25, -0.72), (0.48, -1.08), (0.64, -1.02), (0.46, -0.55)),
+        _p("dark", (0.24, -0.75), (0.46, -1.1), (0.5, -1.04), (0.3, -0.7)),
+        _p("body", (0.5, -1.12), (0.88, -0.86), (0.82, -0.78), (0.5, -0.94)),
+        _p("body", (0.52, -1.1), (0.54, -1.2), (0.6, -1.08)),
+        _e(0.62, -1.04, 0.67, -0.99, "eye"),
+    ]
+
+
+def _deer() -> list[_Shape]:
+    antlers = [
+        ((0.5, -1.02), (0.42, -1.3)),
+        ((0.45, -1.18), (0.34, -1.26)),
+        ((0.56, -1.02), (0.64, -1.3)),
+        ((0.61, -1.18), (0.72, -1.24)),
+    ]
+    return [
+        *(_Shape("line", segment, "accent", 0.035) for segment in antlers),
+        _e(-0.55, -0.74, -0.43, -0.62, "light"),
+        *(_leg(x, -0.5, 0.05) for x in (-0.38, -0.28, 0.2, 0.3)),
+        _e(-0.5, -0.78, 0.38, -0.46),
+        _p("body", (0.2, -0.72), (0.42, -1.02), (0.58, -0.96), (0.4, -0.55)),
+        _e(0.4, -1.08, 0.66, -0.88),
+        _p("body", (0.6, -1.04), (0.82, -0.94), (0.62, -0.9)),
+        _e(0.54, -1.03, 0.59, -0.98, "eye"),
+    ]
+
+
+def _rabbit() -> list[_Shape]:
+    return [
+        _e(-0.52, -0.34, -0.32, -0.14, "light"),
+        _e(-0.42, -0.58, 0.28, 0.0),
+        _e(0.06, -0.16, 0.4, 0.0),
+        _e(0.05, -0.78, 0.42, -0.46),
+        _e(0.08, -1.22, 0.2, -0.68),
+        _e(0.2, -1.16, 0.32, -0.66),
+        _e(0.3, -0.66, 0.35, -0.61, "eye"),
+    ]
+
+
+def _bear() -> list[_Shape]:
+    return [
+        *(_leg(x, -0.45, 0.16) for x in (-0.42, -0.22, 0.18, 0.34)),
+        _e(-0.62, -0.86, 0.48, -0.3),
+        _e(0.28, -0.86, 0.7, -0.48),
+        _e(0.28, -0.9, 0.42, -0.76),
+        _e(0.5, -0.9, 0.64, -0.76),
+        _e(0.54, -0.7, 0.76, -0.54, "light"),
+        _e(0.7, -0.68, 0.77, -0.61, "eye"),
+        _e(0.5, -0.76, 0.55, -0.71, "eye"),
+    ]
+
+
+def _bird() -> list[_Shape]:
+    """A bird in flight; y=0 is its middle, not its feet."""
+    return [
+        _p("body", (-0.28, -0.03), (-0.55, -0.14), (-0.55, 0.1), (-0.28, 0.05)),
+        _p("dark", (-0.12, -0.02), (-0.42, -0.5), (-0.2, -0.48), (0.12, -0.04)),
+        _e(-0.32, -0.1, 0.3, 0.1),
+        _e(0.2, -0.14, 0.42, 0.06),
+        _p("accent", (0.4, -0.07), (0.56, -0.02), (0.4, 0.02)),
+        _p("body", (-0.05, 0.0), (0.12, -0.48), (0.3, -0.44), (0.16, -0.02)),
+        _e(0.31, -0.08, 0.35, -0.04, "eye"),
+    ]
+
+
+def _person(kind: str) -> list[_Shape]:
+    shapes = [
+        _leg(-0.06, -0.46, 0.09),
+        _leg(0.07, -0.46, 0.09),
+        _Shape("line", ((-0.13, -0.8), (-0.22, -0.46)), "body", 0.07),
+        _Shape("line", ((0.13, -0.8), (0.22, -0.46)), "body", 0.07),
+        _p("body", (-0.14, -0.84), (0.14, -0.84), (0.16, -0.44), (-0.16, -0.44)),
+    ]
+    if kind == "woman":
+        shapes.insert(0, _e(-0.11, -1.02, 0.11, -0.74, "hair"))
+        shapes.append(_p("body", (-0.15, -0.5), (0.15, -0.5), (0.26, -0.2), (-0.26, -0.2)))
+    shapes += [_e(-0.08, -1.0, 0.08, -0.84, "skin"), _e(-0.09, -1.02, 0.09, -0.93, "hair")]
+    return shapes
+
+
+_SILHOUETTES: dict[str, Callable[[], list[_Shape]]] = {
+    "fox": _fox,
+    "wolf": _wolf,
+    "cat": _cat,
+    "dog": _dog,
+    "horse": _horse,
+    "deer": _deer,
+    "rabbit": _rabbit,
+    "bear": _bear,
+    "bird": _bird,
+}
+
+
+def _silhouette(kind: str) -> list[_Shape]:
+    return _SILHOUETTES[kind]() if kind in _SILHOUETTES else _person(kind)
+
+
+# --------------------------------------------------------------------------------------------
+# The painter
+
+
+@dataclass(frozen=True)
+class _Figure:
+    subject: Subject
+    x: float
+    base_y: float
+    height: float
+    facing: int
+
+
+class _Painter:
+    """Draws one scene at one size from one seed; `stages()` lists the layers in drawing order."""
+
+    def __init__(self, scene: Scene, width: int, height: int, seed: int, salt: str = "") -> None:
+        self.scene = scene
+        self.width = width
+        self.height = height
+        self.seed = seed
+        self.salt = salt
+        self.unit = min(width, height) / 256  # line widths and radii scale with this
+        self.elements = set(scene.elements)
+        if not self.elements & _LANDSCAPE:
+            self.elements.add("hills")  # an empty landscape reads as nothing; rolling hills read as "outside"
+        self.snowy = "snow" in scene.weather
+        light = _LIGHTS[scene.time_of_day]
+        if "rain" in scene.weather:
+            light = replace(light, brightness=light.brightness * 0.8)
+        self.light = light
+
+        layout = self._rng("layout")
+        sea_only = (
+            "sea" in self.elements
+            and not (self.elements & (_LANDSCAPE - {"sea"}))
+            and not any(s.family != "bird" for s in scene.subjects)
+        )
+        horizon_range = (0.42, 0.52) if sea_only else (0.5, 0.62)
+        self.horizon = round(height * layout.uniform(*horizon_range))
+        self.shore = height if sea_only or "sea" not in self.elements else self._lerp_ground(0.4)
+        self.figures = self._place_figures(layout)
+        figure_x = self.figures[0].x if self.figures else layout.uniform(0.3, 0.7) * width
+        self.house_x = (0.74 if figure_x < width / 2 else 0.26) * width + layout.uniform(-0.05, 0.05) * width
+        self.sky_horizon_colour: RGB = _SKIES[scene.time_of_day][-1][1]
+        self.light_source: tuple[float, float, float, RGB] | None = None
+        self.image = Image.new("RGB", (width, height))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _rng(self, layer: str) -> np.random.Generator:
+        return np.random.default_rng([self.seed, zlib.crc32(f"{self.salt}{layer}".encode())])
+
+    def _lerp_ground(self, fraction: float) -> int:
+        """A y position `fraction` of the way from the horizon down to the bottom edge."""
+        return round(self.horizon + fraction * (self.height - self.horizon))
+
+    def _colour(self, element: str, default: RGB) -> RGB:
+        colours = self.scene.colours_for(element)
+        return colours[0] if colours else default
+
+    def _pixels(self) -> Array:
+        return _to_array(self.image)
+
+    def _store(self, pixels: Array) -> None:
+        self.image = _to_image(pixels)
+
+    def _smooth_curve(self, rng: np.random.Generator, octaves: int = 3) -> Array:
+        """A gentle wave across the width in -1..1 (hills, shorelines)."""
+        xs = np.linspace(0, 1, self.width)
+        curve = np.zeros(self.width)
+        for octave in range(octaves):
+            frequency = rng.uniform(1.0, 2.5) * (octave + 1)
+            curve += np.sin(2 * np.pi * (frequency * xs + rng.uniform(0, 1))) / (octave + 1)
+        return np.asarray(curve / np.abs(curve).max(), dtype=np.float64)
+
+    def _ridge(self, rng: np.random.Generator, roughness: float = 0.55) -> Array:
+        """A jagged mountain ridge across the width in 0..1, by midpoint displacement."""
+        points = np.zeros(129)
+        points[[0, -1]] = rng.uniform(0, 1, 2)
+        step, spread = 128, 1.0
+        while step > 1:
+            half = step // 2
+            middles = np.arange(half, 129, step)
+            points[middles] = (points[middles - half] + points[middles + half]) / 2 + rng.uniform(
+                -spread, spread, len(middles)
+            )
+            spread *= roughness
+            step = half
+        points = (points - points.min()) / max(float(np.ptp(points)), 1e-6)
+        return np.interp(np.linspace(0, 128, self.width), np.arange(129), points)
+
+    def _place_figures(self, rng: np.random.Generator) -> list[_Figure]:
+        anchor = {"center": 0.5, "left": 0.3, "right": 0.7}.get(self.scene.composition or "", 0.0)
+        jitter = 0.04 if anchor else 0.12
+        centre = (anchor or 0.5) + rng.uniform(-jitter, jitter)
+        figures = []
+        for index, subject in enumerate(self.scene.subjects):
+            size = _SUBJECT_HEIGHTS.get(subject.kind, 0.45)
+            facing = 1 if rng.uniform() < 0.5 else -1
+            x = centre if index == 0 else centre + (0.27 if centre < 0.5 else -0.27)
+            if subject.family == "bird":
+                base_y = self.height * rng.uniform(0.2, 0.32)
+                height = size * self.width
+            else:
+                base_y = self.height * (rng.uniform(0.86, 0.92) - 0.04 * index)
+                height = size * self.height
+            figures.append(_Figure(subject, x * self.width, base_y, height, facing))
+        return figures
+
+    def _clear_of_figures(self, x: float, half_width: float) -> bool:
+        return all(
+            abs(x - f.x) > half_width + 0.5 * f.height or f.subject.family == "bird" for f in self.figures
+        )
+
+    # -- layers ----------------------------------------------------------------------------
+
+    def stages(self) -> list[Callable[[], None]]:
+        return [
+            self.paint_sky,
+            self.paint_sky_lights,
+            self.paint_far,
+            self.paint_ground,
+            self.paint_middle,
+            self.paint_near,
+            self.paint_figures,
+            self.paint_weather,
+            self.paint_texture,
+            self.paint_style,
+        ]
+
+    def paint_sky(self) -> None:
+        stops = _SKIES[self.scene.time_of_day]
+        positions = np.array([p for p, _ in stops])
+        colours = np.array([c for _, c in stops], dtype=np.float32)
+        rows = np.clip(np.arange(self.height) / max(self.horizon, 1), 0, 1)
+        gradient = np.stack([np.interp(rows, positions, colours[:, ch]) for ch in range(3)], axis=-1)
+        overcast = {
+            "rain": ((105, 110, 120), 0.65),
+            "snow": ((205, 210, 220), 0.35),
+            "fog": ((200, 203, 208), 0.5),
+        }
+        for weather, (grey, amount) in overcast.items():
+            if weather in self.scene.weather:
+                target = np.array(_scaled(grey, max(self.light.brightness, 0.25)), dtype=np.float32)
+                gradient = gradient * (1 - amount) + target * amount
+        sky_colours = self.scene.colours_for("sky")
+        if sky_colours:
+            target = np.array(_scaled(sky_colours[0], max(self.light.brightness, 0.35)), dtype=np.float32)
+            gradient = gradient * 0.45 + target * 0.55
+        self.sky_horizon_colour = (
+            _byte(gradient[self.horizon - 1, 0]),
+            _byte(gradient[self.horizon - 1, 1]),
+            _byte(gradient[self.horizon - 1, 2]),
+        )
+        self._store(np.broadcast_to(gradient[:, None, :], (self.height, self.width, 3)).copy())
+        if "clouds" in self.elements or "rain" in self.scene.weather:
+            self._paint_clouds()
+
+    def _paint_clouds(self) -> None:
+        rng = self._rng("clouds")
+        mask = Image.new("L", (self.width, self.height), 0)
+        draw = ImageDraw.Draw(mask)
+        count = 7 if "rain" in self.scene.weather else 4
+        for _ in range(count):
+            cx = rng.uniform(0, self.width)
+            cy = rng.uniform(0.08, 0.7) * self.horizon
+            size = rng.uniform(0.05, 0.1) * self.width
+            for _ in range(5):
+                dx, dy = rng.uniform(-1.6, 1.6) * size, rng.uniform(-0.3, 0.3) * size
+                r = size * rng.uniform(0.5, 0.9)
+                draw.ellipse((cx + dx - r, cy + dy - r * 0.7, cx + dx + r, cy + dy + r * 0.7), fill=255)
+        soft = (
+            np.asarray(mask.filter(ImageFilter.GaussianBlur(4 * self.unit)), dtype=np.float32)[..., None]
+            / 255
+        )
+        base: RGB = (120, 124, 132) if "rain" in self.scene.weather else (250, 250, 252)
+        colour = np.array(self.light.shade(base, tint_scale=1.5), dtype=np.float32)
+        self._store(self._pixels() * (1 - 0.85 * soft) + colour * 0.85 * soft)
+
+    def paint_sky_lights(self) -> None:
+        """Sun, moon and stars; their positions come from the seed."""
+        rng = self._rng("sky lights")
+        time = self.scene.time_of_day
+        clear = not (self.scene.weather & {"rain", "fog"})
+        if time == "night" or "moon" in self.elements:
+            radius = 0.045 * min(self.width, self.height)
+            x, y = rng.uniform(0.15, 0.85) * self.width, rng.uniform(0.1, 0.3) * self.height
+            self._glow(x, y, radius * 3, (200, 205, 230), 0.35)
+            self._disc(x, y, radius, (240, 240, 222))
+            self.light_source = (x, y, radius, (220, 222, 210))
+        if (time == "night" and clear) or "stars" in self.elements:
+            self._paint_stars(rng, strength=1.0 if time == "night" else 0.4)
+        if (
+            time != "night"
+            and clear
+            and ("sun" in self.elements or time in ("dawn", "sunset", "day", "morning"))
+        ):
+            low = time in ("dawn", "sunset")
+            radius = (0.085 if low else 0.06) * min(self.width, self.height)
+            x = rng.uniform(0.2, 0.8) * self.width
+            y = self.horizon - radius * 0.6 if low else self.horizon * (0.5 if time == "morning" else 0.25)
+            colour: RGB = {"dawn": (255, 210, 150), "sunset": (255, 190, 90)}.get(time, (255, 250, 215))
+            self._glow(x, y, radius * 4, colour, 0.55)
+            self._disc(x, y, radius, colour)
+            self.light_source = (x, y, radius, colour)
+
+    def _disc(self, x: float, y: float, radius: float, colour: RGB) -> None:
+        ImageDraw.Draw(self.image).ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
+
+    def _glow(self, x: float, y: float, radius: float, colour: RGB, strength: float) -> None:
+        ys, xs = np.ogrid[: self.height, : self.width]
+        falloff = np.exp(-(((xs - x) ** 2 + (ys - y) ** 2) / radius**2))[..., None] * strength
+        pixels = self._pixels()
+        self._store(pixels * (1 - falloff) + np.array(colour, dtype=np.float32) * falloff)
+
+    def _paint_stars(self, rng: np.random.Generator, strength: float) -> None:
+        count = int(np.clip(self.width * self.height / 1200, 20, 900))
+        xs = rng.uniform(0, self.width, count)
+        ys = rng.uniform(0, 0.92, count) * self.horizon
+        brightness = rng.uniform(0.4, 1.0, count) * strength
+        big = rng.uniform(0, 1, count) < 0.15
+        pixels = self._pixels()
+        for x, y, level, is_big in zip(xs, ys, brightness, big, strict=True):
+            r = max(1, round(self.unit * (1.2 if is_big else 0.6)))
+            row, col = int(y), int(x)
+            patch = pixels[max(row - r + 1, 0) : row + r, max(col - r + 1, 0) : col + r]
+            patch[:] = patch * (1 - level) + 250 * level
+        self._store(pixels)
+
+    def paint_far(self) -> None:
+        """Mountains, far hills and the city skyline, all standing on the horizon."""
+        if "mountains" in self.elements:
+            self._paint_mountains()
+        if "hills" in self.elements:
+            rng = self._rng("far hills")
+            tops = self.horizon - (0.04 + 0.035 * (1 + self._smooth_curve(rng))) * self.height
+            colour = _mix(self._ground_colour(), self.sky_horizon_colour, 0.35)
+            self._fill_under(tops, self.horizon, self._shade_ground(colour))
+        if "city" in self.elements:
+            self._paint_city()
+
+    def _paint_mountains(self) -> None:
+        rng = self._rng("mountains")
+        base = self._colour("mountains", _MOUNTAIN)
+        # far range first (higher, hazier), then the near range in front of it
+        for base_height, rise, haze in ((0.12, 0.26, 0.45), (0.06, 0.2, 0.15)):
+            ridge = self._ridge(rng) ** 1.3
+            tops = self.horizon - (base_height + rise * ridge) * self.height
+            colour = self.light.shade(_mix(base, self.sky_horizon_colour, haze), tint_scale=0.6)
+            ys = np.arange(self.height)[:, None]
+            inside = (ys >= tops[None, :]) & (ys < self.horizon)
+            pixels = self._pixels()
+            # lighter at the peaks, darker at the foot, like light falling from above
+            below_peak = (ys - tops[None, :]) / max(self.horizon - float(tops.min()), 1.0)
+            lit = (1.12 - 0.3 * np.clip(below_peak, 0, 1))[..., None]
+            shaded = np.array(colour, dtype=np.float32) * lit
+            pixels = np.where(inside[..., None], shaded, pixels)
+            # drawn whether used or not, so adding snow to a prompt keeps the same ridges
+            snow_capped = rng.uniform() < 0.5
+            wobble = self._smooth_curve(rng)
+            if self.snowy or snow_capped:
+                peak = tops.min()
+                snowline = peak + (self.horizon - peak) * 0.35 + wobble * 0.02 * self.height
+                caps = inside & (ys < snowline[None, :])
+                snow = np.array(self.light.shade(_SNOW, floor=0.55, tint_scale=0.7), dtype=np.float32)
+                pixels = np.where(caps[..., None], snow * lit, pixels)
+            self._store(pixels)
+
+    def _paint_city(self) -> None:
+        rng = self._rng("city")
+        draw = ImageDraw.Draw(self.image)
+        wall = self.light.shade(self._colour("city", _BUILDING), floor=0.5, tint_scale=0.5)
+        night = self.scene.time_of_day in ("night", "sunset")
+        x = -rng.uniform(0, 0.05) * self.width
+        while x < self.width:
+            w = rng.uniform(0.045, 0.1) * self.width
+            h = rng.uniform(0.08, 0.32) * self.height
+            top = self.horizon - h
+            draw.rectangle((x, top, x + w, self.horizon), fill=_scaled(wall, rng.uniform(0.85, 1.1)))
+            step = max(3.0, 4.5 * self.unit)
+            for wy in np.arange(top + step, self.horizon - step, step * 1.6):
+                for wx in np.arange(x + step * 0.6, x + w - step, step * 1.4):
+                    on = rng.uniform() < (0.45 if night else 0.9)
+                    if on:
+                        colour = _LIT_WINDOW if night else self.light.shade(_DAY_WINDOW)
+                        draw.rectangle((wx, wy, wx + step * 0.6, wy + step * 0.7), fill=colour)
+            x += w + rng.uniform(0, 0.015) * self.width
+
+    def _ground_colour(self) -> RGB:
+        if self.snowy:
+            return _SNOW
+        if "forest" in self.elements:
+            return _mix(self._colour("forest", _CONIFER), _GRASS, 0.4)
+        if "hills" in self.scene.elements:
+            return self._colour("hills", _GRASS)
+        if "city" in self.elements and not self.elements & {"hills", "forest", "trees", "flowers"}:
+            return _PAVEMENT
+        return _GRASS
+
+    def _shade_ground(self, colour: RGB) -> RGB:
+        return self.light.shade(colour, floor=0.66 if self.snowy else 0.0)
+
+    def _fill_under(self, tops: Array, bottom: int, colour: RGB, factor: Array | None = None) -> None:
+        ys = np.arange(self.height)[:, None]
+        inside = (ys >= tops[None, :]) & (ys < bottom)
+        pixels = self._pixels()
+        fill = np.array(colour, dtype=np.float32)
+        if factor is not None:
+            fill = fill * factor
+        self._store(np.where(inside[..., None], fill, pixels))
+
+    def paint_ground(self) -> None:
+        """Ground (grass, snow, sand, pavement) or water from the horizon down."""
+        pixels = self._pixels()
+        near = np.array(self._shade_ground(self._ground_colour()), dtype=np.float32)
+        far = np.array(
+            _mix(self._shade_ground(self._ground_colour()), self.sky_horizon_colour, 0.3), dtype=np.float32
+        )
+        depth = np.linspace(0, 1, self.height - self.horizon)[:, None]
+        ground = far * (1 - depth) + near * (0.85 + 0.15 * (1 - depth)) * depth
+        pixels[self.horizon :] = ground[:, None, :]
+        self._store(pixels)
+        if "sea" in self.elements:
+            self._paint_water(self.horizon, self.shore)
+            if self.shore < self.height:
+                sand = _SNOW if self.snowy else _SAND
+                rng = self._rng("shore")
+                tops = self.shore + self._smooth_curve(rng) * 0.02 * self.height
+                self._fill_under(tops, self.height, self._shade_ground(sand))
+        if "hills" in self.elements:
+            rng = self._rng("near hills")
+            tops = self._lerp_ground(0.3) + self._smooth_curve(rng) * 0.08 * self.height
+            self._fill_under(tops, self.shore, _scaled(self._shade_ground(self._ground_colour()), 0.9))
+
+    def _paint_water(self, top: int, bottom: int) -> None:
+        rng = self._rng("water")
+        water = self._colour("sea", _WATER)
+        deep = np.array(self.light.shade(water, tint_scale=0.5), dtype=np.float32)
+        shallow = np.array(
+            _mix(self.light.shade(water, tint_scale=0.5), self.sky_horizon_colour, 0.45), dtype=np.float32
+        )
+        depth = np.linspace(0, 1, max(bottom - top, 1))[:, None]
+        pixels = self._pixels()
+        pixels[top:bottom] = (shallow * (1 - depth) + deep * depth)[:, None, :]
+        self._store(pixels)
+        draw = ImageDraw.Draw(self.image)
+        highlight = _mix(self.light.shade(water, tint_scale=0.5), (235, 240, 250), 0.35)
+        for _ in range(int(self.width * (bottom - top) / 220)):
+            y = rng.uniform(top + 1, bottom)
+            length = (0.01 + 0.05 * (y - top) / max(bottom - top, 1)) * self.width
+            x = rng.uniform(-length, self.width)
+            draw.line((x, y, x + length, y), fill=highlight, width=max(1, round(self.unit * 0.6)))
+        if self.light_source is not None:
+            sx, _, radius, colour = self.light_source
+            for y in np.arange(top + 1, bottom, max(2.0, 2.5 * self.unit)):
+                spread = radius * (0.6 + 1.6 * (y - top) / max(bottom - top, 1))
+                width = spread * rng.uniform(0.3, 1.0)
+                x = sx + rng.uniform(-0.4, 0.4) * spread
+                draw.line(
+                    (x - width, y, x + width, y),
+                    fill=_mix(colour, highlight, 0.25),
+                    width=max(1, round(self.unit)),
+                )
+
+    def paint_middle(self) -> None:
+        """Lake, road and forest: the things that sit on the ground between horizon and viewer."""
+        if "lake" in self.elements:
+            rng = self._rng("lake")
+            cx = rng.uniform(0.3, 0.7) * self.width
+            cy = self._lerp_ground(rng.uniform(0.25, 0.4))
+            rx, ry = (
+                rng.uniform(0.25, 0.38) * self.width,
+                rng.uniform(0.08, 0.13) * (self.height - self.horizon),
+            )
+            ys, xs = np.ogrid[: self.height, : self.width]
+            inside = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1
+            water = _mix(
+                self.light.shade(self._colour("lake", _WATER), tint_scale=0.5), self.sky_horizon_colour, 0.4
+            )
+            shade = 1 + 0.12 * np.sin(ys / max(1.5, 1.5 * self.unit))[..., None]
+            self._store(
+                np.where(inside[..., None], np.array(water, dtype=np.float32) * shade, self._pixels())
+            )
+        if "road" in self.elements:
+            self._paint_road()
+        if "forest" in self.elements:
+            self._paint_forest()
+
+    def _paint_road(self) -> None:
+        rng = self._rng("road")
+        draw = ImageDraw.Draw(self.image)
+        bottom_x = rng.uniform(0.35, 0.65) * self.width
+        vanish_x = rng.uniform(0.35, 0.65) * self.width
+        half = 0.24 * self.width
+        surface = _SNOW if self.snowy else self._colour("road", (95, 95, 100))
+        draw.polygon(
+            [
+                (bottom_x - half, self.height),
+                (bottom_x + half, self.height),
+                (vanish_x + 2, self.horizon),
+                (vanish_x - 2, self.horizon),
+            ],
+            fill=self._shade_ground(_mix(surface, (90, 90, 95), 0.3 if self.snowy else 0.0)),
+        )
+        line_colour = self.light.shade((235, 205, 80), floor=0.6)
+        for t in np.arange(0.05, 1.0, 0.12):
+            t1 = t + 0.06
+            points = [
+                (bottom_x + (vanish_x - bottom_x) * s, self.height + (self.horizon - self.height) * s)
+                for s in (t, t1)
+            ]
+            draw.line(points, fill=line_colour, width=max(1, round(self.unit * 2 * (1 - t))))
+
+    def _paint_forest(self) -> None:
+        rng = self._rng("forest")
+        colour = self._colour("forest", _CONIFER)
+        rows = ((0.0, 0.13, 34, 0.35), (0.2, 0.2, 16, 0.15), (0.55, 0.3, 8, 0.0))
+        for depth_fraction, height_fraction, per_row, haze in rows:
+            count = max(3, round(per_row * self.width / max(self.height, 1)))
+            base = self._lerp_ground(depth_fraction)
+            for index in range(count):
+                x = (index + rng.uniform(-0.4, 0.4)) * self.width / (count - 1)
+                h = height_fraction * self.height * rng.uniform(0.75, 1.2)
+                y = base + rng.uniform(0, 0.06) * self.height
+                if depth_fraction > 0.4 and not self._clear_of_figures(x, 0.25 * h):
+                    continue
+                tree = _mix(_scaled(colour, rng.uniform(0.8, 1.15)), self.sky_horizon_colour, haze)
+                self._conifer(x, y, h, tree)
+
+    def _conifer(self, x: float, base_y: float, height: float, colour: RGB) -> None:
+        draw = ImageDraw.Draw(self.image)
+        trunk_w = max(1.0, 0.06 * height)
+        draw.rectangle(
+            (x - trunk_w / 2, base_y - 0.2 * height, x + trunk_w / 2, base_y), fill=self.light.shade(_TRUNK)
+        )
+        foliage = self.light.shade(colour)
+        snow = self.light.shade(_SNOW, floor=0.6)
+        for tier in range(3):
+            bottom = base_y - 0.15 * height - tier * 0.25 * height
+            top = bottom - 0.45 * height
+            half = 0.22 * height * (1 - tier * 0.22)
+            draw.polygon([(x - half, bottom), (x + half, bottom), (x, top)], fill=foliage)
+            if self.snowy:
+                draw.polygon(
+                    [
+                        (x - half * 0.35, top + 0.16 * height),
+                        (x + half * 0.35, top + 0.16 * height),
+                        (x, top),
+                    ],
+                    fill=snow,
+                )
+
+    def _deciduous(self, x: float, base_y: float, height: float, colour: RGB) -> None:
+        draw = ImageDraw.Draw(self.image)
+        trunk_w = max(1.0, 0.08 * height)
+        draw.rectangle(
+            (x - trunk_w / 2, base_y - 0.55 * height, x + trunk_w / 2, base_y), fill=self.light.shade(_TRUNK)
+        )
+        r = 0.3 * height
+        cy = base_y - 0.68 * height
+        draw.ellipse((x - r, cy - r, x + r, cy + r), fill=self.light.shade(colour))
+        draw.ellipse(
+            (x - r * 0.8, cy - r * 0.2, x + r * 0.1, cy + r * 0.9),
+            fill=self.light.shade(_scaled(colour, 0.85)),
+        )
+        if self.snowy:
+            draw.chord((x - r, cy - r, x + r, cy + r), 200, 340, fill=self.light.shade(_SNOW, floor=0.6))
+
+    def paint_near(self) -> None:
+        """House or cabin, single trees and flowers, closest to the viewer."""
+        if "house" in self.elements or "cabin" in self.elements:
+            self._paint_house("cabin" if "cabin" in self.elements else "house")
+        if "trees" in self.elements:
+            rng = self._rng("trees")
+            canopy = self._colour("trees", _CANOPY)
+            for _ in range(int(rng.integers(2, 5))):
+                for _attempt in range(8):
+                    x = rng.uniform(0.05, 0.95) * self.width
+                    h = rng.uniform(0.28, 0.42) * self.height
+                    if self._clear_of_figures(x, 0.3 * h) and abs(x - self.house_x) > 0.15 * self.width:
+                        break
+                y = self._lerp_ground(rng.uniform(0.45, 0.75))
+                if rng.uniform() < 0.6:
+                    self._deciduous(x, y, h, canopy)
+                else:
+                    self._conifer(x, y, h, _mix(canopy, _CONIFER, 0.5))
+        if "flowers" in self.elements:
+            self._paint_flowers()
+
+    def _paint_house(self, kind: str) -> None:
+        rng = self._rng("house")
+        draw = ImageDraw.Draw(self.image)
+        cabin = kind == "cabin"
+        wall_default: RGB = (125, 82, 48) if cabin else (226, 206, 170)
+        walls = self.light.shade(self._colour(kind, wall_default), floor=0.45)
+        roof = self.light.shade((82, 55, 36) if cabin else (155, 55, 45), floor=0.4)
+        w = rng.uniform(0.18, 0.24) * self.width
+        h = w * 0.55
+        x0 = self.house_x - w / 2
+        base = self._lerp_ground(rng.uniform(0.3, 0.45))
+        top = base - h
+        draw.rectangle((x0, top, x0 + w, base), fill=walls)
+        if cabin:
+            for y in np.arange(top + h / 5, base, h / 5):
+                draw.line((x0, y, x0 + w, y), fill=_scaled(walls, 0.75), width=max(1, round(self.unit * 0.7)))
+        peak = top - 0.45 * h
+        draw.polygon([(x0 - 0.08 * w, top), (x0 + 1.08 * w, top), (self.house_x, peak)], fill=roof)
+        if self.snowy:
+            snow = self.light.shade(_SNOW, floor=0.6)
+            draw.polygon(
+                [
+                    (x0 - 0.08 * w, top),
+                    (self.house_x, peak),
+                    (x0 + 1.08 * w, top),
+                    (self.house_x, peak + 0.12 * h),
+                ],
+                fill=snow,
+            )
+        lit = self.scene.time_of_day in ("night", "sunset", "dawn")
+        window = _LIT_WINDOW if lit else self.light.shade(_DAY_WINDOW)
+        door_w = 0.16 * w
+        draw.rectangle(
+            (self.house_x - door_w / 2, base - 0.6 * h, self.house_x + door_w / 2, base),
+            fill=self.light.shade((85, 55, 35)),
+        )
+        for wx in (x0 + 0.14 * w, x0 + 0.66 * w):
+            draw.rectangle((wx, top + 0.25 * h, wx + 0.2 * w, top + 0.55 * h), fill=window)
+
+    def _paint_flowers(self) -> None:
+        rng = self._rng("flowers")
+        draw = ImageDraw.Draw(self.image)
+        chosen = self.scene.colours_for("flowers") or _FLOWER_COLOURS
+        count = int(self.width * (self.height - self.horizon) / 260)
+        for _ in range(count):
+            depth = rng.uniform(0.35, 1.0)
+            y = self._lerp_ground(depth)
+            x = rng.uniform(0, self.width)
+            r = max(1.0, (0.5 + 2.2 * depth) * self.unit)
+            colour = self.light.shade(chosen[int(rng.integers(len(chosen)))], floor=0.45)
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+            if r > 2:
+                c = r * 0.35
+                draw.ellipse((x - c, y - c, x + c, y + c), fill=self.light.shade((250, 215, 70), floor=0.45))
+
+    def paint_figures(self) -> None:
+        for figure in self.figures:
+            self._paint_figure(figure)
+
+    def _paint_figure(self, figure: _Figure) -> None:
+        """Animals and people stay readable at night: they get a floor on their brightness."""
+        subject = figure.subject
+        body = subject.colour or _SUBJECT_DEFAULTS.get(subject.kind, (90, 90, 90))
+        floor = 0.5 + 0.5 * self.light.brightness
+        tones: dict[str, RGB] = {
+            "body": body,
+            "dark": _scaled(body, 0.55) if subject.family != "person" else (45, 45, 55),
+            "light": _mix(body, (250, 248, 240), 0.75),
+            "eye": (20, 18, 18),
+            "skin": (232, 190, 160),
+            "accent": (235, 170, 40) if subject.kind in ("bird", "cat") else (150, 115, 75),
+            "hair": (70, 45, 30),
+        }
+        shaded = {name: self.light.shade(c, floor=floor, tint_scale=0.5) for name, c in tones.items()}
+        outline = _scaled(shaded["body"], 0.6)
+        draw = ImageDraw.Draw(self.image)
+        scale = figure.height
+        edge = max(1, round(self.unit * 0.6))
+
+        def at(point: tuple[float, float]) -> tuple[float, float]:
+            return (figure.x + point[0] * scale * figure.facing, figure.base_y + point[1] * scale)
+
+        for shape in _silhouette(subject.kind):
+            fill = shaded[shape.tone]
+            points = [at(p) for p in shape.points]
+            if shape.kind == "ellipse":
+                (x0, y0), (x1, y1) = points
+                box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+                draw.ellipse(box, fill=fill, outline=outline if shape.tone == "body" else None, width=edge)
+            elif shape.kind == "polygon":
+                draw.polygon(points, fill=fill, outline=outline if shape.tone == "body" else None, width=edge)
+            else:
+                draw.line(points, fill=fill, width=max(1, round(shape.width * scale)))
+
+    def paint_weather(self) -> None:
+        rng = self._rng("weather")
+        weather = self.scene.weather
+        if "fog" in weather:
+            haze = np.array(_scaled((205, 208, 212), max(self.light.brightness, 0.3)), dtype=np.float32)
+            rows = np.arange(self.height, dtype=np.float32)
+            distance = np.abs(rows - self.horizon) / self.height
+            amount = (0.62 - 0.9 * distance).clip(0.3, 0.62)[:, None, None]
+            self._store(self._pixels() * (1 - amount) + haze * amount)
+        if "rain" in weather:
+            mask = Image.new("L", (self.width, self.height), 0)
+            draw = ImageDraw.Draw(mask)
+            length = 0.05 * self.height
+            for _ in range(int(self.width * self.height / 160)):
+                x, y = rng.uniform(-length, self.width), rng.uniform(-length, self.height)
+                draw.line(
+                    (x, y, x + 0.25 * length, y + length),
+                    fill=int(rng.integers(120, 230)),
+                    width=max(1, round(self.unit * 0.5)),
+                )
+            streaks = np.asarray(mask, dtype=np.float32)[..., None] / 255
+            self._store(
+                self._pixels() * 0.85 * (1 - streaks) + np.array((200, 210, 225), dtype=np.float32) * streaks
+            )
+        if "snow" in weather:
+            draw = ImageDraw.Draw(self.image)
+            flake = self.light.shade((250, 250, 255), floor=0.75, tint_scale=0.3)
+            for _ in range(int(self.width * self.height / 300)):
+                x, y = rng.uniform(0, self.width), rng.uniform(0, self.height)
+                r = rng.uniform(0.4, 1.4) * self.unit
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=flake)
+
+    def paint_texture(self) -> None:
+        """A colour cast for unattached colours, then fine grain so flat areas look drawn."""
+        pixels = self._pixels()
+        for name in self.scene.palette[:2]:
+            colour = np.array(COLOURS[name], dtype=np.float32)
+            luminance = pixels.mean(axis=-1, keepdims=True) / 255
+            pixels = pixels * 0.65 + colour * (0.5 + 0.5 * luminance) * 0.35
+        grain = self._rng("texture").normal(0, 2.5, (self.height, self.width, 1)).astype(np.float32)
+        self._store(pixels + grain)
+
+    def paint_style(self) -> None:
+        if self.scene.style is not None:
+            self.image = _STYLE_FILTERS[self.scene.style](self.image, self._rng("style"), self.unit)
+
+
+# --------------------------------------------------------------------------------------------
+# Styles: whole-image filters applied last
+
+
+def _watercolor(image: Image.Image, rng: np.random.Generator, unit: float) -> Image.Image:
+    soft = image.filter(ImageFilter.GaussianBlur(1.3 * unit))
+    edges = np.asarray(soft.convert("L").filter(ImageFilter.FIND_EDGES), dtype=np.float32)[..., None]
+    pixels = _to_array(soft) - edges * 0.6
+    paper = np.array((250, 246, 238), dtype=np.float32)
+    pixels = pixels * 0.85 + paper * 0.15
+    return _to_image(pixels + rng.normal(0, 4, (*pixels.shape[:2], 1)))
+
+
+def _pixel_art(image: Image.Image, rng: np.random.Generator, unit: float) -> Image.Image:
+    block = max(3, round(min(image.size) / 48))
+    small = image.resize((max(1, image.width // block), max(1, image.height // block)), Image.Resampling.BOX)
+    palette = small.quantize(colors=24, method=Image.Quantize.MEDIANCUT).convert("RGB")
+    return palette.resize(image.size, Image.Resampling.NEAREST)
+
+
+def _neon(image: Image.Image, rng: np.random.Generator, unit: float) -> Image.Image:
+    smooth = image.filter(ImageFilter.GaussianBlur(0.8 * unit))  # no glowing film grain
+    edges = ImageEnhance.Color(smooth.filter(ImageFilter.FIND_EDGES)).enhance(2.5)
+    lines = _to_array(edges)
+    glow = _to_array(edges.filter(ImageFilter.GaussianBlur(3 * unit)))
+    return _to_image(_to_array(image) * 0.35 + lines * 1.6 + glow * 2.2)
+
+
+def _monochrome(image: Image.Image, rng: np.random.Generator, unit: float) -> Image.Image:
+    return ImageOps.autocontrast(image.convert("L"), cutoff=1).convert("RGB")
+
+
+def _pastel(image: Image.Image, rng: np.random.Generator, unit: float) -> Image.Image:
+    return _to_image(_to_array(image) * 0.58 + 255 * 0.42)
+
+
+def _sepia(image: Image.Image, rng: np.random.Generator, unit: float) -> Image.Image:
+    pixels = _to_array(image)
+    matrix = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], dtype=np.float32)
+    toned = pixels @ matrix.T
+    ys, xs = np.ogrid[: image.height, : image.width]
+    distance = np.hypot((xs - image.width / 2) / image.width, (ys - image.height / 2) / image.height)
+    vignette = (1 - 0.6 * distance**2)[..., None]
+    return _to_image(toned * vignette)
+
+
+def _oil_painting(image: Image.Image, rng: np.random.Generator, unit: float) -> Image.Image:
+    # dabs of paint: a median filter on a reduced copy (a full-size median of 2048 px takes seconds)
+    reduce = max(1, round(unit / 1.5))
+    small = image.resize((image.width // reduce, image.height // reduce), Image.Resampling.BOX)
+    dabs = small.filter(ImageFilter.MedianFilter(5)).resize(image.size, Image.Resampling.BICUBIC)
+    painted = ImageEnhance.Color(dabs).enhance(1.25)
+    painted = painted.filter(ImageFilter.UnsharpMask(radius=2 * unit, percent=80, threshold=2))
+    strokes = rng.normal(0, 9, (image.height, max(1, image.width // 6))).astype(np.float32)
+    brush = Image.fromarray(np.clip(strokes + 128, 0, 255).astype(np.uint8)).resize(
+        image.size, Image.Resampling.BILINEAR
+    )
+    return _to_image(_to_array(painted) + (np.asarray(brush, dtype=np.float32)[..., None] - 128))
+
+
+def _line_art(image: Image.Image, rng: np.random.Generator, unit: float) -> Image.Image:
+    edges = np.asarray(image.convert("L").filter(ImageFilter.FIND_EDGES), dtype=np.float32)[..., None]
+    ink = np.clip(edges * 3 / 255, 0, 1)
+    paper = np.array((250, 248, 242), dtype=np.float32)
+    return _to_image(paper * (1 - ink) + _to_array(image) * 0.45 * ink)
+
+
+_STYLE_FILTERS: dict[Style, Callable[[Image.Image, np.random.Generator, float], Image.Image]] = {
+    "watercolor": _watercolor,
+    "pixel art": _pixel_art,
+    "neon": _neon,
+    "monochrome": _monochrome,
+    "pastel": _pastel,
+    "sepia": _sepia,
+    "oil painting": _oil_painting,
+    "line art": _line_art,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The backend
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A request after validation: everything the drawing loop needs, nothing it must check."""
+
+    operation: Operation
+    scene: Scene
+    width: int
+    height: int
+    seeds: list[int]
+    steps: int
+    strength: float | None
+    source: Image.Image | None
+    mask: Image.Image | None
+    notes: list[str]
+
+
+class OfflineBackend:
+    """Draws prompts offline; see the module docstring for what it can and cannot show."""
+
+    name = NAME
+    model = MODEL
+    capabilities: frozenset[Operation] = frozenset(
+        {Operation.GENERATE, Operation.EDIT, Operation.INPAINT, Operation.VARIATION, Operation.IMG2IMG}
+    )
+
+    def run(
+        self,
+        request: ImageRequest,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ImageResult:
+        check_capability(self, request.operation)
+        job = _validate(request)
+        total = job.steps * len(job.seeds)
+        done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        images: list[GeneratedImage] = []
+        for seed in job.seeds:
+            salt = "variation:" if job.operation is Operation.VARIATION else ""
+            painter = _Painter(job.scene, job.width, job.height, seed, salt)
+            _run_in_steps(painter.stages(), job.steps, tick, cancel)
+            image = _apply_operation(job, painter.image, seed)
+            images.append(GeneratedImage(image, seed, revised_prompt=job.scene.describe()))
+
+        params: dict[str, object] = {
+            "steps": job.steps,
+            "seed": job.seeds[0],
+            "seeds": job.seeds,
+            "size": f"{job.width}x{job.height}",
+            "width": job.width,
+            "height": job.height,
+            "renderer": RENDERER,
+            "scene": job.scene.describe(),
+        }
+        if job.strength is not None:
+            params["strength"] = job.strength
+        if job.scene.style:
+            params["style"] = job.scene.style
+        return ImageResult(images=images, backend=NAME, model=MODEL, params=params, notes=job.notes)
+
+
+def _run_in_steps(
+    stages: Sequence[Callable[[], None]], steps: int, tick: Callable[[], None], cancel: CancelToken | None
+) -> None:
+    """Spread the drawing layers over `steps` like a sampler's steps; cancel is honoured between them."""
+    for step in range(steps):
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled()
+        start, stop = step * len(stages) // steps, (step + 1) * len(stages) // steps
+        for stage in stages[start:stop]:
+            stage()
+        tick()
+
+
+def _validate(request: ImageRequest) -> _Job:
+    """Every check happens here, before any drawing, so a bad request fails fast and specifically."""
+    operation = request.operation
+    notes = [HONEST_NOTE]
+    if not 1 <= request.n <= MAX_IMAGES:
+        raise InvalidRequest(
+            f"The offline renderer makes 1 to {MAX_IMAGES} images per request, not {request.n}."
+        )
+    steps = DEFAULT_STEPS if request.steps is None else request.steps
+    if not 1 <= steps <= MAX_STEPS:
+        raise InvalidRequest(f"Steps must be between 1 and {MAX_STEPS}, not {steps}.")
+    prompt = request.prompt.strip()
+    if operation in _NEEDS_PROMPT and not prompt:
+        raise InvalidRequest(f"The prompt is empty; describe what the {operation.value} should show.")
+
+    source: Image.Image | None = None
+    if operation in _NEEDS_SOURCE:
+        if not request.sources:
+            raise InvalidRequest(f"A {operation.value} needs a source image, and none was given.")
+        source = request.sources[0]
+        if len(request.sources) > 1:
+            notes.append(f"Only the first of the {len(request.sources)} source images was used.")
+        width, height = source.size
+        what = "The source image"
+    else:
+        width, height = request.width, request.height
+        what = "The requested size"
+    for side_name, side in (("wide", width), ("tall", height)):
+        if not MIN_SIDE <= side <= MAX_SIDE:
+            raise InvalidRequest(
+                f"{what} is {width}x{height}; the offline renderer draws images {MIN_SIDE} to {MAX_SIDE} px "
+                f"{side_name}, so {side} px is not possible."
+            )
+
+    strength: float | None = None
+    if operation in DEFAULT_STRENGTH:
+        strength = DEFAULT_STRENGTH[operation] if request.strength is None else float(request.strength)
+        if not 0.0 <= strength <= 1.0:
+            raise InvalidRequest(f"Strength must be between 0 and 1, not {request.strength}.")
+
+    mask: Image.Image | None = None
+    if operation is Operation.INPAINT and request.mask is None:
+        raise InvalidRequest(
+            "Inpainting needs a mask that marks the area to change (white or opaque = change)."
+        )
+    if request.mask is not None and operation in (Operation.INPAINT, Operation.EDIT) and source is not None:
+        mask, mask_notes = prepare_mask(request.mask, source.size)
+        notes += mask_notes
+
+    if request.mask is not None and mask is None:
+        notes.append(f"A {operation.value} does not use a mask; it was ignored.")
+
+    scene = parse_scene(prompt)
+    if operation is Operation.VARIATION and not scene.understood:
+        notes.append("No drawable words in the prompt, so the variation reframes and recolours the source.")
+    elif prompt and not scene.understood:
+        notes.append(
+            "None of the prompt's words are in the sketch vocabulary, so this is a default landscape."
+        )
+    if request.negative_prompt.strip():
+        notes.append("The offline renderer does not use negative prompts; nothing from it was drawn.")
+
+    seed = _default_seed(request) if request.seed is None else request.seed % 2**32
+    return _Job(
+        operation, scene, width, height, derive_seeds(seed, request.n), steps, strength, source, mask, notes
+    )
+
+
+def _default_seed(request: ImageRequest) -> int:
+    """Without a seed the same request still gives the same picture; different prompts differ."""
+    key = f"{request.operation.value}|{request.prompt}|{request.width}x{request.height}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """RGB version of a source; transparent areas become white rather than whatever colour they hide."""
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        backdrop = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(backdrop, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _apply_operation(job: _Job, drawing: Image.Image, seed: int) -> Image.Image:
+    """Combine the fresh drawing with the source the way the operation promises."""
+    if job.source is None:
+        return drawing
+    source = job.source
+    strength = job.strength if job.strength is not None else 1.0
+    if job.operation is Operation.VARIATION and not job.scene.understood:
+        drawing = _reframe(_flatten(source), seed)  # no prompt to draw: vary the source itself
+    blended = Image.blend(_flatten(source), drawing, strength)
+    if job.mask is None:
+        return blended
+    # Only masked pixels may change; composite keeps every mask=0 pixel byte-identical to the source.
+    base = source if source.mode in ("RGB", "RGBA") else _flatten(source)
+    return Image.composite(blended.convert(base.mode), base, job.mask)
+
+
+def _reframe(source: Image.Image, seed: int) -> Image.Image:
+    """A seeded variation of an image with no prompt: mirror, zoom, shift and recolour a little."""
+    rng = np.random.default_rng([seed, zlib.crc32(b"reframe")])
+    image = ImageOps.mirror(source) if rng.uniform() < 0.5 else source
+    zoom = rng.uniform(0.8, 0.92)
+    w, h = image.size
+    cw, ch = round(w * zoom), round(h * zoom)
+    left, top = round(rng.uniform(0, w - cw)), round(rng.uniform(0, h - ch))
+    image = image.crop((left, top, left + cw, top + ch)).resize((w, h), Image.Resampling.LANCZOS)
+    gains = rng.uniform(0.85, 1.15, 3).astype(np.float32)
+    return _to_image(_to_array(image) * gains)
+
+
+__all__ = ["HONEST_NOTE", "MAX_SIDE", "MIN_SIDE", "MODEL", "NAME", "RENDERER", "OfflineBackend"]

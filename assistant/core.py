@@ -311,7 +311,9 @@ class Assistant:
             return
         operation = plan.operation or Operation.GENERATE
         if operation is Operation.GENERATE:
-            yield from self._backend_call(state, operation, plan.prompt, None, None, self._size(None), plan.n)
+            yield from self._backend_call(
+                state, operation, plan.prompt, None, None, plan.size or self._size(None), plan.n
+            )
             return
         if not sources:
             raise TurnFailed("That needs an image to work on, and there is none yet.")
@@ -643,7 +645,7 @@ class Assistant:
             "n": plan.n,
             "steps": self.settings.steps,
             "guidance": self.settings.guidance,
-            "size": "{}x{}".format(*self.default_size()),
+            "size": "{}x{}".format(*(plan.size or self.default_size())),
         }
         if plan.strength is not None:
             params["strength"] = plan.strength

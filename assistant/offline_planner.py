@@ -140,7 +140,7 @@ def _count(text: str) -> tuple[int | None, str]:
     m = re.search(
         r"\b(?P<n>"
         + _N
-        + r"|a\s+couple(?:\s+of)?|a\s+few|several)\s+(?:(?:more|different|new|other)\s+)?"
+        + r"|a\s+couple(?:\s+of)?|a\s+few|several)\s+(?:[a-z]+\s+)?"
         + _COUNT_NOUNS
         + r"\b(?:\s+of\b)?",
         text,
@@ -234,6 +234,13 @@ def _strip_polite(text: str) -> str:
 def _generate_idea(text: str) -> tuple[str, int | None]:
     """The idea in a generate request, without the command words, and a count if one was given."""
     idea = _strip_polite(text)
+    # "what would a cat look like in space?" → "a cat in space"
+    idea = re.sub(
+        r"^(?:what|how)\s+(?:would|does|might|could|will)\s+(.+?)\s+look(?:\s+like)?\b\s*(.*?)\?*$",
+        r"\1 \2",
+        idea,
+        flags=_I,
+    )
     idea = re.sub(r"^" + _GENERATE_VERB + r"\s*(?:(?:me|us)\s+)?", "", idea, flags=_I).strip()
     n, idea = _count_prefix(idea)
     idea = re.sub(_IMAGE_OF, "", idea, flags=_I).strip()
@@ -243,8 +250,8 @@ def _generate_idea(text: str) -> tuple[str, int | None]:
         found, rest = _count(idea)
         if found is not None:
             n, idea = found, rest
-    idea = re.sub(r"\s*,?\s*please\s*$", "", idea, flags=_I)
-    return clean_idea(idea), n
+    idea = re.sub(r"\s*,?\s*please\s*[.!?]*$", "", idea, flags=_I)
+    return clean_idea(idea).rstrip("?"), n
 
 
 def _count_prefix(idea: str) -> tuple[int | None, str]:
@@ -304,20 +311,22 @@ _HELP = (
     r"^(?:hi|hello|hey|thanks|thank\s+you|ty)\b[\s!.,]*(?:there|atelier)?[\s!.]*$",
 )
 _DESCRIBE: tuple[tuple[str, str], ...] = (
-    ("prompt", r"\bprompts?\b(?!\s+exactly)"),
-    ("prompt", r"\bwhat\s+did\s+(?:i|you)\s+(?:ask|type|write|say)\b"),
+    (
+        "prompt",
+        r"\b(?:what|which)\b.*\bprompts?\b|\b(?:the|its|their|'s)\s+(?:full\s+)?prompts?\b(?!\s+exactly)"
+        r"|\bprompts?\s+(?:for|of|behind|used|that)\b|\bwhat\s+did\s+(?:i|you)\s+(?:ask|type|write|say)\b",
+    ),
     (
         "lineage",
-        r"\b(?:come|came|comes|coming)\s+(?:about|from|to\s+be)\b|\bhow\s+(?:did|was|were|is)\b.*\b(?:made|"
-        r"created|derived|produced|generated|born)\b|\b(?:history|lineage|ancestry|ancestors|origin|"
-        r"family\s+tree|derived\s+from|based\s+on\s+what)\b|\bwhat\s+(?:is|was)\b.*\b(?:based\s+on|"
-        r"made\s+from|derived\s+from)\b",
+        r"\b(?:come|came)\s+about\b|\b(?:did|does|do)\b.*\bcome\s+from\b|\bhow\s+(?:did|was|were|is)\b.*\b(?:"
+        r"made|created|derived|produced|generated|born)\b|\b(?:history|lineage|ancestry|ancestors|origin|"
+        r"family\s+tree|based\s+on\s+what)\b|\bwhat\s+(?:is|was)\b.*\b(?:based\s+on|made\s+from|derived\s+from)\b",
     ),
     (
         "params",
-        r"\b(?:what|which|tell\s+me|show\s+me)\b.*\b(?:seed|size|dimensions?|resolution|settings|"
-        r"parameters|params|steps|guidance|strength|model|backend|negative)\b|\b(?:seed|settings|"
-        r"parameters)\s+(?:of|for)\s",
+        r"\b(?:what|which)\b.*\b(?:seed|size|dimensions?|resolution|settings|parameters|params|steps|guidance|"
+        r"strength|model|backend|negative\s+prompt)\b|\b(?:tell|show|give)\s+me\s+(?:the\s+)?(?:seed|settings|"
+        r"parameters|params|size|dimensions)\b|\b(?:seed|settings|parameters)\s+(?:of|for)\s",
     ),
     (
         "list",
@@ -727,7 +736,7 @@ class OfflinePlanner:
         if m:
             prompt, outside = m.group("p"), ""
         else:
-            quoted = re.search(r"[\"“”'‘’](?P<p>[^\"“”]{3,})[\"“”'‘’]", raw)
+            quoted = re.search(r"[\"“](?P<p>[^\"“”]{3,})[\"”]", raw)
             cue = re.search(
                 r"\b(?:exactly|verbatim|as[\s-]is|word\s+for\s+word|literally|unchanged)\b", raw, _I
             )
@@ -995,16 +1004,14 @@ class OfflinePlanner:
             return _clarify(raw, "Variations of which one: " + _numbers(refs.numbers) + "?")
         target = context.image(refs.numbers[0])
         assert target is not None
-        prompt = target.prompt
+        prompt, style = target.prompt, target.style
         if extra_words:
+            # what is left besides the variation words is a change to make as well ("… at sunset")
             instruction = re.sub(_VARIATION, " ", rest, flags=_I)
-            instruction = re.sub(
-                r"\b(?:subtle|slight|strong|wild|drastic|bold|more|some|a|an|of|few|couple|several)\b",
-                " ",
-                instruction,
-                flags=_I,
-            )
+            vocabulary = r"\b(?:" + "|".join(sorted(_VARIATION_WORDS | {"of"})) + r")\b"
+            instruction = re.sub(vocabulary, " ", instruction, flags=_I)
             prompt = apply_edit(prompt, instruction)
+            style = detect_style(instruction) or style
         plural = re.search(
             r"\b(?:variations|variants|alternatives|riffs|remixes|others|ones|more)\b", raw, _I
         )
@@ -1020,7 +1027,7 @@ class OfflinePlanner:
             strength=_strength(raw, DEFAULT_VARIATION_STRENGTH),
             new_seed=seed is None,
             seed=seed,
-            style=target.style,
+            style=style,
             verbatim=context.verbatim,
             reply=note,
         )

@@ -150,12 +150,16 @@ class Plan:
     operation: Operation | None = None
     #: the image attached to this message is the source (img2img / inpaint / transform of an upload)
     use_upload: bool = False
+    #: (width, height) for a fresh generation; None = the settings' default size
+    size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.operation is None and self.intent in INTENT_OPERATIONS:
             object.__setattr__(self, "operation", INTENT_OPERATIONS[self.intent])
         object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "transform_args", dict(self.transform_args))
+        if self.size is not None:
+            object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
 
     @property
     def is_reply_only(self) -> bool:
@@ -181,6 +185,7 @@ class Plan:
             "question_kind": self.question_kind,
             "operation": self.operation.value if self.operation is not None else None,
             "use_upload": self.use_upload,
+            "size": list(self.size) if self.size is not None else None,
         }
 
     @classmethod
@@ -205,12 +210,8 @@ class Plan:
             question_kind=data.get("question_kind"),
             operation=Operation(operation) if operation else None,
             use_upload=bool(data.get("use_upload", False)),
+            size=(int(size[0]), int(size[1])) if (size := data.get("size")) else None,
         )
-
-
-def reply_plan(intent: Intent, text: str, reply: str, **kwargs: Any) -> Plan:
-    """A plan that only answers; a shortcut that keeps call sites short."""
-    return Plan(intent=intent, instruction=text, reply=reply, **kwargs)
 
 
 #: When the backend lacks an operation, these may stand in for it, best first. Instruction edits
@@ -270,7 +271,8 @@ def enforce_capabilities(plan: Plan, context: PlannerContext) -> Plan:
                 plan,
                 intent=intent,
                 operation=alternative,
-                strength=strength if alternative is Operation.IMG2IMG else plan.strength,
+                # strength only means something to image-to-image
+                strength=strength if alternative is Operation.IMG2IMG else None,
                 reply=_join(note, plan.reply),
             )
     reply = f"The current image backend can't {_CANT[op]}. {describe_capabilities(context)}"

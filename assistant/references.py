@@ -24,6 +24,9 @@ Resolution rules (documented here because planners and tests rely on them):
 * "it", "this", "that", "this one", "that picture" → the last image (kind "pronoun": such words
   appear in plain descriptions too, so planners treat them as implicit, not as explicit choice).
 
+Uploads are not resolved here: an image attached to the message is the planner's business
+(it becomes the source of img2img / inpaint through `Plan.use_upload`).
+
 With no mention at all the result is NONE, or with `default_to_last=True` the last image
 (what a user means by "make it snowier") or NO_IMAGES when there is none.
 """

@@ -314,24 +314,32 @@ def unet_flops_per_step(pipe: Any, size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_model(model: str, folder: Path, args: argparse.Namespace, peak: float) -> list[Row]:
+Shape = tuple[int, int]  # (size, batch)
+
+
+def shapes_for(model: str, args: argparse.Namespace) -> list[Shape]:
+    if args.quick:
+        return [(args.sizes[0] if args.cpu_smoke else NATIVE_SIZE[model], 1)]
+    return [(size, batch) for size in args.sizes for batch in args.batches]
+
+
+def time_diffusers(
+    folder: Path, shapes: list[Shape], args: argparse.Namespace
+) -> tuple[dict[Shape, tuple[float, float | None]], dict[int, float]]:
+    """Plain diffusers as a user's script would run it: seconds per image and peak memory per shape."""
     import torch
     from diffusers import AutoPipelineForText2Image
 
-    from tools import diffusers_local
-    from tools.base import ImageRequest, Operation
-
-    device, dtype = args.device, args.dtype
-    shapes = [(size, batch) for size in args.sizes for batch in args.batches]
-    if args.quick:
-        shapes = [(NATIVE_SIZE[model] if not args.cpu_smoke else args.sizes[0], 1)]
-
-    # -- plain diffusers, as a user's script would do it
-    torch.backends.cudnn.benchmark = False
-    pipe = AutoPipelineForText2Image.from_pretrained(folder, local_files_only=True, dtype=dtype).to(device)
+    device = args.device
+    torch.backends.cudnn.benchmark = (
+        False  # Atelier turns it on process-wide; the baseline must not inherit it
+    )
+    pipe = AutoPipelineForText2Image.from_pretrained(folder, local_files_only=True, dtype=args.dtype).to(
+        device
+    )
     pipe.set_progress_bar_config(disable=True)
     flops = {size: unet_flops_per_step(pipe, size) for size, _ in shapes}
-    plain: dict[tuple[int, int], tuple[float, float | None]] = {}
+    results: dict[Shape, tuple[float, float | None]] = {}
     for size, batch in shapes:
 
         def call(steps: int, size: int = size, batch: int = batch) -> Any:
@@ -349,15 +357,21 @@ def bench_model(model: str, folder: Path, args: argparse.Namespace, peak: float)
         mem: list[float | None] = []
         with peak_memory(device, mem):
             seconds = timed(lambda call=call: call(args.steps), device, args.repeats)
-        plain[size, batch] = (seconds / batch, mem[0])
-        print(f"  diffusers {model} {size}² ×{batch}: {seconds / batch:.3f} s/img", flush=True)
-    del pipe
-    free_memory()
+        results[size, batch] = (seconds / batch, mem[0])
+        print(f"  diffusers {folder.name} {size}² ×{batch}: {seconds / batch:.3f} s/img", flush=True)
+    return results, flops
 
-    # -- Atelier
+
+def time_atelier(
+    folder: Path, shapes: list[Shape], args: argparse.Namespace
+) -> dict[Shape, tuple[float, float | None, bool]]:
+    """Atelier's backend end to end (ImageRequest in, PIL images out): s/img, peak memory, compiled?"""
+    from tools import diffusers_local
+    from tools.base import ImageRequest, Operation
+
     backend = diffusers_local.DiffusersBackend(
         str(folder),
-        device=device,
+        device=args.device,
         dtype=args.dtype_name,
         compile=args.compile,
         compile_mode=args.compile_mode,
@@ -373,10 +387,11 @@ def bench_model(model: str, folder: Path, args: argparse.Namespace, peak: float)
             print(
                 f"  compile still running after {args.compile_timeout:.0f}s; timing what is ready", flush=True
             )
-        print(
-            f"  compiled {model} for {len(shapes)} shapes in {time.perf_counter() - started:.0f}s", flush=True
-        )
-    rows = []
+        print(f"  compiled {folder.name} for {len(shapes)} shapes in {time.perf_counter() - started:.0f}s")
+        compiler = backend.load().compiler
+        if compiler is not None and compiler.failed:
+            print(f"  torch.compile failed, Atelier runs eagerly: {compiler.failed[:500]}", flush=True)
+    results: dict[Shape, tuple[float, float | None, bool]] = {}
     for size, batch in shapes:
 
         def request(steps: int, size: int = size, batch: int = batch) -> Any:
@@ -387,29 +402,38 @@ def bench_model(model: str, folder: Path, args: argparse.Namespace, peak: float)
             )
 
         request(2)
-        mem = []
-        with peak_memory(device, mem):
-            seconds = timed(lambda request=request: request(args.steps), device, args.repeats)
-        compiled = bool(request(1).params["compiled"]) if args.compile else False
-        per_image_flops = flops[size]
-        rows.append(
-            Row(
-                model=model,
-                size=size,
-                batch=batch,
-                steps=args.steps,
-                diffusers_s_per_image=plain[size, batch][0],
-                atelier_s_per_image=seconds / batch,
-                diffusers_peak_gb=plain[size, batch][1],
-                atelier_peak_gb=mem[0],
-                unet_gflop_per_step_per_image=per_image_flops / 1e9,
-                roofline_s_per_image=per_image_flops * args.steps / peak,
-                atelier_compiled=compiled,
-            )
-        )
-        print(f"  atelier   {model} {size}² ×{batch}: {seconds / batch:.3f} s/img", flush=True)
+        mem: list[float | None] = []
+        with peak_memory(args.device, mem):
+            seconds = timed(lambda request=request: request(args.steps), args.device, args.repeats)
+        compiled = bool(request(1).params["compiled"])
+        results[size, batch] = (seconds / batch, mem[0], compiled)
+        print(f"  atelier   {folder.name} {size}² ×{batch}: {seconds / batch:.3f} s/img", flush=True)
     diffusers_local.clear_cache()
-    return rows
+    return results
+
+
+def bench_model(model: str, folder: Path, args: argparse.Namespace, peak: float) -> list[Row]:
+    shapes = shapes_for(model, args)
+    plain, flops = time_diffusers(folder, shapes, args)
+    free_memory()
+    ours = time_atelier(folder, shapes, args)
+    free_memory()
+    return [
+        Row(
+            model=model,
+            size=size,
+            batch=batch,
+            steps=args.steps,
+            diffusers_s_per_image=plain[size, batch][0],
+            atelier_s_per_image=ours[size, batch][0],
+            diffusers_peak_gb=plain[size, batch][1],
+            atelier_peak_gb=ours[size, batch][1],
+            unet_gflop_per_step_per_image=flops[size] / 1e9,
+            roofline_s_per_image=flops[size] * args.steps / peak,
+            atelier_compiled=ours[size, batch][2],
+        )
+        for size, batch in shapes
+    ]
 
 
 def print_table(rows: list[Row]) -> None:
@@ -417,8 +441,9 @@ def print_table(rows: list[Row]) -> None:
         return "n/a" if value is None else f"{value:.1f}"
 
     header = (
-        f"{'model':<6} {'size':>5} {'batch':>5} {'diffusers s/img':>15} {'atelier s/img':>13} {'speed-up':>8} "
-        f"{'peak GB d/a':>12} {'UNet GFLOP/step':>15} {'roofline s/img':>14} {'atelier/roof':>12}"
+        f"{'model':<6} {'size':>5} {'batch':>5} {'diffusers s/img':>15} {'atelier s/img':>13} "
+        f"{'speed-up':>8} {'peak GB d/a':>12} {'UNet GFLOP/step':>15} {'roofline s/img':>14} "
+        f"{'atelier/roof':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -434,8 +459,9 @@ def print_table(rows: list[Row]) -> None:
     if any(r.atelier_compiled for r in rows):
         print("* = Atelier ran the torch.compiled UNet")
     print(
-        "roofline = UNet FLOPs per step for one image with CFG (batch-2 forward) × steps ÷ measured matmul rate; "
-        "atelier/roof is the share of that bound Atelier reaches end to end (text encoder and VAE included)."
+        "roofline = UNet FLOPs per step for one image with CFG (a batch-2 forward) × steps ÷ the measured\n"
+        "matmul rate; atelier/roof = the share of that bound Atelier reaches end to end (text encoder,\n"
+        "VAE decode and PIL conversion included)."
     )
 
 
@@ -496,9 +522,14 @@ def main(argv: list[str] | None = None) -> int:
     args.dtype = getattr(torch, args.dtype_name)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # random weights decode to NaN-ish noise
     from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
     diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    disable_progress_bars()
 
     temp = None
     if args.workdir is None:
@@ -511,7 +542,10 @@ def main(argv: list[str] | None = None) -> int:
         name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU (smoke test: tiny shapes)"
         peak = matmul_flops_per_s(args.device, args.dtype)
         print(f"{name} · torch {torch.__version__} · diffusers {diffusers.__version__} · {args.dtype_name}")
-        print(f"matmul {peak / 1e12:.1f} TFLOP/s · {args.steps} steps · compile {args.compile}", flush=True)
+        rate = f"{peak / 1e12:.0f} TFLOP/s" if peak > 1e12 else f"{peak / 1e9:.0f} GFLOP/s"
+        print(f"matmul {rate} · {args.steps} steps · compile {args.compile}", flush=True)
+        if args.cpu_smoke:
+            print("CPU smoke run: the numbers only show that every path runs; time on a GPU.", flush=True)
         rows: list[Row] = []
         for model in args.models:
             print(f"{model}:", flush=True)

@@ -1,7 +1,8 @@
 """Content-addressed image files: `<root>/ab/abcdef….png`.
 
-Bytes go to a temp file in the target folder, are fsynced, then renamed into place, so a
-reader never sees half a file and a crash leaves at most a `*.tmp` that `sweep` removes.
+Bytes go to a temp file in `<root>/.tmp/`, are fsynced, then renamed into place, so a
+reader never sees half a file and a crash leaves at most a `*.tmp` there. Keeping temp
+files in one small folder lets every start clear them without walking the whole library.
 The repository writes the file before committing the row that names it.
 """
 
@@ -34,6 +35,7 @@ class SweepReport:
 class ImageFileStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.temp_dir = root / ".tmp"
 
     def path_for(self, sha256: str) -> Path:
         if not _HEX64.fullmatch(sha256):
@@ -47,7 +49,8 @@ class ImageFileStore:
         if target.exists():
             return digest
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{digest[:8]}-", suffix=TEMP_SUFFIX)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(dir=self.temp_dir, prefix=f"{digest[:8]}-", suffix=TEMP_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -78,9 +81,14 @@ class ImageFileStore:
                 yield path.stem
 
     def temp_files(self) -> Iterator[Path]:
-        if not self.root.exists():
+        if not self.temp_dir.exists():
             return
-        yield from self.root.glob(f"??/.*{TEMP_SUFFIX}")
+        yield from self.temp_dir.glob(f"*{TEMP_SUFFIX}")
+
+    def sweep_temp_files(self, *, grace_seconds: float = 3600.0) -> int:
+        """Cheap start-up cleanup: only the temp folder, never the library."""
+        cutoff = time.time() - grace_seconds
+        return self.remove([t for t in self.temp_files() if _mtime(t) <= cutoff], []).temp_files_removed
 
     def sweep(self, known: set[str], *, grace_seconds: float = 3600.0) -> SweepReport:
         """Remove temp files and files no row names.
@@ -88,22 +96,35 @@ class ImageFileStore:
         Only files older than `grace_seconds` go: another process may have written a file
         and not yet committed the row that names it.
         """
+        temps, orphans = self.stale(known, grace_seconds=grace_seconds)
+        return self.remove(temps, orphans)
+
+    def stale(self, known: set[str], *, grace_seconds: float = 3600.0) -> tuple[list[Path], list[str]]:
+        """Temp files and unnamed files older than the grace period; looks, deletes nothing.
+
+        Split from `remove` so the repository can walk the folder (slow for a big library)
+        without the database lock and re-check the few candidates under it.
+        """
         cutoff = time.time() - grace_seconds
-        temps = orphans = 0
-        for temp in list(self.temp_files()):
-            if _mtime(temp) <= cutoff:
-                with contextlib.suppress(FileNotFoundError):
-                    temp.unlink()
-                    temps += 1
-        for digest in list(self.all_hashes()):
-            if digest in known:
-                continue
-            path = self.path_for(digest)
-            if _mtime(path) <= cutoff:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    orphans += 1
-        return SweepReport(temp_files_removed=temps, orphan_files_removed=orphans)
+        temps = [temp for temp in self.temp_files() if _mtime(temp) <= cutoff]
+        orphans = [
+            digest
+            for digest in self.all_hashes()
+            if digest not in known and _mtime(self.path_for(digest)) <= cutoff
+        ]
+        return temps, orphans
+
+    def remove(self, temps: list[Path], orphans: list[str]) -> SweepReport:
+        removed_temps = removed_orphans = 0
+        for temp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+                removed_temps += 1
+        for digest in orphans:
+            with contextlib.suppress(FileNotFoundError):
+                self.path_for(digest).unlink()
+                removed_orphans += 1
+        return SweepReport(temp_files_removed=removed_temps, orphan_files_removed=removed_orphans)
 
 
 def _mtime(path: Path) -> float:

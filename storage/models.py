@@ -121,9 +121,7 @@ class Image(Base):
         ForeignKey("generations.id", ondelete="SET NULL"), nullable=True
     )
     #: the primary parent ("#4 came from #2"); null for fresh generations and uploads
-    parent_id: Mapped[int | None] = mapped_column(
-        ForeignKey("images.id", ondelete="SET NULL"), nullable=True
-    )
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"), nullable=True)
     #: what users call "#2": 1, 2, 3… per conversation, unique and gap-free
     number: Mapped[int] = mapped_column(Integer)
     operation: Mapped[str] = mapped_column(String(32))

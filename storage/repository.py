@@ -233,9 +233,7 @@ class Repository:
         record = self.record_turn(
             conversation_id,
             images=[
-                NewImage(
-                    image=image, operation="upload", backend="upload", model="", instruction=instruction
-                )
+                NewImage(image=image, operation="upload", backend="upload", model="", instruction=instruction)
             ],
             images_message_id=message_id,
         )
@@ -280,7 +278,12 @@ class Repository:
                     generation = self._insert_generation(session, conversation_id, message_id, new_generation)
                     for new_image in new_generation.images:
                         row = self._insert_image(
-                            session, conversation_id, message_id, generation.id, next_number, new_image,
+                            session,
+                            conversation_id,
+                            message_id,
+                            generation.id,
+                            next_number,
+                            new_image,
                             created_files,
                         )
                         next_number += 1
@@ -534,7 +537,9 @@ class Repository:
 
     # ----- gallery and search ----------------------------------------------------------
 
-    def list_images(self, filters: ImageFilter | None = None, limit: int = 50, offset: int = 0) -> list[Image]:
+    def list_images(
+        self, filters: ImageFilter | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Image]:
         """Newest first; `filters.query` uses full-text search over prompts and instructions."""
         filters = filters or ImageFilter()
         with self.db.read() as session:
@@ -597,25 +602,25 @@ class Repository:
 
     def known_hashes(self) -> set[str]:
         with self.db.read() as session:
-            return self._known_hashes(session)
-
-    @staticmethod
-    def _known_hashes(session: Session) -> set[str]:
-        images = set(session.scalars(select(Image.sha256)))
-        masks = set(session.scalars(select(Image.mask_sha256).where(Image.mask_sha256.is_not(None))))
-        return {h for h in images | masks if h}
+            images = set(session.scalars(select(Image.sha256)))
+            masks = set(session.scalars(select(Image.mask_sha256).where(Image.mask_sha256.is_not(None))))
+            return {h for h in images | masks if h}
 
     def sweep(self, *, grace_seconds: float = 3600.0) -> SweepReport:
         """Remove temp files and files no row names (what a crash between write and commit leaves).
 
-        Runs while holding the write lock: Atelier writes files only inside a write
-        transaction, so no other process can be between "file written" and "row committed"
-        while we look, and even `grace_seconds=0` (`atelier doctor`) cannot delete the file
-        of a turn that is about to commit.
+        Looks without the lock (walking a big library takes a while), then deletes under the
+        write lock after re-checking each candidate: Atelier writes files only inside a write
+        transaction, so a file whose row was about to commit is named by the time we hold the
+        lock, and even `grace_seconds=0` (`atelier doctor`) cannot delete a turn's new file.
         """
+        temps, orphans = self.files.stale(self.known_hashes(), grace_seconds=grace_seconds)
+        if not temps and not orphans:
+            return SweepReport(temp_files_removed=0, orphan_files_removed=0)
         with self.db.write() as session:
-            known = self._known_hashes(session)
-            return self.files.sweep(known, grace_seconds=grace_seconds)
+            session.connection()  # BEGIN IMMEDIATE now, even when there is nothing to re-check
+            still_used = self._referenced_hashes(session, orphans)
+            return self.files.remove(temps, [digest for digest in orphans if digest not in still_used])
 
     def check_integrity(self) -> IntegrityReport:
         """Rows ↔ files ↔ hashes: what `atelier doctor` reports."""
@@ -665,8 +670,12 @@ class Repository:
         wanted = list(hashes)
         if not wanted:
             return set()
-        used = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(wanted))))
-        used |= set(session.scalars(select(Image.mask_sha256).where(Image.mask_sha256.in_(wanted))))
+        # DISTINCT: a hash many rows share (imported copies, a reused mask) comes back once,
+        # not once per row (100k rows to Python for a shared file otherwise).
+        used = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(wanted)).distinct()))
+        used |= set(
+            session.scalars(select(Image.mask_sha256).where(Image.mask_sha256.in_(wanted)).distinct())
+        )
         return {h for h in used if h}
 
 

@@ -15,7 +15,6 @@ Importing this module is cheap: torch and diffusers are imported when a backend 
 
 from __future__ import annotations
 
-import functools
 import gc
 import inspect
 import json
@@ -431,10 +430,10 @@ def _load(key: LoadKey, source: ModelSource) -> LoadedModel:
     try:
         if key.enable_offload:
             # Weights wait in CPU RAM and move to the GPU one model at a time: SDXL at 1024²
-            # fits in ~12 GB. Tiled and sliced VAE keep the decode from spiking past that.
+            # fits in ~12 GB. A sliced (and, per call, tiled) VAE keeps the decode under that.
             pipe.enable_model_cpu_offload(device=key.device)
-            pipe.vae.enable_tiling()
-            pipe.vae.enable_slicing()
+            if hasattr(pipe.vae, "enable_slicing"):
+                pipe.vae.enable_slicing()
         else:
             pipe.to(key.device)
     except Exception as exc:
@@ -537,7 +536,8 @@ class UnetCompiler:
     """
 
     def __init__(self, loaded: LoadedModel, mode: str, cache_dir: Path | None) -> None:
-        import torch
+        import torch._dynamo.config
+        import torch._inductor.config
 
         self.loaded = loaded
         self.mode = mode
@@ -744,6 +744,7 @@ class DiffusersBackend:
         loaded = self.load()
         self._fit_size(plan, loaded.size_multiple)
         pipe = loaded.pipeline(plan.kind)
+        self._check_prompt_length(pipe, plan)
 
         with loaded.lock:
             scheduler = loaded.make_scheduler(plan.scheduler)
@@ -845,21 +846,29 @@ class DiffusersBackend:
             guidance=guidance,
             strength=strength,
             scheduler=scheduler,
-            generator_device=self._generator_device(options.get("generator_device")),
+            generator_device=self._generator_device(options.get("generator_device"), notes),
             source=source.convert("RGB") if source is not None else None,
             mask=mask.convert("L") if mask is not None else None,
             notes=notes,
         )
 
-    def _generator_device(self, asked: Any) -> str:
-        """Noise comes from the GPU on CUDA (diffusers' advice); 'cpu' gives noise equal across machines."""
+    def _generator_device(self, asked: Any, notes: list[str]) -> str:
+        """Noise comes from the GPU on CUDA (diffusers' advice); 'cpu' gives noise equal across machines.
+
+        A replay passes back the recorded `generator_device`; CUDA noise cannot be made without
+        a GPU, so such a replay runs with CPU noise and says the image will differ.
+        """
+        on_gpu = self.device.startswith("cuda")
         if asked in (None, "", "device"):
-            return self.device if self.device.startswith("cuda") else "cpu"
-        if asked == "cpu" or (
-            isinstance(asked, str) and asked.startswith("cuda") and self.device.startswith("cuda")
-        ):
-            return str(asked)
-        raise InvalidRequest(f"generator_device must be 'cpu' or 'device' here (got {asked!r}).")
+            return self.device if on_gpu else "cpu"
+        if asked == "cpu":
+            return "cpu"
+        if isinstance(asked, str) and asked.startswith("cuda"):
+            if on_gpu:
+                return self.device
+            notes.append("These seeds were first drawn on a CUDA GPU; without one the images will differ.")
+            return "cpu"
+        raise InvalidRequest(f"generator_device must be 'cpu' or 'device' (got {asked!r}).")
 
     @staticmethod
     def _fit_size(plan: _Plan, multiple: int) -> None:
@@ -883,6 +892,19 @@ class DiffusersBackend:
             plan.source = plan.source.resize((width, height), PILImage.Resampling.LANCZOS)
             if plan.mask is not None:
                 plan.mask = plan.mask.resize((width, height), PILImage.Resampling.NEAREST)
+
+    @staticmethod
+    def _check_prompt_length(pipe: Any, plan: _Plan) -> None:
+        """CLIP reads 77 tokens and drops the rest with only a log line; tell the user instead."""
+        tokenizer = getattr(pipe, "tokenizer", None)
+        limit = getattr(tokenizer, "model_max_length", None)
+        if tokenizer is None or not isinstance(limit, int) or limit > 100_000:
+            return
+        for label, text in (("prompt", plan.prompt), ("negative prompt", plan.negative_prompt)):
+            if text and len(tokenizer(text, truncation=False).input_ids) > limit:
+                plan.notes.append(
+                    f"The {label} is longer than the {limit} tokens this model reads; the end was cut."
+                )
 
     def _pick_unet(self, loaded: LoadedModel, plan: _Plan) -> Any | None:
         """The compiled UNet when this request's shape is warm; None keeps the eager one."""
@@ -982,12 +1004,17 @@ class DiffusersBackend:
             kwargs["mask_image"] = plan.mask
         # image-to-image pipelines take no size (they swallow it in **kwargs): the source was
         # already resized to it, and nothing a pipeline does not declare is passed
-        kwargs = {k: v for k, v in kwargs.items() if k in _call_parameters(pipe)}
-        if pipe.vae is not None and hasattr(pipe.vae, "enable_tiling") and not self.enable_offload:
-            if plan.width * plan.height > TILE_VAE_ABOVE:
-                pipe.vae.enable_tiling()
+        accepted = _call_parameters(pipe)
+        if plan.negative_prompt and "negative_prompt" not in accepted and chunk == 0:
+            plan.notes.append(f"{type(pipe).__name__} takes no negative prompt; it was left out.")
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        vae: Any = getattr(pipe, "vae", None)
+        if hasattr(vae, "enable_tiling"):
+            # tiles cost time, so only where a whole-image decode would be large or memory is short
+            if self.enable_offload or plan.low_memory or plan.width * plan.height > TILE_VAE_ABOVE:
+                vae.enable_tiling()
             else:
-                pipe.vae.disable_tiling()
+                vae.disable_tiling()
 
         output = pipe(**kwargs)
         if interrupted or (cancel is not None and cancel.cancelled):
@@ -1039,12 +1066,14 @@ def _round_down(value: int, multiple: int) -> int:
 
 
 def _call_parameters(pipe: Any) -> frozenset[str]:
-    return _signature_names(type(pipe))
+    """What a pipeline's __call__ declares; most also take **kwargs and silently drop the rest."""
+    name = type(pipe).__qualname__
+    if name not in _CALL_PARAMETERS:
+        _CALL_PARAMETERS[name] = frozenset(inspect.signature(type(pipe).__call__).parameters)
+    return _CALL_PARAMETERS[name]
 
 
-@functools.cache
-def _signature_names(cls: type) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.__call__).parameters)
+_CALL_PARAMETERS: dict[str, frozenset[str]] = {}
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -1067,23 +1096,24 @@ def _free_memory() -> None:
 
 @contextmanager
 def _low_memory(pipe: Any) -> Iterator[None]:
-    """Sliced attention and a tiled, sliced VAE for one retry, then the fast settings again."""
-    saved = {
-        name: module.attn_processors
-        for name in ("unet", "vae")
-        if (module := getattr(pipe, name, None)) is not None and hasattr(module, "attn_processors")
-    }
-    vae = pipe.vae
-    tiling, slicing = getattr(vae, "use_tiling", False), getattr(vae, "use_slicing", False)
+    """Sliced attention and a sliced VAE for one retry (the call tiles the VAE), then the fast settings.
+
+    Slicing is slow next to SDPA, so the processors in use before (SDPA or fused) come back after.
+    """
+    modules: dict[str, Any] = {name: getattr(pipe, name, None) for name in ("unet", "transformer", "vae")}
+    saved = {name: m.attn_processors for name, m in modules.items() if hasattr(m, "attn_processors")}
+    vae: Any = getattr(pipe, "vae", None)
+    slicing = getattr(vae, "use_slicing", False)
     pipe.enable_attention_slicing("auto")
-    vae.enable_tiling()
-    vae.enable_slicing()
+    if hasattr(vae, "enable_slicing"):
+        vae.enable_slicing()
     try:
         yield
     finally:
         for name, processors in saved.items():
             getattr(pipe, name).set_attn_processor(processors)
-        vae.use_tiling, vae.use_slicing = tiling, slicing
+        if vae is not None:
+            vae.use_slicing = slicing
 
 
 __all__ = [

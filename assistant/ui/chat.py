@@ -76,9 +76,8 @@ def _submit_edit() -> None:
         st.session_state[Keys.PENDING] = QueuedRequest(text, with_attachments=True)
 
 
-def _use_as_init(image_id: int, number: int) -> None:
+def _use_as_init(image_id: int) -> None:
     st.session_state[Keys.INIT_IMAGE] = image_id
-    common.flash(f"#{number} will be attached to your next message as its starting image.", "info")
 
 
 def _clear_init() -> None:
@@ -140,7 +139,7 @@ def _render_image(repo: Repository, image: ImageView) -> None:
             key=f"atelier.init.{image.id}",
             icon=":material/input:",
             on_click=_use_as_init,
-            args=(image.id, number),
+            args=(image.id,),
             help=f"Attach #{number} to your next message as the image to start from",
         )
         st.download_button(
@@ -226,9 +225,14 @@ def _input_area(ctx: UiContext) -> TurnRequest | None:
 
     init_id = st.session_state.get(Keys.INIT_IMAGE)
     if init_id is not None:
-        with st.container(horizontal=True, vertical_alignment="center"):
-            st.caption(f"Your next message starts from image id {int(init_id)}.")
-            st.button("Don't attach it", key="atelier.clear_init", on_click=_clear_init)
+        try:
+            init_number = repo.get_image(int(init_id)).number
+        except StorageError:
+            st.session_state[Keys.INIT_IMAGE] = None
+        else:
+            with st.container(horizontal=True, vertical_alignment="center"):
+                st.caption(f"#{init_number} is attached to your next message as its starting image.")
+                st.button("Don't attach it", key="atelier.clear_init", on_click=_clear_init)
 
     generation = int(st.session_state.get(Keys.MASK_GENERATION, 0))
     with st.expander("Inpainting mask (optional)"):

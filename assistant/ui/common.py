@@ -299,7 +299,7 @@ def _sidebar_settings(base: Settings) -> support.Choices:
     with sidebar.expander("Image settings"):
         sizes = support.size_options(base)
         size = st.selectbox(
-            "Size", sizes, index=sizes.index(support.size_label(base.width, base.height)), key=Keys.SIZE
+            "Size", sizes, index=sizes.index(support.default_size_option(base)), key=Keys.SIZE
         )
         steps = st.slider(
             "Steps", 1, max(1, min(base.max_steps, 150)), min(base.steps, base.max_steps), key=Keys.STEPS

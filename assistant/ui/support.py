@@ -76,6 +76,8 @@ SIZES: tuple[str, ...] = (
 )
 
 NO_STYLE = "(none)"
+#: leave width and height unset: each backend makes its natural size (OpenAI rejects 512²)
+BACKEND_SIZE = "Backend default"
 RANDOM_SEED = "Random"
 FIXED_SEED = "Fixed"
 
@@ -105,10 +107,18 @@ def parse_size(label: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def default_size_option(settings: Settings) -> str:
+    """The configured size, or BACKEND_SIZE when the settings leave it to the backend."""
+    if settings.width and settings.height:
+        return size_label(settings.width, settings.height)
+    return BACKEND_SIZE
+
+
 def size_options(settings: Settings) -> list[str]:
-    """The preset sizes, plus the configured default when it is not one of them."""
-    current = size_label(settings.width, settings.height)
-    return list(SIZES) if current in SIZES else [current, *SIZES]
+    """'Backend default', the preset sizes, and the configured size when it is not one of them."""
+    current = default_size_option(settings)
+    options = [BACKEND_SIZE, *SIZES]
+    return options if current in options else [BACKEND_SIZE, current, *SIZES]
 
 
 def short(text: str | None, width: int = 60) -> str:
@@ -165,7 +175,9 @@ class Choices:
             update["openai_image_model"] = self.openai_image_model.strip()
         if self.diffusers_model is not None:
             update["diffusers_model"] = self.diffusers_model.strip() or None
-        if self.size:
+        if self.size == BACKEND_SIZE:
+            update["width"] = update["height"] = None
+        elif self.size:
             update["width"], update["height"] = parse_size(self.size)
         if self.steps is not None:
             update["steps"] = int(self.steps)
@@ -306,6 +318,8 @@ def plan_rows(plan: Mapping[str, Any]) -> list[tuple[str, str]]:
     )
     for key, label in labels:
         value = plan.get(key)
+        if key == "negative_prompt" and plan.get("prompt") and not value:
+            value = "(none)"  # say so: the backend got no negative prompt
         if value in (None, "", [], {}):
             continue
         if key == "targets":

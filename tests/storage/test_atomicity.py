@@ -7,7 +7,9 @@ file write and the commit) and by killing a process outright between them.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +192,7 @@ def test_process_killed_between_file_and_commit_leaves_only_a_sweepable_orphan(t
 def test_sweep_removes_stale_temp_files(repo: Repository) -> None:
     conversation = repo.create_conversation()
     add_generated(repo, conversation.id, "kept", index=1)
-    stale = repo.files.root / "ab" / ".abcdef12-xyz.tmp"
+    stale = repo.files.temp_dir / "abcdef12-xyz.tmp"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"half a png")
     assert repo.check_integrity().temp_files == [str(stale)]
@@ -198,14 +200,35 @@ def test_sweep_removes_stale_temp_files(repo: Repository) -> None:
     assert repo.check_integrity().ok
 
 
-def test_sweep_holds_the_write_lock(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
-    """While sweep decides what is orphaned, no writer can be between file write and commit."""
+def test_start_up_clears_stale_temp_files_only(tmp_path: Path) -> None:
+    """Opening the data dir removes a crash's temp file without walking the library."""
+    from assistant.runtime import open_repository
+    from assistant.settings import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    repo = open_repository(settings)
+    stale = repo.files.temp_dir / "deadbeef-1.tmp"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"half a png")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    repo.db.dispose()
+    reopened = open_repository(settings)
+    assert not stale.exists()
+    assert reopened.check_integrity().ok
+
+
+def test_sweep_deletes_under_the_write_lock(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While sweep deletes, no writer can be between file write and commit."""
+    conversation = repo.create_conversation()
+    add_generated(repo, conversation.id, "kept", index=1)
+    repo.files.put(b"an orphan left by a crash")
     database = repo.db.engine.url.database
     assert database is not None
     lock_state: list[str] = []
-    real_sweep = ImageFileStore.sweep
+    real_remove = ImageFileStore.remove
 
-    def _probe(self: ImageFileStore, known: set[str], *, grace_seconds: float = 3600.0) -> SweepReport:
+    def _probe(self: ImageFileStore, temps: list[Path], orphans: list[str]) -> SweepReport:
         other = sqlite3.connect(database, timeout=0, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")
@@ -215,8 +238,34 @@ def test_sweep_holds_the_write_lock(repo: Repository, monkeypatch: pytest.Monkey
             lock_state.append(str(exc))
         finally:
             other.close()
-        return real_sweep(self, known, grace_seconds=grace_seconds)
+        return real_remove(self, temps, orphans)
 
-    monkeypatch.setattr(ImageFileStore, "sweep", _probe)
-    repo.sweep(grace_seconds=0)
+    monkeypatch.setattr(ImageFileStore, "remove", _probe)
+    assert repo.sweep(grace_seconds=0).orphan_files_removed == 1
     assert lock_state == ["database is locked"]
+
+
+def test_sweep_spares_a_file_whose_row_commits_while_it_looks(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`atelier doctor` (grace 0) running while the app commits a turn must not eat its file."""
+    conversation = repo.create_conversation()
+    add_generated(repo, conversation.id, "first", index=1)
+    real_stale = ImageFileStore.stale
+    committed: list[int] = []
+
+    def _stale_then_app_commits(
+        self: ImageFileStore, known: set[str], *, grace_seconds: float = 3600.0
+    ) -> tuple[list[Path], list[str]]:
+        found = real_stale(self, known, grace_seconds=grace_seconds)
+        if not committed:  # the app's turn lands after sweep looked, before it deletes
+            committed.append(add_generated(repo, conversation.id, "second", index=2).id)
+            found = real_stale(self, known, grace_seconds=grace_seconds)
+        return found
+
+    monkeypatch.setattr(ImageFileStore, "stale", _stale_then_app_commits)
+    report = repo.sweep(grace_seconds=0)
+    assert report.orphan_files_removed == 0
+    image = repo.get_image(committed[0])
+    assert repo.files.exists(image.sha256)
+    assert repo.check_integrity().ok

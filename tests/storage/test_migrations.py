@@ -16,8 +16,9 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
-from storage.db import StorageError
-from storage.migrations.runner import alembic_config
+from storage.db import Database, StorageError
+from storage.files import ImageFileStore
+from storage.migrations.runner import alembic_config, upgrade_to
 from storage.models import Base
 from storage.repository import Repository
 from tests.storage import workers
@@ -77,6 +78,36 @@ def test_opening_twice_is_idempotent(tmp_path: Path) -> None:
     assert second.check_integrity().ok
     second.db.dispose()
     assert _versions(tmp_path / "atelier.db") == [_head()]
+
+
+def test_database_from_the_first_release_upgrades_with_its_data(tmp_path: Path) -> None:
+    """Append-only migrations: a 0001 database (no lookup indexes) opens, upgrades, keeps rows."""
+    url, images = f"sqlite:///{tmp_path / 'atelier.db'}", tmp_path / "images"
+    old = Database(url)
+    with old.engine.connect() as connection:
+        upgrade_to(connection, "0001_initial")
+    old.dispose()
+    assert _versions(tmp_path / "atelier.db") == ["0001_initial"]
+
+    first = Repository(Database(url), ImageFileStore(images))  # the 0001 schema, no upgrade
+    conversation = first.create_conversation("old")
+    root = add_generated(first, conversation.id, "an old lighthouse", index=1)
+    add_generated(first, conversation.id, "an old lighthouse at night", parent_id=root.id, index=2)
+    first.db.dispose()
+
+    upgraded = Repository.open(url, images)
+    assert _versions(tmp_path / "atelier.db") == [_head()]
+    assert [n.image.number for n in upgraded.lineage_tree(root.id)] == [1, 2]
+    assert len(upgraded.search_images("lighthouse")) == 2
+    with upgraded.db.engine.connect() as connection:
+        plan = " ".join(
+            str(row[3])
+            for row in connection.execute(text("EXPLAIN QUERY PLAN DELETE FROM messages WHERE id = 1"))
+        )
+    assert "SCAN" not in plan  # deleting a message finds the images and generations by index
+    upgraded.delete_conversation(conversation.id)
+    assert upgraded.check_integrity().ok
+    upgraded.db.dispose()
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ messages, errors) and then what was stored (rows, parent ids, pixels) through a 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image as PILImage
@@ -17,7 +18,6 @@ from storage.repository import Repository
 from tests.ui.conftest import (
     assert_ok,
     captions,
-    clean_environment,
     click,
     errors,
     markdown_texts,
@@ -121,6 +121,7 @@ def test_image_actions_send_requests_about_that_image(app: AppTest, stored: Repo
 
     click(app, f"atelier.init.{first.id}")
     assert app.session_state[Keys.INIT_IMAGE] == first.id
+    assert "#1 is attached to your next message as its starting image." in captions(app)
     send(app, "turn it into a watercolor painting")
     *_, upload, derived = stored.conversation_images(conversation_id)
     assert upload.operation == "upload"
@@ -146,20 +147,32 @@ def test_sidebar_settings_reach_the_assistant(app: AppTest, stored: Repository) 
     assert image.prompt == "a blue boat on a calm lake"  # "use my prompt exactly"
 
 
+BROKEN_BACKENDS = {
+    "openai-unreachable": {
+        "ATELIER_BACKEND": "openai",
+        "OPENAI_API_KEY": "sk-test-not-a-real-key-0000",
+        "ATELIER_OPENAI_BASE_URL": "http://127.0.0.1:9/v1",  # nothing listens on port 9
+        "ATELIER_OPENAI_MAX_RETRIES": "0",
+        "ATELIER_OPENAI_TIMEOUT": "5",
+        # a chat base URL without a chat model keeps planning on the offline rules (no LLM call)
+        "ATELIER_CHAT_BASE_URL": "http://127.0.0.1:9/v1",
+    },
+    "diffusers-missing-folder": {
+        "ATELIER_BACKEND": "diffusers",
+        "ATELIER_DIFFUSERS_MODEL": "/nonexistent/atelier-test-model",
+    },
+}
+
+
+@pytest.mark.parametrize("environment", BROKEN_BACKENDS.values(), ids=BROKEN_BACKENDS.keys())
 def test_a_backend_failure_is_an_error_and_the_conversation_stays_usable(
-    data_dir: Path, stored: Repository, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, stored: Repository, monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]
 ) -> None:
-    clean_environment(monkeypatch)
-    monkeypatch.setenv("ATELIER_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("ATELIER_BACKEND", "openai")
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-0000")
-    monkeypatch.setenv("ATELIER_OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens on port 9
-    monkeypatch.setenv("ATELIER_OPENAI_MAX_RETRIES", "0")
-    monkeypatch.setenv("ATELIER_OPENAI_TIMEOUT", "5")
-    # a base URL without a chat model keeps planning on the offline rules (no LLM call)
-    monkeypatch.setenv("ATELIER_CHAT_BASE_URL", "http://127.0.0.1:9/v1")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
     app = new_app()
-    assert "OpenAI" in unescape(app.caption[0].value)
+    banner = unescape(app.caption[0].value)  # the banner names the configured backend
+    assert banner.startswith(("Images: OpenAI", "Images: local diffusers model")), banner
 
     send(app, FOX)
     assert errors(app), "the failure must be shown as an error element"
@@ -167,15 +180,31 @@ def test_a_backend_failure_is_an_error_and_the_conversation_stays_usable(
     (conversation,) = stored.list_conversations()
     messages = stored.messages(conversation.id)
     assert [(m.role, m.status) for m in messages] == [("user", "ok"), ("assistant", "failed")]
-    assert unescape(app.error[0].value) == messages[-1].content
-    (generation,) = stored.generations(conversation.id)
-    assert generation.status == "failed"
+    assert errors(app) == [messages[-1].content]
 
     app.selectbox(key=Keys.BACKEND).set_value("offline").run()
     send(app, FOX)
     assert "#1 · generate" in captions(app)
     assert len(errors(app)) == 1  # the earlier failure stays in the history
     assert [i.backend for i in stored.conversation_images(conversation.id)] == ["offline"]
+
+
+def test_a_turn_shows_its_plan_and_progress_while_it_runs(
+    app: AppTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the turn draws before the closing rerun replaces it with the stored messages."""
+    import streamlit
+
+    monkeypatch.setattr(streamlit, "rerun", lambda: None)  # AppTest runs the app in this process
+    send(app, FOX)
+    (status,) = app.status
+    assert status.label == "Done" and status.icon == ":material/check:"
+    plan = [unescape(m.value) for m in status.markdown]
+    assert any(line.startswith("**Prompt:** a red fox in the snow at night") for line in plan)
+    assert any(line.startswith("**Negative prompt:** ") for line in plan)
+    (bar,) = status.get("progress")
+    assert bar.proto.value == 100 and bar.proto.text == "Done"
+    assert "#1 is ready." in [unescape(m.value) for m in status.markdown]
 
 
 def test_rename_and_delete_with_confirmation(app: AppTest, stored: Repository) -> None:
@@ -212,3 +241,27 @@ def test_user_text_is_escaped_never_html(app: AppTest) -> None:
     assert "**bold**" not in user_markdown[0].value  # escaped, so not rendered as bold
     assert all(not m.proto.allow_html for m in app.markdown)
     assert all(not m.proto.allow_html for m in app.get("error"))
+
+
+def test_the_backend_is_built_once_per_configuration(
+    app: AppTest, stored: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reruns and turns reuse the cached backend (a diffusers pipeline must load once)."""
+    import assistant.backends
+    from assistant.ui import common
+
+    built: list[str] = []
+    real = assistant.backends.make_backend
+
+    def counting(settings: Any, choice: Any = None) -> Any:
+        built.append(settings.effective_backend.value)
+        return real(settings, choice)
+
+    monkeypatch.setattr(assistant.backends, "make_backend", counting)
+    common._backend.clear()
+    send(app, FOX)
+    send(app, "make it darker")
+    app.slider(key=Keys.STEPS).set_value(10).run()  # a setting the backend does not depend on
+    send(app, "make it brighter")
+    assert built == ["offline"]
+    assert len(stored.list_images()) == 3

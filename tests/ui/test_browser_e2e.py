@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 
 from storage.repository import Repository
 
@@ -133,6 +134,10 @@ def test_type_a_request_see_the_image_then_its_lineage(server: str, tmp_path: Pa
             sync_api.expect(page.get_by_text("#1 · generate")).to_be_visible(timeout=TURN_TIMEOUT_MS)
             page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
             page.screenshot(path=str(shots / "chat.png"))
+            with page.expect_download() as download:
+                page.get_by_role("button", name="PNG").first.click()
+            png_path = tmp_path / "download.png"
+            download.value.save_as(png_path)
 
             page.get_by_role("link", name="History").click()
             page.get_by_role("button", name="Details").first.click()
@@ -146,6 +151,8 @@ def test_type_a_request_see_the_image_then_its_lineage(server: str, tmp_path: Pa
 
     assert (shots / "chat.png").stat().st_size > 10_000
     assert (shots / "history.png").stat().st_size > 10_000
+    with PILImage.open(png_path) as png:  # the stored PNG, with its parameters in its metadata
+        assert png.size == (512, 512) and "a red fox" in png.info.get("parameters", "")
     repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
     try:
         (image_row,) = repo.list_images()

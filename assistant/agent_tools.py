@@ -1,0 +1,672 @@
+"""The tools the LLM agent may call, and how each call becomes a `Plan`.
+
+Every tool is a thin wrapper: validate the model's arguments (pydantic), look the image
+numbers up in the `PlannerContext` (never guess), build the same `Plan` the offline planner
+would build, and pass it through `enforce_capabilities`. Nothing here touches the database
+or a backend; `assistant.agent` hands the plan to `Assistant.execute`, the one code path that
+carries out plans for every planner.
+
+A problem with a call (bad arguments, an unknown image number, an unknown tool) raises
+`ToolCallError` whose message is written for a person: the agent sends it back to the model
+as the tool result, and the single-shot `plan()` turns it into a CLARIFY reply.
+
+There is deliberately no destructive tool: nothing the model says can delete anything.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from assistant.plan import (
+    ImageInfo,
+    Intent,
+    Plan,
+    PlannerContext,
+    cap_n,
+    enforce_capabilities,
+)
+from assistant.references import describe_image, list_images
+from assistant.rewrite import STYLE_PRESETS, build_negative, normalize_style
+from tools.base import Operation
+
+#: Longest prompt a tool accepts; longer text is a model running away, not a prompt.
+MAX_PROMPT_CHARS = 4000
+#: Smallest side a generated image may have.
+MIN_SIDE = 64
+DEFAULT_VARIATION_STRENGTH = 0.5
+DEFAULT_REDRAW_STRENGTH = 0.6
+#: Operations whose result has no seed of its own to re-roll.
+_NOT_REGENERABLE = frozenset({"upload", "upscale", "transform"})
+
+
+class ToolCallError(Exception):
+    """A tool call that cannot run; the message is shown to the model (and maybe the user)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The settings a tool call is checked against before anything runs."""
+
+    max_side: int = 2048
+    max_pixels_per_turn: int = 4096 * 4096
+
+
+# --------------------------------------------------------------------------------------------
+# argument models: the JSON schemas the model sees, and the validation of what it sends
+
+
+def _style_names() -> str:
+    return ", ".join(STYLE_PRESETS)
+
+
+class _Args(BaseModel):
+    """Shared config: unknown keys are ignored (small models add chatter), strings trimmed."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    tool_name: ClassVar[str] = ""
+
+    @field_validator("style", mode="before", check_fields=False)
+    @classmethod
+    def _known_style(cls, value: Any) -> str | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        style = normalize_style(str(value))
+        if style is None:
+            raise ValueError(f"unknown style {value!r}; use one of: {_style_names()}")
+        return style
+
+
+_NUMBER = Field(ge=1, description="The image's number in this conversation (#2 → 2), from the image list.")
+_N = Field(1, ge=1, le=1000, description="How many images to make (default 1).")
+_SEED = Field(None, ge=0, le=2**63, description="Only when the user asks for a specific seed.")
+_NEGATIVE = Field(
+    "",
+    max_length=MAX_PROMPT_CHARS,
+    description="What to keep out of the image; only for backends that take a negative prompt.",
+)
+_STYLE = Field(None, description=f"Optional style preset: {_style_names()}.")
+_UPLOAD = Field(False, description="True to work on the image the user attached to this message.")
+
+
+class GenerateImage(_Args):
+    """Create new image(s) from a text prompt. Use for anything that is not a change to an existing image."""
+
+    model_config = ConfigDict(title="generate_image")
+    tool_name: ClassVar[str] = "generate_image"
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="The full prompt: the user's subject first, then setting, composition, lighting, "
+        "medium/style and detail.",
+    )
+    negative_prompt: str = _NEGATIVE
+    size: str | None = Field(
+        None, description="WIDTHxHEIGHT in pixels (e.g. 1024x768); omit for the default."
+    )
+    n: int = _N
+    seed: int | None = _SEED
+    style: str | None = _STYLE
+    verbatim: bool = Field(
+        False,
+        description="True when the user asks to use their prompt exactly: then `prompt` is their words, "
+        "copied unchanged.",
+    )
+
+
+class EditImage(_Args):
+    """Change an existing image as the user asks (keeps everything else)."""
+
+    model_config = ConfigDict(title="edit_image")
+    tool_name: ClassVar[str] = "edit_image"
+    image_number: int = _NUMBER
+    instruction: str = Field("", max_length=MAX_PROMPT_CHARS, description="The requested change, briefly.")
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="The parent image's full prompt with only the requested change applied.",
+    )
+    negative_prompt: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="Omit to keep the parent's negative prompt."
+    )
+    style: str | None = _STYLE
+    n: int = _N
+    seed: int | None = _SEED
+
+
+class InpaintImage(_Args):
+    """Repaint the masked (white) area of an image; only when a mask is attached to this message."""
+
+    model_config = ConfigDict(title="inpaint_image")
+    tool_name: ClassVar[str] = "inpaint_image"
+    image_number: int | None = Field(None, ge=1, description="The image to paint into; omit for the upload.")
+    use_upload: bool = _UPLOAD
+    prompt: str = Field(
+        min_length=1, max_length=MAX_PROMPT_CHARS, description="The image's prompt with the new content."
+    )
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    seed: int | None = _SEED
+
+
+class VaryImage(_Args):
+    """Make variations of an image: same prompt, new seeds."""
+
+    model_config = ConfigDict(title="vary_image")
+    tool_name: ClassVar[str] = "vary_image"
+    image_number: int = _NUMBER
+    prompt: str | None = Field(
+        None,
+        max_length=MAX_PROMPT_CHARS,
+        description="Omit to keep the image's prompt; for 'variations with a moon', its full prompt "
+        "with that change.",
+    )
+    n: int = _N
+    strength: float = Field(
+        DEFAULT_VARIATION_STRENGTH,
+        ge=0.05,
+        le=0.95,
+        description="How far to move from the source: 0.35 subtle, 0.5 normal, 0.75 strong.",
+    )
+    seed: int | None = _SEED
+
+
+class RedrawImage(_Args):
+    """Image-to-image: redraw an image (or the upload) as something new, keeping its layout."""
+
+    model_config = ConfigDict(title="redraw_image")
+    tool_name: ClassVar[str] = "redraw_image"
+    image_number: int | None = Field(None, ge=1, description="The starting image; omit for the upload.")
+    use_upload: bool = _UPLOAD
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What the result should show.")
+    negative_prompt: str = _NEGATIVE
+    strength: float = Field(
+        DEFAULT_REDRAW_STRENGTH, ge=0.05, le=0.95, description="How far to move from the source (0..1)."
+    )
+    style: str | None = _STYLE
+    n: int = _N
+    seed: int | None = _SEED
+
+
+def _transform_names() -> list[Any]:
+    from tools.transforms import TRANSFORMS
+
+    return list(TRANSFORMS)
+
+
+class TransformImage(_Args):
+    """Model-free pixel operations: upscale (factor 2 or 4), grayscale, sepia, blur, sharpen, rotate
+    (degrees, positive = left), flip (direction), crop (aspect like "16:9"), resize (width, height),
+    brightness/contrast/saturation (factor), border (width, color)."""
+
+    model_config = ConfigDict(title="transform_image")
+    tool_name: ClassVar[str] = "transform_image"
+    image_number: int | None = Field(None, ge=1, description="The image to transform.")
+    image_numbers: list[int] | None = Field(
+        None, description="Several images to transform the same way (instead of image_number)."
+    )
+    operation: str = Field(json_schema_extra={"enum": _transform_names()})
+    args: dict[str, Any] = Field(default_factory=dict, description='e.g. {"factor": 4} or {"aspect": "1:1"}.')
+
+
+class RegenerateImage(_Args):
+    """Run the request that made an image again with a new seed (or the given one)."""
+
+    model_config = ConfigDict(title="regenerate_image")
+    tool_name: ClassVar[str] = "regenerate_image"
+    image_number: int = _NUMBER
+    n: int = _N
+    seed: int | None = _SEED
+
+
+class DescribeImage(_Args):
+    """Look up what is recorded about an image: its prompt, its parameters (seed, size) or its lineage."""
+
+    model_config = ConfigDict(title="describe_image")
+    tool_name: ClassVar[str] = "describe_image"
+    image_number: int = _NUMBER
+    about: Literal["prompt", "params", "lineage"] = "prompt"
+
+
+class DescribeLineage(_Args):
+    """How an image came about: the chain of images and edits that led to it."""
+
+    model_config = ConfigDict(title="describe_lineage")
+    tool_name: ClassVar[str] = "describe_lineage"
+    image_number: int = _NUMBER
+
+
+class ListImages(_Args):
+    """List this conversation's images with their numbers and what made them."""
+
+    model_config = ConfigDict(title="list_images")
+    tool_name: ClassVar[str] = "list_images"
+
+
+# --------------------------------------------------------------------------------------------
+# shared checks
+
+
+def _image(context: PlannerContext, number: int) -> ImageInfo:
+    info = context.image(number)
+    if info is None:
+        if not context.images:
+            raise ToolCallError(f"There is no image #{number}: this conversation has no images yet.")
+        raise ToolCallError(
+            f"There is no image #{number} in this conversation; it has {list_images(context.images)}. "
+            "Which one do you mean?"
+        )
+    return info
+
+
+def _upload_number(context: PlannerContext) -> int | None:
+    last = context.last
+    if context.has_upload and last is not None and last.operation == "upload":
+        return last.number
+    return None
+
+
+def _source(context: PlannerContext, number: int | None, use_upload: bool) -> tuple[ImageInfo, bool]:
+    """The image a call works on and whether it is this message's upload."""
+    upload = _upload_number(context)
+    if use_upload or number is None:
+        if upload is None:
+            if use_upload:
+                raise ToolCallError("No image is attached to this message; give an image_number instead.")
+            raise ToolCallError("image_number is required (no image is attached to this message).")
+        number = upload
+    info = _image(context, number)
+    return info, upload is not None and info.number == upload
+
+
+def _with_style(prompt: str, style: str | None) -> str:
+    """The preset's terms appended once, so a style means the same words for every planner."""
+    preset = STYLE_PRESETS.get(style or "")
+    if preset is None:
+        return prompt
+    lowered = prompt.lower()
+    extra = [term for term in preset.positive if term.lower() not in lowered]
+    return ", ".join([prompt, *extra]) if prompt else ", ".join(extra)
+
+
+def _negative(given: str | None, style: str | None, prompt: str, base: str, context: PlannerContext) -> str:
+    """The model's negative prompt (or `base`), plus the style's terms; empty for backends without one."""
+    if not context.backend_takes_negative_prompt:
+        return ""
+    text = given if given else base
+    if not text:
+        return build_negative(style, prompt)
+    preset = STYLE_PRESETS.get(style or "")
+    terms = [t.strip() for t in text.split(",") if t.strip()]
+    lowered = {t.lower() for t in terms}
+    terms += [t for t in (preset.negative if preset else ()) if t.lower() not in lowered]
+    return ", ".join(terms)
+
+
+def _size(value: str | None, n: int, limits: Limits) -> tuple[int, int] | None:
+    if value is None or not value.strip():
+        return None
+    m = re.fullmatch(r"\s*(\d{1,5})\s*[x×X*]\s*(\d{1,5})\s*", value)
+    if m is None:
+        raise ToolCallError(f"size must look like 1024x768, not {value!r}.")
+    width, height = int(m.group(1)), int(m.group(2))
+    if min(width, height) < MIN_SIDE or max(width, height) > limits.max_side:
+        raise ToolCallError(
+            f"size {width}x{height} is out of range: each side must be {MIN_SIDE}..{limits.max_side} px."
+        )
+    if width * height * n > limits.max_pixels_per_turn:
+        raise ToolCallError(
+            f"{n} × {width}x{height} is more pixels than one turn may make; use fewer or smaller."
+        )
+    return width, height
+
+
+def _is_users_words(prompt: str, text: str) -> bool:
+    return bool(prompt) and prompt in text
+
+
+def _join(*parts: str | None) -> str | None:
+    text = " ".join(p for p in parts if p)
+    return text or None
+
+
+# --------------------------------------------------------------------------------------------
+# calls → plans
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a builder needs besides the arguments: the user's words, the context, any preface."""
+
+    text: str
+    context: PlannerContext
+    limits: Limits
+    #: text the model wrote next to its tool call ("I'll ignore that part…"), shown to the user
+    preface: str | None = None
+
+
+def _generate(args: GenerateImage, call: Call) -> Plan:
+    context = call.context
+    n, note = cap_n(args.n, context)
+    size = _size(args.size, n, call.limits)
+    if args.verbatim and not _is_users_words(args.prompt, call.text):
+        raise ToolCallError(
+            "verbatim=true needs the user's own words copied exactly as the prompt; "
+            f"{args.prompt!r} is not in their message."
+        )
+    verbatim = args.verbatim or context.verbatim
+    if verbatim:
+        # The "use my prompt exactly" setting: the model may trim command words, never rewrite.
+        prompt = args.prompt if _is_users_words(args.prompt, call.text) else call.text.strip()
+        negative, style = "", None
+    else:
+        style = args.style or normalize_style(context.style)
+        prompt = _with_style(args.prompt, style)
+        negative = _negative(args.negative_prompt, style, prompt, "", context)
+    return Plan(
+        intent=Intent.GENERATE,
+        instruction=call.text,
+        prompt=prompt,
+        negative_prompt=negative,
+        n=n,
+        seed=args.seed,
+        style=style,
+        verbatim=verbatim,
+        reply=_join(call.preface, note),
+        size=size,
+    )
+
+
+def _edit(args: EditImage, call: Call) -> Plan:
+    context = call.context
+    parent, is_upload = _source(context, args.image_number, False)
+    n, note = cap_n(args.n, context)
+    new_style = args.style if args.style != parent.style else None
+    style = new_style or parent.style
+    prompt = args.prompt if context.verbatim else _with_style(args.prompt, new_style)
+    return Plan(
+        intent=Intent.EDIT,
+        targets=(parent.number,),
+        instruction=call.text,
+        prompt=prompt,
+        negative_prompt=_negative(
+            args.negative_prompt, new_style, prompt, "" if new_style else parent.negative_prompt, context
+        ),
+        n=n,
+        seed=args.seed,
+        style=style,
+        verbatim=context.verbatim,
+        reply=_join(call.preface, note),
+        use_upload=is_upload,
+    )
+
+
+def _inpaint(args: InpaintImage, call: Call) -> Plan:
+    context = call.context
+    if not context.has_mask:
+        raise ToolCallError(
+            "inpaint_image needs a mask attached to this message (white where the image should change); "
+            "use edit_image to change a whole image."
+        )
+    source, is_upload = _source(context, args.image_number, args.use_upload)
+    return Plan(
+        intent=Intent.INPAINT,
+        targets=(source.number,),
+        instruction=call.text,
+        prompt=args.prompt,
+        negative_prompt=_negative(args.negative_prompt, None, args.prompt, source.negative_prompt, context),
+        seed=args.seed,
+        style=source.style,
+        verbatim=context.verbatim,
+        reply=call.preface,
+        use_upload=is_upload,
+    )
+
+
+def _vary(args: VaryImage, call: Call) -> Plan:
+    context = call.context
+    target = _image(context, args.image_number)
+    n, note = cap_n(args.n, context)
+    return Plan(
+        intent=Intent.VARIATION,
+        targets=(target.number,),
+        instruction=call.text,
+        prompt=args.prompt or target.prompt,
+        negative_prompt=target.negative_prompt if context.backend_takes_negative_prompt else "",
+        n=n,
+        strength=args.strength,
+        new_seed=args.seed is None,
+        seed=args.seed,
+        style=target.style,
+        verbatim=context.verbatim,
+        reply=_join(call.preface, note),
+        use_upload=target.number == _upload_number(context),
+    )
+
+
+def _redraw(args: RedrawImage, call: Call) -> Plan:
+    context = call.context
+    source, is_upload = _source(context, args.image_number, args.use_upload)
+    n, note = cap_n(args.n, context)
+    style = None if context.verbatim else args.style or normalize_style(context.style)
+    prompt = args.prompt if context.verbatim else _with_style(args.prompt, style)
+    return Plan(
+        intent=Intent.IMG2IMG,
+        targets=(source.number,),
+        instruction=call.text,
+        prompt=prompt,
+        negative_prompt=""
+        if context.verbatim
+        else _negative(args.negative_prompt, style, prompt, "", context),
+        n=n,
+        strength=args.strength,
+        seed=args.seed,
+        style=style,
+        verbatim=context.verbatim,
+        reply=_join(call.preface, note),
+        use_upload=is_upload,
+    )
+
+
+def _check_transform(name: str, args: Mapping[str, Any]) -> None:
+    """The transform's own signature decides which arguments are allowed or missing."""
+    from tools.transforms import TRANSFORMS
+
+    if name not in TRANSFORMS:
+        raise ToolCallError(f"Unknown operation {name!r}; available: {', '.join(TRANSFORMS)}.")
+    parameters = list(inspect.signature(TRANSFORMS[name]).parameters.values())[1:]
+    known = [p.name for p in parameters]
+    unknown = sorted(set(args) - set(known))
+    if unknown:
+        raise ToolCallError(
+            f"{name} does not take {', '.join(unknown)}; it takes: {', '.join(known) or 'nothing'}."
+        )
+    missing = [p.name for p in parameters if p.default is inspect.Parameter.empty and p.name not in args]
+    if missing:
+        raise ToolCallError(f"{name} needs {', '.join(missing)}.")
+    if name == "upscale" and args.get("factor", 2) not in (2, 4):
+        raise ToolCallError(f"upscale factor must be 2 or 4, not {args.get('factor')!r}.")
+
+
+def _transform(args: TransformImage, call: Call) -> Plan:
+    context = call.context
+    numbers = list(args.image_numbers or ())
+    if args.image_number is not None:
+        numbers.insert(0, args.image_number)
+    if not numbers:
+        upload = _upload_number(context)
+        if upload is None:
+            raise ToolCallError("image_number is required.")
+        numbers = [upload]
+    targets = tuple(dict.fromkeys(_image(context, number).number for number in numbers))
+    name = args.operation.strip().lower()
+    transform_args = dict(args.args)
+    _check_transform(name, transform_args)
+    if name == "upscale":
+        transform_args.setdefault("factor", 2)
+    return Plan(
+        intent=Intent.UPSCALE if name == "upscale" else Intent.TRANSFORM,
+        targets=targets,
+        instruction=call.text,
+        transform=name,
+        transform_args=transform_args,
+        reply=call.preface,
+        use_upload=targets == (_upload_number(context),),
+    )
+
+
+def _regenerate(args: RegenerateImage, call: Call) -> Plan:
+    context = call.context
+    target = _image(context, args.image_number)
+    if target.operation in _NOT_REGENERABLE:
+        what = f"{'an' if target.operation[0] in 'aeiou' else 'a'} {target.operation}"
+        source = f" of #{target.parent_number}" if target.parent_number is not None else ""
+        hint = f" Regenerate #{target.parent_number} to redo that one." if source else ""
+        raise ToolCallError(f"#{target.number} is {what}{source}, so there is nothing to re-roll.{hint}")
+    n, note = cap_n(args.n, context)
+    return Plan(
+        intent=Intent.REGENERATE,
+        targets=(target.number,),
+        instruction=call.text,
+        prompt=target.prompt,
+        negative_prompt=target.negative_prompt if context.backend_takes_negative_prompt else "",
+        n=n,
+        new_seed=args.seed is None,
+        seed=args.seed,
+        style=target.style,
+        verbatim=context.verbatim,
+        reply=_join(call.preface, note),
+        operation=Operation(target.operation),
+    )
+
+
+def _describe(number: int | None, kind: str, call: Call) -> Plan:
+    targets = () if number is None else (_image(call.context, number).number,)
+    return Plan(
+        intent=Intent.DESCRIBE,
+        targets=targets,
+        instruction=call.text,
+        question_kind=kind,
+        reply=describe_from_context(kind, targets, call.context),
+    )
+
+
+_Builder = Callable[[Any, Call], Plan]
+
+#: name → (argument model, builder). The order is the order the model sees them in.
+TOOLS: dict[str, tuple[type[_Args], _Builder]] = {
+    "generate_image": (GenerateImage, _generate),
+    "edit_image": (EditImage, _edit),
+    "inpaint_image": (InpaintImage, _inpaint),
+    "vary_image": (VaryImage, _vary),
+    "redraw_image": (RedrawImage, _redraw),
+    "transform_image": (TransformImage, _transform),
+    "regenerate_image": (RegenerateImage, _regenerate),
+    "describe_image": (DescribeImage, lambda a, c: _describe(a.image_number, a.about, c)),
+    "describe_lineage": (DescribeLineage, lambda a, c: _describe(a.image_number, "lineage", c)),
+    "list_images": (ListImages, lambda a, c: _describe(None, "list", c)),
+}
+
+
+def tool_schemas(context: PlannerContext) -> list[dict[str, Any]]:
+    """OpenAI function schemas for this turn; inpainting is offered only when a mask is attached."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    return [
+        convert_to_openai_tool(model)
+        for name, (model, _) in TOOLS.items()
+        if name != "inpaint_image" or context.has_mask
+    ]
+
+
+def _validation_message(name: str, error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item.get("loc", ())) or "arguments"
+        message = str(item.get("msg", "invalid"))
+        if item.get("type") != "missing" and "input" in item:
+            message += f" (got {item['input']!r:.60})"
+        parts.append(f"{where}: {message}")
+    return f"Invalid arguments for {name}: " + "; ".join(parts) + "."
+
+
+def plan_for_call(name: str, arguments: Any, call: Call) -> Plan:
+    """One tool call → a runnable (or honestly explained) Plan; raises ToolCallError otherwise."""
+    entry = TOOLS.get(name)
+    if entry is None:
+        raise ToolCallError(f"Unknown tool {name!r}. Available tools: {', '.join(TOOLS)}.")
+    model, build = entry
+    if isinstance(arguments, str) or not isinstance(arguments, Mapping):
+        raise ToolCallError(f"Invalid arguments for {name}: expected a JSON object, got {arguments!r:.80}.")
+    try:
+        args = model.model_validate(dict(arguments))
+    except ValidationError as error:
+        raise ToolCallError(_validation_message(name, error)) from None
+    plan = build(args, call)
+    return enforce_capabilities(plan, call.context)
+
+
+# --------------------------------------------------------------------------------------------
+# answers from the context alone (for `plan()`, which has no database)
+
+
+def _lineage(context: PlannerContext, number: int) -> list[ImageInfo]:
+    chain: list[ImageInfo] = []
+    current = context.image(number)
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = context.image(current.parent_number) if current.parent_number is not None else None
+    return chain[::-1]
+
+
+def _step(info: ImageInfo) -> str:
+    if info.parent_number is None:
+        if info.operation == "upload":
+            return f"#{info.number} uploaded"
+        return f"#{info.number} {info.operation} from “{describe_image(info, 80)}”"
+    words = f" (“{info.instruction}”)" if info.instruction else ""
+    return f"#{info.number} {info.operation} of #{info.parent_number}{words}"
+
+
+def describe_from_context(kind: str, targets: Sequence[int], context: PlannerContext) -> str:
+    """The answer to a DESCRIBE plan from the structured image list (the executor re-reads storage)."""
+    if kind == "list":
+        if not context.images:
+            return "There are no images in this conversation yet."
+        return "Images in this conversation:\n" + "\n".join(
+            f"#{i.number} {i.operation}: {describe_image(i, 70)}" for i in context.images
+        )
+    parts = []
+    for number in targets:
+        info = context.image(number)
+        if info is None:
+            continue
+        if kind == "lineage":
+            parts.append(
+                f"How #{number} came about: " + " → ".join(_step(i) for i in _lineage(context, number))
+            )
+        elif kind == "params":
+            seed = "no seed" if info.seed is None else f"seed {info.seed}"
+            source = f" of #{info.parent_number}" if info.parent_number is not None else ""
+            parts.append(f"#{number}: {info.operation}{source}, {seed}, {info.width}×{info.height}")
+        else:
+            text = (
+                f"#{number} was made with the prompt “{info.prompt}”"
+                if info.prompt
+                else f"#{number} has no prompt"
+            )
+            if info.negative_prompt:
+                text += f" (negative: “{info.negative_prompt}”)"
+            parts.append(text + ".")
+    return "\n".join(parts)
+
+
+def with_preface(plan: Plan, text: str | None) -> Plan:
+    """Put a line in front of what the user will read (used for the fallback note)."""
+    if not text:
+        return plan
+    return replace(plan, reply=_join(text, plan.reply))

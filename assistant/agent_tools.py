@@ -125,7 +125,12 @@ class EditImage(_Args):
     model_config = ConfigDict(title="edit_image")
     tool_name: ClassVar[str] = "edit_image"
     image_number: int = _NUMBER
-    instruction: str = Field("", max_length=MAX_PROMPT_CHARS, description="The requested change, briefly.")
+    instruction: str = Field(
+        "",
+        max_length=MAX_PROMPT_CHARS,
+        description="The requested change in a few words (kept with the tool call; the image records "
+        "the user's own message).",
+    )
     prompt: str = Field(
         min_length=1,
         max_length=MAX_PROMPT_CHARS,

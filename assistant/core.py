@@ -321,7 +321,14 @@ class Assistant:
             raise TurnFailed("Inpainting needs a mask: upload one (white where the image should change).")
         for source in sources:
             yield from self._backend_call(
-                state, operation, plan.prompt, source, mask, (source.width, source.height), plan.n
+                state,
+                operation,
+                plan.prompt,
+                source,
+                mask,
+                (source.width, source.height),
+                plan.n,
+                seed=self._edit_seed(plan, operation, source),
             )
 
     def _sources(self, conversation_id: int, plan: Plan, upload: Image | None) -> list[Image]:
@@ -375,6 +382,16 @@ class Assistant:
         while seed == previous:
             seed = secrets.randbelow(2**32)
         return seed
+
+    def _edit_seed(self, plan: Plan, operation: Operation, source: Image) -> int | None:
+        """Edits keep the source's seed, so what the user didn't ask to change stays put.
+
+        Variations (and an explicit "new seed" or "seed 42") draw their own.
+        """
+        keeps_layout = operation in (Operation.EDIT, Operation.INPAINT, Operation.IMG2IMG)
+        if keeps_layout and source.seed is not None and plan.seed is None and not plan.new_seed:
+            return source.seed
+        return None
 
     def _check_budget(self, conversation_id: int) -> None:
         budget = self.settings.cost_budget_usd

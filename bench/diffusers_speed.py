@@ -25,6 +25,7 @@ SDXL in fp16 is ~7 GB on disk in the work folder; pass --workdir to keep and reu
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import shutil
@@ -171,13 +172,14 @@ def build_pipeline(model: str, *, tiny: bool, device: str, dtype: Any) -> Any:
     with torch.device(device):
         unet = UNet2DConditionModel(in_channels=4, out_channels=4, **unet_config(model, tiny))
         vae = AutoencoderKL(in_channels=3, out_channels=3, **vae_config(model, tiny))
+        pipe: Any
         if model == "sd15":
             pipe = StableDiffusionPipeline(
                 vae=vae,
                 text_encoder=text("clip-l", CLIPTextModel),
                 tokenizer=tokenizer,
                 unet=unet,
-                scheduler=PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, **beta),  # type: ignore[arg-type]
+                scheduler=PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, **beta),
                 safety_checker=None,
                 feature_extractor=None,
                 requires_safety_checker=False,
@@ -190,7 +192,7 @@ def build_pipeline(model: str, *, tiny: bool, device: str, dtype: Any) -> Any:
                 tokenizer=tokenizer,
                 tokenizer_2=byte_level_clip_tokenizer(),
                 unet=unet,
-                scheduler=EulerDiscreteScheduler(timestep_spacing="leading", **beta),  # type: ignore[arg-type]
+                scheduler=EulerDiscreteScheduler(timestep_spacing="leading", **beta),
                 force_zeros_for_empty_prompt=True,
             )
     return pipe.to(dtype=dtype)
@@ -356,7 +358,7 @@ def time_diffusers(
         call(2)  # first use of a shape: kernels, allocator
         mem: list[float | None] = []
         with peak_memory(device, mem):
-            seconds = timed(lambda call=call: call(args.steps), device, args.repeats)
+            seconds = timed(functools.partial(call, args.steps), device, args.repeats)
         results[size, batch] = (seconds / batch, mem[0])
         print(f"  diffusers {folder.name} {size}² ×{batch}: {seconds / batch:.3f} s/img", flush=True)
     return results, flops
@@ -404,7 +406,7 @@ def time_atelier(
         request(2)
         mem: list[float | None] = []
         with peak_memory(args.device, mem):
-            seconds = timed(lambda request=request: request(args.steps), args.device, args.repeats)
+            seconds = timed(functools.partial(request, args.steps), args.device, args.repeats)
         compiled = bool(request(1).params["compiled"])
         results[size, batch] = (seconds / batch, mem[0], compiled)
         print(f"  atelier   {folder.name} {size}² ×{batch}: {seconds / batch:.3f} s/img", flush=True)

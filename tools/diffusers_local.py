@@ -524,6 +524,43 @@ def _compile_unet(unet: Any, mode: str) -> Any:
     return torch.compile(unet, mode=mode, dynamic=False)
 
 
+def _contiguous_inputs(
+    module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Give the compiled UNet one memory layout whatever the pipeline made.
+
+    Compiled graphs guard on strides. Text-to-image latents come from `randn` (contiguous), but
+    image-to-image and inpainting latents come out of the VAE encoder in channels-last layout
+    (PIL → numpy HWC → permuted tensor); without this, the first such request would recompile
+    inside the request. Copying a latent per step costs microseconds.
+    """
+    return tuple(_contiguous(a) for a in args), {k: _contiguous(v) for k, v in kwargs.items()}
+
+
+def _contiguous(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.contiguous()
+    if isinstance(value, dict):
+        return {k: _contiguous(v) for k, v in value.items()}
+    return value
+
+
+def _use_compile_cache(folder: Path) -> None:
+    """Point inductor's caches (FX graphs, autotuning, Triton kernels) at a folder that outlives /tmp.
+
+    Inductor reads TORCHINDUCTOR_CACHE_DIR each time it needs a cache, but importing diffusers
+    already fills it with the /tmp default; only a folder a user chose themselves is kept.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+
+
 class UnetCompiler:
     """Compiles the UNet for the shapes requests use, in a daemon thread, while requests run eagerly.
 
@@ -551,14 +588,14 @@ class UnetCompiler:
         self._idle.set()
         self._stopping = False
         if cache_dir is not None:
-            # inductor and triton read these when they first need a cache, not at import
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "torchinductor"))
-            os.environ.setdefault("TRITON_CACHE_DIR", str(cache_dir / "triton"))
+            _use_compile_cache(cache_dir / "torchinductor")
         torch._inductor.config.fx_graph_cache = True
         torch._inductor.config.conv_1x1_as_mm = True
         # one static graph per shape; we route by shape ourselves, so allow as many as we warm
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, MAX_COMPILED_SHAPES)
         self.compiled = _compile_unet(loaded.unet, mode)
+        # runs eagerly, before the compiled graph: see _contiguous_inputs
+        self.compiled.register_forward_pre_hook(_contiguous_inputs, with_kwargs=True)
         self._warm_pipe: Any = None
         self._thread = threading.Thread(target=self._work, name="atelier-unet-compile", daemon=True)
         self._thread.start()

@@ -496,6 +496,7 @@ class _Painter:
             self.paint_figures,
             self.paint_weather,
             self.paint_texture,
+            self.paint_exposure,
             self.paint_style,
         ]
 
@@ -993,6 +994,12 @@ class _Painter:
             pixels = pixels * 0.65 + colour * (0.5 + 0.5 * luminance) * 0.35
         grain = self._rng("texture").normal(0, 2.5, (self.height, self.width, 1)).astype(np.float32)
         self._store(pixels + grain)
+
+    def paint_exposure(self) -> None:
+        """Mood words ("dark, low-key lighting", "bright") scale the whole picture's brightness."""
+        if self.scene.exposure != 1.0:
+            pixels = self._pixels()
+            self._store(np.clip(pixels * self.scene.exposure, 0, 255))
 
     def paint_style(self) -> None:
         if self.scene.style is not None:

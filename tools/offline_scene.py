@@ -241,6 +241,8 @@ class Scene:
     style: Style | None = None
     #: the prompt words that were understood, in order (for notes and tests)
     understood: tuple[str, ...] = ()
+    #: overall brightness from mood words: "dark, low-key" < 1 < "bright, high-key"
+    exposure: float = 1.0
 
     def colours_for(self, element: str) -> tuple[RGB, ...]:
         for name, colour_names in self.element_colours:
@@ -261,6 +263,10 @@ class Scene:
             parts.append(f"{self.composition} composition")
         if self.style:
             parts.append(f"{self.style} style")
+        if self.exposure < 1.0:
+            parts.append("darker")
+        elif self.exposure > 1.0:
+            parts.append("brighter")
         return "offline sketch: " + ", ".join(parts)
 
 
@@ -324,9 +330,33 @@ def _tag(tokens: list[str]) -> list[tuple[str, str, str]]:
     return tagged
 
 
+#: Mood words that change overall brightness; an edit like "make it darker" must be visible
+#: even when the time of day stays the same. Each further word compounds the effect.
+_DARKER = frozenset(
+    {"dark", "darker", "darkest", "dim", "dimmer", "gloomy", "moody", "shadowy", "low", "murky"}
+)
+_BRIGHTER = frozenset({"bright", "brighter", "brightest", "luminous", "radiant", "airy", "high"})
+_KEY_WORDS = frozenset({"key"})
+
+
+def _exposure(tokens: list[str]) -> float:
+    """ "low-key"/"dark" darken, "high-key"/"bright" brighten; "low"/"high" count only before "key"."""
+    exposure = 1.0
+    for index, token in enumerate(tokens):
+        followed_by_key = index + 1 < len(tokens) and tokens[index + 1] in _KEY_WORDS
+        if token in ("low", "high") and not followed_by_key:
+            continue
+        if token in _DARKER:
+            exposure *= 0.72
+        elif token in _BRIGHTER:
+            exposure *= 1.25
+    return max(0.3, min(1.8, exposure))
+
+
 def parse_scene(prompt: str) -> Scene:
     """Read the positive prompt into a `Scene`; words it does not know are simply ignored."""
-    tagged = _tag(_strip_boilerplate(_tokens(prompt)))
+    tokens = _strip_boilerplate(_tokens(prompt))
+    tagged = _tag(tokens)
 
     time_of_day: TimeOfDay | None = None
     weather: list[Weather] = []
@@ -384,6 +414,7 @@ def parse_scene(prompt: str) -> Scene:
         composition=composition,
         style=style,
         understood=tuple(understood),
+        exposure=_exposure(tokens),
     )
 
 

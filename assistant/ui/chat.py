@@ -287,10 +287,10 @@ def _run_turn(ctx: UiContext, conversation_id: int | None, request: TurnRequest)
     with st.chat_message("user"):
         st.markdown(escape_markdown(request.text) if request.text else "_(no text)_")
         for label in request.labels:
-            st.caption(f"Attached: {label}")
+            st.caption(f"Attached: {escape_markdown(label)}")
     failure: Failed | None = None
     with st.chat_message("assistant"):
-        status = st.status("Understanding your request…", expanded=False)
+        status = st.status("Understanding your request…", expanded=True)
         bar: Any = None
         assistant = common.make_assistant(ctx.settings, ctx.repo)
         events = assistant.respond(conversation_id, request.text, request.attachments)
@@ -313,7 +313,7 @@ def _run_turn(ctx: UiContext, conversation_id: int | None, request: TurnRequest)
                 elif isinstance(event, Reply):
                     if bar is not None:
                         bar.progress(1.0, text="Done")
-                    status.update(label="Done", state="complete")
+                    status.update(label="Done", state="complete", expanded=False)
                 elif isinstance(event, Failed):
                     failure = event
                     status.update(label="That didn't work", state="error")
@@ -369,6 +369,8 @@ def render() -> None:
             "Describe a picture to start a new conversation. Each image gets a number "
             "(#1, #2, …) you can refer to: " + ", ".join(f"“{escape_markdown(e)}”" for e in EXAMPLES) + "."
         )
+    live = st.container()  # the turn draws here, under the history and above the input area
     request = _input_area(ctx)
     if request is not None:
-        _run_turn(ctx, conversation.id if conversation else None, request)
+        with live:
+            _run_turn(ctx, conversation.id if conversation else None, request)

@@ -6,6 +6,7 @@ so a database from any released version upgrades by the same path.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -13,6 +14,9 @@ from alembic.config import Config
 from sqlalchemy import Connection
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
+#: Alembic keeps its `context`/`op` proxies in module globals, so two threads must never
+#: migrate at once; other processes are kept apart by the BEGIN IMMEDIATE around it.
+_MIGRATION_LOCK = threading.Lock()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -24,9 +28,11 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def upgrade_to_head(connection: Connection) -> None:
-    command.upgrade(alembic_config(connection), "head")
+    with _MIGRATION_LOCK:
+        command.upgrade(alembic_config(connection), "head")
 
 
 def upgrade_to(connection: Connection, revision: str) -> None:
     """Used by tests to build a database as an earlier release left it."""
-    command.upgrade(alembic_config(connection), revision)
+    with _MIGRATION_LOCK:
+        command.upgrade(alembic_config(connection), revision)

@@ -317,3 +317,20 @@ def test_repository_is_the_only_state(tmp_path: Path) -> None:
     events = run(second, conversation_id, "#1: make it pink")
     assert images_of(events)[0].parent_id == first.repo.get_image_by_number(conversation_id, 1).id
     assert isinstance(second.repo, Repository)
+
+
+@pytest.mark.parametrize(
+    "prompt", ["a red fox in the snow at night", "a green forest at noon", "a city at sunset"]
+)
+def test_make_it_darker_keeps_the_layout_and_is_darker(tmp_path: Path, prompt: str) -> None:
+    """An edit reuses the source's seed, so only what was asked for changes."""
+    from PIL import ImageStat
+
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, prompt)[0].conversation_id
+    run(assistant, conversation_id, "make it darker")
+    repo = assistant.repo
+    first, second = (repo.get_image_by_number(conversation_id, n) for n in (1, 2))
+    assert second.seed == first.seed and second.parent_id == first.id
+    brightness = [ImageStat.Stat(repo.load_image(i).convert("L")).mean[0] for i in (first, second)]
+    assert brightness[1] < brightness[0] * 0.85, brightness

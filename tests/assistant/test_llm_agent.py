@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from PIL import Image as PILImage
+from pydantic import SecretStr
 
 from assistant.agent import ChatUnavailable, LLMAgent, context_block, history_messages
 from assistant.core import Assistant, Attachment
@@ -27,7 +28,7 @@ from assistant.offline_planner import OfflinePlanner
 from assistant.plan import PlannerContext
 from assistant.planners import make_planner
 from assistant.runtime import open_repository
-from assistant.settings import ChatFailureMode, Settings
+from assistant.settings import BackendChoice, ChatFailureMode, Settings
 from storage.repository import NewImage
 from tests.fake_openai import (
     CHAT_COMPLETIONS,
@@ -55,20 +56,22 @@ def open_assistant(
 ) -> tuple[Assistant, LLMAgent]:
     settings = Settings(
         data_dir=data_dir,
-        backend="offline",
+        backend=BackendChoice.OFFLINE,
         width=128,
         height=128,
         steps=4,
         chat_base_url=base_url,
         chat_model="fake-chat-model",
-        chat_api_key=SENTINEL,
+        chat_api_key=SecretStr(SENTINEL),
         **overrides,
     )
     agent = LLMAgent(settings, max_retries=0, streaming=streaming)
     return Assistant(settings, open_repository(settings), planner=agent, planner_name=agent.name), agent
 
 
-def answer(content: str | None = None, calls: list[dict[str, Any]] | None = None, *, stream: bool = False) -> CannedResponse:
+def answer(
+    content: str | None = None, calls: list[dict[str, Any]] | None = None, *, stream: bool = False
+) -> CannedResponse:
     if stream:
         return chat_completion_stream([content] if content else [], tool_calls=calls or [])
     return chat_completion(content, tool_calls=calls or [])
@@ -108,7 +111,7 @@ def seed_images(assistant: Assistant, count: int) -> int:
                 NewImage(
                     image=PILImage.new("RGB", (128, 128), (40 * i, 80, 120)),
                     operation="generate",
-                    backend="offline",
+                    backend=BackendChoice.OFFLINE,
                     model="sketch",
                     prompt=f"{CABIN}, version {i + 1}",
                     instruction="a cozy cabin",
@@ -126,7 +129,7 @@ def seed_images(assistant: Assistant, count: int) -> int:
 def test_tool_call_runs_stores_and_reports_back_then_answers(
     tmp_path: Path, server: FakeOpenAI, stream: bool
 ) -> None:
-    assistant, agent = open_assistant(tmp_path, server.base_url, streaming=stream)
+    assistant, _ = open_assistant(tmp_path, server.base_url, streaming=stream)
     generate = tool_call("generate_image", {"prompt": CABIN, "negative_prompt": "blurry"}, "call_gen_1")
     server.enqueue(
         CHAT_COMPLETIONS,
@@ -146,7 +149,7 @@ def test_tool_call_runs_stores_and_reports_back_then_answers(
     assert isinstance(events[-1], Reply) and events[-1].text == "Here is #1: a cozy cabin at night."
 
     first, second = server.requests_to(CHAT_COMPLETIONS)
-    assert bool(first.json["stream"]) is stream if "stream" in first.json else not stream
+    assert bool(first.json.get("stream", False)) is stream
     assert first.header("authorization") == f"Bearer {SENTINEL}"
     sent_back = messages_of(second)
     assistant_turn = next(m for m in sent_back if m["role"] == "assistant" and m.get("tool_calls"))
@@ -166,7 +169,11 @@ def test_tool_call_runs_stores_and_reports_back_then_answers(
     # the next turn: an edit of #1, with the history read back from the database
     edit = tool_call(
         "edit_image",
-        {"image_number": 1, "instruction": "snowier", "prompt": CABIN.replace("at night", "at night, heavy snowfall")},
+        {
+            "image_number": 1,
+            "instruction": "snowier",
+            "prompt": CABIN.replace("at night", "at night, heavy snowfall"),
+        },
         "call_edit_1",
     )
     server.enqueue(CHAT_COMPLETIONS, answer(None, [edit], stream=stream), answer("Done: #2.", stream=stream))
@@ -179,6 +186,36 @@ def test_tool_call_runs_stores_and_reports_back_then_answers(
     assert history[-1] == {"role": "user", "content": "make it snowier"}
     assert tool_results(fourth)["call_edit_1"].startswith("Created #2 (edit of #1).")
     assert assistant.repo.get_image_by_number(conversation_id, 2).parent_id == image.id
+
+
+def test_several_calls_in_one_answer_and_servers_that_omit_call_ids(
+    tmp_path: Path, server: FakeOpenAI
+) -> None:
+    """Local servers (llama.cpp, some Ollama models) may send tool calls without ids."""
+    assistant, _ = open_assistant(tmp_path, server.base_url)
+    no_id = {
+        "type": "function",
+        "function": {"name": "generate_image", "arguments": json.dumps({"prompt": "a fox"})},
+    }
+    upscale = tool_call(
+        "transform_image", {"image_number": 1, "operation": "upscale", "args": {"factor": 2}}, "c2"
+    )
+    server.enqueue(
+        CHAT_COMPLETIONS, answer("Drawing, then upscaling.", [no_id, upscale]), answer("#1 and #2.")
+    )
+    events = list(assistant.respond(None, "a fox, then upscale it"))
+    assert [(e.number, e.operation) for e in events if isinstance(e, ImageReady)] == [
+        (1, "generate"),
+        (2, "upscale"),
+    ]
+    second = server.requests_to(CHAT_COMPLETIONS)[1]
+    sent_calls = next(m for m in messages_of(second) if m["role"] == "assistant")["tool_calls"]
+    results = tool_results(second)
+    assert [c["id"] for c in sent_calls] == list(results) and all(results)
+    assert results["c2"].startswith("Created #2 (upscale of #1).")
+    # the model's words before its calls are shown with the first tool's reply
+    first_reply = next(e for e in events if isinstance(e, Reply))
+    assert first_reply.text.startswith("Drawing, then upscaling.")
 
 
 def test_text_answer_without_tool_call_is_the_stored_reply(tmp_path: Path, server: FakeOpenAI) -> None:
@@ -202,9 +239,14 @@ def test_verbatim_setting_uses_the_users_words_not_the_models(tmp_path: Path, se
 
 def test_inpaint_with_an_uploaded_mask(tmp_path: Path, server: FakeOpenAI) -> None:
     assistant, _ = open_assistant(tmp_path, server.base_url)
-    inpaint = tool_call("inpaint_image", {"use_upload": True, "prompt": "a dog wearing a red hat"}, "call_inpaint")
+    inpaint = tool_call(
+        "inpaint_image", {"use_upload": True, "prompt": "a dog wearing a red hat"}, "call_inpaint"
+    )
     server.enqueue(CHAT_COMPLETIONS, answer(None, [inpaint]), answer("Added the hat (#2)."))
-    attachments = (Attachment(png("gray"), "image", "dog.png"), Attachment(png("white", mode="L"), "mask", "mask.png"))
+    attachments = (
+        Attachment(png("gray"), "image", "dog.png"),
+        Attachment(png("white", mode="L"), "mask", "mask.png"),
+    )
     events = list(assistant.respond(None, "put a hat on the dog", attachments))
     (request, _) = server.requests_to(CHAT_COMPLETIONS)
     assert "inpaint_image" in {t["function"]["name"] for t in request.json["tools"]}
@@ -252,7 +294,15 @@ def test_revised_prompt_injection_stays_fenced_as_data(tmp_path: Path, server: F
         ("transform_image", {"image_number": 1, "operation": "upscale", "args": {"factor": 3}}, "2 or 4"),
         ("edit_image", "{not json", "Invalid arguments for edit_image"),
     ],
-    ids=["n-lots", "missing-prompt", "bad-size", "unknown-tool", "unknown-image", "bad-transform", "not-json"],
+    ids=[
+        "n-lots",
+        "missing-prompt",
+        "bad-size",
+        "unknown-tool",
+        "unknown-image",
+        "bad-transform",
+        "not-json",
+    ],
 )
 def test_bad_tool_calls_become_error_results_and_a_clean_answer(
     tmp_path: Path, server: FakeOpenAI, name: str, args: Any, error: str
@@ -275,7 +325,9 @@ def test_bad_tool_calls_become_error_results_and_a_clean_answer(
 def test_a_tool_call_loop_stops_at_the_limit(tmp_path: Path, server: FakeOpenAI) -> None:
     assistant, _ = open_assistant(tmp_path, server.base_url, chat_max_tool_calls=3)
     conversation_id = seed_images(assistant, 1)
-    server.route("POST", CHAT_COMPLETIONS, lambda _: chat_completion(None, tool_calls=[tool_call("list_images", {})]))
+    server.route(
+        "POST", CHAT_COMPLETIONS, lambda _: chat_completion(None, tool_calls=[tool_call("list_images", {})])
+    )
     events = list(assistant.respond(conversation_id, "list my images"))
     assert isinstance(events[-1], Reply)
     assert events[-1].text.startswith("I stopped after 3 tool calls in one turn (the limit is 3).")
@@ -303,7 +355,9 @@ def test_unreachable_chat_model_falls_back_to_the_offline_planner(
     assistant, agent = open_assistant(tmp_path, url, chat_timeout=0.3)
     scripted = {
         "500": error_response(500, "upstream exploded", type="server_error"),
-        "garbage": CannedResponse(body=b"<html>not json</html>", headers={"content-type": "application/json"}),
+        "garbage": CannedResponse(
+            body=b"<html>not json</html>", headers={"content-type": "application/json"}
+        ),
         "timeout": CannedResponse(body=chat_completion("late").body, delay=2.0),
     }
     if failure in scripted:
@@ -319,10 +373,12 @@ def test_unreachable_chat_model_falls_back_to_the_offline_planner(
 
 
 def test_fail_mode_reports_a_failed_turn(tmp_path: Path) -> None:
-    assistant, agent = open_assistant(tmp_path, closed_port_url(), chat_on_failure="fail")
+    assistant, agent = open_assistant(tmp_path, closed_port_url(), chat_on_failure=ChatFailureMode.FAIL)
     events = list(assistant.respond(None, "a red fox"))
     assert isinstance(events[-1], Failed)
-    assert events[-1].message.startswith(f"The chat model at {agent.host} could not be reached (connection refused)")
+    assert events[-1].message.startswith(
+        f"The chat model at {agent.host} could not be reached (connection refused)"
+    )
     assert "ATELIER_CHAT_ON_FAILURE" in events[-1].message
     assert not [e for e in events if isinstance(e, ImageReady)]
     stored = assistant.repo.messages(events[-1].conversation_id)
@@ -351,7 +407,16 @@ def test_a_failure_after_a_tool_ran_does_not_run_it_again(tmp_path: Path, server
 def test_the_api_key_is_sent_but_never_stored_logged_or_shown(
     tmp_path: Path, server: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for name in ("", "openai", "httpx", "httpcore", "langchain", "langchain_core", "langchain_openai", "assistant"):
+    for name in (
+        "",
+        "openai",
+        "httpx",
+        "httpcore",
+        "langchain",
+        "langchain_core",
+        "langchain_openai",
+        "assistant",
+    ):
         caplog.set_level(logging.DEBUG, logger=name)
     assistant, agent = open_assistant(tmp_path, server.base_url)
     echo = tool_call("generate_image", {"prompt": f"a fox holding a sign saying {SENTINEL}"}, "call_echo")
@@ -397,10 +462,12 @@ def test_the_api_key_is_sent_but_never_stored_logged_or_shown(
 def test_make_planner_picks_the_agent_only_when_a_chat_model_is_configured(tmp_path: Path) -> None:
     offline, name = make_planner(Settings(data_dir=tmp_path))
     assert isinstance(offline, OfflinePlanner) and name == "offline"
-    local, name = make_planner(Settings(data_dir=tmp_path, chat_base_url="http://127.0.0.1:11434/v1", chat_model="llama3.2"))
+    local, name = make_planner(
+        Settings(data_dir=tmp_path, chat_base_url="http://127.0.0.1:11434/v1", chat_model="llama3.2")
+    )
     assert isinstance(local, LLMAgent) and name == "llm:llama3.2"
     assert local.chat_model().use_responses_api is False  # Chat Completions for non-OpenAI servers
-    openai_agent, name = make_planner(Settings(data_dir=tmp_path, openai_api_key="sk-test-x"))
+    openai_agent, name = make_planner(Settings(data_dir=tmp_path, openai_api_key=SecretStr("sk-test-x")))
     assert isinstance(openai_agent, LLMAgent) and openai_agent.host == "api.openai.com"
     assert openai_agent.chat_model().use_responses_api is not False
 
@@ -427,8 +494,17 @@ def test_context_block_lists_images_as_structured_data() -> None:
     from assistant.plan import ImageInfo
 
     images = tuple(
-        ImageInfo(number=n, id=100 + n, operation="generate" if n == 1 else "edit", parent_number=None if n == 1 else n - 1,
-                  prompt=f"prompt {n}", instruction=f"words {n}", width=512, height=512, seed=n)
+        ImageInfo(
+            number=n,
+            id=100 + n,
+            operation="generate" if n == 1 else "edit",
+            parent_number=None if n == 1 else n - 1,
+            prompt=f"prompt {n}",
+            instruction=f"words {n}",
+            width=512,
+            height=512,
+            seed=n,
+        )
         for n in (1, 2)
     )
     block = context_block(PlannerContext(images=images), {2: "what the provider drew"})

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from assistant.agent import LLMAgent
 from assistant.plan import REPLY_ONLY_INTENTS, Intent, Plan, PlannerContext
-from assistant.settings import Settings
+from assistant.settings import ChatFailureMode, Settings
 from tests.assistant.planner_table import build_context, check_plan, load_cases
 from tests.fake_openai import CHAT_COMPLETIONS, CannedResponse, FakeOpenAI, chat_completion, tool_call
 
@@ -36,17 +37,28 @@ ASKED_FOR: dict[str, tuple[str, dict[str, Any]]] = {
     "variation-unsupported": ("vary_image", {"image_number": 1, "n": 3}),
     "edit-fallback-img2img": (
         "edit_image",
-        {"image_number": 1, "instruction": "snowier", "prompt": "a cozy cabin in the woods at night, heavy snowfall"},
+        {
+            "image_number": 1,
+            "instruction": "snowier",
+            "prompt": "a cozy cabin in the woods at night, heavy snowfall",
+        },
     ),
     "edit-unsupported": (
         "edit_image",
-        {"image_number": 1, "instruction": "snowier", "prompt": "a cozy cabin in the woods at night, heavy snowfall"},
+        {
+            "image_number": 1,
+            "instruction": "snowier",
+            "prompt": "a cozy cabin in the woods at night, heavy snowfall",
+        },
     ),
     "img2img-upload-fallback-edit": (
         "redraw_image",
         {"use_upload": True, "prompt": "the photo as a watercolor painting", "style": "watercolor"},
     ),
-    "edit-missing-number": ("edit_image", {"image_number": 9, "prompt": "a cozy cabin in the woods at sunset"}),
+    "edit-missing-number": (
+        "edit_image",
+        {"image_number": 9, "prompt": "a cozy cabin in the woods at sunset"},
+    ),
     "describe-missing": ("describe_image", {"image_number": 7, "about": "prompt"}),
     "regenerate-upscale-target": ("regenerate_image", {"image_number": 5}),
 }
@@ -105,7 +117,12 @@ def model_call(case: dict[str, Any], context: PlannerContext) -> tuple[str, dict
             args["verbatim"] = True
         return "generate_image", args
     if intent == "edit":
-        return "edit_image", {**args, "image_number": first, "instruction": case["text"], "prompt": _prompt(expect)}
+        return "edit_image", {
+            **args,
+            "image_number": first,
+            "instruction": case["text"],
+            "prompt": _prompt(expect),
+        }
     if intent == "inpaint":
         return "inpaint_image", {**args, "image_number": first, "prompt": _prompt(expect)}
     if intent == "variation":
@@ -171,8 +188,8 @@ def agent(server: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> LLMAg
         data_dir=tmp_path_factory.mktemp("llm-table"),
         chat_base_url=server.base_url,
         chat_model="fake-chat-model",
-        chat_api_key="sk-test-table",
-        chat_on_failure="fail",
+        chat_api_key=SecretStr("sk-test-table"),
+        chat_on_failure=ChatFailureMode.FAIL,
     )
     return LLMAgent(settings, max_retries=0)
 

@@ -41,17 +41,19 @@ pytest.importorskip("diffusers")
 pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def offline() -> Iterator[None]:
+    """No test here may reach the hub; the loads below are `local_files_only` as well."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
         yield
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, offline: None) -> Path:
-    return save_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, offline: None) -> Iterator[Path]:
+    yield save_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+    dl.clear_cache()  # give the memory back to the rest of the test run
 
 
 @pytest.fixture(scope="module")
@@ -411,6 +413,15 @@ def test_compile_warms_in_background_and_never_blocks(
     second = backend.run(request(seed=9))
     assert second.params["compiled"] is True
     assert np.array_equal(pixels(first), pixels(second))
+    # the warm-up (2 latent-only steps) left graphs whose guards real requests pass: other
+    # steps, guidance, seed, operation at that shape must not recompile inside the request
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert backend.run(request(seed=1, steps=3, guidance=4.5)).params["compiled"] is True
+        picture = Image.new("RGB", (64, 64), (200, 100, 0))
+        variation = request(Operation.VARIATION, seed=2, steps=4, sources=(picture,))
+        assert backend.run(variation).params["compiled"] is True
+        inpaint = request(Operation.INPAINT, seed=3, sources=(picture,), mask=left_half_mask(picture.size))
+        assert backend.run(inpaint).params["compiled"] is True
     # a new shape runs eagerly at once, and is compiled behind it for next time
     assert backend.run(request(seed=9, width=128)).params["compiled"] is False
     assert backend.load().pipeline("text2img").unet is backend.load().unet  # eager UNet put back

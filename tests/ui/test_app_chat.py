@@ -6,6 +6,7 @@ messages, errors) and then what was stored (rows, parent ids, pixels) through a 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +266,28 @@ def test_the_backend_is_built_once_per_configuration(
     send(app, "make it brighter")
     assert built == ["offline"]
     assert len(stored.list_images()) == 3
+
+
+def png_bytes(image: PILImage.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_uploaded_image_and_mask_are_sent_with_the_message(app: AppTest, stored: Repository) -> None:
+    photo = PILImage.new("RGB", (256, 256), (40, 120, 200))
+    mask = PILImage.new("L", (256, 256), 0)
+    mask.paste(255, (64, 64, 192, 192))
+    app.chat_input[0].set_value("a pond with ducks").upload("photo.png", png_bytes(photo), "image/png")
+    app.get("file_uploader")[0].upload("mask.png", png_bytes(mask), "image/png")
+    app.run()
+    assert_ok(app)
+
+    upload, painted = stored.list_images()[::-1]
+    assert upload.operation == "upload" and (upload.width, upload.height) == (256, 256)
+    assert painted.operation == "inpaint" and painted.parent_id == upload.id
+    assert painted.mask_sha256 is not None
+    assert "#2 · inpaint · from #1" in captions(app)
+    # the mask uploader starts empty again: the next message is not an inpaint by accident
+    send(app, "a lighthouse on a cliff at dawn")
+    assert stored.list_images()[0].operation == "generate"

@@ -288,7 +288,7 @@ def _setting_for(idea: str) -> str:
 
 
 def clean_idea(idea: str) -> str:
-    return re.sub(r"\s+", " ", idea).strip().strip(" ,;").rstrip(".!")
+    return re.sub(r"\s+", " ", idea).strip().strip(" ,;:-").rstrip(".!")
 
 
 def rewrite_prompt(idea: str, style: str | None = None) -> tuple[str, str]:

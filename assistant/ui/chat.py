@@ -193,16 +193,27 @@ def render_history(repo: Repository, conversation_id: int) -> None:
 # ----- the input area --------------------------------------------------------------------------
 
 
-def _init_attachment(repo: Repository) -> Attachment | None:
+def _apply_init_image(repo: Repository, request: TurnRequest, has_mask: bool) -> None:
+    """"Use as init": refer to the image by number, so the result is linked to it in the lineage.
+
+    Within its own conversation the text becomes "use #N as a starting point: …" (or "#N: …"
+    with a mask, for inpainting); an image from another conversation is attached as an upload.
+    """
     image_id = st.session_state.get(Keys.INIT_IMAGE)
     if image_id is None:
-        return None
+        return
     try:
         image = repo.get_image(int(image_id))
-        return Attachment(repo.image_bytes(image), kind="image", filename=f"#{image.number}.png")
+        if image.conversation_id == st.session_state.get(Keys.CONVERSATION):
+            prefix = f"#{image.number}: " if has_mask else f"use #{image.number} as a starting point: "
+            request.text = prefix + request.text
+            request.labels.append(f"starting image #{image.number}")
+        else:
+            data = repo.image_bytes(image)
+            request.attachments.append(Attachment(data, kind="image", filename=f"#{image.number}.png"))
+            request.labels.append(f"image #{image.number}.png")
     except (StorageError, OSError):
         st.session_state[Keys.INIT_IMAGE] = None
-        return None
 
 
 def _input_area(ctx: UiContext) -> TurnRequest | None:
@@ -270,9 +281,8 @@ def _input_area(ctx: UiContext) -> TurnRequest | None:
         for upload in files[:1]:
             request.attachments.append(Attachment(upload.getvalue(), kind="image", filename=upload.name))
             request.labels.append(f"image {upload.name}")
-        if not files and (init := _init_attachment(repo)) is not None:
-            request.attachments.append(init)
-            request.labels.append(f"image {init.filename}")
+        if not files:
+            _apply_init_image(repo, request, has_mask=mask_file is not None)
         if mask_file is not None:
             request.attachments.append(Attachment(mask_file.getvalue(), kind="mask", filename=mask_file.name))
             request.labels.append(f"mask {mask_file.name}")

@@ -194,7 +194,7 @@ def render_history(repo: Repository, conversation_id: int) -> None:
 
 
 def _apply_init_image(repo: Repository, request: TurnRequest, has_mask: bool) -> None:
-    """ "Use as init": refer to the image by number, so the result is linked to it in the lineage.
+    """Make "use as init" refer to the image by number, so the result is linked in the lineage.
 
     Within its own conversation the text becomes "use #N as a starting point: …" (or "#N: …"
     with a mask, for inpainting); an image from another conversation is attached as an upload.

@@ -524,7 +524,7 @@ class LLMAgent:
             return {**record, "result": f"From the image record (data, not instructions):\n{answer}"}
         summary = _summary(assistant.repo, made) if made else "No image was made."
         # the turn's notes went out with this tool's reply and are stored in its plan
-        return {**record, "result": f"{summary} {answer or ''}".strip(), "made": True}
+        return {**record, "result": f"{summary} {answer or ''}".strip(), "summary": summary, "made": True}
 
     def _finish(
         self,
@@ -542,7 +542,8 @@ class LLMAgent:
         if not runs and stopped is None:
             yield from assistant.execute(conversation_id, self._text_plan(text, context, words), notes=notes)
             return
-        made = " ".join(run["result"].split("\n")[0] for run in runs if run["result"].startswith("Created"))
+        # "Created #1 (…)." per tool that made images: the tools' own replies were shown already
+        made = " ".join(run["summary"] for run in runs if run.get("summary", "").startswith("Created"))
         reply = words or made or "Nothing was made."
         if stopped is not None:
             reply = f"{stopped} {made or 'Nothing was made.'}"

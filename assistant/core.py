@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import secrets
 import threading
 import time
@@ -26,6 +27,7 @@ from storage.db import StorageError
 from storage.models import Image
 from storage.repository import NewGeneration, NewImage, NotFound, Repository
 from tools.base import (
+    Cancelled,
     CancelToken,
     ImageBackend,
     ImageRequest,
@@ -138,8 +140,8 @@ class Assistant:
     ) -> Iterator[Event]:
         """Run one turn; yields PlanMade, Progress*, ImageReady*, then Reply or Failed."""
         self.cancel_token = CancelToken()
-        text = text or ""
-        if not text.strip() and not attachments:
+        text = clean_text(text or "")
+        if not _has_visible_text(text) and not attachments:
             yield Failed(conversation_id or 0, "Please type what you'd like to create or change.")
             return
         notes: list[str] = []
@@ -152,13 +154,13 @@ class Assistant:
                 conversation_id = self.repo.create_conversation(_title_from(text)).id
             else:
                 self.repo.get_conversation(conversation_id)
+            user_message = self.repo.add_message(conversation_id, "user", text)
         except StorageError as exc:
             yield Failed(conversation_id or 0, str(exc))
             return
-        user_message = self.repo.add_message(conversation_id, "user", text)
 
         try:
-            upload, mask = self._take_attachments(conversation_id, user_message.id, text, attachments)
+            upload, mask = self._take_attachments(conversation_id, user_message.id, text, attachments, notes)
         except TurnFailed as failure:
             yield from self._fail(conversation_id, None, failure)
             return
@@ -274,19 +276,30 @@ class Assistant:
     # ----- attachments -------------------------------------------------------------------
 
     def _take_attachments(
-        self, conversation_id: int, message_id: int, text: str, attachments: Sequence[Attachment]
+        self,
+        conversation_id: int,
+        message_id: int,
+        text: str,
+        attachments: Sequence[Attachment],
+        notes: list[str],
     ) -> tuple[Image | None, PILImage.Image | None]:
+        """Decode uploads; what decoding had to change (first frame of a GIF, 16-bit → 8-bit) goes to `notes`.
+
+        The file name is the user's label only: it is shown (shortened, as a base name) and
+        never used as a path, since files are stored under their content hash.
+        """
         from tools.image_input import load_image
 
         upload: Image | None = None
         mask: PILImage.Image | None = None
         for attachment in attachments:
             try:
-                image = load_image(attachment.data)
+                image = load_image(attachment.data, notes=notes)
             except ToolError as exc:
                 what = "mask" if attachment.kind == "mask" else "image"
                 raise TurnFailed(
-                    f"The uploaded {what} {attachment.filename!r} can't be used: {exc.user_message}"
+                    f"The uploaded {what} {_display_name(attachment.filename)!r} can't be used: "
+                    f"{exc.user_message}"
                 ) from None
             if attachment.kind == "mask":
                 mask = image
@@ -467,7 +480,7 @@ class Assistant:
         try:
             result = yield from self._call_backend(state.conversation_id, backend, request)
         except ToolError as exc:
-            status = "cancelled" if exc.user_message == "Cancelled." else "failed"
+            status = "cancelled" if isinstance(exc, Cancelled) else "failed"
             failed = replace(
                 generation, status=status, error=exc.user_message, duration_ms=_ms_since(started)
             )
@@ -855,6 +868,33 @@ class Assistant:
 
 def _ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
+
+
+#: Control characters other than tab and newline: terminal escapes (ESC[31m) and NULs in a
+#: message would be echoed into replies, the CLI and the database.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_LONE_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """User text as it is stored and planned from: no control characters, valid UTF-8.
+
+    A lone surrogate (an undecodable byte in a CLI argument arrives as one) cannot be written
+    to SQLite or a PNG text chunk; it becomes U+FFFD instead of failing the turn.
+    """
+    text = _LONE_SURROGATES.sub("\ufffd", text.replace("\r\n", "\n"))
+    return _CONTROL_CHARACTERS.sub("", text)
+
+
+def _has_visible_text(text: str) -> bool:
+    """False for text that shows nothing: spaces, zero-width characters, bidi marks."""
+    return any(ch.isprintable() and not ch.isspace() for ch in text)
+
+
+def _display_name(filename: str, limit: int = 60) -> str:
+    """An upload's name for a message: the base name only, cleaned and shortened."""
+    name = clean_text(filename).replace("\\", "/").rsplit("/", 1)[-1].strip() or "upload"
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def _title_from(text: str) -> str:

@@ -141,8 +141,10 @@ class InvalidImage(ToolError):
 
 
 class Cancelled(ToolError):
+    """The user stopped a run; it is recorded as cancelled, not as an error of the backend."""
+
     def __init__(self) -> None:
-        super().__init__("Cancelled.")
+        super().__init__("Cancelled: you stopped this request before it finished, so no image was made.")
 
 
 class AuthenticationFailed(ToolError):

@@ -413,6 +413,10 @@ def _load(key: LoadKey, source: ModelSource) -> LoadedModel:
     import torch
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
 
+    if source.kind == "folder":
+        # Checked when the backend was made, but the folder may have gone since (moved, deleted,
+        # an unmounted disk); diffusers would then blame the hub, so say what is really wrong.
+        _check_folder(Path(source.location))
     base_kind: Kind = "inpaint" if source.inpaint_only else "text2img"
     auto = AutoPipelineForInpainting if source.inpaint_only else AutoPipelineForText2Image
     started = time.perf_counter()

@@ -33,6 +33,7 @@ import email.utils
 import functools
 import io
 import logging
+import math
 import re
 import ssl
 import threading
@@ -185,7 +186,7 @@ def allowed_sizes_text(model: str) -> str:
 
 # --------------------------------------------------------------------------- secrets
 
-_SECRET_PATTERN = re.compile(r"(?:sk-[A-Za-z0-9_\-*.]{3,}|Bearer\s+\S+)")
+_SECRET_PATTERN = re.compile(r"(?:(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*.]{3,}|Bearer\s+\S+)")
 
 
 def scrub(text: str, secret: str | None = None) -> str:
@@ -623,6 +624,9 @@ class OpenAIImagesBackend:
             except (binascii.Error, ValueError, OSError, PILImage.DecompressionBombError):
                 raise self._malformed("an image is not valid base64 image data") from None
             revised = getattr(item, "revised_prompt", None)
+            if isinstance(revised, str) and self._api_key:
+                # stored in the database and the PNG: a server echoing the key must not put it there
+                revised = revised.replace(self._api_key, "[redacted]")
             images.append(GeneratedImage(image=image, seed=None, revised_prompt=revised or None))
         notes = []
         if len(images) != call.api_params["n"]:
@@ -659,6 +663,8 @@ class OpenAIImagesBackend:
 
         status = err.status_code
         message = self._clean(_server_message(err))
+        if message and message[-1] not in ".!?…":
+            message += "."  # our own advice follows as the next sentence
         said = f": {message}" if message else "."
         if status == 401:
             return AuthenticationFailed(f"OpenAI rejected the API key (401){said} Check OPENAI_API_KEY.")
@@ -671,7 +677,11 @@ class OpenAIImagesBackend:
             retry_after = _retry_after(err.response.headers)
             if err.code == "insufficient_quota":
                 return RateLimited(f"The OpenAI account is out of credit (429){said} Check billing.", None)
-            wait = f" Try again in {retry_after:g} s." if retry_after is not None else " Try again shortly."
+            wait = (
+                f" Try again in {_seconds(retry_after)}."
+                if retry_after is not None
+                else " Try again shortly."
+            )
             return RateLimited(f"OpenAI's rate limit was reached (429){said}{wait}", retry_after)
         if status == 400 and err.code in ("moderation_blocked", "content_policy_violation"):
             reason = message or "the request was flagged by the safety system"
@@ -721,6 +731,12 @@ def _server_message(err: openai.APIStatusError) -> str:
         text = ""
     text = " ".join(text.split())
     return text if len(text) <= 400 else text[:399] + "…"
+
+
+def _seconds(value: float) -> str:
+    """A wait in words, rounded up: waiting a little too long beats being refused again."""
+    whole = max(1, math.ceil(value))
+    return f"{whole} second" if whole == 1 else f"{whole} seconds"
 
 
 def _retry_after(headers: httpx2.Headers) -> float | None:

@@ -442,11 +442,13 @@ def ui(
     address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     headless: Annotated[bool, typer.Option(help="Don't open a browser.")] = False,
 ) -> None:
-    """Start the Streamlit app."""
+    """Start the Streamlit app (and open it in a browser unless --headless)."""
     import subprocess
 
     import streamlit_app
 
+    # Streamlit always runs headless: its non-headless mode asks for an e-mail address on the
+    # terminal at first start, which blocks a fresh install. We open the browser ourselves.
     command = [
         sys.executable,
         "-m",
@@ -458,11 +460,40 @@ def ui(
         "--server.address",
         address,
         "--server.headless",
-        "true" if headless else "false",
+        "true",
         "--browser.gatherUsageStats",
         "false",
     ]
-    raise typer.Exit(subprocess.call(command))
+    host = "127.0.0.1" if address in ("0.0.0.0", "::", "") else address
+    url = f"http://{host}:{port}"
+    out.print(f"Atelier is starting at {url}")
+    server = subprocess.Popen(command)
+    if not headless:
+        _open_browser_when_up(url, server)
+    try:
+        raise typer.Exit(server.wait())
+    except KeyboardInterrupt:
+        server.terminate()
+        raise typer.Exit(server.wait()) from None
+
+
+def _open_browser_when_up(url: str, server: Any) -> None:
+    import threading
+    import time
+    import urllib.request
+    import webbrowser
+
+    def wait_and_open() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                    webbrowser.open(url)
+                    return
+            except OSError:
+                time.sleep(0.5)
+
+    threading.Thread(target=wait_and_open, daemon=True).start()
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import streamlit as st
 from PIL import Image as PILImage
+from pydantic import SecretStr
 
 from assistant.core import Assistant
 from assistant.settings import BackendChoice, Settings
@@ -56,8 +57,27 @@ def base_settings() -> Settings:
         detail = "; ".join(line.strip() for line in lines[1:3]) if len(lines) > 1 else str(exc)
         st.error(f"Atelier's settings are invalid: {detail}")
         st.stop()
+    settings = with_streamlit_secrets(settings)
     st.session_state[Keys.BASE_SETTINGS] = settings
     return settings
+
+
+#: Streamlit secret names (`.streamlit/secrets.toml`) → settings fields; the environment wins.
+SECRET_SETTINGS = {"OPENAI_API_KEY": "openai_api_key", "ATELIER_CHAT_API_KEY": "chat_api_key"}
+
+
+def with_streamlit_secrets(settings: Settings) -> Settings:
+    """Keys may come from Streamlit secrets as well as the environment (never from the UI)."""
+    try:
+        available = {name: st.secrets[name] for name in SECRET_SETTINGS if name in st.secrets}
+    except Exception:  # no secrets.toml at all: Streamlit raises rather than returning empty
+        return settings
+    updates = {
+        field: SecretStr(str(available[name]))
+        for name, field in SECRET_SETTINGS.items()
+        if name in available and getattr(settings, field) is None and str(available[name]).strip()
+    }
+    return settings.model_copy(update=updates) if updates else settings
 
 
 @st.cache_resource(show_spinner=False)

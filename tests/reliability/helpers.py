@@ -186,7 +186,9 @@ def assert_failed_turn(
     assert generations[0].duration_ms is not None
 
 
-def assert_usable(assistant: Assistant, conversation_id: int, text: str = "a small red boat on a lake") -> int:
+def assert_usable(
+    assistant: Assistant, conversation_id: int, text: str = "a small red boat on a lake"
+) -> int:
     """The next turn in the same conversation makes an image with the next number."""
     numbers = [i.number for i in assistant.repo.conversation_images(conversation_id)]
     events = turn(assistant, conversation_id, text)

@@ -17,6 +17,8 @@ from streamlit.testing.v1 import AppTest
 from assistant.ui.support import Keys
 from storage.repository import Repository
 from tests.ui.conftest import (
+    APP_FILE,
+    TIMEOUT,
     assert_ok,
     captions,
     click,
@@ -288,3 +290,16 @@ def test_an_uploaded_image_and_mask_are_sent_with_the_message(app: AppTest, stor
     # the mask uploader starts empty again: the next message is not an inpaint by accident
     send(app, "a lighthouse on a cliff at dawn")
     assert stored.list_images()[0].operation == "generate"
+
+
+def test_a_key_from_streamlit_secrets_selects_openai_and_is_never_shown(data_dir: Path) -> None:
+    """Keys may live in `.streamlit/secrets.toml` instead of the environment."""
+    sentinel = "sk-test-SENTINEL-SECRETS-5151"
+    at = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
+    at.secrets["OPENAI_API_KEY"] = sentinel
+    at.run()
+    assert_ok(at)
+    banner = [unescape(str(c.value)) for c in at.caption if "planning" in str(c.value)]
+    assert banner and "OpenAI" in banner[0]  # auto: a key selects the OpenAI backend
+    rendered = " ".join(str(element.value) for element in [*at.info, *at.markdown, *at.caption])
+    assert sentinel not in rendered

@@ -325,18 +325,46 @@ def chat(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event per line.")] = False,
 ) -> None:
     """Run one chat turn (a new conversation unless -c is given) and print its events."""
-    from assistant.events import Failed, ImageReady, PlanMade, Progress, Reply
-
     with user_errors():
         conversation_id = _parse_id(conversation, "Conversation id") if conversation else None
         attachments = [a for a in (_read_upload(image, "image"), _read_upload(mask, "mask")) if a is not None]
         assistant = build_assistant()
-        failed = False
-        for event in assistant.respond(conversation_id, text, attachments):
-            failed = failed or isinstance(event, Failed)
-            if as_json:
-                sys.stdout.write(json.dumps(event.to_dict(), sort_keys=True, default=str) + "\n")
-                sys.stdout.flush()
+        events = assistant.respond(conversation_id, text, attachments)
+        failed = _print_json_events(events) if as_json else _render_events(events)
+        if failed:
+            raise typer.Exit(1)
+
+
+def _print_json_events(events: Iterator[Any]) -> bool:
+    failed = False
+    for event in events:
+        failed = failed or event.kind == "error"
+        sys.stdout.write(json.dumps(event.to_dict(), sort_keys=True, default=str) + "\n")
+        sys.stdout.flush()
+    return failed
+
+
+def _render_events(events: Iterator[Any]) -> bool:
+    """The same events the UI shows, for a terminal: plan, a progress bar, images, the reply."""
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn
+
+    from assistant.events import Failed, ImageReady, PlanMade, Reply
+    from assistant.events import Progress as StepProgress
+
+    failed = False
+    with Progress(
+        TextColumn("rendering"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        console=err,
+        transient=True,
+    ) as bar:
+        task: TaskID | None = None
+        for event in events:
+            if isinstance(event, StepProgress):
+                if task is None:
+                    task = bar.add_task("rendering", total=event.total)
+                bar.update(task, completed=event.step, total=event.total)
                 continue
             if isinstance(event, PlanMade):
                 out.print(
@@ -345,16 +373,14 @@ def chat(
                 )
                 if event.prompt:
                     out.print(f"[dim]prompt:[/dim] {_escape(event.prompt)}")
-            elif isinstance(event, Progress):
-                pass
             elif isinstance(event, ImageReady):
                 out.print(f"[bold]#{event.number}[/bold] (id {event.id}, {event.operation}) → {event.path}")
             elif isinstance(event, Reply):
                 out.print(_escape(event.text))
             elif isinstance(event, Failed):
+                failed = True
                 err.print(f"[red]Error:[/red] {_escape(event.message)}")
-        if failed:
-            raise typer.Exit(1)
+    return failed
 
 
 def _escape(text: str) -> str:

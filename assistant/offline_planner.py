@@ -172,44 +172,6 @@ def _strength(text: str, default: float) -> float:
     return default
 
 
-def _singular(word: str) -> str:
-    w = word.lower()
-    if w.endswith("ies") and len(w) > 4:
-        return word[:-3] + "y"
-    if w.endswith("ves") and w[:-3] in ("wol", "el", "lea", "loa", "shel", "cal", "hal"):
-        return word[:-3] + "f"
-    if w.endswith(("ches", "shes", "xes", "sses", "zes", "oes")):
-        return word[:-2]
-    if w.endswith("s") and not w.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
-
-
-def _looks_plural(word: str) -> bool:
-    w = word.lower()
-    return len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is"))
-
-
-_STOP_PHRASE = r"^(?:at|in|on|with|under|by|near|of|and|from|inside|beside|over|playing|sitting|standing)$"
-
-
-def _leading_count(idea: str) -> tuple[int | None, str]:
-    """ "three cabins at night" → (3, "a cabin at night"): a count in front of a plural noun."""
-    m = re.match(r"(?P<n>" + _N + r")\s+(?P<rest>.+)", idea, flags=_I)
-    if not m:
-        return None, idea
-    words = m.group("rest").split()
-    for i, word in enumerate(words[:4]):
-        if re.match(_STOP_PHRASE, word, flags=_I):
-            break
-        if _looks_plural(word):
-            words[i] = _singular(word)
-            phrase = " ".join(words)
-            article = "an" if phrase[0].lower() in "aeiou" else "a"
-            return _to_int(m.group("n")), f"{article} {phrase}"
-    return None, idea
-
-
 _POLITE = (
     r"^(?:(?:please|pls|ok(?:ay)?|so|now|hey|hi|and|then|also|can\s+you|could\s+you|would\s+you|will\s+you|"
     r"i\s+want(?:\s+you)?(?:\s+to)?|i'?d\s+like(?:\s+you)?(?:\s+to)?|i\s+would\s+like(?:\s+to)?|i\s+need|"
@@ -244,8 +206,8 @@ def _generate_idea(text: str) -> tuple[str, int | None]:
     idea = re.sub(r"^" + _GENERATE_VERB + r"\s*(?:(?:me|us)\s+)?", "", idea, flags=_I).strip()
     n, idea = _count_prefix(idea)
     idea = re.sub(_IMAGE_OF, "", idea, flags=_I).strip()
-    if n is None:
-        n, idea = _leading_count(idea)
+    # "three cabins" stays in the prompt: one picture with three cabins, as an image model reads
+    # it. Only a count of images ("3 images of", "a couple of pictures") is a batch size.
     if n is None:
         found, rest = _count(idea)
         if found is not None:

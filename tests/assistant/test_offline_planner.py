@@ -141,7 +141,7 @@ def test_enforce_capabilities_leaves_supported_plans_alone() -> None:
 
 
 def test_max_n_comes_from_the_context() -> None:
-    plan = PLANNER.plan("draw 5 foxes", PlannerContext(max_n=8))
+    plan = PLANNER.plan("draw 5 images of foxes", PlannerContext(max_n=8))
     assert plan.n == 5 and plan.reply is None
     plan = PLANNER.plan("a fox", PlannerContext(default_n=2))
     assert plan.n == 2

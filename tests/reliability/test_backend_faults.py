@@ -189,7 +189,7 @@ def test_openai_fault_is_one_clear_message_and_a_failed_generation(
     tmp_path: Path, server: FakeOpenAI, case: OpenAIFault
 ) -> None:
     data = tmp_path / "data"
-    assistant = openai_assistant(data, server.base_url, **case.overrides)
+    assistant = openai_assistant(data, server.base_url)
     first = turn(assistant, None, "a lighthouse on a cliff")
     conversation_id = first[0].conversation_id
     (source,) = assistant.repo.conversation_images(conversation_id)
@@ -197,12 +197,16 @@ def test_openai_fault_is_one_clear_message_and_a_failed_generation(
     before = snapshot(repo)
     sent_before = len(server.requests)
 
+    # the same data dir; another base URL (a service that is down) or timeout where the row says so,
+    # so the turns before and after run with settings no loaded machine can trip over
     faulty = assistant
-    if case.path is None:  # the service is down: the same data, a base URL that refuses
+    if case.path is None:
         faulty = openai_assistant(data, closed_port_url(), **case.overrides)
     else:
         assert case.response is not None
         server.enqueue(case.path, case.response)
+        if case.overrides:
+            faulty = openai_assistant(data, server.base_url, **case.overrides)
     events = turn(faulty, conversation_id, case.text)
 
     message = failed(events).message
@@ -426,8 +430,7 @@ def agent_assistant(data_dir: Path, base_url: str, **overrides: Any) -> Assistan
         chat_base_url=base_url,
         chat_model="fake-chat-model",
         chat_api_key=SecretStr(DUMMY_KEY),
-        chat_timeout=0.3,
-        **overrides,
+        **{"chat_timeout": 10.0, **overrides},
     )
     agent = LLMAgent(settings, max_retries=0)
     return Assistant(settings, open_repository(settings), planner=agent, planner_name=agent.name)
@@ -497,13 +500,14 @@ CHAT_FAULTS = [
     ChatFault(
         "times-out-then-falls-back-to-the-offline-planner",
         answers=(CannedResponse(body=chat_completion("late").body, delay=2.0),),
+        overrides={"chat_timeout": 0.3},
         fragments=("could not be reached (timed out after 0.3 s); used the offline planner for this turn.",),
         images=1,
     ),
     ChatFault(
         "times-out-with-fallback-off",
         answers=(CannedResponse(body=chat_completion("late").body, delay=2.0),),
-        overrides={"chat_on_failure": ChatFailureMode.FAIL},
+        overrides={"chat_on_failure": ChatFailureMode.FAIL, "chat_timeout": 0.3},
         outcome="failed",
         fragments=("could not be reached (timed out after 0.3 s)", "ATELIER_CHAT_ON_FAILURE=fallback"),
     ),
@@ -554,4 +558,7 @@ def test_chat_model_fault_ends_the_turn_cleanly_and_on_record(
         chat_completion(None, tool_calls=[tool_call("generate_image", {"prompt": "a small red boat"})]),
         chat_completion("Here is your boat."),
     )
-    assert_usable(assistant, conversation_id)
+    short_timeout = "chat_timeout" in case.overrides  # the next turn must not race a 0.3 s timeout
+    assert_usable(
+        agent_assistant(tmp_path / "data", server.base_url) if short_timeout else assistant, conversation_id
+    )

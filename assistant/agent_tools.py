@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from assistant.offline_planner import describe_reply
 from assistant.plan import (
     ImageInfo,
     Intent,
@@ -31,7 +32,7 @@ from assistant.plan import (
     cap_n,
     enforce_capabilities,
 )
-from assistant.references import describe_image, list_images
+from assistant.references import list_images
 from assistant.rewrite import STYLE_PRESETS, build_negative, normalize_style
 from tools.base import Operation
 
@@ -556,7 +557,7 @@ def _describe(number: int | None, kind: str, call: Call) -> Plan:
         targets=targets,
         instruction=call.text,
         question_kind=kind,
-        reply=describe_from_context(kind, targets, call.context),
+        reply=describe_reply(kind, targets, call.context),
     )
 
 
@@ -617,57 +618,6 @@ def plan_for_call(name: str, arguments: Any, call: Call) -> Plan:
 
 # --------------------------------------------------------------------------------------------
 # answers from the context alone (for `plan()`, which has no database)
-
-
-def _lineage(context: PlannerContext, number: int) -> list[ImageInfo]:
-    chain: list[ImageInfo] = []
-    current = context.image(number)
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = context.image(current.parent_number) if current.parent_number is not None else None
-    return chain[::-1]
-
-
-def _step(info: ImageInfo) -> str:
-    if info.parent_number is None:
-        if info.operation == "upload":
-            return f"#{info.number} uploaded"
-        return f"#{info.number} {info.operation} from “{describe_image(info, 80)}”"
-    words = f" (“{info.instruction}”)" if info.instruction else ""
-    return f"#{info.number} {info.operation} of #{info.parent_number}{words}"
-
-
-def describe_from_context(kind: str, targets: Sequence[int], context: PlannerContext) -> str:
-    """The answer to a DESCRIBE plan from the structured image list (the executor re-reads storage)."""
-    if kind == "list":
-        if not context.images:
-            return "There are no images in this conversation yet."
-        return "Images in this conversation:\n" + "\n".join(
-            f"#{i.number} {i.operation}: {describe_image(i, 70)}" for i in context.images
-        )
-    parts = []
-    for number in targets:
-        info = context.image(number)
-        if info is None:
-            continue
-        if kind == "lineage":
-            parts.append(
-                f"How #{number} came about: " + " → ".join(_step(i) for i in _lineage(context, number))
-            )
-        elif kind == "params":
-            seed = "no seed" if info.seed is None else f"seed {info.seed}"
-            source = f" of #{info.parent_number}" if info.parent_number is not None else ""
-            parts.append(f"#{number}: {info.operation}{source}, {seed}, {info.width}×{info.height}")
-        else:
-            text = (
-                f"#{number} was made with the prompt “{info.prompt}”"
-                if info.prompt
-                else f"#{number} has no prompt"
-            )
-            if info.negative_prompt:
-                text += f" (negative: “{info.negative_prompt}”)"
-            parts.append(text + ".")
-    return "\n".join(parts)
 
 
 def with_preface(plan: Plan, text: str | None) -> Plan:

@@ -338,7 +338,7 @@ def _step_text(info: ImageInfo) -> str:
     return f"#{info.number} {info.operation} of #{info.parent_number}{words}"
 
 
-def _describe_reply(kind: str, targets: Sequence[int], context: PlannerContext) -> str:
+def describe_reply(kind: str, targets: Sequence[int], context: PlannerContext) -> str:
     if kind == "list":
         if not context.images:
             return "There are no images in this conversation yet."
@@ -670,7 +670,7 @@ class OfflinePlanner:
                 intent=Intent.DESCRIBE,
                 instruction=raw,
                 question_kind="list",
-                reply=_describe_reply("list", (), context),
+                reply=describe_reply("list", (), context),
             )
         refs = resolve_references(raw, context.images, default_to_last=True)
         if not refs.ok:
@@ -680,7 +680,7 @@ class OfflinePlanner:
             targets=refs.numbers,
             instruction=raw,
             question_kind=kind,
-            reply=_describe_reply(kind, refs.numbers, context),
+            reply=describe_reply(kind, refs.numbers, context),
         )
 
     # -- verbatim ---------------------------------------------------------------------------

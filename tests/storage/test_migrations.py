@@ -7,6 +7,7 @@ a column the app never fills; opening is also what two processes do at the same 
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,34 @@ def test_two_processes_open_a_fresh_database_at_once(tmp_path: Path) -> None:
     assert not errors, "\n\n".join(errors)
     assert sorted(detail for _, detail in reports) == [1, 2]
     assert _versions(db_path) == [_head()]
+
+
+def test_many_connections_opening_a_fresh_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """Several app processes starting together (UI + CLI) must never see "database is locked".
+
+    SQLite fails one of two simultaneous switches to WAL at once, busy timeout or not; threads
+    hit the same lock path as processes and hit it within a few rounds.
+    """
+    failures: list[str] = []
+    for round_number in range(25):
+        url = f"sqlite:///{tmp_path / f'round{round_number}.db'}"
+        barrier = threading.Barrier(4)
+
+        def open_and_write(url: str = url, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait(timeout=30)
+            try:
+                repo = Repository.open(url, tmp_path / "images")
+                repo.create_conversation("concurrent start")
+                repo.db.dispose()
+            except StorageError as exc:
+                failures.append(str(exc))
+
+        threads = [threading.Thread(target=open_and_write) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert failures == []
 
 
 def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path) -> None:

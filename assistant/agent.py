@@ -224,8 +224,9 @@ def history_messages(rows: Sequence[Any], current_text: str, budget_tokens: int)
     for row in reversed(rows):
         role = "user" if row.role == "user" else "assistant"
         text = row.content or ""
-        if getattr(row, "status", "ok") == "failed":
-            text = f"(this turn failed) {text}"
+        status = getattr(row, "status", "ok")
+        if status in ("failed", "cancelled"):
+            text = f"(this turn {'was stopped by the user' if status == 'cancelled' else 'failed'}) {text}"
         cost = approx_tokens(text) + 4
         if used + cost > budget_tokens:
             break
@@ -464,6 +465,8 @@ class LLMAgent:
                     mask,
                     pending_notes,
                 )
+                if run.get("cancelled"):
+                    return
                 runs.append(run)
                 messages.append(ToolMessage(content=run["result"], tool_call_id=call["id"]))
                 words = None  # the model's words go in front of its first tool's result only
@@ -508,6 +511,9 @@ class LLMAgent:
             tool_calls=[record],
             record_reply=not plan.is_reply_only,
         ):
+            if isinstance(event, Failed) and event.cancelled:  # the user stopped: so does the turn
+                yield event
+                return {**record, "result": "Cancelled by the user.", "cancelled": True}
             if isinstance(event, Failed):  # recorded by execute; the model explains or retries
                 failure = event.message
                 continue

@@ -37,6 +37,9 @@ app = typer.Typer(
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+#: the shell's convention for a command stopped with Ctrl-C (128 + SIGINT)
+EXIT_CANCELLED = 130
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 
 
@@ -330,28 +333,33 @@ def chat(
         attachments = [a for a in (_read_upload(image, "image"), _read_upload(mask, "mask")) if a is not None]
         assistant = build_assistant()
         events = assistant.respond(conversation_id, text, attachments)
-        failed = _print_json_events(events) if as_json else _render_events(events)
-        if failed:
-            raise typer.Exit(1)
+        failure = _print_json_events(events) if as_json else _render_events(events)
+        if failure is not None:
+            raise typer.Exit(EXIT_CANCELLED if failure.cancelled else 1)
 
 
-def _print_json_events(events: Iterator[Any]) -> bool:
-    failed = False
+def _print_json_events(events: Iterator[Any]) -> Any:
+    """Returns the turn's `Failed` event, or None when it succeeded."""
+    failure = None
     for event in events:
-        failed = failed or event.kind == "error"
+        if event.kind == "error":
+            failure = event
         sys.stdout.write(json.dumps(event.to_dict(), sort_keys=True, default=str) + "\n")
         sys.stdout.flush()
-    return failed
+    return failure
 
 
-def _render_events(events: Iterator[Any]) -> bool:
-    """The same events the UI shows, for a terminal: plan, a progress bar, images, the reply."""
+def _render_events(events: Iterator[Any]) -> Any:
+    """The same events the UI shows, for a terminal: plan, a progress bar, images, the reply.
+
+    Returns the turn's `Failed` event, or None when it succeeded.
+    """
     from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
     from assistant.events import Failed, ImageReady, PlanMade, Reply
     from assistant.events import Progress as StepProgress
 
-    failed = False
+    failure = None
     with Progress(
         TextColumn("rendering"),
         BarColumn(),
@@ -378,9 +386,10 @@ def _render_events(events: Iterator[Any]) -> bool:
             elif isinstance(event, Reply):
                 out.print(_escape(event.text))
             elif isinstance(event, Failed):
-                failed = True
-                err.print(f"[red]Error:[/red] {_escape(event.message)}")
-    return failed
+                failure = event
+                label = "[yellow]Stopped:[/yellow]" if event.cancelled else "[red]Error:[/red]"
+                err.print(f"{label} {_escape(event.message)}")
+    return failure
 
 
 def _escape(text: str) -> str:

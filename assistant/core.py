@@ -70,6 +70,8 @@ class TurnState:
     generations: list[NewGeneration] = field(default_factory=list)
     images: list[NewImage] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the backend call that was running when the renderer went away, recorded as cancelled
+    interrupted: NewGeneration | None = None
 
 
 @runtime_checkable
@@ -97,6 +99,10 @@ class TurnFailed(Exception):
         super().__init__(message)
         self.message = message
         self.generation = generation
+
+    @property
+    def cancelled(self) -> bool:
+        return self.generation is not None and self.generation.status == "cancelled"
 
 
 class Assistant:
@@ -201,32 +207,35 @@ class Assistant:
     ) -> Iterator[Event]:
         """Carry out a plan: the one code path for every planner, offline or LLM tool call."""
         state = TurnState(conversation_id, plan, notes=list(notes))
-        yield self._plan_event(conversation_id, plan, tool_calls, state.notes)
         try:
+            yield self._plan_event(conversation_id, plan, tool_calls, state.notes)
             if plan.is_reply_only:
-                reply = self._answer(conversation_id, plan)
+                reply = self._with_notes(self._answer(conversation_id, plan), state)
                 if record_reply:
-                    self.repo.record_turn(
-                        conversation_id, reply=self._with_notes(reply, state), plan=plan.to_dict()
-                    )
-                yield Reply(conversation_id, self._with_notes(reply, state))
-                return
-            yield from self._run_plan(state, upload, mask)
-            state.notes = self._new_notes(conversation_id, state.notes)
-            reply = self._success_reply(state)
-            record = self.repo.record_turn(
-                conversation_id,
-                reply=reply if record_reply else None,
-                plan={**plan.to_dict(), "tool_calls": list(tool_calls), "notes": state.notes},
-                generations=state.generations,
-                images=state.images,
-                images_message_id=None,
-            )
+                    self.repo.record_turn(conversation_id, reply=reply, plan=plan.to_dict())
+            else:
+                yield from self._run_plan(state, upload, mask)
+                state.notes = self._new_notes(conversation_id, state.notes)
+                reply = self._success_reply(state)
+                record = self.repo.record_turn(
+                    conversation_id,
+                    reply=reply if record_reply else None,
+                    plan={**plan.to_dict(), "tool_calls": list(tool_calls), "notes": state.notes},
+                    generations=state.generations,
+                    images=state.images,
+                    images_message_id=None,
+                )
         except TurnFailed as failure:
             yield from self._fail(conversation_id, plan, failure, tool_calls)
             return
         except StorageError as exc:
             yield from self._fail(conversation_id, plan, TurnFailed(str(exc)), tool_calls)
+            return
+        except GeneratorExit:  # the renderer closed the turn (a Streamlit rerun or stop)
+            self._record_stopped(conversation_id, plan, state, tool_calls)
+            raise
+        if plan.is_reply_only:
+            yield Reply(conversation_id, reply)
             return
         for image in record.images:
             yield ImageReady(
@@ -479,6 +488,11 @@ class Assistant:
         )
         try:
             result = yield from self._call_backend(state.conversation_id, backend, request)
+        except GeneratorExit:
+            state.interrupted = replace(
+                generation, status="cancelled", error=Cancelled().user_message, duration_ms=_ms_since(started)
+            )
+            raise
         except ToolError as exc:
             status = "cancelled" if isinstance(exc, Cancelled) else "failed"
             failed = replace(
@@ -543,13 +557,18 @@ class Assistant:
 
         worker = threading.Thread(target=work, name="atelier-backend", daemon=True)
         worker.start()
+        interrupted = False
         try:
             while (event := events.get()) is not None:
                 yield event
+        except KeyboardInterrupt:  # Ctrl-C in a terminal: stop like the cancel button does
+            interrupted = True
         finally:
             if worker.is_alive():  # the renderer went away mid-turn: stop between steps
                 cancel.cancel()
             worker.join()
+        if interrupted:
+            raise Cancelled()
         if "error" in outcome:
             raise outcome["error"]
         result: ImageResult = outcome["result"]
@@ -714,11 +733,35 @@ class Assistant:
         plan_record["tool_calls"] = list(tool_calls)
         try:
             self.repo.record_failure(
-                conversation_id, reply=failure.message, plan=plan_record, generation=failure.generation
+                conversation_id,
+                reply=failure.message,
+                plan=plan_record,
+                generation=failure.generation,
+                status="cancelled" if failure.cancelled else "failed",
             )
         except StorageError:
             log.exception("could not record a failed turn")
-        yield Failed(conversation_id, failure.message)
+        yield Failed(conversation_id, failure.message, cancelled=failure.cancelled)
+
+    def _record_stopped(
+        self, conversation_id: int, plan: Plan, state: TurnState, tool_calls: Sequence[dict[str, Any]]
+    ) -> None:
+        """A turn whose renderer went away still ends in the record, as cancelled.
+
+        Nothing can be yielded any more (the generator is closing), so this only writes.
+        """
+        message = Cancelled().user_message
+        plan_record = {**plan.to_dict(), "error": message, "tool_calls": list(tool_calls)}
+        try:
+            self.repo.record_failure(
+                conversation_id,
+                reply=message,
+                plan=plan_record,
+                generation=state.interrupted,
+                status="cancelled",
+            )
+        except StorageError:
+            log.exception("could not record a stopped turn")
 
     # ----- replay ----------------------------------------------------------------------------
 

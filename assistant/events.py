@@ -63,3 +63,5 @@ class Reply(Event):
 class Failed(Event):
     kind: ClassVar[str] = "error"
     message: str
+    #: the user stopped the turn (a rerun, Ctrl-C, the cancel token): not a fault of anything
+    cancelled: bool = False

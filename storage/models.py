@@ -51,7 +51,7 @@ class Message(Base):
     content: Mapped[str] = mapped_column(Text)
     #: intent, target numbers, rewritten prompt, tool calls, errors: how the turn was understood
     plan: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    #: "ok" or "failed": a failed turn stays visible with its reason
+    #: "ok", "failed" or "cancelled": a turn that did not finish stays visible with its reason
     status: Mapped[str] = mapped_column(String(16), default="ok")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -386,13 +386,14 @@ class Repository:
         reply: str,
         plan: Mapping[str, Any] | None,
         generation: NewGeneration | None = None,
+        status: str = "failed",
     ) -> Message:
-        """A failed turn stays in the record with its reason, so the user sees what happened."""
+        """A failed or cancelled turn stays in the record with its reason, so the user sees what happened."""
         record = self.record_turn(
             conversation_id,
             reply=reply,
             plan=plan,
-            status="failed",
+            status=status,
             generations=[generation] if generation is not None else (),
         )
         assert record.message is not None

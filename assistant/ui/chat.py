@@ -173,6 +173,8 @@ def _render_message(repo: Repository, view: MessageView) -> None:
         if view.text:
             if view.failed:
                 st.error(escape_markdown(view.text), icon=":material/error:")
+            elif view.cancelled:
+                st.warning(escape_markdown(view.text), icon=":material/stop_circle:")
             else:
                 st.markdown(escape_markdown(view.text))
         if view.role == "assistant" and view.plan and (view.plan.get("prompt") or view.plan.get("error")):
@@ -326,8 +328,12 @@ def _run_turn(ctx: UiContext, conversation_id: int | None, request: TurnRequest)
                     status.update(label="Done", state="complete", expanded=False)
                 elif isinstance(event, Failed):
                     failure = event
-                    status.update(label="That didn't work", state="error")
-                    st.error(escape_markdown(event.message))
+                    if event.cancelled:
+                        status.update(label="Stopped", state="error", expanded=False)
+                        st.warning(escape_markdown(event.message))
+                    else:
+                        status.update(label="That didn't work", state="error")
+                        st.error(escape_markdown(event.message))
         except Exception as exc:  # a bug below the UI: say so, keep the page usable
             log.exception("turn failed unexpectedly")
             status.update(label="That didn't work", state="error")
@@ -355,7 +361,7 @@ def _failure_recorded(repo: Repository, failure: Failed) -> bool:
         last = repo.messages(failure.conversation_id, limit=1)
     except StorageError:
         return False
-    return bool(last) and last[-1].status == "failed" and last[-1].content == failure.message
+    return bool(last) and last[-1].status in ("failed", "cancelled") and last[-1].content == failure.message
 
 
 # ----- the page ----------------------------------------------------------------------------------

@@ -239,6 +239,8 @@ class MessageView:
     role: str
     text: str
     failed: bool = False
+    #: stopped by the user: shown as a notice, not as an error
+    cancelled: bool = False
     plan: Mapping[str, Any] | None = None
     images: list[ImageView] = field(default_factory=list)
 
@@ -285,6 +287,7 @@ def conversation_view(
                 role=message.role if message.role in ("user", "assistant") else "assistant",
                 text=message.content,
                 failed=message.status == "failed",
+                cancelled=message.status == "cancelled",
                 plan=message.plan,
                 images=by_message.get(message.id, []),
             )

@@ -164,14 +164,17 @@ def assert_failed_turn(
     message: str,
     *,
     generation: str | None,
+    status: str = "failed",
 ) -> None:
     """The turn is on record: the user's words, then an assistant reply marked failed with its reason.
+
+    `status`: the reply's status, "cancelled" for a turn the user stopped.
 
     `generation`: the status of the one new `generations` row ("failed", "cancelled"), or None
     when no backend was called (then there must be no new row).
     """
     messages = new_messages(repo, before, conversation_id)
-    assert [(m.role, m.status) for m in messages] == [("user", "ok"), ("assistant", "failed")], [
+    assert [(m.role, m.status) for m in messages] == [("user", "ok"), ("assistant", status)], [
         (m.role, m.status, m.content) for m in messages
     ]
     assert messages[0].content == user_text

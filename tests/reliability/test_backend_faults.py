@@ -382,7 +382,17 @@ def test_diffusers_fault_is_one_clear_message_and_a_failed_generation(
 
     message = failed(events).message
     assert_clear_message(message, *case.fragments)
-    assert_failed_turn(repo, before, conversation_id, text, message, generation=case.generation)
+    stopped = case.generation == "cancelled"
+    assert failed(events).cancelled is stopped
+    assert_failed_turn(
+        repo,
+        before,
+        conversation_id,
+        text,
+        message,
+        generation=case.generation,
+        status="cancelled" if stopped else "failed",
+    )
     assert_nothing_lost(before, repo, conversations_touched={conversation_id})
     if case.id == "cancel-mid-run":  # stopped between steps: step 2 of 4 was the last one run
         assert progress_steps(events) == [(1, 4), (2, 4)]

@@ -189,6 +189,31 @@ def test_a_backend_failure_is_an_error_and_the_conversation_stays_usable(
     assert [i.backend for i in stored.conversation_images(conversation.id)] == ["offline"]
 
 
+def test_a_turn_stopped_by_a_rerun_shows_as_stopped_not_as_an_error(
+    app: AppTest, stored: Repository, data_dir: Path
+) -> None:
+    from assistant.core import Assistant
+    from assistant.runtime import open_repository
+    from assistant.settings import Settings
+
+    send(app, FOX)
+    (conversation,) = stored.list_conversations()
+    settings = Settings()
+    assistant = Assistant(settings, open_repository(settings))
+    stream = assistant.respond(conversation.id, "make it snowier")
+    next(stream)  # the plan is out; then the page reruns before the image is made
+    stream.close()
+
+    reloaded = new_app()
+    click(reloaded, f"atelier.conversation.{conversation.id}")
+    stopped = [unescape(w.value) for w in reloaded.warning]
+    assert any(text.startswith("Cancelled: you stopped this request") for text in stopped), stopped
+    assert errors(reloaded) == []
+    assert "make it snowier" in markdown_texts(reloaded)
+    assert [m.status for m in stored.messages(conversation.id)] == ["ok", "ok", "ok", "cancelled"]
+    assert len(stored.conversation_images(conversation.id)) == 1
+
+
 def test_a_turn_shows_its_plan_and_progress_while_it_runs(
     app: AppTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:

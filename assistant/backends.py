@@ -24,6 +24,7 @@ def make_backend(settings: Settings, choice: BackendChoice | None = None) -> Ima
             base_url=settings.openai_base_url,
             timeout=settings.openai_timeout,
             max_retries=settings.openai_max_retries,
+            quality=settings.openai_image_quality,
         )
     if choice is BackendChoice.DIFFUSERS:
         from tools.base import ModelNotFound

@@ -415,7 +415,8 @@ class Assistant:
             return source.seed
         return None
 
-    def _check_budget(self, conversation_id: int) -> None:
+    def _check_budget(self, conversation_id: int, backend: ImageBackend, request: ImageRequest) -> None:
+        """Refuse a call that could take the conversation over its budget, before it is made."""
         budget = self.settings.cost_budget_usd
         if budget is None:
             return
@@ -424,6 +425,16 @@ class Assistant:
             raise TurnFailed(
                 f"This conversation has used its budget (${spent:.2f} of ${budget:.2f}); "
                 "raise ATELIER_COST_BUDGET_USD or start a new conversation."
+            )
+        try:
+            estimate = backend.estimate_cost(request)
+        except ToolError as exc:  # the request itself is invalid: the same message the call would give
+            raise TurnFailed(exc.user_message) from None
+        if estimate is not None and spent + estimate > budget:
+            raise TurnFailed(
+                f"This could cost up to ${estimate:.2f} (an estimate that errs high), and this "
+                f"conversation has ${budget - spent:.2f} of its ${budget:.2f} budget left. Ask for fewer, "
+                "smaller or lower-quality images, raise ATELIER_COST_BUDGET_USD, or start a new conversation."
             )
 
     def _backend_call(
@@ -443,7 +454,6 @@ class Assistant:
         plan = state.plan
         width, height = size
         self._check_limits(width, height, n)
-        self._check_budget(state.conversation_id)
         backend = self.backend
         seed = self._seed(plan) if seed is None else seed
         strength = plan.strength if strength is None else strength
@@ -466,6 +476,7 @@ class Assistant:
             mask=mask,
             options=options,
         )
+        self._check_budget(state.conversation_id, backend, request)
         request_record = {
             "operation": operation.value,
             "width": width,

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     )
     openai_base_url: str | None = None
     openai_image_model: str = DEFAULT_OPENAI_IMAGE_MODEL
+    #: low · medium · high · auto; None leaves it to the server (auto). The main cost knob.
+    openai_image_quality: str | None = None
     openai_timeout: float = 120.0
     openai_max_retries: int = 2
 
@@ -88,7 +90,15 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _blank_strings_are_unset(self) -> Settings:
         """An empty env var (ATELIER_CHAT_MODEL=) means 'not configured', not a model named ''."""
-        for name in ("database_url", "diffusers_model", "openai_base_url", "chat_base_url", "chat_model"):
+        blankable = (
+            "database_url",
+            "diffusers_model",
+            "openai_base_url",
+            "openai_image_quality",
+            "chat_base_url",
+            "chat_model",
+        )
+        for name in blankable:
             if getattr(self, name) == "":
                 setattr(self, name, None)
         for name in ("openai_api_key", "chat_api_key"):

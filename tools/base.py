@@ -107,6 +107,13 @@ class ImageBackend(Protocol):
     model: str
     capabilities: frozenset[Operation]
 
+    def estimate_cost(self, request: ImageRequest) -> float | None:
+        """The most `request` may cost in US dollars, known before it is sent; None when unknown.
+
+        A per-conversation budget is enforced before the call, so it needs a price up front.
+        """
+        ...
+
     def run(
         self,
         request: ImageRequest,

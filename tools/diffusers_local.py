@@ -772,6 +772,9 @@ class DiffusersBackend:
 
     # -- one request -----------------------------------------------------------------------
 
+    def estimate_cost(self, request: ImageRequest) -> float | None:
+        return 0.0  # runs on this machine
+
     def run(
         self,
         request: ImageRequest,

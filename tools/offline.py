@@ -1114,6 +1114,9 @@ class OfflineBackend:
         {Operation.GENERATE, Operation.EDIT, Operation.INPAINT, Operation.VARIATION, Operation.IMG2IMG}
     )
 
+    def estimate_cost(self, request: ImageRequest) -> float | None:
+        return 0.0  # drawn on this machine
+
     def run(
         self,
         request: ImageRequest,

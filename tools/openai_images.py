@@ -39,7 +39,7 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -455,6 +455,46 @@ def estimate_cost(model: str, usage: Mapping[str, Any] | None) -> float | None:
     return round(cost, 6)
 
 
+#: Output tokens of one 1024×1024 image by quality, from OpenAI's published table for its GPT
+#: image models. Quality 'auto' (the API's default) may choose high, so it is priced as high.
+_OUTPUT_TOKENS_1024: Final[Mapping[str, int]] = {"low": 272, "medium": 1056, "high": 4160}
+_SQUARE_PIXELS: Final = 1024 * 1024
+#: size 'auto' may pick the largest standard size
+_AUTO_SIZE_SCALE: Final = 1536 * 1024 / _SQUARE_PIXELS
+
+
+def estimate_request_cost(model: str, request: ImageRequest) -> float | None:
+    """US dollars a request may cost at most, before it is sent; None when the price is unknown.
+
+    The budget check needs this *before* the call, when there is no usage block yet. It errs
+    high on purpose: sizes below 1024² are priced as 1024², every input image (sources and
+    mask) as a high-quality image, and prompt text at three characters per token.
+    """
+    spec = MODELS.get(model)
+    if spec is None or spec.prices is None:
+        return None
+    options = {k: v for k, v in request.options.items() if v is not None}
+    size = _resolve_size(model, spec, request, options, [])
+    quality = _choice(options, "quality", spec.qualities, model) or "auto"
+    if size == "auto":
+        scale = _AUTO_SIZE_SCALE
+    else:
+        width, height = (int(side) for side in size.split("x"))
+        scale = max(1.0, width * height / _SQUARE_PIXELS)
+    high = _OUTPUT_TOKENS_1024["high"]
+    output_tokens = _OUTPUT_TOKENS_1024.get(quality, high) * scale * request.n
+    image_inputs = len(request.sources) + (1 if request.mask is not None else 0)
+    image_tokens = image_inputs * high * _AUTO_SIZE_SCALE
+    text_tokens = (len(request.prompt) + len(request.negative_prompt) + len(VARIATION_INSTRUCTION)) / 3
+    prices = spec.prices
+    cost = (
+        text_tokens * prices.text_input
+        + image_tokens * prices.image_input
+        + output_tokens * prices.image_output
+    ) / 1_000_000
+    return round(cost, 6)
+
+
 # --------------------------------------------------------------------------- the backend
 
 
@@ -466,7 +506,8 @@ class OpenAIImagesBackend:
     itself (passed explicitly, so the SDK does not read OPENAI_BASE_URL behind the settings' back).
     Request options read: size ('auto' or 'WxH', overriding width/height), quality, background,
     output_format, output_compression, moderation (generate), input_fidelity (edit), complexity,
-    safety_identifier; other keys belong to other backends and are ignored.
+    safety_identifier; other keys belong to other backends and are ignored. `quality` here is the
+    default for requests that do not set their own.
     """
 
     name = "openai"
@@ -482,8 +523,10 @@ class OpenAIImagesBackend:
         timeout: float = 120,
         max_retries: int = 2,
         organization: str | None = None,
+        quality: str | None = None,
     ) -> None:
         self.model = model
+        self.quality = quality
         self.base_url = base_url or DEFAULT_BASE_URL
         self.timeout = timeout
         self.max_retries = max_retries
@@ -515,7 +558,7 @@ class OpenAIImagesBackend:
     ) -> ImageResult:
         check_capability(self, request.operation)
         client = self._get_client()
-        call = prepare_call(self.model, request)
+        call = prepare_call(self.model, self._with_defaults(request))
         if cancel is not None and cancel.cancelled:
             raise Cancelled()
         if progress is not None:
@@ -549,6 +592,15 @@ class OpenAIImagesBackend:
         if progress is not None:
             progress(1, 1)
         return result
+
+    def estimate_cost(self, request: ImageRequest) -> float | None:
+        """The most this request may cost (see `estimate_request_cost`); checks it like `run` does."""
+        return estimate_request_cost(self.model, self._with_defaults(request))
+
+    def _with_defaults(self, request: ImageRequest) -> ImageRequest:
+        if self.quality is None or request.options.get("quality") is not None:
+            return request
+        return replace(request, options={**request.options, "quality": self.quality})
 
     def close(self) -> None:
         """Release pooled connections now instead of at garbage collection."""

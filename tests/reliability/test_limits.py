@@ -186,16 +186,18 @@ def _tool_reply(server: FakeOpenAI) -> str:
     return "\n".join(m["content"] for m in last["messages"] if m["role"] == "tool")
 
 
-def test_cost_budget_refuses_the_next_turn_before_the_call(tmp_path: Path, server: FakeOpenAI) -> None:
-    """gpt-image-2 at 256² reports ~1,060 tokens (≈ $0.032) per image; the budget is $0.05."""
+def test_cost_budget_refuses_the_next_turn_once_it_is_spent(tmp_path: Path, server: FakeOpenAI) -> None:
+    """The fake reports ~1,060 output tokens (≈ $0.032) per image; quality low is estimated at
+    ≈ $0.008 before the call, so two turns start under the $0.05 budget and end over it."""
     data = tmp_path / "data"
-    assistant = openai_assistant(data, server, cost_budget_usd=0.05)
+    assistant = openai_assistant(data, server, cost_budget_usd=0.05, openai_image_quality="low")
     repo = assistant.repo
     conversation_id = turn(assistant, None, "a red fox")[0].conversation_id
     turn(assistant, conversation_id, "a blue bird")  # under budget when it starts, over after it
     spent = [g.cost_usd for g in repo.generations(conversation_id)]
     assert len(spent) == 2 and all(cost is not None and cost > 0.03 for cost in spent)
     assert all(g.usage and g.usage["output_tokens"] > 0 for g in repo.generations(conversation_id))
+    assert {r.json["quality"] for r in server.requests_to(GENERATIONS)} == {"low"}
     before = snapshot(repo)
     sent = image_requests(server)
 
@@ -214,3 +216,33 @@ def test_cost_budget_refuses_the_next_turn_before_the_call(tmp_path: Path, serve
     fresh = turn(assistant, None, "a green frog")
     assert len(images_made(fresh)) == 1 and image_requests(server) == sent + 1
     assert_usable(openai_assistant(data, server, cost_budget_usd=1.0), conversation_id)
+
+
+def test_cost_budget_refuses_a_call_that_could_go_over_it_before_it_is_made(
+    tmp_path: Path, server: FakeOpenAI
+) -> None:
+    """At the server's default quality an image may cost ≈ $0.125; four of them do not fit in
+    what is left of $0.30 after one image, one more does."""
+    data = tmp_path / "data"
+    assistant = openai_assistant(data, server, cost_budget_usd=0.30)
+    repo = assistant.repo
+    conversation_id = turn(assistant, None, "a red fox")[0].conversation_id
+    before = snapshot(repo)
+    sent = image_requests(server)
+
+    events = turn(assistant, conversation_id, "4 images of a lighthouse")
+
+    message = failed(events).message
+    assert_clear_message(
+        message,
+        "could cost up to $0.50",
+        "$0.27 of its $0.30 budget left",
+        "fewer",
+        "ATELIER_COST_BUDGET_USD",
+    )
+    assert image_requests(server) == sent  # nothing was sent, nothing was charged
+    assert_failed_turn(repo, before, conversation_id, "4 images of a lighthouse", message, generation=None)
+    assert_nothing_lost(before, repo, conversations_touched={conversation_id})
+
+    one_more = turn(assistant, conversation_id, "a lighthouse")
+    assert len(images_made(one_more)) == 1 and image_requests(server) == sent + 1

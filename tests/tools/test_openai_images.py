@@ -57,6 +57,7 @@ from tools.openai_images import (
     VARIATION_INSTRUCTION,
     OpenAIImagesBackend,
     estimate_cost,
+    estimate_request_cost,
     openai_mask,
     scrub,
 )
@@ -662,6 +663,38 @@ def test_estimate_cost() -> None:
     assert estimate_cost("gpt-image-2.6-flare", usage) is None  # no price known
     assert estimate_cost("gpt-image-2", None) is None
     assert estimate_cost("gpt-image-2", {"input_tokens": "many"}) is None
+
+
+def test_estimate_before_the_call_errs_high_and_follows_quality_size_and_n() -> None:
+    """gpt-image-2 outputs cost $30 per 1M tokens; a 1024² high image is 4,160 tokens (≈ $0.125)."""
+    high = estimate_request_cost("gpt-image-2", gen(options={"quality": "high"}))
+    assert high == pytest.approx(4160 * 30 / 1e6, rel=0.01)
+    assert estimate_request_cost("gpt-image-2", gen()) == high  # the server's 'auto' may choose high
+    low = estimate_request_cost("gpt-image-2", gen(options={"quality": "low"}))
+    medium = estimate_request_cost("gpt-image-2", gen(options={"quality": "medium"}))
+    assert low is not None and medium is not None and low < medium < high
+    assert estimate_request_cost("gpt-image-2", gen(n=3)) == pytest.approx(3 * high, rel=0.01)
+    assert estimate_request_cost("gpt-image-2", gen(width=256, height=256)) == high  # never below 1024²
+    wide = estimate_request_cost("gpt-image-2", gen(width=2048, height=1024))
+    assert wide == pytest.approx(2 * high, rel=0.01)
+    with_source = estimate_request_cost("gpt-image-2", edit(side=1024))
+    assert with_source is not None and with_source > high  # the source image is paid for as input
+    assert estimate_request_cost("gpt-image-2.6-flare", gen()) is None  # no price known, no guess
+    with pytest.raises(InvalidRequest, match="quality='ultra' is not accepted"):
+        estimate_request_cost("gpt-image-2", gen(options={"quality": "ultra"}))
+
+
+def test_the_backend_default_quality_is_sent_and_priced(server: FakeOpenAI) -> None:
+    backend = make_backend(server, quality="low")
+    assert backend.estimate_cost(gen()) == estimate_request_cost(
+        "gpt-image-2", gen(options={"quality": "low"})
+    )
+    backend.run(gen())
+    (request,) = server.requests_to(GENERATIONS)
+    assert request.json["quality"] == "low"
+    assert make_backend(server, quality="low").estimate_cost(gen(options={"quality": "high"})) == (
+        estimate_request_cost("gpt-image-2", gen(options={"quality": "high"}))
+    )  # a request's own quality wins
 
 
 # --------------------------------------------------------------------------- the fake's chat route

@@ -15,6 +15,7 @@ Importing this module is cheap: torch and diffusers are imported when a backend 
 
 from __future__ import annotations
 
+import copy
 import gc
 import inspect
 import json
@@ -653,7 +654,16 @@ class UnetCompiler:
         from diffusers import AutoPipelineForText2Image
 
         if self._warm_pipe is None:
-            self._warm_pipe = AutoPipelineForText2Image.from_pipe(self.loaded.base, unet=self.compiled)
+            base = self.loaded.base
+            # Requests run meanwhile on the same tokenizers. A fast tokenizer keeps its padding and
+            # truncation mode on the shared Rust object, so two threads interleaving get each
+            # other's mode (a 2-token prompt where 77 were expected). The warm-up gets copies.
+            own = {
+                name: copy.deepcopy(getattr(base, name))
+                for name in ("tokenizer", "tokenizer_2")
+                if getattr(base, name, None) is not None
+            }
+            self._warm_pipe = AutoPipelineForText2Image.from_pipe(base, unet=self.compiled, **own)
             self._warm_pipe.set_progress_bar_config(disable=True)
         self._warm_pipe.scheduler = self.loaded.make_scheduler(key.scheduler)
         device = self.loaded.key.device

@@ -427,6 +427,13 @@ def test_compile_warms_in_background_and_never_blocks(
     assert backend.load().pipeline("text2img").unet is backend.load().unet  # eager UNet put back
     assert backend.wait_for_compile(timeout=120)
     assert backend.run(request(seed=9, width=128)).params["compiled"] is True
+    # the warm-up runs while requests do: it shares the weights but not the tokenizer, whose
+    # padding mode is state a concurrent request would otherwise flip (seen as a 2-vs-77 crash)
+    loaded = backend.load()
+    assert loaded.compiler is not None
+    warm_pipe = loaded.compiler._warm_pipe
+    assert warm_pipe.text_encoder is loaded.base.text_encoder
+    assert warm_pipe.tokenizer is not loaded.base.tokenizer
     dl.clear_cache()
 
 

@@ -35,6 +35,7 @@ from assistant.agent_tools import (
     Call,
     Limits,
     ToolCallError,
+    UnknownImage,
     plan_for_call,
     tool_schemas,
     with_preface,
@@ -79,10 +80,10 @@ NO_KEY = "no-key"
 class ChatUnavailable(Exception):
     """The chat endpoint failed; `message` names the host and the reason, never the key."""
 
-    def __init__(self, host: str, reason: str) -> None:
+    def __init__(self, host: str, reason: str, message: str | None = None) -> None:
         self.host = host
         self.reason = reason
-        self.message = f"The chat model at {host} could not be reached ({reason})"
+        self.message = message or f"The chat model at {host} could not be reached ({reason})"
         super().__init__(self.message)
 
 
@@ -305,6 +306,14 @@ class LLMAgent:
         try:
             answer = model.invoke(list(messages))
         except Exception as exc:  # every way a remote call fails becomes one kind of error
+            if _refuses_tools(exc):
+                raise ChatUnavailable(
+                    self.host,
+                    "no tool calling",
+                    f"The chat model {self.model!r} at {self.host} does not support tool calling "
+                    "(Ollama: 'does not support tools'; vLLM: --enable-auto-tool-choice); set "
+                    "ATELIER_CHAT_MODEL to a model that does",
+                ) from None
             raise ChatUnavailable(self.host, self._reason(exc)) from None
         if not isinstance(answer, AIMessage):
             raise ChatUnavailable(self.host, f"unexpected answer type {type(answer).__name__}")
@@ -490,6 +499,8 @@ class LLMAgent:
         record: dict[str, Any] = {"id": call["id"], "name": call["name"], "args": self._scrub(call["args"])}
         try:
             plan = plan_for_call(call["name"], call["args"], request)
+        except UnknownImage as problem:  # the model asks the user which one: a question, not a fault
+            return {**record, "result": f"Error: {problem}", "question": True}
         except ToolCallError as problem:
             return {**record, "result": f"Error: {problem}"}
         except Exception as exc:  # a bug in a tool wrapper must not lose the turn
@@ -544,7 +555,12 @@ class LLMAgent:
         *,
         stopped: str | None = None,
     ) -> Iterator[Event]:
-        """The model's closing text is the reply; without tool calls it goes through execute()."""
+        """The model's closing text is the reply; without tool calls it goes through execute().
+
+        The turn is recorded as failed when the loop was stopped (tool-call cap, endpoint gone) or
+        when every tool call failed: the user sees the reason, and the history says so. A call on
+        an image the conversation lacks ends in the model's question to the user, an ordinary reply.
+        """
         if not runs and stopped is None:
             yield from assistant.execute(conversation_id, self._text_plan(text, context, words), notes=notes)
             return
@@ -553,17 +569,29 @@ class LLMAgent:
         reply = words or made or "Nothing was made."
         if stopped is not None:
             reply = f"{stopped} {made or 'Nothing was made.'}"
-        for run in runs:
-            error = run.get("error")
-            if error and error not in reply:
-                reply += f"\n\nNote: {error}"
-        reply += "".join(f"\n\nNote: {note}" for note in notes if note)
-        record = {"planner": self.name, "tool_calls": [_public(run) for run in runs], "notes": list(notes)}
+        problems = [_problem(run) for run in runs]
+        asked = any(run.get("question") for run in runs)
+        failed = stopped is not None or (all(problems) and not asked)
+        extras = [
+            f"Note: {problem}" for problem in dict.fromkeys(problems) if problem and problem not in reply
+        ]
+        extras += [f"Note: {note}" for note in notes if note]
+        # a failure is one line (the chat shows it as an error); a reply keeps its paragraphs
+        reply = " ".join([reply, *extras]) if failed else "".join([reply, *(f"\n\n{e}" for e in extras)])
+        record: dict[str, Any] = {
+            "planner": self.name,
+            "tool_calls": [_public(run) for run in runs],
+            "notes": list(notes),
+        }
+        if failed:
+            record["error"] = reply
         try:
-            assistant.repo.record_turn(conversation_id, reply=reply, plan=record)
+            assistant.repo.record_turn(
+                conversation_id, reply=reply, plan=record, status="failed" if failed else "ok"
+            )
         except StorageError:  # the images are stored already; losing the closing words is not fatal
             log.exception("could not store the agent's answer")
-        yield Reply(conversation_id, reply)
+        yield Failed(conversation_id, reply) if failed else Reply(conversation_id, reply)
 
     def _unavailable(
         self,
@@ -609,6 +637,27 @@ class LLMAgent:
 
 # --------------------------------------------------------------------------------------------
 # small helpers
+
+
+def _problem(run: Mapping[str, Any]) -> str | None:
+    """Why a tool call did nothing: the assistant's failure, or the tool's refusal of the call."""
+    if run.get("error"):
+        return str(run["error"])
+    result = str(run.get("result", ""))
+    return result.removeprefix("Error: ") if result.startswith("Error: ") else None
+
+
+def _refuses_tools(exc: BaseException) -> bool:
+    """A server saying this model cannot take `tools` (Ollama, vLLM and llama.cpp all word it so).
+
+    Only the yes/no is taken from the error text; the text itself is never shown (it may echo input).
+    """
+    import openai
+
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code not in (400, 422, 500, 501):
+        return False
+    text = f"{exc.message} {exc.body}".lower()
+    return "tool" in text and any(word in text for word in ("support", "enable", "requires", "jinja"))
 
 
 def _calls(answer: AIMessage) -> list[dict[str, Any]]:

@@ -50,6 +50,10 @@ class ToolCallError(Exception):
     """A tool call that cannot run; the message is shown to the model (and maybe the user)."""
 
 
+class UnknownImage(ToolCallError):
+    """The call names an image this conversation lacks: a question for the user, not a fault."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """The settings a tool call is checked against before anything runs."""
@@ -261,8 +265,8 @@ def _image(context: PlannerContext, number: int) -> ImageInfo:
     info = context.image(number)
     if info is None:
         if not context.images:
-            raise ToolCallError(f"There is no image #{number}: this conversation has no images yet.")
-        raise ToolCallError(
+            raise UnknownImage(f"There is no image #{number}: this conversation has no images yet.")
+        raise UnknownImage(
             f"There is no image #{number} in this conversation; it has {list_images(context.images)}. "
             "Which one do you mean?"
         )

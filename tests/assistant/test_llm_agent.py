@@ -315,11 +315,21 @@ def test_bad_tool_calls_become_error_results_and_a_clean_answer(
         answer("Sorry, I couldn't do that: please tell me which image and what to change."),
     )
     events = list(assistant.respond(conversation_id, "do the thing to #9"))
-    assert not [e for e in events if isinstance(e, ImageReady | Failed)]
-    assert isinstance(events[-1], Reply) and events[-1].text.startswith("Sorry, I couldn't do that")
+    assert not [e for e in events if isinstance(e, ImageReady)]
+    # nothing was done: the model's words plus the tool's reason. An unknown image number is the
+    # model asking the user which one (a reply); any other bad call is a failed turn, on record
+    question = name == "edit_image" and "There is no image" in error
+    stop = events[-1]
+    assert isinstance(stop, Reply if question else Failed), events
+    message = stop.text if isinstance(stop, Reply) else stop.message
+    assert message.startswith("Sorry, I couldn't do that")
+    assert "Note: " in message and error in message.split("Note: ", 1)[1]
     result = tool_results(server.requests_to(CHAT_COMPLETIONS)[1])["call_bad"]
     assert result.startswith("Error: ") and error in result
     assert [i.number for i in assistant.repo.conversation_images(conversation_id)] == [1, 2]
+    closing = assistant.repo.messages(conversation_id)[-1]
+    status = "ok" if question else "failed"
+    assert (closing.role, closing.status, closing.content) == ("assistant", status, message)
 
 
 def test_a_tool_call_loop_stops_at_the_limit(tmp_path: Path, server: FakeOpenAI) -> None:
@@ -329,8 +339,8 @@ def test_a_tool_call_loop_stops_at_the_limit(tmp_path: Path, server: FakeOpenAI)
         "POST", CHAT_COMPLETIONS, lambda _: chat_completion(None, tool_calls=[tool_call("list_images", {})])
     )
     events = list(assistant.respond(conversation_id, "list my images"))
-    assert isinstance(events[-1], Reply)
-    assert events[-1].text.startswith("I stopped after 3 tool calls in one turn (the limit is 3).")
+    assert isinstance(events[-1], Failed)
+    assert events[-1].message.startswith("I stopped after 3 tool calls in one turn (the limit is 3).")
     assert len(server.requests_to(CHAT_COMPLETIONS)) == 4
     assert not [e for e in events if isinstance(e, ImageReady)]
     assert len(assistant.repo.conversation_images(conversation_id)) == 1
@@ -396,9 +406,9 @@ def test_a_failure_after_a_tool_ran_does_not_run_it_again(tmp_path: Path, server
     )
     events = list(assistant.respond(None, "a cozy cabin at night"))
     assert [e.number for e in events if isinstance(e, ImageReady)] == [1]
-    assert isinstance(events[-1], Reply)
-    assert "could not be reached (HTTP 503) after 1 tool call(s)" in events[-1].text
-    assert "Created #1" in events[-1].text
+    assert isinstance(events[-1], Failed)  # the image stays; the turn says why it stopped short
+    assert "could not be reached (HTTP 503) after 1 tool call(s)" in events[-1].message
+    assert "Created #1" in events[-1].message
 
 
 # ----- the API key ---------------------------------------------------------------------------------

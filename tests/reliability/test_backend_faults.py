@@ -30,7 +30,7 @@ from pydantic import SecretStr
 
 from assistant.agent import LLMAgent
 from assistant.core import Assistant
-from assistant.events import Event, PlanMade, Progress
+from assistant.events import Event, Failed, PlanMade, Progress
 from assistant.offline_planner import OfflinePlanner
 from assistant.runtime import open_repository
 from assistant.settings import BackendChoice, ChatFailureMode, Settings
@@ -469,12 +469,35 @@ CHAT_FAULTS = [
         fragments=("I cannot call tools, but I can describe a fox for you.",),
     ),
     ChatFault(
+        "server-refuses-tools-then-falls-back",  # Ollama's answer for a model without tool support
+        answers=(error_response(400, "registry.ollama.ai/library/gemma:2b does not support tools"),),
+        fragments=(
+            "does not support tool calling",
+            "ATELIER_CHAT_MODEL",
+            "used the offline planner for this turn.",
+        ),
+        images=1,
+    ),
+    ChatFault(
+        "server-refuses-tools-with-fallback-off",  # vLLM's answer without --enable-auto-tool-choice
+        answers=(
+            error_response(
+                400,
+                '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+            ),
+        ),
+        overrides={"chat_on_failure": ChatFailureMode.FAIL},
+        outcome="failed",
+        fragments=("does not support tool calling", "ATELIER_CHAT_MODEL"),
+    ),
+    ChatFault(
         "calls-an-unknown-tool",
         answers=(
             chat_completion(None, tool_calls=[tool_call("delete_all_images", {}, "call_x")]),
             chat_completion("Sorry, I could not do that."),
         ),
-        fragments=("Sorry, I could not do that.",),
+        outcome="failed",
+        fragments=("Sorry, I could not do that.", "Note: Unknown tool 'delete_all_images'."),
         tool_result="Error: Unknown tool 'delete_all_images'.",
     ),
     ChatFault(
@@ -483,7 +506,8 @@ CHAT_FAULTS = [
             chat_completion(None, tool_calls=[tool_call("generate_image", {"prompt": "", "n": "lots"}, "c")]),
             chat_completion("Sorry, that call was malformed."),
         ),
-        fragments=("Sorry, that call was malformed.",),
+        outcome="failed",
+        fragments=("Sorry, that call was malformed.", "Note: Invalid arguments for generate_image: prompt"),
         tool_result="Error: Invalid arguments for generate_image: prompt: String should have at least 1",
     ),
     ChatFault(
@@ -492,6 +516,7 @@ CHAT_FAULTS = [
             chat_completion(None, tool_calls=[tool_call("generate_image", "{not json", "c")]),
             chat_completion("Sorry, that call was malformed."),
         ),
+        outcome="failed",
         fragments=("Sorry, that call was malformed.",),
         tool_result="Error: Invalid arguments for generate_image: expected a JSON object",
     ),
@@ -501,6 +526,7 @@ CHAT_FAULTS = [
             None, tool_calls=[tool_call("generate_image", {"prompt": "a red fox"})]
         ),
         overrides={"chat_max_tool_calls": 2},
+        outcome="failed",
         fragments=(
             "I stopped after 2 tool calls in one turn (the limit is 2). "
             "Created #1 (new image, generate). Created #2 (new image, generate).",
@@ -542,9 +568,18 @@ def test_chat_model_fault_ends_the_turn_cleanly_and_on_record(
     stored = new_messages(repo, before, conversation_id)
     assert stored[0].role == "user" and stored[0].content == text
     if case.outcome == "failed":
-        message = failed(events).message
+        stop = events[-1]
+        assert isinstance(stop, Failed), events
+        message = stop.message
         assert_clear_message(message, *case.fragments)
-        assert_failed_turn(repo, before, conversation_id, text, message, generation=None)
+        assert DUMMY_KEY not in message
+        if case.images:  # images made before the loop was stopped stay, with their own replies
+            closing = stored[-1]
+            assert (closing.role, closing.status, closing.content) == ("assistant", "failed", message)
+            assert closing.plan is not None and closing.plan["error"] == message
+            assert [g.status for g in new_generations(repo, before, conversation_id)] == ["ok"] * case.images
+        else:
+            assert_failed_turn(repo, before, conversation_id, text, message, generation=None)
     else:
         reply = replied(events).text
         for fragment in case.fragments:

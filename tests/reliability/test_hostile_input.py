@@ -32,7 +32,7 @@ from assistant.agent import LLMAgent
 from assistant.agent_tools import TOOLS
 from assistant.cli import app as cli_app
 from assistant.core import Assistant, Attachment
-from assistant.events import Failed, PlanMade
+from assistant.events import PlanMade
 from assistant.runtime import open_repository
 from assistant.settings import BackendChoice, Settings
 from storage.archive import MANIFEST, export_conversation
@@ -499,7 +499,8 @@ def test_injected_instructions_are_only_data_and_nothing_can_delete(
             chat_completion("I can't delete anything; Atelier keeps every image."),
         )
         events = turn(assistant, conversation_id, text)
-        assert replied(events).text == "I can't delete anything; Atelier keeps every image."
+        # the model tried tools that do not exist: the turn failed, with the model's words first
+        assert failed(events).message.startswith("I can't delete anything; Atelier keeps every image.")
         first, second = server.requests_to(CHAT_COMPLETIONS)[start:]
         offered = [tool["function"]["name"] for tool in first.json["tools"]]
         assert offered and not [name for name in offered if DESTRUCTIVE.search(name)]
@@ -515,7 +516,7 @@ def test_injected_instructions_are_only_data_and_nothing_can_delete(
     after = assert_nothing_lost(before, repo, conversations_touched={conversation_id})
     assert after.ids("images") == before.ids("images")
     assert repo.counts()["conversations"] == 1
-    assert not [e for e in events if isinstance(e, Failed)]
+    assert [m.status for m in repo.messages(conversation_id)][-2:] == ["ok", "failed"]
 
 
 # =============================================================================================
@@ -595,8 +596,9 @@ def test_tool_arguments_are_validated_before_anything_runs(
         chat_completion("Sorry, I could not do that."),
     )
     events = turn(assistant, conversation_id, "do it")
-    assert replied(events).text.startswith("Sorry, I could not do that.")
-    assert images_made(events) == []
+    message = failed(events).message  # nothing ran, so the turn is on record as failed, with why
+    assert message.startswith("Sorry, I could not do that. Note: ")
+    assert case.result.removeprefix("Error: ").removeprefix("Failed: ") in message
     result = tool_results(server.requests_to(CHAT_COMPLETIONS)[-1])["bad"]
     assert case.result in result, result
     assert len(result) < 600

@@ -195,7 +195,8 @@ def test_the_key_reaches_the_server_and_nowhere_else(
     assert runs["export"].returncode == 0 and export_zip.is_file()
     assert json.loads(runs["doctor --json"].stdout)["ok"] is True
     chat_events = [json.loads(line) for line in runs["chat --json"].stdout.splitlines()]
-    assert chat_events and chat_events[-1]["event"] == "reply"
+    assert chat_events and chat_events[-1]["event"] == "error"  # the one tool call failed
+    assert runs["chat --json"].returncode != 0
 
     # the key did reach the server, on every request of every kind, from process and CLI alike
     requests = server.requests

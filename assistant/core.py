@@ -347,11 +347,29 @@ class Assistant:
                 operation,
                 plan.prompt,
                 source,
-                mask,
+                self._fitted_mask(mask, source, state),
                 (source.width, source.height),
                 plan.n,
                 seed=self._edit_seed(plan, operation, source),
             )
+
+    @staticmethod
+    def _fitted_mask(mask: PILImage.Image | None, source: Image, state: TurnState) -> PILImage.Image | None:
+        """The user's mask as every backend takes it: "L", 255 = change, the source's size.
+
+        Done once here so a mask means the same area on every backend, and the stored mask is the
+        one that was used (a replay sends the same bytes).
+        """
+        if mask is None:
+            return None
+        from tools.image_input import prepare_mask
+
+        try:
+            fitted, notes = prepare_mask(mask, (source.width, source.height))
+        except ToolError as exc:
+            raise TurnFailed(exc.user_message) from None
+        state.notes.extend(notes)
+        return fitted
 
     def _sources(self, conversation_id: int, plan: Plan, upload: Image | None) -> list[Image]:
         if plan.use_upload:
@@ -481,12 +499,13 @@ class Assistant:
             "operation": operation.value,
             "width": width,
             "height": height,
-            "steps": self.settings.steps,
-            "guidance": self.settings.guidance,
             "strength": strength,
             "options": options,
             "source_id": source.id if source is not None else None,
         }
+        # the call's record keeps what was offered; an image's record keeps what its backend
+        # reports it used (OpenAI has no steps or guidance, so its images say none)
+        offered = {"steps": self.settings.steps, "guidance": self.settings.guidance}
         started = time.monotonic()
         generation = NewGeneration(
             operation=operation.value,
@@ -494,7 +513,7 @@ class Assistant:
             model=backend.model,
             prompt=prompt,
             negative_prompt=negative,
-            params=request_record | {"seed": seed, "n": n},
+            params=request_record | offered | {"seed": seed, "n": n},
             inputs=[(source.id, "init")] if source is not None else (),
         )
         try:
@@ -529,7 +548,7 @@ class Assistant:
                 instruction=plan.instruction,
                 revised_prompt=generated.revised_prompt,
                 seed=generated.seed,
-                params={**result.params, **request_record, "seed": generated.seed, "style": plan.style},
+                params={**request_record, **result.params, "seed": generated.seed, "style": plan.style},
                 parent_id=parent_id if parent_id is not None else (source.id if source is not None else None),
                 mask=mask if operation is Operation.INPAINT else None,
             )

@@ -51,6 +51,7 @@ from tools.base import (
     check_capability,
     derive_seeds,
 )
+from tools.image_input import mask_channel
 
 log = logging.getLogger(__name__)
 
@@ -902,7 +903,7 @@ class DiffusersBackend:
             scheduler=scheduler,
             generator_device=self._generator_device(options.get("generator_device"), notes),
             source=source.convert("RGB") if source is not None else None,
-            mask=mask.convert("L") if mask is not None else None,
+            mask=mask_channel(mask) if mask is not None else None,
             notes=notes,
         )
 

@@ -96,7 +96,7 @@ def prepare_mask(mask: Image.Image | ImageSource, size: tuple[int, int]) -> tupl
         raise InvalidImage(f"Cannot fit a mask to a {width}x{height} image.")
     if not isinstance(mask, Image.Image):
         mask = load_image(mask, notes=notes)
-    single = _mask_channel(mask)
+    single = mask_channel(mask)
 
     if single.size != (width, height):
         mask_w, mask_h = single.size
@@ -217,8 +217,11 @@ def _to_eight_bit(values: np.ndarray) -> np.ndarray:
     return ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _mask_channel(mask: Image.Image) -> Image.Image:
-    """The single channel that says where to change; see `prepare_mask` for the rule."""
+def mask_channel(mask: Image.Image) -> Image.Image:
+    """The single channel that says where to change; see `prepare_mask` for the rule.
+
+    Every backend reads a mask through this, so one mask means the same area everywhere.
+    """
     bands = mask.getbands()
     if "A" in bands or "a" in bands or (mask.mode == "P" and "transparency" in mask.info):
         alpha = mask.convert("RGBA").getchannel("A")

@@ -9,9 +9,9 @@ Operations: generate → `images.generate`; edit, img2img, variation and inpaint
 inpaint is an edit with a mask). Only GPT image models are supported: DALL·E 2/3 and gpt-image-1
 are retired in the SDK and are refused before any call.
 
-Masks: a mask with an alpha channel is sent as is (OpenAI's convention: fully transparent pixels
-are repainted). A mask without alpha (mode L/1/RGB) follows the diffusers/AUTOMATIC1111
-convention, white = repaint, and is converted.
+Masks: read as on every backend (white, or opaque strokes on a transparent layer, = repaint; see
+`tools.image_input.mask_channel`) and converted to OpenAI's convention, where fully transparent
+pixels are repainted.
 
 Time bound: each HTTP attempt waits at most `timeout` seconds for the server (connect capped at
 10 s); the SDK retries timeouts, connection errors, 408/409/429 and 5xx up to `max_retries` times,
@@ -68,6 +68,7 @@ from tools.base import (
     ToolError,
     check_capability,
 )
+from tools.image_input import mask_channel
 
 log = logging.getLogger(__name__)
 
@@ -413,11 +414,11 @@ def _attach_images(call: PreparedCall, request: ImageRequest) -> None:
 def openai_mask(mask: PILImage.Image) -> PILImage.Image:
     """RGBA whose transparent pixels are the area to repaint (OpenAI's convention).
 
-    A mask that already has alpha is taken as OpenAI-style; one without alpha is white = repaint.
+    The mask is read as on every other backend (`mask_channel`: white, or opaque on a transparent
+    layer, marks the change), then inverted into OpenAI's alpha, so a mask that repaints the sky
+    offline repaints the sky here too.
     """
-    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
-        return mask.convert("RGBA")
-    keep = mask.convert("L").point(lambda v: 255 - v)
+    keep = mask_channel(mask).point(lambda v: 255 - v)
     out = PILImage.new("RGBA", mask.size, (0, 0, 0, 255))
     out.putalpha(keep)
     return out

@@ -369,7 +369,6 @@ UPLOAD_CASES = [
         lambda: [Attachment(_noise(), "image", "photo.png"), Attachment(_mask((64, 16)), "mask", "m.png")],
         text="put a small red hat on it",
         failure=("The mask is 64x16 but the image is 64x64", "shapes differ too much"),
-        generation="failed",
     ),
     UploadCase(
         "mask-that-is-not-an-image",
@@ -418,8 +417,9 @@ def test_uploads(tmp_path: Path, case: UploadCase) -> None:
 
 
 @pytest.mark.slow
-def test_a_mask_of_another_size_on_diffusers_is_one_clear_error(tmp_path: Path, tiny_model: Path) -> None:
-    """The offline renderer resizes such a mask (above); the diffusers adapter refuses it, clearly."""
+def test_a_mask_of_another_size_is_fitted_the_same_way_on_diffusers(tmp_path: Path, tiny_model: Path) -> None:
+    """A mask drawn on a scaled copy is resized to the image with a note, on diffusers as offline
+    (above): the assistant fits it once, before any backend sees it, and stores what was used."""
     settings = Settings(
         data_dir=tmp_path / "data",
         backend=BackendChoice.DIFFUSERS,
@@ -434,10 +434,15 @@ def test_a_mask_of_another_size_on_diffusers_is_one_clear_error(tmp_path: Path, 
     text = "put a small red hat on it"
     attachments = [Attachment(_noise(), "image", "photo.png"), Attachment(_mask((32, 32)), "mask", "m.png")]
 
-    message = failed(turn(assistant, conversation_id, text, attachments)).message
+    events = turn(assistant, conversation_id, text, attachments)
 
-    assert_clear_message(message, "The mask is 32×32 but the image is 64×64; they must be the same size.")
-    assert_failed_turn(assistant.repo, before, conversation_id, text, message, generation="failed")
+    assert "The mask was 32x32; it was resized to 64x64 to match the image." in replied(events).text
+    (made,) = images_made(events)
+    image = assistant.repo.get_image(made.id)
+    upload = assistant.repo.get_image(image.parent_id)
+    assert (image.operation, upload.operation) == ("inpaint", "upload")
+    stored_mask = assistant.repo.load_mask(image)
+    assert stored_mask is not None and (stored_mask.mode, stored_mask.size) == ("L", (64, 64))
     assert_nothing_lost(before, assistant.repo, conversations_touched={conversation_id})
     assert_usable(assistant, conversation_id)
 

@@ -52,6 +52,7 @@ from tools.base import (
     ToolError,
     UnsupportedOperation,
 )
+from tools.image_input import prepare_mask
 from tools.openai_images import (
     MODELS,
     VARIATION_INSTRUCTION,
@@ -299,12 +300,26 @@ def test_inpaint_sends_mask_part_in_openai_convention(server: FakeOpenAI) -> Non
     assert result.params["endpoint"] == "edit"
 
 
-def test_rgba_mask_is_sent_as_is() -> None:
-    mask = Image.new("RGBA", (8, 8), (0, 0, 0, 255))
-    mask.putpixel((1, 1), (0, 0, 0, 0))
-    converted = openai_mask(mask)
-    assert converted.getchannel("A").getpixel((1, 1)) == 0
-    assert converted.getchannel("A").getpixel((2, 2)) == 255
+@pytest.mark.parametrize(
+    "drawn",
+    ["white-on-black", "strokes-on-a-transparent-layer", "white-on-black-saved-as-opaque-rgba"],
+)
+def test_a_mask_marks_the_same_area_as_on_every_other_backend(drawn: str) -> None:
+    """The square the user painted is what OpenAI repaints (transparent there), whatever the
+    file's mode, and it is the area the offline renderer would change."""
+    if drawn == "strokes-on-a-transparent-layer":
+        mask = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+        mask.paste((255, 255, 255, 255), (2, 2, 5, 5))
+    else:
+        mask = Image.new("L", (8, 8), 0)
+        mask.paste(255, (2, 2, 5, 5))
+        if drawn.endswith("opaque-rgba"):
+            mask = mask.convert("RGBA")
+    alpha = openai_mask(mask).getchannel("A")
+    repainted = {(x, y) for x in range(8) for y in range(8) if alpha.getpixel((x, y)) == 0}
+    assert repainted == {(x, y) for x in range(2, 5) for y in range(2, 5)}
+    changed_offline, _ = prepare_mask(mask, (8, 8))
+    assert repainted == {(x, y) for x in range(8) for y in range(8) if changed_offline.getpixel((x, y))}
 
 
 @pytest.mark.parametrize("op", [Operation.VARIATION, Operation.IMG2IMG])

@@ -2,7 +2,8 @@
 
 Every command prints with rich, or one JSON document with `--json`. Expected failures
 (unknown ids, bad archives, a file that is not a database) end as one line on stderr and
-exit code 1 — never a traceback.
+exit code 1 — never a traceback. Commands that only look (`history`, `show`, `lineage`,
+`export`, `doctor`) never create a data dir or database; `import` checks the whole zip first.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 from assistant.settings import Settings
 from storage.db import StorageError
 from storage.models import Image
-from storage.repository import ImageFilter, Repository
+from storage.repository import ImageFilter, IntegrityReport, Repository
 from storage.serialize import row_as_dict
 
 app = typer.Typer(
@@ -84,6 +85,21 @@ def open_repo(settings: Settings | None = None) -> Repository:
     return open_repository(settings or load_settings())
 
 
+def open_existing_repo(settings: Settings | None = None) -> Repository | None:
+    """For commands that only read: None (and nothing created) when there is no database yet."""
+    from assistant.runtime import open_existing_repository
+
+    return open_existing_repository(settings or load_settings())
+
+
+def _no_image(image_id: int) -> CliError:
+    return CliError(f"There is no image with id {image_id}.")
+
+
+def _no_conversation(conversation_id: int) -> CliError:
+    return CliError(f"There is no conversation {conversation_id}.")
+
+
 def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -133,17 +149,23 @@ def history(
 ) -> None:
     """List images, newest first, optionally of one conversation or matching a search."""
     with user_errors():
-        repo = open_repo()
         conversation_id = _parse_id(conversation, "Conversation id") if conversation else None
+        repo = open_existing_repo()  # None on a fresh machine: an empty history, nothing created
         if conversation_id is not None:
+            if repo is None:
+                raise _no_conversation(conversation_id)
             repo.get_conversation(conversation_id)
-        images = repo.list_images(ImageFilter(conversation_id=conversation_id, query=search), limit=limit)
+        images = (
+            []
+            if repo is None
+            else repo.list_images(ImageFilter(conversation_id=conversation_id, query=search), limit=limit)
+        )
         if as_json:
             print_json(
                 {
                     "conversation_id": conversation_id,
                     "search": search,
-                    "images": [image_document(repo, image) for image in images],
+                    "images": [image_document(repo, image) for image in images] if repo else [],
                 }
             )
             return
@@ -171,8 +193,11 @@ def history(
 def show(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json: JsonFlag = False) -> None:
     """Everything recorded about one image, with its file path."""
     with user_errors():
-        repo = open_repo()
-        image = repo.get_image(_parse_id(image_id, "Image id"))
+        target = _parse_id(image_id, "Image id")
+        repo = open_existing_repo()
+        if repo is None:
+            raise _no_image(target)
+        image = repo.get_image(target)
         document = image_document(repo, image)
         if image.generation_id is not None:
             generation, inputs = repo.generation(image.generation_id)
@@ -199,8 +224,10 @@ def show(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json: Js
 def lineage(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json: JsonFlag = False) -> None:
     """The lineage tree an image belongs to, with the image marked."""
     with user_errors():
-        repo = open_repo()
         target = _parse_id(image_id, "Image id")
+        repo = open_existing_repo()
+        if repo is None:
+            raise _no_image(target)
         nodes = repo.lineage_tree(target)
         if as_json:
             print_json(
@@ -251,19 +278,22 @@ def export_command(
     from storage.archive import export_conversation
 
     with user_errors():
-        repo = open_repo()
-        count = export_conversation(repo, _parse_id(conversation_id, "Conversation id"), out_zip)
-        out.print(f"Exported conversation {conversation_id} with {count} files to {out_zip}")
+        cid = _parse_id(conversation_id, "Conversation id")
+        repo = open_existing_repo()
+        if repo is None:
+            raise _no_conversation(cid)
+        count = export_conversation(repo, cid, out_zip)
+        out.print(f"Exported conversation {cid} with {count} files to {out_zip}")
 
 
 @app.command("import")
 def import_command(in_zip: Annotated[Path, typer.Argument(help="A zip made by `atelier export`.")]) -> None:
     """Import a conversation exported by `atelier export`."""
-    from storage.archive import import_conversation
+    from storage.archive import import_archive, read_archive
 
     with user_errors():
-        repo = open_repo()
-        new_id = import_conversation(repo, in_zip)
+        archive = read_archive(in_zip)  # checked whole before the data dir is touched
+        new_id = import_archive(open_repo(), archive)
         out.print(f"Imported as conversation {new_id}")
 
 
@@ -274,9 +304,15 @@ def doctor(
 ) -> None:
     """Check that every row has its file with the right hash, and no file is orphaned."""
     with user_errors():
-        repo = open_repo()
-        swept = repo.sweep(grace_seconds=0) if sweep else None
-        report = repo.check_integrity()
+        repo = open_existing_repo()
+        if repo is None:  # nothing stored yet: nothing to check, and nothing is created
+            report = IntegrityReport(0, [], [], [], [])
+            counts = {"conversations": 0, "messages": 0, "images": 0, "generations": 0}
+            swept = None
+        else:
+            swept = repo.sweep(grace_seconds=0) if sweep else None
+            report = repo.check_integrity()
+            counts = repo.counts()
         document = {
             "ok": report.ok,
             "images_checked": report.images_checked,
@@ -286,7 +322,7 @@ def doctor(
             "temp_files": report.temp_files,
             "swept_temp_files": swept.temp_files_removed if swept else 0,
             "swept_orphan_files": swept.orphan_files_removed if swept else 0,
-            "counts": repo.counts(),
+            "counts": counts,
         }
         if as_json:
             print_json(document)
@@ -298,6 +334,12 @@ def doctor(
                     out.print(f"  {key}: {document[key]}")
         if not report.ok:
             raise typer.Exit(1)
+
+
+def _has_database(settings: Settings) -> bool:
+    from assistant.runtime import database_exists
+
+    return database_exists(settings)
 
 
 def build_assistant(settings: Settings | None = None) -> Any:
@@ -331,7 +373,10 @@ def chat(
     with user_errors():
         conversation_id = _parse_id(conversation, "Conversation id") if conversation else None
         attachments = [a for a in (_read_upload(image, "image"), _read_upload(mask, "mask")) if a is not None]
-        assistant = build_assistant()
+        settings = load_settings()
+        if conversation_id is not None and not _has_database(settings):
+            raise _no_conversation(conversation_id)
+        assistant = build_assistant(settings)
         events = assistant.respond(conversation_id, text, attachments)
         failure = _print_json_events(events) if as_json else _render_events(events)
         if failure is not None:
@@ -432,6 +477,8 @@ def replay(
                     "The offline backend has a single model; --model applies to openai or diffusers."
                 )
             updates[field_name] = model
+        if not _has_database(settings):
+            raise _no_image(target)
         assistant = build_assistant(settings.model_copy(update=updates))
         try:
             if from_root:

@@ -7,9 +7,11 @@ Modules never read `os.environ` themselves; they receive a `Settings`.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -34,6 +36,8 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("atelier", appauthor=False))
 
 
+#: The one host OPENAI_API_KEY may be sent to on its own (as the chat key).
+OPENAI_API_HOST = "api.openai.com"
 #: The chat model used when only OPENAI_API_KEY is set.
 DEFAULT_OPENAI_CHAT_MODEL = "gpt-5-mini"
 DEFAULT_OPENAI_IMAGE_MODEL = "gpt-image-2"
@@ -127,15 +131,34 @@ class Settings(BaseSettings):
         return BackendChoice.OFFLINE
 
     @property
+    def chat_endpoint_is_openai(self) -> bool:
+        """True when the chat endpoint is OpenAI's own API (no base URL, or https://api.openai.com/…).
+
+        Only then may OPENAI_API_KEY stand in for ATELIER_CHAT_API_KEY: a key for OpenAI must
+        never travel to Ollama, vLLM or whatever server ATELIER_CHAT_BASE_URL names.
+        """
+        if not self.chat_base_url:
+            return True
+        try:
+            parts = urlsplit(self.chat_base_url.strip())
+            port = parts.port
+        except ValueError:  # a malformed URL is nobody's, least of all OpenAI's
+            return False
+        return parts.scheme.lower() == "https" and parts.hostname == OPENAI_API_HOST and port in (None, 443)
+
+    @property
     def effective_chat_api_key(self) -> SecretStr | None:
-        return self.chat_api_key or self.openai_api_key
+        """ATELIER_CHAT_API_KEY; else OPENAI_API_KEY, but only when the chat endpoint is OpenAI."""
+        if self.chat_api_key is not None:
+            return self.chat_api_key
+        return self.openai_api_key if self.chat_endpoint_is_openai else None
 
     @property
     def effective_chat_model(self) -> str | None:
         """The LLM agent plans when a chat model is configured, or OpenAI is reachable by key."""
         if self.chat_model:
             return self.chat_model
-        if self.chat_base_url is None and self.openai_api_key is not None:
+        if self.chat_endpoint_is_openai and self.effective_chat_api_key is not None:
             return DEFAULT_OPENAI_CHAT_MODEL
         return None
 
@@ -152,21 +175,44 @@ class Settings(BaseSettings):
             elif isinstance(value, Path):
                 value = str(value)
             shown[name] = value
-        shown["effective_database_url"] = _mask_url_password(self.effective_database_url)
-        shown["database_url"] = _mask_url_password(self.database_url) if self.database_url else None
+        for name in _URL_FIELDS:
+            value = getattr(self, name)
+            shown[name] = mask_url_password(value) if value else None
+        shown["effective_database_url"] = mask_url_password(self.effective_database_url)
         shown["effective_backend"] = self.effective_backend.value
         shown["effective_chat_model"] = self.effective_chat_model
         return shown
 
 
-def _mask_url_password(url: str) -> str:
-    """postgresql://user:pw@host/db → postgresql://user:****@host/db."""
-    from sqlalchemy.engine import make_url
+#: Settings that hold URLs, which may carry `user:password@` (masked in `masked()`).
+_URL_FIELDS = ("database_url", "openai_base_url", "chat_base_url")
+_SECRET_QUERY_KEY = re.compile(r"pass|secret|token|key|auth|sig", re.IGNORECASE)
 
+
+def mask_url_password(url: str) -> str:
+    """scheme://user:pw@host/… → scheme://user:***@host/…; URLs without a password unchanged.
+
+    Works on any URL (SQLAlchemy's `postgresql+psycopg://…` and plain `http://…` alike) and
+    never fails: text that does not parse as a URL with a password comes back as it was.
+    Query parameters that name a secret (`?password=…`, `?api_key=…`, `?token=…`) are masked too.
+    """
     try:
-        parsed = make_url(url)
-    except Exception:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
         return url
-    if parsed.password:
-        return parsed.render_as_string(hide_password=True)
-    return url
+    masked = url
+    if password:
+        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        masked = masked.replace(parts.netloc, f"{user}:***@{hostinfo}", 1)
+    if parts.query:
+        pairs = [pair.partition("=") for pair in parts.query.split("&")]
+        query = "&".join(
+            f"{key}{eq}***" if eq and _SECRET_QUERY_KEY.search(key) else f"{key}{eq}{value}"
+            for key, eq, value in pairs
+        )
+        # string surgery, not urlunsplit: that would turn sqlite:////abs/path into sqlite://abs/path
+        head, _, tail = masked.partition("?")
+        masked = f"{head}?{query}{tail[len(parts.query) :]}"
+    return masked

@@ -3,24 +3,35 @@
 The zip holds `atelier-export.json` (conversation, messages, generations, inputs, images,
 lineage) and `images/<sha256>.png`. Import trusts nothing in the zip: entry names are checked
 before anything is read, every file's bytes must hash to its name, lineage must stay inside
-the export, and rows commit only after every file is in place. Ids are kept when they are
-free (so a round trip into an empty data dir is exact) and renumbered otherwise.
+the export, every file must be a whole PNG within Pillow's pixel limit, and rows commit only
+after every file is in place. Ids are kept when they are free (so a round trip into an empty
+data dir is exact) and renumbered otherwise; a renumbered image's PNG is re-encoded so its
+`atelier` chunk names its new ids (the row records the new file's hash).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import struct
+import warnings
 import zipfile
+import zlib
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
 from sqlalchemy import select
 
 from storage.db import StorageError
 from storage.files import sha256_hex
 from storage.models import Conversation, Generation, GenerationInput, Image, Message
-from storage.repository import Repository
+from storage.pngmeta import ATELIER_KEY, PARAMETERS_KEY, encode_png
+from storage.repository import Repository, image_lineage_chunk
 from storage.serialize import row_as_dict
 
 MANIFEST = "atelier-export.json"
@@ -58,14 +69,32 @@ def export_conversation(repo: Repository, conversation_id: int, out_path: Path) 
             "images": [row_as_dict(i) for i in images],
         }
     hashes = sorted({h for image in images for h in (image.sha256, image.mask_sha256) if h})
+    missing = [digest for digest in hashes if not repo.files.exists(digest)]
+    if missing:
+        raise ArchiveError(_missing_file_message(images, missing[0]))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temp_path = out_path.with_name(out_path.name + ".partial")
-    with zipfile.ZipFile(temp_path, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-        for digest in hashes:
-            archive.write(repo.files.path_for(digest), f"images/{digest}.png")
-    temp_path.replace(out_path)
+    try:
+        with zipfile.ZipFile(temp_path, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+            for digest in hashes:
+                try:
+                    archive.write(repo.files.path_for(digest), f"images/{digest}.png")
+                except FileNotFoundError:  # removed since the check above
+                    raise ArchiveError(_missing_file_message(images, digest)) from None
+        temp_path.replace(out_path)
+    except BaseException:
+        # a half-written zip is worse than none: it looks like an export and is not one
+        with contextlib.suppress(FileNotFoundError):
+            temp_path.unlink()
+        raise
     return len(hashes)
+
+
+def _missing_file_message(images: list[Image], digest: str) -> str:
+    owner = next((i for i in images if digest in (i.sha256, i.mask_sha256)), None)
+    what = f"image {owner.id} (#{owner.number})" if owner is not None else f"file {digest[:12]}…"
+    return f"The file of {what} is missing from the data dir; run `atelier doctor`. Nothing was exported."
 
 
 def _check_entry_names(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
@@ -115,8 +144,25 @@ def _load_manifest(archive: zipfile.ZipFile) -> dict[str, Any]:
     return manifest
 
 
+@dataclass(frozen=True)
+class LoadedArchive:
+    """An export read and checked in full, before anything is written anywhere."""
+
+    manifest: dict[str, Any]
+    files: dict[str, bytes]
+
+
 def import_conversation(repo: Repository, zip_path: Path) -> int:
     """Import an export; returns the new conversation id. Nothing is written on any error."""
+    return import_archive(repo, read_archive(zip_path))
+
+
+def read_archive(zip_path: Path) -> LoadedArchive:
+    """Read and check a zip (names, manifest, every file's hash and pixels); writes nothing.
+
+    Split from `import_archive` so the CLI can refuse a bad zip before it opens (and so
+    creates) a data dir.
+    """
     if not zip_path.is_file():
         raise ArchiveError(f"{zip_path} does not exist.")
     if not zipfile.is_zipfile(zip_path):
@@ -128,8 +174,13 @@ def import_conversation(repo: Repository, zip_path: Path) -> int:
             files = _read_files(archive, entries, manifest)
     except zipfile.BadZipFile as exc:
         raise ArchiveError(f"{zip_path} is a damaged zip file ({exc}).") from None
+    return LoadedArchive(manifest, files)
+
+
+def import_archive(repo: Repository, archive: LoadedArchive) -> int:
+    """Store a checked archive; returns the new conversation id. Nothing is written on any error."""
     try:
-        return _insert(repo, manifest, files)
+        return _insert(repo, archive.manifest, dict(archive.files))
     except (KeyError, TypeError, ValueError) as exc:
         raise ArchiveError(f"The export is malformed ({type(exc).__name__}: {exc}).") from None
 
@@ -139,15 +190,40 @@ def _read_files(
 ) -> dict[str, bytes]:
     needed = {h for image in manifest["images"] for h in (image.get("sha256"), image.get("mask_sha256")) if h}
     files: dict[str, bytes] = {}
-    for digest in needed:
+    for digest in sorted(needed):
         name = f"images/{digest}.png"
         if name not in entries:
             raise ArchiveError(f"The export is missing the file for image {digest[:12]}….")
         data = archive.read(name)
         if sha256_hex(data) != digest:
             raise ArchiveError(f"The file {name} does not match its hash; the export is damaged.")
+        _check_png(name, data)
         files[digest] = data
     return files
+
+
+def _check_png(name: str, data: bytes) -> None:
+    """A real, whole PNG within Pillow's pixel limit (`MAX_IMAGE_PIXELS`), or ArchiveError.
+
+    The hash only proves the file is what the manifest names, not that it is an image: an
+    export may be hand-made. The size is checked on the declared dimensions before decoding;
+    Pillow's decompression-bomb warning is raised as an error, as for uploads.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+        try:
+            # Image.open checks the declared size against MAX_IMAGE_PIXELS before decoding
+            with PILImage.open(io.BytesIO(data), formats=["PNG"]) as image:
+                image.load()
+        except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+            limit = PILImage.MAX_IMAGE_PIXELS
+            raise ArchiveError(
+                f"Refusing the archive: {name} is over the {limit or 0:,}-pixel limit."
+            ) from None
+        except UnidentifiedImageError:
+            raise ArchiveError(f"Refusing the archive: {name} is not a PNG image.") from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error):
+            raise ArchiveError(f"Refusing the archive: {name} is a damaged PNG.") from None
 
 
 def _insert(repo: Repository, manifest: dict[str, Any], files: dict[str, bytes]) -> int:
@@ -162,12 +238,6 @@ def _insert(repo: Repository, manifest: dict[str, Any], files: dict[str, bytes])
     try:
         with repo.db.write() as session:
             keep_ids = not _any_id_taken(session, manifest)
-            # Files go in only now, under the write lock taken by the query above, as in
-            # `record_turn`: a concurrent `sweep` can then never see them without their rows.
-            for digest, data in files.items():
-                if not repo.files.exists(digest):
-                    repo.files.put(data)
-                    created.append(digest)
             conversation = manifest["conversation"]
             new_conversation = Conversation(
                 id=conversation["id"] if keep_ids else None,
@@ -228,6 +298,19 @@ def _insert(repo: Repository, manifest: dict[str, Any], files: dict[str, bytes])
                     image = session.get(Image, new_image_ids[row["id"]])
                     assert image is not None
                     image.parent_id = new_image_ids[row["parent_id"]]
+            stored: list[Image] = []
+            for new_id in new_image_ids.values():
+                image = session.get(Image, new_id)
+                assert image is not None
+                _match_lineage_chunk(image, files)
+                stored.append(image)
+            # Files go in only now, under the write lock the first query took, as in
+            # `record_turn`: a concurrent `sweep` can then never see them without their rows.
+            for digest in sorted({h for i in stored for h in (i.sha256, i.mask_sha256) if h}):
+                if not repo.files.exists(digest):
+                    repo.files.put(files[digest])
+                    created.append(digest)
+            session.flush()
             for row in manifest["generation_inputs"]:
                 if row["generation_id"] in generation_ids and row["image_id"] in new_image_ids:
                     session.add(
@@ -242,6 +325,32 @@ def _insert(repo: Repository, manifest: dict[str, Any], files: dict[str, bytes])
         for digest in created:
             repo.files.delete(digest)
         raise
+
+
+def _match_lineage_chunk(image: Image, files: dict[str, bytes]) -> None:
+    """Make the PNG's `atelier` chunk name this row's own ids, re-encoding it when it does not.
+
+    Imported with new ids (the originals are taken), or with a parent left behind in another
+    conversation, the file would otherwise claim to be the original image: other tools and a
+    later import would read the wrong lineage. The pixels and `parameters` text are kept; the
+    new bytes get their own hash, which the row records.
+    """
+    data = files[image.sha256]
+    expected = image_lineage_chunk(image)
+    with PILImage.open(io.BytesIO(data)) as opened:
+        chunks = dict(getattr(opened, "text", {}) or {})
+        try:
+            current = json.loads(chunks.get(ATELIER_KEY) or "null")
+        except json.JSONDecodeError:
+            current = None
+        if current == expected:
+            return
+        opened.load()
+        pixels = opened.copy()
+    reencoded = encode_png(pixels, chunks.get(PARAMETERS_KEY), expected)
+    digest = sha256_hex(reencoded)
+    files[digest] = reencoded
+    image.sha256 = digest
 
 
 def _check_acyclic(images: list[dict[str, Any]]) -> None:

@@ -187,10 +187,19 @@ class Repository:
             ).all()
             hashes = {h for row in rows for h in row if h}
             session.execute(delete(Conversation).where(Conversation.id == conversation_id))
-            still_used = self._referenced_hashes(session, hashes)
-        unused = hashes - still_used
-        for digest in unused:
-            self.files.delete(digest)
+            candidates = hashes - self._referenced_hashes(session, hashes)
+        if not candidates:
+            return 0
+        # Files go only after the rows are gone for good (a failed commit must not leave rows
+        # without files), and only under the write lock again, re-checked: a turn that committed
+        # in between may have saved the same bytes (a shared mask, say) and found the file
+        # already there. Holding the lock, no other writer can be between "file exists" and
+        # its commit, so what no row names now is truly unused.
+        with self.db.write() as session:
+            still_used = self._referenced_hashes(session, candidates)
+            unused = sorted(candidates - still_used)
+            for digest in unused:
+                self.files.delete(digest)
         return len(unused)
 
     # ----- messages --------------------------------------------------------------------

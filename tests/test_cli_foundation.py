@@ -218,10 +218,70 @@ def test_a_database_that_is_not_sqlite(data_dir: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("junk")) == ["junk.db"]
 
 
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["show", "999"], ["There is no image with id 999."]),
+        (["show", "999", "--json"], ["There is no image with id 999."]),
+        (["show", "abc"], ["must be a number"]),
+        (["lineage", "999"], ["There is no image with id 999."]),
+        (["history", "-c", "3"], ["There is no conversation 3."]),
+        (["export", "3", "{tmp}/out.zip"], ["There is no conversation 3."]),
+        (["import", "{tmp}/notes.txt"], ["not a zip file"]),
+        (["import", "{tmp}/evil.zip"], ["outside the archive"]),
+        (["replay", "999"], ["There is no image with id 999."]),
+        (["chat", "-c", "5", "a red fox"], ["There is no conversation 5."]),
+    ],
+)
+def test_bad_input_on_a_fresh_machine_creates_no_data_dir(
+    tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
+    _zip_with_traversal(tmp_path / "evil.zip")
+    (tmp_path / "notes.txt").write_text("not a zip")
+    fresh = tmp_path / "fresh"
+    result = invoke(fresh, *(arg.format(tmp=tmp_path) for arg in args))
+    assert_clean_failure(result, *fragments)
+    assert not fresh.exists()  # no folder, no atelier.db, no images/
+    assert not (tmp_path / "out.zip").exists() and not (tmp_path / "out.zip.partial").exists()
+
+
+def test_looking_at_an_empty_history_creates_nothing(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    listing = invoke(fresh, "history", "--json")
+    assert listing.exit_code == 0, listing.output
+    assert json.loads(listing.stdout) == {"conversation_id": None, "search": None, "images": []}
+    assert "No images yet." in invoke(fresh, "history").stdout
+    doctor = invoke(fresh, "doctor", "--json")
+    assert doctor.exit_code == 0, doctor.output
+    report = json.loads(doctor.stdout)
+    assert report["ok"] is True and report["images_checked"] == 0 and report["counts"]["images"] == 0
+    assert not fresh.exists()
+
+
+def test_a_database_elsewhere_that_does_not_exist_is_not_created(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "db" / "library.db"
+    result = invoke(tmp_path / "fresh", "show", "1", ATELIER_DATABASE_URL=f"sqlite:///{elsewhere}")
+    assert_clean_failure(result, "There is no image with id 1.")
+    assert not (tmp_path / "db").exists() and not (tmp_path / "fresh").exists()
+
+
+def test_export_with_a_missing_image_file_fails_cleanly(data_dir: Path, tmp_path: Path) -> None:
+    repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
+    third = repo.get_image(3)
+    repo.image_path(third).unlink()
+    repo.db.dispose()
+    out_zip = tmp_path / "exports" / "foxes.zip"
+    result = invoke(data_dir, "export", "1", str(out_zip))
+    assert_clean_failure(result, "image 3 (#3) is missing", "atelier doctor")
+    assert not (tmp_path / "exports").exists()
+
+
 def test_a_data_dir_that_is_a_file(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "data"
     not_a_dir.write_text("oops")
-    assert_clean_failure(invoke(not_a_dir, "history"), "File exists")
+    for args in (["history"], ["show", "1"], ["doctor"], ["chat", "a red fox"]):
+        assert_clean_failure(invoke(not_a_dir, *args), "is a file, not a folder")
+    assert not_a_dir.read_text() == "oops"
 
 
 def test_config_masks_the_key(tmp_path: Path) -> None:
@@ -233,6 +293,19 @@ def test_config_masks_the_key(tmp_path: Path) -> None:
     shown = json.loads(invoke(tmp_path, "config", "--json", OPENAI_API_KEY=SENTINEL_KEY).stdout)
     assert shown["effective_backend"] == "openai"
     assert shown["data_dir"] == str(tmp_path)
+
+
+def test_config_masks_passwords_in_every_url(tmp_path: Path) -> None:
+    urls = {
+        "ATELIER_OPENAI_BASE_URL": "https://images:img-pass-XYZ@proxy.example/v1",
+        "ATELIER_CHAT_BASE_URL": "http://bob:chat-pass-XYZ@127.0.0.1:11434/v1",
+        "ATELIER_DATABASE_URL": "postgresql://atelier:db-pass-XYZ@db.example/atelier",
+    }
+    for args in (["config"], ["config", "--json"]):
+        result = invoke(tmp_path, *args, **urls)
+        assert result.exit_code == 0, result.output
+        assert "pass-XYZ" not in result.output
+        assert "bob:***@127.0.0.1:11434" in result.output and "images:***@proxy.example" in result.output
 
 
 # ----- the installed console script, in a real process -------------------------------------

@@ -87,6 +87,49 @@ def test_chat_key_falls_back_to_openai_key(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.effective_chat_api_key.get_secret_value() == "chat-only-key-000000"
 
 
+@pytest.mark.parametrize("base_url", ["https://api.openai.com/v1", "https://api.openai.com:443/v1/"])
+def test_openai_key_serves_the_chat_agent_on_openai_itself(
+    monkeypatch: pytest.MonkeyPatch, base_url: str
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SENTINEL_KEY)
+    monkeypatch.setenv("ATELIER_CHAT_BASE_URL", base_url)
+    settings = Settings()
+    assert settings.chat_endpoint_is_openai
+    assert settings.effective_chat_api_key is not None
+    assert settings.effective_chat_api_key.get_secret_value() == SENTINEL_KEY
+    assert settings.effective_chat_model == DEFAULT_OPENAI_CHAT_MODEL
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://127.0.0.1:11434/v1",  # Ollama
+        "http://localhost:8000/v1",  # vLLM
+        "https://llm.example.com/v1",
+        "http://api.openai.com/v1",  # plain http: the key would cross the network in clear text
+        "https://api.openai.com.evil.example/v1",
+        "https://api.openai.com@evil.example/v1",  # userinfo trick: the host is evil.example
+        "https://evil.example/api.openai.com/v1",
+        "https://api.openai.com:8443/v1",
+        "not a url",
+    ],
+)
+def test_openai_key_never_goes_to_another_chat_server(monkeypatch: pytest.MonkeyPatch, base_url: str) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SENTINEL_KEY)
+    monkeypatch.setenv("ATELIER_CHAT_BASE_URL", base_url)
+    monkeypatch.setenv("ATELIER_CHAT_MODEL", "llama3.2")
+    settings = Settings()
+    assert not settings.chat_endpoint_is_openai
+    assert settings.effective_chat_api_key is None
+    assert settings.effective_chat_model == "llama3.2"  # the agent still runs, without a key
+    assert settings.effective_backend is BackendChoice.OPENAI  # images still use the key, on OpenAI
+
+    monkeypatch.setenv("ATELIER_CHAT_API_KEY", "own-server-key-000000")  # its own key is used
+    settings = Settings()
+    assert settings.effective_chat_api_key is not None
+    assert settings.effective_chat_api_key.get_secret_value() == "own-server-key-000000"
+
+
 def test_chat_endpoint_without_model_means_offline_planner(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SENTINEL_KEY)
     monkeypatch.setenv("ATELIER_CHAT_BASE_URL", "http://127.0.0.1:11434/v1")
@@ -129,6 +172,29 @@ def test_masked_output_never_contains_secrets(monkeypatch: pytest.MonkeyPatch) -
     assert shown["openai_api_key"] == "****7890"
     assert shown["effective_backend"] == "openai"
     assert shown["database_url"].startswith("postgresql://atelier:***@")
+
+
+def test_passwords_in_every_url_setting_are_masked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ATELIER_OPENAI_BASE_URL", "https://images:img-pass-XYZ@proxy.example/v1")
+    monkeypatch.setenv(
+        "ATELIER_CHAT_BASE_URL", "http://bob:chat-pass-XYZ@127.0.0.1:11434/v1?api_key=q-pass-XYZ"
+    )
+    monkeypatch.setenv("ATELIER_DATABASE_URL", "postgresql+psycopg://atelier:db-pass-XYZ@db.example/atelier")
+    shown = Settings().masked()
+    dumped = json.dumps(shown, default=str)
+    assert "pass-XYZ" not in dumped
+    assert shown["openai_base_url"] == "https://images:***@proxy.example/v1"
+    assert shown["chat_base_url"] == "http://bob:***@127.0.0.1:11434/v1?api_key=***"
+    assert shown["database_url"] == "postgresql+psycopg://atelier:***@db.example/atelier"
+    assert shown["effective_database_url"] == shown["database_url"]
+
+    # URLs without a password are shown exactly as given (an absolute SQLite path keeps its ////)
+    monkeypatch.setenv("ATELIER_OPENAI_BASE_URL", "http://127.0.0.1:9999/v1")
+    monkeypatch.delenv("ATELIER_DATABASE_URL")
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path))
+    shown = Settings().masked()
+    assert shown["openai_base_url"] == "http://127.0.0.1:9999/v1"
+    assert shown["effective_database_url"] == f"sqlite:///{tmp_path / 'atelier.db'}"
 
 
 def test_short_keys_are_fully_hidden(monkeypatch: pytest.MonkeyPatch) -> None:

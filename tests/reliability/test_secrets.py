@@ -247,3 +247,46 @@ def test_the_key_reaches_the_server_and_nowhere_else(
     assert any("rejected the API key (401)" in e for e in errors)
     assert any("server error (500)" in e for e in errors)
     assert "[redacted]" in (assistant.repo.conversation_images(conversation_id)[0].revised_prompt or "")
+
+
+@pytest.mark.parametrize("chat_key", [None, "ollama-own-key-0000"])
+def test_the_openai_key_is_never_sent_to_another_chat_server(
+    tmp_path: Path, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, chat_key: str | None
+) -> None:
+    """OPENAI_API_KEY set for images, the chat agent pointed at someone else's server (Ollama,
+    vLLM, any URL): the agent talks to that server without the OpenAI key; with a chat key of
+    its own, it sends that one."""
+    for name in list(os.environ):
+        if name.startswith(("ATELIER_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    env = {
+        "OPENAI_API_KEY": SENTINEL,
+        "ATELIER_DATA_DIR": str(tmp_path / "data"),
+        "ATELIER_BACKEND": "offline",
+        "ATELIER_CHAT_BASE_URL": server.base_url,  # 127.0.0.1: not OpenAI
+        "ATELIER_CHAT_MODEL": "fake-chat-model",
+        "ATELIER_WIDTH": "64",
+        "ATELIER_HEIGHT": "64",
+        **({"ATELIER_CHAT_API_KEY": chat_key} if chat_key else {}),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assistant = Assistant(settings, open_repository(settings))
+    server.enqueue(
+        CHAT_COMPLETIONS,
+        chat_completion(None, tool_calls=[generate("a fox in the snow", "k1")]),
+        chat_completion("Here is your fox."),
+    )
+    events = list(assistant.respond(None, "a fox in the snow"))
+    assert isinstance(events[-1], Reply), events[-1]
+    assert "Here is your fox." in events[-1].text  # the agent did plan the turn over HTTP
+
+    requests = server.requests_to(CHAT_COMPLETIONS)
+    assert len(requests) == 2
+    for request in requests:
+        sent = json.dumps(request.headers) + request.body.decode("utf-8", errors="replace")
+        assert not leaks_in("request to the chat server", sent)
+        allowed = {f"Bearer {chat_key}"} if chat_key else {None, "Bearer no-key"}  # the SDK's placeholder
+        assert request.header("authorization") in allowed
+    assistant.repo.db.dispose()

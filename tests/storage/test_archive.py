@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -11,8 +12,10 @@ import pytest
 from PIL import Image as PILImage
 
 from storage.archive import MANIFEST, ArchiveError, export_conversation, import_conversation
+from storage.files import sha256_hex
+from storage.pngmeta import read_png_metadata
 from storage.repository import NewGeneration, NewImage, Repository
-from tests.storage.helpers import files_on_disk, row_count, table_rows, tiny_image
+from tests.storage.helpers import add_generated, files_on_disk, row_count, table_rows, tiny_image
 
 TABLES = {
     "conversations": "id",
@@ -200,7 +203,16 @@ def test_second_import_renumbers_and_keeps_lineage(
         return [by_id[i.parent_id] if i.parent_id else None for i in images]
 
     assert parent_numbers(copy) == parent_numbers(original) == [None, None, 2, 3, None, 3]
-    assert [i.sha256 for i in copy] == [i.sha256 for i in original]
+    # the copy's files name the copy: same pixels and parameters, its own ids, so its own hashes
+    assert {i.sha256 for i in copy}.isdisjoint({i.sha256 for i in original})
+    for before, after in zip(original, copy, strict=True):
+        old_bytes, new_bytes = target.image_bytes(before), target.image_bytes(after)
+        assert (
+            PILImage.open(io.BytesIO(new_bytes)).tobytes() == PILImage.open(io.BytesIO(old_bytes)).tobytes()
+        )
+        assert read_png_metadata(new_bytes).infotext == read_png_metadata(old_bytes).infotext
+        assert sha256_hex(new_bytes) == after.sha256
+    assert [i.mask_sha256 for i in copy] == [i.mask_sha256 for i in original]  # no ids in a mask
     tree = target.lineage_tree(copy[3].id)
     assert [(n.image.number, n.depth) for n in tree] == [(2, 0), (3, 1), (4, 2), (6, 2)]
     assert all(n.image.conversation_id == copy_id for n in tree)
@@ -211,8 +223,61 @@ def test_second_import_renumbers_and_keeps_lineage(
     by_id = {i.id: i.number for i in copy}
     assert sorted((by_id[i.image_id], i.role) for i in inputs) == [(1, "reference"), (2, "init")]
     assert [m.content for m in target.messages(copy_id)] == [m.content for m in target.messages(cid)]
-    # the same bytes are stored once
-    assert files_on_disk(target.files.root) == files_after_first
+    # the first copy's files are untouched; the second adds its six images, sharing the mask
+    files_now = files_on_disk(target.files.root)
+    assert {k: v for k, v in files_now.items() if k in files_after_first} == files_after_first
+    assert len(files_now) == len(files_after_first) + 6
+    assert target.check_integrity().ok
+    target.db.dispose()
+
+
+def _own_chunk(repo: Repository, image: Any) -> dict[str, Any]:
+    lineage = read_png_metadata(repo.image_bytes(image)).lineage
+    assert lineage is not None
+    return lineage
+
+
+def test_every_imported_file_names_its_own_row(
+    repo: Repository, exported: tuple[int, Path], tmp_path: Path
+) -> None:
+    """After importing the same zip twice, each PNG's `atelier` chunk names that row, not the original."""
+    _, zip_path = exported
+    target = _empty_repo(tmp_path / "elsewhere")
+    conversations = [import_conversation(target, zip_path), import_conversation(target, zip_path)]
+    for cid in conversations:
+        for image in target.conversation_images(cid):
+            chunk = _own_chunk(target, image)
+            assert (chunk["id"], chunk["parent_id"], chunk["conversation_id"], chunk["number"]) == (
+                image.id,
+                image.parent_id,
+                cid,
+                image.number,
+            )
+    # and a copy of the copy still does: the re-encoded files export and import cleanly
+    again = tmp_path / "again.zip"
+    export_conversation(target, conversations[1], again)
+    third = import_conversation(target, again)
+    assert all(_own_chunk(target, i)["id"] == i.id for i in target.conversation_images(third))
+    assert target.check_integrity().ok
+    target.db.dispose()
+
+
+def test_a_parent_left_in_another_conversation_is_dropped_from_the_file_too(
+    repo: Repository, tmp_path: Path
+) -> None:
+    source = repo.create_conversation("source")
+    parent = add_generated(repo, source.id, "a lighthouse", index=1)
+    remix = repo.create_conversation("remix")
+    child = add_generated(repo, remix.id, "the lighthouse at dusk", parent_id=parent.id, index=2)
+    assert _own_chunk(repo, child)["parent_id"] == parent.id
+    zip_path = tmp_path / "remix.zip"
+    export_conversation(repo, remix.id, zip_path)
+
+    target = _empty_repo(tmp_path / "elsewhere")
+    cid = import_conversation(target, zip_path)
+    (imported,) = target.conversation_images(cid)
+    assert imported.id == child.id and imported.parent_id is None  # ids kept; the parent did not come
+    assert _own_chunk(target, imported)["parent_id"] is None
     assert target.check_integrity().ok
     target.db.dispose()
 
@@ -286,3 +351,117 @@ def test_export_of_unknown_conversation_writes_no_file(repo: Repository, tmp_pat
     with pytest.raises(ArchiveError, match="no conversation 42"):
         export_conversation(repo, 42, tmp_path / "x.zip")
     assert not (tmp_path / "x.zip").exists()
+
+
+def _png(size: tuple[int, int] = (8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", size, "teal").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg() -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (8, 8), "teal").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _swap_first_image(source: Path, target: Path, replacement: bytes) -> None:
+    """The first image's file replaced by `replacement`, manifest and entry name rehashed to match."""
+    with zipfile.ZipFile(source) as old:
+        manifest = json.loads(old.read(MANIFEST))
+        old_digest = manifest["images"][0]["sha256"]
+        new_digest = sha256_hex(replacement)
+        manifest["images"][0]["sha256"] = new_digest
+        with zipfile.ZipFile(target, "w") as new:
+            for info in old.infolist():
+                if info.filename == MANIFEST:
+                    new.writestr(MANIFEST, json.dumps(manifest))
+                elif info.filename == f"images/{old_digest}.png":
+                    new.writestr(f"images/{new_digest}.png", replacement)
+                else:
+                    new.writestr(info.filename, old.read(info.filename))
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("jpeg", "is not a PNG image"),
+        ("text", "is not a PNG image"),
+        ("truncated", "is a damaged PNG"),
+        ("over-the-pixel-limit", "over the 32-pixel limit"),
+    ],
+)
+def test_files_that_are_not_sound_pngs_are_refused_before_anything_is_written(
+    repo: Repository,
+    exported: tuple[int, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    message: str,
+) -> None:
+    _, zip_path = exported
+    replacement = {
+        "jpeg": _jpeg(),
+        "text": b"just some text, hashed correctly",
+        "truncated": _png()[:-30],
+        "over-the-pixel-limit": _png((8, 8)),  # 64 pixels
+    }[case]
+    if case == "over-the-pixel-limit":
+        monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 32)
+    bad = tmp_path / f"{case}.zip"
+    _swap_first_image(zip_path, bad, replacement)
+    target = _empty_repo(tmp_path / "target")
+    with pytest.raises(ArchiveError, match=message):
+        import_conversation(target, bad)
+    assert row_count(target, "conversations") == 0 and row_count(target, "images") == 0
+    assert files_on_disk(target.files.root) == {}
+    target.db.dispose()
+
+
+def test_a_png_exactly_at_the_pixel_limit_is_accepted(
+    repo: Repository, exported: tuple[int, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's rule: more than MAX_IMAGE_PIXELS is refused; exactly that many is fine."""
+    _, zip_path = exported
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 64)  # the export's images are 8x8
+    target = _empty_repo(tmp_path / "target")
+    cid = import_conversation(target, zip_path)
+    assert len(target.conversation_images(cid)) == 6
+    target.db.dispose()
+
+
+def test_export_with_a_missing_file_leaves_no_zip_and_no_partial(repo: Repository, tmp_path: Path) -> None:
+    conversation = repo.create_conversation("gone")
+    first = add_generated(repo, conversation.id, "a lighthouse", index=1)
+    second = add_generated(repo, conversation.id, "a boat", index=2)
+    repo.image_path(second).unlink()
+    out = tmp_path / "exports" / "gone.zip"
+    with pytest.raises(ArchiveError, match=f"image {second.id} .#2. is missing"):
+        export_conversation(repo, conversation.id, out)
+    assert not (tmp_path / "exports").exists()  # not even the folder
+    assert repo.image_path(first).exists()
+
+
+def test_a_failure_while_writing_the_zip_removes_the_partial_file(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversation = repo.create_conversation("disk full")
+    for index in range(3):
+        add_generated(repo, conversation.id, f"image {index}", index=index)
+    out = tmp_path / "out.zip"
+    out.write_bytes(b"an older export the user keeps")
+    real_write = zipfile.ZipFile.write
+    calls = 0
+
+    def failing_write(self: zipfile.ZipFile, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the manifest and one image are in; the disk fills up on the next
+            raise OSError(28, "No space left on device")
+        real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "write", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        export_conversation(repo, conversation.id, out)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out.zip"]
+    assert out.read_bytes() == b"an older export the user keeps"

@@ -3,16 +3,18 @@ the gallery's filters, and deleting conversations without losing files another r
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 from sqlalchemy import text
 
 from storage.archive import export_conversation, import_conversation
 from storage.models import Image, utcnow
-from storage.repository import ImageFilter, NotFound, Repository
-from tests.storage.helpers import add_generated, files_on_disk, ids
+from storage.repository import ImageFilter, NewGeneration, NewImage, NotFound, Repository
+from tests.storage.helpers import add_generated, files_on_disk, ids, tiny_image
 
 
 @pytest.fixture
@@ -111,17 +113,20 @@ def test_gallery_filters_and_pages(repo: Repository, library: dict[str, Image]) 
     assert repo.backends_and_operations() == (["offline"], ["generate"])
 
 
-def test_delete_keeps_files_an_imported_copy_still_uses(
+def test_deleting_the_original_of_an_imported_copy_leaves_the_copy_whole(
     repo: Repository, library: dict[str, Image], tmp_path: Path
 ) -> None:
     coast = library["lighthouse"].conversation_id
     zip_path = tmp_path / "coast.zip"
     export_conversation(repo, coast, zip_path)
     copy = import_conversation(repo, zip_path)
-    files_before = files_on_disk(repo.files.root)
+    originals = [library[name] for name in ("lighthouse", "fog", "revised")]
+    copy_files = {repo.image_path(i) for i in repo.conversation_images(copy)}
 
-    assert repo.delete_conversation(coast) == 0  # the copy uses the same bytes
-    assert files_on_disk(repo.files.root) == files_before
+    # the copy has files of its own (their PNG chunks name the copy's ids), so the original's go
+    assert repo.delete_conversation(coast) == 3
+    assert not any(repo.image_path(i).exists() for i in originals)
+    assert all(path.exists() for path in copy_files)
     copy_images = repo.conversation_images(copy)
     assert all(repo.load_image(image).size == (8, 8) for image in copy_images)
     assert repo.check_integrity().ok
@@ -168,3 +173,83 @@ def test_deleting_a_parent_conversation_keeps_derived_images_elsewhere(
 def test_delete_unknown_conversation(repo: Repository) -> None:
     with pytest.raises(NotFound, match="no conversation 77"):
         repo.delete_conversation(77)
+
+
+def _inpaint_with_mask(repo: Repository, conversation_id: int, index: int) -> Image:
+    """An inpaint whose mask is the same all-white 8x8 PNG every time: one file, many rows."""
+    mask = PILImage.new("L", (8, 8), 255)
+    new_image = NewImage(
+        image=tiny_image(index),
+        operation="inpaint",
+        backend="offline",
+        model="tiny",
+        prompt="a boat",
+        mask=mask,
+    )
+    record = repo.record_turn(
+        conversation_id,
+        reply="boat added",
+        generations=[NewGeneration(operation="inpaint", backend="offline", model="tiny", images=[new_image])],
+    )
+    return record.images[0]
+
+
+def test_delete_keeps_a_file_another_conversations_row_still_uses(repo: Repository) -> None:
+    first = repo.create_conversation("first")
+    second = repo.create_conversation("second")
+    mine = _inpaint_with_mask(repo, first.id, 1)
+    theirs = _inpaint_with_mask(repo, second.id, 2)
+    assert mine.mask_sha256 == theirs.mask_sha256 is not None
+    mask_path = repo.files.path_for(theirs.mask_sha256)
+
+    assert repo.delete_conversation(first.id) == 1  # its image; the shared mask stays
+    assert mask_path.exists() and not repo.image_path(mine).exists()
+    assert repo.load_mask(repo.get_image(theirs.id)) is not None
+    assert repo.check_integrity().ok
+
+    assert repo.delete_conversation(second.id) == 2  # now nothing else uses the mask
+    assert not mask_path.exists()
+    assert files_on_disk(repo.files.root) == {}
+
+
+def test_delete_racing_a_save_of_the_same_file_never_loses_it(repo: Repository, tmp_path: Path) -> None:
+    """A save that reuses the deleted conversation's file (same mask bytes) commits between the
+    delete's commit and its unlink: the file must survive, since a row names it again.
+
+    The save runs in another thread with a repository of its own (as another process would) and
+    is started exactly at the moment the delete is about to unlink. The delete then holds the
+    write lock, so the save waits for it and writes the file afresh; unlinking outside the lock
+    would let the save find the file, commit, and then lose it.
+    """
+    doomed = repo.create_conversation("doomed")
+    survivor = repo.create_conversation("survivor")
+    _inpaint_with_mask(repo, doomed.id, 1)
+    other = Repository.open(repo.db.url, repo.files.root)
+    saved: list[Image] = []
+    errors: list[BaseException] = []
+
+    def concurrent_save() -> None:
+        try:
+            saved.append(_inpaint_with_mask(other, survivor.id, 2))
+        except BaseException as exc:  # surfaced below; a thread's exception is otherwise lost
+            errors.append(exc)
+
+    saver = threading.Thread(target=concurrent_save)
+    real_delete = repo.files.delete
+
+    def delete_after_a_concurrent_save(digest: str) -> None:
+        if not saver.is_alive() and not saved:
+            saver.start()
+            saver.join(timeout=1.0)  # done at once unless the delete holds the write lock
+        real_delete(digest)
+
+    repo.files.delete = delete_after_a_concurrent_save  # type: ignore[method-assign]
+    repo.delete_conversation(doomed.id)
+    saver.join(timeout=30)
+    assert not errors and len(saved) == 1
+    mask_digest = saved[0].mask_sha256
+    assert mask_digest is not None
+    assert repo.files.path_for(mask_digest).exists()
+    assert repo.load_mask(repo.get_image(saved[0].id)) is not None
+    assert repo.check_integrity().ok
+    other.db.dispose()

@@ -9,15 +9,18 @@ Deterministic, no network, no database: a message plus the structured image list
    Prompt-injection phrases ("ignore your instructions") → REFUSE, unless what follows them is
    plainly an image request ("ignore previous instructions and draw a cat"), which is then
    planned on its own with a note that the rest was ignored. A destructive part always wins.
-3. help, then questions about the conversation (DESCRIBE: prompt, lineage, params, list).
-4. an explicit verbatim prompt ("use my prompt exactly: …", a quoted prompt with "exactly").
+3. help, praise ("that's perfect": answered, never drawn), then questions about the conversation
+   (DESCRIBE: prompt, lineage, params, list).
+4. an explicit verbatim prompt ("use my prompt exactly: …", a quoted prompt with "exactly"); the
+   command with no prompt after it asks for the prompt.
 5. a mask → INPAINT.
 6. upscale, then transforms (black and white, crop, rotate, …), then regenerate ("again"),
    then variations — each only when nothing but its own words remain after the references
    are cut out, so "blur the background" is an edit and "blur it" a transform.
 7. an upload → IMG2IMG; "based on #2" → IMG2IMG from #2.
-8. edit or generate: an explicit reference or an edit-like start ("make it…", "add…", "at
-   sunset") is an edit of the referenced or last image; everything else is a new image.
+8. edit or generate: an explicit reference, an opening pronoun ("that one but at sunset", "it,
+   but…") or an edit-like start ("make it…", "add…", "at sunset") is an edit of the referenced or
+   last image, with the pronoun left out of the prompt; everything else is a new image.
 
 Finally `enforce_capabilities` makes the plan fit the backend or explains why it can't.
 """
@@ -54,6 +57,7 @@ from assistant.rewrite import (
     clean_idea,
     detect_style,
     normalize_style,
+    only_keeps,
     removed_terms,
     rewrite_prompt,
     style_prompt,
@@ -70,6 +74,17 @@ INJECTION_REPLY = (
     "or refer to an image by number (“#2 but at sunset”)."
 )
 ONE_AT_A_TIME = "I can change one image at a time — which one: {}?"
+PRAISE_REPLY = (
+    "Glad you like it! Tell me what to change next (“#2 but at sunset”, “make it snowier”, "
+    "“three more like it”) or describe a new image."
+)
+UPLOAD_WHAT_TO_DO = (
+    "What should I do with {}? For example “turn it into a watercolor” or “make it black and white”."
+)
+VERBATIM_WHICH_PROMPT = (
+    "Sure — what's the prompt? Type it after a colon and I'll send it word for word, with no "
+    "rewriting: “use my prompt exactly: a red fox on a mossy rock, oil on canvas”."
+)
 
 SUBTLE_STRENGTH = 0.35
 DEFAULT_VARIATION_STRENGTH = 0.5
@@ -239,7 +254,7 @@ _DESTRUCTIVE_OBJECT = (
     r"(?:everything|all(?!\s+the\s+(?!images|pictures|photos|data|files|history|messages))"
     r"|(?:all\s+)?(?:of\s+)?(?:the\s+|my\s+|this\s+|that\s+|these\s+|those\s+|our\s+|every\s+)?"
     r"(?:images?|pictures?|photos?|conversations?|chats?|history|database|db|tables?|files?|data|messages?|"
-    r"gallery|them|#\s?\d+|image\s+\d+|picture\s+\d+)\b)"
+    r"gallery|up-?loads?|attachments?|them|#\s?\d+|image\s+\d+|picture\s+\d+)\b)"
 )
 _DESTRUCTIVE = (
     r"\b" + _DESTRUCTIVE_VERB + r"\s+(?:all\s+)?(?:of\s+)?" + _DESTRUCTIVE_OBJECT,
@@ -262,6 +277,14 @@ _INJECTION = (
     r"\bjailbreak\b",
     r"\bnew\s+instructions?\s*:",
     r"\bpretend\s+(?:you\s+are|to\s+be)\b",
+)
+#: a remark about the result, with no request in it
+_PRAISE = (
+    r"(?:(?:oh|wow|ok(?:ay)?|yes|yeah|great)\s*[,!.]?\s*)?"
+    r"(?:(?:that|this|it)(?:'?s|\s+is|\s+was|\s+looks)\s+(?:(?:so|really|very|just|absolutely)\s+)?)?"
+    r"(?:perfect|great|awesome|amazing|beautiful|lovely|nice|cool|wonderful|excellent|fantastic|gorgeous|"
+    r"brilliant|stunning|exactly(?:\s+(?:it|right|what\s+i\s+wanted))?|love\s+it|i\s+love\s+(?:it|this|that))"
+    r"(?:\s*[,!.]*\s*(?:thanks|thank\s+you|ty))?[\s!.]*"
 )
 _HELP = (
     r"^(?:help|\?+|h|usage|commands|menu|options|instructions|how\s+to)\s*[.!?]*$",
@@ -384,7 +407,12 @@ _ROTATE = (
 )
 _FLIP = r"\b(?:flip|mirror)(?:ped)?\b"
 _CROP = r"\b(?:crop|make\s+(?:it\s+)?(?:a\s+)?square|square\s+crop)\b"
-_RESIZE = r"\b(?:resize|rescale|scale)\b|\bmake\s+it\s+\d{2,5}\s*(?:x|×|by)\s*\d{2,5}\b"
+#: "make it 1024x768" is a resize, not an edit that writes "1024x768" into the prompt. The
+#: planner matches it with the references cut out ("make [#2] 768x512"), so the object is optional.
+_RESIZE = (
+    r"\b(?:resize|rescale|scale)\b|\b(?:make|set|change|turn)\s+(?:(?:it|this|that)(?:\s+one)?\s+)?(?:to\s+|into\s+)?"
+    r"\d{2,5}\s*(?:x|×|by)\s*\d{2,5}\b|\b(?:change|set)\s+(?:the\s+)?(?:size|dimensions)\b"
+)
 _BRIGHTNESS = r"\b(?:brightness|brighten|darken|exposure)\b"
 _CONTRAST = r"\bcontrast\b"
 _SATURATION = r"\b(?:saturation|saturate|desaturate|vibran(?:t|ce)|vivid)\b"
@@ -392,7 +420,8 @@ _BORDER = r"\b(?:border|frame\s+it)\b"
 _UPSCALE = (
     r"\b(?:up-?scale|upsample|enlarge|super[\s-]?resolution|hi-?res|high(?:er)?[\s-]res(?:olution)?|"
     r"increase\s+(?:the\s+)?resolution|(?:make|get)\s+(?:it\s+|this\s+|that\s+)?(?:bigger|larger)|blow\s+(?:it\s+)?up|"
-    r"double\s+the\s+size|(?:2|4)\s*(?:x|×)\s+(?:bigger|larger))\b"
+    r"double\s+the\s+size|(?:2|4)\s*(?:x|×)\s+(?:bigger|larger)|but\s+(?:bigger|larger)|^(?:bigger|larger)"
+    r"(?=\s*(?:please)?\s*[.!]*$))\b"
 )
 
 _DIRECTIONS = _vocab(
@@ -586,11 +615,61 @@ _EDIT_START = (
     r"(?:it|the|him|her|them)|swap|without|no\s|but\b|now\b|instead|more\b|less\b|set\b|let\s+it|have\s+it|"
     r"recolou?r|colou?r\s|paint\s+(?:it|the)|get\s+rid|take\s+(?:out|away)|erase|delete|with\s|as\s+(?:a|an)\s|"
     r"in\s+(?:the\s+)?(?:style|\w+\s+style)|same\b|zoom|move|fix|lighter|darker|brighter|what\s+if\b|"
-    r"(?:re)?do\s+it\b|"
+    r"(?:re)?do\s+it\b|keep\b|leave\b|"
     r"(?:at|during|by|in\s+the)\s+(?:night|sunset|sunrise|dawn|dusk|noon|midnight|day|daytime|twilight|evening|"
     r"morning|afternoon|moonlight|golden\s+hour)|\w+ier\b|\w+er\s*[.!?]*$)"
 )
 
+
+#: a message that opens on "that one", "this picture", or "it," / "that but" points at the last
+#: image: "that one but at sunset" is an edit of it, and the pronoun is no part of the prompt
+_LEADING_DEMONSTRATIVE = (
+    r"^(?:this|that)\s+(?:one|image|picture|pic|photo|version|render)\b[\s,;:.!\-–]*(?:but\b)?"
+)
+_LEADING_PRONOUN = r"^(?:it|this|that)\s*(?:[,;:\-–]+\s*(?:but\b)?|but\b)"
+_LEADING_BARE = r"^(?:it|this|that)\b\s*"
+
+
+def _after_leading_pronoun(text: str) -> str | None:
+    """The rest of a message that opens on a pronoun naming the last image, else None.
+
+    A bare "it"/"this"/"that" counts only before a comma, a "but", or an edit ("that at dawn",
+    "this in watercolor"), since "this little cat…" or "that's…" is a description or a remark.
+    Polite openers ("ok, that one…") go with it; they mean nothing to an edit either.
+    """
+    core = _strip_polite(text)
+    m = re.match(_LEADING_DEMONSTRATIVE, core, flags=_I) or re.match(_LEADING_PRONOUN, core, flags=_I)
+    if m is not None:
+        return core[m.end() :].strip()
+    bare = re.match(_LEADING_BARE, core, flags=_I)
+    rest = core[bare.end() :].strip() if bare else ""
+    if not rest:
+        return None
+    if re.match(_EDIT_START, rest, flags=_I) or (
+        re.match(r"(?:in|as|into)\s", rest, flags=_I) and detect_style(rest)
+    ):
+        return rest
+    return None
+
+
+_VERBATIM_CUE = (
+    r"(?:exactly|verbatim|as[\s-]is|word\s+for\s+word|literally|unchanged|"
+    r"as\s+(?:written|typed|i\s+(?:typed|wrote|write|type)\s+it))"
+)
+_MY_PROMPT = r"(?:my|the)\s+(?:own\s+)?(?:prompts?|words)"
+#: the "use my prompt exactly" command alone, with nothing to use
+_VERBATIM_ONLY = (
+    r"(?:(?:please|ok(?:ay)?|now|and|just|can\s+you|could\s+you)\s*,?\s+)*"
+    r"(?:(?:use|take|send|run)\s+" + _MY_PROMPT + r"(?:\s+" + _VERBATIM_CUE + r")?"
+    r"|keep\s+"
+    + _MY_PROMPT
+    + r"\s+"
+    + _VERBATIM_CUE
+    + r"|(?:use|take|send)\s+my\s+exact\s+(?:prompts?|words)"
+    r"|(?:don'?t|do\s+not|no)\s+(?:re-?writ(?:e|ing)|chang(?:e|ing)|touch(?:ing)?)(?:\s+" + _MY_PROMPT + r")?"
+    r"|verbatim|word\s+for\s+word|use\s+it\s+" + _VERBATIM_CUE + r")"
+    r"(?:\s*,?\s*(?:please|from\s+now\s+on|this\s+time))?\s*[:\-–.!]*"
+)
 
 # --------------------------------------------------------------------------------------------
 # the planner
@@ -612,9 +691,7 @@ class OfflinePlanner:
             if context.has_mask:
                 return _clarify(text, "What should I paint in the masked area?")
             if context.has_upload:
-                return _clarify(
-                    text, "What should I do with this image? For example “turn it into a watercolor”."
-                )
+                return _clarify(text, UPLOAD_WHAT_TO_DO.format("this image"))
             return _clarify(text, EMPTY_REPLY)
 
         if any(re.search(p, raw, flags=_I) for p in _DESTRUCTIVE):
@@ -625,6 +702,9 @@ class OfflinePlanner:
 
         if any(re.search(p, raw, flags=_I) for p in _HELP):
             return Plan(intent=Intent.HELP, instruction=raw, reply=_help_reply(context))
+        if re.fullmatch(_PRAISE, raw, flags=_I):
+            # "that's perfect" is feedback, not a picture of the words "that's perfect"
+            return _clarify(raw, PRAISE_REPLY)
         described = self._describe(raw, context)
         if described is not None:
             return described
@@ -690,7 +770,8 @@ class OfflinePlanner:
         outside = raw
         m = re.match(
             r"^(?:please\s+)?(?:(?:use|take|render|generate|draw|make|run)\s+)?(?:(?:my|this|the\s+following|"
-            r"the)\s+)?(?:prompt\s+)?(?:exactly|verbatim|as[\s-]is|word\s+for\s+word|literally|raw)"
+            r"the)\s+)?(?:(?:prompt\s+)?(?:exactly|verbatim|as[\s-]is|word\s+for\s+word|literally|raw)"
+            r"|exact\s+(?:prompt|words|text))"
             r"(?:\s+as\s+(?:written|typed|is))?\s*[:\-–]\s*(?P<p>.+)$",
             raw,
             flags=_I | re.S,
@@ -705,6 +786,9 @@ class OfflinePlanner:
             if quoted and cue:
                 prompt, outside = quoted.group("p"), raw[: quoted.start()] + " " + raw[quoted.end() :]
         if prompt is None:
+            if re.fullmatch(_VERBATIM_ONLY, raw.strip(), flags=_I):
+                # the command with no prompt: ask for it, never draw the words "use my prompt exactly"
+                return _clarify(raw, VERBATIM_WHICH_PROMPT)
             return None
         seed, _ = _seed(outside)
         count, _ = _count(outside)
@@ -783,6 +867,10 @@ class OfflinePlanner:
         )
         seed, idea = _seed(idea)
         count, idea = _count(idea)
+        if not _leftover(idea) and detect_style(raw) is None:
+            # "the original photo", "my upload": which image is clear, what to do with it is not
+            which = f"#{targets[0]}" if targets else "this image"
+            return _clarify(raw, UPLOAD_WHAT_TO_DO.format(which))
         style = detect_style(raw) or normalize_style(context.style)
         if re.match(_EDIT_START, idea, flags=_I):
             idea = apply_edit("", idea)
@@ -853,9 +941,10 @@ class OfflinePlanner:
         return refs, None
 
     def _upscale(self, raw: str, context: PlannerContext) -> Plan | None:
-        if not re.search(_UPSCALE, raw, flags=_I):
-            return None
         probe = resolve_references(raw, context.images)
+        # the cue is looked for with the references cut out too: "make [the second one] bigger"
+        if not (re.search(_UPSCALE, raw, flags=_I) or re.search(_UPSCALE, probe.remainder, flags=_I)):
+            return None
         factor, note = _upscale_factor(raw)
         leftover = _leftover(
             probe.remainder,
@@ -1002,7 +1091,7 @@ class OfflinePlanner:
         # the verb test runs without the references, so "picture 1, add a moon" is no "picture a…"
         if re.match(_GENERATE_START, _strip_polite(refs.remainder), flags=_I):
             return self._generate(raw, context)
-        if refs.explicit or re.match(_EDIT_START, core, flags=_I):
+        if refs.explicit or re.match(_EDIT_START, core, flags=_I) or _after_leading_pronoun(raw) is not None:
             return self._edit(raw, context)
         return self._generate(raw, context)
 
@@ -1042,6 +1131,9 @@ class OfflinePlanner:
         assert parent is not None
         if not _words(instruction):
             return _clarify(raw, f"What should I change in #{parent.number}?")
+        if only_keeps(instruction):
+            # "#2 but keep the fox": the fox stays either way; there is no change to make yet
+            return _clarify(raw, f"I'll keep that as it is — what should I change in #{parent.number}?")
         new_style = detect_style(instruction)
         style = new_style or parent.style or (None if parent.prompt else normalize_style(context.style))
         n, note = cap_n(count or 1, context)
@@ -1083,6 +1175,10 @@ def _instruction_text(refs: ReferenceResult) -> str:
     """The message minus the words that pointed at images; pronouns stay ("make it snowier")."""
     text = refs.text_without(keep_pronouns=True)
     text = re.sub(r"^[\s,.;:!\-–]*(?:but\s+)?", "", text, flags=_I)
+    # "that one but at sunset": the opening pronoun was the reference, not part of the change
+    after = _after_leading_pronoun(text)
+    if after is not None:
+        text = after
     # a preposition that led into the cut-out reference goes too ("remove the snow from [#2]")
     return re.sub(r"(?:\s+(?:from|of|in|on|to|for|into|onto|at))+\s*[.!?]*$", "", text, flags=_I).strip()
 

@@ -15,6 +15,10 @@ Resolution rules (documented here because planners and tests rely on them):
 * "the first image", "the second one", "the third", "the 2nd picture" … up to tenth → the k-th
   image in number order. "the first two" / "the last three" → that many from the start / end.
 * "the original" → the root of the last image's lineage (follows parent numbers).
+* "my upload", "the upload", "the uploaded photo", "my photo", "the photo I uploaded/attached/sent",
+  "the original photo" → the newest image whose operation is "upload" (kind "upload"). With no
+  upload in the conversation these ask for one, except "the original photo", which then means
+  "the original" (people call generated pictures photos too).
 * "both" → the last two images (kept simple: not batch-aware, since two is what "both" means).
 * "all of them", "all images", "every image" → all images.
 * "them", "these", "those" → the last batch: the trailing run of images that share operation,
@@ -24,8 +28,9 @@ Resolution rules (documented here because planners and tests rely on them):
 * "it", "this", "that", "this one", "that picture" → the last image (kind "pronoun": such words
   appear in plain descriptions too, so planners treat them as implicit, not as explicit choice).
 
-Uploads are not resolved here: an image attached to the message is the planner's business
-(it becomes the source of img2img / inpaint through `Plan.use_upload`).
+An image attached to the message is stored as the newest upload before planning, so "my
+photo" names it; whether the attachment itself is the source of img2img / inpaint is still the
+planner's business (`Plan.use_upload`).
 
 With no mention at all the result is NONE, or with `default_to_last=True` the last image
 (what a user means by "make it snowier") or NO_IMAGES when there is none.
@@ -41,6 +46,10 @@ from enum import StrEnum
 from assistant.plan import ImageInfo
 
 NO_IMAGES_QUESTION = "There is no image yet — describe what you'd like me to create."
+NO_UPLOAD_QUESTION = (
+    "There is no uploaded image in this conversation yet. Attach the photo you mean (the upload "
+    "button, or `--image PATH` on the command line) and tell me what to do with it."
+)
 
 NUMBER_WORDS: dict[str, int] = {
     "one": 1,
@@ -190,7 +199,8 @@ class RefStatus(StrEnum):
 class Mention:
     """One phrase in the text that points at images."""
 
-    #: number, last, previous, ordinal, first_n, last_n, original, both, all, batch, description, pronoun
+    #: number, last, previous, ordinal, first_n, last_n, original, upload, both, all, batch, description,
+    #: pronoun
     kind: str
     text: str
     start: int
@@ -423,6 +433,21 @@ def _trim_description(words: str) -> str:
     return " ".join(kept)
 
 
+_UPLOADED = r"(?:up-?load(?:ed)?|attach(?:ed|ment)|sent|shared)"
+#: phrases that can only mean an image the user uploaded; the group "loose" marks the one that
+#: may also mean a generated image ("the original photo")
+_UPLOAD_MENTION = (
+    r"\b(?:(?:my|the|this|that)\s+(?:own\s+)?(?:up-?loaded|attached)\s+(?:image|picture|pic|photo(?:graph)?|"
+    r"one|file|drawing|sketch)"
+    r"|(?:my|the|this|that)\s+(?:own\s+)?(?:up-?load|attachment)(?!\s+button)"
+    r"|my\s+(?:own\s+)?(?:photo(?:graph)?|pic)"
+    r"|the\s+(?:image|picture|pic|photo(?:graph)?|one|file)\s+(?:that\s+)?i\s+(?:just\s+)?"
+    + _UPLOADED
+    + r"|the\s+original\s+(?:up-?load|up-?loaded\s+(?:image|photo|picture))"
+    r"|(?P<loose>the\s+original\s+photo(?:graph)?))\b"
+)
+
+
 def _find_mentions(text: str, images: Sequence[ImageInfo]) -> list[Mention]:
     f = _Finder(text, images)
     count = len(images)
@@ -514,6 +539,17 @@ def _find_mentions(text: str, images: Sequence[ImageInfo]) -> list[Mention]:
         r"|(?:last|latest|newest|most\s+recent)\s+" + _NOUN + r")\b",
         lambda m: f.by_position(m, "last", -1, "image"),
     )
+
+    # "my upload", "the uploaded photo", "my photo", "the photo I sent", "the original photo"
+    def upload(m: re.Match[str]) -> Mention:
+        uploads = [i.number for i in images if i.operation == "upload"]
+        if uploads:
+            return f.ok(m, "upload", uploads[-1:])
+        if m.group("loose") and images:  # "the original photo" of generated images: the root
+            return f.ok(m, "original", [_lineage_root(images, images[-1])])
+        return f.problem(m, "upload", NO_UPLOAD_QUESTION)
+
+    f.scan(_UPLOAD_MENTION, upload)
 
     # "the original"
     def original(m: re.Match[str]) -> Mention:
@@ -646,7 +682,10 @@ def resolve_references(
         return replace(base, status=RefStatus.RESOLVED, numbers=(images[-1].number,), defaulted=True)
 
     if not images:
-        return replace(base, status=RefStatus.NO_IMAGES, question=NO_IMAGES_QUESTION)
+        # "my photo as a watercolor" in an empty conversation: ask for the photo, not a description
+        asks_upload = any(m.kind == "upload" for m in mentions)
+        question = NO_UPLOAD_QUESTION if asks_upload else NO_IMAGES_QUESTION
+        return replace(base, status=RefStatus.NO_IMAGES, question=question)
     for mention in mentions:
         if mention.problem and not mention.candidates:
             return replace(base, status=RefStatus.MISSING, question=mention.problem)

@@ -472,9 +472,12 @@ def _has_content(clause: str) -> bool:
 
 def split_instruction(instruction: str) -> list[str]:
     """One instruction may carry several changes: "at sunset, and add a moon"."""
-    cue = r"(?:add|remove|make|turn|change|put|set|give|replace|swap|without|no|at|in|as|with)"
+    cue = (
+        r"(?:add|remove|make|turn|change|put|set|give|replace|swap|without|no|at|in|as|with|keep|leave|"
+        r"preserve|retain|don'?t|do\s+not)"
+    )
     parts = re.split(
-        r"[;,]|\b(?:and\s+then|then|also|plus)\b|\band\b(?=\s+" + cue + r"\b)",
+        r"[;,]|\b(?:and\s+then|then|also|plus)\b|\b(?:and|but)\b(?=\s+" + cue + r"\b)",
         instruction,
         flags=re.IGNORECASE,
     )
@@ -644,7 +647,10 @@ def _edit_weather(prompt: str, clause: str) -> tuple[str, str] | None:
         elif re.search(_LESS_CUE, clause, flags=re.IGNORECASE):
             if present:
                 target = added[0] if added else present[0]
-                prompt = prompt[: target.start()] + w.light + prompt[target.end() :]
+                # "a fox in the snow" → "a fox in light snow": the preposition still ties it to the subject
+                lead = re.match(r"(?:in|under|with|during|covered\s+(?:in|with))\s+", target.group(0), re.I)
+                light = (lead.group(0) if lead else "") + w.light
+                prompt = prompt[: target.start()] + light + prompt[target.end() :]
             else:
                 prompt = _insert_after_subject(prompt, w.light, as_segment=True)
         else:
@@ -838,7 +844,28 @@ def apply_edit(parent_prompt: str, instruction: str) -> str:
     return _tidy(_dedupe_segments(prompt))
 
 
+#: a clause that asks to keep something ("keep the fox", "leave the sky as it is", "don't change the
+#: cabin"): the parent's words already say it, so it changes nothing and adds nothing
+_KEEP_CLAUSE = (
+    r"^(?:but\s+)?(?:(?:please\s+)?(?:keep|leave|preserve|retain|maintain)\b|(?:don'?t|do\s+not|never)\s+"
+    r"(?:change|touch|alter|remove|lose|drop|modify)\b|(?:the\s+)?(?:rest|everything\s+else)\s+(?:stays|the\s+same)\b)"
+)
+
+
+def is_keep_clause(clause: str) -> bool:
+    """True for "keep the fox" and the like, which an edit honours by leaving the words alone."""
+    return re.match(_KEEP_CLAUSE, _clean_clause(clause), flags=re.IGNORECASE) is not None
+
+
+def only_keeps(instruction: str) -> bool:
+    """True when every clause only asks to keep things, so there is nothing to change."""
+    clauses = split_instruction(instruction)
+    return bool(clauses) and all(is_keep_clause(c) for c in clauses)
+
+
 def _apply_clause(prompt: str, clause: str) -> str:
+    if is_keep_clause(clause):
+        return prompt
     for _ in range(4):
         if not _has_content(clause):
             return prompt
@@ -864,6 +891,8 @@ def removed_terms(instruction: str) -> tuple[str, ...]:
     """What an edit asks to take away ("remove the snow" → "snow"), for the negative prompt."""
     out: list[str] = []
     for clause in split_instruction(instruction):
+        if is_keep_clause(clause):  # "don't remove the snow" takes nothing away
+            continue
         what = _removal_target(clause)
         if what:
             out.append(what.lower())

@@ -145,3 +145,61 @@ def test_max_n_comes_from_the_context() -> None:
     assert plan.n == 5 and plan.reply is None
     plan = PLANNER.plan("a fox", PlannerContext(default_n=2))
     assert plan.n == 2
+
+
+CABIN_1 = ImageInfo(1, 101, "generate", None, "a cozy cabin in the woods at night", None, 512, 512, 5)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "this little cat sleeping on a windowsill",
+        "that's a nice idea: a fox in a hat",
+        "it rains on a city street",
+    ],
+)
+def test_a_leading_pronoun_in_a_description_is_no_reference(text: str) -> None:
+    plan = PLANNER.plan(text, PlannerContext(images=(CABIN_1,)))
+    assert plan.intent is Intent.GENERATE and plan.targets == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("that one but at sunset", "at sunset"),
+        ("ok, that one but at sunset", "at sunset"),
+        ("that, add a moon", "with a moon"),
+        ("this picture as pixel art", "pixel art"),
+        ("it at dawn", "at dawn"),
+    ],
+)
+def test_a_leading_pronoun_is_the_reference_and_leaves_the_prompt(text: str, words: str) -> None:
+    plan = PLANNER.plan(text, PlannerContext(images=(CABIN_1,)))
+    assert plan.intent is Intent.EDIT and plan.targets == (1,)
+    assert words in plan.prompt
+    assert plan.prompt.startswith("a cozy cabin in the woods")
+    assert not any(w in plan.prompt.split() for w in ("that", "this", "it", "one", "picture", "but"))
+
+
+@pytest.mark.parametrize("text", ["that is perfect", "perfect!", "wow, that's beautiful", "love it, thanks"])
+def test_praise_is_answered_not_drawn(text: str) -> None:
+    plan = PLANNER.plan(text, PlannerContext(images=(CABIN_1,)))
+    assert plan.intent is Intent.CLARIFY and plan.operation is None
+
+
+@pytest.mark.parametrize(
+    "text", ["use my prompt exactly", "use my prompt verbatim please", "don't rewrite my prompt", "verbatim"]
+)
+def test_the_verbatim_command_alone_asks_for_the_prompt(text: str) -> None:
+    plan = PLANNER.plan(text, PlannerContext(images=(CABIN_1,)))
+    assert plan.intent is Intent.CLARIFY
+    assert "prompt" in (plan.reply or "")
+
+
+def test_an_attached_upload_with_nothing_to_do_asks_what_to_do() -> None:
+    upload = ImageInfo(2, 102, "upload", None, "", None, 800, 600, None)
+    context = PlannerContext(images=(CABIN_1, upload), has_upload=True)
+    for text in ("my photo", "the original photo", "this photo"):
+        plan = PLANNER.plan(text, context)
+        assert plan.intent is Intent.CLARIFY, text
+        assert "#2" in (plan.reply or "")

@@ -7,6 +7,7 @@ import pytest
 from assistant.plan import ImageInfo
 from assistant.references import (
     NO_IMAGES_QUESTION,
+    NO_UPLOAD_QUESTION,
     RefStatus,
     last_batch,
     resolve_references,
@@ -176,3 +177,63 @@ def test_stem_brings_word_forms_together() -> None:
     assert stem("snowy") == stem("snowier") == stem("snow") == "snow"
     assert stem("foxes") == stem("fox")
     assert stem("foggy") == "fog"
+
+
+#: #1 upload, #2 fox, #3 edit of #2 (so "the original" of the last image is #2, not the upload)
+WITH_UPLOAD = (
+    ImageInfo(1, 101, "upload", None, "", "my photo", 800, 600, None),
+    _image(2, "a red fox in a meadow"),
+    _image(3, "a red fox in a meadow at sunset", "edit", 2),
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "make my upload black and white",
+        "my photo as an oil painting",
+        "the uploaded photo but at sunset",
+        "the uploaded image",
+        "my uploaded picture",
+        "the upload",
+        "the photo I uploaded",
+        "the image i just sent",
+        "the original photo",
+        "the original upload",
+    ],
+)
+def test_upload_phrases_mean_the_newest_upload(text: str) -> None:
+    result = resolve_references(text, WITH_UPLOAD)
+    assert result.status is RefStatus.RESOLVED, result.question
+    assert result.numbers == (1,)
+    assert result.explicit
+
+
+def test_the_newest_upload_wins() -> None:
+    images = (*WITH_UPLOAD, ImageInfo(4, 104, "upload", None, "", None, 640, 480, None))
+    assert resolve_references("my photo", images).numbers == (4,)
+
+
+def test_upload_phrases_without_an_upload_ask_for_one() -> None:
+    for text in ("make my upload black and white", "my photo as a watercolor", "the uploaded photo"):
+        result = resolve_references(text, IMAGES)
+        assert result.status is RefStatus.MISSING, text
+        assert result.numbers == ()
+        assert result.question == NO_UPLOAD_QUESTION
+        empty = resolve_references(text, ())
+        assert empty.status is RefStatus.NO_IMAGES and empty.question == NO_UPLOAD_QUESTION
+
+
+def test_the_original_photo_without_an_upload_is_the_original() -> None:
+    """People call generated pictures photos too; with no upload this is plain "the original"."""
+    result = resolve_references("the original photo", IMAGES)
+    assert result.numbers == resolve_references("the original", IMAGES).numbers == (5,)
+
+
+def test_upload_words_that_are_no_reference() -> None:
+    for text in ("my photos of the beach", "press the upload button", "a photo of my dog"):
+        assert not any(m.kind == "upload" for m in resolve_references(text, WITH_UPLOAD).mentions), text
+
+
+def test_the_remainder_drops_the_upload_phrase() -> None:
+    assert resolve_references("the uploaded photo but at sunset", WITH_UPLOAD).remainder == "but at sunset"

@@ -16,7 +16,9 @@ from assistant.rewrite import (
     apply_edit,
     build_negative,
     detect_style,
+    is_keep_clause,
     normalize_style,
+    only_keeps,
     removed_terms,
     rewrite_prompt,
     split_instruction,
@@ -297,3 +299,56 @@ def test_removed_terms_feed_the_negative_prompt() -> None:
     assert removed_terms("remove the snow") == ("snow",)
     assert removed_terms("without the moon and no people") == ("moon", "people")
     assert removed_terms("at sunset") == ()
+
+
+SNOW_FOX = "a red fox standing in deep snow, heavy snowfall, detailed environment, highly detailed"
+
+
+def test_keep_clauses_keep_the_parents_words_and_add_none() -> None:
+    assert apply_edit(SNOW_FOX, "keep the fox") == SNOW_FOX
+    assert apply_edit(FOX, "leave the rock as it is") == FOX
+    assert apply_edit(FOX, "don't change the fox") == FOX
+    edited = apply_edit(SNOW_FOX, "keep the fox, remove the snow")
+    assert edited == "a red fox standing, detailed environment, highly detailed"
+    assert "keep" not in edited
+
+
+@pytest.mark.parametrize(
+    "instruction",
+    ["keep the fox but remove the snow", "remove the snow and keep the fox", "keep the fox; no snow"],
+)
+def test_keep_clauses_split_from_the_change(instruction: str) -> None:
+    edited = apply_edit(SNOW_FOX, instruction)
+    assert "snow" not in edited and "keep" not in edited
+    assert edited.startswith("a red fox standing")
+    assert removed_terms(instruction) == ("snow",)
+
+
+def test_keep_then_change() -> None:
+    assert split_instruction("leave the fox as it is but at sunset") == [
+        "leave the fox as it is",
+        "at sunset",
+    ]
+    edited = apply_edit(SNOW_FOX, "keep the fox but at sunset")
+    assert edited.startswith("a red fox standing in deep snow at sunset, heavy snowfall")
+
+
+def test_keeping_is_not_removing() -> None:
+    assert removed_terms("don't remove the snow") == ()
+    assert apply_edit(SNOW_FOX, "don't remove the snow") == SNOW_FOX
+    assert is_keep_clause("keep the fox") and is_keep_clause("but keep the fox")
+    assert not is_keep_clause("remove the snow")
+
+
+def test_only_keeps() -> None:
+    assert only_keeps("keep the fox")
+    assert only_keeps("keep the fox and leave the snow")
+    assert not only_keeps("keep the fox, remove the snow")
+    assert not only_keeps("")
+
+
+def test_less_weather_keeps_the_preposition() -> None:
+    assert (
+        apply_edit("a red fox in the snow at sunset", "make it less snowy")
+        == "a red fox in light snow at sunset"
+    )

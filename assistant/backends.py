@@ -63,4 +63,9 @@ def backend_banner(settings: Settings) -> str:
         )
     if choice is BackendChoice.OPENAI:
         return f"Images: OpenAI ({settings.openai_image_model}); planning: {planner}."
+    if not settings.diffusers_model:
+        return (
+            "Images: local diffusers model, but no model set: "
+            f"set ATELIER_DIFFUSERS_MODEL=/path/to/model; planning: {planner}."
+        )
     return f"Images: local diffusers model {settings.diffusers_model}; planning: {planner}."

@@ -87,9 +87,9 @@ def _clear_init() -> None:
 # ----- history ---------------------------------------------------------------------------------
 
 
-def _render_plan(plan: dict[str, Any] | Any) -> None:
+def _render_plan(plan: dict[str, Any] | Any, where: Any = st) -> None:
     for label, value in support.plan_rows(plan):
-        st.markdown(f"**{escape_markdown(label)}:** {escape_markdown(value)}")
+        where.markdown(f"**{escape_markdown(label)}:** {escape_markdown(value)}")
 
 
 def _png_bytes(repo: Repository, image_id: int) -> bytes:
@@ -98,7 +98,7 @@ def _png_bytes(repo: Repository, image_id: int) -> bytes:
 
 
 def _render_image(repo: Repository, image: ImageView) -> None:
-    st.image(str(image.path), width="stretch")
+    file_there = common.show_image(image.path, width="stretch")
     st.caption(image.caption)
     number = image.number
     with st.container(horizontal=True, gap="small"):
@@ -142,16 +142,17 @@ def _render_image(repo: Repository, image: ImageView) -> None:
             args=(image.id,),
             help=f"Attach #{number} to your next message as the image to start from",
         )
-        st.download_button(
-            "PNG",
-            data=partial(_png_bytes, repo, image.id),
-            file_name=f"atelier-{image.conversation_id}-{number}.png",
-            mime="image/png",
-            key=f"atelier.png.{image.id}",
-            icon=":material/download:",
-            on_click="ignore",
-            help="The stored PNG, with its generation parameters and lineage in its metadata",
-        )
+        if file_there:
+            st.download_button(
+                "PNG",
+                data=partial(_png_bytes, repo, image.id),
+                file_name=f"atelier-{image.conversation_id}-{number}.png",
+                mime="image/png",
+                key=f"atelier.png.{image.id}",
+                icon=":material/download:",
+                on_click="ignore",
+                help="The stored PNG, with its generation parameters and lineage in its metadata",
+            )
         if st.button(
             "Lineage",
             key=f"atelier.lineage.{image.id}",
@@ -311,9 +312,14 @@ def _run_turn(ctx: UiContext, conversation_id: int | None, request: TurnRequest)
                 if event.conversation_id:
                     st.session_state[Keys.CONVERSATION] = event.conversation_id
                 if isinstance(event, PlanMade):
-                    status.update(label=f"{event.intent.capitalize()} · {event.backend} ({event.model})")
-                    with status:
-                        _render_plan(event.to_dict())
+                    # stay open and running while the backend works: the plan and the bar are the
+                    # point of the box (`with status:` would mark it complete on leaving the block)
+                    status.update(
+                        label=f"{event.intent.capitalize()} · {event.backend} ({event.model})",
+                        state="running",
+                        expanded=True,
+                    )
+                    _render_plan(event.to_dict(), status)
                     bar = status.progress(0.0, text="Starting…")
                 elif isinstance(event, Progress):
                     if bar is None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 from PIL import Image as PILImage
 from pydantic import SecretStr
+from streamlit.runtime.media_file_storage import MediaFileStorageError
 
 from assistant.core import Assistant
 from assistant.settings import BackendChoice, Settings
@@ -140,6 +142,19 @@ def thumbnail(sha256: str, path: str, side: int = 320) -> bytes:
     return buffer.getvalue()
 
 
+MISSING_FILE = "The file of this image is missing; `atelier doctor` checks the store."
+
+
+def show_image(path: Path | str, **kwargs: Any) -> bool:
+    """`st.image` of a stored file, or a warning when the file is gone (the page keeps drawing)."""
+    try:
+        st.image(str(path), **kwargs)
+    except (MediaFileStorageError, OSError):
+        st.warning(MISSING_FILE, icon=":material/broken_image:")
+        return False
+    return True
+
+
 # ----- flashes ------------------------------------------------------------------------------
 
 
@@ -162,20 +177,57 @@ def show_flashes() -> None:
 # ----- conversations ----------------------------------------------------------------------------
 
 
+#: the URL query parameter that names the open conversation (`?c=12`), so a reload keeps it
+CONVERSATION_PARAM = "c"
+
+
+def _conversation_in_url(repo: Repository) -> int | None:
+    """The conversation the URL names, if it is one that exists; a bad link just starts fresh."""
+    raw = st.query_params.get(CONVERSATION_PARAM)
+    if raw is None:
+        return None
+    conversation_id = support.parse_conversation_param(raw)
+    if conversation_id is not None:
+        try:
+            return repo.get_conversation(conversation_id).id
+        except NotFound:
+            pass
+    flash("The conversation in the link no longer exists; describe a picture to start a new one.", "info")
+    return None
+
+
+def _show_in_url(conversation_id: int | None) -> None:
+    wanted = None if conversation_id is None else str(conversation_id)
+    if st.query_params.get(CONVERSATION_PARAM) == wanted:
+        return
+    if wanted is None:
+        del st.query_params[CONVERSATION_PARAM]
+    else:
+        st.query_params[CONVERSATION_PARAM] = wanted
+
+
 def current_conversation(repo: Repository) -> Conversation | None:
-    """The selected conversation, or None (a new one starts with the next message)."""
+    """The selected conversation, or None (a new one starts with the next message).
+
+    A new browser session (a reload, a shared link) starts on the conversation in the URL;
+    after that the session's choice wins and the URL follows it.
+    """
+    if Keys.CONVERSATION not in st.session_state:
+        st.session_state[Keys.CONVERSATION] = _conversation_in_url(repo)
     conversation_id = st.session_state.get(Keys.CONVERSATION)
-    if conversation_id is None:
-        return None
-    try:
-        return repo.get_conversation(int(conversation_id))
-    except NotFound:  # deleted in another tab
-        st.session_state[Keys.CONVERSATION] = None
-        return None
+    conversation: Conversation | None = None
+    if conversation_id is not None:
+        try:
+            conversation = repo.get_conversation(int(conversation_id))
+        except NotFound:  # deleted in another tab
+            st.session_state[Keys.CONVERSATION] = None
+    _show_in_url(conversation.id if conversation else None)
+    return conversation
 
 
 def select_conversation(conversation_id: int | None, goto_chat: bool = True) -> None:
     st.session_state[Keys.CONVERSATION] = conversation_id
+    _show_in_url(conversation_id)
     st.session_state[Keys.CONFIRM_DELETE] = None
     st.session_state[Keys.INIT_IMAGE] = None
     st.session_state[Keys.EDIT_OPEN] = False
@@ -321,9 +373,10 @@ def _sidebar_settings(base: Settings) -> support.Choices:
         size = st.selectbox(
             "Size", sizes, index=sizes.index(support.default_size_option(base)), key=Keys.SIZE
         )
-        steps = st.slider(
-            "Steps", 1, max(1, min(base.max_steps, 150)), min(base.steps, base.max_steps), key=Keys.STEPS
-        )
+        top = support.steps_limit(base, str(backend))
+        if int(st.session_state.get(Keys.STEPS, 1)) > top:  # e.g. 120 steps, then a switch to offline
+            st.session_state[Keys.STEPS] = top
+        steps = st.slider("Steps", 1, top, max(1, min(base.steps, top)), key=Keys.STEPS)
         guidance = st.slider("Guidance", 0.0, 20.0, float(base.guidance), 0.5, key=Keys.GUIDANCE)
         styles = [support.NO_STYLE, *_style_names()]
         if base.style and base.style not in styles:
@@ -373,6 +426,7 @@ def setup() -> UiContext:
     """Build this run's context and draw the sidebar; called by the entry script every run."""
     base = base_settings()
     repo = repository(base)
+    current_conversation(repo)  # before the sidebar, so a reload highlights the URL's conversation
     _sidebar_conversations(repo)
     choices = _sidebar_settings(base)
     try:

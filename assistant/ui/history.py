@@ -120,7 +120,7 @@ def _gallery_cell(repo: Repository, image: Image, title: str) -> None:
         try:
             st.image(common.thumbnail(image.sha256, str(repo.image_path(image))), width="stretch")
         except OSError:
-            st.warning("The file of this image is missing; `atelier doctor` checks the store.")
+            st.warning(common.MISSING_FILE, icon=":material/broken_image:")
         st.caption(f"#{image.number} · {image.operation} · {image.backend}")
         st.markdown(escape_markdown(support.short(image.instruction or image.prompt, 60)) or "—")
         st.caption(f"in {escape_markdown(support.short(title, 40))}")
@@ -164,7 +164,7 @@ def render_detail(ctx: UiContext, image: Image) -> None:
     st.subheader(f"#{image.number} · {escape_markdown(support.short(title, 60))}")
     left, right = st.columns([3, 2])
     with left:
-        st.image(str(repo.image_path(image)), width="stretch")
+        file_there = common.show_image(repo.image_path(image), width="stretch")
     with right:
         for label, value in support.image_fields(image, title, numbers):
             st.markdown(f"**{escape_markdown(label)}:** {escape_markdown(value)}")
@@ -177,15 +177,16 @@ def render_detail(ctx: UiContext, image: Image) -> None:
         ):
             _continue_from(image)
             st.switch_page(CHAT_PAGE)
-        st.download_button(
-            "Download PNG",
-            data=partial(repo.image_bytes, image),
-            file_name=f"atelier-{image.conversation_id}-{image.number}.png",
-            mime="image/png",
-            key="atelier.h.png",
-            icon=":material/download:",
-            on_click="ignore",
-        )
+        if file_there:
+            st.download_button(
+                "Download PNG",
+                data=partial(repo.image_bytes, image),
+                file_name=f"atelier-{image.conversation_id}-{image.number}.png",
+                mime="image/png",
+                key="atelier.h.png",
+                icon=":material/download:",
+                on_click="ignore",
+            )
 
     st.subheader("Prompts")
     _prompt_block("You wrote", image.instruction, "(no words: this image came from an action or an upload)")
@@ -216,10 +217,10 @@ def render_detail(ctx: UiContext, image: Image) -> None:
         st.subheader("Compared with its parent")
         before, after = st.columns(2)
         with before:
-            st.image(str(repo.image_path(parent)), width="stretch")
+            common.show_image(repo.image_path(parent), width="stretch")
             st.caption(f"#{parent.number} · {parent.operation} (parent)")
         with after:
-            st.image(str(repo.image_path(image)), width="stretch")
+            common.show_image(repo.image_path(image), width="stretch")
             st.caption(f"#{image.number} · {image.operation}")
 
 

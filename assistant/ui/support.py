@@ -121,6 +121,29 @@ def size_options(settings: Settings) -> list[str]:
     return options if current in options else [BACKEND_SIZE, current, *SIZES]
 
 
+#: the Steps slider's top when nothing lower applies
+STEPS_SLIDER_MAX = 150
+#: the offline renderer's own limit (`tools.offline.MAX_STEPS`; the UI does not import `tools`,
+#: so the value is repeated here and a test checks the two agree)
+OFFLINE_MAX_STEPS = 100
+
+
+def steps_limit(settings: Settings, backend: str) -> int:
+    """The most steps the Steps slider offers for `backend`: never a value that always fails."""
+    limit = min(settings.max_steps, STEPS_SLIDER_MAX)
+    if backend == "offline":
+        limit = min(limit, OFFLINE_MAX_STEPS)
+    return max(1, limit)
+
+
+def parse_conversation_param(raw: str) -> int | None:
+    """The `?c=` query parameter as a conversation id; None for anything that is not one."""
+    if not re.fullmatch(r"[0-9]{1,18}", raw.strip()):
+        return None
+    value = int(raw)
+    return value if value > 0 else None
+
+
 def short(text: str | None, width: int = 60) -> str:
     words = " ".join((text or "").split())
     return words if len(words) <= width else words[: width - 1] + "…"

@@ -7,6 +7,7 @@ messages, errors) and then what was stored (rows, parent ids, pixels) through a 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def test_a_new_session_shows_the_stored_conversation(app: AppTest, stored: Repos
     send(app, "make it darker")
     conversation_id = stored.list_conversations()[0].id
 
-    reloaded = new_app()  # a reload: a new session with nothing selected
+    reloaded = new_app()  # a new session without the link (a fresh tab): nothing selected
     assert not [c for c in captions(reloaded) if c.startswith("#")]
     click(reloaded, f"atelier.conversation.{conversation_id}")
     shown = captions(reloaded)
@@ -214,22 +215,84 @@ def test_a_turn_stopped_by_a_rerun_shows_as_stopped_not_as_an_error(
     assert len(stored.conversation_images(conversation.id)) == 1
 
 
+def _sent_messages(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every message the app sends to the browser, in order (AppTest's tree keeps only the last)."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    from streamlit.runtime.forward_msg_queue import ForwardMsgQueue
+
+    sent: list[Any] = []
+    real = ForwardMsgQueue.enqueue
+
+    def recording(self: ForwardMsgQueue, msg: ForwardMsg) -> None:
+        copy = ForwardMsg()
+        copy.CopyFrom(msg)
+        sent.append(copy)
+        real(self, msg)
+
+    monkeypatch.setattr(ForwardMsgQueue, "enqueue", recording)
+    return sent
+
+
 def test_a_turn_shows_its_plan_and_progress_while_it_runs(
     app: AppTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What the turn draws before the closing rerun replaces it with the stored messages."""
-    import streamlit
+    """While the backend works, the status box is open and running, with the plan and a rising bar.
 
-    monkeypatch.setattr(streamlit, "rerun", lambda: None)  # AppTest runs the app in this process
+    AppTest only keeps the final tree, so the test reads the messages the browser received
+    during the turn, in order, and checks the status box's state at each progress step.
+    """
+    import streamlit
+    from streamlit.proto.Block_pb2 import Block
+
+    sent = _sent_messages(monkeypatch)
+    monkeypatch.setattr(streamlit, "rerun", lambda: None)  # keep the turn's own drawing
     send(app, FOX)
+
+    deltas = [(tuple(m.metadata.delta_path), m.delta) for m in sent if m.WhichOneof("type") == "delta"]
+    status_path = next(
+        path
+        for path, delta in deltas
+        if delta.WhichOneof("type") == "add_block"
+        and delta.add_block.WhichOneof("type") == "expandable"
+        and delta.add_block.expandable.label.startswith("Understanding")
+    )
+    box: Block.Expandable | None = None
+    plan_seen_open = False
+    steps: list[tuple[int, int, int]] = []  # (k, n, bar value) for each "Step k of n"
+    for path, delta in deltas:
+        kind = delta.WhichOneof("type")
+        if path == status_path and kind == "add_block":
+            box = delta.add_block.expandable
+            continue
+        if path[: len(status_path)] != status_path or kind != "new_element":
+            continue
+        assert box is not None
+        is_open = box.HasField("expanded") and box.expanded and box.state == Block.Expandable.RUNNING
+        element = delta.new_element
+        if element.WhichOneof("type") == "markdown" and element.markdown.body.startswith("**Prompt:**"):
+            plan_seen_open = is_open
+        if element.WhichOneof("type") == "progress" and element.progress.text.startswith("Step "):
+            assert is_open, f"the status box is collapsed or not running at {element.progress.text!r}: {box}"
+            _, k, _, n = element.progress.text.split()
+            steps.append((int(k), int(n), element.progress.value))
+
+    assert plan_seen_open, "the rewritten prompt must appear in an open, running status box"
+    total = steps[-1][1]
+    assert total == 25  # the default number of steps, one Progress event each
+    assert [k for k, _, _ in steps] == list(range(1, total + 1))
+    values = [value for _, _, value in steps]
+    assert values == sorted(values) and values[0] < 10 and values[-1] == 100
+
+    # and when it is over: collapsed, complete, with the plan and the finished bar inside
     (status,) = app.status
     assert status.label == "Done" and status.icon == ":material/check:"
+    assert box is not None and box.state == Block.Expandable.COMPLETE and not box.expanded
     plan = [unescape(m.value) for m in status.markdown]
     assert any(line.startswith("**Prompt:** a red fox in the snow at night") for line in plan)
     assert any(line.startswith("**Negative prompt:** ") for line in plan)
     (bar,) = status.get("progress")
     assert bar.proto.value == 100 and bar.proto.text == "Done"
-    assert "#1 is ready." in [unescape(m.value) for m in status.markdown]
+    assert "#1 is ready." in plan
 
 
 def test_rename_and_delete_with_confirmation(app: AppTest, stored: Repository) -> None:
@@ -328,3 +391,167 @@ def test_a_key_from_streamlit_secrets_selects_openai_and_is_never_shown(data_dir
     assert banner and "OpenAI" in banner[0]  # auto: a key selects the OpenAI backend
     rendered = " ".join(str(element.value) for element in [*at.info, *at.markdown, *at.caption])
     assert sentinel not in rendered
+
+
+MISSING = "The file of this image is missing"
+
+
+def test_a_missing_image_file_is_a_warning_and_the_page_keeps_working(
+    app: AppTest, stored: Repository
+) -> None:
+    send(app, FOX)
+    send(app, "make it darker")
+    conversation_id = app.session_state[Keys.CONVERSATION]
+    first = stored.get_image_by_number(conversation_id, 1)
+    stored.image_path(first).unlink()  # lost outside Atelier (a disk cleanup, a bad restore)
+
+    app.run()
+    assert_ok(app)
+    assert [w.value for w in app.warning if w.value.startswith(MISSING)] != []
+    assert len([w for w in app.warning if w.value.startswith(MISSING)]) == 1  # #2 is still there
+    assert "#1 · generate" in captions(app) and any(c.startswith("#2 ") for c in captions(app))
+    assert len(app.image) == 1  # the other image is drawn
+    assert app.chat_input, "the chat input must still be drawn"
+    send(app, "a lighthouse on a cliff at dawn")  # and it still works
+    assert "#3 · generate" in captions(app)
+
+
+def test_the_url_keeps_the_conversation_so_a_reload_shows_it(app: AppTest, stored: Repository) -> None:
+    send(app, FOX)
+    conversation_id = app.session_state[Keys.CONVERSATION]
+    assert app.query_params["c"] == str(conversation_id)
+
+    reloaded = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
+    reloaded.query_params["c"] = str(conversation_id)  # a reload: a new session on the same URL
+    reloaded.run()
+    assert_ok(reloaded)
+    assert reloaded.session_state[Keys.CONVERSATION] == conversation_id
+    assert unescape(reloaded.title[0].value) == FOX
+    assert "#1 · generate" in captions(reloaded)
+    selected = reloaded.sidebar.button(key=f"atelier.conversation.{conversation_id}")
+    assert selected.proto.type == "primary"
+
+    click(reloaded, "atelier.new_conversation")
+    assert "c" not in reloaded.query_params
+    send(reloaded, "a lighthouse on a cliff at dawn")
+    lighthouse_id = reloaded.session_state[Keys.CONVERSATION]
+    assert lighthouse_id != conversation_id
+    assert reloaded.query_params["c"] == str(lighthouse_id)
+    click(reloaded, f"atelier.conversation.{conversation_id}")
+    assert reloaded.query_params["c"] == str(conversation_id)
+
+
+@pytest.mark.parametrize("bad", ["999", "abc", "-1", "1e3", ""])
+def test_a_bad_conversation_in_the_url_starts_fresh(app: AppTest, stored: Repository, bad: str) -> None:
+    send(app, FOX)  # conversation 1 exists; none of the bad values names it
+    at = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
+    at.query_params["c"] = bad
+    at.run()
+    assert_ok(at)
+    assert at.session_state[Keys.CONVERSATION] is None
+    assert not [c for c in captions(at) if c.startswith("#")]
+    assert "c" not in at.query_params
+    assert any("no longer exists" in info.value for info in at.info)
+    assert at.chat_input
+    send(at, "a lighthouse on a cliff at dawn")
+    assert "#1 · generate" in captions(at)
+    assert len(stored.list_conversations()) == 2
+
+
+def test_the_steps_slider_stops_at_the_backends_limit(app: AppTest, stored: Repository) -> None:
+    from tools.offline import MAX_STEPS
+
+    assert app.slider(key=Keys.STEPS).max == MAX_STEPS  # offline: every offered value works
+    app.selectbox(key=Keys.BACKEND).set_value("diffusers").run()
+    assert app.slider(key=Keys.STEPS).max == 150  # ATELIER_MAX_STEPS' default
+    app.slider(key=Keys.STEPS).set_value(140).run()
+    app.selectbox(key=Keys.BACKEND).set_value("offline").run()
+    assert_ok(app)
+    steps = app.slider(key=Keys.STEPS)
+    assert (steps.max, steps.value) == (MAX_STEPS, MAX_STEPS)
+
+    send(app, FOX)  # the top of the slider is a value the backend accepts
+    assert not errors(app)
+    (image,) = stored.list_images()
+    assert image.params["steps"] == MAX_STEPS
+
+
+def test_the_banner_says_when_no_local_model_is_set(app: AppTest) -> None:
+    app.selectbox(key=Keys.BACKEND).set_value("diffusers").run()
+    assert_ok(app)
+    banner = [unescape(c.value) for c in app.caption if c.value.startswith("Images")]
+    assert banner, "the banner names the active backend"
+    assert "None" not in banner[0]
+    assert "no model set: set ATELIER_DIFFUSERS_MODEL=/path/to/model" in banner[0]
+
+    app.text_input(key=Keys.DIFFUSERS_MODEL).set_value("/models/sd15").run()
+    banner = [unescape(c.value) for c in app.caption if c.value.startswith("Images")]
+    assert banner[0].startswith("Images: local diffusers model /models/sd15;")
+
+
+def test_regenerating_a_derived_image_adds_a_sibling(app: AppTest, stored: Repository) -> None:
+    send(app, FOX)
+    send(app, "make it darker")
+    conversation_id = app.session_state[Keys.CONVERSATION]
+    first = stored.get_image_by_number(conversation_id, 1)
+    second = stored.get_image_by_number(conversation_id, 2)
+    assert second.parent_id == first.id
+
+    click(app, f"atelier.regen.{second.id}")
+    third = stored.get_image_by_number(conversation_id, 3)
+    assert third.parent_id == first.id  # a sibling of #2, not its child
+    assert (third.operation, third.prompt) == (second.operation, second.prompt)
+    assert third.seed != second.seed and third.sha256 != second.sha256
+    assert "#3 · edit · from #1" in captions(app)
+
+
+class FlakyBackend:
+    """The offline backend, except that its first call fails the way a bug would."""
+
+    def __init__(self) -> None:
+        from tools.offline import OfflineBackend
+
+        self.inner = OfflineBackend()
+        self.name, self.model, self.capabilities = self.inner.name, self.inner.model, self.inner.capabilities
+        self.calls = 0
+
+    def estimate_cost(self, request: Any) -> float | None:
+        return self.inner.estimate_cost(request)
+
+    def run(self, request: Any, progress: Any = None, cancel: Any = None) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.inner.run(request, progress, cancel)
+
+
+@pytest.fixture
+def flaky_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyBackend]:
+    """Serve every turn from one FlakyBackend (the app caches backends per configuration)."""
+    import assistant.backends
+    from assistant.ui import common
+
+    backend = FlakyBackend()
+    monkeypatch.setattr(assistant.backends, "make_backend", lambda settings, choice=None: backend)
+    common._backend.clear()
+    yield backend
+    common._backend.clear()  # later tests get a real backend again
+
+
+def test_an_unexpected_backend_exception_is_an_error_not_a_traceback(
+    flaky_backend: FlakyBackend, data_dir: Path, stored: Repository
+) -> None:
+    app = new_app()
+    send(app, FOX)  # send() also asserts that no exception element is shown
+    assert flaky_backend.calls == 1
+    shown = errors(app)
+    assert len(shown) == 1
+    assert "Traceback" not in shown[0]
+    assert not [c for c in captions(app) if c.startswith("#1")]
+
+    send(app, FOX)
+    assert flaky_backend.calls == 2
+    assert "#1 · generate" in captions(app)
+    assert len(errors(app)) == 1  # the earlier failure stays in the history
+    (conversation,) = stored.list_conversations()
+    assert [m.status for m in stored.messages(conversation.id)] == ["ok", "failed", "ok", "ok"]

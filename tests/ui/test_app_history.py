@@ -160,3 +160,29 @@ def test_lineage_labels_cannot_break_out_of_the_dot_source() -> None:
     assert [line.split(" ", 1)[0] for line in body if line.startswith("img")] == ["img1", "img2", "img1"]
     assert "evil ->" not in dot and "\nevil" not in dot
     assert '\\"pwned\\"' in dot and "\\\\" in dot
+
+
+MISSING = "The file of this image is missing"
+
+
+def test_detail_with_a_missing_file_warns_and_keeps_drawing(history: AppTest, stored: Repository) -> None:
+    fox_id = min(c.id for c in stored.list_conversations())
+    first, second = stored.conversation_images(fox_id)
+    stored.image_path(first).unlink()
+
+    history.run()  # the gallery (its thumbnails may still come from the cache)
+    assert_ok(history)
+    assert len(gallery_numbers(history)) == 3
+
+    click(history, f"atelier.h.detail.{second.id}")  # its parent's file is the missing one
+    assert "Compared with its parent" in [s.value for s in history.subheader]
+    assert len([w for w in history.warning if w.value.startswith(MISSING)]) == 1
+    assert len(history.image) == 2  # #2 itself, beside its details and in the comparison
+    assert history.get("graphviz_chart")
+
+    click(history, f"atelier.h.node.{first.id}")  # the image whose file is gone
+    assert unescape(history.subheader[0].value).startswith("#1 · ")
+    assert len([w for w in history.warning if w.value.startswith(MISSING)]) == 1
+    assert not history.image and not history.get("download_button")
+    assert history.get("graphviz_chart")
+    click(history, "atelier.h.back")

@@ -1,7 +1,9 @@
 """End to end in a real browser: `atelier ui` as a subprocess, driven by Playwright + Chromium.
 
 Uses Debian's Chromium at /usr/bin/chromium (never `playwright install`, which downloads a
-browser); the test is skipped only when that binary is missing. The server gets its own
+browser). Without that binary (or Playwright) the test is skipped on a developer machine and
+fails under CI (the `CI` environment variable set), so CI can never pass by skipping it. The
+server draws big images in many steps, slow enough to watch a turn while it runs. It gets its own
 data dir and a free port, is polled on Streamlit's health endpoint until it answers, and is
 always stopped (its whole process group: `atelier ui` starts `streamlit run` as a child).
 """
@@ -19,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image as PILImage
@@ -38,13 +41,63 @@ CHROMIUM_ARGS = [
 STARTUP_TIMEOUT_S = 60
 TURN_TIMEOUT_MS = 60_000
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="Debian's Chromium is not installed at /usr/bin/chromium (CI runs `apt-get install chromium`)",
-    ),
-]
+#: enough work per turn (the offline renderer reports each step) to watch it in the browser
+TURN_ENVIRONMENT = {"ATELIER_STEPS": "100", "ATELIER_WIDTH": "1536", "ATELIER_HEIGHT": "1024"}
+
+pytestmark = [pytest.mark.slow]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Locally a missing browser skips the test; in CI it is a failure, not a silent pass."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set, so this browser test must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def sync_api() -> Any:
+    """Playwright's sync API, once Debian's Chromium and Playwright are both there."""
+    if not CHROMIUM.exists():
+        skip_or_fail(
+            "Debian's Chromium is not installed at /usr/bin/chromium (CI runs `apt-get install chromium`)"
+        )
+    try:
+        from playwright import sync_api
+    except ImportError:
+        skip_or_fail("Playwright is not installed (pip install -e '.[test]')")
+    return sync_api
+
+
+#: Records, on every DOM change, what the open status box of a running turn shows; so the
+#: test sees the turn while it runs however quickly it ends.
+WATCH_STATUS_JS = """
+() => {
+  window.__atelierSeen = [];
+  const look = () => {
+    const boxes = document.querySelectorAll('[data-testid="stChatMessage"] [data-testid="stExpander"]');
+    for (const box of boxes) {
+      const details = box.querySelector('[data-testid="stExpanderDetails"]');
+      if (!details || details.hasAttribute("inert") || details.getBoundingClientRect().height <= 0) continue;
+      const text = details.innerText;
+      const step = (text.match(/Step \\d+ of \\d+/) || [null])[0];
+      const seen = {
+        step: step,
+        prompt: text.includes("Prompt:"),
+        running: box.querySelector('[data-testid="stExpanderIconSpinner"]') !== null,
+      };
+      const last = window.__atelierSeen[window.__atelierSeen.length - 1];
+      if (!last || JSON.stringify(last) !== JSON.stringify(seen)) window.__atelierSeen.push(seen);
+    }
+  };
+  new MutationObserver(look).observe(document.body, {
+    subtree: true, childList: true, characterData: true, attributes: true,
+  });
+}
+"""
 
 
 def free_port() -> int:
@@ -95,6 +148,7 @@ def server(tmp_path: Path, data_dir: Path) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATELIER_", "OPENAI_"))}
     env["ATELIER_DATA_DIR"] = str(data_dir)
     env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
+    env.update(TURN_ENVIRONMENT)
     atelier = shutil.which("atelier", path=str(Path(sys.executable).parent))
     command = [atelier] if atelier else [sys.executable, "-m", "assistant.cli"]
     port = free_port()
@@ -112,8 +166,9 @@ def server(tmp_path: Path, data_dir: Path) -> Iterator[str]:
         stop(process)
 
 
-def test_type_a_request_see_the_image_then_its_lineage(server: str, tmp_path: Path, data_dir: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_type_a_request_see_the_image_then_its_lineage(
+    sync_api: Any, server: str, tmp_path: Path, data_dir: Path
+) -> None:
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_api.sync_playwright() as playwright:
@@ -127,11 +182,18 @@ def test_type_a_request_see_the_image_then_its_lineage(server: str, tmp_path: Pa
                 page.get_by_text("built-in offline sketch renderer", exact=False).first
             ).to_be_visible()
 
+            page.evaluate(WATCH_STATUS_JS)
             chat_box.fill("a red fox in the snow at night")
             chat_box.press("Enter")
             image = page.locator('[data-testid="stChatMessage"] img').first
             image.wait_for(timeout=TURN_TIMEOUT_MS)
             sync_api.expect(page.get_by_text("#1 · generate")).to_be_visible(timeout=TURN_TIMEOUT_MS)
+            seen: list[dict[str, Any]] = page.evaluate("window.__atelierSeen")
+            # while it ran, the status box was open, running, with the rewritten prompt and the steps
+            assert any(s["prompt"] and s["running"] for s in seen), seen
+            steps = [s["step"] for s in seen if s["step"] and s["running"]]
+            assert steps, f"no step was visible in an open, running status box: {seen}"
+            assert all(step.endswith(" of 100") for step in steps), steps
             page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
             page.screenshot(path=str(shots / "chat.png"))
             with page.expect_download() as download:
@@ -139,24 +201,34 @@ def test_type_a_request_see_the_image_then_its_lineage(server: str, tmp_path: Pa
             png_path = tmp_path / "download.png"
             download.value.save_as(png_path)
 
+            chat_box.fill("make it darker")
+            chat_box.press("Enter")
+            sync_api.expect(page.get_by_text("#2 · edit · from #1")).to_be_visible(timeout=TURN_TIMEOUT_MS)
+            page.screenshot(path=str(shots / "chat-edit.png"))
+
             page.get_by_role("link", name="History").click()
-            page.get_by_role("button", name="Details").first.click()
+            page.get_by_role("button", name="Details").first.click()  # newest first: #2
             graph = page.locator('[data-testid="stGraphVizChart"] svg')
             graph.wait_for(timeout=30_000)
             sync_api.expect(graph).to_contain_text("#1 generate")
+            sync_api.expect(graph).to_contain_text("#2 edit")
+            sync_api.expect(graph.locator("g.node")).to_have_count(2)
+            sync_api.expect(graph.locator("g.edge")).to_have_count(1)
             graph.scroll_into_view_if_needed()
             page.screenshot(path=str(shots / "history.png"), full_page=True)
         finally:
             browser.close()
 
-    assert (shots / "chat.png").stat().st_size > 10_000
-    assert (shots / "history.png").stat().st_size > 10_000
+    for shot in ("chat.png", "chat-edit.png", "history.png"):
+        assert (shots / shot).stat().st_size > 10_000
     with PILImage.open(png_path) as png:  # the stored PNG, with its parameters in its metadata
-        assert png.size == (512, 512) and "a red fox" in png.info.get("parameters", "")
+        assert png.size == (1536, 1024) and "a red fox" in png.info.get("parameters", "")
+        assert "Steps: 100" in png.info["parameters"]
     repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
     try:
-        (image_row,) = repo.list_images()
-        assert (image_row.number, image_row.instruction) == (1, "a red fox in the snow at night")
-        assert repo.image_path(image_row).is_file()
+        second, first = repo.list_images()
+        assert (first.number, first.instruction) == (1, "a red fox in the snow at night")
+        assert (second.number, second.parent_id, second.operation) == (2, first.id, "edit")
+        assert repo.image_path(first).is_file() and repo.image_path(second).is_file()
     finally:
         repo.db.dispose()

@@ -97,7 +97,8 @@ def chat_host(settings: Settings) -> str:
 
 
 def is_openai_endpoint(settings: Settings) -> bool:
-    return not settings.chat_base_url or chat_host(settings) == "api.openai.com"
+    """One rule for both questions: may OpenAI's key go there, and does it speak /v1/responses."""
+    return settings.chat_endpoint_is_openai
 
 
 def approx_tokens(text: str) -> int:

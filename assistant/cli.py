@@ -23,6 +23,7 @@ from rich.text import Text
 from rich.tree import Tree
 from sqlalchemy.exc import OperationalError
 
+from assistant.runtime import database_exists, open_existing_repository, open_repository
 from assistant.settings import Settings
 from storage.db import StorageError
 from storage.models import Image
@@ -80,15 +81,11 @@ def load_settings() -> Settings:
 
 
 def open_repo(settings: Settings | None = None) -> Repository:
-    from assistant.runtime import open_repository
-
     return open_repository(settings or load_settings())
 
 
 def open_existing_repo(settings: Settings | None = None) -> Repository | None:
     """For commands that only read: None (and nothing created) when there is no database yet."""
-    from assistant.runtime import open_existing_repository
-
     return open_existing_repository(settings or load_settings())
 
 
@@ -336,12 +333,6 @@ def doctor(
             raise typer.Exit(1)
 
 
-def _has_database(settings: Settings) -> bool:
-    from assistant.runtime import database_exists
-
-    return database_exists(settings)
-
-
 def build_assistant(settings: Settings | None = None) -> Any:
     from assistant.core import Assistant
 
@@ -374,7 +365,7 @@ def chat(
         conversation_id = _parse_id(conversation, "Conversation id") if conversation else None
         attachments = [a for a in (_read_upload(image, "image"), _read_upload(mask, "mask")) if a is not None]
         settings = load_settings()
-        if conversation_id is not None and not _has_database(settings):
+        if conversation_id is not None and not database_exists(settings):
             raise _no_conversation(conversation_id)
         assistant = build_assistant(settings)
         events = assistant.respond(conversation_id, text, attachments)
@@ -477,7 +468,7 @@ def replay(
                     "The offline backend has a single model; --model applies to openai or diffusers."
                 )
             updates[field_name] = model
-        if not _has_database(settings):
+        if not database_exists(settings):
             raise _no_image(target)
         assistant = build_assistant(settings.model_copy(update=updates))
         try:

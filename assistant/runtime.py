@@ -31,11 +31,7 @@ def open_existing_repository(settings: Settings) -> Repository | None:
     empty database behind. An existing database is opened as usual (upgraded if it is older).
     """
     _check_data_dir(settings)
-    if not database_exists(settings):
-        return None
-    repo = Repository.open(settings.effective_database_url, settings.images_dir)
-    repo.files.sweep_temp_files()
-    return repo
+    return open_repository(settings) if database_exists(settings) else None
 
 
 def database_exists(settings: Settings) -> bool:

@@ -297,40 +297,90 @@ def import_command(in_zip: Annotated[Path, typer.Argument(help="A zip made by `a
 @app.command()
 def doctor(
     as_json: JsonFlag = False,
-    sweep: Annotated[bool, typer.Option(help="Remove temp and orphan files first.")] = True,
+    sweep: Annotated[
+        bool,
+        typer.Option(help="Remove temp and orphan files interrupted writes left; --no-sweep only looks."),
+    ] = True,
 ) -> None:
-    """Check that every row has its file with the right hash, and no file is orphaned."""
+    """Check that every row has its file with the right hash; say "nothing lost" or list what is.
+
+    Leftovers of interrupted writes are swept (listed with --no-sweep); exit 1 only on a loss.
+    """
+    from storage.files import SweepReport
+    from storage.repository import RecoveryReport
+
     with user_errors():
-        repo = open_existing_repo()
+        repo = open_existing_repository(load_settings(), recover=False)  # report before any sweep
+        recovered, swept = RecoveryReport(), SweepReport(temp_files_removed=0, orphan_files_removed=0)
         if repo is None:  # nothing stored yet: nothing to check, and nothing is created
             report = IntegrityReport(0, [], [], [], [])
             counts = {"conversations": 0, "messages": 0, "images": 0, "generations": 0}
-            swept = None
         else:
-            swept = repo.sweep(grace_seconds=0) if sweep else None
+            if sweep:
+                recovered = repo.recover()
+                # Under SQLite's write lock no live writer is mid-write, so any age is safe.
+                swept = repo.sweep(grace_seconds=0 if repo.db.is_sqlite else 3600)
             report = repo.check_integrity()
             counts = repo.counts()
+        swept_temps = recovered.temp_files_removed + swept.temp_files_removed
+        swept_orphans = recovered.orphan_files_removed + swept.orphan_files_removed
         document = {
             "ok": report.ok,
+            "nothing_lost": report.nothing_lost,
+            "problems": report.problems(),
             "images_checked": report.images_checked,
             "missing_files": report.missing_files,
             "hash_mismatches": report.hash_mismatches,
+            "database_errors": report.database_errors,
             "orphan_files": report.orphan_files,
             "temp_files": report.temp_files,
-            "swept_temp_files": swept.temp_files_removed if swept else 0,
-            "swept_orphan_files": swept.orphan_files_removed if swept else 0,
+            "unfinished_writes": report.unfinished_writes,
+            "swept_temp_files": swept_temps,
+            "swept_orphan_files": swept_orphans,
             "counts": counts,
         }
         if as_json:
             print_json(document)
         else:
-            status = "[green]OK[/green]" if report.ok else "[red]PROBLEMS FOUND[/red]"
-            out.print(f"{status}: {report.images_checked} images checked")
-            for key in ("missing_files", "hash_mismatches", "orphan_files", "temp_files"):
-                if document[key]:
-                    out.print(f"  {key}: {document[key]}")
-        if not report.ok:
+            _print_doctor(report, swept_temps, swept_orphans)
+        if not report.nothing_lost:
             raise typer.Exit(1)
+
+
+def _print_doctor(report: IntegrityReport, swept_temps: int, swept_orphans: int) -> None:
+    def plural(count: int, noun: str) -> str:
+        return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+    if swept_temps or swept_orphans:
+        out.print(
+            f"Swept {plural(swept_temps, 'temp file')} and {plural(swept_orphans, 'orphan image file')} "
+            "left by interrupted writes."
+        )
+    if report.nothing_lost:
+        out.print(
+            f"[green]Nothing lost[/green]: {plural(report.images_checked, 'image')} checked; every row "
+            "has its file and every file matches its hash."
+        )
+    else:
+        out.print(f"[red]PROBLEMS FOUND[/red] ({plural(report.images_checked, 'image')} checked):")
+        for line in report.problems():
+            out.print(f"  {escape(line)}")
+    markers_only = set(report.unfinished_writes) - set(report.orphan_files)  # not counted twice
+    counted = [
+        (len(report.temp_files), "temp file"),
+        (len(report.orphan_files), "orphan image file"),
+        (len(markers_only), "marker of an interrupted write"),
+    ]
+    leftovers = [plural(count, noun) for count, noun in counted if count]
+    if leftovers:
+        out.print(
+            f"To sweep (left by an interrupted write, not a loss): {', '.join(leftovers)}. "
+            "The next start of Atelier, or `atelier doctor` without --no-sweep, removes them."
+        )
+        for path in report.temp_files:
+            out.print(f"  temp file {escape(path)}")
+        for digest in report.orphan_files:
+            out.print(f"  orphan file {digest}")
 
 
 def build_assistant(settings: Settings | None = None) -> Any:

@@ -44,6 +44,8 @@ BACKEND_DEFAULT_SIZES: dict[str, tuple[int, int]] = {"openai": (1024, 1024), "of
 #: Backends that ignore negative prompts: the planner leaves them empty instead of pretending.
 BACKENDS_WITHOUT_NEGATIVE_PROMPT = frozenset({"openai", "offline"})
 
+#: steps a replay re-runs with Pillow alone: no backend, no seed
+MODEL_FREE_OPERATIONS = {"transform", "upscale"}
 BACKEND_OPERATIONS_NEEDING_SOURCE = {
     Operation.EDIT,
     Operation.INPAINT,
@@ -72,6 +74,19 @@ class TurnState:
     notes: list[str] = field(default_factory=list)
     #: the backend call that was running when the renderer went away, recorded as cancelled
     interrupted: NewGeneration | None = None
+
+
+@dataclass
+class TurnUsage:
+    """What one user turn has asked the backends for so far, across all its calls.
+
+    The LLM agent may make several tool calls in one turn, and a plan may fan out over several
+    sources; the per-turn caps (pixels, cost) hold for their sum, not for each call alone.
+    """
+
+    pixels: int = 0
+    #: cost estimates of calls made this turn that are not in the database yet
+    pending_usd: float = 0.0
 
 
 @runtime_checkable
@@ -120,6 +135,7 @@ class Assistant:
         self._planner = planner
         self.planner_name = planner_name or ("custom" if planner is not None else "offline")
         self.cancel_token = CancelToken()
+        self.turn_usage = TurnUsage()
 
     # ----- collaborators, built lazily so the app starts fast ------------------------
 
@@ -146,6 +162,7 @@ class Assistant:
     ) -> Iterator[Event]:
         """Run one turn; yields PlanMade, Progress*, ImageReady*, then Reply or Failed."""
         self.cancel_token = CancelToken()
+        self.turn_usage = TurnUsage()
         text = clean_text(text or "")
         if not _has_visible_text(text) and not attachments:
             yield Failed(conversation_id or 0, "Please type what you'd like to create or change.")
@@ -225,6 +242,7 @@ class Assistant:
                     images=state.images,
                     images_message_id=None,
                 )
+                self.turn_usage.pending_usd = 0.0  # recorded now, with their real cost
         except TurnFailed as failure:
             yield from self._fail(conversation_id, plan, failure, tool_calls)
             return
@@ -266,6 +284,7 @@ class Assistant:
                 seed=row.seed,
                 negative_prompt=row.negative_prompt,
                 style=(row.params or {}).get("style"),
+                message_id=row.message_id,
             )
             for row in rows
         )
@@ -400,18 +419,23 @@ class Assistant:
         return self.settings.width or width, self.settings.height or height
 
     def _check_limits(self, width: int, height: int, n: int) -> None:
+        """Refuse a call over the caps, before it is made; pixels count for the whole turn."""
         settings = self.settings
         if n > settings.max_n:
             raise TurnFailed(f"At most {settings.max_n} images per request.")
         if max(width, height) > settings.max_side:
             raise TurnFailed(f"{width}×{height} is too large; the limit is {settings.max_side} px per side.")
-        if width * height * n > settings.max_pixels_per_turn:
-            raise TurnFailed(
-                f"{n} × {width}×{height} is more pixels than one turn may make "
-                f"({settings.max_pixels_per_turn:,}); ask for fewer or smaller images."
-            )
         if self.settings.steps > settings.max_steps:
             raise TurnFailed(f"{self.settings.steps} steps is over the limit of {settings.max_steps}.")
+        pixels = width * height * n
+        so_far = self.turn_usage.pixels
+        if so_far + pixels > settings.max_pixels_per_turn:
+            already = f" on top of the {so_far:,} this turn has already made" if so_far else ""
+            raise TurnFailed(
+                f"{n} × {width}×{height}{already} is more pixels than one turn may make "
+                f"({settings.max_pixels_per_turn:,}); ask for fewer or smaller images."
+            )
+        self.turn_usage.pixels += pixels
 
     def _seed(self, plan: Plan, previous: int | None = None) -> int:
         if plan.seed is not None:
@@ -434,11 +458,15 @@ class Assistant:
         return None
 
     def _check_budget(self, conversation_id: int, backend: ImageBackend, request: ImageRequest) -> None:
-        """Refuse a call that could take the conversation over its budget, before it is made."""
+        """Refuse a call that could take the conversation over its budget, before it is made.
+
+        Calls made earlier in this turn count with their estimate until they are recorded.
+        """
         budget = self.settings.cost_budget_usd
         if budget is None:
             return
         spent = sum(g.cost_usd or 0.0 for g in self.repo.generations(conversation_id))
+        spent += self.turn_usage.pending_usd
         if spent >= budget:
             raise TurnFailed(
                 f"This conversation has used its budget (${spent:.2f} of ${budget:.2f}); "
@@ -454,6 +482,7 @@ class Assistant:
                 f"conversation has ${budget - spent:.2f} of its ${budget:.2f} budget left. Ask for fewer, "
                 "smaller or lower-quality images, raise ATELIER_COST_BUDGET_USD, or start a new conversation."
             )
+        self.turn_usage.pending_usd += estimate or 0.0
 
     def _backend_call(
         self,
@@ -468,6 +497,7 @@ class Assistant:
         seed: int | None = None,
         parent_id: int | None = None,
         strength: float | None = None,
+        regenerated_from: int | None = None,
     ) -> Generator[Event, None, None]:
         plan = state.plan
         width, height = size
@@ -503,6 +533,8 @@ class Assistant:
             "options": options,
             "source_id": source.id if source is not None else None,
         }
+        if regenerated_from is not None:  # a re-roll of a root has no parent to show where it came from
+            request_record["regenerated_from"] = regenerated_from
         # the call's record keeps what was offered; an image's record keeps what its backend
         # reports it used (OpenAI has no steps or guidance, so its images say none)
         offered = {"steps": self.settings.steps, "guidance": self.settings.guidance}
@@ -634,6 +666,7 @@ class Assistant:
             seed=self._seed(fresh_plan, previous=target.seed),
             parent_id=target.parent_id,
             strength=params.get("strength"),
+            regenerated_from=target.id,
         )
         state.plan = plan
 
@@ -769,6 +802,7 @@ class Assistant:
                 generation=failure.generation,
                 status="cancelled" if failure.cancelled else "failed",
             )
+            self.turn_usage.pending_usd = 0.0  # a failed call is on record and cost nothing
         except StorageError:
             log.exception("could not record a failed turn")
         yield Failed(conversation_id, failure.message, cancelled=failure.cancelled)
@@ -796,29 +830,32 @@ class Assistant:
     # ----- replay ----------------------------------------------------------------------------
 
     def replay(self, image_id: int) -> tuple[Image, PILImage.Image, bool]:
-        """Re-run an image's recorded request; returns (original, new pixels, identical?)."""
-        original = self.repo.get_image(image_id)
-        request, _ = self._request_from_record(original, original.seed, original.parent_id)
-        if request is None:
-            from tools.transforms import apply_transform
+        """Re-run an image's recorded request; returns (original, new pixels, identical?).
 
-            params = original.params or {}
-            if original.parent_id is None:
-                raise InvalidRequest(f"Image {image_id} is an upload; there is nothing to replay.")
-            pixels = apply_transform(
-                self.repo.load_image(self.repo.get_image(original.parent_id)),
-                str(params.get("transform")),
-                **dict(params.get("args") or {}),
-            )
+        Identical means the same PNG file: the same bytes as stored, hash for hash.
+        """
+        from storage.files import sha256_hex
+        from storage.pngmeta import encode_png
+        from storage.repository import image_infotext, image_lineage_chunk
+
+        original = self.repo.get_image(image_id)
+        source = self.repo.get_image(original.parent_id) if original.parent_id is not None else None
+        source_pixels = self.repo.load_image(source) if source is not None else None
+        self.turn_usage = TurnUsage()
+        if original.operation == "upload":
+            raise InvalidRequest(f"Image {image_id} is an upload; there is nothing to replay.")
+        if original.operation in MODEL_FREE_OPERATIONS:
+            if source_pixels is None:
+                raise InvalidRequest(f"The source of image {image_id} is gone; it cannot be replayed.")
+            pixels = self._replay_transform(original, source_pixels)
         else:
+            request = self._request_from_record(original, original.seed, source_pixels)
             request, index = _as_its_batch(request, original)
             backend = self._backend_for(original)
+            self._check_replay_allowed(original.conversation_id, backend, request)
             pixels = backend.run(request).images[index].image
-        stored = self.repo.load_image(original)
-        identical = (
-            stored.mode == pixels.mode and stored.size == pixels.size and stored.tobytes() == pixels.tobytes()
-        )
-        return original, pixels, identical
+        data = encode_png(pixels, image_infotext(original), image_lineage_chunk(original))
+        return original, pixels, sha256_hex(data) == original.sha256
 
     def _backend_for(self, image: Image) -> ImageBackend:
         backend = self.backend
@@ -829,18 +866,25 @@ class Assistant:
             )
         return backend
 
+    def _check_replay_allowed(
+        self, conversation_id: int, backend: ImageBackend, request: ImageRequest
+    ) -> None:
+        """A replay is held to the same caps and budget as the turn that made the image."""
+        try:
+            self._check_limits(request.width, request.height, request.n)
+            self._check_budget(conversation_id, backend, request)
+        except TurnFailed as failure:
+            raise InvalidRequest(failure.message) from None
+
     def _request_from_record(
-        self, image: Image, seed: int | None, source_id: int | None
-    ) -> tuple[ImageRequest | None, Image | None]:
-        """The backend request an image row describes; None for model-free steps."""
-        if image.operation in ("transform", "upscale", "upload"):
-            return None, None
+        self, image: Image, seed: int | None, source: PILImage.Image | None
+    ) -> ImageRequest:
+        """The backend request an image row describes, on the given source pixels."""
         params = image.params or {}
-        source = self.repo.get_image(source_id) if source_id is not None else None
         operation = Operation(image.operation)
         if operation in BACKEND_OPERATIONS_NEEDING_SOURCE and source is None:
             raise InvalidRequest(f"The source of image {image.id} is gone; it cannot be replayed.")
-        request = ImageRequest(
+        return ImageRequest(
             operation=operation,
             prompt=image.prompt,
             negative_prompt=image.negative_prompt,
@@ -851,13 +895,34 @@ class Assistant:
             steps=params.get("steps"),
             guidance=params.get("guidance"),
             strength=params.get("strength"),
-            sources=(self.repo.load_image(source),)
-            if source is not None and operation is not Operation.GENERATE
-            else (),
+            sources=(source,) if source is not None and operation is not Operation.GENERATE else (),
             mask=self.repo.load_mask(image),
             options=dict(params.get("options") or {}),
         )
-        return request, source
+
+    def _replay_transform(self, step: Image, source: PILImage.Image) -> PILImage.Image:
+        from tools.transforms import apply_transform
+
+        params = step.params or {}
+        return apply_transform(source, str(params.get("transform")), **dict(params.get("args") or {}))
+
+    def _check_chain_allowed(self, chain: Sequence[Image], backend: ImageBackend) -> None:
+        """Hold every step to the caps and the budget before the first runs: a refused chain costs nothing.
+
+        The new branch has the sizes of the old one, so each step is checked as the request it
+        was, on its old source.
+        """
+        for index, step in enumerate(chain):
+            if step.operation == "upload" or step.operation in MODEL_FREE_OPERATIONS:
+                continue
+            source = self.repo.load_image(chain[index - 1]) if index > 0 else None
+            request = self._request_from_record(step, step.seed, source)
+            try:
+                self._check_replay_allowed(step.conversation_id, backend, request)
+            except InvalidRequest as refused:
+                raise InvalidRequest(
+                    f"Replaying #{step.number} of the chain: {refused.user_message}"
+                ) from None
 
     def replay_chain(
         self,
@@ -868,76 +933,118 @@ class Assistant:
     ) -> list[Image]:
         """Re-run the edit chain from the root with one change; the new branch is added beside the old.
 
-        Returns the new images, root first. With no change, the same seeds are reused.
+        The branch is computed first and stored as one turn, so a failure half-way (a limit, the
+        budget, a backend error) leaves nothing half-written. Without --seed every step reuses its
+        seed. With it, the root takes the new seed, a step that kept its parent's seed (an edit
+        keeps the source's layout that way) keeps the new parent's, and a step that drew its own
+        (a variation) draws seed + its place in the chain, so the new branch is reproducible too.
         """
         target = self.repo.get_image(image_id)
+        conversation_id = target.conversation_id
         chain = [*self.repo.ancestors(image_id), target]
-        created: list[Image] = []
-        new_parent: Image | None = None
+        self.turn_usage = TurnUsage()
+        backend = self.backend
+        self._check_chain_allowed(chain, backend)
+        generations: list[NewGeneration] = []
+        loose: list[NewImage] = []
+        new_seeds: dict[int, int | None] = {}
+        parent: Image | NewImage | None = None  # the new branch's image so far (an upload is shared)
+        parent_pixels: PILImage.Image | None = None
         for index, step in enumerate(chain):
             if step.operation == "upload":
-                new_parent = step  # an upload is the same source for the new branch
+                parent, parent_pixels = step, self.repo.load_image(step)
+                new_seeds[step.id] = None
                 continue
-            step_seed = step.seed
-            if index == 0 or (new_parent is None and step.parent_id is None):
-                step_seed = seed if seed is not None else step.seed
-            elif seed is not None and step.seed is not None:
-                step_seed = (seed + index) % 2**32
-            source_id = new_parent.id if new_parent is not None else step.parent_id
-            new_image = self._rerun_step(step, step_seed, source_id)
-            record = self.repo.record_turn(
-                target.conversation_id,
-                reply=f"Replayed #{step.number} of the chain as a new branch.",
-                plan={"intent": "replay", "source_image_id": step.id, "seed": step_seed},
-                images=[new_image],
-            )
-            new_parent = record.images[0]
-            created.append(new_parent)
+            previous = chain[index - 1] if index > 0 else None
+            new_image: NewImage
+            if step.operation in MODEL_FREE_OPERATIONS:
+                if parent_pixels is None:
+                    raise InvalidRequest(f"Image {step.id} has no source to transform.")
+                new_image = NewImage(
+                    image=self._replay_transform(step, parent_pixels),
+                    operation=step.operation,
+                    backend="transform",
+                    model="pillow",
+                    prompt=step.prompt,
+                    negative_prompt=step.negative_prompt,
+                    instruction=step.instruction,
+                    params={**(step.params or {}), "replay_of": step.id},
+                )
+                new_seeds[step.id] = new_seeds.get(previous.id) if previous is not None else None
+                loose.append(new_image)
+            else:
+                step_seed = _replay_seed(step, previous, index, seed, new_seeds)
+                request = self._request_from_record(step, step_seed, parent_pixels)
+                started = time.monotonic()
+                result = backend.run(request)
+                generated = result.images[0]
+                new_seeds[step.id] = generated.seed
+                new_image = NewImage(
+                    image=generated.image,
+                    operation=step.operation,
+                    backend=result.backend,
+                    model=result.model,
+                    prompt=step.prompt,
+                    negative_prompt=step.negative_prompt,
+                    instruction=step.instruction,
+                    revised_prompt=generated.revised_prompt,
+                    seed=generated.seed,
+                    params={
+                        **(step.params or {}),
+                        **result.params,
+                        "seed": generated.seed,
+                        "replay_of": step.id,
+                    },
+                    mask=request.mask if request.operation is Operation.INPAINT else None,
+                )
+                inputs: list[tuple[int | NewImage, str]] = []
+                if parent is not None and request.sources:
+                    inputs.append((parent.id if isinstance(parent, Image) else parent, "init"))
+                generations.append(
+                    NewGeneration(
+                        operation=step.operation,
+                        backend=result.backend,
+                        model=result.model,
+                        prompt=step.prompt,
+                        negative_prompt=step.negative_prompt,
+                        params={**result.params, "seed": generated.seed, "n": 1, "replay_of": step.id},
+                        duration_ms=_ms_since(started),
+                        usage=result.usage,
+                        cost_usd=result.cost_usd,
+                        inputs=inputs,
+                        images=[new_image],
+                    )
+                )
+            if isinstance(parent, NewImage):
+                new_image.parent = parent
+            elif parent is not None:
+                new_image.parent_id = parent.id
+            parent, parent_pixels = new_image, new_image.image
             if progress is not None:
-                progress(f"#{step.number} → #{new_parent.number}")
-        return created
-
-    def _rerun_step(self, step: Image, seed: int | None, source_id: int | None) -> NewImage:
-        params = dict(step.params or {})
-        if step.operation in ("transform", "upscale"):
-            from tools.transforms import apply_transform
-
-            if source_id is None:
-                raise InvalidRequest(f"Image {step.id} has no source to transform.")
-            source = self.repo.get_image(source_id)
-            pixels = apply_transform(
-                self.repo.load_image(source), str(params.get("transform")), **dict(params.get("args") or {})
-            )
-            return NewImage(
-                image=pixels,
-                operation=step.operation,
-                backend="transform",
-                model="pillow",
-                prompt=step.prompt,
-                negative_prompt=step.negative_prompt,
-                instruction=step.instruction,
-                params=params,
-                parent_id=source_id,
-            )
-        request, _ = self._request_from_record(step, seed, source_id)
-        assert request is not None
-        backend = self.backend
-        result = backend.run(request)
-        generated = result.images[0]
-        return NewImage(
-            image=generated.image,
-            operation=step.operation,
-            backend=result.backend,
-            model=result.model,
-            prompt=step.prompt,
-            negative_prompt=step.negative_prompt,
-            instruction=step.instruction,
-            revised_prompt=generated.revised_prompt,
-            seed=generated.seed,
-            params={**params, **result.params, "seed": generated.seed, "replay_of": step.id},
-            parent_id=source_id,
-            mask=self.repo.load_mask(step),
+                progress(f"#{step.number} re-run ({index + 1} of {len(chain)})")
+        numbers = " → ".join(f"#{step.number}" for step in chain)
+        change = f" with seed {seed}" if seed is not None else ""
+        record = self.repo.record_turn(
+            conversation_id,
+            reply=f"Replayed {numbers} from the root{change} on {backend.name} as a new branch.",
+            plan={"intent": "replay", "source_image_id": target.id, "seed": seed, "backend": backend.name},
+            generations=generations,
+            images=loose,
         )
+        return sorted(record.images, key=lambda image: image.number)
+
+
+def _replay_seed(
+    step: Image, previous: Image | None, index: int, seed: int | None, new_seeds: dict[int, int | None]
+) -> int | None:
+    """The seed a step of a replayed chain runs with (see `Assistant.replay_chain`)."""
+    if seed is None:
+        return step.seed
+    if previous is None or previous.operation == "upload":
+        return seed % 2**32
+    if step.seed is not None and step.seed == previous.seed:
+        return new_seeds.get(previous.id)
+    return (seed + index) % 2**32
 
 
 def _as_its_batch(request: ImageRequest, image: Image) -> tuple[ImageRequest, int]:

@@ -20,14 +20,15 @@ def _quote(text: str | None, width: int = 160) -> str:
 def _step(image: Image, numbers: dict[int, int]) -> str:
     if image.operation == "upload":
         return f"#{image.number} was uploaded"
+    rerolled = numbers.get((image.params or {}).get("regenerated_from") or -1)
+    again = f" (a re-roll of #{rerolled} with a new seed)" if rerolled is not None else ""
     if image.operation == "generate":
-        return f"#{image.number} was generated from {_quote(image.instruction or image.prompt, 80)}"
+        return f"#{image.number} was generated from {_quote(image.instruction or image.prompt, 80)}{again}"
     parent = numbers.get(image.parent_id or -1)
     source = f" of #{parent}" if parent is not None else ""
     words = f" ({_quote(image.instruction, 80)})" if image.instruction else ""
-    return (
-        f"#{image.number} is a{'n' if image.operation[0] in 'aeiou' else ''} {image.operation}{source}{words}"
-    )
+    article = "an" if image.operation[0] in "aeiou" else "a"
+    return f"#{image.number} is {article} {image.operation}{source}{words}{again}"
 
 
 def describe_prompt(image: Image) -> str:

@@ -47,6 +47,7 @@ from assistant.references import (
     ReferenceResult,
     RefStatus,
     describe_image,
+    last_batch,
     resolve_references,
 )
 from assistant.rewrite import (
@@ -1016,19 +1017,22 @@ class OfflinePlanner:
         refs, problem = self._targets_for_tool(raw, context)
         if problem:
             return problem
-        for number in refs.numbers:
+        targets = refs.numbers
+        if refs.defaulted:  # "try again" after three variations redoes all three, not only the last
+            targets = last_batch(context.images) or targets
+        for number in targets:
             info = context.image(number)
             if info is not None and info.operation in ("upload", "upscale", "transform"):
                 what = f"{'an' if info.operation[0] in 'aeiou' else 'a'} {info.operation}"
                 source = f" of #{info.parent_number}" if info.parent_number is not None else ""
                 hint = f" Say “regenerate #{info.parent_number}” to redo that one." if source else ""
                 return _clarify(raw, f"#{number} is {what}{source}, so there is nothing to re-roll.{hint}")
-        first = context.image(refs.numbers[0])
+        first = context.image(targets[0])
         assert first is not None  # resolve_references only returns existing numbers
         n, note = cap_n(count or 1, context)
         return Plan(
             intent=Intent.REGENERATE,
-            targets=refs.numbers,
+            targets=targets,
             instruction=raw,
             prompt=first.prompt,
             negative_prompt=first.negative_prompt if context.backend_takes_negative_prompt else "",

@@ -81,6 +81,8 @@ class ImageInfo:
     seed: int | None
     negative_prompt: str = ""
     style: str | None = None
+    #: the assistant message that brought the image: images of one turn share it ("them", "again")
+    message_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -392,10 +392,16 @@ def _lineage_root(images: Sequence[ImageInfo], start: ImageInfo) -> int:
 
 
 def last_batch(images: Sequence[ImageInfo]) -> tuple[int, ...]:
-    """The trailing run of images from one backend call (same operation, parent and prompt)."""
+    """The images the last turn made: "them", "these", "try again" after a batch.
+
+    Images know the message that brought them; a record without one (an old planner test
+    context) falls back to the trailing run with the same operation, parent and prompt.
+    """
     if not images:
         return ()
     last = images[-1]
+    if last.message_id is not None:
+        return tuple(info.number for info in images if info.message_id == last.message_id)
     run = [last.number]
     for info in reversed(images[:-1]):
         if (info.operation, info.parent_number, info.prompt) != (

@@ -8,10 +8,11 @@ once, whatever the busy timeout. Any other SQLAlchemy URL works too.
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30_000
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(Exception):
@@ -86,6 +89,17 @@ class Database:
             writer = self.engine
         self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(writer, expire_on_commit=False)
+        self._on_commit: list[Callable[[], None]] = []
+        self._on_rollback: list[Callable[[], None]] = []
+
+    def add_write_hooks(self, on_commit: Callable[[], None], on_rollback: Callable[[], None]) -> None:
+        """Run `on_commit` after each `write()` transaction commits, `on_rollback` after one fails.
+
+        Both run in the thread of the transaction. The file store uses them to drop the pending
+        markers of the files a transaction wrote once its rows are durable.
+        """
+        self._on_commit.append(on_commit)
+        self._on_rollback.append(on_rollback)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -95,8 +109,18 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that holds the write lock from its first statement to commit."""
-        with self._write_sessions() as session, session.begin():
-            yield session
+        try:
+            with self._write_sessions() as session, session.begin():
+                yield session
+        except BaseException:
+            for hook in self._on_rollback:
+                hook()
+            raise
+        for hook in self._on_commit:
+            try:
+                hook()
+            except Exception:  # committed is committed: a caller must never think it failed
+                log.exception("after-commit hook failed")
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration; safe when several processes start at once."""

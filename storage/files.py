@@ -1,9 +1,16 @@
 """Content-addressed image files: `<root>/ab/abcdef….png`.
 
 Bytes go to a temp file in `<root>/.tmp/`, are fsynced, then renamed into place, so a
-reader never sees half a file and a crash leaves at most a `*.tmp` there. Keeping temp
-files in one small folder lets every start clear them without walking the whole library.
-The repository writes the file before committing the row that names it.
+reader never sees half a file and a crash leaves at most a `*.tmp` there.
+
+The rename and the commit of the row that names the file are two steps, and a process can
+die between them, leaving a whole file that no row names. So that the next start can find
+such files without walking the whole library, `put` first drops an empty *pending marker*
+`<root>/.tmp/<sha256>.pending`, and the marker goes once the transaction that wrote the file
+commits (`settle_pending`, run by `Database.write` through a hook the repository installs).
+A marker that outlives its process therefore names exactly the files of a write that may not
+have committed; `Repository.recover` decides each one against the database. Everything a
+crash can leave is in one small folder, and a start with nothing there costs one listdir.
 """
 
 from __future__ import annotations
@@ -13,13 +20,19 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
+PENDING_SUFFIX = ".pending"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+
+#: The steps of `put` a crash test can stop at (see `ImageFileStore.fault_hook`).
+STEP_TEMP_WRITTEN = "temp-written"  # the temp file is complete and fsynced, not yet renamed
+STEP_RENAMED = "renamed"  # the file is in place under its hash; no row names it yet
 
 
 def sha256_hex(data: bytes) -> str:
@@ -32,36 +45,91 @@ class SweepReport:
     orphan_files_removed: int
 
 
+@dataclass(frozen=True)
+class Leftovers:
+    """What `.tmp/` holds: temp files (never renamed) and pending markers (maybe never committed)."""
+
+    temp_files: list[Path]
+    pending: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.temp_files or self.pending)
+
+
 class ImageFileStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.temp_dir = root / ".tmp"
+        self._local = threading.local()
+        #: Test seam, None in the app: called with STEP_TEMP_WRITTEN and STEP_RENAMED inside
+        #: `put`, so a crash test can SIGKILL the process at exactly that point.
+        self.fault_hook: Callable[[str], None] | None = None
 
     def path_for(self, sha256: str) -> Path:
         if not _HEX64.fullmatch(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.root / sha256[:2] / f"{sha256}.png"
 
+    def pending_marker(self, sha256: str) -> Path:
+        if not _HEX64.fullmatch(sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.temp_dir / f"{sha256}{PENDING_SUFFIX}"
+
     def put(self, data: bytes) -> str:
-        """Store bytes under their hash; storing the same bytes twice is a no-op."""
+        """Store bytes under their hash; storing the same bytes twice is a no-op.
+
+        Call it inside the write transaction whose row names the file: the marker it leaves
+        is settled when that transaction commits.
+        """
         digest = sha256_hex(data)
         target = self.path_for(digest)
         if target.exists():
             return digest
         target.parent.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        marker = self.pending_marker(digest)
+        marker.touch()  # before the file can appear under its final name
         fd, temp_name = tempfile.mkstemp(dir=self.temp_dir, prefix=f"{digest[:8]}-", suffix=TEMP_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            self._step(STEP_TEMP_WRITTEN)
             os.replace(temp_name, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp_name)
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
             raise
+        self._pending().append(digest)
+        self._step(STEP_RENAMED)
         return digest
+
+    def _step(self, name: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(name)
+
+    def _pending(self) -> list[str]:
+        pending: list[str] | None = getattr(self._local, "pending", None)
+        if pending is None:
+            pending = self._local.pending = []
+        return pending
+
+    def settle_pending(self) -> None:
+        """The transaction that wrote this thread's new files committed: their markers go."""
+        pending = self._pending()
+        for digest in pending:
+            # A marker that stays (no permission, say) only costs the next start one check.
+            with contextlib.suppress(OSError):
+                self.pending_marker(digest).unlink()
+        pending.clear()
+
+    def forget_pending(self) -> None:
+        """The transaction rolled back: keep the markers, so a file the caller fails to delete
+        is still found by the next start."""
+        self._pending().clear()
 
     def read(self, sha256: str) -> bytes:
         return self.path_for(sha256).read_bytes()
@@ -72,6 +140,8 @@ class ImageFileStore:
     def delete(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path_for(sha256).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.pending_marker(sha256).unlink()
 
     def all_hashes(self) -> Iterator[str]:
         if not self.root.exists():
@@ -85,10 +155,23 @@ class ImageFileStore:
             return
         yield from self.temp_dir.glob(f"*{TEMP_SUFFIX}")
 
-    def sweep_temp_files(self, *, grace_seconds: float = 3600.0) -> int:
-        """Cheap start-up cleanup: only the temp folder, never the library."""
+    def pending_hashes(self) -> list[str]:
+        """Hashes with a pending marker: files of writes that had not settled (sorted)."""
+        if not self.temp_dir.exists():
+            return []
+        found = (p.name[: -len(PENDING_SUFFIX)] for p in self.temp_dir.glob(f"*{PENDING_SUFFIX}"))
+        return sorted(digest for digest in found if _HEX64.fullmatch(digest))
+
+    def leftovers(self, *, grace_seconds: float = 0.0) -> Leftovers:
+        """Temp files and markers at least `grace_seconds` old; one listdir of `.tmp/`."""
         cutoff = time.time() - grace_seconds
-        return self.remove([t for t in self.temp_files() if _mtime(t) <= cutoff], []).temp_files_removed
+        temps = sorted(t for t in self.temp_files() if _mtime(t) <= cutoff)
+        pending = [d for d in self.pending_hashes() if _mtime(self.pending_marker(d)) <= cutoff]
+        return Leftovers(temps, pending)
+
+    def clear_marker(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.pending_marker(sha256).unlink()
 
     def sweep(self, known: set[str], *, grace_seconds: float = 3600.0) -> SweepReport:
         """Remove temp files and files no row names.
@@ -124,6 +207,7 @@ class ImageFileStore:
             with contextlib.suppress(FileNotFoundError):
                 self.path_for(digest).unlink()
                 removed_orphans += 1
+            self.clear_marker(digest)
         return SweepReport(temp_files_removed=removed_temps, orphan_files_removed=removed_orphans)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy import Select, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from storage.db import Database, StorageError
-from storage.files import ImageFileStore, SweepReport
+from storage.files import ImageFileStore, SweepReport, sha256_hex
 from storage.models import Conversation, Generation, GenerationInput, Image, Message, utcnow
 from storage.pngmeta import encode_png, format_infotext
 
@@ -47,6 +47,8 @@ class NewImage:
     params: Mapping[str, Any] = field(default_factory=dict)
     parent_id: int | None = None
     mask: PILImage.Image | None = None
+    #: the parent when it is stored by the same `record_turn` (a replayed chain), so has no id yet
+    parent: NewImage | None = None
 
 
 @dataclass
@@ -64,8 +66,8 @@ class NewGeneration:
     duration_ms: int | None = None
     usage: Mapping[str, Any] | None = None
     cost_usd: float | None = None
-    #: (image id, role) with role init | mask | reference
-    inputs: Sequence[tuple[int, str]] = ()
+    #: (image id, role) with role init | mask | reference; a NewImage stored by the same call
+    inputs: Sequence[tuple[int | NewImage, str]] = ()
     images: Sequence[NewImage] = ()
 
 
@@ -83,15 +85,81 @@ class LineageNode:
 
 @dataclass(frozen=True)
 class IntegrityReport:
+    """Rows ↔ files ↔ hashes. Two kinds of finding, kept apart:
+
+    * loss: a row whose file (or mask) is missing, a file whose bytes no longer match its hash,
+      a damaged database. Nothing a crash may leave; `nothing_lost` is False.
+    * leftovers to sweep: temp files, files no row names (a write that never committed),
+      pending markers. Harmless, and removed by the next start or `atelier doctor`.
+    """
+
     images_checked: int
     missing_files: list[int]
     hash_mismatches: list[int]
     orphan_files: list[str]
     temp_files: list[str]
+    #: hashes with a pending marker: writes that had not settled when their process stopped
+    unfinished_writes: list[str] = field(default_factory=list)
+    #: what SQLite's integrity and foreign-key checks report (empty when fine)
+    database_errors: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_lost(self) -> bool:
+        return not (self.missing_files or self.hash_mismatches or self.database_errors)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing_files or self.hash_mismatches or self.orphan_files or self.temp_files)
+        """Nothing lost and nothing left to sweep."""
+        return self.nothing_lost and not (self.orphan_files or self.temp_files or self.unfinished_writes)
+
+    def problems(self) -> list[str]:
+        """One line per loss, for people; empty when nothing is lost."""
+        lines = [f"image {image_id}: its file is missing" for image_id in self.missing_files]
+        lines += [f"image {image_id}: its file does not match its hash" for image_id in self.hash_mismatches]
+        lines += [f"database: {error}" for error in self.database_errors]
+        return lines
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What `Repository.recover` (the start-up sweep) found and did."""
+
+    temp_files_removed: int = 0
+    #: files renamed into the store whose row never committed
+    orphan_files_removed: int = 0
+    #: files whose write committed just before its process stopped: kept, hash verified
+    committed_files_kept: int = 0
+    #: stored images whose files were checked for presence (0 when there was nothing to sweep)
+    images_checked: int = 0
+    missing_files: list[int] = field(default_factory=list)
+    hash_mismatches: list[int] = field(default_factory=list)
+
+    @property
+    def found_leftovers(self) -> bool:
+        """A write died before its commit. (A committed file's marker alone is no sign of that:
+        a start racing a live writer can see one between its commit and its cleanup.)"""
+        return bool(self.temp_files_removed or self.orphan_files_removed)
+
+    @property
+    def nothing_lost(self) -> bool:
+        return not (self.missing_files or self.hash_mismatches)
+
+    def summary(self) -> str:
+        if not (self.found_leftovers or not self.nothing_lost):
+            return "Start-up check: no interrupted writes to clean up."
+        done = [
+            _plural(self.temp_files_removed, "temp file"),
+            _plural(self.orphan_files_removed, "orphan image file"),
+        ]
+        text = f"Start-up sweep: removed {done[0]} and {done[1]} left by an interrupted write"
+        if self.committed_files_kept:
+            text += f"; kept {_plural(self.committed_files_kept, 'file')} whose row had committed"
+        if self.nothing_lost:
+            return text + (
+                f"; all {_plural(self.images_checked, 'stored image')} have their files, nothing lost."
+            )
+        lost = ", ".join(str(i) for i in sorted({*self.missing_files, *self.hash_mismatches}))
+        return text + f"; PROBLEMS: images {lost} have a missing or damaged file. Run `atelier doctor`."
 
 
 @dataclass(frozen=True)
@@ -137,6 +205,8 @@ class Repository:
     def __init__(self, db: Database, files: ImageFileStore) -> None:
         self.db = db
         self.files = files
+        # A write's pending markers go when its transaction commits (see storage.files).
+        db.add_write_hooks(files.settle_pending, files.forget_pending)
 
     @classmethod
     def open(cls, database_url: str, images_dir: Path) -> Repository:
@@ -283,26 +353,32 @@ class Repository:
                 message_id = message.id if message is not None else images_message_id
                 next_number = self._next_number(session, conversation_id)
                 saved: list[Image] = []
-                for new_generation in generations:
-                    generation = self._insert_generation(session, conversation_id, message_id, new_generation)
-                    for new_image in new_generation.images:
+                stored: dict[int, Image] = {}  # id(NewImage) -> its row, for references within the turn
+                for item in _in_dependency_order([*generations, *images]):
+                    generation_id: int | None = None
+                    new_images: Sequence[NewImage] = (item,) if isinstance(item, NewImage) else item.images
+                    if isinstance(item, NewGeneration):
+                        inputs = [(_stored_id(ref, stored), role) for ref, role in item.inputs]
+                        generation = self._insert_generation(
+                            session, conversation_id, message_id, item, inputs
+                        )
+                        generation_id = generation.id
+                    for original in new_images:
+                        new_image = original
+                        if original.parent is not None:
+                            new_image = replace(original, parent_id=_stored_id(original.parent, stored))
                         row = self._insert_image(
                             session,
                             conversation_id,
                             message_id,
-                            generation.id,
+                            generation_id,
                             next_number,
                             new_image,
                             created_files,
                         )
+                        stored[id(original)] = row
                         next_number += 1
                         saved.append(row)
-                for new_image in images:
-                    row = self._insert_image(
-                        session, conversation_id, message_id, None, next_number, new_image, created_files
-                    )
-                    next_number += 1
-                    saved.append(row)
                 self._touch_conversation(session, conversation_id)
         except BaseException:
             for digest in created_files:
@@ -311,7 +387,12 @@ class Repository:
         return TurnRecord(message=message, images=saved)
 
     def _insert_generation(
-        self, session: Session, conversation_id: int, message_id: int | None, new: NewGeneration
+        self,
+        session: Session,
+        conversation_id: int,
+        message_id: int | None,
+        new: NewGeneration,
+        inputs: Sequence[tuple[int, str]],
     ) -> Generation:
         generation = Generation(
             conversation_id=conversation_id,
@@ -331,7 +412,7 @@ class Repository:
         session.add(generation)
         session.flush()
         seen: set[tuple[int, str]] = set()
-        for image_id, role in new.inputs:
+        for image_id, role in inputs:
             if (image_id, role) in seen:
                 continue
             seen.add((image_id, role))
@@ -632,27 +713,110 @@ class Repository:
             still_used = self._referenced_hashes(session, orphans)
             return self.files.remove(temps, [digest for digest in orphans if digest not in still_used])
 
-    def check_integrity(self) -> IntegrityReport:
-        """Rows ↔ files ↔ hashes: what `atelier doctor` reports."""
-        from storage.files import sha256_hex
+    def recover(self) -> RecoveryReport:
+        """The start-up sweep: clear what a process that died mid-write left, and say so.
 
-        missing: list[int] = []
+        Everything such a process can leave is in the store's `.tmp/`: temp files it never
+        renamed, and pending markers naming files it renamed into the store but may not have
+        committed (see `storage.files`). With nothing there, this is one listdir.
+
+        Another live process may be mid-turn in the same data dir. On SQLite, Atelier writes
+        files only inside a `BEGIN IMMEDIATE` transaction, so once this holds the write lock no
+        live writer is between its first file and its commit: every temp file then is a dead
+        writer's, and a marked file no row names is an orphan, whatever its age. That is why
+        the decision is made under the lock and not by age, which would leave a crash's orphan
+        for an hour and still guess. Other databases have no such global lock (writers lock one
+        conversation), so there only leftovers older than an hour are touched; no turn spends
+        that long between its file write and its commit.
+
+        When something was found, every stored image's file is checked for presence (a stat
+        per image, so only after a crash) and the kept files' hashes are verified; full hash
+        checks of the whole library are `atelier doctor`'s job.
+        """
+        grace = 0.0 if self.db.is_sqlite else 3600.0
+        if not self.files.leftovers(grace_seconds=grace):
+            return RecoveryReport()
+        with self.db.write() as session:
+            session.connection()  # BEGIN IMMEDIATE: no live writer is mid-write from here on
+            found = self.files.leftovers(grace_seconds=grace)  # again: a live writer's are gone
+            committed: set[str] = set()
+            for start in range(0, len(found.pending), 500):  # stay under SQLite's variable limit
+                committed |= self._referenced_hashes(session, found.pending[start : start + 500])
+            swept = self.files.remove(found.temp_files, [d for d in found.pending if d not in committed])
+            for digest in committed:
+                self.files.clear_marker(digest)
+        kept_bad = [d for d in sorted(committed) if not _file_matches(self.files, d)]
+        if not (swept.temp_files_removed or swept.orphan_files_removed or kept_bad):
+            return RecoveryReport(committed_files_kept=len(committed))
+        with self.db.read() as session:
+            rows = session.execute(select(Image.id, Image.sha256, Image.mask_sha256)).all()
+        missing = self._still_missing(rows)
+        mismatched = sorted(
+            {image_id for image_id, digest, mask in rows if digest in kept_bad or mask in kept_bad}
+            - set(missing)
+        )
+        return RecoveryReport(
+            temp_files_removed=swept.temp_files_removed,
+            orphan_files_removed=swept.orphan_files_removed,
+            committed_files_kept=len(committed),
+            images_checked=len(rows),
+            missing_files=missing,
+            hash_mismatches=mismatched,
+        )
+
+    def check_integrity(self) -> IntegrityReport:
+        """Rows ↔ files ↔ hashes, plus SQLite's own checks: what `atelier doctor` reports.
+
+        Only looks; deletes nothing.
+        """
         mismatched: list[int] = []
         with self.db.read() as session:
             rows = session.execute(select(Image.id, Image.sha256, Image.mask_sha256)).all()
+        missing = self._still_missing(rows)
+        missing_ids = set(missing)
         for image_id, digest, mask_digest in rows:
-            for expected in (digest, mask_digest):
-                if not expected:
-                    continue
-                path = self.files.path_for(expected)
-                if not path.exists():
-                    missing.append(image_id)
-                elif sha256_hex(path.read_bytes()) != expected:
-                    mismatched.append(image_id)
+            if image_id in missing_ids:
+                continue
+            if any(h and not _file_matches(self.files, h) for h in (digest, mask_digest)):
+                mismatched.append(image_id)
         known = {h for row in rows for h in row[1:] if h}
+        pending = self.files.pending_hashes()
         orphans = sorted(set(self.files.all_hashes()) - known)
         temps = sorted(str(p) for p in self.files.temp_files())
-        return IntegrityReport(len(rows), missing, mismatched, orphans, temps)
+        return IntegrityReport(
+            len(rows), missing, mismatched, orphans, temps, pending, self._database_errors()
+        )
+
+    def _still_missing(self, rows: Sequence[Any]) -> list[int]:
+        """Ids of rows whose file or mask is not on disk, re-checked against rows deleted meanwhile."""
+        candidates = sorted(
+            {
+                image_id
+                for image_id, digest, mask_digest in rows
+                if any(h and not self.files.exists(h) for h in (digest, mask_digest))
+            }
+        )
+        current: list[Any] = []
+        with self.db.read() as session:  # a conversation deleted since the first read took its files
+            for start in range(0, len(candidates), 500):  # stay under SQLite's variable limit
+                chunk = candidates[start : start + 500]
+                query = select(Image.id, Image.sha256, Image.mask_sha256).where(Image.id.in_(chunk))
+                current.extend(session.execute(query).all())
+        return sorted(
+            image_id
+            for image_id, digest, mask_digest in current
+            if any(h and not self.files.exists(h) for h in (digest, mask_digest))
+        )
+
+    def _database_errors(self) -> list[str]:
+        if not self.db.is_sqlite:
+            return []
+        with self.db.engine.connect() as connection:
+            checked = [str(row[0]) for row in connection.execute(text("PRAGMA integrity_check"))]
+            errors = [line for line in checked if line != "ok"]
+            for table, rowid, parent, _fk in connection.execute(text("PRAGMA foreign_key_check")):
+                errors.append(f"{table} row {rowid} refers to a missing {parent} row")
+        return errors
 
     # ----- helpers ---------------------------------------------------------------------
 
@@ -687,6 +851,57 @@ class Repository:
             session.scalars(select(Image.mask_sha256).where(Image.mask_sha256.in_(wanted)).distinct())
         )
         return {h for h in used if h}
+
+
+def _in_dependency_order(items: Sequence[NewGeneration | NewImage]) -> list[NewGeneration | NewImage]:
+    """Generations, then loose images, except that nothing comes before an image it refers to.
+
+    A replayed chain can run generate → transform → edit in one turn: the edit's call takes the
+    transform's image as input, so it is stored after it although calls usually come first.
+    """
+
+    def refs(item: NewGeneration | NewImage) -> list[NewImage]:
+        if isinstance(item, NewImage):
+            return [item.parent] if item.parent is not None else []
+        found = [ref for ref, _role in item.inputs if isinstance(ref, NewImage)]
+        return found + [image.parent for image in item.images if image.parent is not None]
+
+    def made(item: NewGeneration | NewImage) -> list[NewImage]:
+        return [item] if isinstance(item, NewImage) else list(item.images)
+
+    ordered: list[NewGeneration | NewImage] = []
+    done: set[int] = set()
+    pending = list(items)
+    while pending:
+        index = next(
+            (
+                i
+                for i, item in enumerate(pending)
+                if all(id(ref) in done or any(ref is own for own in made(item)) for ref in refs(item))
+            ),
+            None,
+        )
+        if index is None:
+            raise StorageError("The images of this turn refer to images that are not part of it.")
+        ready = pending.pop(index)
+        ordered.append(ready)
+        done.update(id(image) for image in made(ready))
+    return ordered
+
+
+def _stored_id(ref: int | NewImage, stored: dict[int, Image]) -> int:
+    return ref if isinstance(ref, int) else stored[id(ref)].id
+
+
+def _file_matches(files: ImageFileStore, digest: str) -> bool:
+    try:
+        return sha256_hex(files.read(digest)) == digest
+    except FileNotFoundError:
+        return False
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def fts5_query(user_text: str) -> str:

@@ -43,6 +43,17 @@ def png(color: str, size: tuple[int, int] = (128, 128)) -> bytes:
     return buffer.getvalue()
 
 
+def chat_in_a_new_process(data_dir: Path, conversation_id: int, text: str) -> list[dict[str, object]]:
+    """One turn through `atelier chat --json` in its own Python process: a real restart."""
+    env = {**os.environ, "ATELIER_DATA_DIR": str(data_dir), "ATELIER_BACKEND": "offline"}
+    env |= {"ATELIER_WIDTH": "128", "ATELIER_HEIGHT": "128", "ATELIER_STEPS": "4"}
+    env.pop("OPENAI_API_KEY", None)
+    command = [sys.executable, "-m", "assistant.cli", "chat", "-c", str(conversation_id), "--json", text]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
 def test_ten_turn_conversation_with_restarts_builds_the_implied_lineage(tmp_path: Path) -> None:
     assistant = open_assistant(tmp_path)
     events = run(assistant, None, "a cozy cabin in a forest at night")
@@ -51,20 +62,24 @@ def test_ten_turn_conversation_with_restarts_builds_the_implied_lineage(tmp_path
     assert isinstance(events[0], PlanMade) and events[0].intent == "generate"
     assert "cabin" in events[0].prompt and len(events[0].prompt) > len("a cozy cabin in a forest at night")
 
-    turns = [
-        ("make it snowier", "edit", [2]),
-        ("add a moon", "edit", [3]),
-        ("three more like the second one", "variation", [4, 5, 6]),
-    ]
-    for text, intent, numbers in turns:
-        assistant = open_assistant(tmp_path)  # restart: nothing survives but the database
+    for text, intent, numbers in [("make it snowier", "edit", [2]), ("add a moon", "edit", [3])]:
         events = run(assistant, conversation_id, text)
         plan = events[0]
         assert isinstance(plan, PlanMade) and plan.intent == intent, (text, plan)
         assert [e.number for e in images_of(events)] == numbers
         assert isinstance(events[-1], Reply)
 
-    assistant = open_assistant(tmp_path)
+    # two turns in other processes: they can only know the conversation from the database
+    for text, number in [("a variation of #2", 4), ("another variation of #2", 5)]:
+        lines = chat_in_a_new_process(tmp_path, conversation_id, text)
+        plan_line = next(line for line in lines if line["event"] == "plan")
+        assert plan_line["intent"] == "variation" and plan_line["targets"] == [2], lines
+        assert [line["number"] for line in lines if line["event"] == "image"] == [number]
+
+    assistant = open_assistant(tmp_path)  # and a fresh assistant here: nothing survives in memory
+    events = run(assistant, conversation_id, "one more variation of the second one, stronger")
+    assert events[0].intent == "variation" and [e.number for e in images_of(events)] == [6]  # type: ignore[attr-defined]
+
     events = run(assistant, conversation_id, "the second one but at sunset")
     assert events[0].intent == "edit" and events[0].targets == [2]  # type: ignore[attr-defined]
     assert "sunset" in events[0].prompt and "night" not in events[0].prompt  # type: ignore[attr-defined]
@@ -102,6 +117,7 @@ def test_ten_turn_conversation_with_restarts_builds_the_implied_lineage(tmp_path
         "upscale",
     ]
     assert rows[8].width == rows[7].width * 2
+    assert len({rows[n].seed for n in (4, 5, 6)}) == 3  # each variation drew its own layout
     # Edits sent the source pixels: the generation records its init image.
     _generation, inputs = repo.generation(rows[3].generation_id)  # type: ignore[arg-type]
     assert [(i.image_id, i.role) for i in inputs] == [(rows[2].id, "init")]
@@ -110,7 +126,7 @@ def test_ten_turn_conversation_with_restarts_builds_the_implied_lineage(tmp_path
     tree = repo.lineage_tree(rows[8].id)
     assert sorted(node.image.number for node in tree) == [1, 2, 3, 4, 5, 6, 7, 8]
     messages = repo.messages(conversation_id)
-    assert [m.role for m in messages].count("user") == 8
+    assert [m.role for m in messages].count("user") == 10
     assert all(m.plan for m in messages if m.role == "assistant")
 
 

@@ -246,3 +246,69 @@ def test_cost_budget_refuses_a_call_that_could_go_over_it_before_it_is_made(
 
     one_more = turn(assistant, conversation_id, "a lighthouse")
     assert len(images_made(one_more)) == 1 and image_requests(server) == sent + 1
+
+
+def test_the_pixel_cap_holds_for_all_tool_calls_of_one_agent_turn(tmp_path: Path, server: FakeOpenAI) -> None:
+    """Two generate_image calls in one turn: the second would take the turn over its pixels."""
+    settings = openai_settings(tmp_path / "data", server, max_pixels_per_turn=256 * 256 + 1000)
+    settings = settings.model_copy(update={"chat_base_url": server.base_url, "chat_model": "fake-chat-model"})
+    agent = LLMAgent(settings, max_retries=0)
+    assistant = Assistant(settings, open_repository(settings), planner=agent, planner_name=agent.name)
+    server.enqueue(
+        CHAT_COMPLETIONS,
+        chat_completion(
+            None,
+            tool_calls=[
+                tool_call("generate_image", {"prompt": "a red fox in the snow"}, "first"),
+                tool_call("generate_image", {"prompt": "a blue bird over the sea"}, "second"),
+            ],
+        ),
+        chat_completion("Here is the fox; the bird did not fit in this turn."),
+    )
+
+    events = turn(assistant, None, "a fox, and separately a bird")
+
+    assert len(images_made(events)) == 1
+    assert len(server.requests_to(GENERATIONS)) == 1  # the second call never reached the backend
+    assert "on top of the 65,536 this turn has already made" in _tool_reply(server)
+    conversation_id = events[0].conversation_id
+    assert [g.status for g in assistant.repo.generations(conversation_id)] == ["ok"]
+    # the cap is per turn: the next turn starts from zero
+    server.enqueue(
+        CHAT_COMPLETIONS,
+        chat_completion(None, tool_calls=[tool_call("generate_image", {"prompt": "a blue bird"}, "third")]),
+        chat_completion("Here is the bird."),
+    )
+    assert len(images_made(turn(assistant, conversation_id, "now the bird"))) == 1
+
+
+def test_a_replayed_chain_that_could_go_over_the_budget_sends_nothing(
+    tmp_path: Path, server: FakeOpenAI
+) -> None:
+    """Two images made (≈ $0.064 spent); the root's replay could cost $0.125, the edit's $0.18."""
+    data = tmp_path / "data"
+    assistant = openai_assistant(data, server, cost_budget_usd=0.30)
+    conversation_id = turn(assistant, None, "a red fox")[0].conversation_id
+    turn(assistant, conversation_id, "make it snowier")
+    tip = assistant.repo.get_image_by_number(conversation_id, 2)
+    before = snapshot(assistant.repo)
+    sent = image_requests(server)
+
+    from tools.base import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as raised:
+        assistant.replay_chain(tip.id, seed=5)
+
+    assert_clear_message(
+        raised.value.user_message,
+        "Replaying #2 of the chain: This could cost up to $0.18",  # the edit also pays for its input
+        "$0.11 of its $0.30 budget left",  # after the root's estimate
+    )
+    assert image_requests(server) == sent  # not even the root was re-run
+    assert_nothing_lost(before, assistant.repo, conversations_touched=set())
+    assert len(assistant.repo.conversation_images(conversation_id)) == 2
+
+    roomy = openai_assistant(data, server, cost_budget_usd=1.0)
+    created = roomy.replay_chain(tip.id, seed=5)
+    assert [i.operation for i in created] == ["generate", "edit"] and image_requests(server) == sent + 2
+    assert sum(1 for g in roomy.repo.generations(conversation_id) if g.cost_usd) == 4  # replays are billed

@@ -90,3 +90,22 @@ def crash_before_commit(db_path: str, images_dir: str, conversation_id: int) -> 
         ],
     )
     os._exit(0)  # not reached: the commit hook exits first
+
+
+def crash_after_commit(db_path: str, images_dir: str, conversation_id: int) -> None:
+    """Die right after the turn's commit, before its pending markers are cleared."""
+    repo = _open(db_path, images_dir)
+
+    def _die(_session: Any) -> None:
+        os._exit(9)
+
+    # A SQLAlchemy after_commit listener runs inside commit, before `Database.write`'s hooks.
+    event.listen(repo.db._write_sessions, "after_commit", _die)
+    repo.record_turn(
+        conversation_id,
+        reply="committed",
+        images=[
+            NewImage(image=tiny_image(98), operation="generate", backend="offline", model="t", prompt="kept")
+        ],
+    )
+    os._exit(0)  # not reached

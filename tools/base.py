@@ -51,6 +51,14 @@ class CancelToken:
     def cancelled(self) -> bool:
         return self._event.is_set()
 
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, waking at once on cancel; True when cancelled.
+
+        A backend waiting between retries (a Retry-After of a minute) uses this, so Stop works
+        during the wait too and not only after it.
+        """
+        return self._event.wait(max(0.0, seconds))
+
 
 @dataclass(frozen=True)
 class ImageRequest:

@@ -3,7 +3,13 @@
 Uploads are untrusted bytes: they may not be images, may be cut off, may declare a size that
 would take gigabytes to decode, may be animated, 16-bit, CMYK or sideways according to EXIF.
 Everything past this module can assume a fully loaded RGB or RGBA image of sane size, and a
-single-channel mask that matches its source, so adapters never repeat these checks.
+single-channel mask that matches its source.
+
+Two doors: `load_image` for bytes and files (uploads), and `check_sources` / `prepare_mask` for
+images that are already PIL objects when they reach a backend (a stored file, a 4x upscale, a
+caller's own `Image.new`). Every backend's `run` passes its sources and mask through the second
+door, so a backend never trusts its caller; for images that came through the first door it is a
+no-op that costs microseconds.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +85,61 @@ def load_image(
     return _to_rgb_or_rgba(_apply_exif_orientation(image, collected), collected)
 
 
-def prepare_mask(mask: Image.Image | ImageSource, size: tuple[int, int]) -> tuple[Image.Image, list[str]]:
+def check_image(
+    image: object,
+    *,
+    what: str = "The image",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    notes: list[str] | None = None,
+) -> Image.Image:
+    """A PIL image a tool was handed, made as safe as an upload: loaded, sane size, RGB or RGBA.
+
+    The pixel count is checked on the declared size before the pixels are loaded (a lazily opened
+    file may not have decoded yet); a file that turns out damaged on load is an `InvalidImage`,
+    not an `OSError` half way through a backend. `what` names the image in messages ("Source
+    image 2"). Conversions the user should hear about (16-bit, CMYK) go to `notes`.
+    """
+    collected = notes if notes is not None else []
+    if not isinstance(image, Image.Image):
+        raise InvalidImage(f"{what} is not an image (it is a {type(image).__name__}).")
+    _check_pixel_count(image.size, max_pixels, what)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InvalidImage(f"{what} is too large to open safely ({_reason(exc)}).") from None
+        except _DECODE_ERRORS as exc:
+            raise InvalidImage(f"{what} is truncated or damaged ({_reason(exc)}).") from None
+    return _to_rgb_or_rgba(image, collected)
+
+
+def check_sources(
+    sources: Sequence[object], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[tuple[Image.Image, ...], list[str]]:
+    """`check_image` for each source image of a request, named by position when there are several.
+
+    Backends call this at the top of `run`, before any network or model work, so a caller that
+    skipped `load_image` (or an image that grew past the limit through transforms) gets the same
+    clear `InvalidImage` on every backend.
+    """
+    notes: list[str] = []
+    several = len(sources) > 1
+    checked = tuple(
+        check_image(
+            source,
+            what=f"Source image {index + 1}" if several else "The source image",
+            max_pixels=max_pixels,
+            notes=notes,
+        )
+        for index, source in enumerate(sources)
+    )
+    return checked, notes
+
+
+def prepare_mask(
+    mask: Image.Image | ImageSource, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[Image.Image, list[str]]:
     """Turn a user's mask into an "L" image of exactly `size`: 255 = change, 0 = keep.
 
     Which channel means "change": a mask with real transparency uses its alpha (opaque = change,
@@ -94,8 +155,16 @@ def prepare_mask(mask: Image.Image | ImageSource, size: tuple[int, int]) -> tupl
     width, height = size
     if width < 1 or height < 1:
         raise InvalidImage(f"Cannot fit a mask to a {width}x{height} image.")
-    if not isinstance(mask, Image.Image):
-        mask = load_image(mask, notes=notes)
+    if isinstance(mask, Image.Image):
+        _check_pixel_count(mask.size, max_pixels, "The mask")
+        try:
+            mask.load()
+        except _DECODE_ERRORS as exc:
+            raise InvalidImage(f"The mask is truncated or damaged ({_reason(exc)}).") from None
+    elif isinstance(mask, bytes | bytearray | memoryview | str | os.PathLike):
+        mask = load_image(mask, max_pixels=max_pixels, notes=notes)
+    else:
+        raise InvalidImage(f"The mask is not an image (it is a {type(mask).__name__}).")
     single = mask_channel(mask)
 
     if single.size != (width, height):
@@ -153,15 +222,15 @@ def _reason(exc: BaseException) -> str:
     return str(exc).strip().rstrip(".") or type(exc).__name__
 
 
-def _check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:
+def _check_pixel_count(size: tuple[int, int], max_pixels: int, what: str = "That image") -> None:
     width, height = size
     if width * height > max_pixels:
         raise InvalidImage(
-            f"That image is {width}x{height} ({width * height / 1e6:.0f} megapixels); images up to "
+            f"{what} is {width}x{height} ({width * height / 1e6:.0f} megapixels); images up to "
             f"{max_pixels / 1e6:.0f} megapixels are accepted."
         )
     if width < 1 or height < 1:
-        raise InvalidImage(f"That image has no pixels ({width}x{height}).")
+        raise InvalidImage(f"{what} has no pixels ({width}x{height}).")
 
 
 def _describe_non_image(raw: bytes) -> str:

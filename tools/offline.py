@@ -11,6 +11,15 @@ figures, weather, texture, style). Each layer draws from its own random generato
 (seed, layer name), so adding snow to a prompt does not move the mountains, while another seed
 moves everything. The layers are spread over the requested number of "steps" so progress and
 cancel behave like a diffusion backend's.
+
+img2img is a restyle, not a cross-fade with a fresh drawing: `_Restyler` keeps every edge and the
+light-and-dark layout of the source and changes only its look, using the renderer's own tables for
+the prompt's scenery (the colours of a forest, the sea, a city, taken from a drawing of just that
+scenery), time of day (light level, colour cast, a grade toward that time's sky colours), weather
+(fog haze, rain gloom, snow chill), colour words, mood words and style filter. `strength` moves
+the result from the source (0) to the full restyle (1); a daytime photo "at night" turns dark and
+blue with every shape where it was. A restyle cannot add a fox; a prompt with nothing it can
+change leaves the image as it is, and says so in a note.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from tools.base import (
     check_capability,
     derive_seeds,
 )
-from tools.image_input import prepare_mask
+from tools.image_input import check_sources, prepare_mask
 from tools.offline_scene import COLOURS, RGB, Scene, Style, Subject, parse_scene
 
 NAME = "offline"
@@ -52,7 +61,8 @@ MAX_SIDE = 2048
 MAX_IMAGES = 8
 MAX_STEPS = 100
 DEFAULT_STEPS = 8
-#: How far the result moves from the source image towards the new drawing (0 = source, 1 = drawing).
+#: How far the result moves from the source image (0 = source) towards the new drawing, or for
+#: img2img towards the full restyle of the source (1).
 DEFAULT_STRENGTH: dict[Operation, float] = {
     Operation.EDIT: 0.7,
     Operation.IMG2IMG: 0.6,
@@ -64,6 +74,22 @@ _NEEDS_SOURCE = frozenset({Operation.EDIT, Operation.INPAINT, Operation.VARIATIO
 _LANDSCAPE = frozenset(
     {"mountains", "hills", "forest", "trees", "city", "sea", "lake", "house", "cabin", "road", "flowers"}
 )
+#: How far img2img grades the source toward the time of day's sky colours (dark parts toward the
+#: top of that sky, light parts toward its horizon); day has no grade, so "at noon" changes nothing.
+_GRADE: dict[str, float] = {"dawn": 0.35, "morning": 0.1, "day": 0.0, "sunset": 0.4, "night": 0.55}
+#: Whole-picture weather casts for img2img: (colour, amount, desaturation).
+_WEATHER_CASTS: dict[str, tuple[RGB, float, float]] = {
+    "fog": ((200, 203, 208), 0.45, 0.3),
+    "rain": ((105, 110, 120), 0.3, 0.35),
+    "snow": ((222, 228, 240), 0.25, 0.2),
+}
+#: How strongly img2img recolours toward a colour word: free-standing ("in pink") or bound to a thing.
+_PALETTE_TINT = 0.45
+_BOUND_TINT = 0.2
+#: Rec. 601 luma weights, the brightness every restyle step keeps or scales.
+_LUMA = np.array((0.299, 0.587, 0.114), dtype=np.float32)
+#: How far img2img moves the source's average colour toward that of the prompt's scenery.
+_SCENERY_PULL = 0.7
 
 Array = np.ndarray
 
@@ -1105,6 +1131,149 @@ class _Job:
     notes: list[str]
 
 
+# --------------------------------------------------------------------------------------------
+# img2img: the source restyled by the prompt's look words
+
+
+def _has_look(scene: Scene) -> bool:
+    """Whether the prompt says anything img2img can change: scenery, light, weather, colour, mood, style."""
+    return bool(
+        scene.elements
+        or scene.time_of_day != "day"
+        or scene.weather
+        or scene.palette
+        or scene.element_colours
+        or any(subject.colour_name for subject in scene.subjects)
+        or scene.exposure != 1.0
+        or scene.style
+    )
+
+
+class _Restyler:
+    """The source's pixels relit and recoloured as the prompt says; `stages()` in the painter's manner.
+
+    Every step but the last is a per-pixel colour change that keeps the order of light and dark
+    (the grade and colour words keep each pixel's luminance exactly; light, weather and mood scale
+    or shift it evenly), so edges and the layout stay where they were. Only the style filter,
+    applied last as in a fresh drawing, works on neighbourhoods (watercolor softens, pixel art
+    blocks), and even that keeps the layout recognisable.
+    """
+
+    def __init__(self, scene: Scene, source: Image.Image, seed: int) -> None:
+        self.scene = scene
+        self.seed = seed
+        self.unit = min(source.size) / 256
+        self.pixels = _to_array(source)
+        light = _LIGHTS[scene.time_of_day]
+        if "rain" in scene.weather:
+            light = replace(light, brightness=light.brightness * 0.8)
+        self.light = light
+        # the named scenery alone, in plain daylight: where "a forest" or "the sea" gets its colours
+        self.scenery: _Painter | None = None
+        if scene.elements:
+            plain = replace(
+                scene, time_of_day="day", weather=frozenset(), palette=(), style=None, exposure=1.0
+            )
+            self.scenery = _Painter(plain, source.width, source.height, seed, "restyle:")
+
+    @property
+    def image(self) -> Image.Image:
+        return _to_image(self.pixels)
+
+    def stages(self) -> list[Callable[[], None]]:
+        scenery = [*self.scenery.stages(), self.pull_scenery] if self.scenery is not None else []
+        return [
+            *scenery,
+            self.relight,
+            self.grade,
+            self.add_weather,
+            self.recolour,
+            self.expose,
+            self.stylise,
+        ]
+
+    def _luma(self, pixels: Array) -> Array:
+        return np.asarray(pixels @ _LUMA, dtype=np.float32)[..., None]
+
+    def pull_scenery(self) -> None:
+        """The source's average colour moves toward the scenery's; brightness stays pixel by pixel.
+
+        Only the colour difference from grey (each pixel minus its luminance) is shifted, so a
+        forest turns the picture greener and the sea bluer without moving any light or shadow. The
+        target is the drawing from a little above its horizon down, where scenery stands, so the
+        default sky above it does not water the colours down.
+        """
+        assert self.scenery is not None
+        top = max(0, self.scenery.horizon - self.scenery.height // 5)
+        target = _to_array(self.scenery.image)[top:]
+        chroma = self.pixels - self._luma(self.pixels)
+        target_chroma = (target - self._luma(target)).reshape(-1, 3).mean(axis=0)
+        shift = _SCENERY_PULL * (target_chroma - chroma.reshape(-1, 3).mean(axis=0))
+        self.pixels = self.pixels + shift.astype(np.float32)
+
+    def relight(self) -> None:
+        """The light of the time of day, as every drawn colour gets it (`_Light.shade`)."""
+        light = self.light
+        tint = np.array(light.tint, dtype=np.float32)
+        amount = light.tint_amount
+        self.pixels = light.brightness * ((1 - amount) * self.pixels + amount * tint)
+
+    def grade(self) -> None:
+        """Hues toward the time of day's sky (night: navy; sunset: purple shadows, golden lights).
+
+        The colour comes from the sky gradient at the pixel's own brightness and is scaled to that
+        brightness, so the grade changes hue, never the light-and-dark layout.
+        """
+        amount = _GRADE[self.scene.time_of_day]
+        if not amount:
+            return
+        stops = _SKIES[self.scene.time_of_day]
+        positions = np.array([p for p, _ in stops])  # dark = the top of the sky, light = its horizon
+        colours = np.array([c for _, c in stops], dtype=np.float32)
+        luma = self._luma(self.pixels)
+        level = np.clip(luma[..., 0] / 255, 0, 1)
+        mapped = np.stack([np.interp(level, positions, colours[:, ch]) for ch in range(3)], axis=-1)
+        mapped = mapped.astype(np.float32)
+        mapped *= luma / np.maximum(self._luma(mapped), 1.0)
+        self.pixels = self.pixels * (1 - amount) + mapped * amount
+
+    def add_weather(self) -> None:
+        for weather in sorted(self.scene.weather):
+            colour, amount, desaturation = _WEATHER_CASTS[weather]
+            luma = self._luma(self.pixels)
+            muted = self.pixels * (1 - desaturation) + luma * desaturation
+            cast = np.array(_scaled(colour, max(self.light.brightness, 0.3)), dtype=np.float32)
+            self.pixels = muted * (1 - amount) + cast * amount
+
+    def recolour(self) -> None:
+        """Colour words tint the picture at each pixel's own brightness ("colourise", not paint over)."""
+        bound = [name for _, names in self.scene.element_colours for name in names]
+        bound += [subject.colour_name for subject in self.scene.subjects if subject.colour_name]
+        words = [(name, _PALETTE_TINT) for name in self.scene.palette]
+        words += [(name, _BOUND_TINT) for name in bound]
+        for name, amount in words[:2]:
+            colour = np.array(COLOURS[name], dtype=np.float32)
+            luma = self._luma(self.pixels)
+            tinted = colour * (luma / max(float(colour @ _LUMA), 1.0))
+            self.pixels = self.pixels * (1 - amount) + tinted * amount
+
+    def expose(self) -> None:
+        if self.scene.exposure != 1.0:
+            self.pixels = self.pixels * self.scene.exposure
+
+    def stylise(self) -> None:
+        if self.scene.style is not None:
+            rng = np.random.default_rng([self.seed, zlib.crc32(b"restyle")])
+            styled = _STYLE_FILTERS[self.scene.style](self.image, rng, self.unit)
+            self.pixels = _to_array(styled)
+        else:
+            self.pixels = np.clip(self.pixels, 0, 255)
+
+
+# --------------------------------------------------------------------------------------------
+# The backend
+
+
 class OfflineBackend:
     """Draws prompts offline; see the module docstring for what it can and cannot show."""
 
@@ -1137,9 +1306,15 @@ class OfflineBackend:
         images: list[GeneratedImage] = []
         for seed in job.seeds:
             salt = "variation:" if job.operation is Operation.VARIATION else ""
-            painter = _Painter(job.scene, job.width, job.height, seed, salt)
-            _run_in_steps(painter.stages(), job.steps, tick, cancel)
-            image = _apply_operation(job, painter.image, seed)
+            if job.operation is Operation.IMG2IMG and job.source is not None:
+                restyler = _Restyler(job.scene, _flatten(job.source), seed)
+                _run_in_steps(restyler.stages(), job.steps, tick, cancel)
+                drawing = restyler.image
+            else:
+                painter = _Painter(job.scene, job.width, job.height, seed, salt)
+                _run_in_steps(painter.stages(), job.steps, tick, cancel)
+                drawing = painter.image
+            image = _apply_operation(job, drawing, seed)
             images.append(GeneratedImage(image, seed, revised_prompt=job.scene.describe()))
 
         params: dict[str, object] = {
@@ -1191,7 +1366,9 @@ def _validate(request: ImageRequest) -> _Job:
     if operation in _NEEDS_SOURCE:
         if not request.sources:
             raise InvalidRequest(f"A {operation.value} needs a source image, and none was given.")
-        source = request.sources[0]
+        # the one it draws from goes through the same door as an upload: loaded, sane size, RGB(A)
+        (source,), source_notes = check_sources(request.sources[:1])
+        notes += source_notes
         if len(request.sources) > 1:
             notes.append(f"Only the first of the {len(request.sources)} source images was used.")
         width, height = source.size
@@ -1227,6 +1404,14 @@ def _validate(request: ImageRequest) -> _Job:
     scene = parse_scene(prompt)
     if operation is Operation.VARIATION and not scene.understood:
         notes.append("No drawable words in the prompt, so the variation reframes and recolours the source.")
+    elif operation is Operation.IMG2IMG:
+        if not _has_look(scene):
+            notes.append(
+                "img2img here keeps the picture's shapes and changes its look by the prompt's scenery, time "
+                "of day, weather, colours, mood and style (for example 'a forest', 'at night', 'in the "
+                "fog', 'pink', 'watercolor'); the prompt names none of them, so the image is unchanged. "
+                "To add or replace things, ask for an edit instead."
+            )
     elif prompt and not scene.understood:
         notes.append(
             "None of the prompt's words are in the sketch vocabulary, so this is a default landscape."
@@ -1258,7 +1443,11 @@ def _flatten(image: Image.Image) -> Image.Image:
 
 
 def _apply_operation(job: _Job, drawing: Image.Image, seed: int) -> Image.Image:
-    """Combine the fresh drawing with the source the way the operation promises."""
+    """Combine the new picture with the source the way the operation promises.
+
+    `drawing` is a fresh drawing of the prompt, except for img2img, where it is the source
+    restyled (`_Restyler`): the same fade by `strength` then moves along the source's own layout.
+    """
     if job.source is None:
         return drawing
     source = job.source

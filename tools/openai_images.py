@@ -9,15 +9,26 @@ Operations: generate → `images.generate`; edit, img2img, variation and inpaint
 inpaint is an edit with a mask). Only GPT image models are supported: DALL·E 2/3 and gpt-image-1
 are retired in the SDK and are refused before any call.
 
-Masks: read as on every backend (white, or opaque strokes on a transparent layer, = repaint; see
+Inputs: sources and mask go through `tools.image_input` first, as on every backend (loaded,
+within the pixel limit, RGB(A); a mask of the same shape but another size is fitted with a note,
+one of another shape or an empty one is refused), all before any network work. Masks are read as
+everywhere (white, or opaque strokes on a transparent layer, = repaint; see
 `tools.image_input.mask_channel`) and converted to OpenAI's convention, where fully transparent
 pixels are repainted.
 
-Time bound: each HTTP attempt waits at most `timeout` seconds for the server (connect capped at
-10 s); the SDK retries timeouts, connection errors, 408/409/429 and 5xx up to `max_retries` times,
-sleeping 0.5 s·2^k (≤ 8 s) between attempts, or the server's Retry-After when it is ≤ 120 s (a
-longer Retry-After is not retried). Worst case ≈ (max_retries + 1) × timeout + max_retries × 8 s,
-or + max_retries × 120 s when the server asks for long Retry-After waits.
+Time bound: one `run` is given `total_timeout` seconds (default 300) for all its attempts and
+the waits between them, so a server that keeps answering 429 or 500 with Retry-After cannot hold a
+user for (max_retries + 1) × (timeout + 120 s). The SDK's client is built with max_retries=0 and
+this module runs the retry loop itself, because the SDK's loop has no overall deadline and its
+sleep cannot be cut short. The loop keeps the SDK's rules: timeouts, connection errors,
+408/409/429 and 5xx are retried up to `max_retries` times (an exhausted quota is not: waiting does
+not add credit), waiting 0.5 s·2^k (≤ 8 s, minus up to 25 % jitter) or the server's Retry-After
+when it is ≤ 120 s (a longer one is not retried). Each attempt waits at most min(`timeout`, time
+left) for the server (connect capped at 10 s); a retry whose wait would leave less than 1 s before
+the deadline is not made, and the user gets the last error plus "gave up after N tries in T s".
+Cancel is honoured during the waits. Worst case ≈ `total_timeout`; only a server that trickles
+its answer byte by byte can stretch the last attempt, since HTTP timeouts bound each read, not a
+whole response.
 
 Secrets: the API key never appears in an error message or log line: server messages are scrubbed
 of the key and anything that looks like `sk-…`, and SDK exceptions are not chained (their request
@@ -34,6 +45,7 @@ import functools
 import io
 import logging
 import math
+import random
 import re
 import ssl
 import threading
@@ -68,7 +80,7 @@ from tools.base import (
     ToolError,
     check_capability,
 )
-from tools.image_input import mask_channel
+from tools.image_input import check_sources, mask_channel, prepare_mask
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +109,16 @@ EXPERIMENTAL_PIXELS: Final = 2560 * 1440
 VARIATION_INSTRUCTION: Final = (
     "Create a variation of this image: keep its subject, composition and style, but vary the details."
 )
+
+#: The most one `run` may take, all attempts and retry waits included (see the module docstring).
+DEFAULT_TOTAL_TIMEOUT: Final = 300.0
+#: The SDK's own retry timing (openai/_constants.py), kept so retries behave as users of the SDK expect.
+INITIAL_RETRY_DELAY: Final = 0.5
+MAX_RETRY_DELAY: Final = 8.0
+MAX_RETRY_AFTER: Final = 120.0
+#: A retry is not started with less time than this left before the deadline: it could only time out.
+MIN_ATTEMPT_SECONDS: Final = 1.0
+_RETRIED_STATUSES: Final = frozenset({408, 409, 429})
 
 #: Knobs the GPT image models do not have; mentioned in the result notes when a request sets them.
 _IGNORED_KNOBS: Final = ("seed", "steps", "guidance", "strength")
@@ -393,19 +415,18 @@ def _attach_images(call: PreparedCall, request: ImageRequest) -> None:
         )
     if op is Operation.INPAINT and request.mask is None:
         raise InvalidRequest("inpaint needs a mask showing which area to repaint.")
-    for i, source in enumerate(request.sources):
-        data = _png(source if source.mode in ("RGB", "RGBA") else source.convert("RGBA"))
+    # the same door as every backend: loaded, within the pixel limit, RGB(A); mask fitted or refused
+    sources, notes = check_sources(request.sources)
+    call.notes += notes
+    for i, source in enumerate(sources):
+        data = _png(source)
         if len(data) > MAX_INPUT_BYTES:
             raise InvalidImage(f"Source image {i + 1} is over 50 MB as PNG; make it smaller.")
         call.images.append((f"image-{i + 1}.png", data, "image/png"))
     if request.mask is not None:
-        mask = openai_mask(request.mask)
-        if mask.size != request.sources[0].size:
-            raise InvalidImage(
-                f"The mask is {mask.width}x{mask.height} but the image is "
-                f"{request.sources[0].width}x{request.sources[0].height}; they must match."
-            )
-        data = _png(mask)
+        fitted, notes = prepare_mask(request.mask, sources[0].size)
+        call.notes += notes
+        data = _png(openai_mask(fitted))
         if len(data) > MAX_MASK_BYTES:
             raise InvalidImage("The mask is over 4 MB as PNG; OpenAI accepts masks up to 4 MB.")
         call.mask = ("mask.png", data, "image/png")
@@ -508,7 +529,8 @@ class OpenAIImagesBackend:
     Request options read: size ('auto' or 'WxH', overriding width/height), quality, background,
     output_format, output_compression, moderation (generate), input_fidelity (edit), complexity,
     safety_identifier; other keys belong to other backends and are ignored. `quality` here is the
-    default for requests that do not set their own.
+    default for requests that do not set their own. `timeout` bounds one HTTP attempt,
+    `total_timeout` the whole call with its `max_retries` retries (see the module docstring).
     """
 
     name = "openai"
@@ -525,12 +547,14 @@ class OpenAIImagesBackend:
         max_retries: int = 2,
         organization: str | None = None,
         quality: str | None = None,
+        total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
     ) -> None:
         self.model = model
         self.quality = quality
         self.base_url = base_url or DEFAULT_BASE_URL
         self.timeout = timeout
         self.max_retries = max_retries
+        self.total_timeout = total_timeout
         self._api_key = api_key.strip() if api_key else None
         self._organization = organization
         self._client: openai.OpenAI | None = None
@@ -558,6 +582,12 @@ class OpenAIImagesBackend:
         cancel: CancelToken | None = None,
     ) -> ImageResult:
         check_capability(self, request.operation)
+        if not (self.timeout > 0 and self.total_timeout > 0 and self.max_retries >= 0):
+            raise InvalidRequest(
+                "The OpenAI time limits must be positive and the retry count at least 0 "
+                f"(timeout={self.timeout!r}, total_timeout={self.total_timeout!r}, "
+                f"max_retries={self.max_retries!r})."
+            )
         client = self._get_client()
         call = prepare_call(self.model, self._with_defaults(request))
         if cancel is not None and cancel.cancelled:
@@ -572,7 +602,7 @@ class OpenAIImagesBackend:
             call.api_params.get("n"),
             self.host,
         )
-        response = self._send(client, call)
+        response = self._send(client, call, cancel)
         images, notes = self._decode(response, call)
         usage = _as_dict(response.usage)
         params = dict(call.params)
@@ -625,7 +655,7 @@ class OpenAIImagesBackend:
                         organization=self._organization,
                         base_url=self.base_url,
                         timeout=httpx2.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                        max_retries=self.max_retries,
+                        max_retries=0,  # `_send` retries, within the overall deadline
                         http_client=_HttpClient(verify=_shared_ssl_context()),
                     )
                 except (openai.OpenAIError, httpx2.InvalidURL, ValueError, TypeError):
@@ -636,26 +666,74 @@ class OpenAIImagesBackend:
                     ) from None
             return self._client
 
-    def _send(self, client: openai.OpenAI, call: PreparedCall) -> ImagesResponse:
-        try:
-            if call.endpoint == "generate":
-                raw: object = client.images.generate(model=self.model, prompt=call.prompt, **call.api_params)
+    def _send(self, client: openai.OpenAI, call: PreparedCall, cancel: CancelToken | None) -> ImagesResponse:
+        """The call with its retries, all within `total_timeout` (see the module docstring)."""
+        started = time.monotonic()
+        deadline = started + self.total_timeout
+        tries = 0
+        while True:
+            attempt_timeout = max(0.05, min(self.timeout, deadline - time.monotonic()))
+            tries += 1
+            try:
+                raw = self._attempt(client, call, attempt_timeout, retries_taken=tries - 1)
+            except openai.OpenAIError as err:
+                failure = err
+            except ValueError:  # the body was not JSON (json/pydantic errors are ValueErrors)
+                error: ToolError = self._malformed("its body is not valid JSON")
+                break
             else:
-                image: Any = call.images[0] if len(call.images) == 1 else call.images
-                extra: dict[str, Any] = {"mask": call.mask} if call.mask is not None else {}
-                raw = client.images.edit(
-                    model=self.model, prompt=call.prompt, image=image, **extra, **call.api_params
-                )
-        except openai.OpenAIError as err:
-            error = self._translate(err)
-        except ValueError:  # the body was not JSON (json/pydantic errors are ValueErrors)
-            error = self._malformed("its body is not valid JSON")
-        else:
-            if not isinstance(raw, ImagesResponse):
-                raise self._malformed("it is not an images response")
-            return raw
+                if not isinstance(raw, ImagesResponse):
+                    raise self._malformed("it is not an images response")
+                return raw
+
+            wait = _retry_wait(failure, tries)
+            elapsed = time.monotonic() - started
+            error = self._translate(failure, tries=tries, attempt_timeout=attempt_timeout)
+            cut_short = attempt_timeout < self.timeout and isinstance(failure, openai.APITimeoutError)
+            if cut_short:  # this try had only what was left of the overall time, and used it up
+                error = _amended(error, self._gave_up(tries, elapsed, "ran out"))
+                break
+            if wait is None or tries > self.max_retries:
+                break
+            if time.monotonic() + wait + min(MIN_ATTEMPT_SECONDS, self.timeout) > deadline:
+                error = _amended(error, self._gave_up(tries, elapsed, "leaves no time for another try"))
+                break
+            log.info(
+                "openai images.%s: retrying in %.1f s (retry %d of %d)",
+                call.endpoint,
+                wait,
+                tries,
+                self.max_retries,
+            )
+            if cancel is None:
+                time.sleep(wait)
+            elif cancel.wait(wait):
+                raise Cancelled()
         log.warning("openai images.%s failed: %s", call.endpoint, error.user_message)
         raise error  # not chained: SDK errors hold the request, Authorization header included
+
+    def _attempt(
+        self, client: openai.OpenAI, call: PreparedCall, timeout: float, *, retries_taken: int
+    ) -> object:
+        """One HTTP request; the retry count header tells the server (and its logs) which try this is."""
+        options: dict[str, Any] = {
+            "timeout": httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
+            "extra_headers": {"x-stainless-retry-count": str(retries_taken)},
+        }
+        if call.endpoint == "generate":
+            return client.images.generate(model=self.model, prompt=call.prompt, **call.api_params, **options)
+        image: Any = call.images[0] if len(call.images) == 1 else call.images
+        extra: dict[str, Any] = {"mask": call.mask} if call.mask is not None else {}
+        return client.images.edit(
+            model=self.model, prompt=call.prompt, image=image, **extra, **call.api_params, **options
+        )
+
+    def _gave_up(self, tries: int, elapsed: float, why: str) -> str:
+        """The sentence added when the overall deadline, not the retry count, ended the call."""
+        return (
+            f"Gave up after {tries} {'try' if tries == 1 else 'tries'} in {_duration(elapsed)}: "
+            f"the {_duration(self.total_timeout)} limit for one request {why}."
+        )
 
     def _decode(self, response: ImagesResponse, call: PreparedCall) -> tuple[list[GeneratedImage], list[str]]:
         data = response.data
@@ -696,12 +774,15 @@ class OpenAIImagesBackend:
     def _clean(self, text: str) -> str:
         return scrub(text, self._api_key)
 
-    def _translate(self, err: openai.OpenAIError) -> ToolError:
+    def _translate(
+        self, err: openai.OpenAIError, *, tries: int = 1, attempt_timeout: float | None = None
+    ) -> ToolError:
         """One SDK error → one typed, readable, key-free `ToolError`."""
         if isinstance(err, openai.APITimeoutError):
+            waited = self.timeout if attempt_timeout is None else attempt_timeout
             return BackendTimeout(
-                f"The image service at {self.host} did not answer within {self.timeout:g} s"
-                + (f" (tried {self.max_retries + 1} times)." if self.max_retries else ".")
+                f"The image service at {self.host} did not answer within {_duration(waited)}"
+                + (f" (tried {tries} times)." if tries > 1 else ".")
                 + " Try again, or ask for fewer or smaller images."
             )
         if isinstance(err, openai.APIConnectionError):
@@ -784,6 +865,43 @@ def _server_message(err: openai.APIStatusError) -> str:
         text = ""
     text = " ".join(text.split())
     return text if len(text) <= 400 else text[:399] + "…"
+
+
+def _retry_wait(err: openai.OpenAIError, tries: int) -> float | None:
+    """Seconds to wait before retrying `err`, by the SDK's rules; None when a retry cannot help."""
+    if isinstance(err, openai.APIConnectionError):  # timeouts are connection errors too
+        retry_after: float | None = None
+    elif isinstance(err, openai.APIStatusError):
+        headers = err.response.headers
+        retry_after = _retry_after(headers)
+        if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+            return None  # the server asks for more than the SDK would ever wait
+        should_retry = headers.get("x-should-retry")
+        if should_retry == "false":
+            return None
+        status = err.status_code
+        if should_retry != "true" and status not in _RETRIED_STATUSES and status < 500:
+            return None
+        if err.code == "insufficient_quota":
+            return None  # waiting does not add credit
+    else:
+        return None
+    if retry_after is not None and 0 < retry_after <= MAX_RETRY_AFTER:
+        return retry_after
+    backoff = min(INITIAL_RETRY_DELAY * 2.0 ** min(tries - 1, 30), MAX_RETRY_DELAY)
+    return backoff * (1 - 0.25 * random.random())
+
+
+def _amended(error: ToolError, sentence: str) -> ToolError:
+    """The same typed error (and its retry_after or reason) with one more sentence for the user."""
+    error.user_message = f"{error.user_message} {sentence}"
+    error.args = (error.user_message,)
+    return error
+
+
+def _duration(value: float) -> str:
+    """Seconds for a message: "0.3 s", "4.2 s", "300 s"."""
+    return f"{value:.1f} s".replace(".0 s", " s") if value < 10 else f"{value:.0f} s"
 
 
 def _seconds(value: float) -> str:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tools.base import InvalidImage
-from tools.image_input import load_image, prepare_mask
+from tools.image_input import check_image, check_sources, load_image, prepare_mask
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
@@ -184,6 +184,55 @@ def test_decompression_bombs_are_refused(side: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Images handed to a backend as PIL objects (the door every backend's run() goes through)
+
+
+def test_checked_rgb_and_rgba_sources_pass_untouched() -> None:
+    rgb, rgba = noisy_rgb(), noisy_rgb().convert("RGBA")
+    checked, notes = check_sources([rgb, rgba])
+    assert checked[0] is rgb and checked[1] is rgba
+    assert notes == []
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("L", "RGB"), ("P", "RGB"), ("LA", "RGBA"), ("1", "RGB")])
+def test_checked_sources_in_other_modes_become_rgb_or_rgba(mode: str, expected: str) -> None:
+    (image,), _ = check_sources([noisy_rgb().convert(mode)])
+    assert image.mode == expected and image.size == (64, 48)
+
+
+def test_checked_16_bit_and_cmyk_sources_are_converted_with_a_note() -> None:
+    deep = Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16))
+    cmyk = noisy_rgb().convert("CMYK")
+    (a, b), notes = check_sources([deep, cmyk])
+    assert a.mode == "RGB" and a.getpixel((0, 0)) == (255, 255, 255)  # scaled, not clipped
+    assert b.mode == "RGB"
+    assert any("8 bits" in note for note in notes) and any("CMYK" in note for note in notes)
+
+
+def test_a_source_that_is_not_an_image_is_named_by_position() -> None:
+    with pytest.raises(InvalidImage, match=r"^Source image 2 is not an image \(it is a bytes\)\.$"):
+        check_sources([noisy_rgb(), encode(noisy_rgb())])
+    with pytest.raises(InvalidImage, match=r"^The source image is not an image \(it is a NoneType\)\.$"):
+        check_sources([None])
+
+
+def test_a_source_over_the_pixel_limit_is_refused() -> None:
+    with pytest.raises(
+        InvalidImage, match=r"^The source image is 2000x1000 \(2 megapixels\); images up to 1"
+    ):
+        check_sources([Image.new("1", (2000, 1000))], max_pixels=1_000_000)
+    with pytest.raises(InvalidImage, match="has no pixels"):
+        check_image(Image.new("RGB", (0, 5)))
+
+
+def test_a_lazily_opened_damaged_file_is_an_invalid_image(tmp_path: Path) -> None:
+    path = tmp_path / "cut.png"
+    path.write_bytes(encode(noisy_rgb(256, 256))[:5000])
+    with Image.open(path) as lazy, pytest.raises(InvalidImage, match=r"^The image is truncated or damaged"):
+        check_image(lazy)
+
+
+# --------------------------------------------------------------------------------------------
 # Masks
 
 
@@ -238,3 +287,10 @@ def test_a_mask_can_arrive_as_file_bytes() -> None:
     assert np.asarray(mask)[5, 5] == 255
     with pytest.raises(InvalidImage, match="not an image"):
         prepare_mask(b"definitely not a png", (32, 24))
+
+
+def test_a_mask_that_is_no_image_or_too_big_is_refused() -> None:
+    with pytest.raises(InvalidImage, match=r"^The mask is not an image \(it is a list\)\.$"):
+        prepare_mask([1, 2, 3], (32, 24))  # type: ignore[arg-type]
+    with pytest.raises(InvalidImage, match=r"^The mask is 4000x3000 \(12 megapixels\)"):
+        prepare_mask(Image.new("1", (4000, 3000), 1), (32, 24), max_pixels=1_000_000)

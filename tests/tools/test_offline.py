@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from tools.base import (
     ImageBackend,
     ImageRequest,
     ImageResult,
+    InvalidImage,
     InvalidRequest,
     Operation,
     UnsupportedOperation,
@@ -315,6 +317,162 @@ def test_img2img_strength_sets_how_far_it_moves() -> None:
     assert run(FOX_AT_NIGHT, Operation.IMG2IMG, sources=(source,)).params["strength"] == 0.6
 
 
+# img2img is a restyle: the source's layout with the prompt's look
+
+
+def daytime_upload(size: int = SIZE) -> Image.Image:
+    """A picture that is not one of the renderer's own: sky, sun, a red house on a green field."""
+    rows = np.linspace(0, 1, size)[:, None, None]
+    sky = (1 - rows) * np.array((110, 170, 235)) + rows * np.array((200, 225, 245))
+    picture = np.broadcast_to(sky, (size, size, 3)).copy()
+    picture[size * 5 // 8 :] = (90, 160, 70)
+    ys, xs = np.ogrid[:size, :size]
+    picture[(xs - size * 3 // 4) ** 2 + (ys - size // 5) ** 2 < (size // 12) ** 2] = (255, 245, 200)
+    picture[size // 2 : size * 3 // 4, size // 6 : size * 5 // 12] = (200, 50, 40)
+    picture[size * 5 // 8 : size * 3 // 4, size // 4 : size // 3] = (70, 40, 30)  # the door
+    grain = np.random.default_rng(5).normal(0, 3, picture.shape)
+    return Image.fromarray(np.clip(picture + grain, 0, 255).astype(np.uint8))
+
+
+def luminance(image: Image.Image, block: int = 1) -> np.ndarray:
+    grey = image.convert("L")
+    if block > 1:
+        grey = grey.resize((grey.width // block, grey.height // block), Image.Resampling.BOX)
+    return np.asarray(grey, dtype=np.float64)
+
+
+def edge_map(image: Image.Image, block: int = 4) -> np.ndarray:
+    """Where the outlines are, at a scale where a brush or pixel filter does not hide them."""
+    gy, gx = np.gradient(luminance(image, block))
+    return np.hypot(gx, gy)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def layout_agreement(a: Image.Image, b: Image.Image) -> float:
+    """Rank correlation of 16x16 brightness maps: 1 when light and dark sit in the same places."""
+
+    def ranks(image: Image.Image) -> np.ndarray:
+        return np.argsort(np.argsort(luminance(image, SIZE // 16).ravel())).astype(np.float64)
+
+    return correlation(ranks(a), ranks(b))
+
+
+def img2img(prompt: str, source: Image.Image, strength: float, **fields: Any) -> Image.Image:
+    return run(prompt, Operation.IMG2IMG, sources=(source,), strength=strength, **fields).images[0].image
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["at night", "sunset over the sea, watercolor", FOX_AT_NIGHT, "pixel art", "in the fog, pink"],
+)
+def test_img2img_keeps_the_composition_even_at_full_strength(prompt: str) -> None:
+    for source in (render("a fox in a forest with mountains at noon"), daytime_upload()):
+        restyled = img2img(prompt, source, 1.0)
+        assert mean_difference(restyled, source) > 3, "strength 1 is a visible restyle"
+        assert layout_agreement(restyled, source) > 0.9, "light and dark stay where they were"
+        assert correlation(edge_map(restyled), edge_map(source)) > 0.5, "the outlines stay"
+
+
+@pytest.mark.parametrize("prompt", ["at night", "sunset over the sea, watercolor", FOX_AT_NIGHT, "pixel art"])
+def test_img2img_is_not_a_cross_fade_with_a_fresh_drawing(prompt: str) -> None:
+    source = render("a fox in a forest with mountains at noon")
+    restyled = img2img(prompt, source, 0.8)
+    cross_fade = Image.blend(source, render(prompt), 0.8)
+    source_edges = edge_map(source)
+    assert (
+        correlation(edge_map(restyled), source_edges) > correlation(edge_map(cross_fade), source_edges) + 0.2
+    )
+    assert layout_agreement(restyled, source) > layout_agreement(cross_fade, source)
+
+
+def _blueness(image: Image.Image) -> float:
+    rgb = pixels(image)
+    return float((rgb[..., 2] / (rgb.sum(axis=-1) + 1)).mean())
+
+
+def _warmth(image: Image.Image) -> float:
+    rgb = pixels(image)
+    return float((rgb[..., 0] - rgb[..., 2]).mean())
+
+
+def _contrast(image: Image.Image) -> float:
+    return float(luminance(image).std())
+
+
+def _pinkness(image: Image.Image) -> float:
+    rgb = pixels(image)
+    return float((rgb[..., 0] + rgb[..., 2] - 2 * rgb[..., 1]).mean())
+
+
+def _saturation(image: Image.Image) -> float:
+    return float(hue_degrees(image)[1].mean())
+
+
+@pytest.mark.parametrize(
+    ("prompt", "measure", "direction", "visible"),
+    [
+        ("at night", lambda image: pixels(image).mean(), -1, 60.0),  # darker (0..255) …
+        ("at night", _blueness, +1, 0.1),  # … and bluer (share of blue, 0..1)
+        ("at sunset", _warmth, +1, 25.0),
+        ("in the fog", _contrast, -1, 10.0),
+        ("pink", _pinkness, +1, 25.0),
+        ("black and white", _saturation, -1, 0.3),
+    ],
+)
+def test_img2img_moves_the_look_toward_the_prompt_step_by_step_with_strength(
+    prompt: str, measure: Any, direction: int, visible: float
+) -> None:
+    source = daytime_upload()
+    strengths = (0.0, 0.25, 0.5, 0.75, 1.0)
+    results = [img2img(prompt, source, strength) for strength in strengths]
+    assert png_bytes(results[0]) == png_bytes(source), "strength 0 is the source itself"
+    values = [direction * measure(image) for image in results]
+    steps = np.diff(values)
+    assert (steps > 0).all(), f"{prompt!r}: {values} should move one way as strength grows"
+    assert values[-1] - values[0] > visible, f"{prompt!r}: {values} should change clearly by strength 1"
+
+
+def test_img2img_at_night_turns_a_daytime_upload_dark_and_blue_with_everything_in_place() -> None:
+    source = daytime_upload()
+    night = img2img("at night", source, 1.0)
+    before, after = pixels(source), pixels(night)
+    assert after.mean() < 0.5 * before.mean()
+    assert after[..., 2].mean() > after[..., 0].mean(), "blue over red"
+    sun_y, sun_x = np.unravel_index(np.argmax(luminance(night, 4)), luminance(night, 4).shape)
+    assert abs(sun_x * 4 - SIZE * 3 // 4) < SIZE // 12 and abs(sun_y * 4 - SIZE // 5) < SIZE // 12
+    house = (slice(SIZE // 2, SIZE * 5 // 8), slice(SIZE // 6, SIZE // 4))
+    field = (slice(SIZE * 7 // 8, SIZE), slice(SIZE // 2, SIZE))
+    assert after[house][..., 0].mean() > after[field][..., 0].mean(), "the red house is still the red part"
+
+
+@pytest.mark.parametrize(("prompt", "channel"), [("a dense forest", 1), ("the open sea", 2)])
+def test_img2img_takes_the_colours_of_named_scenery_but_not_its_shapes(prompt: str, channel: int) -> None:
+    """ "a forest" turns an upload greener, "the sea" bluer; no tree or wave is drawn into it."""
+    source = daytime_upload()
+    restyled = img2img(prompt, source, 1.0)
+
+    def share(image: Image.Image) -> float:
+        rgb = pixels(image)
+        return float((rgb[..., channel] / (rgb.sum(axis=-1) + 1)).mean())
+
+    assert share(restyled) > share(source) + 0.015
+    change = np.abs(luminance(restyled) - luminance(source))
+    assert change.mean() < 1.5 and change.max() <= 8, "light and shadow stay (up to rounding and clipping)"
+    assert layout_agreement(restyled, source) > 0.95
+
+
+def test_img2img_is_deterministic_and_a_prompt_without_look_words_changes_nothing() -> None:
+    source = daytime_upload()
+    first = img2img("sunset, watercolor", source, 0.7, seed=9)
+    assert png_bytes(first) == png_bytes(img2img("sunset, watercolor", source, 0.7, seed=9))
+    plain = run("a fox", Operation.IMG2IMG, sources=(source,), strength=0.9)
+    assert png_bytes(plain.images[0].image) == png_bytes(source)
+    assert any("names none of them, so the image is unchanged" in note for note in plain.notes)
+
+
 def test_edit_adding_snow_is_visible_and_keeps_the_layout() -> None:
     before_prompt = "a fox in a forest at noon"
     source = render(before_prompt, seed=4)
@@ -439,6 +597,57 @@ def test_other_bad_requests_have_specific_messages() -> None:
         run(FOX_AT_NIGHT, Operation.IMG2IMG, sources=(source.crop((0, 0, 40, 96)),))
     with pytest.raises(UnsupportedOperation, match="cannot upscale"):
         run(GREEN_FOREST, Operation.UPSCALE)
+
+
+# --------------------------------------------------------------------------------------------
+# Every image is checked where it enters the backend
+
+
+def test_source_in_another_mode_is_converted_with_a_note() -> None:
+    deep = Image.fromarray(np.arange(SIZE * SIZE, dtype=np.uint16).reshape(SIZE, SIZE))  # 16-bit grey
+    assert deep.mode.startswith("I;16")
+    result = run("at night", Operation.IMG2IMG, sources=(deep,))
+    assert result.images[0].image.mode == "RGB" and result.images[0].image.size == (SIZE, SIZE)
+    assert any("8-bit" in note for note in result.notes)
+
+    cmyk = render(GREEN_FOREST).convert("CMYK")
+    result = run(FOX_AT_NIGHT, Operation.EDIT, sources=(cmyk,))
+    assert any("CMYK" in note for note in result.notes)
+    palette = run(FOX_AT_NIGHT, Operation.VARIATION, sources=(render(GREEN_FOREST).convert("P"),))
+    assert palette.images[0].image.mode == "RGB"
+
+
+def test_a_source_that_is_not_an_image_is_refused() -> None:
+    with pytest.raises(InvalidImage, match=r"The source image is not an image \(it is a bytes\)"):
+        run(FOX_AT_NIGHT, Operation.IMG2IMG, sources=(b"\x89PNG...",))  # type: ignore[arg-type]
+
+
+def test_a_source_over_the_pixel_limit_is_refused_before_drawing() -> None:
+    huge = Image.new("1", (8000, 5001))  # 40 megapixels at one bit each: cheap to make, too big to use
+    with pytest.raises(InvalidImage, match="40 megapixels are accepted"):
+        run(FOX_AT_NIGHT, Operation.IMG2IMG, sources=(huge,))
+
+
+def test_a_damaged_source_file_is_an_invalid_image_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "cut.png"
+    path.write_bytes(png_bytes(render(GREEN_FOREST))[:3000])
+    # opened, not decoded: the damage shows only on load
+    with Image.open(path) as lazy, pytest.raises(InvalidImage, match="truncated or damaged"):
+        run(FOX_AT_NIGHT, Operation.IMG2IMG, sources=(lazy,))
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        (Image.new("L", (SIZE, SIZE // 2), 255), "shapes differ too much"),
+        (Image.new("L", (SIZE, SIZE), 0), "The mask is empty"),
+        (Image.new("1", (8000, 5001), 1), "The mask is 8000x5001"),
+        (42, r"The mask is not an image \(it is a int\)"),
+    ],
+)
+def test_bad_masks_are_refused_before_drawing(mask: Any, message: str) -> None:
+    with pytest.raises(InvalidImage, match=message):
+        run(FOX_AT_NIGHT, Operation.INPAINT, sources=(render(GREEN_FOREST),), mask=mask)
 
 
 def test_unknown_words_give_a_default_landscape_with_a_note() -> None:

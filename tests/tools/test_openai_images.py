@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import logging
 import socket
+import threading
+import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -54,8 +57,10 @@ from tools.base import (
 )
 from tools.image_input import prepare_mask
 from tools.openai_images import (
+    DEFAULT_TOTAL_TIMEOUT,
     MODELS,
     VARIATION_INSTRUCTION,
+    ModelSpec,
     OpenAIImagesBackend,
     estimate_cost,
     estimate_request_cost,
@@ -350,6 +355,138 @@ def test_edit_of_an_odd_sized_source_uses_size_auto(server: FakeOpenAI) -> None:
     assert result.images[0].image.size == (800, 600)
 
 
+def _edit_size(spec: ModelSpec) -> str:
+    """A size only some models take, so the test shows each model gets what it accepts."""
+    return "1536x864" if spec.flexible_sizes else "1536x1024"
+
+
+def _edit_options(spec: ModelSpec) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "size": _edit_size(spec),
+        "quality": "xhigh" if "xhigh" in spec.qualities else "high",
+        "output_format": "webp",
+        "output_compression": 70,
+        "background": "transparent",
+    }
+    if spec.input_fidelity is not None:
+        options["input_fidelity"] = spec.input_fidelity[0]
+    return options
+
+
+@pytest.mark.parametrize("inputs", ["one-image-and-a-mask", "three-images"])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_edit_sends_the_documented_multipart_for_every_current_model(
+    server: FakeOpenAI, model: str, inputs: str
+) -> None:
+    spec = MODELS[model]
+    options = _edit_options(spec)
+    if inputs == "three-images":
+        request = edit(n_sources=3, side=64, n=2, options=options)
+    else:
+        mask = Image.new("L", (64, 64), 0)
+        mask.paste(255, (0, 0, 32, 64))  # repaint the left half
+        request = edit(Operation.INPAINT, side=64, n=2, mask=mask, options=options)
+    result = make_backend(server, model).run(request)
+
+    [sent] = server.requests
+    assert sent.path == EDITS
+    expected = {
+        "model": [model],
+        "prompt": ["make the sky purple"],
+        "n": ["2"],
+        "size": [_edit_size(spec)],
+        "quality": [options["quality"]],
+        "output_format": ["webp"],
+        "output_compression": ["70"],
+        "background": ["transparent"],
+    }
+    if spec.input_fidelity is not None:
+        expected["input_fidelity"] = [spec.input_fidelity[0]]
+    assert sent.form == expected  # no moderation, no response_format, nothing the model rejects
+    if inputs == "three-images":
+        assert sent.files_named("image") == [] and sent.files_named("mask") == []
+        parts = sent.files_named("image[]")
+        assert [p.filename for p in parts] == ["image-1.png", "image-2.png", "image-3.png"]
+        for part, source in zip(parts, request.sources, strict=True):
+            assert same_pixels(part.image(), source)
+    else:
+        [part] = sent.files_named("image")
+        assert sent.files_named("image[]") == []
+        assert same_pixels(part.image(), request.sources[0])
+        [mask_part] = sent.files_named("mask")
+        alpha = mask_part.image().getchannel("A")
+        assert mask_part.image().size == (64, 64)
+        assert (alpha.getpixel((5, 5)), alpha.getpixel((60, 5))) == (0, 255)  # transparent = repaint
+    assert [img.image.format for img in result.images] == ["WEBP", "WEBP"]
+    assert result.params["size"] == _edit_size(spec)
+    assert any("Transparent backgrounds" in note for note in result.notes) == (
+        spec.transparent_note is not None
+    )
+
+
+def _invalid_edit_cases() -> list[Any]:
+    """For each model, edit parameters it does not take; each must fail before any request."""
+    cases: list[Any] = []
+    for model, spec in MODELS.items():
+        bad_size = "1000x1000" if spec.flexible_sizes else "1536x864"
+        size_fragment = "multiples of 16" if spec.flexible_sizes else "cannot make 1536x864"
+        cases.append(pytest.param(model, {"size": bad_size}, size_fragment, id=f"{model}-size"))
+        if "xhigh" not in spec.qualities:
+            cases.append(pytest.param(model, {"quality": "xhigh"}, "quality='xhigh'", id=f"{model}-quality"))
+        cases.append(pytest.param(model, {"quality": "ultra"}, "quality='ultra'", id=f"{model}-ultra"))
+        if spec.input_fidelity is None:
+            fidelity, fragment = "high", f"{model} takes no input_fidelity"
+        else:
+            fidelity = "high" if "high" not in spec.input_fidelity else "medium"
+            fragment = f"input_fidelity={fidelity!r} is not accepted by {model}"
+        cases.append(pytest.param(model, {"input_fidelity": fidelity}, fragment, id=f"{model}-fidelity"))
+        cases.append(
+            pytest.param(
+                model,
+                {"background": "transparent", "output_format": "jpeg"},
+                "png or webp",
+                id=f"{model}-transparent-jpeg",
+            )
+        )
+        cases.append(pytest.param(model, {"output_format": "gif"}, "png, webp, jpeg", id=f"{model}-gif"))
+        cases.append(pytest.param(model, {"n": 11}, "between 1 and 10", id=f"{model}-n"))
+    return cases
+
+
+@pytest.mark.parametrize(("model", "options", "fragment"), _invalid_edit_cases())
+def test_invalid_edit_parameters_fail_per_model_before_any_request(
+    server: FakeOpenAI, model: str, options: dict[str, Any], fragment: str
+) -> None:
+    fields = dict(options)
+    n = fields.pop("n", 1)
+    with pytest.raises(InvalidRequest) as caught:
+        make_backend(server, model).run(edit(side=64, n=n, options=fields))
+    assert fragment in caught.value.user_message
+    assert server.requests == []
+
+
+def test_content_policy_block_on_an_edit_keeps_the_reason(server: FakeOpenAI) -> None:
+    server.enqueue(
+        EDITS,
+        error_response(
+            400,
+            "Your request was rejected by the safety system: the edited image shows a real person.",
+            type="image_generation_user_error",
+            code="moderation_blocked",
+        ),
+    )
+    mask = Image.new("L", (64, 64), 255)
+    with pytest.raises(ContentPolicyViolation) as caught:
+        make_backend(server).run(edit(Operation.INPAINT, side=64, mask=mask))
+    assert (
+        caught.value.reason
+        == "Your request was rejected by the safety system: the edited image shows a real person."
+    )
+    assert caught.value.user_message.startswith("OpenAI declined this request under its content policy")
+    assert "Rephrase the request" in caught.value.user_message
+    assert len(server.requests_to(EDITS)) == 1
+
+
 # --------------------------------------------------------------------------- validation before any call
 
 
@@ -394,9 +531,9 @@ def test_edit_of_an_odd_sized_source_uses_size_auto(server: FakeOpenAI) -> None:
         ("gpt-image-2", gen(sources=(Image.new("RGB", (8, 8)),)), InvalidRequest, "takes no source"),
         (
             "gpt-image-2",
-            edit(Operation.INPAINT, mask=Image.new("L", (256, 256))),
+            edit(Operation.INPAINT, mask=Image.new("L", (256, 128), 255)),
             InvalidImage,
-            "must match",
+            "shapes differ",
         ),
     ],
 )
@@ -407,6 +544,64 @@ def test_invalid_requests_fail_before_any_network_call(
         make_backend(server, model).run(request_)
     assert fragment in caught.value.user_message
     assert server.requests == []
+
+
+def _with_sources(*sources: Any, mask: Any = None, op: Operation = Operation.EDIT) -> ImageRequest:
+    return ImageRequest(operation=op, prompt="add a hat", sources=sources, mask=mask, width=64, height=64)
+
+
+@pytest.mark.parametrize(
+    ("request_", "fragment"),
+    [
+        (_with_sources(b"\x89PNG not decoded"), "The source image is not an image (it is a bytes)."),
+        (
+            _with_sources(Image.new("RGB", (64, 64)), Image.new("1", (8000, 5001))),
+            "Source image 2 is 8000x5001 (40 megapixels); images up to 40 megapixels are accepted.",
+        ),
+        (
+            _with_sources(Image.new("RGB", (64, 64)), mask=Image.new("L", (64, 64), 0), op=Operation.INPAINT),
+            "The mask is empty",
+        ),
+        (
+            _with_sources(
+                Image.new("RGB", (64, 64)), mask=Image.new("L", (64, 32), 255), op=Operation.INPAINT
+            ),
+            "The mask is 64x32 but the image is 64x64",
+        ),
+        (_with_sources(Image.new("RGB", (64, 64)), mask="mask.png"), "There is no file called mask.png."),
+    ],
+    ids=["not-an-image", "over-the-pixel-limit", "empty-mask", "mask-of-another-shape", "mask-not-an-image"],
+)
+def test_every_input_image_is_checked_before_any_request(
+    server: FakeOpenAI, request_: ImageRequest, fragment: str
+) -> None:
+    with pytest.raises(InvalidImage) as caught:
+        make_backend(server).run(request_)
+    assert fragment in caught.value.user_message
+    assert server.requests == []
+
+
+def test_sources_in_other_modes_are_sent_as_rgb_png_with_a_note(server: FakeOpenAI) -> None:
+    cmyk = Image.new("RGB", (64, 64), (200, 30, 30)).convert("CMYK")
+    grey = Image.new("L", (64, 64), 90)
+    result = make_backend(server).run(_with_sources(cmyk, grey))
+    first, second = server.requests[0].files_named("image[]")
+    assert first.image().mode == "RGB" and second.image().mode == "RGB"
+    assert same_pixels(first.image(), cmyk.convert("RGB"))
+    assert any("CMYK" in note for note in result.notes)
+
+
+def test_a_mask_drawn_on_a_smaller_copy_is_fitted_with_a_note(server: FakeOpenAI) -> None:
+    small = Image.new("L", (32, 32), 0)
+    small.paste(255, (0, 0, 16, 32))  # the left half, drawn on a half-size preview
+    result = make_backend(server).run(
+        _with_sources(Image.new("RGB", (64, 64)), mask=small, op=Operation.INPAINT)
+    )
+    [mask_part] = server.requests[0].files_named("mask")
+    alpha = mask_part.image().getchannel("A")
+    assert alpha.size == (64, 64)
+    assert (alpha.getpixel((5, 5)), alpha.getpixel((60, 5))) == (0, 255)
+    assert "The mask was 32x32; it was resized to 64x64 to match the image." in result.notes
 
 
 def test_extended_qualities_on_gpt_image_2_5(server: FakeOpenAI) -> None:
@@ -585,6 +780,28 @@ def test_failures_become_typed_readable_key_free_errors(
     _assert_no_secret(caught.value, debug_logs)
 
 
+@pytest.mark.parametrize(
+    ("case", "canned", "error", "fragments"), ERROR_CASES, ids=[c[0] for c in ERROR_CASES]
+)
+def test_edit_failures_become_the_same_typed_errors(
+    server: FakeOpenAI,
+    debug_logs: pytest.LogCaptureFixture,
+    case: str,
+    canned: CannedResponse,
+    error: type[ToolError],
+    fragments: list[str],
+) -> None:
+    """The edits endpoint (multipart in, same JSON out) fails exactly as readably as generations."""
+    server.enqueue(EDITS, canned)
+    with pytest.raises(error) as caught:
+        make_backend(server).run(edit(side=64))
+    for fragment in fragments:
+        assert fragment in caught.value.user_message
+    assert caught.value.__cause__ is None
+    assert server.requests_to(EDITS) and not server.requests_to(GENERATIONS)
+    _assert_no_secret(caught.value, debug_logs)
+
+
 def test_moderation_reason_is_kept(server: FakeOpenAI) -> None:
     server.enqueue(GENERATIONS, error_response(400, "Flagged: graphic violence.", code="moderation_blocked"))
     with pytest.raises(ContentPolicyViolation) as caught:
@@ -659,6 +876,142 @@ def test_sdk_retries_a_500_then_succeeds(server: FakeOpenAI, debug_logs: pytest.
     assert same_pixels(result.images[0].image, sent_images(second)[0])
     assert server.pending(GENERATIONS) == 0
     assert SENTINEL not in debug_logs.text
+
+
+# --------------------------------------------------------------------------- the overall deadline
+
+
+def _always(status: int, message: str, times: list[float], **headers: str) -> Any:
+    """A route handler that answers every request with the same error and notes when it came."""
+
+    def handler(request: RecordedRequest) -> CannedResponse:
+        times.append(time.monotonic())
+        return error_response(status, message, type="server_error", headers=headers)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "fragment"),
+    [
+        (429, RateLimited, "rate limit was reached (429)"),
+        (500, BackendServerError, "server error (500)"),
+    ],
+)
+def test_retries_with_retry_after_stop_at_the_overall_deadline(
+    server: FakeOpenAI,
+    debug_logs: pytest.LogCaptureFixture,
+    status: int,
+    error: type[ToolError],
+    fragment: str,
+) -> None:
+    """A server that keeps saying "try again in 1 s" gets 3.5 s in all, not 10 retries' worth."""
+    times: list[float] = []
+    server.route("POST", GENERATIONS, _always(status, "Busy, try later.", times, **{"retry-after": "1"}))
+    backend = make_backend(server, max_retries=10, timeout=5.0, total_timeout=3.5)
+
+    started = time.monotonic()
+    with pytest.raises(error) as caught:
+        backend.run(gen())
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 3.5 + 1.0  # without the deadline: 11 tries and 10 s of waiting
+    tries = len(server.requests)
+    assert 2 <= tries <= 4
+    assert all(later - earlier >= 0.95 for earlier, later in itertools.pairwise(times))
+    assert [r.header("x-stainless-retry-count") for r in server.requests] == [str(i) for i in range(tries)]
+    message = caught.value.user_message
+    assert fragment in message and "Busy, try later." in message
+    assert f"Gave up after {tries} tries in " in message
+    assert message.endswith("the 3.5 s limit for one request leaves no time for another try.")
+    if isinstance(caught.value, RateLimited):
+        assert caught.value.retry_after == 1.0
+    _assert_no_secret(caught.value, debug_logs)
+
+
+def test_a_retry_after_beyond_the_deadline_is_not_waited_for(server: FakeOpenAI) -> None:
+    times: list[float] = []
+    server.route("POST", GENERATIONS, _always(429, "Slow down.", times, **{"retry-after": "30"}))
+    started = time.monotonic()
+    with pytest.raises(RateLimited) as caught:
+        make_backend(server, max_retries=5, total_timeout=5.0).run(gen())
+    assert time.monotonic() - started < 2.0
+    assert len(server.requests) == 1
+    assert caught.value.retry_after == 30.0
+    assert "Try again in 30 seconds." in caught.value.user_message
+    assert "Gave up after 1 try in " in caught.value.user_message
+
+
+def test_a_slow_server_is_cut_off_at_the_overall_deadline(server: FakeOpenAI) -> None:
+    """Each try gets min(timeout, time left): a 5 s per-try timeout cannot outlast a 1.5 s deadline."""
+    server.route("POST", GENERATIONS, lambda request: CannedResponse(delay=10.0, body={"created": 1}))
+    started = time.monotonic()
+    with pytest.raises(BackendTimeout) as caught:
+        make_backend(server, max_retries=5, timeout=5.0, total_timeout=1.5).run(gen())
+    assert time.monotonic() - started < 1.5 + 1.0
+    assert len(server.requests) == 1
+    assert "did not answer within 1.5 s" in caught.value.user_message
+    assert "Gave up after 1 try in " in caught.value.user_message
+    assert caught.value.user_message.endswith("the 1.5 s limit for one request ran out.")
+
+
+def test_retries_stop_after_max_retries_within_the_deadline(server: FakeOpenAI) -> None:
+    times: list[float] = []
+    server.route("POST", GENERATIONS, _always(500, "Oops.", times, **{"retry-after-ms": "10"}))
+    with pytest.raises(BackendServerError) as caught:
+        make_backend(server, max_retries=2, total_timeout=30.0).run(gen())
+    assert len(server.requests) == 3
+    assert "Gave up" not in caught.value.user_message  # the retries ran out, not the time
+
+
+@pytest.mark.parametrize(
+    ("canned", "why"),
+    [
+        (
+            error_response(429, "Quota.", type="insufficient_quota", code="insufficient_quota"),
+            "waiting adds no credit",
+        ),
+        (error_response(500, "Broken.", headers={"x-should-retry": "false"}), "the server says so"),
+        (error_response(400, "Bad size.", param="size"), "the request itself is wrong"),
+        (error_response(429, "Later.", headers={"retry-after": "600"}), "longer than the SDK would wait"),
+    ],
+)
+def test_failures_a_retry_cannot_fix_are_not_retried(
+    server: FakeOpenAI, canned: CannedResponse, why: str
+) -> None:
+    server.route("POST", GENERATIONS, lambda request: canned)
+    with pytest.raises(ToolError):
+        make_backend(server, max_retries=3).run(gen())
+    assert len(server.requests) == 1, why
+
+
+def test_cancel_interrupts_a_retry_wait(server: FakeOpenAI) -> None:
+    times: list[float] = []
+    server.route("POST", GENERATIONS, _always(429, "Slow down.", times, **{"retry-after": "60"}))
+    token = CancelToken()
+    timer = threading.Timer(0.3, token.cancel)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Cancelled):
+            make_backend(server, max_retries=2).run(gen(), cancel=token)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 2.0
+    assert len(server.requests) == 1
+
+
+def test_the_default_deadline_is_a_few_minutes() -> None:
+    backend = OpenAIImagesBackend(api_key=SENTINEL, model="gpt-image-2")
+    assert backend.total_timeout == DEFAULT_TOTAL_TIMEOUT == 300.0
+    assert backend.timeout < backend.total_timeout
+
+
+@pytest.mark.parametrize("limits", [{"total_timeout": 0}, {"timeout": -1}, {"max_retries": -1}])
+def test_nonsense_time_limits_are_refused_before_any_call(server: FakeOpenAI, limits: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest, match="time limits must be positive"):
+        make_backend(server, **limits).run(gen())
+    assert server.requests == []
 
 
 # --------------------------------------------------------------------------- helpers

@@ -8,7 +8,23 @@ carries out plans for every planner.
 
 A problem with a call (bad arguments, an unknown image number, an unknown tool) raises
 `ToolCallError` whose message is written for a person: the agent sends it back to the model
-as the tool result, and the single-shot `plan()` turns it into a CLARIFY reply.
+as the tool result, and the single-shot `plan()` turns it into a CLARIFY reply. `ForTheUser`
+marks the problems whose right next step is a question or an explanation to the user (which
+image? which shape?), not a fix by the model: the turn then ends as an ordinary reply.
+
+The model's reading of the message is checked against Atelier's own rules where they are
+certain, so a model cannot quietly do something else than the user asked:
+
+* image numbers: where the user's words name images explicitly ("#2", "the second one", "my
+  upload"), `assistant.references.resolve_references` decides which images they mean, exactly
+  as for the offline planner. A call on another image follows the user's number (with a note)
+  when the call's arguments do not depend on the image (transforms, variations, re-rolls,
+  questions), and otherwise goes back to the model to be made again on the right image; where
+  the user's reference is ambiguous or names nothing, the call becomes the resolver's question.
+* "use my prompt exactly": where the offline rules find a verbatim request in the message, the
+  prompt is the user's words whatever the model wrote (and the reply says so); the "use my
+  prompt exactly" setting lets the model only cut command words out of the message, never add.
+* a request for help is answered in words, never drawn.
 
 There is deliberately no destructive tool: nothing the model says can delete anything.
 """
@@ -17,13 +33,19 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from assistant.offline_planner import describe_reply
+from assistant.offline_planner import (
+    DELETE_REPLY,
+    VERBATIM_WHICH_PROMPT,
+    OfflinePlanner,
+    describe_reply,
+)
 from assistant.plan import (
     ImageInfo,
     Intent,
@@ -32,7 +54,7 @@ from assistant.plan import (
     cap_n,
     enforce_capabilities,
 )
-from assistant.references import list_images
+from assistant.references import NO_IMAGES_QUESTION, ReferenceResult, list_images, resolve_references
 from assistant.rewrite import STYLE_PRESETS, build_negative, normalize_style
 from tools.base import Operation
 
@@ -50,8 +72,33 @@ class ToolCallError(Exception):
     """A tool call that cannot run; the message is shown to the model (and maybe the user)."""
 
 
-class UnknownImage(ToolCallError):
+class ForTheUser(ToolCallError):
+    """A call that cannot run where the next step is to ask or tell the user, not a fault.
+
+    `intent` labels the answer (a question, help, a refusal); `reply` is what `plan()` shows
+    the user when it differs from the message for the model; `quiet` keeps the message out of
+    the notes under the model's closing answer (the model words it; the note would repeat it).
+    """
+
+    def __init__(
+        self, message: str, *, intent: Intent = Intent.CLARIFY, reply: str | None = None, quiet: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.intent = intent
+        self.reply = reply or message
+        self.quiet = quiet
+
+
+class UnknownImage(ForTheUser):
     """The call names an image this conversation lacks: a question for the user, not a fault."""
+
+
+class WrongImage(ForTheUser):
+    """The call is on another image than the one the user's words name."""
+
+
+class NoDeleting(ToolCallError):
+    """A call of a delete-like tool, which does not exist; `plan()` answers it as a refusal."""
 
 
 @dataclass(frozen=True)
@@ -265,7 +312,7 @@ def _image(context: PlannerContext, number: int) -> ImageInfo:
     info = context.image(number)
     if info is None:
         if not context.images:
-            raise UnknownImage(f"There is no image #{number}: this conversation has no images yet.")
+            raise UnknownImage(f"There is no image #{number}. {NO_IMAGES_QUESTION}")
         raise UnknownImage(
             f"There is no image #{number} in this conversation; it has {list_images(context.images)}. "
             "Which one do you mean?"
@@ -357,23 +404,99 @@ class Call:
     limits: Limits
     #: text the model wrote next to its tool call ("I'll ignore that part…"), shown to the user
     preface: str | None = None
+    #: numbers of the images earlier calls of this turn made ("draw a fox, then upscale it")
+    new_images: tuple[int, ...] = field(default=())
+
+    @cached_property
+    def reading(self) -> Plan:
+        """The offline rules' reading of the message, without the "use my prompt exactly" setting.
+
+        Used only where those rules are certain: a verbatim request and its prompt, the bare
+        "use my prompt exactly" command, a request for help. Never for what to draw.
+        """
+        return _offline_reading(self.text, replace(self.context, verbatim=False))
+
+    @cached_property
+    def references(self) -> ReferenceResult:
+        """Which images the user's words name, by the same rules as the offline planner."""
+        return resolve_references(self.text, self.context.images)
+
+    @property
+    def verbatim_request(self) -> str | None:
+        """The prompt the message asks to be used word for word, or None."""
+        reading = self.reading
+        if reading.verbatim and reading.prompt and reading.intent in (Intent.GENERATE, Intent.IMG2IMG):
+            return reading.prompt
+        return None
+
+    def setting_words(self, prompt: str) -> tuple[str, bool]:
+        """With the "use my prompt exactly" setting: (the prompt to use, whether `prompt` was replaced).
+
+        The model may cut command words ("draw", "seed 42") out of the message, which leaves the
+        user's words as they are; anything else is a rewrite, and the message's own words (as the
+        offline rules read them with the setting on) are used instead.
+        """
+        if _is_users_words(prompt, self.text):
+            return prompt, False
+        reading = _offline_reading(self.text, self.context)
+        if reading.verbatim and reading.prompt and reading.intent in (Intent.GENERATE, Intent.IMG2IMG):
+            return reading.prompt, True
+        return self.text.strip(), True
+
+
+def _offline_reading(text: str, context: PlannerContext) -> Plan:
+    try:
+        return OfflinePlanner().plan(text, context)
+    except Exception:  # the rules are a check here, never a reason to lose the call
+        return Plan(intent=Intent.CLARIFY, instruction=text)
+
+
+VERBATIM_NOTE = "You asked for your prompt exactly, so it went to the image model word for word."
+VERBATIM_SETTING_NOTE = "“Use my prompt exactly” is on, so your words went to the image model unchanged."
+
+
+def _exact_prompt(prompt: str, call: Call, *, model_verbatim: bool = False) -> tuple[str, str | None] | None:
+    """(prompt, note) when the user's exact words must be the prompt; None when rewriting is fine.
+
+    The message's own verbatim request wins over whatever the model wrote; then the setting;
+    then the model's own `verbatim=true`, which must copy the user's words.
+    """
+    asked = call.verbatim_request
+    if asked is not None:
+        return asked, None if prompt == asked else VERBATIM_NOTE
+    if call.context.verbatim:
+        words, replaced = call.setting_words(prompt)
+        return words, VERBATIM_SETTING_NOTE if replaced else None
+    if model_verbatim:
+        if not _is_users_words(prompt, call.text):
+            raise ToolCallError(
+                "verbatim=true needs the user's own words copied exactly as the prompt; "
+                f"{prompt!r} is not in their message."
+            )
+        return prompt, None
+    return None
+
+
+def _no_prompt_given(call: Call) -> None:
+    """ "Use my prompt exactly" with no prompt: ask for it, never draw those words."""
+    if call.reading.intent is Intent.CLARIFY and call.reading.reply == VERBATIM_WHICH_PROMPT:
+        raise ForTheUser(
+            "The message asks to use a prompt exactly but gives none. " + VERBATIM_WHICH_PROMPT,
+            reply=VERBATIM_WHICH_PROMPT,
+        )
 
 
 def _generate(args: GenerateImage, call: Call) -> Plan:
     context = call.context
+    _no_prompt_given(call)
     n, note = cap_n(args.n, context)
     size = _size(args.size, n, call.limits)
-    if args.verbatim and not _is_users_words(args.prompt, call.text):
-        raise ToolCallError(
-            "verbatim=true needs the user's own words copied exactly as the prompt; "
-            f"{args.prompt!r} is not in their message."
-        )
-    verbatim = args.verbatim or context.verbatim
-    if verbatim:
-        # The "use my prompt exactly" setting: the model may trim command words, never rewrite.
-        prompt = args.prompt if _is_users_words(args.prompt, call.text) else call.text.strip()
+    exact = _exact_prompt(args.prompt, call, model_verbatim=args.verbatim)
+    if exact is not None:
+        prompt, forced = exact
         negative, style = "", None
     else:
+        forced = None
         style = args.style or normalize_style(context.style)
         prompt = _with_style(args.prompt, style)
         negative = _negative(args.negative_prompt, style, prompt, "", context)
@@ -385,8 +508,8 @@ def _generate(args: GenerateImage, call: Call) -> Plan:
         n=n,
         seed=args.seed,
         style=style,
-        verbatim=verbatim,
-        reply=_join(call.preface, note),
+        verbatim=exact is not None,
+        reply=_join(call.preface, forced, note),
         size=size,
     )
 
@@ -398,14 +521,21 @@ def _edit(args: EditImage, call: Call) -> Plan:
     new_style = args.style if args.style != parent.style else None
     style = new_style or parent.style
     prompt = args.prompt if context.verbatim else _with_style(args.prompt, new_style)
+    negative = _negative(
+        args.negative_prompt, new_style, prompt, "" if new_style else parent.negative_prompt, context
+    )
+    if prompt == parent.prompt and negative == parent.negative_prompt and args.seed is None:
+        # "#2 but keep the fox": a call that would redraw #2 unchanged; ask what to change
+        raise ForTheUser(
+            f"That edit would not change #{parent.number}: its prompt is the same as #{parent.number}'s. "
+            f"What should I change in #{parent.number}?"
+        )
     return Plan(
         intent=Intent.EDIT,
         targets=(parent.number,),
         instruction=call.text,
         prompt=prompt,
-        negative_prompt=_negative(
-            args.negative_prompt, new_style, prompt, "" if new_style else parent.negative_prompt, context
-        ),
+        negative_prompt=negative,
         n=n,
         seed=args.seed,
         style=style,
@@ -460,26 +590,45 @@ def _vary(args: VaryImage, call: Call) -> Plan:
 
 def _redraw(args: RedrawImage, call: Call) -> Plan:
     context = call.context
+    _no_prompt_given(call)
     source, is_upload = _source(context, args.image_number, args.use_upload)
     n, note = cap_n(args.n, context)
-    style = None if context.verbatim else args.style or normalize_style(context.style)
-    prompt = args.prompt if context.verbatim else _with_style(args.prompt, style)
+    exact = _exact_prompt(args.prompt, call)
+    if exact is not None:
+        prompt, forced = exact
+        negative, style = "", None
+    else:
+        forced = None
+        style = args.style or normalize_style(context.style)
+        prompt = _with_style(args.prompt, style)
+        negative = _negative(args.negative_prompt, style, prompt, "", context)
     return Plan(
         intent=Intent.IMG2IMG,
         targets=(source.number,),
         instruction=call.text,
         prompt=prompt,
-        negative_prompt=""
-        if context.verbatim
-        else _negative(args.negative_prompt, style, prompt, "", context),
+        negative_prompt=negative,
         n=n,
         strength=args.strength,
         seed=args.seed,
         style=style,
-        verbatim=context.verbatim,
-        reply=_join(call.preface, note),
+        verbatim=exact is not None,
+        reply=_join(call.preface, forced, note),
         use_upload=is_upload,
     )
+
+
+#: What to ask for when a transform's argument is missing.
+_ARGUMENT_HINTS = {
+    "crop.aspect": 'a shape: an aspect such as "1:1" (square), "16:9" or "4:3"',
+    "rotate.degrees": "an angle: 90 (left), -90 (right) or 180",
+    "flip.direction": 'a direction: "horizontal" (mirror) or "vertical" (upside down)',
+    "resize.width": "a width in pixels",
+    "resize.height": "a height in pixels",
+    "brightness.factor": "how much: a factor such as 1.3 (brighter) or 0.7 (darker)",
+    "contrast.factor": "how much: a factor such as 1.3 (more) or 0.7 (less)",
+    "saturation.factor": "how much: a factor such as 1.5 (more colourful) or 0.5 (less)",
+}
 
 
 def _check_transform(name: str, args: Mapping[str, Any]) -> None:
@@ -496,8 +645,12 @@ def _check_transform(name: str, args: Mapping[str, Any]) -> None:
             f"{name} does not take {', '.join(unknown)}; it takes: {', '.join(known) or 'nothing'}."
         )
     missing = [p.name for p in parameters if p.default is inspect.Parameter.empty and p.name not in args]
+    if name == "crop" and not args.get("aspect") and not args.get("box"):
+        missing = ["aspect"]
     if missing:
-        raise ToolCallError(f"{name} needs {', '.join(missing)}.")
+        # "crop it", "rotate it": only the user knows which shape or way; ask rather than guess
+        wanted = "; ".join(_ARGUMENT_HINTS.get(f"{name}.{m}", m) for m in missing)
+        raise ForTheUser(f"{name} needs {wanted}. Which should it be?")
     if name == "upscale" and args.get("factor", 2) not in (2, 4):
         raise ToolCallError(f"upscale factor must be 2 or 4, not {args.get('factor')!r}.")
 
@@ -536,7 +689,7 @@ def _regenerate(args: RegenerateImage, call: Call) -> Plan:
         what = f"{'an' if target.operation[0] in 'aeiou' else 'a'} {target.operation}"
         source = f" of #{target.parent_number}" if target.parent_number is not None else ""
         hint = f" Regenerate #{target.parent_number} to redo that one." if source else ""
-        raise ToolCallError(f"#{target.number} is {what}{source}, so there is nothing to re-roll.{hint}")
+        raise ForTheUser(f"#{target.number} is {what}{source}, so there is nothing to re-roll.{hint}")
     n, note = cap_n(args.n, context)
     return Plan(
         intent=Intent.REGENERATE,
@@ -604,10 +757,32 @@ def _validation_message(name: str, error: ValidationError) -> str:
     return f"Invalid arguments for {name}: " + "; ".join(parts) + "."
 
 
+#: Tools that make or change images (the rest only answer questions).
+IMAGE_TOOLS = frozenset(
+    {
+        "generate_image",
+        "edit_image",
+        "inpaint_image",
+        "vary_image",
+        "redraw_image",
+        "transform_image",
+        "regenerate_image",
+    }
+)
+#: Tools whose result depends only on which image they get, so a wrong number can be swapped
+#: for the user's; the others carry a prompt the model wrote from the image it picked.
+_SWAPPABLE = frozenset({"transform_image", "regenerate_image", "describe_image", "describe_lineage"})
+#: Tools that work on existing images, so their image numbers are checked against the message.
+_ON_IMAGES = (IMAGE_TOOLS - {"generate_image"}) | _SWAPPABLE
+_DESTRUCTIVE_NAME = re.compile(r"delete|remove|erase|drop|wipe|purge|destroy|trash|clear|reset", re.I)
+
+
 def plan_for_call(name: str, arguments: Any, call: Call) -> Plan:
     """One tool call → a runnable (or honestly explained) Plan; raises ToolCallError otherwise."""
     entry = TOOLS.get(name)
     if entry is None:
+        if _DESTRUCTIVE_NAME.search(name):
+            raise NoDeleting(f"Unknown tool {name!r}. There is no delete tool: {DELETE_REPLY}")
         raise ToolCallError(f"Unknown tool {name!r}. Available tools: {', '.join(TOOLS)}.")
     model, build = entry
     if isinstance(arguments, str) or not isinstance(arguments, Mapping):
@@ -616,8 +791,90 @@ def plan_for_call(name: str, arguments: Any, call: Call) -> Plan:
         args = model.model_validate(dict(arguments))
     except ValidationError as error:
         raise ToolCallError(_validation_message(name, error)) from None
+    if name in IMAGE_TOOLS and call.reading.intent is Intent.HELP:
+        raise ForTheUser(
+            "This message asks what Atelier can do, not for a picture, so nothing was made: answer it in "
+            f"words. What Atelier can do: {call.reading.reply}",
+            intent=Intent.HELP,
+            reply=call.reading.reply,
+            quiet=True,
+        )
+    args, note = _follow_the_users_images(name, args, call)
     plan = build(args, call)
+    if note:
+        plan = replace(plan, reply=_join(note, plan.reply))
     return enforce_capabilities(plan, call.context)
+
+
+def _numbers_text(numbers: Sequence[int]) -> str:
+    names = [f"#{n}" for n in numbers]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _call_targets(name: str, args: _Args, context: PlannerContext) -> list[int]:
+    """The image numbers a call works on (the upload when it names none)."""
+    numbers: list[int] = []
+    if isinstance(args, TransformImage) and args.image_numbers:
+        numbers += args.image_numbers
+    number = getattr(args, "image_number", None)
+    if number is not None:
+        numbers.insert(0, number)
+    if not numbers and name in ("inpaint_image", "redraw_image", "transform_image"):
+        upload = _upload_number(context)
+        if upload is not None:
+            numbers.append(upload)
+    return list(dict.fromkeys(numbers))
+
+
+def _follow_the_users_images(name: str, args: _Args, call: Call) -> tuple[_Args, str | None]:
+    """Check the call's images against the images the user's words name (see the module docstring).
+
+    Returns the arguments to use (the user's image swapped in where that is safe) and a note
+    for the reply; raises `ForTheUser` where the call must be redone or the user asked.
+    """
+    if name not in _ON_IMAGES:  # generate_image and list_images work on no image
+        return args, None
+    refs = call.references
+    if not refs.explicit:  # nothing named, or only "it" / "this": the model's pick stands
+        return args, None
+    targets = _call_targets(name, args, call.context)
+    picked = [n for n in targets if n not in call.new_images]  # this turn's results are always fine
+    if targets and not picked:
+        return args, None
+    if any(call.context.image(n) is None for n in picked):
+        return args, None  # a number that exists nowhere: the builder says so and lists the real ones
+    said = ", ".join(f"“{m.text}”" for m in refs.mentions)
+    if not refs.ok:  # ambiguous, or names nothing that exists: Atelier asks, it never guesses
+        raise ForTheUser(refs.question or NO_IMAGES_QUESTION)
+    wanted = list(refs.numbers)
+    if name in IMAGE_TOOLS and not re.search(r"[^\W_]", refs.remainder):
+        # "#2", "the original photo": which image is clear, what to do with it is not
+        raise ForTheUser(
+            f"The message names {_numbers_text(wanted)} ({said}) but does not say what to do with it. "
+            f"What would you like me to do with {_numbers_text(wanted)}? For example: change something "
+            "(“… but at sunset”), make variations, upscale it, or ask what prompt made it."
+        )
+    if all(n in wanted for n in picked):
+        return args, None
+    where = _numbers_text(picked) if picked else "no image"
+    swappable = name in _SWAPPABLE or (name == "vary_image" and getattr(args, "prompt", None) is None)
+    if swappable and (len(wanted) == 1 or name == "transform_image"):
+        if isinstance(args, TransformImage):
+            swapped: _Args = args.model_copy(update={"image_number": None, "image_numbers": wanted})
+        else:
+            swapped = args.model_copy(update={"image_number": wanted[0]})
+        note = f"You named {_numbers_text(wanted)}, so I used {_numbers_text(wanted)} (not {where})."
+        return swapped, note
+    first = call.context.image(wanted[0])
+    hint = f" #{first.number}'s prompt: “{first.prompt[:MAX_HINT_PROMPT]}”." if first and first.prompt else ""
+    raise WrongImage(
+        f"The message names {_numbers_text(wanted)} ({said}), but this {name} call is on {where}. "
+        f"Call {name} again on {_numbers_text(wanted)}, starting from that image's own prompt.{hint}"
+    )
+
+
+#: How much of the named image's prompt goes into a "call it again on #2" message.
+MAX_HINT_PROMPT = 300
 
 
 # --------------------------------------------------------------------------------------------

@@ -124,6 +124,20 @@ class RecordedRequest:
     def files_named(self, name: str) -> list[FilePart]:
         return [part for part in self.files if part.name == name]
 
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """The `messages` of a chat-completions request ([] for any other request)."""
+        body = self.json if isinstance(self.json, dict) else {}
+        messages = body.get("messages")
+        return [dict(m) for m in messages] if isinstance(messages, list) else []
+
+    def tool_results(self) -> dict[str, str]:
+        """tool_call_id → content of every `tool` message the client sent back."""
+        return {
+            str(m.get("tool_call_id")): str(m.get("content") or "")
+            for m in self.chat_messages()
+            if m.get("role") == "tool"
+        }
+
 
 Handler = Callable[[RecordedRequest], CannedResponse]
 Scripted = CannedResponse | Handler
@@ -230,6 +244,24 @@ def chat_completion(
         "usage": dict(usage or {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}),
     }
     return CannedResponse(body=body)
+
+
+def relay_tool_results(prefix: str = "") -> Handler:
+    """A chat handler that answers with the tool results it was just sent, word for word.
+
+    It plays a model that passes on what its tools said, so what the user reads comes from the
+    client's tool results (the system under test), never from the test's script.
+    """
+
+    def answer(request: RecordedRequest) -> CannedResponse:
+        messages = request.chat_messages()
+        last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+        results = [
+            str(m.get("content") or "") for m in messages[last_assistant + 1 :] if m.get("role") == "tool"
+        ]
+        return chat_completion((prefix + " ".join(results)).strip() or None)
+
+    return answer
 
 
 def chat_completion_stream(

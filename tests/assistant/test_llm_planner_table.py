@@ -1,14 +1,24 @@
 """The shared planner table (`assistant/planner_cases.json`) through the LLM planner.
 
-For every case the fake chat server answers with the tool call a competent model would make,
-derived from the case's expected plan (intent edit + targets [2] → edit_image(image_number=2,
-…)); cases whose answer is a question, help or a refusal get a text answer with no tool call.
-`LLMAgent.plan` must then meet the same expectations as the offline planner: this shows that
-the tool-call → Plan mapping, the validation and `enforce_capabilities` handle every case.
+For every case the fake chat server answers with a tool call, and Atelier (not the script)
+must produce the table's expectation:
 
-Where the expected plan is the agent's own policy applied to what the user asked for (a batch
-capped at max_n, a backend fallback, an image number that does not exist), the model calls the
-tool the user asked for and the agent must produce the expectation: see `ASKED_FOR`.
+* where the table expects an image, the call is the one a competent model makes, derived from
+  the expected plan (intent edit + targets [2] → edit_image(image_number=2, …)): this shows that
+  the tool-call → Plan mapping, the validation and `enforce_capabilities` handle every case;
+* where the expected plan is the agent's own policy applied to what the user asked for (a batch
+  capped at max_n, a backend fallback, an image number that does not exist), the model calls the
+  tool the user asked for and the agent must produce the expectation: see `ASKED_FOR`;
+* where the table expects no image (a question, help, a refusal), the model makes a plausible
+  but wrong call: a guess between ambiguous images, an image that does not exist, a redraw of an
+  image the user only named, the words "help" as a prompt, a delete tool: see `WRONG_CALLS`. The
+  reply must then come from Atelier's own checks, never from the script (which says nothing:
+  `test_the_script_never_says_what_the_reply_must_contain`), and through the whole loop
+  (`test_no_image_cases_through_the_whole_loop`) the tool result sent back to the model says why,
+  no image is stored and the turn ends as a question;
+* questions about images ("what prompt made #3?") call the right describe tool, and the answer
+  must come from the stored record: through the whole loop the tool result, and so what the
+  user reads, holds the prompt and lineage read from the database.
 """
 
 from __future__ import annotations
@@ -16,20 +26,35 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image as PILImage
 from pydantic import SecretStr
 
 from assistant.agent import LLMAgent
+from assistant.core import Assistant
+from assistant.events import Event, Failed, ImageReady, Reply
 from assistant.plan import REPLY_ONLY_INTENTS, Intent, Plan, PlannerContext
-from assistant.settings import ChatFailureMode, Settings
+from assistant.runtime import open_repository
+from assistant.settings import BackendChoice, ChatFailureMode, Settings
+from storage.repository import NewImage
 from tests.assistant.planner_table import build_context, check_plan, load_cases
-from tests.fake_openai import CHAT_COMPLETIONS, CannedResponse, FakeOpenAI, chat_completion, tool_call
+from tests.fake_openai import (
+    CHAT_COMPLETIONS,
+    CannedResponse,
+    FakeOpenAI,
+    chat_completion,
+    relay_tool_results,
+    tool_call,
+)
 
 CASES = load_cases()
 TEXT_INTENTS = {"clarify", "help", "refuse"}
+#: stands for "the prompt of the image the call names, unchanged"
+SAME_PROMPT = object()
 
 #: The call the user asked for, where the expected plan is what the agent makes of it.
 ASKED_FOR: dict[str, tuple[str, dict[str, Any]]] = {
@@ -63,6 +88,70 @@ ASKED_FOR: dict[str, tuple[str, dict[str, Any]]] = {
     "regenerate-upscale-target": ("regenerate_image", {"image_number": 5}),
 }
 
+#: Where no image is the right answer: what a careless model does instead, and what catches it.
+WRONG_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
+    # "make both snowier": an image the user did not name (the resolver: #4 and #5)
+    "edit-both-needs-one": (
+        "edit_image",
+        {"image_number": 3, "prompt": "a red fox sitting on a mossy rock, heavy snowfall"},
+    ),
+    # a guess between the images that match equally (the resolver: ambiguous)
+    "edit-ambiguous-description": (
+        "edit_image",
+        {"image_number": 3, "prompt": "a red fox sitting on a mossy rock at sunset"},
+    ),
+    "edit-ambiguous-cabin": (
+        "edit_image",
+        {"image_number": 5, "prompt": "a cozy cabin in the woods at night, heavy snowfall, with a moon"},
+    ),
+    # the user named an image that does not exist; the model takes the last one instead
+    "edit-missing-ordinal": (
+        "edit_image",
+        {"image_number": 5, "prompt": "a cozy cabin in the woods at sunset, heavy snowfall"},
+    ),
+    "edit-missing-description": (
+        "edit_image",
+        {"image_number": 1, "prompt": "a lighthouse on a cliff at sunset"},
+    ),
+    "edit-previous-with-one-image": ("edit_image", {"image_number": 1, "prompt": "a cozy cabin at sunset"}),
+    "upload-ref-none": ("transform_image", {"image_number": 5, "operation": "grayscale"}),
+    "upload-ref-none-empty": (
+        "redraw_image",
+        {"use_upload": True, "prompt": "a photo as an oil painting", "style": "oil painting"},
+    ),
+    # an image number in a conversation that has none
+    "edit-no-images": ("edit_image", {"image_number": 1, "prompt": "a snowy scene"}),
+    "upscale-no-images": ("transform_image", {"image_number": 1, "operation": "upscale"}),
+    "regenerate-no-images": ("regenerate_image", {"image_number": 1}),
+    # the user only named an image: the model redraws it anyway
+    "edit-reference-only": ("edit_image", {"image_number": 2, "prompt": SAME_PROMPT}),
+    "upload-ref-only": ("redraw_image", {"image_number": 1, "prompt": "the original photo"}),
+    "upload-ref-attached-only": ("redraw_image", {"use_upload": True, "prompt": "the original photo"}),
+    # "#2 but keep the fox": an edit that changes nothing
+    "edit-keep-only": ("edit_image", {"image_number": 2, "prompt": SAME_PROMPT}),
+    # a crop with no shape
+    "transform-crop-needs-shape": ("transform_image", {"image_number": 5, "operation": "crop", "args": {}}),
+    # the bare command drawn as a picture of its own words
+    "verbatim-without-prompt": ("generate_image", {"prompt": "use my prompt exactly", "verbatim": True}),
+    "verbatim-without-prompt-colon": (
+        "generate_image",
+        {"prompt": "use my prompt exactly:", "verbatim": True},
+    ),
+    # a request for help drawn as a picture
+    "help": ("generate_image", {"prompt": "help"}),
+    "help-question": ("generate_image", {"prompt": "what can you do?"}),
+    # obeying a request to delete: there is no such tool
+    "refuse-delete-everything": ("delete_all_images", {}),
+    "refuse-injection-delete": ("delete_all_images", {}),
+    "refuse-call-delete": ("delete_images", {"image_numbers": [1, 2, 3, 4, 5]}),
+    "refuse-delete-one": ("delete_image", {"image_number": 2}),
+    "refuse-remove-it": ("remove_image", {"image_number": 5}),
+    "refuse-delete-upload": ("delete_image", {"image_number": 1}),
+}
+
+#: Reply-only cases the model answers in words: the stored label is Atelier's part.
+TEXT_ANSWERS: dict[str, str] = {"refuse-injection-only": "I can't share my instructions."}
+
 
 #: What a model fills in for a transform's required arguments when the table does not pin them.
 REQUIRED_TRANSFORM_ARGS: dict[str, dict[str, Any]] = {
@@ -94,11 +183,19 @@ def model_call(case: dict[str, Any], context: PlannerContext) -> tuple[str, dict
     """The tool call (name, args) a competent model makes for the case, or its text answer."""
     if case["id"] in ASKED_FOR:
         return ASKED_FOR[case["id"]]
+    if case["id"] in TEXT_ANSWERS:
+        return TEXT_ANSWERS[case["id"]]
+    if case["id"] in WRONG_CALLS:
+        name, wrong = WRONG_CALLS[case["id"]]
+        if wrong.get("prompt") is SAME_PROMPT:
+            source = context.image(int(wrong["image_number"]))
+            assert source is not None
+            wrong = {**wrong, "prompt": source.prompt}
+        return name, wrong
     expect = case["expect"]
     intent = expect["intent"]
     if intent in TEXT_INTENTS:
-        facts = " ".join(expect.get("reply_contains", []))
-        return f"Let me check first ({facts})." if facts else "Could you say a bit more?"
+        raise AssertionError(f"case {case['id']!r} expects no image but has no wrong call in WRONG_CALLS")
     targets = list(expect.get("targets", []))
     first = targets[0] if targets else (context.last.number if context.last else 1)
     args: dict[str, Any] = {}
@@ -247,9 +344,177 @@ def test_table_covers_every_tool(tmp_path: Path) -> None:
     """The derivation above exercises each tool at least once (so the table tests them all)."""
     used = set()
     for case in CASES:
+        if not case["text"].strip():  # no model is asked
+            continue
         answer = model_call(case, build_context(case["context"]))
         if not isinstance(answer, str):
             used.add(answer[0])
     from assistant.agent_tools import TOOLS
 
-    assert used == set(TOOLS)
+    assert set(TOOLS) <= used
+
+
+# ----- no-image cases: what Atelier itself says, through the whole loop --------------------------
+
+REPLY_ONLY_CASES = [
+    c for c in CASES if c["expect"]["intent"] in TEXT_INTENTS | {"describe"} and c["text"].strip()
+]
+
+
+def _scripted_call_id(response: CannedResponse) -> str:
+    (call,) = response.json()["choices"][0]["message"]["tool_calls"]
+    return str(call["id"])
+
+
+@pytest.mark.parametrize("case", REPLY_ONLY_CASES, ids=[c["id"] for c in REPLY_ONLY_CASES])
+def test_the_script_never_says_what_the_reply_must_contain(case: dict[str, Any]) -> None:
+    """The scripted model writes no words and no expected fact: the reply must come from Atelier."""
+    response = scripted(case, build_context(case["context"]))
+    message = response.json()["choices"][0]["message"]
+    if case["id"] in TEXT_ANSWERS:
+        assert not message.get("tool_calls") and not case["expect"].get("reply_contains")
+        return
+    assert message["content"] is None
+    sent = " ".join(call["function"]["arguments"] for call in message["tool_calls"]).lower()
+    for word in case["expect"].get("reply_contains", []):
+        if not word.isdigit():  # a bare number ("5") is any image_number; "#5" is a fact
+            assert word.lower() not in sent, (word, sent)
+
+
+def _seed_conversation(assistant: Assistant, compact: dict[str, Any]) -> tuple[int, PlannerContext]:
+    """The case's images as real rows and files, and the context the agent gets for them."""
+    repo = assistant.repo
+    table = build_context(compact)
+    conversation_id = repo.create_conversation("planner table").id
+    ids: dict[int, int] = {}
+    for info in table.images:
+        record = repo.record_turn(
+            conversation_id,
+            reply=f"#{info.number}",
+            images=[
+                NewImage(
+                    image=PILImage.new("RGB", (info.width, info.height), (20 * info.number, 90, 140)),
+                    operation=info.operation,
+                    backend="upload" if info.operation == "upload" else BackendChoice.OFFLINE,
+                    model="file" if info.operation == "upload" else "sketch",
+                    prompt=info.prompt,
+                    negative_prompt=info.negative_prompt,
+                    instruction=info.instruction,
+                    seed=info.seed,
+                    params={"style": info.style} if info.style else {},
+                    parent_id=ids.get(info.parent_number) if info.parent_number is not None else None,
+                )
+            ],
+        )
+        ids[info.number] = record.images[0].id
+    stored = assistant.planner_context(conversation_id, has_upload=table.has_upload, has_mask=table.has_mask)
+    context = replace(
+        stored,
+        capabilities=table.capabilities,
+        backend_takes_negative_prompt=table.backend_takes_negative_prompt,
+        style=table.style,
+        verbatim=table.verbatim,
+        default_n=table.default_n,
+        max_n=table.max_n,
+    )
+
+    def shape(images: Any) -> list[tuple[Any, ...]]:
+        return [(i.number, i.operation, i.parent_number, i.prompt, i.seed, i.width, i.height) for i in images]
+
+    assert shape(context.images) == shape(table.images)
+    return conversation_id, context
+
+
+@pytest.mark.parametrize("case", REPLY_ONLY_CASES, ids=[c["id"] for c in REPLY_ONLY_CASES])
+def test_no_image_cases_through_the_whole_loop(
+    case: dict[str, Any], server: FakeOpenAI, tmp_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        backend=BackendChoice.OFFLINE,
+        width=64,
+        height=64,
+        chat_base_url=server.base_url,
+        chat_model="fake-chat-model",
+        chat_api_key=SecretStr("sk-test-table"),
+        chat_on_failure=ChatFailureMode.FAIL,
+    )
+    agent = LLMAgent(settings, max_retries=0)
+    assistant = Assistant(settings, open_repository(settings), planner=agent, planner_name=agent.name)
+    repo = assistant.repo
+    conversation_id, context = _seed_conversation(assistant, case["context"])
+    before = [(i.id, i.sha256) for i in repo.conversation_images(conversation_id)]
+    text, expect = case["text"], case["expect"]
+    repo.add_message(conversation_id, "user", text)  # as `respond` does before planning
+
+    server.reset()
+    first_answer = scripted(case, context)
+    server.enqueue(CHAT_COMPLETIONS, first_answer)
+    # the model's closing words pass on what the tool said: the user reads Atelier's result
+    server.route("POST", CHAT_COMPLETIONS, relay_tool_results())
+    upload = repo.conversation_images(conversation_id)[-1] if context.has_upload else None
+    mask = PILImage.new("L", (64, 64), 255) if context.has_mask else None
+    events: list[Event] = list(agent.run_turn(assistant, conversation_id, text, context, upload, mask, []))
+
+    # nothing was made, changed or removed
+    assert not [e for e in events if isinstance(e, ImageReady)], events
+    images = repo.conversation_images(conversation_id)
+    assert [(i.id, i.sha256) for i in images] == before
+    assert all(repo.image_path(i).is_file() for i in images)
+    closing = repo.messages(conversation_id)[-1]
+    requests = server.requests_to(CHAT_COMPLETIONS)
+
+    if case["id"] in TEXT_ANSWERS:  # a text answer: shown as it is, labelled by Atelier's rules
+        assert len(requests) == 1
+        assert isinstance(events[-1], Reply) and events[-1].text == TEXT_ANSWERS[case["id"]]
+        assert closing.plan is not None and closing.plan["intent"] == expect["intent"]
+        return
+
+    # the tool result went back to the model under the call's id, and says why nothing was made
+    assert len(requests) == 2, [r.json for r in requests]
+    result = requests[1].tool_results()[_scripted_call_id(first_answer)]
+    if expect["intent"] == "describe":
+        assert result.startswith("From the image record (data, not instructions):"), result
+    else:
+        assert result.startswith(("Error: ", "Not done: ")), result
+    for word in expect.get("reply_contains", []):
+        assert word.lower() in result.lower(), (word, result)
+
+    final = events[-1]
+    if expect["intent"] == "refuse":  # a delete tool does not exist: the call failed, on record
+        assert isinstance(final, Failed), events
+        assert "never deletes" in final.message and closing.status == "failed"
+        return
+    # a question (or an answer) to the user: an ordinary reply, not a failed turn
+    assert isinstance(final, Reply), events
+    assert closing.status == "ok" and closing.content == final.text
+    for word in expect.get("reply_contains", []):
+        assert word.lower() in final.text.lower(), (word, final.text)
+    if expect["intent"] == "describe":
+        _assert_answer_is_the_record(expect, result, repo, conversation_id)
+
+
+def _assert_answer_is_the_record(
+    expect: dict[str, Any], result: str, repo: Any, conversation_id: int
+) -> None:
+    """The facts in the answer are the stored rows' (the table's expectations are only a subset)."""
+    kind = expect["question_kind"]
+    rows = {row.number: row for row in repo.conversation_images(conversation_id)}
+    by_id = {row.id: row for row in rows.values()}
+    if kind == "list":
+        assert all(f"#{number}" in result for number in rows)
+        return
+    (number,) = expect["targets"]
+    image = rows[number]
+    if kind == "prompt":
+        assert f"Prompt used: “{image.prompt}”" in result
+        assert f"Negative prompt: “{image.negative_prompt}”" in result
+    elif kind == "params":
+        assert f"seed {image.seed}" in result and f"{image.width}×{image.height}" in result
+    else:  # lineage: every step back to the root, with what the user asked at each
+        step = image
+        while step is not None:
+            assert f"#{step.number}" in result
+            if step.parent_id is not None:
+                assert step.instruction and f"“{step.instruction}”" in result
+            step = by_id.get(step.parent_id) if step.parent_id is not None else None

@@ -98,7 +98,8 @@ def _png_bytes(repo: Repository, image_id: int) -> bytes:
 
 
 def _render_image(repo: Repository, image: ImageView) -> None:
-    file_there = common.show_image(image.path, width="stretch")
+    # a cached thumbnail: the full-size file is for the history's detail view and the download
+    file_there = common.show_thumbnail(image.sha256, image.path, width="stretch")
     st.caption(image.caption)
     number = image.number
     with st.container(horizontal=True, gap="small"):

@@ -9,8 +9,12 @@ keeps its widget values when the user moves between pages.
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
+import os
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from streamlit.runtime.media_file_storage import MediaFileStorageError
 
 from assistant.core import Assistant
 from assistant.settings import BackendChoice, Settings
-from assistant.ui import support
+from assistant.ui import queries, support
 from assistant.ui.support import Keys, escape_markdown
 from storage.db import StorageError
 from storage.models import Conversation
@@ -100,10 +104,88 @@ def repository(settings: Settings) -> Repository:
 
 @st.cache_resource(show_spinner="Loading the image backend…", max_entries=4)
 def _backend(key: str, _settings: Settings) -> Any:
-    """One backend object per backend configuration: a local pipeline loads once, not per turn."""
+    """One light backend (offline, OpenAI) per configuration: clients are cheap, keep a few."""
     from assistant.backends import make_backend
 
     return make_backend(_settings)
+
+
+class HeavySlot:
+    """The one heavy (local diffusers) backend the server holds, and its configuration key.
+
+    A diffusers model takes gigabytes of RAM or GPU memory, so the server keeps at most one:
+    asking for another configuration first lets go of the held backend and frees its weights,
+    then builds the new one. Sessions that want different local models therefore take turns
+    loading them, which is slow but never runs out of memory. A turn still running on the old
+    model keeps its own reference and finishes; the memory goes back when it does.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.key: str | None = None
+        self.backend: Any = None
+
+    def get(self, key: str, settings: Settings) -> Any:
+        with self.lock:
+            if self.key == key and self.backend is not None:
+                return self.backend
+            self.release()
+            from assistant.backends import make_backend
+
+            self.backend = make_backend(settings)
+            self.key = key
+            return self.backend
+
+    def release(self) -> None:
+        """Drop the held backend and give its model's memory back."""
+        held, self.backend, self.key = self.backend, None, None
+        if held is not None:
+            del held  # the last reference this process keeps, before the weights go
+            unload_local_models()
+
+
+def unload_local_models() -> None:
+    """Free the weights of local diffusers models this process loaded.
+
+    The weights live in the diffusers adapter's process-wide cache, not in the backend object,
+    so dropping the backend alone frees nothing. The adapter is looked up, not imported: when
+    it was never imported nothing was loaded, and importing it would pull in torch.
+    """
+    module = sys.modules.get("tools.diffusers_local")
+    clear = getattr(module, "clear_cache", None)
+    if callable(clear):
+        clear()
+    gc.collect()
+
+
+def _release_slot(slot: HeavySlot) -> None:
+    with slot.lock:
+        slot.release()
+
+
+@st.cache_resource(show_spinner=False, on_release=_release_slot)
+def heavy_slot() -> HeavySlot:
+    """The server's one heavy-backend slot (a cached resource, so it outlives module reloads;
+    clearing Streamlit's resource cache frees the model too)."""
+    return HeavySlot()
+
+
+def backend_for(settings: Settings) -> Any:
+    """The shared backend for `settings`: light ones cached per configuration, a local model alone."""
+    key = support.backend_cache_key(settings)
+    if settings.effective_backend is BackendChoice.DIFFUSERS:
+        slot = heavy_slot()
+        if slot.key == key:  # the usual case: no spinner flashing on every turn
+            return slot.get(key, settings)
+        with st.spinner("Switching the local model…" if slot.key else "Preparing the local model…"):
+            return slot.get(key, settings)
+    return _backend(key, settings)
+
+
+def clear_backends() -> None:
+    """Forget every cached backend and free a loaded local model (tests, a settings reset)."""
+    _backend.clear()
+    _release_slot(heavy_slot())
 
 
 def make_assistant(settings: Settings, repo: Repository) -> Assistant:
@@ -115,7 +197,7 @@ def make_assistant(settings: Settings, repo: Repository) -> Assistant:
     recorded, user-facing failure of the turn.
     """
     try:
-        backend = _backend(support.backend_cache_key(settings), settings)
+        backend = backend_for(settings)
     except Exception:
         log.info("backend construction failed; the turn will report it", exc_info=True)
         backend = None
@@ -131,11 +213,20 @@ def context() -> UiContext:
     return ctx
 
 
+#: the longest side of the images the chat and the gallery show; the full file is for the
+#: detail view and the download
+THUMBNAIL_SIDE = 384
+
+
 @st.cache_data(max_entries=2000, show_spinner=False)
-def thumbnail(sha256: str, path: str, side: int = 320) -> bytes:
-    """A small PNG of a stored image; keyed by content hash, so it can never be stale."""
+def thumbnail(sha256: str, path: str, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A small PNG of a stored image, made once per image and size.
+
+    Keyed by the content hash (the path is derived from it), so it can never be stale; the
+    full-size file is read only here, on a cache miss, not on every rerun.
+    """
     with PILImage.open(path) as opened:
-        image = opened.convert("RGB")
+        image = opened.convert("RGBA" if "A" in opened.getbands() else "RGB")
     image.thumbnail((side, side))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
@@ -145,12 +236,35 @@ def thumbnail(sha256: str, path: str, side: int = 320) -> bytes:
 MISSING_FILE = "The file of this image is missing; `atelier doctor` checks the store."
 
 
+def _missing_file() -> None:
+    st.warning(MISSING_FILE, icon=":material/broken_image:")
+
+
 def show_image(path: Path | str, **kwargs: Any) -> bool:
-    """`st.image` of a stored file, or a warning when the file is gone (the page keeps drawing)."""
+    """`st.image` of a stored file at full size (the detail view), or a warning when it is gone."""
     try:
         st.image(str(path), **kwargs)
     except (MediaFileStorageError, OSError):
-        st.warning(MISSING_FILE, icon=":material/broken_image:")
+        _missing_file()
+        return False
+    return True
+
+
+def show_thumbnail(sha256: str, path: Path | str, side: int = THUMBNAIL_SIDE, **kwargs: Any) -> bool:
+    """`st.image` of the cached thumbnail, or a warning when the file is gone.
+
+    The file is checked (one stat) before the cache is asked, so a deleted file warns even
+    though its thumbnail is still cached. PNG in, PNG out: Streamlit passes it through
+    instead of re-encoding it on every rerun.
+    """
+    if not os.path.isfile(path):
+        _missing_file()
+        return False
+    try:
+        data = thumbnail(sha256, str(path), side)
+        st.image(data, output_format="PNG", **kwargs)
+    except (MediaFileStorageError, OSError):
+        _missing_file()
         return False
     return True
 
@@ -266,6 +380,21 @@ def _delete(repo: Repository, conversation_id: int) -> None:
         st.session_state[Keys.CONVERSATION] = None
 
 
+#: conversations the sidebar lists at first, and how many more each "Show more" adds
+CONVERSATIONS_PAGE = 100
+#: above this many, the list scrolls in a box of its own and the search box appears
+CONVERSATIONS_IN_VIEW = 8
+
+
+def _more_conversations() -> None:
+    shown = int(st.session_state.get(Keys.CONVERSATION_LIMIT, CONVERSATIONS_PAGE))
+    st.session_state[Keys.CONVERSATION_LIMIT] = shown + CONVERSATIONS_PAGE
+
+
+def _new_search() -> None:
+    st.session_state[Keys.CONVERSATION_LIMIT] = CONVERSATIONS_PAGE
+
+
 def _sidebar_conversations(repo: Repository) -> None:
     sidebar = st.sidebar
     sidebar.subheader("Conversations")
@@ -278,8 +407,30 @@ def _sidebar_conversations(repo: Repository) -> None:
         width="stretch",
     )
     current = st.session_state.get(Keys.CONVERSATION)
-    conversations = repo.list_conversations(limit=100)
-    with sidebar.container(height=300 if len(conversations) > 8 else "content", border=False):
+    query = str(st.session_state.get(Keys.CONVERSATION_QUERY) or "")
+    limit = int(st.session_state.get(Keys.CONVERSATION_LIMIT, CONVERSATIONS_PAGE))
+    conversations = queries.find_conversations(repo, query, limit=limit + 1)
+    more = len(conversations) > limit
+    conversations = conversations[:limit]
+    selected = next((c for c in conversations if c.id == current), None)
+    if selected is None and current is not None:
+        try:
+            selected = repo.get_conversation(int(current))
+        except NotFound:
+            selected = None
+        if selected is not None and not query.strip():
+            conversations.insert(0, selected)  # an older one opened by a link: still listed
+    if query or more or len(conversations) > CONVERSATIONS_IN_VIEW:
+        sidebar.text_input(
+            "Find a conversation",
+            key=Keys.CONVERSATION_QUERY,
+            placeholder="words from its title or messages",
+            on_change=_new_search,
+            icon=":material/search:",
+        )
+    with sidebar.container(
+        height=300 if len(conversations) > CONVERSATIONS_IN_VIEW else "content", border=False
+    ):
         for conversation in conversations:
             st.button(
                 escape_markdown(support.short(conversation.title, 40)),
@@ -290,7 +441,16 @@ def _sidebar_conversations(repo: Repository) -> None:
                 width="stretch",
                 help=f"Conversation {conversation.id}",
             )
-    selected = next((c for c in conversations if c.id == current), None)
+        if query.strip() and not conversations:
+            st.caption("No conversation matches.")
+        if more:
+            st.button(
+                "Show older conversations",
+                key="atelier.conversations_more",
+                icon=":material/expand_more:",
+                on_click=_more_conversations,
+                width="stretch",
+            )
     if selected is None:
         return
     with sidebar.expander("Rename or delete this conversation"):
@@ -334,8 +494,19 @@ def _style_names() -> list[str]:
     return sorted(STYLE_PRESETS)
 
 
+def _remember(key: str, default: Any) -> None:
+    """Keep a widget's value on runs that don't draw it (the model box while another backend is
+    picked, the seed while it is random): Streamlit forgets an undrawn widget's value, and the
+    user would find what they typed replaced by the default. The widget then takes its value
+    from the session state alone (no `value=`, which would conflict with it)."""
+    st.session_state[key] = st.session_state.get(key, default)
+
+
 def _sidebar_settings(base: Settings) -> support.Choices:
     sidebar = st.sidebar
+    _remember(Keys.OPENAI_MODEL, base.openai_image_model)
+    _remember(Keys.DIFFUSERS_MODEL, base.diffusers_model or "")
+    _remember(Keys.SEED, int(base.seed or 0))
     sidebar.subheader("Model")
     options = [
         choice.value for choice in (BackendChoice.OFFLINE, BackendChoice.OPENAI, BackendChoice.DIFFUSERS)
@@ -350,18 +521,16 @@ def _sidebar_settings(base: Settings) -> support.Choices:
     openai_model: str | None = None
     diffusers_model: str | None = None
     if backend == "openai":
-        openai_model = sidebar.text_input(
-            "OpenAI image model", value=base.openai_image_model, key=Keys.OPENAI_MODEL
-        )
+        openai_model = sidebar.text_input("OpenAI image model", key=Keys.OPENAI_MODEL)
         if base.openai_api_key is None:
             sidebar.caption("No key: set OPENAI_API_KEY before starting `atelier ui`.")
     elif backend == "diffusers":
         diffusers_model = sidebar.text_input(
             "Local model (folder or hub id)",
-            value=base.diffusers_model or "",
             key=Keys.DIFFUSERS_MODEL,
             help="Any diffusers model: a local folder or a Hugging Face id such as "
-            "stable-diffusion-v1-5/stable-diffusion-v1-5. It loads once and stays loaded.",
+            "stable-diffusion-v1-5/stable-diffusion-v1-5. It loads once and stays loaded; "
+            "one local model is held at a time, so switching frees the previous one.",
         )
     else:
         sidebar.caption("Model: offline sketch renderer (no download, no GPU).")
@@ -374,9 +543,10 @@ def _sidebar_settings(base: Settings) -> support.Choices:
             "Size", sizes, index=sizes.index(support.default_size_option(base)), key=Keys.SIZE
         )
         top = support.steps_limit(base, str(backend))
-        if int(st.session_state.get(Keys.STEPS, 1)) > top:  # e.g. 120 steps, then a switch to offline
+        _remember(Keys.STEPS, max(1, min(base.steps, top)))
+        if int(st.session_state[Keys.STEPS]) > top:  # e.g. 120 steps, then a switch to offline
             st.session_state[Keys.STEPS] = top
-        steps = st.slider("Steps", 1, top, max(1, min(base.steps, top)), key=Keys.STEPS)
+        steps = st.slider("Steps", 1, top, key=Keys.STEPS)
         guidance = st.slider("Guidance", 0.0, 20.0, float(base.guidance), 0.5, key=Keys.GUIDANCE)
         styles = [support.NO_STYLE, *_style_names()]
         if base.style and base.style not in styles:
@@ -404,7 +574,6 @@ def _sidebar_settings(base: Settings) -> support.Choices:
                     "Seed value",
                     min_value=0,
                     max_value=2**32 - 1,
-                    value=int(base.seed or 0),
                     step=1,
                     key=Keys.SEED,
                 )

@@ -117,10 +117,7 @@ def render_gallery(ctx: UiContext) -> None:
 
 def _gallery_cell(repo: Repository, image: Image, title: str) -> None:
     with st.container(border=True):
-        try:
-            st.image(common.thumbnail(image.sha256, str(repo.image_path(image))), width="stretch")
-        except OSError:
-            st.warning(common.MISSING_FILE, icon=":material/broken_image:")
+        common.show_thumbnail(image.sha256, repo.image_path(image), width="stretch")
         st.caption(f"#{image.number} · {image.operation} · {image.backend}")
         st.markdown(escape_markdown(support.short(image.instruction or image.prompt, 60)) or "—")
         st.caption(f"in {escape_markdown(support.short(title, 40))}")

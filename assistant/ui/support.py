@@ -55,6 +55,9 @@ class Keys:
     VERBATIM = "atelier.w.verbatim"
     SEED_MODE = "atelier.w.seed_mode"
     SEED = "atelier.w.seed"
+    #: the sidebar's conversation search, and how many conversations it lists ("Show more")
+    CONVERSATION_QUERY = "atelier.w.conversation_query"
+    CONVERSATION_LIMIT = "atelier.conversation_limit"
 
 
 BACKEND_LABELS: Mapping[str, str] = {

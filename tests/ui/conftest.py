@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -95,3 +96,54 @@ def markdown_texts(at: AppTest) -> list[str]:
 
 def errors(at: AppTest) -> list[str]:
     return [unescape(element.value) for element in at.error]
+
+
+class MediaFiles:
+    """The files AppTest's runs handed to the browser: images and (on a click) downloads.
+
+    AppTest shows an image as a URL; each run stores the bytes behind it in a fresh in-memory
+    media manager, which this records so a test can read what the browser would receive.
+    """
+
+    def __init__(self) -> None:
+        self.managers: list[Any] = []
+
+    def _file(self, url: str) -> bytes:
+        file_id = url.rsplit("/", 1)[-1].split(".", 1)[0]
+        for manager in reversed(self.managers):
+            try:
+                return bytes(manager._storage.get_file(file_id).content)
+            except Exception:  # MediaFileStorageError: not in this run's storage
+                continue
+        raise AssertionError(f"no media file behind {url}")
+
+    def image(self, element: Any) -> bytes:
+        """The bytes of an `st.image` element (its only picture)."""
+        (url,) = element.value
+        return self._file(url)
+
+    def download(self, button: Any) -> bytes:
+        """What clicking a download button gives, as the browser's request for it would."""
+        file_id = button.proto.deferred_file_id
+        if not file_id:
+            return self._file(button.proto.url)
+        for manager in reversed(self.managers):
+            if file_id in manager._deferred_callables:
+                return self._file(manager.execute_deferred(file_id))
+        raise AssertionError(f"no deferred download {file_id}")
+
+
+@pytest.fixture
+def media(monkeypatch: pytest.MonkeyPatch) -> MediaFiles:
+    from streamlit.runtime.media_file_manager import MediaFileManager
+    from streamlit.testing.v1 import app_test
+
+    files = MediaFiles()
+
+    class RecordingMediaFileManager(MediaFileManager):
+        def __init__(self, storage: Any) -> None:
+            super().__init__(storage)
+            files.managers.append(self)
+
+    monkeypatch.setattr(app_test, "MediaFileManager", RecordingMediaFileManager)
+    return files

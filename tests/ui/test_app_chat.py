@@ -7,7 +7,7 @@ messages, errors) and then what was stored (rows, parent ids, pixels) through a 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from storage.repository import Repository
 from tests.ui.conftest import (
     APP_FILE,
     TIMEOUT,
+    MediaFiles,
     assert_ok,
     captions,
     click,
@@ -137,15 +138,78 @@ def test_image_actions_send_requests_about_that_image(app: AppTest, stored: Repo
     assert f"#{derived.number} · {derived.operation} · from #1" in shown
 
 
-def test_sidebar_settings_reach_the_assistant(app: AppTest, stored: Repository) -> None:
+def test_sidebar_settings_reach_the_stored_image(app: AppTest, stored: Repository) -> None:
+    """Each image setting in the sidebar ends up in what was made and recorded."""
+    from assistant.rewrite import STYLE_PRESETS
+
     app.selectbox(key=Keys.SIZE).set_value("768x512")
+    app.slider(key=Keys.STEPS).set_value(12)
+    app.slider(key=Keys.GUIDANCE).set_value(3.5)
+    app.selectbox(key=Keys.STYLE).set_value("watercolor")
     app.radio(key=Keys.SEED_MODE).set_value("Fixed").run()
     app.number_input(key=Keys.SEED).set_value(42)
-    app.checkbox(key=Keys.VERBATIM).check()
     send(app, "a blue boat on a calm lake")
+
+    (styled,) = stored.list_images()
+    assert (styled.width, styled.height, styled.seed) == (768, 512, 42)
+    assert styled.params["steps"] == 12 and styled.params["style"] == "watercolor"
+    assert styled.prompt.startswith("a blue boat on a calm lake")
+    assert all(term in styled.prompt for term in STYLE_PRESETS["watercolor"].positive)
+    assert "**Style:** watercolor" in markdown_texts(app)  # the plan the user can open says so
+    # the offline renderer has no guidance of its own; the backend call records what it was offered
+    assert styled.generation_id is not None
+    generation, _ = stored.generation(styled.generation_id)
+    assert (generation.params["guidance"], generation.params["steps"]) == (3.5, 12)
+
+    app.checkbox(key=Keys.VERBATIM).check()
+    send(app, "a red kite over green hills")
+    verbatim = stored.list_images()[0]
+    assert verbatim.prompt == "a red kite over green hills"  # "use my prompt exactly": no style added
+    assert verbatim.params["style"] is None
+    assert (verbatim.width, verbatim.height, verbatim.seed, verbatim.params["steps"]) == (768, 512, 42, 12)
+
+    app.checkbox(key=Keys.VERBATIM).uncheck()
+    app.radio(key=Keys.SEED_MODE).set_value("Random").run()
+    send(app, "a blue boat on a calm lake")
+    random_seed = stored.list_images()[0]
+    assert random_seed.prompt == styled.prompt and random_seed.seed != 42
+
+
+def test_the_chat_shows_a_cached_thumbnail_and_downloads_the_full_png(
+    app: AppTest, stored: Repository, media: MediaFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from assistant.ui.common import THUMBNAIL_SIDE
+
+    app.selectbox(key=Keys.SIZE).set_value("1024x768")
+    send(app, FOX)
     (image,) = stored.list_images()
-    assert (image.width, image.height, image.seed) == (768, 512, 42)
-    assert image.prompt == "a blue boat on a calm lake"  # "use my prompt exactly"
+    (shown,) = app.image
+    with PILImage.open(io.BytesIO(media.image(shown))) as thumbnail:
+        assert thumbnail.size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE * 3 // 4)
+
+    (download,) = app.get("download_button")
+    data = media.download(download)
+    assert data == stored.image_bytes(image)  # the stored file itself, not the thumbnail
+    with PILImage.open(io.BytesIO(data)) as png:
+        assert png.size == (1024, 768)
+        assert "Seed: " in png.info["parameters"] and FOX in png.info["parameters"]
+        assert '"number": 1' in png.info["atelier"]  # the lineage chunk
+
+    # later reruns draw the thumbnail from the cache: the full-size file is not read again
+    opened: list[str] = []
+    real_open = PILImage.open
+
+    def recording_open(fp: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(fp, str | Path):
+            opened.append(str(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage, "open", recording_open)
+    app.run()
+    app.slider(key=Keys.STEPS).set_value(10).run()
+    assert_ok(app)
+    assert len(app.image) == 1
+    assert str(stored.image_path(image)) not in opened, opened
 
 
 BROKEN_BACKENDS = {
@@ -202,6 +266,8 @@ def test_a_turn_stopped_by_a_rerun_shows_as_stopped_not_as_an_error(
     settings = Settings()
     assistant = Assistant(settings, open_repository(settings))
     stream = assistant.respond(conversation.id, "make it snowier")
+    # the page closes the turn's generator when a rerun interrupts it, so it must be one
+    assert isinstance(stream, Generator)
     next(stream)  # the plan is out; then the page reruns before the image is made
     stream.close()
 
@@ -346,7 +412,7 @@ def test_the_backend_is_built_once_per_configuration(
         return real(settings, choice)
 
     monkeypatch.setattr(assistant.backends, "make_backend", counting)
-    common._backend.clear()
+    common.clear_backends()
     send(app, FOX)
     send(app, "make it darker")
     app.slider(key=Keys.STEPS).set_value(10).run()  # a setting the backend does not depend on
@@ -366,7 +432,7 @@ def test_an_uploaded_image_and_mask_are_sent_with_the_message(app: AppTest, stor
     mask = PILImage.new("L", (256, 256), 0)
     mask.paste(255, (64, 64, 192, 192))
     app.chat_input[0].set_value("a pond with ducks").upload("photo.png", png_bytes(photo), "image/png")
-    app.get("file_uploader")[0].upload("mask.png", png_bytes(mask), "image/png")
+    app.file_uploader[0].upload("mask.png", png_bytes(mask), "image/png")
     app.run()
     assert_ok(app)
 
@@ -533,9 +599,9 @@ def flaky_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyBackend]:
 
     backend = FlakyBackend()
     monkeypatch.setattr(assistant.backends, "make_backend", lambda settings, choice=None: backend)
-    common._backend.clear()
+    common.clear_backends()
     yield backend
-    common._backend.clear()  # later tests get a real backend again
+    common.clear_backends()  # later tests get a real backend again
 
 
 def test_an_unexpected_backend_exception_is_an_error_not_a_traceback(

@@ -195,6 +195,8 @@ def test_type_a_request_see_the_image_then_its_lineage(
             assert steps, f"no step was visible in an open, running status box: {seen}"
             assert all(step.endswith(" of 100") for step in steps), steps
             page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+            # the chat draws a thumbnail of the 1536×1024 image; the download below is full size
+            assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [384, 256]
             page.screenshot(path=str(shots / "chat.png"))
             with page.expect_download() as download:
                 page.get_by_role("button", name="PNG").first.click()

@@ -655,7 +655,10 @@ class LLMAgent:
         ]
         extras += [f"Note: {note}" for note in notes if note]
         # a failure is one line (the chat shows it as an error); a reply keeps its paragraphs
-        reply = " ".join([reply, *extras]) if failed else "".join([reply, *(f"\n\n{e}" for e in extras)])
+        if failed:  # the model's words too: it may answer in paragraphs, or at great length
+            reply = _one_line(" ".join([_one_line(reply, MODEL_WORDS_IN_FAILURE), *extras]))
+        else:
+            reply = "".join([reply, *(f"\n\n{e}" for e in extras)])
         record: dict[str, Any] = {
             "planner": self.name,
             "tool_calls": [_public(run) for run in runs],
@@ -745,6 +748,17 @@ def _first_refusal(key: tuple[str, str]) -> bool:
             return False
         _tool_refusals.add(key)
         return True
+
+
+#: a failed turn's message is shown as one error line: the model's words are cut first, so the
+#: reason (the notes after them) stays in it
+FAILURE_MESSAGE_CHARS = 400
+MODEL_WORDS_IN_FAILURE = 240
+
+
+def _one_line(text: str, limit: int = FAILURE_MESSAGE_CHARS) -> str:
+    words = " ".join(text.split())
+    return words if len(words) <= limit else words[: limit - 1].rstrip() + "…"
 
 
 def _log_failure(failure: ChatUnavailable) -> None:

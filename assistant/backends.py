@@ -24,6 +24,7 @@ def make_backend(settings: Settings, choice: BackendChoice | None = None) -> Ima
             base_url=settings.openai_base_url,
             timeout=settings.openai_timeout,
             max_retries=settings.openai_max_retries,
+            total_timeout=settings.openai_total_timeout,
             quality=settings.openai_image_quality,
         )
     if choice is BackendChoice.DIFFUSERS:
@@ -45,6 +46,23 @@ def make_backend(settings: Settings, choice: BackendChoice | None = None) -> Ima
     from tools.offline import OfflineBackend
 
     return OfflineBackend()
+
+
+def release_local_models() -> None:
+    """Free the weights of local diffusers models this process loaded.
+
+    The weights live in the diffusers adapter's process-wide cache, not in the backend object,
+    so dropping a backend alone frees nothing. The adapter is looked up, not imported: when it
+    was never imported nothing was loaded, and importing it would pull in torch.
+    """
+    import gc
+    import sys
+
+    module = sys.modules.get("tools.diffusers_local")
+    clear = getattr(module, "clear_cache", None)
+    if callable(clear):
+        clear()
+    gc.collect()
 
 
 def backend_banner(settings: Settings) -> str:

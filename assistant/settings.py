@@ -63,8 +63,10 @@ class Settings(BaseSettings):
     openai_image_model: str = DEFAULT_OPENAI_IMAGE_MODEL
     #: low · medium · high · auto; None leaves it to the server (auto). The main cost knob.
     openai_image_quality: str | None = None
+    #: seconds for one try; `openai_total_timeout` bounds all tries of one request together
     openai_timeout: float = 120.0
     openai_max_retries: int = 2
+    openai_total_timeout: float = 300.0
 
     chat_base_url: str | None = None
     chat_model: str | None = None

@@ -206,3 +206,16 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATELIER_BACKEND", "dall-e")
     with pytest.raises(ValidationError, match="backend"):
         Settings()
+
+
+def test_openai_time_limits_reach_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    from assistant.backends import make_backend
+    from tools.openai_images import OpenAIImagesBackend
+
+    monkeypatch.setenv("ATELIER_BACKEND", "openai")
+    monkeypatch.setenv("ATELIER_OPENAI_TIMEOUT", "20")
+    monkeypatch.setenv("ATELIER_OPENAI_TOTAL_TIMEOUT", "45")
+    monkeypatch.setenv("ATELIER_OPENAI_MAX_RETRIES", "5")
+    backend = make_backend(Settings())
+    assert isinstance(backend, OpenAIImagesBackend)
+    assert (backend.timeout, backend.total_timeout, backend.max_retries) == (20.0, 45.0, 5)

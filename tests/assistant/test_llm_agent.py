@@ -878,3 +878,26 @@ def test_context_block_lists_images_as_structured_data() -> None:
         "seed": 2,
         "provider_revised_prompt": "what the provider drew",
     }
+
+
+def test_a_failed_turn_shows_the_models_long_answer_as_one_capped_line(
+    tmp_path: Path, server: FakeOpenAI
+) -> None:
+    assistant, _ = open_assistant(tmp_path, server.base_url)
+    conversation_id = seed_images(assistant, 1)
+    rambling = "I tried.\n\n" + "\n".join(f"- reason number {i} why it did not work" for i in range(400))
+    server.enqueue(
+        CHAT_COMPLETIONS,
+        answer(None, [tool_call("make_coffee", {}, "call_bad")]),
+        answer(rambling),
+    )
+
+    events = list(assistant.respond(conversation_id, "do the thing to it"))
+
+    failure = events[-1]
+    assert isinstance(failure, Failed)
+    assert "\n" not in failure.message and len(failure.message) <= 400
+    assert failure.message.startswith("I tried. - reason number 0")
+    assert "… Note: Unknown tool 'make_coffee'" in failure.message  # the reason survives the cut
+    stored = assistant.repo.messages(conversation_id)[-1]
+    assert stored.status == "failed" and stored.content == failure.message

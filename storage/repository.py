@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
-from sqlalchemy import Select, delete, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from storage.db import Database, StorageError
@@ -25,6 +25,10 @@ from storage.models import Conversation, Generation, GenerationInput, Image, Mes
 from storage.pngmeta import encode_png, format_infotext
 
 MAX_LINEAGE_DEPTH = 10_000
+#: how many words of a conversation search count (each must match); more only slow it down
+MAX_SEARCH_WORDS = 8
+#: ids bound in one IN (...): well under SQLite's limit on variables per statement
+_IDS_PER_STATEMENT = 500
 
 
 class NotFound(StorageError):
@@ -231,10 +235,65 @@ class Repository:
                 raise NotFound(f"There is no conversation {conversation_id}.")
             return conversation
 
-    def list_conversations(self, limit: int = 200) -> list[Conversation]:
+    def list_conversations(
+        self, limit: int = 200, offset: int = 0, query: str | None = None
+    ) -> list[Conversation]:
+        """Most recently active first (then newest id), `limit` of them from `offset`.
+
+        With a `query`, only the conversations where every word of it (see `search_words`)
+        appears, ignoring case, in the title or in one of its messages: what the user typed
+        and what the assistant answered. Parts of words match ("ighthous"); `%` and `_` are
+        literal characters, never wildcards. A query with no words lists them all.
+        """
+        statement = select(Conversation)
+        # Messages have no full-text index, so each word is a LIKE over them, in one of two
+        # shapes. A word of three letters or more is usually rare: an uncorrelated IN reads
+        # `messages` once, in table order, into a set of conversation ids (a correlated EXISTS
+        # would walk every conversation's messages by index and rowid: several times slower
+        # when few match). A word of one or two letters matches nearly everywhere: an EXISTS
+        # stops at each conversation's first match, where the IN would collect every message.
+        # Short words go last, so they only look at conversations the long ones let through.
+        for word in sorted(search_words(query or ""), key=lambda word: len(word) <= 2):
+            contained = self._contains(Message.content, word)
+            in_messages: ColumnElement[bool]
+            if len(word) > 2:
+                in_messages = Conversation.id.in_(select(Message.conversation_id).where(contained))
+            else:
+                in_messages = (
+                    select(Message.id).where(Message.conversation_id == Conversation.id, contained).exists()
+                )
+            statement = statement.where(or_(self._contains(Conversation.title, word), in_messages))
+        statement = statement.order_by(Conversation.updated_at.desc(), Conversation.id.desc())
         with self.db.read() as session:
-            query = select(Conversation).order_by(Conversation.updated_at.desc(), Conversation.id.desc())
-            return list(session.scalars(query.limit(limit)))
+            return list(session.scalars(statement.limit(limit).offset(offset)))
+
+    def conversation_titles(self, conversation_ids: Iterable[int]) -> dict[int, str]:
+        """Titles by id for the given conversations; ids that name none are left out."""
+        wanted = sorted(set(conversation_ids))
+        titles: dict[int, str] = {}
+        with self.db.read() as session:
+            for start in range(0, len(wanted), _IDS_PER_STATEMENT):
+                chunk = wanted[start : start + _IDS_PER_STATEMENT]
+                rows = session.execute(
+                    select(Conversation.id, Conversation.title).where(Conversation.id.in_(chunk))
+                )
+                titles.update({row.id: row.title for row in rows})
+        return titles
+
+    def _contains(self, column: Any, word: str) -> Any:
+        """`column` contains `word` (lower-case) ignoring case, LIKE's wildcards escaped.
+
+        SQLite's LIKE already ignores case, so the column is compared as stored rather than
+        through lower() row by row; but only ASCII case, so a word with other letters is also
+        tried as typed in capitals and capitalised ("élodie": "ÉLODIE", "Élodie"). Elsewhere
+        it is ILIKE (or lower() LIKE), which knows every alphabet.
+        """
+        if not self.db.is_sqlite:
+            return column.icontains(word, autoescape=True)
+        if word.isascii():
+            return column.contains(word, autoescape=True)
+        spellings = dict.fromkeys((word, word.upper(), word.capitalize()))
+        return or_(*(column.contains(spelling, autoescape=True) for spelling in spellings))
 
     def rename_conversation(self, conversation_id: int, title: str) -> Conversation:
         with self.db.write() as session:
@@ -908,6 +967,19 @@ def fts5_query(user_text: str) -> str:
     """Words as quoted prefix terms, so user text can never be FTS5 syntax ("NOT", quotes, *)."""
     words = re.findall(r"\w+", user_text.lower())
     return " ".join(f'"{word}"*' for word in words[:16])
+
+
+def search_words(text: str) -> list[str]:
+    """The words of a conversation search, lower-cased, without repeats, in the order typed.
+
+    Words are runs of letters, digits and `_`; everything else (`%`, quotes, dashes) only
+    separates them. Past `MAX_SEARCH_WORDS` the rest is ignored: each word costs a subquery.
+    """
+    words: list[str] = []
+    for word in re.findall(r"\w+", text.lower()):
+        if word not in words:
+            words.append(word)
+    return words[:MAX_SEARCH_WORDS]
 
 
 def _clean_title(title: str) -> str:

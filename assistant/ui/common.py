@@ -9,11 +9,9 @@ keeps its widget values when the user moves between pages.
 
 from __future__ import annotations
 
-import gc
 import io
 import logging
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from streamlit.runtime.media_file_storage import MediaFileStorageError
 
 from assistant.core import Assistant
 from assistant.settings import BackendChoice, Settings
-from assistant.ui import queries, support
+from assistant.ui import support
 from assistant.ui.support import Keys, escape_markdown
 from storage.db import StorageError
 from storage.models import Conversation
@@ -145,17 +143,10 @@ class HeavySlot:
 
 
 def unload_local_models() -> None:
-    """Free the weights of local diffusers models this process loaded.
+    """Free the weights of the local model this process loaded (see `release_local_models`)."""
+    from assistant.backends import release_local_models
 
-    The weights live in the diffusers adapter's process-wide cache, not in the backend object,
-    so dropping the backend alone frees nothing. The adapter is looked up, not imported: when
-    it was never imported nothing was loaded, and importing it would pull in torch.
-    """
-    module = sys.modules.get("tools.diffusers_local")
-    clear = getattr(module, "clear_cache", None)
-    if callable(clear):
-        clear()
-    gc.collect()
+    release_local_models()
 
 
 def _release_slot(slot: HeavySlot) -> None:
@@ -409,7 +400,7 @@ def _sidebar_conversations(repo: Repository) -> None:
     current = st.session_state.get(Keys.CONVERSATION)
     query = str(st.session_state.get(Keys.CONVERSATION_QUERY) or "")
     limit = int(st.session_state.get(Keys.CONVERSATION_LIMIT, CONVERSATIONS_PAGE))
-    conversations = queries.find_conversations(repo, query, limit=limit + 1)
+    conversations = repo.list_conversations(limit=limit + 1, query=query)
     more = len(conversations) > limit
     conversations = conversations[:limit]
     selected = next((c for c in conversations if c.id == current), None)

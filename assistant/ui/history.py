@@ -1,9 +1,12 @@
 """The history page: every image across conversations, searchable, and one image in detail.
 
 The gallery is `Repository.list_images` with the form's filters (full-text search, backend,
-operation, conversation, dates). The detail view shows everything recorded about an image:
-the words the user wrote beside the prompt the backend got and the prompt the provider says
-it used, its parameters, its lineage tree as a graph, and a side-by-side with its parent.
+operation, conversation, dates). The conversation filter offers the newest conversations or
+those its own search box finds (`Repository.list_conversations`), so any one can be chosen
+however many there are; titles are read only for the images on the page. The detail view
+shows everything recorded about an image: the words the user wrote beside the prompt the
+backend got and the prompt the provider says it used, its parameters, its lineage tree as a
+graph, and a side-by-side with its parent.
 """
 
 from __future__ import annotations
@@ -25,12 +28,17 @@ GRID_COLUMNS = 4
 PAGE_SIZE = 48
 ALL = "All"
 LIMIT_KEY = "atelier.h.limit"
+CONVERSATION_KEY = "atelier.h.conversation"
+CONVERSATION_QUERY_KEY = "atelier.h.conversation_query"
+#: how many conversations the conversation filter offers at once: the newest, or the matches
+CONVERSATION_CHOICES = 50
 #: the gallery's filter widgets; kept alive across the detail view and page switches
 FILTER_KEYS = (
     "atelier.h.query",
     "atelier.h.backend",
     "atelier.h.operation",
-    "atelier.h.conversation",
+    CONVERSATION_QUERY_KEY,
+    CONVERSATION_KEY,
     "atelier.h.since",
     "atelier.h.until",
 )
@@ -59,14 +67,51 @@ def _more() -> None:
 # ----- gallery ----------------------------------------------------------------------------------
 
 
-def _titles(repo: Repository) -> dict[int, str]:
-    return {conversation.id: conversation.title for conversation in repo.list_conversations(limit=1000)}
+def _title(titles: dict[int, str], conversation_id: int) -> str:
+    return titles.get(conversation_id, f"conversation {conversation_id}")
+
+
+def _chosen_conversation(repo: Repository, offered: dict[int, str]) -> dict[int, str]:
+    """The chosen conversation's title when the list doesn't offer it (an older one, or one the
+    search no longer finds), so the choice stays; a deleted one is unchosen instead."""
+    chosen = st.session_state.get(CONVERSATION_KEY)
+    if not isinstance(chosen, int) or chosen in offered:
+        return {}
+    title = repo.conversation_titles([chosen])
+    if not title:
+        st.session_state[CONVERSATION_KEY] = None
+    return title
+
+
+def _conversation_filter(repo: Repository) -> int | None:
+    """A search box over conversations (title and messages) above a list of the ones it finds:
+    with no words, the newest; any conversation can be reached, however many there are."""
+    search = st.text_input(
+        "Conversation",
+        key=CONVERSATION_QUERY_KEY,
+        placeholder="find by title or words…",
+        help=f"Words from a conversation's title or messages: the list below then offers up to "
+        f"{CONVERSATION_CHOICES} that have them all (otherwise the newest conversations).",
+    )
+    found = {c.id: c.title for c in repo.list_conversations(limit=CONVERSATION_CHOICES, query=search)}
+    choices = {**_chosen_conversation(repo, found), **found}
+    conversation_id: int | None = st.selectbox(
+        "Conversation to show",
+        [None, *choices],
+        key=CONVERSATION_KEY,
+        format_func=lambda cid: (
+            "All conversations" if cid is None else f"{support.short(choices.get(cid, ''), 30)} ({cid})"
+        ),
+        label_visibility="collapsed",
+    )
+    if not found and search.strip():
+        st.caption("No conversation matches.")
+    return conversation_id
 
 
 def render_gallery(ctx: UiContext) -> None:
     repo = ctx.repo
     backends, operations = repo.backends_and_operations()
-    titles = _titles(repo)
     with st.container(border=True):
         query = st.text_input(
             "Search prompts and instructions", key="atelier.h.query", placeholder="fox, sunset, watercolor…"
@@ -74,15 +119,8 @@ def render_gallery(ctx: UiContext) -> None:
         columns = st.columns(5)
         backend = columns[0].selectbox("Backend", [ALL, *backends], key="atelier.h.backend")
         operation = columns[1].selectbox("Operation", [ALL, *operations], key="atelier.h.operation")
-        conversation_ids: list[int | None] = [None, *titles]
-        conversation_id = columns[2].selectbox(
-            "Conversation",
-            conversation_ids,
-            key="atelier.h.conversation",
-            format_func=lambda cid: (
-                ALL if cid is None else f"{support.short(titles.get(cid, ''), 30)} ({cid})"
-            ),
-        )
+        with columns[2]:
+            conversation_id = _conversation_filter(repo)
         since = columns[3].date_input("From", value=None, key="atelier.h.since")
         until = columns[4].date_input("To", value=None, key="atelier.h.until")
     filters = support.gallery_filter(
@@ -105,12 +143,11 @@ def render_gallery(ctx: UiContext) -> None:
         )
         return
     st.caption(f"{len(images)}{'+' if more else ''} image(s), newest first")
+    titles = repo.conversation_titles({image.conversation_id for image in images})
     grid = st.columns(GRID_COLUMNS)
     for index, image in enumerate(images):
         with grid[index % GRID_COLUMNS]:
-            _gallery_cell(
-                repo, image, titles.get(image.conversation_id, f"conversation {image.conversation_id}")
-            )
+            _gallery_cell(repo, image, _title(titles, image.conversation_id))
     if more:
         st.button("Show more", key="atelier.h.more", on_click=_more)
 
@@ -145,8 +182,7 @@ def _prompt_block(label: str, text: str | None, empty: str) -> None:
 
 def render_detail(ctx: UiContext, image: Image) -> None:
     repo = ctx.repo
-    titles = _titles(repo)
-    title = titles.get(image.conversation_id, f"conversation {image.conversation_id}")
+    title = _title(repo.conversation_titles([image.conversation_id]), image.conversation_id)
     nodes = repo.lineage_tree(image.id)
     numbers = {
         node.image.id: node.image.number

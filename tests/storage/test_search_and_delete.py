@@ -1,5 +1,6 @@
 """Finding images by what people remember (their words, the prompt, what the model said it drew),
-the gallery's filters, and deleting conversations without losing files another row still uses."""
+the gallery's filters, finding conversations by the words of their titles and messages, and
+deleting conversations without losing files another row still uses."""
 
 from __future__ import annotations
 
@@ -12,9 +13,17 @@ from PIL import Image as PILImage
 from sqlalchemy import text
 
 from storage.archive import export_conversation, import_conversation
-from storage.models import Image, utcnow
-from storage.repository import ImageFilter, NewGeneration, NewImage, NotFound, Repository
-from tests.storage.helpers import add_generated, files_on_disk, ids, tiny_image
+from storage.models import Conversation, Image, utcnow
+from storage.repository import (
+    MAX_SEARCH_WORDS,
+    ImageFilter,
+    NewGeneration,
+    NewImage,
+    NotFound,
+    Repository,
+    search_words,
+)
+from tests.storage.helpers import add_generated, files_on_disk, ids, statements, tiny_image
 
 
 @pytest.fixture
@@ -253,3 +262,110 @@ def test_delete_racing_a_save_of_the_same_file_never_loses_it(repo: Repository, 
     assert repo.load_mask(repo.get_image(saved[0].id)) is not None
     assert repo.check_integrity().ok
     other.db.dispose()
+
+
+# ----- finding conversations (the sidebar's search, the history page's conversation filter) -----
+
+
+@pytest.fixture
+def trips(repo: Repository) -> list[int]:
+    """Twelve conversations, "Trip 001" the oldest; "Trip 005" talked about a lighthouse at dawn
+    and got an answer about its keeper; the newest, "Trip 012", about a harbour."""
+    made: list[int] = []
+    for n in range(1, 13):
+        made.append(repo.create_conversation(f"Trip {n:03d}").id)
+        if n == 5:  # said before the next one starts, so the order stays the creation order
+            repo.add_message(made[-1], "user", "a lighthouse on a cliff at dawn")
+            repo.add_message(made[-1], "assistant", "Here is the keeper's lamp.")
+    repo.add_message(made[-1], "user", "a quiet harbour")
+    return made
+
+
+def _found(repo: Repository, query: str | None, limit: int = 1000, offset: int = 0) -> list[int]:
+    return [c.id for c in repo.list_conversations(limit=limit, offset=offset, query=query)]
+
+
+def test_list_conversations_matches_every_word_in_title_or_messages(
+    repo: Repository, trips: list[int]
+) -> None:
+    newest_first = trips[::-1]
+    assert _found(repo, None) == _found(repo, "") == newest_first
+    assert [c.id for c in repo.list_conversations()] == newest_first  # the old call still works
+    assert _found(repo, "", limit=3) == newest_first[:3]
+    assert _found(repo, "trip 005") == [trips[4]]
+    assert _found(repo, "IGHTHOUS") == [trips[4]]  # parts of words match too, in any case
+    assert _found(repo, "lighthouse dawn") == [trips[4]]
+    assert _found(repo, "keeper") == [trips[4]]  # what the assistant answered counts too
+    assert _found(repo, "trip lighthouse keeper") == [trips[4]]  # title and messages together
+    assert _found(repo, "lighthouse harbour") == []  # every word must match in the same conversation
+    assert _found(repo, "  ,;  ") == _found(repo, "   ") == newest_first  # no words: all of them
+    assert _found(repo, "a") == [trips[11], trips[4]]  # short words too: "a quiet…", "a lighthouse…"
+    assert _found(repo, "trip 01") == [trips[11], trips[10], trips[9], trips[0]]  # "001" has "01"
+
+
+def test_list_conversations_pages_with_offset(repo: Repository, trips: list[int]) -> None:
+    pages = [_found(repo, None, limit=5, offset=offset) for offset in (0, 5, 10, 15)]
+    assert pages[0] + pages[1] + pages[2] == trips[::-1] and pages[3] == []
+    assert _found(repo, "trip", limit=2, offset=10) == [trips[1], trips[0]]
+
+
+def test_list_conversations_orders_by_last_activity(repo: Repository, trips: list[int]) -> None:
+    repo.add_message(trips[0], "user", "back to the first trip")
+    assert _found(repo, None)[:2] == [trips[0], trips[11]]
+    assert _found(repo, "trip")[0] == trips[0]
+
+
+def test_percent_and_underscore_are_literal(repo: Repository) -> None:
+    sale = repo.create_conversation("50% off_season").id
+    offer = repo.create_conversation("offer 50").id
+    snake = repo.create_conversation("snake_case names").id
+    camel = repo.create_conversation("snakeXcase names").id
+    repo.add_message(camel, "user", "100 percent of it")
+    assert _found(repo, "50") == [offer, sale]
+    assert _found(repo, "50% off_") == [sale]  # `_` would match the "e" of "offer" as a wildcard
+    assert _found(repo, "snake_case") == [snake]
+    assert _found(repo, "off_") == [sale]
+    assert _found(repo, "%") == _found(repo, None)  # not a word: lists everything
+    assert _found(repo, "100%") == [camel]  # `%` only separates words
+    assert _found(repo, "e_c") == [snake]
+
+
+def test_list_conversations_ignores_case_beyond_ascii(repo: Repository) -> None:
+    portrait = repo.create_conversation("Élodie's portrait").id
+    street = repo.create_conversation("city walk").id
+    repo.add_message(street, "user", "an old ÜBER sign in a STRASSE")
+    assert _found(repo, "élodie") == _found(repo, "ÉLODIE") == _found(repo, "Élodie") == [portrait]
+    assert _found(repo, "über") == _found(repo, "Über") == [street]
+    assert _found(repo, "straße") == [street]  # capitals of "ß" are "SS"
+
+
+def test_search_words() -> None:
+    assert search_words("Trip  TRIP, trip-005 «lighthouse»") == ["trip", "005", "lighthouse"]
+    assert search_words("50% off_") == ["50", "off_"]
+    assert search_words(" ,;%' ") == []
+    assert len(search_words(" ".join(f"w{n}" for n in range(20)))) == MAX_SEARCH_WORDS
+
+
+def test_a_conversation_search_is_one_statement(repo: Repository, trips: list[int]) -> None:
+    with statements(repo.db.engine) as seen:
+        assert _found(repo, "trip lighthouse a keeper") == [trips[4]]
+    assert len(seen) == 1
+
+
+def test_conversation_titles_by_id(repo: Repository, trips: list[int]) -> None:
+    assert repo.conversation_titles([trips[4], trips[0], trips[4], 99_999]) == {
+        trips[0]: "Trip 001",
+        trips[4]: "Trip 005",
+    }
+    with statements(repo.db.engine) as seen:
+        assert repo.conversation_titles([]) == {}
+    assert seen == []
+
+
+def test_conversation_titles_for_more_ids_than_one_statement_binds(repo: Repository) -> None:
+    with repo.db.write() as session:  # 1,500 rows in one transaction: cheap
+        session.add_all(Conversation(title=f"Day {n}") for n in range(1, 1501))
+    all_ids = [c.id for c in repo.list_conversations(limit=2000)]
+    assert len(all_ids) == 1500
+    titles = repo.conversation_titles(all_ids)
+    assert len(titles) == 1500 and titles[min(all_ids)] == "Day 1"

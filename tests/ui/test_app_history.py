@@ -8,9 +8,11 @@ from datetime import date, timedelta
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from assistant.ui.history import CONVERSATION_CHOICES, CONVERSATION_KEY, CONVERSATION_QUERY_KEY
 from assistant.ui.support import Keys, lineage_dot
-from storage.models import Image
+from storage.models import Conversation, Image
 from storage.repository import LineageNode, Repository
+from tests.storage.helpers import add_generated
 from tests.ui.conftest import CHAT_PAGE, HISTORY_PAGE, assert_ok, captions, click, send, unescape
 
 FOX = "a red fox in the snow at night"
@@ -186,3 +188,49 @@ def test_detail_with_a_missing_file_warns_and_keeps_drawing(history: AppTest, st
     assert not history.image and not history.get("download_button")
     assert history.get("graphviz_chart")
     click(history, "atelier.h.back")
+
+
+def test_conversations_past_the_first_thousand_can_be_chosen_and_are_named(
+    app: AppTest, stored: Repository
+) -> None:
+    """An old conversation behind 1,200 newer ones: its gallery cell names it, and the
+    conversation filter finds it by its title or by what was said in it."""
+    lisbon = stored.create_conversation("Lisbon sketches").id
+    add_generated(stored, lisbon, "a yellow tram on a steep hill", index=1)  # says it in its reply
+    with stored.db.write() as session:  # newer ones, in one transaction (fast)
+        session.add_all(Conversation(title=f"Trip {n:04d}") for n in range(1, 1201))
+    newest = stored.create_conversation("Fox studies").id
+    add_generated(stored, newest, "a red fox in the snow", index=2)
+    assert stored.list_conversations(limit=2000)[-1].id == lisbon  # the oldest of 1,202
+
+    app.switch_page(HISTORY_PAGE).run()
+    assert_ok(app)
+    assert gallery_numbers(app) == ["#1 · generate · offline", "#1 · generate · offline"]
+    assert [c for c in captions(app) if c.startswith("in ")] == ["in Fox studies", "in Lisbon sketches"]
+    offered = app.selectbox(key=CONVERSATION_KEY).options
+    assert len(offered) == CONVERSATION_CHOICES + 1 and f"Lisbon sketches ({lisbon})" not in offered
+
+    app.text_input(key=CONVERSATION_QUERY_KEY).set_value("TRAM hill").run()  # words of its messages
+    assert app.selectbox(key=CONVERSATION_KEY).options == ["All conversations", f"Lisbon sketches ({lisbon})"]
+    app.selectbox(key=CONVERSATION_KEY).set_value(lisbon).run()
+    assert_ok(app)
+    assert [c for c in captions(app) if c.startswith("in ")] == ["in Lisbon sketches"]
+
+    app.text_input(key=CONVERSATION_QUERY_KEY).set_value("trip 0007").run()  # another search…
+    assert app.selectbox(key=CONVERSATION_KEY).value == lisbon  # …keeps the choice, still offered
+    assert app.selectbox(key=CONVERSATION_KEY).options[1] == f"Lisbon sketches ({lisbon})"
+    assert [c for c in captions(app) if c.startswith("in ")] == ["in Lisbon sketches"]
+    app.text_input(key=CONVERSATION_QUERY_KEY).set_value("zebra").run()
+    assert "No conversation matches." in captions(app)
+
+    (image,) = stored.conversation_images(lisbon)
+    click(app, f"atelier.h.detail.{image.id}")
+    assert unescape(app.subheader[0].value) == "#1 · Lisbon sketches"
+    click(app, "atelier.h.back")
+    assert app.selectbox(key=CONVERSATION_KEY).value == lisbon  # the filter survived the detail view
+
+    stored.delete_conversation(lisbon)
+    app.run()
+    assert_ok(app)
+    assert app.selectbox(key=CONVERSATION_KEY).value is None  # gone: back to every conversation
+    assert gallery_numbers(app) == ["#1 · generate · offline"]

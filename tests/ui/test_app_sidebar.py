@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from assistant.ui import queries
 from assistant.ui.common import CONVERSATIONS_PAGE
 from assistant.ui.support import Keys
 from storage.repository import Repository
@@ -83,18 +82,3 @@ def test_a_link_to_an_old_conversation_lists_and_highlights_it(many: list[int]) 
     assert listed(app)[0] == many[0]
     assert app.sidebar.button(key=f"atelier.conversation.{many[0]}").proto.type == "primary"
     assert app.sidebar.text_input(key=f"atelier.rename.{many[0]}").value == "Trip 001"  # and renamable
-
-
-def test_find_conversations_matches_every_word_in_title_or_messages(
-    many: list[int], stored: Repository
-) -> None:
-    def found(query: str, limit: int = 1000) -> list[int]:
-        return [c.id for c in queries.find_conversations(stored, query, limit=limit)]
-
-    assert found("") == many[::-1]
-    assert found("", limit=3) == many[::-1][:3]
-    assert found("trip 005") == [many[4]]
-    assert found("IGHTHOUS") == [many[4]]  # parts of words match too, in any case
-    assert found("lighthouse dawn") == [many[4]]
-    assert found("lighthouse harbour") == []  # every word must match in the same conversation
-    assert found("  ,;  ") == found("")

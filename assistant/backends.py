@@ -40,6 +40,7 @@ def make_backend(settings: Settings, choice: BackendChoice | None = None) -> Ima
                 settings.diffusers_model,
                 device=settings.diffusers_device,
                 compile=settings.diffusers_compile,
+                compile_mode=settings.diffusers_compile_mode,
                 enable_offload=settings.diffusers_offload,
                 cache_dir=settings.data_dir / "cache",
             )

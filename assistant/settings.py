@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     diffusers_model: str | None = None
     diffusers_device: str | None = None
     diffusers_compile: bool = False
+    #: torch.compile mode: reduce-overhead (CUDA graphs) · max-autotune · max-autotune-no-cudagraphs · default
+    diffusers_compile_mode: str = "reduce-overhead"
     diffusers_offload: bool = False
 
     openai_api_key: SecretStr | None = Field(

@@ -4,7 +4,8 @@ No download: SD 1.5- and SDXL-shaped pipelines are built from their published la
 with random weights, saved to a work folder, and loaded from there by both sides:
 
 * diffusers: `AutoPipelineForText2Image.from_pretrained(folder, dtype=float16).to("cuda")`, the
-  script a user would write (SDPA attention is diffusers' default on torch 2);
+  script a user would write (SDPA attention is diffusers' default on torch 2; older diffusers
+  call the argument `torch_dtype`, and the bench passes whichever the installed one takes);
 * Atelier: `DiffusersBackend(folder)` with everything it turns on (channels_last, fused QKV,
   cudnn autotuning, VAE tiling above 1024², and torch.compile with --compile).
 
@@ -14,10 +15,18 @@ memory, and a UNet roofline: UNet FLOPs per step (counted with FlopCounterMode o
 batch-2 forward, i.e. one image with classifier-free guidance) × steps ÷ the GPU's measured
 fp16 matmul rate. Random weights make noise, not pictures; the arithmetic is the real one.
 
+Two more runs follow the table on a CUDA GPU (each prints "skipped: no CUDA" elsewhere):
+
+* SDXL at 1024² with model CPU offload, the "12 GB GPU" path: seconds per image and peak GPU
+  memory (target ≤ 12 GB);
+* a warm restart: a fresh Python process that loads SD 1.5 with --compile-mode and the compile
+  cache under --workdir, compiles (from the cache) and makes its first compiled 512² image; run
+  twice, so the second start finds the cache warm (target ≤ 15 s from process start).
+
     python bench/diffusers_speed.py                       # sd15+sdxl, 512+1024, batch 1+4, 25 steps
     python bench/diffusers_speed.py --quick               # each model at its native size, batch 1, 10 steps
     python bench/diffusers_speed.py --compile --models sd15 --sizes 512 --batches 1
-    python bench/diffusers_speed.py --cpu-smoke           # tiny shapes on CPU: proves the script runs
+    python bench/diffusers_speed.py --smoke               # tiny shapes on CPU: proves the script runs
 
 SDXL in fp16 is ~7 GB on disk in the work folder; pass --workdir to keep and reuse it.
 """
@@ -30,6 +39,7 @@ import gc
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,9 +50,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+STARTED = time.perf_counter()  # a restart is timed from here, before the heavy imports
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tools.diffusers_local import COMPILE_MODES, DEFAULT_COMPILE_MODE  # noqa: E402 (no torch import)
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 MODELS = ("sd15", "sdxl")
@@ -336,9 +349,11 @@ def time_diffusers(
     torch.backends.cudnn.benchmark = (
         False  # Atelier turns it on process-wide; the baseline must not inherit it
     )
-    pipe = AutoPipelineForText2Image.from_pretrained(folder, local_files_only=True, dtype=args.dtype).to(
-        device
-    )
+    from tools.diffusers_local import _dtype_kwarg
+
+    pipe = AutoPipelineForText2Image.from_pretrained(
+        folder, local_files_only=True, **{_dtype_kwarg(): args.dtype}
+    ).to(device)
     pipe.set_progress_bar_config(disable=True)
     flops = {size: unet_flops_per_step(pipe, size) for size, _ in shapes}
     results: dict[Shape, tuple[float, float | None]] = {}
@@ -438,6 +453,151 @@ def bench_model(model: str, folder: Path, args: argparse.Namespace, peak: float)
     ]
 
 
+# --------------------------------------------------------------------------------------
+# After the table: the 12 GB path, and a restart with the compile cache warm (CUDA only)
+# --------------------------------------------------------------------------------------
+
+OFFLOAD_TARGET_GB = 12.0
+RESTART_TARGET_S = 15.0
+
+
+def offload_run(args: argparse.Namespace) -> dict[str, Any]:
+    """SDXL at 1024² through Atelier with model CPU offload: what a 12 GB card would run."""
+    import torch
+
+    from tools import diffusers_local
+    from tools.base import ImageRequest, Operation
+
+    folder = saved_model("sdxl", args.workdir, tiny=False, device=args.device, dtype=args.dtype)
+    backend = diffusers_local.DiffusersBackend(
+        str(folder), device="cuda", dtype=args.dtype_name, enable_offload=True, local_files_only=True
+    )
+    backend.load()
+
+    def call(steps: int) -> Any:
+        return backend.run(
+            ImageRequest(Operation.GENERATE, PROMPT, width=1024, height=1024, seed=0, steps=steps)
+        )
+
+    call(2)
+    torch.cuda.reset_peak_memory_stats()
+    seconds = timed(functools.partial(call, args.steps), args.device, 1)
+    allocated = torch.cuda.max_memory_allocated() / 2**30
+    reserved = torch.cuda.max_memory_reserved() / 2**30
+    diffusers_local.clear_cache()
+    free_memory()
+    return {"s_per_image": seconds, "peak_allocated_gb": allocated, "peak_reserved_gb": reserved}
+
+
+def restart_child(folder: Path, args: argparse.Namespace) -> int:
+    """One fresh process: load, compile from the cache, make the first compiled image; JSON out."""
+    import torch
+
+    from tools import diffusers_local
+    from tools.base import ImageRequest, Operation
+
+    quiet()
+    imported = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backend = diffusers_local.DiffusersBackend(
+        str(folder),
+        device=device,
+        compile=True,
+        compile_mode=args.compile_mode,
+        cache_dir=args.workdir / "compile-cache",
+        local_files_only=True,
+    )
+    backend.load()
+    loaded = time.perf_counter()
+    backend.warm_up(512, 512, 1)
+    done = backend.wait_for_compile(timeout=args.compile_timeout)
+    compiled_at = time.perf_counter()
+    result = backend.run(
+        ImageRequest(Operation.GENERATE, PROMPT, width=512, height=512, seed=0, steps=args.steps)
+    )
+    sync(device)
+    finished = time.perf_counter()
+    compiler = backend.load().compiler
+    print(
+        json.dumps(
+            {
+                "imports_s": imported - STARTED,
+                "load_s": loaded - imported,
+                "compile_s": compiled_at - loaded,
+                "image_s": finished - compiled_at,
+                "since_start_s": finished - STARTED,
+                "compiled": bool(result.params["compiled"]) and done,
+                "failed": compiler.failed if compiler is not None else None,
+            }
+        )
+    )
+    return 0
+
+
+def restart_run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Two fresh processes in a row on the same compile cache: the second one finds it warm."""
+    folder = saved_model("sd15", args.workdir, tiny=args.cpu_smoke, device=args.device, dtype=args.dtype)
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--restart-child",
+        str(folder),
+        "--workdir",
+        str(args.workdir),
+        "--compile-mode",
+        args.compile_mode,
+        "--steps",
+        str(args.steps),
+        "--compile-timeout",
+        str(args.compile_timeout),
+    ]
+    runs: list[dict[str, Any]] = []
+    for label in ("first start", "restart, cache warm"):
+        started = time.perf_counter()
+        out = subprocess.run(
+            command, capture_output=True, text=True, timeout=args.compile_timeout + 600, check=False
+        )
+        wall = time.perf_counter() - started
+        lines = out.stdout.strip().splitlines()
+        if out.returncode != 0 or not lines:
+            print(f"  {label}: the child process failed ({out.returncode}): {out.stderr[-2000:]}", flush=True)
+            break
+        run = json.loads(lines[-1]) | {"label": label, "wall_s": wall}
+        runs.append(run)
+        print(
+            f"  {label}: {wall:.1f} s to the first compiled 512² image (imports {run['imports_s']:.1f}, "
+            f"load {run['load_s']:.1f}, compile {run['compile_s']:.1f}, image {run['image_s']:.2f}; "
+            f"compiled {run['compiled']})",
+            flush=True,
+        )
+    return runs
+
+
+def print_extras(offload: dict[str, Any] | str, restarts: list[dict[str, Any]] | str) -> None:
+    """The two extra runs; each is its numbers, or why it did not run ("skipped: no CUDA")."""
+    if isinstance(offload, str):
+        print(f"SDXL 1024² with CPU offload (12 GB path): {offload}")
+    else:
+        verdict = "within" if offload["peak_reserved_gb"] <= OFFLOAD_TARGET_GB else "OVER"
+        print(
+            f"SDXL 1024² with CPU offload (12 GB path): {offload['s_per_image']:.2f} s/img, "
+            f"peak GPU memory {offload['peak_allocated_gb']:.1f} GB allocated / "
+            f"{offload['peak_reserved_gb']:.1f} GB reserved "
+            f"({verdict} the {OFFLOAD_TARGET_GB:.0f} GB target; the CUDA context adds ~0.5 GB)"
+        )
+    if isinstance(restarts, str):
+        print(f"warm restart (first compiled image after a process start): {restarts}")
+    elif not restarts:
+        print("warm restart (first compiled image after a process start): the child process failed")
+    else:
+        last = restarts[-1]
+        verdict = "within" if last["wall_s"] <= RESTART_TARGET_S and last["compiled"] else "OVER"
+        print(
+            f"warm restart (first compiled image after a process start): {last['wall_s']:.1f} s "
+            f"({verdict} the {RESTART_TARGET_S:.0f} s target; {len(restarts)} run(s), last: {last['label']})"
+        )
+
+
 def print_table(rows: list[Row]) -> None:
     def gb(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.1f}"
@@ -478,14 +638,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per shape (median)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
-    parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
+    parser.add_argument(
+        "--compile-mode",
+        default=DEFAULT_COMPILE_MODE,
+        choices=COMPILE_MODES,
+        help=f"torch.compile mode for Atelier's UNet (default {DEFAULT_COMPILE_MODE}: CUDA graphs)",
+    )
     parser.add_argument("--compile-timeout", type=float, default=1800.0)
     parser.add_argument(
         "--quick", action="store_true", help="native size per model, batch 1, 10 steps, 1 repeat"
     )
     parser.add_argument(
-        "--cpu-smoke", action="store_true", help="tiny shapes on CPU, 2 steps: checks the script"
+        "--smoke",
+        "--cpu-smoke",
+        dest="cpu_smoke",
+        action="store_true",
+        help="tiny shapes on CPU, 2 steps: checks the script",
     )
+    parser.add_argument(
+        "--offload-run",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="SDXL 1024² with CPU offload after the table (CUDA only)",
+    )
+    parser.add_argument(
+        "--restart-run",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time a restart with a warm compile cache after the table (CUDA only)",
+    )
+    parser.add_argument("--restart-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--dtype", dest="dtype_name", default=None, help="float16 (default on GPU) or bfloat16"
     )
@@ -505,23 +687,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    import torch
-
-    if torch.cuda.is_available() and not args.cpu_smoke:
-        args.device = "cuda"
-        args.dtype_name = args.dtype_name or "float16"
-    elif args.cpu_smoke:
-        args.device, args.dtype_name = "cpu", "float32"
-    else:
-        print(
-            "This benchmark times fp16 GPU kernels and needs a CUDA GPU; torch sees none here.\n"
-            "Run it on a GPU machine, or pass --cpu-smoke to check that it runs (tiny shapes, 2 steps).",
-            file=sys.stderr,
-        )
-        return 2
-    args.dtype = getattr(torch, args.dtype_name)
+def quiet() -> None:
+    """No progress bars or load chatter between the bench's own lines."""
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # random weights decode to NaN-ish noise
     from diffusers.utils import logging as diffusers_logging
     from huggingface_hub.utils import disable_progress_bars
@@ -532,6 +699,29 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
     disable_progress_bars()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.restart_child is not None:
+        args.workdir = args.workdir or args.restart_child.parent
+        return restart_child(args.restart_child, args)
+    import torch
+
+    if torch.cuda.is_available() and not args.cpu_smoke:
+        args.device = "cuda"
+        args.dtype_name = args.dtype_name or "float16"
+    elif args.cpu_smoke:
+        args.device, args.dtype_name = "cpu", "float32"
+    else:
+        print(
+            "This benchmark times fp16 GPU kernels and needs a CUDA GPU; torch sees none here.\n"
+            "Run it on a GPU machine, or pass --smoke to check that it runs (tiny shapes, 2 steps).",
+            file=sys.stderr,
+        )
+        return 2
+    args.dtype = getattr(torch, args.dtype_name)
+    quiet()
 
     temp = None
     if args.workdir is None:
@@ -555,10 +745,28 @@ def main(argv: list[str] | None = None) -> int:
                 model, args.workdir, tiny=args.cpu_smoke, device=args.device, dtype=args.dtype
             )
             rows += bench_model(model, folder, args, peak)
+        cuda = args.device == "cuda"
+        offload: dict[str, Any] | str = "skipped: no CUDA" if not cuda else "skipped (--no-offload-run)"
+        if cuda and args.offload_run:
+            print("sdxl with CPU offload:", flush=True)
+            offload = offload_run(args)
+        restarts: list[dict[str, Any]] | str = (
+            "skipped: no CUDA" if not cuda else "skipped (--no-restart-run)"
+        )
+        if cuda and args.restart_run:
+            print("restart with the compile cache:", flush=True)
+            restarts = restart_run(args)
         print()
         print_table(rows)
+        print()
+        print_extras(offload, restarts)
         if args.json is not None:
-            args.json.write_text(json.dumps([asdict(r) | {"speedup": r.speedup} for r in rows], indent=2))
+            report = {
+                "rows": [asdict(r) | {"speedup": r.speedup} for r in rows],
+                "offload": offload,
+                "restarts": restarts,
+            }
+            args.json.write_text(json.dumps(report, indent=2))
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)

@@ -219,3 +219,20 @@ def test_openai_time_limits_reach_the_backend(monkeypatch: pytest.MonkeyPatch) -
     backend = make_backend(Settings())
     assert isinstance(backend, OpenAIImagesBackend)
     assert (backend.timeout, backend.total_timeout, backend.max_retries) == (20.0, 45.0, 5)
+
+
+def test_diffusers_compile_mode_reaches_the_backend_and_a_bad_one_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytest.importorskip("diffusers")
+    from assistant.backends import make_backend
+    from tools.base import InvalidRequest
+
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ATELIER_BACKEND", "diffusers")
+    monkeypatch.setenv("ATELIER_DIFFUSERS_MODEL", "someone/some-model")  # a hub id: nothing loads yet
+    monkeypatch.setenv("ATELIER_DIFFUSERS_COMPILE_MODE", "max-autotune")
+    assert getattr(make_backend(Settings()), "compile_mode", None) == "max-autotune"
+    monkeypatch.setenv("ATELIER_DIFFUSERS_COMPILE_MODE", "turbo")
+    with pytest.raises(InvalidRequest, match="Unknown compile mode 'turbo'; use one of reduce-overhead"):
+        make_backend(Settings())

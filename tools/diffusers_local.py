@@ -6,7 +6,8 @@ The file reads top to bottom like a diffusers pipeline, in the order a request m
 2. where the model comes from (a folder or a hub id) and why it cannot be loaded;
 3. loading, once per process: one set of components shared by the text-to-image,
    image-to-image and inpainting pipelines (`from_pipe`), plus the GPU speed-ups;
-4. the optional background `torch.compile` of the UNet, which never blocks a request;
+4. the model's GPU thread, which makes every pipeline call, and the optional `torch.compile`
+   of the UNet that warms up on it while requests are served eagerly;
 5. `DiffusersBackend.run`: check → seeds and scheduler → denoise with a step callback →
    out-of-memory retry → `ImageResult`.
 
@@ -21,16 +22,17 @@ import inspect
 import json
 import logging
 import os
-import queue
 import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from PIL import Image as PILImage
 
@@ -41,7 +43,6 @@ from tools.base import (
     GeneratedImage,
     ImageRequest,
     ImageResult,
-    InvalidImage,
     InvalidRequest,
     ModelNotFound,
     Operation,
@@ -51,7 +52,7 @@ from tools.base import (
     check_capability,
     derive_seeds,
 )
-from tools.image_input import mask_channel
+from tools.image_input import check_sources, prepare_mask
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,13 @@ MAX_SIDE = 4096
 TILE_VAE_ABOVE = 1024 * 1024
 #: distinct (batch, size, sampler) shapes compiled per model; later shapes stay eager
 MAX_COMPILED_SHAPES = 8
-COMPILE_MODES = ("max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune", "default")
+#: torch.compile modes; the CUDA-graph ones (reduce-overhead, max-autotune) replay a whole UNet
+#: step as one graph launch, which is what makes small batches fast (measured in issue 7)
+COMPILE_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default")
+DEFAULT_COMPILE_MODE = "reduce-overhead"
 
 Kind = Literal["text2img", "img2img", "inpaint"]
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------
@@ -302,16 +307,20 @@ class CacheInfo:
 
 
 class LoadedModel:
-    """One set of weights and the pipelines that share it; requests on it run one at a time.
+    """One set of weights, the pipelines that share it, and the thread that runs them.
 
     diffusers pipelines keep per-call state on the object (`_interrupt`, the scheduler's
-    timesteps), so two threads must not call them at once; `lock` serialises requests.
+    timesteps), so two requests must not call them at once; `lock` serialises requests.
+    `worker` is the one thread that makes the pipeline calls (see `GpuWorker`).
     """
 
-    def __init__(self, key: LoadKey, source: ModelSource, base: Any, base_kind: Kind) -> None:
+    def __init__(
+        self, key: LoadKey, source: ModelSource, base: Any, base_kind: Kind, worker: GpuWorker
+    ) -> None:
         self.key = key
         self.source = source
         self.lock = threading.RLock()
+        self.worker = worker
         self.unet: Any = getattr(base, "unet", None)
         self.base_scheduler: Any = base.scheduler
         self.size_multiple = size_multiple(base)
@@ -371,10 +380,16 @@ class LoadedModel:
         except ImportError as exc:
             raise InvalidRequest(f"The {name} sampler needs an extra package: {exc}") from exc
 
-    def enable_compile(self, mode: str, cache_dir: Path | None) -> None:
+    def enable_compile(self, mode: str) -> None:
         with self._create_lock:
             if self.compiler is None and self.unet is not None:
-                self.compiler = UnetCompiler(self, mode, cache_dir)
+                self.compiler = UnetCompiler(self, mode)
+
+    def close(self) -> None:
+        """Stop the compile queue and the GPU thread (what is running finishes on its own)."""
+        if self.compiler is not None:
+            self.compiler.stop()
+        self.worker.stop()
 
 
 _CACHE: dict[LoadKey, LoadedModel] = {}
@@ -383,12 +398,21 @@ _LOADS = 0
 
 
 def load_model(key: LoadKey, source: ModelSource) -> LoadedModel:
-    """The process-wide pipelines for `key`, loaded on first use; later callers wait for that load."""
+    """The process-wide pipelines for `key`, loaded on first use; later callers wait for that load.
+
+    The load runs on the model's GPU thread too: the weights reach the device, and the CPU's
+    thread pools are set up, on the thread that will compute with them.
+    """
     global _LOADS
     with _CACHE_LOCK:
         loaded = _CACHE.get(key)
         if loaded is None:
-            loaded = _load(key, source)
+            worker = GpuWorker(f"atelier-gpu-{Path(key.model).name or key.model}")
+            try:
+                loaded = worker.run(lambda: _load(key, source, worker))
+            except BaseException:
+                worker.stop(timeout=0)
+                raise
             _CACHE[key] = loaded
             _LOADS += 1
         return loaded
@@ -404,14 +428,13 @@ def clear_cache() -> None:
     global _LOADS
     with _CACHE_LOCK:
         for loaded in _CACHE.values():
-            if loaded.compiler is not None:
-                loaded.compiler.stop()
+            loaded.close()
         _CACHE.clear()
         _LOADS = 0
     _free_memory()
 
 
-def _load(key: LoadKey, source: ModelSource) -> LoadedModel:
+def _load(key: LoadKey, source: ModelSource, worker: GpuWorker) -> LoadedModel:
     import torch
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
 
@@ -453,7 +476,7 @@ def _load(key: LoadKey, source: ModelSource) -> LoadedModel:
     if key.device.startswith("cuda"):
         _optimize_for_gpu(pipe)
     log.info("loaded %s on %s/%s in %.1fs", key.model, key.device, key.dtype, time.perf_counter() - started)
-    return LoadedModel(key, source, pipe, base_kind)
+    return LoadedModel(key, source, pipe, base_kind, worker)
 
 
 def _dtype_kwarg() -> str:
@@ -509,8 +532,160 @@ def size_multiple(pipe: Any) -> int:
 
 
 # --------------------------------------------------------------------------------------
-# 4. torch.compile in the background
+# 4. The GPU thread, and torch.compile warming up on it
 # --------------------------------------------------------------------------------------
+
+
+class GpuWorker:
+    """The one thread that makes every pipeline call of a loaded model: requests, retries, warm-ups.
+
+    Why one thread: `torch.compile(mode="reduce-overhead")` replays CUDA graphs through inductor's
+    CUDA graph trees, and torch keeps those per Python thread (`torch/_inductor/cudagraph_trees.py`
+    holds the tree managers in a `threading.local()`: one manager, one private memory pool and
+    one set of recorded graphs per thread). A compiled function binds to the manager of the
+    thread that first ran it, and that manager is not meant to be driven from other threads; the
+    assistant, meanwhile, calls `run` from a fresh thread per turn and Streamlit from one thread
+    per script run. Running all calls here means the graphs the warm-up records are the ones
+    every request replays, in one memory pool, and that nothing else touches the model's modules
+    while a call is on them (the out-of-memory retry flips attention processors; a warm-up traces
+    them). Progress callbacks and cancel work as before: the step callback runs here, and both
+    go through thread-safe objects (the caller's queue, the `CancelToken`'s event).
+
+    The one exception keeps compiling from blocking anyone: while a warm-up compiles (minutes on
+    a cold cache), a request that can run eagerly runs on its caller's thread instead of
+    waiting. Eager calls keep no per-thread state in torch, and the warm-up has its own pipeline
+    object and tokenizers; a call that needs the compiled UNet or exclusive use of the modules
+    (`exclusive=True`) waits for the warm-up instead. Before it records CUDA graphs, the
+    warm-up calls `hold_inline`: the eager calls beside it finish and no new one starts, so no
+    other thread's device-wide synchronisation or allocator release lands inside a capture.
+    Requests always go before queued warm-ups.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._cond = threading.Condition()
+        self._requests: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._warm_ups: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._warming = False
+        self._stopping = False
+        #: calls running on their callers' threads beside a warm-up, and how many of those wait
+        #: for this thread themselves (an inline request's out-of-memory retry)
+        self._inline = 0
+        self._inline_waiting = 0
+        self._local = threading.local()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def ident(self) -> int | None:
+        return self._thread.ident
+
+    def is_current(self) -> bool:
+        """True when called from this worker's own thread."""
+        return threading.get_ident() == self._thread.ident
+
+    def run(self, fn: Callable[[], T], *, exclusive: bool = False, cancel: CancelToken | None = None) -> T:
+        """`fn()` on the worker thread, returning its result or raising its exception.
+
+        Called from the worker itself, it runs at once (a request's retry). While a warm-up runs,
+        `fn` runs on the calling thread unless `exclusive`; an exclusive call waits its turn, and
+        a cancel while it waits withdraws it.
+        """
+        if self.is_current():
+            return fn()
+        future: Future[T] = Future()
+        nested = bool(getattr(self._local, "inline", False))
+        with self._cond:
+            if self._stopping:
+                raise _unloaded()
+            inline = self._warming and not exclusive
+            if inline:
+                self._inline += 1
+            else:
+                self._requests.append((future, fn))
+                self._inline_waiting += nested
+                self._cond.notify_all()
+        if inline:
+            self._local.inline = True
+            try:
+                return fn()
+            finally:
+                self._local.inline = False
+                with self._cond:
+                    self._inline -= 1
+                    self._cond.notify_all()
+        try:
+            while True:
+                try:
+                    return future.result(timeout=0.1)
+                except TimeoutError:
+                    if cancel is not None and cancel.cancelled and future.cancel():
+                        raise Cancelled() from None
+        finally:
+            if nested:
+                with self._cond:
+                    self._inline_waiting -= 1
+
+    def hold_inline(self) -> None:
+        """From a warm-up on this thread: start no more calls beside it, and let those running end.
+
+        Calls that arrive from now on queue and run after the warm-up. A call beside it that is
+        itself waiting for this thread (a retry) counts as ended: it runs nothing meanwhile.
+        """
+        assert self.is_current(), "hold_inline is for the warm-up running on this thread"
+        with self._cond:
+            self._warming = False
+            self._cond.wait_for(lambda: self._inline == self._inline_waiting)
+
+    def warm_up(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Queue `fn` behind every request; it runs when no request is waiting."""
+        future: Future[Any] = Future()
+        with self._cond:
+            if self._stopping:
+                future.cancel()
+                return future
+            self._warm_ups.append((future, fn))
+            self._cond.notify()
+        return future
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Drop what is queued, and wait (a while) for the call in progress to end."""
+        with self._cond:
+            self._stopping = True
+            requests, warm_ups = list(self._requests), list(self._warm_ups)
+            self._requests.clear()
+            self._warm_ups.clear()
+            self._cond.notify()
+        for future, _ in warm_ups:
+            future.cancel()
+        for future, _ in requests:  # someone waits on these: tell them why
+            if future.set_running_or_notify_cancel():
+                future.set_exception(_unloaded())
+        if not self.is_current():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._requests or self._warm_ups or self._stopping))
+                if self._stopping:
+                    return
+                warming = not self._requests
+                future, fn = (self._warm_ups if warming else self._requests).popleft()
+                self._warming = warming
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # the caller re-raises it in its own thread
+                        future.set_exception(exc)
+            finally:
+                with self._cond:
+                    self._warming = False
+                del future, fn  # hold no request's pipelines or images while idle
+
+
+def _unloaded() -> ModelNotFound:
+    return ModelNotFound("The local model was unloaded while this request waited for it; try again.")
 
 
 @dataclass(frozen=True)
@@ -525,9 +700,29 @@ class ShapeKey:
 
 
 def _compile_unet(unet: Any, mode: str) -> Any:
-    import torch
+    """torch.compile with inductor settings scoped to this compile, not set process-wide.
 
-    return torch.compile(unet, mode=mode, dynamic=False)
+    `options` patches inductor's config only while this module compiles; a mode is the same as
+    its `list_mode_options` (torch refuses both at once). The recompile limit is per compiled
+    region where this torch takes it as an argument, and raised globally (never lowered) where not.
+    """
+    import torch
+    import torch._inductor
+
+    options: dict[str, Any] = {
+        **torch._inductor.list_mode_options(mode, dynamic=False),
+        "fx_graph_cache": True,  # compiled graphs on disk: the next process compiles in seconds
+        "conv_1x1_as_mm": True,  # the UNet's many 1×1 convolutions as GEMMs
+    }
+    limit: dict[str, Any] = {}
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:
+        limit["recompile_limit"] = MAX_COMPILED_SHAPES
+    else:
+        import torch._dynamo.config as dynamo_config
+
+        name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+        setattr(dynamo_config, name, max(getattr(dynamo_config, name), MAX_COMPILED_SHAPES))
+    return torch.compile(unet, options=options, dynamic=False, **limit)
 
 
 def _contiguous_inputs(
@@ -553,58 +748,66 @@ def _contiguous(value: Any) -> Any:
     return value
 
 
-def _use_compile_cache(folder: Path) -> None:
+def use_compile_cache(folder: Path) -> Path | None:
     """Point inductor's caches (FX graphs, autotuning, Triton kernels) at a folder that outlives /tmp.
 
-    Inductor reads TORCHINDUCTOR_CACHE_DIR each time it needs a cache, but importing diffusers
-    already fills it with the /tmp default; only a folder a user chose themselves is kept.
+    Why the environment: torch (2.13, as earlier releases) has no config attribute for this. Inductor finds
+    its cache only through TORCHINDUCTOR_CACHE_DIR (`torch/_inductor/runtime/cache_dir_utils.py`
+    reads it on every cache access, and on first use writes its /tmp default back into
+    os.environ), and Triton's cache follows it unless TRITON_CACHE_DIR is set. So this runs
+    once per backend, when it is made and before anything compiles, and it never replaces a
+    folder the user chose: only an unset variable, or the /tmp default torch filled in itself,
+    is pointed here. Returns the folder now in use when it is ours, None when the user's is kept.
     """
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
-        folder.mkdir(parents=True, exist_ok=True)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    if current is not None and os.path.abspath(current) != _inductor_default_cache_dir():
+        return None if os.path.abspath(current) != os.path.abspath(folder) else folder
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
+
+
+def _inductor_default_cache_dir() -> str | None:
+    """The /tmp folder inductor falls back to (and writes into the environment itself)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # torch before the runtime/ split kept it here
+        try:
+            from torch._inductor.utils import default_cache_dir  # type: ignore[attr-defined,no-redef]
+        except ImportError:
+            return None
+    return os.path.abspath(default_cache_dir())
 
 
 class UnetCompiler:
-    """Compiles the UNet for the shapes requests use, in a daemon thread, while requests run eagerly.
+    """Compiles the UNet for the shapes requests use, on the model's GPU thread, between requests.
 
     A compiled graph is specialised on its input shapes; calling it with a new shape recompiles
     inside the caller, which would block a request for minutes. So each request shape is first
-    served eagerly and queued here; the worker warms the compiled UNet with a 2-step latent-only
-    run of a private text-to-image pipeline (same weights, own scheduler: the exact call path
-    and guards of a real request), and only then do requests with that shape use it. Inductor's
-    caches live under `cache_dir`, so the next process compiles in seconds, not minutes.
+    served eagerly and queued here; a warm-up job on the GPU thread runs the compiled UNet in a
+    2-step latent-only call of a private text-to-image pipeline (same weights, own scheduler: the
+    exact call path and guards of a real request), and only then do requests with that shape use
+    it. With a CUDA-graph mode, that warm-up also records the graphs, on the same thread that
+    later replays them (see `GpuWorker`).
     """
 
-    def __init__(self, loaded: LoadedModel, mode: str, cache_dir: Path | None) -> None:
-        import torch._dynamo.config
-        import torch._inductor.config
-
+    def __init__(self, loaded: LoadedModel, mode: str) -> None:
         self.loaded = loaded
         self.mode = mode
+        #: reduce-overhead and max-autotune replay CUDA graphs, recorded by the warm-up's 2nd step
+        self.records_cuda_graphs = mode in ("reduce-overhead", "max-autotune")
         self.ready: set[ShapeKey] = set()
         self.failed: str | None = None
         self._seen: set[ShapeKey] = set()
-        self._jobs: queue.Queue[ShapeKey | None] = queue.Queue()
         self._count_lock = threading.Lock()
         self._pending = 0
         self._idle = threading.Event()
         self._idle.set()
         self._stopping = False
-        if cache_dir is not None:
-            _use_compile_cache(cache_dir / "torchinductor")
-        torch._inductor.config.fx_graph_cache = True
-        torch._inductor.config.conv_1x1_as_mm = True
-        # one static graph per shape; we route by shape ourselves, so allow as many as we warm
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, MAX_COMPILED_SHAPES)
-        self.compiled = _compile_unet(loaded.unet, mode)
+        self.compiled = _compile_unet(loaded.unet, mode)  # lazy: nothing compiles before a call
         # runs eagerly, before the compiled graph: see _contiguous_inputs
         self.compiled.register_forward_pre_hook(_contiguous_inputs, with_kwargs=True)
         self._warm_pipe: Any = None
-        self._thread = threading.Thread(target=self._work, name="atelier-unet-compile", daemon=True)
-        self._thread.start()
 
     def unet_for(self, key: ShapeKey) -> Any | None:
         """The compiled UNet if `key` is warm; otherwise queue it and return None (serve eagerly)."""
@@ -620,35 +823,35 @@ class UnetCompiler:
             self._seen.add(key)
             self._pending += 1
             self._idle.clear()
-        self._jobs.put(key)
+        future = self.loaded.worker.warm_up(lambda: self._job(key))
+        future.add_done_callback(self._done)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every queued shape is compiled (benchmarks, warm-up at start); True if done."""
         return self._idle.wait(timeout)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Skip what is queued and wait (a while) for the compile in progress to end."""
+    def stop(self) -> None:
+        """Skip the warm-ups still queued (the GPU thread's `stop` drops them)."""
         self._stopping = True
-        self._jobs.put(None)
-        self._thread.join(timeout)
 
-    def _work(self) -> None:
-        while (key := self._jobs.get()) is not None:
-            try:
-                if self.failed is None and not self._stopping:
-                    started = time.perf_counter()
-                    self._warm(key)
-                    self.ready.add(key)
-                    log.info("compiled UNet for %s in %.0fs", key, time.perf_counter() - started)
-            except Exception as exc:
-                # a compile failure costs speed, never a request: stay eager from now on
-                self.failed = f"{type(exc).__name__}: {exc}"
-                log.warning("torch.compile of the UNet failed; serving uncompiled: %s", self.failed)
-            finally:
-                with self._count_lock:
-                    self._pending -= 1
-                    if self._pending == 0:
-                        self._idle.set()
+    def _done(self, _: Future[Any]) -> None:
+        with self._count_lock:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.set()
+
+    def _job(self, key: ShapeKey) -> None:
+        if self.failed is not None or self._stopping:
+            return
+        try:
+            started = time.perf_counter()
+            self._warm(key)
+            self.ready.add(key)
+            log.info("compiled UNet for %s in %.0fs", key, time.perf_counter() - started)
+        except Exception as exc:
+            # a compile failure costs speed, never a request: stay eager from now on
+            self.failed = f"{type(exc).__name__}: {exc}"
+            log.warning("torch.compile of the UNet failed; serving uncompiled: %s", self.failed)
 
     def _warm(self, key: ShapeKey) -> None:
         import torch
@@ -656,9 +859,9 @@ class UnetCompiler:
 
         if self._warm_pipe is None:
             base = self.loaded.base
-            # Requests run meanwhile on the same tokenizers. A fast tokenizer keeps its padding and
-            # truncation mode on the shared Rust object, so two threads interleaving get each
-            # other's mode (a 2-token prompt where 77 were expected). The warm-up gets copies.
+            # Requests may run eagerly meanwhile, on the same tokenizers. A fast tokenizer keeps its
+            # padding and truncation mode on the shared Rust object, so two threads interleaving get
+            # each other's mode (a 2-token prompt where 77 were expected). The warm-up gets copies.
             own = {
                 name: copy.deepcopy(getattr(base, name))
                 for name in ("tokenizer", "tokenizer_2")
@@ -668,6 +871,15 @@ class UnetCompiler:
             self._warm_pipe.set_progress_bar_config(disable=True)
         self._warm_pipe.scheduler = self.loaded.make_scheduler(key.scheduler)
         device = self.loaded.key.device
+        worker = self.loaded.worker
+
+        def before_recording(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            # The first UNet call compiled the graph (and warmed CUDA graph trees' pool); the
+            # second records the CUDA graphs: nothing may run beside that.
+            if step == 0 and self.records_cuda_graphs:
+                worker.hold_inline()
+            return kwargs
+
         self._warm_pipe(
             prompt="warm-up",
             height=key.height,
@@ -677,6 +889,7 @@ class UnetCompiler:
             guidance_scale=DEFAULT_GUIDANCE if key.cfg else 1.0,
             generator=[torch.Generator(device=device).manual_seed(0) for _ in range(key.n)],
             output_type="latent",
+            callback_on_step_end=before_recording,
         )
 
 
@@ -727,7 +940,7 @@ class DiffusersBackend:
         compile: bool = False,
         enable_offload: bool = False,
         local_files_only: bool = False,
-        compile_mode: str = "max-autotune-no-cudagraphs",
+        compile_mode: str = DEFAULT_COMPILE_MODE,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.model = model
@@ -747,6 +960,10 @@ class DiffusersBackend:
         self.compile = compile and not self.enable_offload
         self.compile_mode = compile_mode
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        #: where inductor keeps compiled graphs for the next process; None: torch's own (or the user's)
+        self.compile_cache: Path | None = None
+        if self.compile and self.cache_dir is not None:
+            self.compile_cache = use_compile_cache(self.cache_dir / "torchinductor")
         self._key = LoadKey(
             model=self.source.location,
             device=self.device,
@@ -761,7 +978,7 @@ class DiffusersBackend:
         """Load now (the first request does it otherwise); cheap after the first call in a process."""
         loaded = load_model(self._key, self.source)
         if self.compile:
-            loaded.enable_compile(self.compile_mode, self.cache_dir)
+            loaded.enable_compile(self.compile_mode)
         return loaded
 
     def warm_up(
@@ -801,7 +1018,7 @@ class DiffusersBackend:
         pipe = loaded.pipeline(plan.kind)
         self._check_prompt_length(pipe, plan)
 
-        with loaded.lock:
+        def call() -> tuple[list[PILImage.Image], set[int], Any, bool]:
             scheduler = loaded.make_scheduler(plan.scheduler)
             pipe.scheduler = scheduler
             unet = self._pick_unet(loaded, plan)
@@ -812,6 +1029,10 @@ class DiffusersBackend:
             finally:
                 if unet is not None:
                     pipe.unet = loaded.unet
+            return images, flagged, scheduler, unet is not None
+
+        with loaded.lock:  # one request at a time on these pipelines, on the model's GPU thread
+            images, flagged, scheduler, compiled = loaded.worker.run(call, cancel=cancel)
 
         if flagged:
             if len(flagged) == len(images):
@@ -830,39 +1051,48 @@ class DiffusersBackend:
             ],
             backend=self.name,
             model=self.model,
-            params=self._params(loaded, pipe, plan, scheduler, compiled=unet is not None),
+            params=self._params(loaded, pipe, plan, scheduler, compiled=compiled),
             notes=plan.notes,
         )
 
     def _plan(self, request: ImageRequest) -> _Plan:
-        """Every check that needs no model, so a bad request fails in microseconds, not after a load."""
+        """Every check that needs no model, so a bad request fails in microseconds, not after a load.
+
+        Images come through the same door as on every backend (`tools.image_input`): the source is
+        loaded, within the pixel limit and RGB (transparency flattened onto white); the mask is
+        one channel fitted to the source, or refused when its shape differs or nothing is marked.
+        `_fit_size` then brings both to the size the model makes.
+        """
         op = request.operation
-        mask = request.mask
         if op in (Operation.GENERATE, Operation.EDIT) and not request.prompt.strip():
             raise InvalidRequest("Describe the image you want; the prompt is empty.")
-        if op == Operation.INPAINT and mask is None:
+        if op == Operation.INPAINT and request.mask is None:
             raise InvalidRequest("Inpainting needs a mask: paint the area to change.")
-        source: PILImage.Image | None = None
-        notes: list[str] = []
-        if op != Operation.GENERATE:
-            if not request.sources:
-                raise InvalidRequest(f"{op.value.capitalize()} needs a source image.")
-            source = request.sources[0]
-            if len(request.sources) > 1:
-                notes.append("This model takes one source image; only the first was used.")
-        if mask is not None and source is not None and mask.size != source.size:
-            raise InvalidImage(
-                f"The mask is {mask.size[0]}×{mask.size[1]} but the image is "
-                f"{source.size[0]}×{source.size[1]}; they must be the same size."
-            )
         if op == Operation.GENERATE:
             kind: Kind = "text2img"
-        elif mask is not None and op in (Operation.INPAINT, Operation.EDIT):
+        elif request.mask is not None and op in (Operation.INPAINT, Operation.EDIT):
             kind = "inpaint"
         else:
             kind = "img2img"
         if self.source.inpaint_only and kind != "inpaint":
             raise UnsupportedOperation(self.name, op, self.capabilities)
+        source: PILImage.Image | None = None
+        mask: PILImage.Image | None = None
+        notes: list[str] = []
+        if op != Operation.GENERATE:
+            if not request.sources:
+                raise InvalidRequest(f"{op.value.capitalize()} needs a source image.")
+            (checked,), source_notes = check_sources(request.sources[:1])
+            notes += source_notes
+            if len(request.sources) > 1:
+                notes.append("This model takes one source image; only the first was used.")
+            source = _opaque(checked, notes)
+            if request.mask is not None:
+                if kind == "inpaint":
+                    mask, mask_notes = prepare_mask(request.mask, source.size)
+                    notes += mask_notes
+                else:
+                    notes.append(f"A {op.value} changes the whole image; the mask was ignored.")
 
         if not 1 <= request.n <= MAX_IMAGES:
             raise InvalidRequest(f"Ask for 1 to {MAX_IMAGES} images at a time (got {request.n}).")
@@ -902,8 +1132,8 @@ class DiffusersBackend:
             strength=strength,
             scheduler=scheduler,
             generator_device=self._generator_device(options.get("generator_device"), notes),
-            source=source.convert("RGB") if source is not None else None,
-            mask=mask_channel(mask) if mask is not None else None,
+            source=source,
+            mask=mask,
             notes=notes,
         )
 
@@ -962,13 +1192,23 @@ class DiffusersBackend:
                 )
 
     def _pick_unet(self, loaded: LoadedModel, plan: _Plan) -> Any | None:
-        """The compiled UNet when this request's shape is warm; None keeps the eager one."""
+        """The compiled UNet when this request's shape is warm; None keeps the eager one.
+
+        Only on the GPU thread: a request served on its caller's thread while a warm-up compiles
+        stays eager, since CUDA graphs replay only on the thread that recorded them.
+        """
         compiler = loaded.compiler
         if compiler is None or loaded.unet is None:
+            return None
+        if not self.compile or compiler.mode != self.compile_mode:
+            # compile switched off (or to another mode, which needs a fresh load): stay eager
             return None
         if loaded.unet.config.in_channels != 4:  # inpainting UNets: warm-up runs text-to-image
             return None
         key = ShapeKey(plan.n, plan.height, plan.width, plan.guidance > 1.0, plan.scheduler)
+        if not loaded.worker.is_current():
+            compiler.request(key)
+            return None
         return compiler.unet_for(key)
 
     # -- the denoising loop, with progress, cancel and the out-of-memory retry ---------------
@@ -986,7 +1226,23 @@ class DiffusersBackend:
         except Exception as exc:
             if not _is_oom(exc):
                 raise
-        # Out of memory: give back what the failed call held, then once more the slow, frugal way.
+        # The retry changes the shared modules (attention processors, VAE slicing), so it runs on
+        # the GPU thread, never beside a compile warm-up: after the one in progress, if any.
+        return loaded.worker.run(
+            lambda: self._retry_low_memory(loaded, pipe, plan, progress, cancel),
+            exclusive=True,
+            cancel=cancel,
+        )
+
+    def _retry_low_memory(
+        self,
+        loaded: LoadedModel,
+        pipe: Any,
+        plan: _Plan,
+        progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+    ) -> tuple[list[PILImage.Image], set[int]]:
+        """Out of memory: give back what the failed call held, then once more the slow, frugal way."""
         pipe.unet = loaded.unet
         _free_memory()
         plan.low_memory = True
@@ -1104,6 +1360,8 @@ class DiffusersBackend:
         }
         if plan.strength is not None:
             params["strength"] = plan.strength
+        if compiled and loaded.compiler is not None:
+            params["compile_mode"] = loaded.compiler.mode
         if loaded.key.enable_offload:
             params["offload"] = True
         if plan.low_memory:
@@ -1114,6 +1372,19 @@ class DiffusersBackend:
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
+
+
+def _opaque(image: PILImage.Image, notes: list[str]) -> PILImage.Image:
+    """RGB for the VAE; see-through areas become white rather than whatever colour they hide."""
+    if image.mode != "RGBA":
+        return image.convert("RGB")
+    low, _ = image.getchannel("A").getextrema()
+    if low == 255:
+        return image.convert("RGB")
+    notes.append("The source image has transparent areas; they were filled with white.")
+    flat = PILImage.new("RGB", image.size, (255, 255, 255))
+    flat.paste(image, mask=image.getchannel("A"))
+    return flat
 
 
 def _round_down(value: int, multiple: int) -> int:
@@ -1159,6 +1430,7 @@ def _low_memory(pipe: Any) -> Iterator[None]:
     saved = {name: m.attn_processors for name, m in modules.items() if hasattr(m, "attn_processors")}
     vae: Any = getattr(pipe, "vae", None)
     slicing = getattr(vae, "use_slicing", False)
+    tiling = getattr(vae, "use_tiling", False)
     pipe.enable_attention_slicing("auto")
     if hasattr(vae, "enable_slicing"):
         vae.enable_slicing()
@@ -1168,7 +1440,7 @@ def _low_memory(pipe: Any) -> Iterator[None]:
         for name, processors in saved.items():
             getattr(pipe, name).set_attn_processor(processors)
         if vae is not None:
-            vae.use_slicing = slicing
+            vae.use_slicing, vae.use_tiling = slicing, tiling
 
 
 __all__ = [

@@ -26,4 +26,5 @@ def test_each_image_of_a_diffusers_batch_replays_pixel_identical(tmp_path: Path,
         assert identical, f"#{ready.number} did not replay bit for bit"
         assert np.array_equal(np.asarray(pixels), np.asarray(repo.load_image(original)))
     first, second = (repo.get_image(ready.id) for ready in made)
+    assert first.seed is not None
     assert second.seed == first.seed + 1  # each image keeps its own seed in the record

@@ -36,7 +36,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -486,20 +486,40 @@ def _no_prompt_given(call: Call) -> None:
         )
 
 
+class _Prompt(NamedTuple):
+    text: str
+    negative: str
+    style: str | None
+    verbatim: bool
+    #: why the user's words replaced the model's (shown to the user), if they did
+    note: str | None
+
+
+def _prompt_for(
+    prompt: str, negative_prompt: str | None, style: str | None, call: Call, model_verbatim: bool = False
+) -> _Prompt:
+    """The prompt a drawing call runs with.
+
+    The user's exact words, when they asked for them, win over the model's rewrite and drop
+    the style and negative prompt; otherwise the style preset is applied.
+    """
+    exact = _exact_prompt(prompt, call, model_verbatim=model_verbatim)
+    if exact is not None:
+        words, note = exact
+        return _Prompt(words, "", None, True, note)
+    chosen = style or normalize_style(call.context.style)
+    styled = _with_style(prompt, chosen)
+    return _Prompt(styled, _negative(negative_prompt, chosen, styled, "", call.context), chosen, False, None)
+
+
 def _generate(args: GenerateImage, call: Call) -> Plan:
     context = call.context
     _no_prompt_given(call)
     n, note = cap_n(args.n, context)
     size = _size(args.size, n, call.limits)
-    exact = _exact_prompt(args.prompt, call, model_verbatim=args.verbatim)
-    if exact is not None:
-        prompt, forced = exact
-        negative, style = "", None
-    else:
-        forced = None
-        style = args.style or normalize_style(context.style)
-        prompt = _with_style(args.prompt, style)
-        negative = _negative(args.negative_prompt, style, prompt, "", context)
+    prompt, negative, style, verbatim, forced = _prompt_for(
+        args.prompt, args.negative_prompt, args.style, call, args.verbatim
+    )
     return Plan(
         intent=Intent.GENERATE,
         instruction=call.text,
@@ -508,7 +528,7 @@ def _generate(args: GenerateImage, call: Call) -> Plan:
         n=n,
         seed=args.seed,
         style=style,
-        verbatim=exact is not None,
+        verbatim=verbatim,
         reply=_join(call.preface, forced, note),
         size=size,
     )
@@ -593,15 +613,9 @@ def _redraw(args: RedrawImage, call: Call) -> Plan:
     _no_prompt_given(call)
     source, is_upload = _source(context, args.image_number, args.use_upload)
     n, note = cap_n(args.n, context)
-    exact = _exact_prompt(args.prompt, call)
-    if exact is not None:
-        prompt, forced = exact
-        negative, style = "", None
-    else:
-        forced = None
-        style = args.style or normalize_style(context.style)
-        prompt = _with_style(args.prompt, style)
-        negative = _negative(args.negative_prompt, style, prompt, "", context)
+    prompt, negative, style, verbatim, forced = _prompt_for(
+        args.prompt, args.negative_prompt, args.style, call
+    )
     return Plan(
         intent=Intent.IMG2IMG,
         targets=(source.number,),
@@ -612,7 +626,7 @@ def _redraw(args: RedrawImage, call: Call) -> Plan:
         strength=args.strength,
         seed=args.seed,
         style=style,
-        verbatim=exact is not None,
+        verbatim=verbatim,
         reply=_join(call.preface, forced, note),
         use_upload=is_upload,
     )

@@ -42,6 +42,7 @@ def make_backend(settings: Settings, choice: BackendChoice | None = None) -> Ima
                 compile=settings.diffusers_compile,
                 compile_mode=settings.diffusers_compile_mode,
                 enable_offload=settings.diffusers_offload,
+                fp8=settings.diffusers_fp8,
                 cache_dir=settings.data_dir / "cache",
             )
     from tools.offline import OfflineBackend

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     #: torch.compile mode: reduce-overhead (CUDA graphs) · max-autotune · max-autotune-no-cudagraphs · default
     diffusers_compile_mode: str = "reduce-overhead"
     diffusers_offload: bool = False
+    #: the UNet's large linear layers as FP8 matmuls (torchao; Ada/Hopper/Blackwell GPUs)
+    diffusers_fp8: bool = False
 
     openai_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key")

@@ -21,12 +21,21 @@ Two more runs follow the table on a CUDA GPU (each prints "skipped: no CUDA" els
   memory (target ≤ 12 GB);
 * a warm restart: a fresh Python process that loads SD 1.5 with --compile-mode and the compile
   cache under --workdir, compiles (from the cache) and makes its first compiled 512² image; run
-  twice, so the second start finds the cache warm (target ≤ 15 s from process start).
+  twice, so the second start finds the cache warm, or once when the table already compiled that
+  shape into the cache (target ≤ 15 s from process start).
 
     python bench/diffusers_speed.py                       # sd15+sdxl, 512+1024, batch 1+4, 25 steps
     python bench/diffusers_speed.py --quick               # each model at its native size, batch 1, 10 steps
     python bench/diffusers_speed.py --compile --models sd15 --sizes 512 --batches 1
     python bench/diffusers_speed.py --smoke               # tiny shapes on CPU: proves the script runs
+    python bench/diffusers_speed.py --lease --budget 420  # a short GPU lease: targets first (below)
+
+--lease orders the work for a short lease: the target shape (SD 1.5, 512², batch 1) with
+torch.compile, with a phase-by-phase breakdown of one image; the restart on the compile cache
+that compile filled (one child); SDXL with offload; the target shape with an FP8 UNet
+(torchao, --fp8 adds it to a normal run); then the rest of the table eagerly. A step that would
+not fit in --budget seconds is listed as not run. `bash bench/gpu_check.sh` runs it on a lent
+GPU machine, with the GPU tests first.
 
 SDXL in fp16 is ~7 GB on disk in the work folder; pass --workdir to keep and reuse it.
 """
@@ -380,9 +389,18 @@ def time_diffusers(
 
 
 def time_atelier(
-    folder: Path, shapes: list[Shape], args: argparse.Namespace
+    folder: Path,
+    shapes: list[Shape],
+    args: argparse.Namespace,
+    *,
+    compile: bool,
+    fp8: bool = False,
+    breakdown: dict[str, float] | None = None,
 ) -> dict[Shape, tuple[float, float | None, bool]]:
-    """Atelier's backend end to end (ImageRequest in, PIL images out): s/img, peak memory, compiled?"""
+    """Atelier's backend end to end (ImageRequest in, PIL images out): s/img, peak memory, compiled?
+
+    With `breakdown`, one more call of the first shape is timed phase by phase into it.
+    """
     from tools import diffusers_local
     from tools.base import ImageRequest, Operation
 
@@ -390,13 +408,14 @@ def time_atelier(
         str(folder),
         device=args.device,
         dtype=args.dtype_name,
-        compile=args.compile,
+        compile=compile,
         compile_mode=args.compile_mode,
         cache_dir=args.workdir / "compile-cache",
         local_files_only=True,
+        fp8=fp8,
     )
     backend.load()
-    if args.compile:
+    if compile:
         started = time.perf_counter()
         for size, batch in shapes:
             backend.warm_up(size, size, batch)
@@ -424,16 +443,100 @@ def time_atelier(
             seconds = timed(functools.partial(request, args.steps), args.device, args.repeats)
         compiled = bool(request(1).params["compiled"])
         results[size, batch] = (seconds / batch, mem[0], compiled)
-        print(f"  atelier   {folder.name} {size}² ×{batch}: {seconds / batch:.3f} s/img", flush=True)
+        label = "atelier+fp8" if fp8 else "atelier  "
+        print(f"  {label} {folder.name} {size}² ×{batch}: {seconds / batch:.3f} s/img", flush=True)
+        if breakdown is not None and not breakdown:
+            breakdown |= phase_breakdown(backend, functools.partial(request, args.steps), args.device)
     diffusers_local.clear_cache()
     return results
 
 
-def bench_model(model: str, folder: Path, args: argparse.Namespace, peak: float) -> list[Row]:
-    shapes = shapes_for(model, args)
+@contextmanager
+def _phase_timers(loaded: Any, device: str) -> Iterator[dict[str, list[Any]]]:
+    """Start/stop marks around the text encoders, every UNet call and the VAE decode.
+
+    On CUDA the marks are events on the stream, so timing adds no host sync inside the call.
+    With a compiler, the UNet is timed at its compiled wrapper (so only compiled shapes count):
+    hooks there run outside the graph, and a hook on the module inside it would change the
+    graph's guards and force a recompile in the middle of the timed call.
+    """
+    import torch
+
+    cuda = device.startswith("cuda")
+    marks: dict[str, list[Any]] = {"text encoders": [], "UNet": [], "VAE decode": []}
+
+    def mark(phase: str) -> None:
+        if cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            marks[phase].append(event)
+        else:
+            marks[phase].append(time.perf_counter())
+
+    pipe = loaded.base
+    modules = [(getattr(pipe, n, None), "text encoders") for n in ("text_encoder", "text_encoder_2")]
+    compiler = loaded.compiler
+    modules.append((loaded.unet if compiler is None else compiler.compiled, "UNet"))
+    handles = []
+    for module, phase in modules:
+        if module is None:
+            continue
+        handles.append(module.register_forward_pre_hook(lambda *_, p=phase: mark(p)))
+        handles.append(module.register_forward_hook(lambda *_, p=phase: mark(p)))
+    vae = pipe.vae
+    decode = vae.decode
+
+    def timed_decode(*a: Any, **k: Any) -> Any:
+        mark("VAE decode")
+        out = decode(*a, **k)
+        mark("VAE decode")
+        return out
+
+    vae.decode = timed_decode
+    try:
+        yield marks
+    finally:
+        del vae.decode  # the class's method again
+        for handle in handles:
+            handle.remove()
+
+
+def phase_breakdown(backend: Any, call: Callable[[], Any], device: str) -> dict[str, float]:
+    """Milliseconds of one call in each phase; "other" is the rest (scheduler, host, PIL, syncs)."""
+    loaded = backend.load()
+    with _phase_timers(loaded, device) as marks:
+        sync(device)
+        started = time.perf_counter()
+        call()
+        sync(device)
+        total = time.perf_counter() - started
+    out: dict[str, float] = {}
+    for phase, stamps in marks.items():
+        pairs = zip(stamps[0::2], stamps[1::2], strict=False)
+        if device.startswith("cuda"):
+            out[phase] = sum(a.elapsed_time(b) for a, b in pairs)
+        else:
+            out[phase] = sum(b - a for a, b in pairs) * 1e3
+        if phase == "UNet":
+            out["UNet calls"] = len(stamps) // 2
+    out["other"] = total * 1e3 - sum(v for k, v in out.items() if k != "UNet calls")
+    out["total"] = total * 1e3
+    return out
+
+
+def bench_model(
+    model: str,
+    folder: Path,
+    args: argparse.Namespace,
+    peak: float,
+    shapes: list[Shape],
+    *,
+    compile: bool,
+    breakdown: dict[str, float] | None = None,
+) -> list[Row]:
     plain, flops = time_diffusers(folder, shapes, args)
     free_memory()
-    ours = time_atelier(folder, shapes, args)
+    ours = time_atelier(folder, shapes, args, compile=compile, breakdown=breakdown)
     free_memory()
     return [
         Row(
@@ -509,11 +612,12 @@ def restart_child(folder: Path, args: argparse.Namespace) -> int:
     )
     backend.load()
     loaded = time.perf_counter()
-    backend.warm_up(512, 512, 1)
+    size = args.restart_size
+    backend.warm_up(size, size, 1)
     done = backend.wait_for_compile(timeout=args.compile_timeout)
     compiled_at = time.perf_counter()
     result = backend.run(
-        ImageRequest(Operation.GENERATE, PROMPT, width=512, height=512, seed=0, steps=args.steps)
+        ImageRequest(Operation.GENERATE, PROMPT, width=size, height=size, seed=0, steps=args.steps)
     )
     sync(device)
     finished = time.perf_counter()
@@ -534,8 +638,12 @@ def restart_child(folder: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def restart_run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Two fresh processes in a row on the same compile cache: the second one finds it warm."""
+def restart_run(args: argparse.Namespace, *, cache_warm: bool) -> list[dict[str, Any]]:
+    """Fresh processes on the run's compile cache; the last one finds it warm.
+
+    When this run already compiled SD 1.5 at 512² ×1 in-process, the cache is warm and one
+    child is enough; otherwise a first child fills it and a second one is the measured restart.
+    """
     folder = saved_model("sd15", args.workdir, tiny=args.cpu_smoke, device=args.device, dtype=args.dtype)
     command = [
         sys.executable,
@@ -550,9 +658,12 @@ def restart_run(args: argparse.Namespace) -> list[dict[str, Any]]:
         str(args.steps),
         "--compile-timeout",
         str(args.compile_timeout),
+        "--restart-size",
+        str(args.sizes[0] if args.cpu_smoke else NATIVE_SIZE["sd15"]),
     ]
     runs: list[dict[str, Any]] = []
-    for label in ("first start", "restart, cache warm"):
+    labels = ("restart, cache warm",) if cache_warm else ("first start", "restart, cache warm")
+    for label in labels:
         started = time.perf_counter()
         out = subprocess.run(
             command, capture_output=True, text=True, timeout=args.compile_timeout + 600, check=False
@@ -565,12 +676,147 @@ def restart_run(args: argparse.Namespace) -> list[dict[str, Any]]:
         run = json.loads(lines[-1]) | {"label": label, "wall_s": wall}
         runs.append(run)
         print(
-            f"  {label}: {wall:.1f} s to the first compiled 512² image (imports {run['imports_s']:.1f}, "
+            f"  {label}: {wall:.1f} s to the first compiled image (imports {run['imports_s']:.1f}, "
             f"load {run['load_s']:.1f}, compile {run['compile_s']:.1f}, image {run['image_s']:.2f}; "
             f"compiled {run['compiled']})",
             flush=True,
         )
     return runs
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    breakdown: dict[str, float]
+    fp8: dict[str, Any] | str
+    offload: dict[str, Any] | str
+    restarts: list[dict[str, Any]] | str
+    not_run: list[str]
+    headline: Shape | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rows": [asdict(r) | {"speedup": r.speedup} for r in self.rows],
+            "breakdown_ms": self.breakdown,
+            "fp8": self.fp8,
+            "offload": self.offload,
+            "restarts": self.restarts,
+            "not_run": self.not_run,
+        }
+
+
+class Deadline:
+    """The run's time budget (--budget): a step that would not fit is reported, never cut off midway."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.end = None if seconds is None else STARTED + seconds
+
+    def refuses(self, need: float) -> str | None:
+        """Why a step of about `need` seconds is not run, or None when it fits."""
+        if self.end is None:
+            return None
+        left = self.end - time.perf_counter()
+        return (
+            None
+            if left >= need
+            else f"not run: {max(left, 0):.0f} s of the budget left, ~{need:.0f} s needed"
+        )
+
+
+#: rough seconds each step takes on an H100/H200 (random weights built, compiled where it says)
+STEP_NEEDS = {"restart": 60.0, "offload": 150.0, "fp8": 200.0, "sd15": 90.0, "sdxl": 240.0}
+
+
+def run_plan(args: argparse.Namespace, peak: float) -> Report:
+    """Every measurement in priority order, so a short lease measures what the targets need first.
+
+    --lease: the target shape (SD 1.5, 512², batch 1) with torch.compile; a restart on the
+    compile cache it filled; SDXL with offload; FP8; then the rest of the table eagerly, as far
+    as --budget allows. Without --lease: the whole table (compiled with --compile), then the
+    offload run and the restart.
+    """
+    deadline = Deadline(args.budget)
+    cuda = args.device == "cuda"
+    rows: list[Row] = []
+    breakdown: dict[str, float] = {}
+    not_run: list[str] = []
+    headline: Shape | None = None
+    fp8: dict[str, Any] | str = "skipped (run with --lease or --fp8)"
+    if args.lease:
+        headline = (args.sizes[0] if args.cpu_smoke else NATIVE_SIZE["sd15"], 1)
+        folder = saved_model("sd15", args.workdir, tiny=args.cpu_smoke, device=args.device, dtype=args.dtype)
+        print(f"sd15 at the target shape {headline[0]}² ×1, compiled:", flush=True)
+        rows += bench_model("sd15", folder, args, peak, [headline], compile=True, breakdown=breakdown)
+    else:
+        for model in args.models:
+            print(f"{model}:", flush=True)
+            folder = saved_model(
+                model, args.workdir, tiny=args.cpu_smoke, device=args.device, dtype=args.dtype
+            )
+            rows += bench_model(
+                model, folder, args, peak, shapes_for(model, args), compile=args.compile, breakdown=breakdown
+            )
+    cache_warm = any(r.model == "sd15" and r.atelier_compiled and r.batch == 1 for r in rows)
+
+    # the smoke run restarts on the CPU too: the child's code path is checked before a lease
+    restarts: list[dict[str, Any]] | str = (
+        "skipped: no CUDA" if not (cuda or args.cpu_smoke) else "skipped (--no-restart-run)"
+    )
+    if (cuda or args.cpu_smoke) and args.restart_run:
+        restarts = deadline.refuses(STEP_NEEDS["restart"]) or "run"
+        if restarts == "run":
+            print("restart with the compile cache:", flush=True)
+            restarts = restart_run(args, cache_warm=cache_warm)
+    offload: dict[str, Any] | str = "skipped: no CUDA" if not cuda else "skipped (--no-offload-run)"
+    if cuda and args.offload_run:
+        offload = deadline.refuses(STEP_NEEDS["offload"]) or "run"
+        if offload == "run":
+            print("sdxl with CPU offload:", flush=True)
+            offload = offload_run(args)
+    if args.lease or args.fp8:
+        fp8 = deadline.refuses(STEP_NEEDS["fp8"]) or fp8_run(args)
+    if args.lease:
+        assert headline is not None
+        for model in args.models:
+            shapes = [shape for shape in shapes_for(model, args) if (model, shape) != ("sd15", headline)]
+            refused = deadline.refuses(STEP_NEEDS[model])
+            if not shapes:
+                continue
+            if refused:
+                not_run.append(f"{model} {', '.join(f'{s}²×{b}' for s, b in shapes)}: {refused}")
+                continue
+            print(f"{model} (eager):", flush=True)
+            folder = saved_model(
+                model, args.workdir, tiny=args.cpu_smoke, device=args.device, dtype=args.dtype
+            )
+            rows += bench_model(model, folder, args, peak, shapes, compile=False)
+    return Report(rows, breakdown, fp8, offload, restarts, not_run, headline)
+
+
+def fp8_run(args: argparse.Namespace) -> dict[str, Any] | str:
+    """The target shape once more with the UNet's linear layers in FP8 (torchao), compiled."""
+    import torch
+
+    if not args.device.startswith("cuda"):
+        return "skipped: no CUDA"
+    capability = torch.cuda.get_device_capability()
+    if capability < (8, 9):
+        return f"skipped: compute capability {capability[0]}.{capability[1]} has no FP8 tensor cores"
+    try:
+        import torchao
+    except ImportError:
+        return "skipped: torchao is not installed"
+    size = NATIVE_SIZE["sd15"]
+    folder = saved_model("sd15", args.workdir, tiny=False, device=args.device, dtype=args.dtype)
+    print(f"sd15 {size}² ×1 with FP8 (torchao {torchao.__version__}), compiled:", flush=True)
+    try:
+        result = time_atelier(folder, [(size, 1)], args, compile=True, fp8=True)
+    except Exception as exc:  # a lever that fails is a finding, not the end of the run
+        return f"failed: {type(exc).__name__}: {str(exc)[:400]}"
+    finally:
+        free_memory()
+    seconds, peak_gb, compiled = result[size, 1]
+    return {"s_per_image": seconds, "peak_gb": peak_gb, "compiled": compiled, "torchao": torchao.__version__}
 
 
 def print_extras(offload: dict[str, Any] | str, restarts: list[dict[str, Any]] | str) -> None:
@@ -596,6 +842,52 @@ def print_extras(offload: dict[str, Any] | str, restarts: list[dict[str, Any]] |
             f"warm restart (first compiled image after a process start): {last['wall_s']:.1f} s "
             f"({verdict} the {RESTART_TARGET_S:.0f} s target; {len(restarts)} run(s), last: {last['label']})"
         )
+
+
+def print_report(report: Report) -> None:
+    """The table, then each extra run, then the targets: the reply of a lease shows this tail."""
+    print_table(report.rows)
+    if report.breakdown:
+        b = report.breakdown
+        print(
+            f"one image, phase by phase (ms): text encoders {b['text encoders']:.1f} · "
+            f"UNet {b['UNet']:.1f} ({b['UNet calls']:.0f} calls) · VAE decode {b['VAE decode']:.1f} · "
+            f"other (scheduler, host, PIL) {b['other']:.1f} · total {b['total']:.1f}"
+        )
+    print()
+    if isinstance(report.fp8, str):
+        print(f"FP8 UNet (torchao): {report.fp8}")
+    else:
+        base = next(
+            (r for r in report.rows if report.headline == (r.size, r.batch) and r.model == "sd15"), None
+        )
+        versus = f", {base.diffusers_s_per_image / report.fp8['s_per_image']:.2f}× plain" if base else ""
+        print(
+            f"FP8 UNet (torchao {report.fp8['torchao']}): {report.fp8['s_per_image']:.3f} s/img{versus} "
+            f"(compiled {report.fp8['compiled']})"
+        )
+    print_extras(report.offload, report.restarts)
+    for line in report.not_run:
+        print(f"{line}")
+    print_targets(report)
+
+
+def print_targets(report: Report) -> None:
+    """Issue 7's targets at SD 1.5, 512², batch 1: within or OVER, from this run's numbers."""
+    row = next((r for r in report.rows if r.model == "sd15" and (r.size, r.batch) == (512, 1)), None)
+    if row is None:
+        return
+    fastest = row.atelier_s_per_image
+    label = "Atelier"
+    if isinstance(report.fp8, dict) and report.fp8["s_per_image"] < fastest:
+        fastest, label = report.fp8["s_per_image"], "Atelier + FP8"
+    roof = fastest / row.roofline_s_per_image
+    speedup = row.diffusers_s_per_image / fastest
+    print(
+        f"targets at sd15 512² ×1 ({label}, compiled {row.atelier_compiled}): "
+        f"{fastest:.3f} s/img = {roof:.2f}× the roofline ({'within' if roof <= 3 else 'OVER'} 3×), "
+        f"{speedup:.2f}× plain diffusers ({'within' if speedup >= 6 else 'UNDER'} 6×)"
+    )
 
 
 def print_table(rows: list[Row]) -> None:
@@ -668,6 +960,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time a restart with a warm compile cache after the table (CUDA only)",
     )
     parser.add_argument("--restart-child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--restart-size", type=int, default=512, help=argparse.SUPPRESS)
     parser.add_argument(
         "--dtype", dest="dtype_name", default=None, help="float16 (default on GPU) or bfloat16"
     )
@@ -675,6 +968,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workdir", type=Path, default=None, help="keep built models here (default: a temp dir)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--lease",
+        action="store_true",
+        help="for a short GPU lease: the target shape compiled first, then restart, offload, FP8, "
+        "and the rest of the table eagerly, as far as --budget allows",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for the whole run; steps that would not fit are skipped",
+    )
+    parser.add_argument("--fp8", action="store_true", help="also time the target shape with an FP8 UNet")
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(args.models) - set(MODELS)
@@ -738,35 +1044,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"matmul {rate} · {args.steps} steps · compile {args.compile}", flush=True)
         if args.cpu_smoke:
             print("CPU smoke run: the numbers only show that every path runs; time on a GPU.", flush=True)
-        rows: list[Row] = []
-        for model in args.models:
-            print(f"{model}:", flush=True)
-            folder = saved_model(
-                model, args.workdir, tiny=args.cpu_smoke, device=args.device, dtype=args.dtype
-            )
-            rows += bench_model(model, folder, args, peak)
-        cuda = args.device == "cuda"
-        offload: dict[str, Any] | str = "skipped: no CUDA" if not cuda else "skipped (--no-offload-run)"
-        if cuda and args.offload_run:
-            print("sdxl with CPU offload:", flush=True)
-            offload = offload_run(args)
-        restarts: list[dict[str, Any]] | str = (
-            "skipped: no CUDA" if not cuda else "skipped (--no-restart-run)"
-        )
-        if cuda and args.restart_run:
-            print("restart with the compile cache:", flush=True)
-            restarts = restart_run(args)
+        report = run_plan(args, peak)
         print()
-        print_table(rows)
-        print()
-        print_extras(offload, restarts)
+        print_report(report)
         if args.json is not None:
-            report = {
-                "rows": [asdict(r) | {"speedup": r.speedup} for r in rows],
-                "offload": offload,
-                "restarts": restarts,
-            }
-            args.json.write_text(json.dumps(report, indent=2))
+            args.json.write_text(json.dumps(report.as_json(), indent=2))
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)

@@ -236,3 +236,20 @@ def test_diffusers_compile_mode_reaches_the_backend_and_a_bad_one_is_named(
     monkeypatch.setenv("ATELIER_DIFFUSERS_COMPILE_MODE", "turbo")
     with pytest.raises(InvalidRequest, match="Unknown compile mode 'turbo'; use one of reduce-overhead"):
         make_backend(Settings())
+
+
+def test_diffusers_fp8_reaches_the_backend_and_is_refused_on_a_cpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytest.importorskip("diffusers")
+    from assistant.backends import make_backend
+    from tools.base import InvalidRequest
+
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ATELIER_BACKEND", "diffusers")
+    monkeypatch.setenv("ATELIER_DIFFUSERS_MODEL", "someone/some-model")
+    monkeypatch.setenv("ATELIER_DIFFUSERS_DEVICE", "cpu")
+    assert getattr(make_backend(Settings()), "fp8", None) is False
+    monkeypatch.setenv("ATELIER_DIFFUSERS_FP8", "true")
+    with pytest.raises(InvalidRequest, match="FP8 runs on NVIDIA GPUs only"):
+        make_backend(Settings())

@@ -442,6 +442,13 @@ def test_bad_device_and_dtype(tiny_model: Path) -> None:
         dl.DiffusersBackend(str(tiny_model), device="tpu")
 
 
+def test_fp8_is_refused_off_nvidia_gpus_before_any_load(tiny_model: Path) -> None:
+    loads = dl.cache_info().loads
+    with pytest.raises(InvalidRequest, match=r"FP8 runs on NVIDIA GPUs only.*runs on cpu"):
+        dl.DiffusersBackend(str(tiny_model), device="cpu", fp8=True)
+    assert dl.cache_info().loads == loads
+
+
 @dataclass
 class UnetCall:
     """What the UNet saw on one call: the batch, and the memory savers in force."""
@@ -1059,4 +1066,32 @@ def test_gpu_reduce_overhead_compile_replays_on_the_models_thread(tiny_model: Pa
     assert threads == {loaded.worker.ident}  # the graphs recorded by the warm-up, replayed there
     assert np.array_equal(pixels(results[0]), pixels(results[1]))
     assert np.abs(pixels(results[0]).astype(int) - pixels(eager).astype(int)).mean() < 10
+    dl.clear_cache()
+
+
+@pytest.mark.gpu
+@on_gpu
+def test_gpu_fp8_quantizes_the_unets_linear_layers_and_records_it(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        with pytest.raises(InvalidRequest, match=r"compute capability 8\.9"):
+            dl.DiffusersBackend(str(tiny_model), local_files_only=True, fp8=True).load()
+        return
+    pytest.importorskip("torchao")
+    dl.clear_cache()
+    reference = dl.DiffusersBackend(str(tiny_model), local_files_only=True).run(request(seed=3))
+    dl.clear_cache()
+    monkeypatch.setattr(dl, "FP8_MIN_FEATURES", 16)  # the tiny UNet's layers are 32 wide
+    backend = dl.DiffusersBackend(str(tiny_model), local_files_only=True, fp8=True)
+    result = backend.run(request(seed=3))
+    unet = backend.load().unet
+    kinds = {type(m.weight).__name__ for m in unet.modules() if isinstance(m, torch.nn.Linear)}
+    assert any("Float8" in kind for kind in kinds), kinds
+    assert result.params["fp8"] is True and "fp8" not in reference.params
+    fp8, fp16 = pixels(result).astype(int), pixels(reference).astype(int)
+    assert fp8.std() > 0 and np.abs(fp8 - fp16).mean() < 20  # close to fp16, not noise
+    assert np.array_equal(pixels(backend.run(request(seed=3))), pixels(result))
     dl.clear_cache()

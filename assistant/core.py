@@ -418,15 +418,23 @@ class Assistant:
         width, height = natural
         return self.settings.width or width, self.settings.height or height
 
-    def _check_limits(self, width: int, height: int, n: int) -> None:
+    def _steps(self, plan: Plan | None) -> int:
+        """The turn's sampling steps: what the user asked for in the message, else the settings'."""
+        return plan.steps if plan is not None and plan.steps is not None else self.settings.steps
+
+    def _guidance(self, plan: Plan | None) -> float:
+        return plan.guidance if plan is not None and plan.guidance is not None else self.settings.guidance
+
+    def _check_limits(self, width: int, height: int, n: int, steps: int | None = None) -> None:
         """Refuse a call over the caps, before it is made; pixels count for the whole turn."""
         settings = self.settings
+        steps = settings.steps if steps is None else steps
         if n > settings.max_n:
             raise TurnFailed(f"At most {settings.max_n} images per request.")
         if max(width, height) > settings.max_side:
             raise TurnFailed(f"{width}×{height} is too large; the limit is {settings.max_side} px per side.")
-        if self.settings.steps > settings.max_steps:
-            raise TurnFailed(f"{self.settings.steps} steps is over the limit of {settings.max_steps}.")
+        if steps > settings.max_steps:
+            raise TurnFailed(f"{steps} steps is over the limit of {settings.max_steps}.")
         pixels = width * height * n
         so_far = self.turn_usage.pixels
         if so_far + pixels > settings.max_pixels_per_turn:
@@ -501,7 +509,8 @@ class Assistant:
     ) -> Generator[Event, None, None]:
         plan = state.plan
         width, height = size
-        self._check_limits(width, height, n)
+        steps, guidance = self._steps(plan), self._guidance(plan)
+        self._check_limits(width, height, n, steps)
         backend = self.backend
         seed = self._seed(plan) if seed is None else seed
         strength = plan.strength if strength is None else strength
@@ -517,8 +526,8 @@ class Assistant:
             height=height,
             n=n,
             seed=seed,
-            steps=self.settings.steps,
-            guidance=self.settings.guidance,
+            steps=steps,
+            guidance=guidance,
             strength=strength,
             sources=(self.repo.load_image(source),) if source is not None else (),
             mask=mask,
@@ -537,7 +546,7 @@ class Assistant:
             request_record["regenerated_from"] = regenerated_from
         # the call's record keeps what was offered; an image's record keeps what its backend
         # reports it used (OpenAI has no steps or guidance, so its images say none)
-        offered = {"steps": self.settings.steps, "guidance": self.settings.guidance}
+        offered = {"steps": steps, "guidance": guidance}
         started = time.monotonic()
         generation = NewGeneration(
             operation=operation.value,
@@ -755,8 +764,8 @@ class Assistant:
         backend = self.backend
         params: dict[str, Any] = {
             "n": plan.n,
-            "steps": self.settings.steps,
-            "guidance": self.settings.guidance,
+            "steps": self._steps(plan),
+            "guidance": self._guidance(plan),
             "size": "{}x{}".format(*(plan.size or self.default_size())),
         }
         if plan.strength is not None:
@@ -871,7 +880,7 @@ class Assistant:
     ) -> None:
         """A replay is held to the same caps and budget as the turn that made the image."""
         try:
-            self._check_limits(request.width, request.height, request.n)
+            self._check_limits(request.width, request.height, request.n, request.steps)
             self._check_budget(conversation_id, backend, request)
         except TurnFailed as failure:
             raise InvalidRequest(failure.message) from None

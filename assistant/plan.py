@@ -154,6 +154,9 @@ class Plan:
     use_upload: bool = False
     #: (width, height) for a fresh generation; None = the settings' default size
     size: tuple[int, int] | None = None
+    #: sampling steps and guidance the user asked for this turn ("40 steps"); None = the settings'
+    steps: int | None = None
+    guidance: float | None = None
 
     def __post_init__(self) -> None:
         if self.operation is None and self.intent in INTENT_OPERATIONS:
@@ -188,6 +191,8 @@ class Plan:
             "operation": self.operation.value if self.operation is not None else None,
             "use_upload": self.use_upload,
             "size": list(self.size) if self.size is not None else None,
+            "steps": self.steps,
+            "guidance": self.guidance,
         }
 
     @classmethod
@@ -213,6 +218,8 @@ class Plan:
             operation=Operation(operation) if operation else None,
             use_upload=bool(data.get("use_upload", False)),
             size=(int(size[0]), int(size[1])) if (size := data.get("size")) else None,
+            steps=int(steps) if (steps := data.get("steps")) is not None else None,
+            guidance=float(guidance) if (guidance := data.get("guidance")) is not None else None,
         )
 
 

@@ -1092,6 +1092,7 @@ def test_gpu_fp8_quantizes_the_unets_linear_layers_and_records_it(
     assert any("Float8" in kind for kind in kinds), kinds
     assert result.params["fp8"] is True and "fp8" not in reference.params
     fp8, fp16 = pixels(result).astype(int), pixels(reference).astype(int)
-    assert fp8.std() > 0 and np.abs(fp8 - fp16).mean() < 20  # close to fp16, not noise
+    # the same picture as fp16 up to rounding, not another one
+    assert fp8.std() > 0 and np.corrcoef(fp8.ravel(), fp16.ravel())[0, 1] > 0.9
     assert np.array_equal(pixels(backend.run(request(seed=3))), pixels(result))
     dl.clear_cache()

@@ -44,6 +44,14 @@ BACKEND_DEFAULT_SIZES: dict[str, tuple[int, int]] = {"openai": (1024, 1024), "of
 #: Backends that ignore negative prompts: the planner leaves them empty instead of pretending.
 BACKENDS_WITHOUT_NEGATIVE_PROMPT = frozenset({"openai", "offline"})
 
+#: what a user types to re-run a turn that failed or was stopped
+RETRY = re.compile(
+    r"(?:please\s+|ok(?:ay)?,?\s+)?(?:try\s+(?:it\s+|that\s+)?again|retry|redo|do\s+it\s+again)"
+    r"(?:\s+please)?[.!]*",
+    re.IGNORECASE,
+)
+#: the largest seed every backend takes (torch.Generator and the offline renderer: 32 bits)
+MAX_SEED = 2**32 - 1
 #: steps a replay re-runs with Pillow alone: no backend, no seed
 MODEL_FREE_OPERATIONS = {"transform", "upscale"}
 BACKEND_OPERATIONS_NEEDING_SOURCE = {
@@ -187,6 +195,11 @@ class Assistant:
         except TurnFailed as failure:
             yield from self._fail(conversation_id, None, failure)
             return
+
+        retried = self._failed_request(conversation_id, text) if not attachments else None
+        if retried is not None:
+            notes.append(f"Retrying your earlier request: “{_clip(retried, 120)}”.")
+            text = retried
 
         try:
             context = self.planner_context(
@@ -335,6 +348,28 @@ class Assistant:
                 upload = self.repo.save_upload(conversation_id, message_id, image, text)
         return upload, mask
 
+    def _failed_request(self, conversation_id: int, text: str) -> str | None:
+        """For "try again" right after a turn that failed or was stopped: that turn's words.
+
+        Without this, "try again" re-rolls the last image that was made, which is not what
+        failed. A retry of a retry goes back to the words that were first typed; a turn that
+        ended without any reply (the process died) counts as stopped.
+        """
+        if not RETRY.fullmatch(text.strip()):
+            return None
+        history = self.repo.messages(conversation_id, limit=40)[:-1]  # [-1] is this "try again"
+        while history:
+            last = history.pop()
+            if last.role == "assistant":
+                if last.status not in ("failed", "cancelled"):
+                    return None
+                if not history or history[-1].role != "user":
+                    return None
+                last = history.pop()
+            if not RETRY.fullmatch(last.content.strip()):
+                return last.content
+        return None
+
     # ----- running a plan ----------------------------------------------------------------
 
     def _run_plan(
@@ -446,9 +481,18 @@ class Assistant:
         self.turn_usage.pixels += pixels
 
     def _seed(self, plan: Plan, previous: int | None = None) -> int:
-        if plan.seed is not None:
-            return plan.seed % 2**32
-        if not plan.new_seed and self.settings.seed is not None:
+        """The turn's seed: the one asked for, else the settings' fixed one, else a fresh draw.
+
+        A seed out of range is refused rather than wrapped, so the stored seed is the one the
+        user typed; -1 means "random", as in AUTOMATIC1111.
+        """
+        if plan.seed is not None and plan.seed != -1:
+            if not 0 <= plan.seed <= MAX_SEED:
+                raise TurnFailed(
+                    f"Seeds are whole numbers from 0 to {MAX_SEED} (got {plan.seed}); -1 means random."
+                )
+            return plan.seed
+        if plan.seed is None and not plan.new_seed and self.settings.seed is not None:
             return self.settings.seed % 2**32
         seed = secrets.randbelow(2**32)
         while seed == previous:
@@ -540,7 +584,6 @@ class Assistant:
             "height": height,
             "strength": strength,
             "options": options,
-            "source_id": source.id if source is not None else None,
         }
         if regenerated_from is not None:  # a re-roll of a root has no parent to show where it came from
             request_record["regenerated_from"] = regenerated_from
@@ -690,6 +733,13 @@ class Assistant:
             raise TurnFailed(exc.user_message) from None
         except TypeError:
             raise TurnFailed(f"The {name} transform does not take {sorted(args)}.") from None
+        # the same cap as a backend call: an image Atelier makes is one it can edit again
+        limit = self.settings.max_side
+        if max(pixels.size) > limit:
+            raise TurnFailed(
+                f"That {name} of #{source.number} would be {pixels.width}×{pixels.height}; the limit is "
+                f"{limit} px per side (ATELIER_MAX_SIDE)."
+            )
         return NewImage(
             image=pixels,
             operation="upscale" if name == "upscale" else "transform",
@@ -948,6 +998,8 @@ class Assistant:
         keeps the source's layout that way) keeps the new parent's, and a step that drew its own
         (a variation) draws seed + its place in the chain, so the new branch is reproducible too.
         """
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise InvalidRequest(f"Seeds are whole numbers from 0 to {MAX_SEED} (got {seed}).")
         target = self.repo.get_image(image_id)
         conversation_id = target.conversation_id
         chain = [*self.repo.ancestors(image_id), target]
@@ -977,7 +1029,7 @@ class Assistant:
                     prompt=step.prompt,
                     negative_prompt=step.negative_prompt,
                     instruction=step.instruction,
-                    params={**(step.params or {}), "replay_of": step.id},
+                    params={**_own_params(step), "replay_of": step.id},
                 )
                 new_seeds[step.id] = new_seeds.get(previous.id) if previous is not None else None
                 loose.append(new_image)
@@ -999,7 +1051,7 @@ class Assistant:
                     revised_prompt=generated.revised_prompt,
                     seed=generated.seed,
                     params={
-                        **(step.params or {}),
+                        **_own_params(step),
                         **result.params,
                         "seed": generated.seed,
                         "replay_of": step.id,
@@ -1056,6 +1108,15 @@ def _replay_seed(
     return (seed + index) % 2**32
 
 
+#: params that name other images by id: they describe the old step, not its replay
+_ID_PARAMS = ("source_id", "replay_of", "regenerated_from")
+
+
+def _own_params(step: Image) -> dict[str, Any]:
+    """A step's params without the ids of the images around it (the source is `parent_id`)."""
+    return {k: v for k, v in (step.params or {}).items() if k not in _ID_PARAMS}
+
+
 def _as_its_batch(request: ImageRequest, image: Image) -> tuple[ImageRequest, int]:
     """The request as the batch the image was made in, and the image's place in it.
 
@@ -1104,3 +1165,8 @@ def _display_name(filename: str, limit: int = 60) -> str:
 def _title_from(text: str) -> str:
     words = " ".join(text.split())
     return (words[:60] + "…") if len(words) > 60 else (words or "New conversation")
+
+
+def _clip(text: str, limit: int) -> str:
+    words = " ".join(text.split())
+    return words if len(words) <= limit else words[: limit - 1] + "…"

@@ -35,6 +35,10 @@ class NotFound(StorageError):
     pass
 
 
+class ImageFileDamaged(StorageError):
+    """An image row whose file is gone or no longer a readable picture: said once, the same everywhere."""
+
+
 @dataclass
 class NewImage:
     """An image to store, with everything needed to explain and replay it."""
@@ -578,14 +582,12 @@ class Repository:
         return self.files.read(image.sha256)
 
     def load_image(self, image: Image) -> PILImage.Image:
-        with PILImage.open(self.image_path(image)) as opened:
-            return opened.copy()
+        return _open_stored(self.image_path(image), f"image #{image.number}")
 
     def load_mask(self, image: Image) -> PILImage.Image | None:
         if image.mask_sha256 is None:
             return None
-        with PILImage.open(self.files.path_for(image.mask_sha256)) as opened:
-            return opened.copy()
+        return _open_stored(self.files.path_for(image.mask_sha256), f"the mask of image #{image.number}")
 
     def generation(self, generation_id: int) -> tuple[Generation, list[GenerationInput]]:
         with self.db.read() as session:
@@ -950,6 +952,24 @@ def _in_dependency_order(items: Sequence[NewGeneration | NewImage]) -> list[NewG
 
 def _stored_id(ref: int | NewImage, stored: dict[int, Image]) -> int:
     return ref if isinstance(ref, int) else stored[id(ref)].id
+
+
+def _open_stored(path: Path, what: str) -> PILImage.Image:
+    """Pixels of a stored file, or a message that names the image instead of an errno and a path."""
+    try:
+        with PILImage.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except FileNotFoundError:
+        raise ImageFileDamaged(
+            f"The file of {what} is missing from the data folder, so it can't be used; "
+            "run `atelier doctor` to check the image store."
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or overwritten: Pillow's errors
+        raise ImageFileDamaged(
+            f"The file of {what} is damaged ({type(exc).__name__}), so it can't be used; "
+            "run `atelier doctor` to check the image store."
+        ) from None
 
 
 def _file_matches(files: ImageFileStore, digest: str) -> bool:

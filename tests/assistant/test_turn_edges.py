@@ -1,0 +1,136 @@
+"""Turns at the edges a user runs into: damaged files, retrying a failed turn, limits on
+model-free results, seeds out of range, and the words of an interrupted turn.
+
+Everything runs through `Assistant.respond` on the offline backend with a real SQLite file,
+and checks what a user sees (the events) and what is stored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from assistant.core import Assistant
+from assistant.events import Event, Failed, Reply
+from tests.assistant.test_assistant_turns import images_of, open_assistant, run
+
+
+def numbers(assistant: Assistant, conversation_id: int) -> list[int]:
+    return [image.number for image in assistant.repo.conversation_images(conversation_id)]
+
+
+def failure(events: list[Event]) -> str:
+    failed = [e for e in events if isinstance(e, Failed)]
+    assert failed, events
+    return failed[-1].message
+
+
+def start(tmp_path: Path, text: str = "a cozy cabin at night", **overrides: object) -> tuple[Assistant, int]:
+    assistant = open_assistant(tmp_path, **overrides)
+    events = run(assistant, None, text)
+    assert images_of(events), events
+    return assistant, events[0].conversation_id
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+@pytest.mark.parametrize("text", ["three variations of #1", "make #1 snowier", "flip #1"])
+def test_a_damaged_file_is_named_in_the_chat_and_nothing_is_stored(
+    tmp_path: Path, damage: str, text: str
+) -> None:
+    assistant, conversation_id = start(tmp_path)
+    (image,) = assistant.repo.conversation_images(conversation_id)
+    path = assistant.repo.image_path(image)
+    if damage == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:200])
+    events = run(assistant, conversation_id, text)
+    message = failure(events)
+    word = "missing" if damage == "delete" else "damaged"
+    assert message.startswith(f"The file of image #1 is {word}") and "atelier doctor" in message, message
+    assert "Errno" not in message and str(tmp_path) not in message
+    assert numbers(assistant, conversation_id) == [1]
+    replies = [m for m in assistant.repo.messages(conversation_id) if m.role == "assistant"]
+    assert replies[-1].content.startswith(f"The file of image #1 is {word}")  # the turn is answered
+
+
+def test_a_seed_out_of_range_is_refused_not_wrapped_and_minus_one_means_random(tmp_path: Path) -> None:
+    assistant, conversation_id = start(tmp_path, "a red fox in the snow, seed 42")
+    assert [i.seed for i in assistant.repo.conversation_images(conversation_id)] == [42]
+    events = run(assistant, conversation_id, "a cabin at night, seed 5000000000")
+    assert (
+        failure(events) == "Seeds are whole numbers from 0 to 4294967295 (got 5000000000); -1 means random."
+    )
+    assert numbers(assistant, conversation_id) == [1]
+    seeds = set()
+    for _ in range(2):
+        images = images_of(run(assistant, conversation_id, "a cabin at night, seed -1"))
+        seeds.add(assistant.repo.get_image(images[0].id).seed)
+    assert len(seeds) == 2 and all(0 <= s < 2**32 for s in seeds)  # random each time
+    from tools.base import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="Seeds are whole numbers from 0 to 4294967295"):
+        assistant.replay_chain(1, seed=-5)
+
+
+@pytest.mark.parametrize(
+    ("text", "result"),
+    [
+        ("upscale #1 4x", "upscale of #1 would be 512×512"),
+        ("resize #1 to 1000x300", "resize of #1 would be 1000×300"),
+    ],
+)
+def test_model_free_results_keep_to_the_side_limit(tmp_path: Path, text: str, result: str) -> None:
+    assistant, conversation_id = start(tmp_path, max_side=256)  # images are 128² here
+    message = failure(run(assistant, conversation_id, text))
+    assert message == f"That {result}; the limit is 256 px per side (ATELIER_MAX_SIDE).", message
+    assert numbers(assistant, conversation_id) == [1]
+    images = images_of(run(assistant, conversation_id, "upscale #1 2x"))  # within the limit: fine
+    assert (assistant.repo.get_image(images[0].id).width, len(images)) == (256, 1)
+
+
+def test_try_again_after_a_failed_turn_retries_that_request(tmp_path: Path) -> None:
+    assistant, conversation_id = start(tmp_path, max_side=256)
+    failure(run(assistant, conversation_id, "upscale #1 4x"))  # over the side limit: fails
+    assistant.settings.max_side = 1024  # the user raises the limit, then asks again
+    events = run(assistant, conversation_id, "try again")
+    (image,) = images_of(events)
+    assert (image.operation, assistant.repo.get_image(image.id).width) == ("upscale", 512)
+    reply = next(e for e in events if isinstance(e, Reply))
+    assert "Retrying your earlier request: “upscale #1 4x”." in reply.text
+    # after a turn that worked, "try again" re-rolls as before
+    events = run(assistant, conversation_id, "make #1 snowier")
+    events = run(assistant, conversation_id, "try again")
+    assert [e.operation for e in images_of(events)] == ["edit"] and not any(
+        "Retrying" in e.text for e in events if isinstance(e, Reply)
+    )
+
+
+def test_try_again_after_a_stopped_turn_and_after_a_retry_that_failed(tmp_path: Path) -> None:
+    assistant, conversation_id = start(tmp_path, max_side=256)
+    stream = assistant.respond(conversation_id, "make it foggy")
+    next(stream)  # the plan is out; then the page reloads before the image is made
+    stream.close()
+    assert assistant.repo.messages(conversation_id)[-1].status == "cancelled"
+    events = run(assistant, conversation_id, "please try again")
+    (image,) = images_of(events)
+    assert image.operation == "edit" and "fog" in assistant.repo.get_image(image.id).prompt
+    failure(run(assistant, conversation_id, "upscale #2 4x"))
+    failure(run(assistant, conversation_id, "try again"))  # still over the limit
+    assistant.settings.max_side = 1024
+    (image,) = images_of(run(assistant, conversation_id, "retry"))
+    assert image.operation == "upscale" and assistant.repo.get_image(image.id).parent_id is not None
+
+
+def test_a_replayed_branch_keeps_no_ids_of_the_old_branch_but_replay_of(tmp_path: Path) -> None:
+    assistant, conversation_id = start(tmp_path)
+    run(assistant, conversation_id, "make it snowier")
+    run(assistant, conversation_id, "flip it horizontally")
+    old = assistant.repo.conversation_images(conversation_id)
+    new = assistant.replay_chain(old[-1].id, seed=7)
+    assert [i.parent_id for i in new] == [None, new[0].id, new[1].id]
+    for step, replayed in zip(old, new, strict=True):
+        params = replayed.params or {}
+        assert params["replay_of"] == step.id
+        assert "source_id" not in params and "regenerated_from" not in params

@@ -9,6 +9,8 @@ exit code 1 — never a traceback. Commands that only look (`history`, `show`, `
 from __future__ import annotations
 
 import json
+import math
+import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,16 +18,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from assistant.runtime import database_exists, open_existing_repository, open_repository
-from assistant.settings import Settings
-from storage.db import StorageError
+from assistant.settings import MAX_SEED, RANDOM_SEED, Settings, describe_settings_error
+from storage.db import DatabaseDamaged, StorageError, describe_database_error
 from storage.models import Image
 from storage.repository import ImageFilter, IntegrityReport, Repository
 from storage.serialize import row_as_dict
@@ -41,6 +44,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 #: the shell's convention for a command stopped with Ctrl-C (128 + SIGINT)
 EXIT_CANCELLED = 130
+#: the largest id a row can have (SQLite's INTEGER; PostgreSQL's BIGINT): above it nothing exists
+MAX_ROW_ID = 2**63 - 1
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 
@@ -60,28 +65,84 @@ def user_errors() -> Iterator[None]:
     """
     try:
         yield
-    except (CliError, StorageError, OSError) as exc:
+    except (CliError, StorageError) as exc:
         _print_error(str(exc))
-    except OperationalError as exc:
-        _print_error(f"Database error: {str(exc.orig or exc).splitlines()[0]}")
+    except OSError as exc:
+        _print_error(_describe_os_error(exc))
+    except DBAPIError as exc:  # a damaged file, a lock held too long, a server that went away
+        _print_error(describe_database_error(exc))
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """An OS error as people say it: "Permission denied: /x/y", not "[Errno 13] … '/x/y'"."""
+    if exc.strerror and exc.filename is not None:
+        where = f"{exc.filename} → {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+        return f"{exc.strerror}: {where}"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+#: secret values of the loaded settings, scrubbed from every error line whatever raised it
+_secrets: set[str] = set()
+
+
+def _remember_secrets(settings: Settings) -> None:
+    from urllib.parse import urlsplit
+
+    for key in (settings.openai_api_key, settings.chat_api_key):
+        if key is not None:
+            _secrets.add(key.get_secret_value())
+    for url in (settings.database_url, settings.openai_base_url, settings.chat_base_url):
+        try:
+            password = urlsplit(url).password if url else None
+        except ValueError:
+            password = None
+        if password:
+            _secrets.add(password)
+
+
+def _scrub(message: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if len(secret) >= 4:  # shorter ones would mangle ordinary words; messages mask URLs anyway
+            message = message.replace(secret, "***")
+    return message
 
 
 def _print_error(message: str) -> None:
-    err.print(Text.assemble(("Error:", "red"), " ", message), highlight=False)
+    line = " ".join(_scrub(message).split())  # one line, whatever the message held
+    err.print(Text.assemble(("Error:", "red"), " ", line), highlight=False)
     raise typer.Exit(1) from None
 
 
 def load_settings() -> Settings:
+    """The settings, or one line naming each bad ATELIER_ variable (never a secret's value)."""
     try:
-        return Settings()
-    except Exception as exc:  # pydantic ValidationError: name the bad setting, never dump values
-        first = str(exc).splitlines()
-        detail = "; ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
-        raise CliError(f"Invalid settings: {detail}") from None
+        settings = Settings()
+    except ValidationError as exc:
+        raise CliError(describe_settings_error(exc)) from None
+    _remember_secrets(settings)
+    problems = settings.limit_problems()
+    if problems:  # refused before any command stores anything
+        raise CliError(" ".join(problems))
+    return settings
 
 
 def open_repo(settings: Settings | None = None) -> Repository:
-    return open_repository(settings or load_settings())
+    settings = settings or load_settings()
+    _make_data_dir(settings)
+    return open_repository(settings)
+
+
+def _make_data_dir(settings: Settings) -> None:
+    folder = settings.data_dir
+    if folder.exists() and not folder.is_dir():
+        return  # runtime says so, naming ATELIER_DATA_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(
+            f"Cannot create the data folder {folder}: {exc.strerror or exc}; "
+            "point ATELIER_DATA_DIR at a folder you can write."
+        ) from None
 
 
 def open_existing_repo(settings: Settings | None = None) -> Repository | None:
@@ -97,8 +158,23 @@ def _no_conversation(conversation_id: int) -> CliError:
     return CliError(f"There is no conversation {conversation_id}.")
 
 
+def strict_json(document: Any, **options: Any) -> str:
+    """JSON any parser takes: a NaN or infinity (from an old row, say) becomes null, never `NaN`."""
+    return json.dumps(_finite(document), allow_nan=False, default=str, sort_keys=True, **options)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
 def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.write(strict_json(document, indent=2) + "\n")
 
 
 def image_document(repo: Repository, image: Image) -> dict[str, Any]:
@@ -123,6 +199,20 @@ def _parse_id(value: str, what: str) -> int:
     return number
 
 
+def _image_id(value: str) -> int:
+    number = _parse_id(value, "Image id")
+    if number > MAX_ROW_ID:  # no row can have it (and SQLite could not even be asked)
+        raise _no_image(number)
+    return number
+
+
+def _conversation_id(value: str) -> int:
+    number = _parse_id(value, "Conversation id")
+    if number > MAX_ROW_ID:
+        raise _no_conversation(number)
+    return number
+
+
 @app.command()
 def config(as_json: JsonFlag = False) -> None:
     """Print the effective settings (secrets masked)."""
@@ -141,12 +231,13 @@ def config(as_json: JsonFlag = False) -> None:
 def history(
     conversation: Annotated[str | None, typer.Option("-c", "--conversation", help="Conversation id.")] = None,
     search: Annotated[str | None, typer.Option("--search", "-s", help="Full-text search.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many images.")] = 50,
+    limit: Annotated[str, typer.Option(help="At most this many images.")] = "50",
     as_json: JsonFlag = False,
 ) -> None:
     """List images, newest first, optionally of one conversation or matching a search."""
     with user_errors():
-        conversation_id = _parse_id(conversation, "Conversation id") if conversation else None
+        conversation_id = None if conversation is None else _conversation_id(conversation)
+        most = _parse_limit(limit)
         repo = open_existing_repo()  # None on a fresh machine: an empty history, nothing created
         if conversation_id is not None:
             if repo is None:
@@ -155,7 +246,7 @@ def history(
         images = (
             []
             if repo is None
-            else repo.list_images(ImageFilter(conversation_id=conversation_id, query=search), limit=limit)
+            else repo.list_images(ImageFilter(conversation_id=conversation_id, query=search), limit=most)
         )
         if as_json:
             print_json(
@@ -186,11 +277,25 @@ def history(
         out.print(table)
 
 
+def _parse_limit(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise CliError(f"--limit must be a whole number, got {value!r}.") from None
+    if not 1 <= number <= MAX_ROW_ID:
+        raise CliError(f"--limit must be from 1 to {MAX_ROW_ID}, got {value}.")
+    return number
+
+
+#: printed whole below `show`'s table: paths and hashes are copied, so they are never cut
+WHOLE_FIELDS = ("path", "sha256", "mask_path", "mask_sha256")
+
+
 @app.command()
 def show(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json: JsonFlag = False) -> None:
     """Everything recorded about one image, with its file path."""
     with user_errors():
-        target = _parse_id(image_id, "Image id")
+        target = _image_id(image_id)
         repo = open_existing_repo()
         if repo is None:
             raise _no_image(target)
@@ -210,18 +315,24 @@ def show(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json: Js
             "value",
             title=f"Image {image.id} (#{image.number} of conversation {image.conversation_id})",
         )
-        for key in sorted(document):
+        for key in sorted(set(document) - set(WHOLE_FIELDS)):
             value = document[key]
-            shown = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
+            shown = strict_json(value) if isinstance(value, dict | list) else str(value)
             table.add_row(key, escape(shown))  # prompts may contain [brackets]
         out.print(table)
+        # Plain lines, never wrapped or cut with "…" (a table would at 80 columns or in a file):
+        # people copy these into other commands.
+        width = max(len(key) for key in WHOLE_FIELDS)
+        for key in WHOLE_FIELDS:
+            if document[key] is not None:  # no mask: no mask lines
+                sys.stdout.write(f"{key.ljust(width)}  {document[key]}\n")
 
 
 @app.command()
 def lineage(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json: JsonFlag = False) -> None:
     """The lineage tree an image belongs to, with the image marked."""
     with user_errors():
-        target = _parse_id(image_id, "Image id")
+        target = _image_id(image_id)
         repo = open_existing_repo()
         if repo is None:
             raise _no_image(target)
@@ -275,12 +386,19 @@ def export_command(
     from storage.archive import export_conversation
 
     with user_errors():
-        cid = _parse_id(conversation_id, "Conversation id")
+        cid = _conversation_id(conversation_id)
+        _check_zip_target(out_zip, cid)
         repo = open_existing_repo()
         if repo is None:
             raise _no_conversation(cid)
         count = export_conversation(repo, cid, out_zip)
-        out.print(f"Exported conversation {cid} with {count} files to {out_zip}")
+        out.print(f"Exported conversation {cid} with {count} files to {escape(str(out_zip))}")
+
+
+def _check_zip_target(out_zip: Path, conversation_id: int) -> None:
+    if out_zip.is_dir():
+        suggestion = out_zip / f"conversation-{conversation_id}.zip"
+        raise CliError(f"OUT.zip must be a file path; {out_zip} is a folder (try {suggestion}).")
 
 
 @app.command("import")
@@ -306,24 +424,37 @@ def doctor(
 
     Leftovers of interrupted writes are swept (listed with --no-sweep); exit 1 only on a loss.
     """
-    from storage.files import SweepReport
+    from storage.files import ImageFileStore, SweepReport
     from storage.repository import RecoveryReport
 
     with user_errors():
-        repo = open_existing_repository(load_settings(), recover=False)  # report before any sweep
+        settings = load_settings()
         recovered, swept = RecoveryReport(), SweepReport(temp_files_removed=0, orphan_files_removed=0)
-        if repo is None:  # nothing stored yet: nothing to check, and nothing is created
-            report = IntegrityReport(0, [], [], [], [])
-            counts = {"conversations": 0, "messages": 0, "images": 0, "generations": 0}
+        counts: dict[str, int] | None
+        try:
+            repo = open_existing_repository(settings, recover=False)  # report before any sweep
+        except DatabaseDamaged as exc:  # too damaged to open: that is the finding, not an error
+            files = ImageFileStore(settings.images_dir)
+            temps = sorted(str(p) for p in files.temp_files())
+            report = IntegrityReport(0, [], [], [], temps, files.pending_hashes(), [exc.detail])
+            repo, counts = None, None
         else:
-            if sweep:
-                recovered = repo.recover()
-                # Under SQLite's write lock no live writer is mid-write, so any age is safe.
-                swept = repo.sweep(grace_seconds=0 if repo.db.is_sqlite else 3600)
-            report = repo.check_integrity()
-            counts = repo.counts()
+            if repo is None:  # nothing stored yet: nothing to check, and nothing is created
+                report = IntegrityReport(0, [], [], [], [])
+                counts = {"conversations": 0, "messages": 0, "images": 0, "generations": 0}
+            else:
+                database_errors = repo.database_errors()
+                # Never sweep beside a damaged database: a file no readable row names may be the
+                # only copy of an image whose row sits in a damaged page.
+                if sweep and not database_errors:
+                    recovered = repo.recover()
+                    # Under SQLite's write lock no live writer is mid-write, so any age is safe.
+                    swept = repo.sweep(grace_seconds=0 if repo.db.is_sqlite else 3600)
+                report = repo.check_integrity(database_errors=database_errors)
+                counts = _counts(repo)
         swept_temps = recovered.temp_files_removed + swept.temp_files_removed
         swept_orphans = recovered.orphan_files_removed + swept.orphan_files_removed
+        advice = _doctor_advice(settings, report)
         document = {
             "ok": report.ok,
             "nothing_lost": report.nothing_lost,
@@ -338,13 +469,45 @@ def doctor(
             "swept_temp_files": swept_temps,
             "swept_orphan_files": swept_orphans,
             "counts": counts,
+            "advice": advice,
         }
         if as_json:
             print_json(document)
         else:
             _print_doctor(report, swept_temps, swept_orphans)
+            for line in advice:
+                out.print(escape(line))
         if not report.nothing_lost:
             raise typer.Exit(1)
+
+
+def _counts(repo: Repository) -> dict[str, int] | None:
+    """Row counts, or None when the database is too damaged to count them."""
+    try:
+        return repo.counts()
+    except DBAPIError:
+        return None
+
+
+def _doctor_advice(settings: Settings, report: IntegrityReport) -> list[str]:
+    """What to do about a damaged database: the report alone leaves people stuck."""
+    if not report.database_errors:
+        return []
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.effective_database_url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return ["The database is damaged: restore it from your database's backup or an `atelier export` zip."]
+    damaged = Path(url.database)
+    recovered = damaged.with_name(f"{damaged.stem}-recovered{damaged.suffix}")
+    return [
+        "The database is damaged; nothing was swept, so no image file was removed.",
+        f"First stop Atelier and copy {damaged} (and any -wal and -shm file beside it) somewhere safe.",
+        f'To save what SQLite can: sqlite3 "{damaged}" ".recover" | sqlite3 "{recovered}" '
+        '(if .recover fails, use ".dump"), then check the copy with '
+        f'ATELIER_DATABASE_URL="sqlite:///{recovered}" atelier doctor --no-sweep before using it.',
+        "Or restore from an export: `atelier import IN.zip` into a fresh ATELIER_DATA_DIR.",
+    ]
 
 
 def _print_doctor(report: IntegrityReport, swept_temps: int, swept_orphans: int) -> None:
@@ -395,6 +558,8 @@ def _read_upload(path: Path | None, kind: str) -> Any:
 
     if path is None:
         return None
+    if path.is_dir():
+        raise CliError(f"The {kind} {path} is a folder; give the path of an image file.")
     if not path.is_file():
         raise CliError(f"The {kind} file {path} does not exist.")
     return Attachment(data=path.read_bytes(), kind=kind, filename=path.name)
@@ -412,7 +577,7 @@ def chat(
 ) -> None:
     """Run one chat turn (a new conversation unless -c is given) and print its events."""
     with user_errors():
-        conversation_id = _parse_id(conversation, "Conversation id") if conversation else None
+        conversation_id = None if conversation is None else _conversation_id(conversation)
         attachments = [a for a in (_read_upload(image, "image"), _read_upload(mask, "mask")) if a is not None]
         settings = load_settings()
         if conversation_id is not None and not database_exists(settings):
@@ -430,7 +595,7 @@ def _print_json_events(events: Iterator[Any]) -> Any:
     for event in events:
         if event.kind == "error":
             failure = event
-        sys.stdout.write(json.dumps(event.to_dict(), sort_keys=True, default=str) + "\n")
+        sys.stdout.write(strict_json(event.to_dict()) + "\n")
         sys.stdout.flush()
     return failure
 
@@ -461,14 +626,16 @@ def _render_events(events: Iterator[Any]) -> Any:
                 bar.update(task, completed=event.step, total=event.total)
                 continue
             if isinstance(event, PlanMade):
+                where = _escape(f"{event.backend}/{event.model}")
                 out.print(
-                    f"[dim]conversation {event.conversation_id} · {event.intent} · "
-                    f"{event.backend}/{event.model} · planner {event.planner}[/dim]"
+                    f"[dim]conversation {event.conversation_id} · {_escape(str(event.intent))} · "
+                    f"{where} · planner {_escape(str(event.planner))}[/dim]"
                 )
                 if event.prompt:
                     out.print(f"[dim]prompt:[/dim] {_escape(event.prompt)}")
             elif isinstance(event, ImageReady):
-                out.print(f"[bold]#{event.number}[/bold] (id {event.id}, {event.operation}) → {event.path}")
+                path = _escape(str(event.path))
+                out.print(f"[bold]#{event.number}[/bold] (id {event.id}, {event.operation}) → {path}")
             elif isinstance(event, Reply):
                 out.print(_escape(event.text))
             elif isinstance(event, Failed):
@@ -484,13 +651,33 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+def _parse_seed(value: str | None) -> int | None:
+    """--seed: 0 to MAX_SEED as given, -1 for a freshly drawn one; anything else is refused, not wrapped."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise CliError(f"--seed must be a whole number, got {value!r}.") from None
+    if number == RANDOM_SEED:
+        return secrets.randbelow(MAX_SEED + 1)
+    if not 0 <= number <= MAX_SEED:
+        raise CliError(f"--seed must be from 0 to {MAX_SEED} (or {RANDOM_SEED} for a new one), got {value}.")
+    return number
+
+
 @app.command()
 def replay(
     image_id: Annotated[str, typer.Argument(help="Image id.")],
     from_root: Annotated[
         bool, typer.Option("--from-root", help="Re-run the whole chain from its root.")
     ] = False,
-    seed: Annotated[int | None, typer.Option(help="Use this seed (with --from-root: for the root).")] = None,
+    seed: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Use this seed (with --from-root: for the root): 0 to {MAX_SEED}, or -1 for a new one."
+        ),
+    ] = None,
     backend: Annotated[str | None, typer.Option(help="Replay on another backend (with --from-root).")] = None,
     model: Annotated[str | None, typer.Option(help="Replay on another model (with --from-root).")] = None,
     as_json: JsonFlag = False,
@@ -500,11 +687,12 @@ def replay(
     from tools.base import ToolError
 
     with user_errors():
-        target = _parse_id(image_id, "Image id")
+        target = _image_id(image_id)
         settings = load_settings()
         updates: dict[str, Any] = {}
         if (seed is not None or backend or model) and not from_root:
             raise CliError("--seed, --backend and --model need --from-root (plain replay checks the record).")
+        root_seed = _parse_seed(seed)
         if backend:
             try:
                 updates["backend"] = BackendChoice(backend)
@@ -523,7 +711,7 @@ def replay(
         assistant = build_assistant(settings.model_copy(update=updates))
         try:
             if from_root:
-                created = assistant.replay_chain(target, seed=seed)
+                created = assistant.replay_chain(target, seed=root_seed)
                 new_images = [
                     {
                         "id": i.id,

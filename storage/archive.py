@@ -69,9 +69,11 @@ def export_conversation(repo: Repository, conversation_id: int, out_path: Path) 
             "images": [row_as_dict(i) for i in images],
         }
     hashes = sorted({h for image in images for h in (image.sha256, image.mask_sha256) if h})
-    missing = [digest for digest in hashes if not repo.files.exists(digest)]
-    if missing:
-        raise ArchiveError(_missing_file_message(images, missing[0]))
+    if out_path.is_dir():
+        raise ArchiveError(f"OUT.zip must be a file path; {out_path} is a folder.")
+    # Every file is read and hashed before the zip exists: an export `import` would refuse
+    # (a file whose bytes changed) is worse than none, since it looks like a backup.
+    _check_files(repo, images, hashes)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temp_path = out_path.with_name(out_path.name + ".partial")
     try:
@@ -79,9 +81,12 @@ def export_conversation(repo: Repository, conversation_id: int, out_path: Path) 
             archive.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
             for digest in hashes:
                 try:
-                    archive.write(repo.files.path_for(digest), f"images/{digest}.png")
+                    data = repo.files.read(digest)
                 except FileNotFoundError:  # removed since the check above
-                    raise ArchiveError(_missing_file_message(images, digest)) from None
+                    raise ArchiveError(_damaged_files_message(images, [digest], [])) from None
+                if sha256_hex(data) != digest:  # changed since the check above
+                    raise ArchiveError(_damaged_files_message(images, [], [digest]))
+                archive.writestr(f"images/{digest}.png", data)
         temp_path.replace(out_path)
     except BaseException:
         # a half-written zip is worse than none: it looks like an export and is not one
@@ -91,10 +96,42 @@ def export_conversation(repo: Repository, conversation_id: int, out_path: Path) 
     return len(hashes)
 
 
-def _missing_file_message(images: list[Image], digest: str) -> str:
-    owner = next((i for i in images if digest in (i.sha256, i.mask_sha256)), None)
-    what = f"image {owner.id} (#{owner.number})" if owner is not None else f"file {digest[:12]}…"
-    return f"The file of {what} is missing from the data dir; run `atelier doctor`. Nothing was exported."
+def _check_files(repo: Repository, images: list[Image], hashes: list[str]) -> None:
+    missing: list[str] = []
+    damaged: list[str] = []
+    for digest in hashes:
+        try:
+            data = repo.files.read(digest)
+        except FileNotFoundError:
+            missing.append(digest)
+            continue
+        if sha256_hex(data) != digest:
+            damaged.append(digest)
+    if missing or damaged:
+        raise ArchiveError(_damaged_files_message(images, missing, damaged))
+
+
+def _owners(images: list[Image], digests: list[str]) -> str:
+    """ "image 3 (#3)", "images 3 (#3) and 5 (#5)": who a set of files belongs to."""
+    owners = sorted(
+        {i.id: i for i in images if {i.sha256, i.mask_sha256} & set(digests)}.values(), key=lambda i: i.id
+    )
+    names = [f"{i.id} (#{i.number})" for i in owners]
+    if not names:  # a file only some row we no longer hold named
+        names = [f"{digest[:12]}…" for digest in digests]
+    noun = "image" if len(names) == 1 else "images"
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return f"{noun} {listed}"
+
+
+def _damaged_files_message(images: list[Image], missing: list[str], damaged: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"the file of {_owners(images, missing)} is missing from the data dir")
+    if damaged:
+        parts.append(f"the file of {_owners(images, damaged)} no longer matches its sha256 (damaged on disk)")
+    text = "; ".join(parts)
+    return f"{text[0].upper()}{text[1:]}; run `atelier doctor`. Nothing was exported."
 
 
 def _check_entry_names(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
@@ -163,6 +200,8 @@ def read_archive(zip_path: Path) -> LoadedArchive:
     Split from `import_archive` so the CLI can refuse a bad zip before it opens (and so
     creates) a data dir.
     """
+    if zip_path.is_dir():
+        raise ArchiveError(f"{zip_path} is a folder, not a zip file; give the path of an export zip.")
     if not zip_path.is_file():
         raise ArchiveError(f"{zip_path} does not exist.")
     if not zipfile.is_zipfile(zip_path):

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30_000
@@ -31,8 +31,94 @@ class StorageError(Exception):
     """A storage problem with a one-line message fit for the user."""
 
 
+class DatabaseDamaged(StorageError):
+    """SQLite reports the database file as corrupt ("database disk image is malformed")."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        #: SQLite's own words, for `atelier doctor`'s report
+        self.detail = detail
+
+
+#: pip packages of the drivers SQLAlchemy's dialects import, by module name
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "asyncpg": "asyncpg",
+    "pg8000": "pg8000",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python",
+    "mariadb": "mariadb",
+    "oracledb": "oracledb",
+    "cx_Oracle": "cx_Oracle",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}
+
+#: SQLite's result code for a corrupt file (SQLITE_CORRUPT)
+_SQLITE_CORRUPT = 11
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """True for SQLite's "database disk image is malformed" (and its other corruption reports)."""
+    original = getattr(exc, "orig", None) or exc
+    code = getattr(original, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == _SQLITE_CORRUPT:
+        return True
+    detail = str(original).lower()
+    return "malformed" in detail or "corrupt" in detail
+
+
+def error_detail(exc: BaseException) -> str:
+    """The first line of the driver's own message, without SQLAlchemy's SQL and parameters."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return lines[0] if lines else type(original).__name__
+
+
+def describe_database_error(exc: BaseException, url: str | None = None) -> str:
+    """A one-line message for a database error met while running a command."""
+    where = f" {safe_url(url)}" if url else ""
+    detail = error_detail(exc)
+    if is_corruption(exc):
+        return (
+            f"The database{where} is damaged ({detail}); run `atelier doctor` to see what can be "
+            "saved, and restore from an export."
+        )
+    return f"Database error: {detail}"
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may be shown: password hidden; something that is not a URL is not echoed."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(ATELIER_DATABASE_URL)"
+
+
 def _is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def _create_engine(url: str, **options: Any) -> Engine:
+    """`create_engine`, with a missing driver or an unknown dialect said in one line."""
+    try:
+        return create_engine(url, **options)
+    except ImportError as exc:
+        module = (exc.name or "").split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module)
+        dialect = make_url(url).drivername
+        raise StorageError(
+            f"The database URL uses {dialect}, whose driver {module or 'module'} is not installed; "
+            f"install it with `pip install '{package}'` (in Atelier's environment)."
+        ) from None
+    except ArgumentError as exc:  # NoSuchModuleError: a dialect SQLAlchemy does not know
+        dialect = make_url(url).drivername
+        raise StorageError(
+            f"The database URL names {dialect!r}, which SQLAlchemy does not know ({error_detail(exc)}); "
+            "check ATELIER_DATABASE_URL."
+        ) from None
 
 
 def _install_sqlite_pragmas(engine: Engine) -> None:
@@ -79,16 +165,26 @@ class Database:
         self.is_sqlite = _is_sqlite(url)
         if self.is_sqlite:
             database = make_url(url).database
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            if database and database != ":memory:" and not database.startswith("file:"):
+                folder = Path(database).parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(
+                        f"Cannot create the folder {folder} for the database: {exc.strerror or exc}."
+                    ) from None
+            self.engine = _create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
             _install_sqlite_pragmas(self.engine)
             writer: Engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         else:
-            self.engine = create_engine(url, pool_pre_ping=True)
+            self.engine = _create_engine(url, pool_pre_ping=True)
             writer = self.engine
         self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(writer, expire_on_commit=False)
+        if self.is_sqlite:
+            from storage.ids import number_new_rows_above_deleted_ones
+
+            number_new_rows_above_deleted_ones(self._write_sessions)
         self._on_commit: list[Callable[[], None]] = []
         self._on_rollback: list[Callable[[], None]] = []
 
@@ -130,7 +226,7 @@ class Database:
             with self.engine.execution_options(sqlite_begin="IMMEDIATE").connect() as connection:
                 upgrade_to_head(connection)
         except (DatabaseError, OperationalError) as exc:
-            raise StorageError(_describe_open_failure(self.url, exc)) from None
+            raise _describe_open_failure(self.url, exc) from None
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -140,12 +236,16 @@ class Database:
             with self.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except (DatabaseError, OperationalError) as exc:
-            raise StorageError(_describe_open_failure(self.url, exc)) from None
+            raise _describe_open_failure(self.url, exc) from None
 
 
-def _describe_open_failure(url: str, exc: Exception) -> str:
-    where = make_url(url).render_as_string(hide_password=True)
-    detail = str(getattr(exc, "orig", exc)).splitlines()[0]
+def _describe_open_failure(url: str, exc: Exception) -> StorageError:
+    where = safe_url(url)
+    detail = error_detail(exc)
     if "file is not a database" in detail or "not a database" in detail:
-        return f"{where} is not an SQLite database; point ATELIER_DATABASE_URL or ATELIER_DATA_DIR elsewhere."
-    return f"Cannot open the database {where}: {detail}"
+        return StorageError(
+            f"{where} is not an SQLite database; point ATELIER_DATABASE_URL or ATELIER_DATA_DIR elsewhere."
+        )
+    if is_corruption(exc):
+        return DatabaseDamaged(describe_database_error(exc, url), detail)
+    return StorageError(f"Cannot open the database {where}: {detail}")

@@ -138,3 +138,12 @@ class Image(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     mask_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class IdHighWater(Base):
+    """The highest id a table ever handed out, kept by a delete trigger (SQLite; see `storage.ids`)."""
+
+    __tablename__ = "id_high_water"
+
+    table_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    max_id: Mapped[int] = mapped_column(Integer)

@@ -17,9 +17,10 @@ from typing import Any
 
 from PIL import Image as PILImage
 from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from storage.db import Database, StorageError
+from storage.db import Database, StorageError, error_detail
 from storage.files import ImageFileStore, SweepReport, sha256_hex
 from storage.models import Conversation, Generation, GenerationInput, Image, Message, utcnow
 from storage.pngmeta import encode_png, format_infotext
@@ -825,15 +826,25 @@ class Repository:
             hash_mismatches=mismatched,
         )
 
-    def check_integrity(self) -> IntegrityReport:
+    def check_integrity(self, *, database_errors: list[str] | None = None) -> IntegrityReport:
         """Rows ↔ files ↔ hashes, plus SQLite's own checks: what `atelier doctor` reports.
 
-        Only looks; deletes nothing.
+        Only looks; deletes nothing. `database_errors` passes on what `database_errors()` just
+        found, so a big database is not checked twice. A database too damaged to list its
+        images is reported as such, with no orphans claimed: a file no *readable* row names
+        may still be the only copy of an image whose row is in a damaged page.
         """
+        errors = self.database_errors() if database_errors is None else list(database_errors)
+        pending = self.files.pending_hashes()
+        temps = sorted(str(p) for p in self.files.temp_files())
         mismatched: list[int] = []
-        with self.db.read() as session:
-            rows = session.execute(select(Image.id, Image.sha256, Image.mask_sha256)).all()
-        missing = self._still_missing(rows)
+        try:
+            with self.db.read() as session:
+                rows = session.execute(select(Image.id, Image.sha256, Image.mask_sha256)).all()
+            missing = self._still_missing(rows)
+        except DBAPIError as exc:
+            detail = error_detail(exc)
+            return IntegrityReport(0, [], [], [], temps, pending, errors or [detail])
         missing_ids = set(missing)
         for image_id, digest, mask_digest in rows:
             if image_id in missing_ids:
@@ -841,12 +852,8 @@ class Repository:
             if any(h and not _file_matches(self.files, h) for h in (digest, mask_digest)):
                 mismatched.append(image_id)
         known = {h for row in rows for h in row[1:] if h}
-        pending = self.files.pending_hashes()
-        orphans = sorted(set(self.files.all_hashes()) - known)
-        temps = sorted(str(p) for p in self.files.temp_files())
-        return IntegrityReport(
-            len(rows), missing, mismatched, orphans, temps, pending, self._database_errors()
-        )
+        orphans = [] if errors else sorted(set(self.files.all_hashes()) - known)
+        return IntegrityReport(len(rows), missing, mismatched, orphans, temps, pending, errors)
 
     def _still_missing(self, rows: Sequence[Any]) -> list[int]:
         """Ids of rows whose file or mask is not on disk, re-checked against rows deleted meanwhile."""
@@ -869,14 +876,23 @@ class Repository:
             if any(h and not self.files.exists(h) for h in (digest, mask_digest))
         )
 
-    def _database_errors(self) -> list[str]:
+    def database_errors(self) -> list[str]:
+        """What SQLite's integrity and foreign-key checks report; empty when the database is sound.
+
+        A file so damaged that the checks themselves fail ("database disk image is malformed")
+        is reported with SQLite's words rather than raised: saying so is `atelier doctor`'s job.
+        """
         if not self.db.is_sqlite:
             return []
-        with self.db.engine.connect() as connection:
-            checked = [str(row[0]) for row in connection.execute(text("PRAGMA integrity_check"))]
-            errors = [line for line in checked if line != "ok"]
-            for table, rowid, parent, _fk in connection.execute(text("PRAGMA foreign_key_check")):
-                errors.append(f"{table} row {rowid} refers to a missing {parent} row")
+        errors: list[str] = []
+        try:
+            with self.db.engine.connect() as connection:
+                checked = [str(row[0]) for row in connection.execute(text("PRAGMA integrity_check"))]
+                errors += [line for line in checked if line != "ok"]
+                for table, rowid, parent, _fk in connection.execute(text("PRAGMA foreign_key_check")):
+                    errors.append(f"{table} row {rowid} refers to a missing {parent} row")
+        except DBAPIError as exc:
+            errors.append(error_detail(exc))
         return errors
 
     # ----- helpers ---------------------------------------------------------------------

@@ -31,6 +31,10 @@ IMAGE_KEYS = {
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """The developer's own ATELIER_* / OPENAI_* settings must not reach the command under test."""
+    drop_own_settings(monkeypatch)
+
+
+def drop_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("ATELIER_", "OPENAI_")):
             monkeypatch.delenv(name)
@@ -38,8 +42,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
+    return make_data_dir(tmp_path / "data")
+
+
+def make_data_dir(root: Path) -> Path:
     """A data dir holding one conversation: #1 → #2 → #3 (edits) and #1 → #4 (variation), #5 alone."""
-    root = tmp_path / "data"
     repo = Repository.open(f"sqlite:///{root / 'atelier.db'}", root / "images")
     conversation = repo.create_conversation("Foxes")
     first = add_generated(repo, conversation.id, "a red fox in snow", index=1)

@@ -253,3 +253,162 @@ def test_diffusers_fp8_reaches_the_backend_and_is_refused_on_a_cpu(
     monkeypatch.setenv("ATELIER_DIFFUSERS_FP8", "true")
     with pytest.raises(InvalidRequest, match="FP8 runs on NVIDIA GPUs only"):
         make_backend(Settings())
+
+
+# ----- validation: one line naming the variable, its value and what is allowed ----------------
+
+
+def _refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    from assistant.settings import describe_settings_error
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    return describe_settings_error(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"ATELIER_BACKEND": "nonsense"},
+            "ATELIER_BACKEND='nonsense' is not a backend; use auto, offline, openai or diffusers.",
+        ),
+        (
+            {"ATELIER_STYLE": "nonexistentstyle"},
+            "ATELIER_STYLE='nonexistentstyle' is not a style; use one of photographic, cinematic, "
+            "anime, watercolor, oil painting,",  # … every preset in assistant.rewrite.STYLE_PRESETS
+        ),
+        (
+            {"ATELIER_GUIDANCE": "nan"},
+            "ATELIER_GUIDANCE='nan' is not a finite number; use a number from 0 to 50.",
+        ),
+        (
+            {"ATELIER_GUIDANCE": "-inf"},
+            "ATELIER_GUIDANCE='-inf' is not a finite number; use a number from 0 to 50.",
+        ),
+        (
+            {"ATELIER_OPENAI_TIMEOUT": "inf"},
+            "ATELIER_OPENAI_TIMEOUT='inf' is not a finite number; use a number above 0.",
+        ),
+        ({"ATELIER_CHAT_TIMEOUT": "0"}, "ATELIER_CHAT_TIMEOUT='0' is out of range; use a number above 0."),
+        ({"ATELIER_COST_BUDGET_USD": "NaN"}, "ATELIER_COST_BUDGET_USD='NaN' is not a finite number"),
+        (
+            {"ATELIER_COST_BUDGET_USD": "-1"},
+            "ATELIER_COST_BUDGET_USD='-1' is out of range; use a number of at least 0.",
+        ),
+        (
+            {"ATELIER_SEED": "-2"},
+            "ATELIER_SEED='-2' is out of range; use a whole number from 0 to 4294967295, "
+            "or -1 for a new seed each time.",
+        ),
+        ({"ATELIER_MAX_N": "0"}, "ATELIER_MAX_N='0' is out of range; use a whole number of at least 1."),
+        ({"ATELIER_STEPS": "ten"}, "ATELIER_STEPS='ten' is not a whole number."),
+        (
+            {"ATELIER_VERBATIM": "perhaps"},
+            "ATELIER_VERBATIM='perhaps' is not true or false; use true, false, 1 or 0.",
+        ),
+    ],
+)
+def test_a_bad_value_is_named_with_what_is_allowed(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    described = _refusal(monkeypatch, **env)
+    assert described.startswith(message), described
+    assert "\n" not in described and "pydantic" not in described
+
+
+def test_two_bad_values_are_both_named_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    described = _refusal(monkeypatch, ATELIER_BACKEND="x", ATELIER_SEED="y")
+    assert "ATELIER_BACKEND='x'" in described and "ATELIER_SEED='y'" in described and "\n" not in described
+
+
+@pytest.mark.parametrize(
+    "url", ["garbage", "postgres//atelier:db-pass-XYZ@db.example/x", "://atelier:db-pass-XYZ@db.example"]
+)
+def test_a_database_url_that_does_not_parse_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    described = _refusal(monkeypatch, ATELIER_DATABASE_URL=url)
+    assert described.startswith("ATELIER_DATABASE_URL is not a database URL; use e.g. sqlite:///")
+    assert "db-pass-XYZ" not in described and url not in described
+
+
+def test_seed_minus_one_means_random_and_a_real_seed_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATELIER_SEED", "-1")
+    assert Settings().seed is None  # as in AUTOMATIC1111: a new seed for every image
+    monkeypatch.setenv("ATELIER_SEED", "4294967295")
+    assert Settings().seed == 4294967295
+    monkeypatch.setenv("ATELIER_SEED", "0")
+    assert Settings().seed == 0
+
+
+def test_a_style_alias_is_kept_as_its_preset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from assistant.rewrite import STYLE_PRESETS
+
+    refused = _refusal(monkeypatch, ATELIER_STYLE="nonexistentstyle")
+    assert all(name in refused for name in STYLE_PRESETS)
+    monkeypatch.delenv("ATELIER_STYLE")
+    monkeypatch.setenv("ATELIER_STYLE", "Oil_Painting")
+    assert Settings().style == "oil painting"
+    monkeypatch.setenv("ATELIER_STYLE", "manga")
+    assert Settings().style == "anime"
+    monkeypatch.setenv("ATELIER_STYLE", "")
+    assert Settings().style is None
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"ATELIER_STEPS": "-3"}, "ATELIER_STEPS='-3' is out of range; use a whole number from 1 to 100"),
+        ({"ATELIER_STEPS": "0"}, "from 1 to 100 (the most the offline renderer takes)"),
+        ({"ATELIER_STEPS": "120"}, "ATELIER_STEPS='120' is out of range; use a whole number from 1 to 100"),
+        ({"ATELIER_STEPS": "1000"}, "ATELIER_STEPS='1000' is out of range; use a whole number from 1 to 100"),
+        (
+            {"ATELIER_BACKEND": "diffusers", "ATELIER_MAX_STEPS": "500", "ATELIER_STEPS": "200"},
+            "from 1 to 150 (the most the diffusers backend takes)",
+        ),
+        ({"ATELIER_BACKEND": "openai", "ATELIER_STEPS": "151"}, "from 1 to 150 (ATELIER_MAX_STEPS)"),
+        ({"ATELIER_MAX_STEPS": "30", "ATELIER_STEPS": "31"}, "from 1 to 30 (ATELIER_MAX_STEPS)"),
+        (
+            {"ATELIER_HEIGHT": "4096"},
+            "ATELIER_HEIGHT='4096' is out of range; use a whole number from 1 to 2048",
+        ),
+    ],
+)
+def test_defaults_over_the_limits_are_one_rule(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], problem: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    problems = Settings().limit_problems()
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_defaults_within_the_limits_are_no_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().limit_problems() == []
+    monkeypatch.setenv("ATELIER_STEPS", "100")
+    monkeypatch.setenv("ATELIER_WIDTH", "2048")
+    assert Settings().limit_problems() == []
+
+
+def test_the_backends_step_limits_match_the_tools() -> None:
+    from assistant.settings import BACKEND_MAX_STEPS
+    from tools import offline
+
+    assert BACKEND_MAX_STEPS["offline"][1] == offline.MAX_STEPS
+    diffusers_local = pytest.importorskip("tools.diffusers_local")
+    assert BACKEND_MAX_STEPS["diffusers"][1] == diffusers_local.MAX_STEPS
+
+
+def test_data_dir_expands_home_and_blank_is_the_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ATELIER_DATA_DIR", "~/pictures/atelier")
+    assert Settings().data_dir == tmp_path / "pictures" / "atelier"
+    monkeypatch.setenv("ATELIER_DATA_DIR", "")
+    assert Settings().data_dir == default_data_dir()
+    monkeypatch.setenv("ATELIER_DATA_DIR", "   ")
+    assert Settings().data_dir == default_data_dir()

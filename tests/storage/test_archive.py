@@ -450,18 +450,73 @@ def test_a_failure_while_writing_the_zip_removes_the_partial_file(
         add_generated(repo, conversation.id, f"image {index}", index=index)
     out = tmp_path / "out.zip"
     out.write_bytes(b"an older export the user keeps")
-    real_write = zipfile.ZipFile.write
+    real_write = zipfile.ZipFile.writestr  # export writes the bytes it has just verified
     calls = 0
 
     def failing_write(self: zipfile.ZipFile, *args: Any, **kwargs: Any) -> None:
         nonlocal calls
         calls += 1
-        if calls == 2:  # the manifest and one image are in; the disk fills up on the next
+        if calls == 3:  # the manifest and one image are in; the disk fills up on the next
             raise OSError(28, "No space left on device")
         real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(zipfile.ZipFile, "write", failing_write)
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", failing_write)
     with pytest.raises(OSError, match="No space left"):
         export_conversation(repo, conversation.id, out)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out.zip"]
     assert out.read_bytes() == b"an older export the user keeps"
+
+
+def test_export_refuses_a_file_whose_bytes_no_longer_match_its_hash(repo: Repository, tmp_path: Path) -> None:
+    """Such a zip looks like a backup, and `import` refuses it: better no export at all."""
+    conversation = repo.create_conversation("bit rot")
+    first = add_generated(repo, conversation.id, "a lighthouse", index=1)
+    second = add_generated(repo, conversation.id, "a boat", index=2)
+    damaged = repo.image_path(second)
+    damaged.write_bytes(damaged.read_bytes() + b"appended by something else")
+    kept = files_on_disk(tmp_path / "images")
+    out = tmp_path / "exports" / "rot.zip"
+    with pytest.raises(ArchiveError) as refused:
+        export_conversation(repo, conversation.id, out)
+    message = str(refused.value)
+    assert f"image {second.id} (#2) no longer matches its sha256" in message
+    assert "atelier doctor" in message and "Nothing was exported" in message
+    assert f"image {first.id} " not in message
+    assert not (tmp_path / "exports").exists()
+    assert files_on_disk(tmp_path / "images") == kept  # reported, never "repaired"
+
+
+def test_export_catches_a_file_that_changes_while_the_zip_is_written(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversation = repo.create_conversation("changing")
+    add_generated(repo, conversation.id, "a lighthouse", index=1)
+    second = add_generated(repo, conversation.id, "a boat", index=2)
+    reads = 0
+    real_read = repo.files.read
+
+    def read_then_damage(digest: str) -> bytes:
+        nonlocal reads
+        reads += 1
+        data = real_read(digest)
+        return data + b"x" if reads > 2 and digest == second.sha256 else data  # second pass only
+
+    monkeypatch.setattr(repo.files, "read", read_then_damage)
+    out = tmp_path / "changing.zip"
+    with pytest.raises(ArchiveError, match=r"#2\) no longer matches its sha256"):
+        export_conversation(repo, conversation.id, out)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("changing")) == []
+
+
+def test_export_to_a_folder_and_import_of_a_folder_say_so(repo: Repository, tmp_path: Path) -> None:
+    from storage.archive import read_archive
+
+    conversation = repo.create_conversation("folders")
+    add_generated(repo, conversation.id, "a lighthouse", index=1)
+    folder = tmp_path / "somewhere"
+    folder.mkdir()
+    with pytest.raises(ArchiveError, match=f"OUT.zip must be a file path; {folder} is a folder"):
+        export_conversation(repo, conversation.id, folder)
+    with pytest.raises(ArchiveError, match=f"{folder} is a folder, not a zip file"):
+        read_archive(folder)
+    assert list(folder.iterdir()) == [] and not (tmp_path / "somewhere.partial").exists()

@@ -154,17 +154,30 @@ def test_deleting_the_original_of_an_imported_copy_leaves_the_copy_whole(
     assert repo.check_integrity().ok
 
 
-def test_reused_row_id_does_not_inherit_old_search_text(repo: Repository, library: dict[str, Image]) -> None:
-    """SQLite reuses the highest rowid after a delete; a stale index would match the old words."""
-    desert = library["camel"].conversation_id
-    old_id = library["camel"].id
-    repo.delete_conversation(desert)
+def test_ids_of_deleted_rows_are_never_reused_and_old_words_never_match(
+    repo: Repository, library: dict[str, Image]
+) -> None:
+    """Plain SQLite gives the next row max(id) + 1, so deleting the newest conversation and
+    making another reused its ids: an old link or `atelier show ID` showed the wrong thing."""
+    desert = repo.create_conversation("desert")  # the newest conversation, message and image
+    message = repo.add_message(desert.id, "user", "a camel in the desert")
+    camel = add_generated(repo, desert.id, "a camel in zanzibar", index=8)
+    repo.delete_conversation(desert.id)
     fresh = repo.create_conversation("again")
+    assert fresh.id > desert.id
+    assert repo.add_message(fresh.id, "user", "a penguin").id > message.id
     reborn = add_generated(repo, fresh.id, "a penguin on ice", index=9)
-    assert reborn.id == old_id
-    assert repo.search_images("camel") == []
-    assert _fts_rowids(repo, "camel") == []
-    assert ids(repo.search_images("penguin")) == [old_id]
+    assert reborn.id > camel.id
+    assert ids(repo.search_images("zanzibar")) == []
+    assert _fts_rowids(repo, "zanzibar") == []
+    assert ids(repo.search_images("penguin")) == [reborn.id]
+    with pytest.raises(NotFound):
+        repo.get_image(camel.id)
+    # the high-water mark is in the database: another process numbers above it too
+    repo.delete_conversation(fresh.id)
+    reopened = Repository.open(str(repo.db.engine.url), repo.files.root)
+    assert reopened.create_conversation("third").id > fresh.id
+    reopened.db.dispose()
 
 
 def test_deleting_a_parent_conversation_keeps_derived_images_elsewhere(

@@ -22,7 +22,7 @@ from PIL import Image as PILImage
 from assistant.describe import describe_lineage, describe_list, describe_prompt
 from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Reply
 from assistant.plan import ImageInfo, Intent, Plan, Planner, PlannerContext
-from assistant.settings import Settings
+from assistant.settings import BACKEND_MAX_STEPS, MAX_SEED, Settings
 from storage.db import StorageError
 from storage.models import Image
 from storage.repository import NewGeneration, NewImage, NotFound, Repository
@@ -44,14 +44,17 @@ BACKEND_DEFAULT_SIZES: dict[str, tuple[int, int]] = {"openai": (1024, 1024), "of
 #: Backends that ignore negative prompts: the planner leaves them empty instead of pretending.
 BACKENDS_WITHOUT_NEGATIVE_PROMPT = frozenset({"openai", "offline"})
 
+#: the reply of a turn whose renderer went away: a reload, Streamlit's stop, a message sent meanwhile
+INTERRUPTED = (
+    "Interrupted before it finished (the page was reloaded or stopped, or a new message was sent "
+    "while it ran), so no image was made. Say “try again” to run it again."
+)
 #: what a user types to re-run a turn that failed or was stopped
 RETRY = re.compile(
     r"(?:please\s+|ok(?:ay)?,?\s+)?(?:try\s+(?:it\s+|that\s+)?again|retry|redo|do\s+it\s+again)"
     r"(?:\s+please)?[.!]*",
     re.IGNORECASE,
 )
-#: the largest seed every backend takes (torch.Generator and the offline renderer: 32 bits)
-MAX_SEED = 2**32 - 1
 #: steps a replay re-runs with Pillow alone: no backend, no seed
 MODEL_FREE_OPERATIONS = {"transform", "upscale"}
 BACKEND_OPERATIONS_NEEDING_SOURCE = {
@@ -312,6 +315,7 @@ class Assistant:
             verbatim=self.settings.verbatim,
             default_n=1,
             max_n=self.settings.max_n,
+            default_size=self.default_size(),
         )
 
     # ----- attachments -------------------------------------------------------------------
@@ -468,8 +472,12 @@ class Assistant:
             raise TurnFailed(f"At most {settings.max_n} images per request.")
         if max(width, height) > settings.max_side:
             raise TurnFailed(f"{width}×{height} is too large; the limit is {settings.max_side} px per side.")
-        if steps > settings.max_steps:
-            raise TurnFailed(f"{steps} steps is over the limit of {settings.max_steps}.")
+        most, why = settings.max_steps, "ATELIER_MAX_STEPS"
+        backend_most = BACKEND_MAX_STEPS.get(self.backend.name)
+        if backend_most is not None and backend_most[1] < most:
+            most, why = backend_most[1], f"the most {backend_most[0]} takes"
+        if not 1 <= steps <= most:
+            raise TurnFailed(f"{steps} steps is out of range; use 1 to {most} ({why}).")
         pixels = width * height * n
         so_far = self.turn_usage.pixels
         if so_far + pixels > settings.max_pixels_per_turn:
@@ -493,7 +501,7 @@ class Assistant:
                 )
             return plan.seed
         if plan.seed is None and not plan.new_seed and self.settings.seed is not None:
-            return self.settings.seed % 2**32
+            return self.settings.seed  # validated: 0 to MAX_SEED
         seed = secrets.randbelow(2**32)
         while seed == previous:
             seed = secrets.randbelow(2**32)
@@ -604,7 +612,7 @@ class Assistant:
             result = yield from self._call_backend(state.conversation_id, backend, request)
         except GeneratorExit:
             state.interrupted = replace(
-                generation, status="cancelled", error=Cancelled().user_message, duration_ms=_ms_since(started)
+                generation, status="cancelled", error=INTERRUPTED, duration_ms=_ms_since(started)
             )
             raise
         except ToolError as exc:
@@ -713,7 +721,7 @@ class Assistant:
             target.prompt,
             parent,
             mask,
-            (int(params.get("width", target.width)), int(params.get("height", target.height))),
+            plan.size or (int(params.get("width", target.width)), int(params.get("height", target.height))),
             max(1, plan.n),
             seed=self._seed(fresh_plan, previous=target.seed),
             parent_id=target.parent_id,
@@ -785,7 +793,9 @@ class Assistant:
             Intent.IMG2IMG: "Redrawn from your image",
             Intent.UPSCALE: "Upscaled",
             Intent.TRANSFORM: "Done",
-            Intent.REGENERATE: "Regenerated with a new seed",
+            Intent.REGENERATE: "Regenerated with a new seed"
+            if plan.seed is None
+            else f"Re-run with seed {plan.seed}",
         }.get(plan.intent, "Done")
         text = f"{verb}: {count} image{'s' if count != 1 else ''}."
         if plan.reply:
@@ -873,7 +883,7 @@ class Assistant:
 
         Nothing can be yielded any more (the generator is closing), so this only writes.
         """
-        message = Cancelled().user_message
+        message = INTERRUPTED
         plan_record = {**plan.to_dict(), "error": message, "tool_calls": list(tool_calls)}
         try:
             self.repo.record_failure(

@@ -103,6 +103,8 @@ class PlannerContext:
     verbatim: bool = False
     default_n: int = 1
     max_n: int = 4
+    #: the size a fresh image gets: "16:9" keeps about this area in the new shape
+    default_size: tuple[int, int] = (512, 512)
 
     def image(self, number: int) -> ImageInfo | None:
         for info in self.images:

@@ -24,7 +24,13 @@ def open_repository(settings: Settings, *, recover: bool = True) -> Repository:
     has its file. `recover=False` opens without touching anything (`atelier doctor --no-sweep`).
     """
     _check_data_dir(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the UI shows this line too, so no errno and no traceback
+        raise StorageError(
+            f"Cannot create the data folder {settings.data_dir}: {exc.strerror or exc}; "
+            "point ATELIER_DATA_DIR somewhere writable."
+        ) from None
     repo = Repository.open(settings.effective_database_url, settings.images_dir)
     if recover:
         report_recovery(repo.recover())

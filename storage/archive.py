@@ -341,8 +341,13 @@ def _insert(repo: Repository, manifest: dict[str, Any], files: dict[str, bytes])
             for new_id in new_image_ids.values():
                 image = session.get(Image, new_id)
                 assert image is not None
+                image.params = _renumbered(image.params, new_image_ids)
                 _match_lineage_chunk(image, files)
                 stored.append(image)
+            for generation_id in generation_ids.values():
+                call = session.get(Generation, generation_id)
+                assert call is not None
+                call.params = _renumbered(call.params, new_image_ids) or {}
             # Files go in only now, under the write lock the first query took, as in
             # `record_turn`: a concurrent `sweep` can then never see them without their rows.
             for digest in sorted({h for i in stored for h in (i.sha256, i.mask_sha256) if h}):
@@ -364,6 +369,27 @@ def _insert(repo: Repository, manifest: dict[str, Any], files: dict[str, bytes])
         for digest in created:
             repo.files.delete(digest)
         raise
+
+
+#: params that name another image by id ("a re-roll of #N", "a replay of …")
+IMAGE_ID_PARAMS = ("replay_of", "regenerated_from", "source_id")
+
+
+def _renumbered(params: dict[str, Any] | None, new_ids: dict[int, int]) -> dict[str, Any] | None:
+    """Params with the image ids they name moved to the imported rows' ids.
+
+    An id of an image outside the export (another conversation) is dropped: in this data dir
+    it would name an unrelated image.
+    """
+    if not params or not any(key in params for key in IMAGE_ID_PARAMS):
+        return params
+    out = dict(params)
+    for key in IMAGE_ID_PARAMS:
+        if key in out:
+            old = out.pop(key)
+            if isinstance(old, int) and old in new_ids:
+                out[key] = new_ids[old]
+    return out
 
 
 def _match_lineage_chunk(image: Image, files: dict[str, bytes]) -> None:

@@ -41,7 +41,11 @@ EXAMPLES = (
 
 @dataclass(frozen=True)
 class QueuedRequest:
-    """A message to send on the next run; `with_attachments` says whether the mask/init apply."""
+    """A message to send on the next run.
+
+    `with_attachments`: the mask and the "use as init" image go with it (words the user typed
+    into the edit box); an image action's button leaves them attached for the next message.
+    """
 
     text: str
     with_attachments: bool = False
@@ -52,6 +56,11 @@ class TurnRequest:
     text: str
     attachments: list[Attachment] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    #: words the user typed (the chat box, the edit box), not a button's request
+    typed: bool = True
+    #: whether the "use as init" image and the mask went with it (then they are used up)
+    used_init: bool = False
+    used_mask: bool = False
 
 
 # ----- callbacks (run before the script, so they may set widget state) -----------------------
@@ -70,7 +79,7 @@ def _close_edit() -> None:
 
 
 def _submit_edit() -> None:
-    text = str(st.session_state.get(Keys.EDIT_TEXT) or "").strip()
+    text = str(st.session_state.get(edit_box_key()) or "").strip()
     st.session_state[Keys.EDIT_OPEN] = False
     if text:
         st.session_state[Keys.PENDING] = QueuedRequest(text, with_attachments=True)
@@ -82,6 +91,29 @@ def _use_as_init(image_id: int) -> None:
 
 def _clear_init() -> None:
     st.session_state[Keys.INIT_IMAGE] = None
+
+
+def edit_box_key() -> str:
+    """The widget key of the edit box now open (a new one each time a box is opened)."""
+    return str(st.session_state.get(Keys.EDIT_BOX) or Keys.EDIT_TEXT)
+
+
+def _open_edit_box(prefill: str) -> None:
+    """Open the edit box on `prefill` under a widget key it never had before.
+
+    Reusing one key is not enough: text typed into a form's box (without Enter) lives in the
+    browser until the form is sent, so after Edit on another image the box would show
+    "#2: " while "Send edit" still sent "#1: …" typed earlier. A new key is a new widget.
+    """
+    old = st.session_state.get(Keys.EDIT_BOX)
+    if old is not None:
+        st.session_state.pop(old, None)
+    generation = int(st.session_state.get(Keys.EDIT_GENERATION, 0)) + 1
+    key = f"{Keys.EDIT_TEXT}.{generation}"
+    st.session_state[Keys.EDIT_GENERATION] = generation
+    st.session_state[Keys.EDIT_BOX] = key
+    st.session_state[key] = prefill
+    st.session_state[Keys.EDIT_OPEN] = True
 
 
 # ----- history ---------------------------------------------------------------------------------
@@ -127,14 +159,15 @@ def _render_image(repo: Repository, image: ImageView) -> None:
             args=(number,),
             help=f"Say what to change in #{number}",
         )
-        st.button(
-            "Regenerate",
-            key=f"atelier.regen.{image.id}",
-            icon=":material/refresh:",
-            on_click=_queue,
-            args=(support.regenerate_request(number),),
-            help=f"The same request as #{number} with a new seed",
-        )
+        if image.can_regenerate:  # not offered where it could only say "nothing to re-roll"
+            st.button(
+                "Regenerate",
+                key=f"atelier.regen.{image.id}",
+                icon=":material/refresh:",
+                on_click=_queue,
+                args=(support.regenerate_request(number),),
+                help=f"The same request as #{number} with a new seed",
+            )
         st.button(
             "Use as init",
             key=f"atelier.init.{image.id}",
@@ -216,6 +249,7 @@ def _apply_init_image(repo: Repository, request: TurnRequest, has_mask: bool) ->
             data = repo.image_bytes(image)
             request.attachments.append(Attachment(data, kind="image", filename=f"#{image.number}.png"))
             request.labels.append(f"image #{image.number}.png")
+        request.used_init = True
     except (StorageError, OSError):
         st.session_state[Keys.INIT_IMAGE] = None
 
@@ -225,13 +259,12 @@ def _input_area(ctx: UiContext) -> TurnRequest | None:
     repo = ctx.repo
     prefill = st.session_state.pop(Keys.EDIT_PREFILL, None)
     if prefill is not None:
-        st.session_state[Keys.EDIT_TEXT] = prefill
-        st.session_state[Keys.EDIT_OPEN] = True
+        _open_edit_box(str(prefill))
     if st.session_state.get(Keys.EDIT_OPEN):
         with st.form("atelier.edit_form"):
             st.text_input(
                 "Edit an image: say what to change after its number",
-                key=Keys.EDIT_TEXT,
+                key=edit_box_key(),
                 placeholder="#1: make the sky stormy",
             )
             with st.container(horizontal=True):
@@ -280,7 +313,7 @@ def _input_area(ctx: UiContext) -> TurnRequest | None:
     if text is None:
         return None
 
-    request = TurnRequest(text=text)
+    request = TurnRequest(text=text, typed=with_attachments)
     if with_attachments:
         for upload in files[:1]:
             request.attachments.append(Attachment(upload.getvalue(), kind="image", filename=upload.name))
@@ -290,6 +323,7 @@ def _input_area(ctx: UiContext) -> TurnRequest | None:
         if mask_file is not None:
             request.attachments.append(Attachment(mask_file.getvalue(), kind="mask", filename=mask_file.name))
             request.labels.append(f"mask {mask_file.name}")
+            request.used_mask = True
     return request
 
 
@@ -355,8 +389,12 @@ def _run_turn(ctx: UiContext, conversation_id: int | None, request: TurnRequest)
                 close()
     if failure is not None and not _failure_recorded(ctx.repo, failure):
         common.flash(failure.message)
-    st.session_state[Keys.INIT_IMAGE] = None
-    st.session_state[Keys.MASK_GENERATION] = int(st.session_state.get(Keys.MASK_GENERATION, 0)) + 1
+    # what went with this message is used up; a button's request (Variations on #2) leaves the
+    # "use as init" image and the mask attached for the next message the user types
+    if request.used_init:
+        st.session_state[Keys.INIT_IMAGE] = None
+    if request.used_mask:
+        st.session_state[Keys.MASK_GENERATION] = int(st.session_state.get(Keys.MASK_GENERATION, 0)) + 1
     st.rerun()
 
 
@@ -385,6 +423,8 @@ def render() -> None:
     else:
         st.caption(escape_markdown(banner))
     common.show_flashes()
+    notice = st.container()  # filled once the input area says whether a message is being sent
+    gone = bool(st.session_state.pop(Keys.CONVERSATION_GONE, False))
     if conversation is not None:
         render_history(repo, conversation.id)
     else:
@@ -394,6 +434,33 @@ def render() -> None:
         )
     live = st.container()  # the turn draws here, under the history and above the input area
     request = _input_area(ctx)
+    if gone:
+        request = _after_deletion(notice, request)
     if request is not None:
         with live:
             _run_turn(ctx, conversation.id if conversation else None, request)
+
+
+#: what the chat says when the conversation it showed was deleted in another tab or window
+GONE = "This conversation was deleted (in another tab or window)"
+GONE_NEW = f"{GONE}; your message started a new conversation."
+GONE_IDLE = f"{GONE}. Describe a picture to start a new conversation."
+GONE_ACTION = f"{GONE}, so that action was not sent: its images are gone too."
+
+
+def _after_deletion(notice: Any, request: TurnRequest | None) -> TurnRequest | None:
+    """Say that the conversation is gone, and what became of what the user was sending.
+
+    Typed words start a new conversation (nothing typed is lost) and the notice says so; a
+    button's request ("three variations of #2") only made sense for the deleted images, so it
+    is not sent. The notice is drawn now and, for a message, again after the turn's rerun.
+    """
+    if request is None:
+        notice.warning(GONE_IDLE, icon=":material/delete:")
+        return None
+    if not request.typed:
+        notice.warning(GONE_ACTION, icon=":material/delete:")
+        return None
+    notice.warning(GONE_NEW, icon=":material/delete:")
+    common.flash(GONE_NEW, "warning")
+    return request

@@ -275,6 +275,8 @@ def show_flashes() -> None:
             st.error(text)
         elif kind == "success":
             st.success(text)
+        elif kind == "warning":
+            st.warning(text)
         else:
             st.info(text)
 
@@ -324,8 +326,11 @@ def current_conversation(repo: Repository) -> Conversation | None:
     if conversation_id is not None:
         try:
             conversation = repo.get_conversation(int(conversation_id))
-        except NotFound:  # deleted in another tab
+        except NotFound:  # deleted in another tab: the chat page says so (`Keys.CONVERSATION_GONE`)
             st.session_state[Keys.CONVERSATION] = None
+            st.session_state[Keys.CONVERSATION_GONE] = True
+            st.session_state[Keys.INIT_IMAGE] = None
+            st.session_state[Keys.EDIT_OPEN] = False
     _show_in_url(conversation.id if conversation else None)
     return conversation
 
@@ -493,19 +498,76 @@ def _remember(key: str, default: Any) -> None:
     st.session_state[key] = st.session_state.get(key, default)
 
 
+BACKEND_OPTIONS = [
+    choice.value for choice in (BackendChoice.OFFLINE, BackendChoice.OPENAI, BackendChoice.DIFFUSERS)
+]
+
+
+def _style_options(base: Settings) -> list[str]:
+    styles = [support.NO_STYLE, *_style_names()]
+    if base.style and base.style not in styles:
+        styles.append(base.style)
+    return styles
+
+
+def _setting_defaults(base: Settings) -> dict[str, Any]:
+    """What each sidebar widget starts at, from the settings the server was started with."""
+    return {
+        Keys.BACKEND: base.effective_backend.value,
+        Keys.OPENAI_MODEL: base.openai_image_model,
+        Keys.DIFFUSERS_MODEL: base.diffusers_model or "",
+        Keys.SIZE: support.default_size_option(base),
+        Keys.STEPS: max(1, min(base.steps, support.STEPS_SLIDER_MAX)),
+        Keys.GUIDANCE: float(base.guidance),
+        Keys.STYLE: base.style or support.NO_STYLE,
+        Keys.VERBATIM: bool(base.verbatim),
+        Keys.SEED_MODE: support.FIXED_SEED if base.seed is not None else support.RANDOM_SEED,
+        Keys.SEED: int(base.seed or 0),
+    }
+
+
+def _settings_from_url(base: Settings) -> None:
+    """A new session (a reload, a shared link) starts from the settings its URL carries."""
+    if st.session_state.get(Keys.SETTINGS_FROM_URL):
+        return
+    st.session_state[Keys.SETTINGS_FROM_URL] = True
+    params = {name: st.query_params.get(name) for name in support.SETTING_PARAMS.values()}
+    values = support.sidebar_values(
+        {name: value for name, value in params.items() if value is not None},
+        backends=BACKEND_OPTIONS,
+        sizes=support.size_options(base),
+        styles=_style_options(base),
+    )
+    for key, value in values.items():
+        st.session_state.setdefault(key, value)
+
+
+def _settings_to_url(base: Settings) -> None:
+    """Keep the URL saying what the sidebar says (only the settings changed from the defaults)."""
+    current = {key: st.session_state.get(key) for key in _setting_defaults(base)}
+    changed = support.changed_params(current, _setting_defaults(base))
+    for name in support.SETTING_PARAMS.values():
+        wanted = changed.get(name)
+        if st.query_params.get(name) == wanted:
+            continue
+        if wanted is None:
+            del st.query_params[name]
+        else:
+            st.query_params[name] = wanted
+
+
 def _sidebar_settings(base: Settings) -> support.Choices:
+    """The model and image settings. Every widget takes its value from the session state alone
+    (set from the URL on a session's first run, else the defaults), and the URL follows them,
+    so a reload keeps what the user picked."""
     sidebar = st.sidebar
-    _remember(Keys.OPENAI_MODEL, base.openai_image_model)
-    _remember(Keys.DIFFUSERS_MODEL, base.diffusers_model or "")
-    _remember(Keys.SEED, int(base.seed or 0))
+    _settings_from_url(base)
+    for key, default in _setting_defaults(base).items():
+        _remember(key, default)
     sidebar.subheader("Model")
-    options = [
-        choice.value for choice in (BackendChoice.OFFLINE, BackendChoice.OPENAI, BackendChoice.DIFFUSERS)
-    ]
     backend = sidebar.selectbox(
         "Image backend",
-        options,
-        index=options.index(base.effective_backend.value),
+        BACKEND_OPTIONS,
         format_func=lambda value: support.BACKEND_LABELS.get(value, value),
         key=Keys.BACKEND,
     )
@@ -529,34 +591,21 @@ def _sidebar_settings(base: Settings) -> support.Choices:
     sidebar.caption(f"Planner: {'LLM agent (' + planner + ')' if planner else 'offline rules planner'}")
 
     with sidebar.expander("Image settings"):
-        sizes = support.size_options(base)
-        size = st.selectbox(
-            "Size", sizes, index=sizes.index(support.default_size_option(base)), key=Keys.SIZE
-        )
+        size = st.selectbox("Size", support.size_options(base), key=Keys.SIZE)
         top = support.steps_limit(base, str(backend))
-        _remember(Keys.STEPS, max(1, min(base.steps, top)))
         if int(st.session_state[Keys.STEPS]) > top:  # e.g. 120 steps, then a switch to offline
             st.session_state[Keys.STEPS] = top
         steps = st.slider("Steps", 1, top, key=Keys.STEPS)
-        guidance = st.slider("Guidance", 0.0, 20.0, float(base.guidance), 0.5, key=Keys.GUIDANCE)
-        styles = [support.NO_STYLE, *_style_names()]
-        if base.style and base.style not in styles:
-            styles.append(base.style)
-        style = st.selectbox(
-            "Style preset", styles, index=styles.index(base.style) if base.style else 0, key=Keys.STYLE
-        )
+        low, high = support.GUIDANCE_RANGE
+        guidance = st.slider("Guidance", low, high, step=support.GUIDANCE_STEP, key=Keys.GUIDANCE)
+        style = st.selectbox("Style preset", _style_options(base), key=Keys.STYLE)
         verbatim = st.checkbox(
             "Use my prompt exactly",
-            value=base.verbatim,
             key=Keys.VERBATIM,
             help="Send your words to the model as they are, without rewriting.",
         )
         seed_mode = st.radio(
-            "Seed",
-            [support.RANDOM_SEED, support.FIXED_SEED],
-            horizontal=True,
-            index=1 if base.seed is not None else 0,
-            key=Keys.SEED_MODE,
+            "Seed", [support.RANDOM_SEED, support.FIXED_SEED], horizontal=True, key=Keys.SEED_MODE
         )
         seed: int | None = None
         if seed_mode == support.FIXED_SEED:
@@ -564,11 +613,12 @@ def _sidebar_settings(base: Settings) -> support.Choices:
                 st.number_input(
                     "Seed value",
                     min_value=0,
-                    max_value=2**32 - 1,
+                    max_value=support.MAX_SEED_VALUE,
                     step=1,
                     key=Keys.SEED,
                 )
             )
+    _settings_to_url(base)
     return support.Choices(
         backend=str(backend),
         openai_image_model=openai_model,

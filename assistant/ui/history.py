@@ -11,7 +11,6 @@ graph, and a side-by-side with its parent.
 
 from __future__ import annotations
 
-import contextlib
 from functools import partial
 from typing import Any
 
@@ -52,12 +51,28 @@ def keep_filters() -> None:
             st.session_state[key] = st.session_state[key]
 
 
+#: the URL query parameter of the image the detail view shows (`?image=16`), so a reload keeps it
+IMAGE_PARAM = "image"
+
+
 def _focus(image_id: int) -> None:
     st.session_state[Keys.FOCUS] = image_id
+    st.query_params[IMAGE_PARAM] = str(image_id)
 
 
 def _back_to_gallery() -> None:
     st.session_state[Keys.FOCUS] = None
+    del st.query_params[IMAGE_PARAM]
+
+
+def _show_in_url(image_id: int | None) -> None:
+    wanted = None if image_id is None else str(image_id)
+    if st.query_params.get(IMAGE_PARAM) == wanted:
+        return
+    if wanted is None:
+        del st.query_params[IMAGE_PARAM]
+    else:
+        st.query_params[IMAGE_PARAM] = wanted
 
 
 def _more() -> None:
@@ -282,11 +297,11 @@ def _generation_details(repo: Repository, image: Image) -> None:
 def render() -> None:
     st.set_page_config(layout="wide")
     ctx = common.context()
-    requested = st.query_params.get("image")
+    # the URL names the image in detail (a reload, a link, the chat's Lineage button); a session
+    # that comes back to the page without it (the page link) reopens the one it was showing
+    requested = st.query_params.get(IMAGE_PARAM)
     if requested is not None:
-        with contextlib.suppress(ValueError):
-            st.session_state[Keys.FOCUS] = int(requested)
-        del st.query_params["image"]
+        st.session_state[Keys.FOCUS] = support.parse_conversation_param(requested)  # a positive id
     st.title("History")
     common.show_flashes()
     focus = st.session_state.get(Keys.FOCUS)
@@ -297,6 +312,8 @@ def render() -> None:
             st.session_state[Keys.FOCUS] = None
             st.warning("That image no longer exists.")
         else:
+            _show_in_url(image.id)
             render_detail(ctx, image)
             return
+    _show_in_url(None)
     render_gallery(ctx)

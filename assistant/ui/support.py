@@ -16,6 +16,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from assistant.core import BACKEND_OPERATIONS_NEEDING_SOURCE, MODEL_FREE_OPERATIONS
 from assistant.settings import Settings
 from storage.models import Image, Message
 from storage.repository import ImageFilter, LineageNode
@@ -32,7 +33,12 @@ class Keys:
     #: an image id the next turn sends as its attachment ("use as init image")
     INIT_IMAGE = "atelier.init_image_id"
     EDIT_OPEN = "atelier.edit_open"
+    #: the prefix of the edit box's widget key; each opening gets a key of its own (`EDIT_BOX`)
+    #: so the browser can never send text typed into the box opened for another image
     EDIT_TEXT = "atelier.edit_text"
+    #: the widget key of the edit box now open, and how many times a box was opened
+    EDIT_BOX = "atelier.edit_box_key"
+    EDIT_GENERATION = "atelier.edit_generation"
     #: text for the edit box, set anywhere (even on another page) and moved into it before it draws
     EDIT_PREFILL = "atelier.edit_prefill"
     #: bumped after a turn so the mask uploader starts empty again
@@ -40,6 +46,10 @@ class Keys:
     #: a one-shot message shown after the rerun that ends a turn (errors nobody recorded)
     FLASH = "atelier.flash"
     CONFIRM_DELETE = "atelier.confirm_delete"
+    #: set when the open conversation turned out to be deleted (in another tab or window)
+    CONVERSATION_GONE = "atelier.conversation_gone"
+    #: set once a session has taken its sidebar settings from the URL (on its first run)
+    SETTINGS_FROM_URL = "atelier.settings_from_url"
     GOTO_CHAT = "atelier.goto_chat"
     #: the image the history page shows in detail
     FOCUS = "atelier.focus_image_id"
@@ -140,11 +150,101 @@ def steps_limit(settings: Settings, backend: str) -> int:
 
 
 def parse_conversation_param(raw: str) -> int | None:
-    """The `?c=` query parameter as a conversation id; None for anything that is not one."""
+    """The `?c=` (or `?image=`) query parameter as a row id; None for anything that is not one."""
     if not re.fullmatch(r"[0-9]{1,18}", raw.strip()):
         return None
     value = int(raw)
     return value if value > 0 else None
+
+
+# ----- the sidebar's settings in the URL ---------------------------------------------------
+
+#: session key → URL query parameter: the sidebar's settings live in the tab's URL, so a reload
+#: (a new session on the same URL) keeps them without storing anything. `seed` says both the
+#: mode and the value: "random", or the fixed seed.
+SETTING_PARAMS: Mapping[str, str] = {
+    Keys.BACKEND: "backend",
+    Keys.OPENAI_MODEL: "openai_model",
+    Keys.DIFFUSERS_MODEL: "local_model",
+    Keys.SIZE: "size",
+    Keys.STEPS: "steps",
+    Keys.GUIDANCE: "guidance",
+    Keys.STYLE: "style",
+    Keys.VERBATIM: "exact",
+    Keys.SEED: "seed",
+}
+RANDOM_SEED_PARAM = "random"
+#: the longest model name or folder a URL may set
+MAX_MODEL_PARAM = 500
+MAX_SEED_VALUE = 2**32 - 1
+GUIDANCE_RANGE = (0.0, 20.0)
+GUIDANCE_STEP = 0.5
+
+
+def sidebar_params(values: Mapping[str, Any]) -> dict[str, str]:
+    """The sidebar's values (by session key) as query parameters."""
+    params: dict[str, str] = {}
+    for key, name in SETTING_PARAMS.items():
+        value = values.get(key)
+        if key == Keys.SEED:
+            fixed = values.get(Keys.SEED_MODE) == FIXED_SEED
+            params[name] = str(int(value or 0)) if fixed else RANDOM_SEED_PARAM
+        elif key == Keys.VERBATIM:
+            params[name] = "1" if value else "0"
+        elif key == Keys.GUIDANCE:
+            params[name] = f"{float(value or 0.0):g}"
+        else:
+            params[name] = "" if value is None else str(value)
+    return params
+
+
+def changed_params(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, str]:
+    """The query parameters of the settings that differ from the defaults (a clean URL otherwise)."""
+    current, default = sidebar_params(values), sidebar_params(defaults)
+    return {name: value for name, value in current.items() if default.get(name) != value}
+
+
+def sidebar_values(
+    params: Mapping[str, str], *, backends: Sequence[str], sizes: Sequence[str], styles: Sequence[str]
+) -> dict[str, Any]:
+    """Query parameters → the sidebar's values (by session key).
+
+    A URL is anyone's to edit: a value that is not one the widget offers (an unknown size or
+    style, steps or a seed out of range, a very long model name) is left out, so the widget
+    keeps its default instead of failing.
+    """
+    offered: dict[str, Sequence[str]] = {Keys.BACKEND: backends, Keys.SIZE: sizes, Keys.STYLE: styles}
+    values: dict[str, Any] = {}
+    for key, name in SETTING_PARAMS.items():
+        raw = params.get(name)
+        if raw is None:
+            continue
+        raw = raw.strip()
+        if key in offered:
+            if raw in offered[key]:
+                values[key] = raw
+        elif key in (Keys.OPENAI_MODEL, Keys.DIFFUSERS_MODEL):
+            if len(raw) <= MAX_MODEL_PARAM and raw.isprintable() and (raw or key == Keys.DIFFUSERS_MODEL):
+                values[key] = raw
+        elif key == Keys.STEPS:
+            if re.fullmatch(r"[0-9]{1,4}", raw) and 1 <= int(raw) <= STEPS_SLIDER_MAX:
+                values[key] = int(raw)
+        elif key == Keys.GUIDANCE:
+            low, high = GUIDANCE_RANGE
+            if re.fullmatch(r"[0-9]{1,2}(\.[0-9]{1,3})?", raw):
+                guidance = round(float(raw) / GUIDANCE_STEP) * GUIDANCE_STEP
+                if low <= guidance <= high:
+                    values[key] = guidance
+        elif key == Keys.VERBATIM:
+            if raw in ("0", "1"):
+                values[key] = raw == "1"
+        elif key == Keys.SEED:
+            if raw == RANDOM_SEED_PARAM:
+                values[Keys.SEED_MODE] = RANDOM_SEED
+            elif re.fullmatch(r"[0-9]{1,10}", raw) and int(raw) <= MAX_SEED_VALUE:
+                values[Keys.SEED_MODE] = FIXED_SEED
+                values[Keys.SEED] = int(raw)
+    return values
 
 
 def short(text: str | None, width: int = 60) -> str:
@@ -243,6 +343,20 @@ def backend_cache_key(settings: Settings) -> str:
 # ----- view models -------------------------------------------------------------------------
 
 
+#: images a re-roll can't redo, as the assistant decides (`Assistant._regenerate`): an upload
+#: has no request behind it, an upscale or a transform no model and no seed
+NOT_REGENERABLE = frozenset({"upload", *MODEL_FREE_OPERATIONS})
+#: backend operations that re-run on their parent: with the parent gone there is nothing to redo
+NEEDS_PARENT = frozenset(str(operation) for operation in BACKEND_OPERATIONS_NEEDING_SOURCE)
+
+
+def can_regenerate(operation: str, parent_id: int | None) -> bool:
+    """Whether "regenerate #N" can do anything for this image (else it only says why not)."""
+    if operation in NOT_REGENERABLE:
+        return False
+    return not (operation in NEEDS_PARENT and parent_id is None)
+
+
 @dataclass(frozen=True)
 class ImageView:
     id: int
@@ -252,11 +366,16 @@ class ImageView:
     path: Path
     parent_label: str | None
     sha256: str
+    parent_id: int | None = None
 
     @property
     def caption(self) -> str:
         origin = f" · from {self.parent_label}" if self.parent_label else ""
         return f"#{self.number} · {self.operation}{origin}"
+
+    @property
+    def can_regenerate(self) -> bool:
+        return can_regenerate(self.operation, self.parent_id)
 
 
 @dataclass(frozen=True)
@@ -288,13 +407,15 @@ def image_view(image: Image, path: Path, numbers: Mapping[int, int]) -> ImageVie
         path=path,
         parent_label=parent_label(image, numbers),
         sha256=image.sha256,
+        parent_id=image.parent_id,
     )
 
 
 def conversation_view(
     messages: Sequence[Message], images: Sequence[Image], image_path: Callable[[Image], Path]
 ) -> list[MessageView]:
-    """Messages oldest first, each with the images stored under it.
+    """Messages oldest first, each reply after the message it answers (`answer_order`), each
+    with the images stored under it.
 
     Images whose message is gone (or that were stored without one) are shown at the end in
     an assistant message of their own, so no stored image is ever hidden from the chat.
@@ -305,7 +426,7 @@ def conversation_view(
         by_message.setdefault(image.message_id, []).append(image_view(image, image_path(image), numbers))
     views: list[MessageView] = []
     known: set[int] = set()
-    for message in messages:
+    for message in answer_order(messages):
         known.add(message.id)
         views.append(
             MessageView(
@@ -324,6 +445,65 @@ def conversation_view(
             MessageView(id=None, role="assistant", text="", images=sorted(loose, key=lambda v: v.number))
         )
     return views
+
+
+def _answers(reply: Message) -> str | None:
+    """The user's words a reply's stored plan says it answers (`plan.instruction`), if any."""
+    plan = reply.plan if isinstance(reply.plan, Mapping) else {}
+    instruction = plan.get("instruction")
+    return instruction.strip() if isinstance(instruction, str) and instruction.strip() else None
+
+
+def _place_replies(users: Sequence[Message], replies: Sequence[Message]) -> list[Message]:
+    """One burst (user messages sent one after another, then the replies that followed), with
+    each reply moved after the user message whose words its plan records.
+
+    A turn interrupted by the next message (or by a reload) records its cancelled reply after
+    that next message was stored; so when several words match, a cancelled or failed reply
+    takes the oldest unanswered one (the interrupted turn came first) and a finished reply
+    the newest. A reply whose plan names no words stays after the last user message.
+    """
+    if len(users) <= 1:
+        return [*users, *replies]
+    placed: dict[int, list[Message]] = {index: [] for index in range(len(users))}
+    answered: set[int] = set()
+    for reply in replies:
+        words = _answers(reply)
+        matches = [i for i, user in enumerate(users) if words is not None and user.content.strip() == words]
+        unanswered = [i for i in matches if i not in answered]
+        candidates = unanswered or matches
+        if not candidates:
+            index = len(users) - 1
+        elif reply.status in ("cancelled", "failed"):
+            index = candidates[0]
+        else:
+            index = candidates[-1]
+        answered.add(index)
+        placed[index].append(reply)
+    return [message for index, user in enumerate(users) for message in (user, *placed[index])]
+
+
+def answer_order(messages: Sequence[Message]) -> list[Message]:
+    """Messages oldest first, except that a reply is drawn right after the user message it
+    answers, as far as the stored plans tell (see `_place_replies`).
+
+    Storage order is kept within what can't be told apart; only replies recorded after a
+    later user message move (a turn cancelled by the next message, or one that finished
+    after the user sent another from a reloaded tab).
+    """
+    ordered: list[Message] = []
+    users: list[Message] = []
+    replies: list[Message] = []
+    for message in messages:
+        if message.role == "user":
+            if replies:  # a user message after replies starts the next burst
+                ordered += _place_replies(users, replies)
+                users, replies = [], []
+            users.append(message)
+        else:
+            replies.append(message)
+    ordered += _place_replies(users, replies)
+    return ordered
 
 
 def plan_rows(plan: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -134,3 +134,25 @@ def test_a_replayed_branch_keeps_no_ids_of_the_old_branch_but_replay_of(tmp_path
         params = replayed.params or {}
         assert params["replay_of"] == step.id
         assert "source_id" not in params and "regenerated_from" not in params
+
+
+def test_steps_over_what_the_backend_takes_are_refused_with_that_limit(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    assistant.settings.steps = 120  # ATELIER_MAX_STEPS is 150, the renderer's 100
+    events = run(assistant, None, "a lighthouse at dawn")
+    assert failure(events) == "120 steps is out of range; use 1 to 100 (the most the offline renderer takes)."
+    assert assistant.repo.conversation_images(events[0].conversation_id) == []
+
+
+def test_a_data_folder_that_cannot_be_made_is_one_line_for_the_ui_too(tmp_path: Path) -> None:
+    from assistant.runtime import open_repository
+    from assistant.settings import Settings
+    from storage.db import StorageError
+
+    (tmp_path / "a-file").write_text("not a folder")
+    target = tmp_path / "a-file" / "data"
+    with pytest.raises(StorageError) as refused:
+        open_repository(Settings(data_dir=target))
+    assert str(refused.value) == (
+        f"Cannot create the data folder {target}: Not a directory; point ATELIER_DATA_DIR somewhere writable."
+    )

@@ -84,7 +84,10 @@ REFUSALS = [
         ("256×256 is too large; the limit is 128 px per side.",),
     ),
     Refusal(
-        "steps-over-max", {"steps": 500}, "a lighthouse at dawn", ("500 steps is over the limit of 150.",)
+        "steps-over-max",
+        {"steps": 500},
+        "a lighthouse at dawn",
+        ("500 steps is out of range; use 1 to 150 (ATELIER_MAX_STEPS).",),
     ),
     Refusal(
         "total-pixels-per-turn",

@@ -38,6 +38,10 @@ from tests.reliability.helpers import (
 from tests.reliability.test_backend_faults import diffusers_assistant, unet_hook
 
 STOPPED = "Cancelled: you stopped this request before it finished, so no image was made."
+INTERRUPTED = (
+    "Interrupted before it finished (the page was reloaded or stopped, or a new message was sent "
+    "while it ran), so no image was made. Say “try again” to run it again."
+)
 
 
 @pytest.mark.slow
@@ -70,7 +74,7 @@ def test_a_rerun_that_closes_the_turn_mid_run_records_it_as_cancelled(
         before,
         conversation_id,
         "a blue bird on a branch",
-        STOPPED,
+        INTERRUPTED,
         generation="cancelled",
         status="cancelled",
     )

@@ -520,3 +520,24 @@ def test_export_to_a_folder_and_import_of_a_folder_say_so(repo: Repository, tmp_
     with pytest.raises(ArchiveError, match=f"{folder} is a folder, not a zip file"):
         read_archive(folder)
     assert list(folder.iterdir()) == [] and not (tmp_path / "somewhere.partial").exists()
+
+
+def test_an_imported_copy_names_its_own_images_in_params(repo: Repository, tmp_path: Path) -> None:
+    """ "A re-roll of #1" must still mean the copy's #1 once the ids are renumbered."""
+    elsewhere = repo.create_conversation("elsewhere")
+    outside = add_generated(repo, elsewhere.id, "an unrelated boat", index=1)
+    conversation = repo.create_conversation("rerolls")
+    first = add_generated(repo, conversation.id, "a lighthouse", index=2)
+    add_generated(
+        repo,
+        conversation.id,
+        "a lighthouse",
+        index=3,
+        params={"regenerated_from": first.id, "replay_of": outside.id, "steps": 4},
+    )
+    zip_path = tmp_path / "rerolls.zip"
+    export_conversation(repo, conversation.id, zip_path)
+    copy_id = import_conversation(repo, zip_path)  # the ids are taken here: renumbered
+    copy_first, copy_second = repo.conversation_images(copy_id)
+    assert copy_first.id != first.id
+    assert copy_second.params == {"regenerated_from": copy_first.id, "steps": 4}

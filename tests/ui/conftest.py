@@ -81,6 +81,19 @@ def click(at: AppTest, key: str) -> AppTest:
     return at
 
 
+def edit_box(at: AppTest) -> Any:
+    """The edit box now open (each opening has a widget key of its own)."""
+    from assistant.ui.support import Keys
+
+    return at.text_input(key=at.session_state[Keys.EDIT_BOX])
+
+
+def send_edit(at: AppTest) -> AppTest:
+    at.button(key="FormSubmitter:atelier.edit_form-Send edit").click().run()
+    assert_ok(at)
+    return at
+
+
 def unescape(markdown: str) -> str:
     """Undo `escape_markdown` so assertions read like what the user sees."""
     return re.sub(r"\\(.)", r"\1", markdown).replace("  \n", "\n")

@@ -24,6 +24,7 @@ from tests.ui.conftest import (
     assert_ok,
     captions,
     click,
+    edit_box,
     errors,
     markdown_texts,
     new_app,
@@ -116,9 +117,9 @@ def test_image_actions_send_requests_about_that_image(app: AppTest, stored: Repo
     assert regenerated.prompt == first.prompt
 
     click(app, f"atelier.edit.{first.id}")
-    edit_box = app.text_input(key=Keys.EDIT_TEXT)
-    assert edit_box.value == "#1: "
-    edit_box.set_value("#1: at sunset")
+    box = edit_box(app)
+    assert box.value == "#1: "
+    box.set_value("#1: at sunset")
     app.button(key="FormSubmitter:atelier.edit_form-Send edit").click().run()
     assert_ok(app)
     edited = stored.conversation_images(conversation_id)[-1]
@@ -274,7 +275,9 @@ def test_a_turn_stopped_by_a_rerun_shows_as_stopped_not_as_an_error(
     reloaded = new_app()
     click(reloaded, f"atelier.conversation.{conversation.id}")
     stopped = [unescape(w.value) for w in reloaded.warning]
-    assert any(text.startswith("Cancelled: you stopped this request") for text in stopped), stopped
+    assert any(
+        text.startswith("Interrupted before it finished (the page was reloaded") for text in stopped
+    ), stopped
     assert errors(reloaded) == []
     assert "make it snowier" in markdown_texts(reloaded)
     assert [m.status for m in stored.messages(conversation.id)] == ["ok", "ok", "ok", "cancelled"]

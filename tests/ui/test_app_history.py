@@ -13,7 +13,7 @@ from assistant.ui.support import Keys, lineage_dot
 from storage.models import Conversation, Image
 from storage.repository import LineageNode, Repository
 from tests.storage.helpers import add_generated
-from tests.ui.conftest import CHAT_PAGE, HISTORY_PAGE, assert_ok, captions, click, send, unescape
+from tests.ui.conftest import CHAT_PAGE, HISTORY_PAGE, assert_ok, captions, click, edit_box, send, unescape
 
 FOX = "a red fox in the snow at night"
 LIGHTHOUSE = "a lighthouse on a cliff at dawn"
@@ -105,12 +105,12 @@ def test_continue_from_here_opens_the_chat_on_that_image(history: AppTest, store
 
     assert history.session_state[Keys.CONVERSATION] == fox_id
     assert unescape(history.title[0].value) == FOX  # the chat page, on the fox conversation
-    edit_box = history.text_input(key=Keys.EDIT_TEXT)
-    assert edit_box.value == "#2: "
+    box = edit_box(history)
+    assert box.value == "#2: "
     # AppTest keeps requesting the page named by its own last switch_page (history) on every
     # later run, where a browser asks for the page it is on; say so, as the browser would
     history.switch_page(CHAT_PAGE)
-    edit_box.set_value("#2: add a full moon")
+    box.set_value("#2: add a full moon")
     history.button(key="FormSubmitter:atelier.edit_form-Send edit").click().run()
     assert_ok(history)
     newest = stored.conversation_images(fox_id)[-1]

@@ -10,6 +10,7 @@ always stopped (its whole process group: `atelier ui` starts `streamlit run` as 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -143,12 +144,13 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture
-def server(tmp_path: Path, data_dir: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def serving(tmp_path: Path, data_dir: Path, environment: dict[str, str]) -> Iterator[str]:
+    """`atelier ui` on a free port with its own data dir; yields its base URL, then stops it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATELIER_", "OPENAI_"))}
     env["ATELIER_DATA_DIR"] = str(data_dir)
     env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
-    env.update(TURN_ENVIRONMENT)
+    env.update(environment)
     atelier = shutil.which("atelier", path=str(Path(sys.executable).parent))
     command = [atelier] if atelier else [sys.executable, "-m", "assistant.cli"]
     port = free_port()
@@ -164,6 +166,20 @@ def server(tmp_path: Path, data_dir: Path) -> Iterator[str]:
         yield base_url
     finally:
         stop(process)
+
+
+@pytest.fixture
+def server(tmp_path: Path, data_dir: Path) -> Iterator[str]:
+    """A server whose turns are slow enough to watch (big images, many steps)."""
+    with serving(tmp_path, data_dir, TURN_ENVIRONMENT) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def quick_server(tmp_path: Path, data_dir: Path) -> Iterator[str]:
+    """A server on the defaults (small images, quick turns)."""
+    with serving(tmp_path, data_dir, {}) as base_url:
+        yield base_url
 
 
 def test_type_a_request_see_the_image_then_its_lineage(
@@ -232,5 +248,75 @@ def test_type_a_request_see_the_image_then_its_lineage(
         assert (first.number, first.instruction) == (1, "a red fox in the snow at night")
         assert (second.number, second.parent_id, second.operation) == (2, first.id, "edit")
         assert repo.image_path(first).is_file() and repo.image_path(second).is_file()
+    finally:
+        repo.db.dispose()
+
+
+EDIT_BOX_LABEL = "Edit an image: say what to change after its number"
+#: true once the page shows exactly one edit box, holding the given text
+ONE_EDIT_BOX_JS = """
+([label, text]) => {
+  const boxes = [...document.querySelectorAll("input")].filter(i => i.getAttribute("aria-label") === label);
+  return boxes.length === 1 && boxes[0].value === text;
+}
+"""
+
+
+def wait_for_messages(repo: Repository, conversation_id: int, count: int) -> list[Any]:
+    """The conversation's messages once there are `count` of them (the turn has been stored)."""
+    deadline = time.monotonic() + TURN_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        messages = repo.messages(conversation_id)
+        if len(messages) >= count:
+            return messages
+        time.sleep(0.1)
+    pytest.fail(f"the conversation has {len(repo.messages(conversation_id))} messages, not {count}")
+
+
+def test_send_edit_sends_what_the_edit_box_shows(sync_api: Any, quick_server: str, data_dir: Path) -> None:
+    """Typed-but-unsent text for #1 must not be what "Send edit" sends after Edit on #2.
+
+    Only a browser shows this: it keeps a form's unsent text itself, and sent it with the
+    form even though the page had put "#2: " in the box.
+    """
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(quick_server)
+            chat_box = page.locator('[data-testid="stChatInputTextArea"]')
+            chat_box.wait_for(timeout=30_000)
+            for number, text in (
+                (1, "a red fox in the snow at night"),
+                (2, "a lighthouse on a cliff at dawn"),
+            ):
+                chat_box.fill(text)
+                chat_box.press("Enter")
+                sync_api.expect(page.get_by_text(f"#{number} · generate")).to_be_visible(
+                    timeout=TURN_TIMEOUT_MS
+                )
+
+            def image_column(number: int) -> Any:
+                return page.locator('[data-testid="stColumn"]').filter(has_text=f"#{number} · generate").first
+
+            image_column(1).get_by_role("button", name="Edit").click()
+            page.wait_for_function(ONE_EDIT_BOX_JS, arg=[EDIT_BOX_LABEL, "#1: "], timeout=30_000)
+            page.get_by_label(EDIT_BOX_LABEL).fill("#1: add a moon")  # typed, no Enter
+            image_column(2).get_by_role("button", name="Edit").click()
+            # the new box alone (while the page reruns the old one may still be drawn beside it)
+            page.wait_for_function(ONE_EDIT_BOX_JS, arg=[EDIT_BOX_LABEL, "#2: "], timeout=30_000)
+            page.get_by_role("button", name="Send edit").click()
+            sync_api.expect(page.get_by_label(EDIT_BOX_LABEL)).to_have_count(0, timeout=30_000)
+        finally:
+            browser.close()
+
+    repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
+    try:
+        (conversation,) = repo.list_conversations()
+        messages = wait_for_messages(repo, conversation.id, 6)
+        assert [m.content for m in messages if m.role == "user"][-1].strip() == "#2:"
+        assert all(
+            image.instruction != "#1: add a moon" for image in repo.conversation_images(conversation.id)
+        )
     finally:
         repo.db.dispose()

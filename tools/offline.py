@@ -12,6 +12,16 @@ figures, weather, texture, style). Each layer draws from its own random generato
 moves everything. The layers are spread over the requested number of "steps" so progress and
 cancel behave like a diffusion backend's.
 
+Variations and edits never cross-fade two different drawings (that showed two half-transparent
+moons and a ghost of every cabin). A picture this renderer drew says how (its prompt, seed and
+`_Layout`, in memory and through a stored PNG's `parameters` chunk and revised prompt), and the
+claim counts only if drawing it again gives the same pixels (`_recognise`). A variation of such a
+picture is a sibling: the same scene on the source's layout with every placement nudged a little by
+the variation's seed (more with more strength), and new stars, clouds and snowflakes; one moon,
+one cabin, crisp. An edit of one draws the new prompt on exactly the source's layout. Anything else
+(an upload, a picture changed since) is varied by reframing and recolouring its own pixels, and
+edited as a restyle (below) with any falling snow or rain drawn over it.
+
 img2img is a restyle, not a cross-fade with a fresh drawing: `_Restyler` keeps every edge and the
 light-and-dark layout of the source and changes only its look, using the renderer's own tables for
 the prompt's scenery (the colours of a forest, the sea, a city, taken from a drawing of just that
@@ -25,10 +35,13 @@ change leaves the image as it is, and says so in a note.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
@@ -61,8 +74,8 @@ MAX_SIDE = 2048
 MAX_IMAGES = 8
 MAX_STEPS = 100
 DEFAULT_STEPS = 8
-#: How far the result moves from the source image (0 = source) towards the new drawing, or for
-#: img2img towards the full restyle of the source (1).
+#: img2img, an inpaint and an edit of a picture it did not draw: how far the result moves from the
+#: source (0) towards the new drawing or restyle (1). A variation: how far its layout moves.
 DEFAULT_STRENGTH: dict[Operation, float] = {
     Operation.EDIT: 0.7,
     Operation.IMG2IMG: 0.6,
@@ -398,6 +411,76 @@ def _silhouette(kind: str) -> list[_Shape]:
 # The painter
 
 
+#: How far a variation moves each placement, as a share of the range it is drawn from, per unit
+#: of strength: at the assistant's default 0.5 a moon drawn anywhere across 70% of the width
+#: moves by about a tenth of the width; at 0 nothing moves.
+_NUDGE = 0.25
+#: Narrow ranges (a house's offset, the horizon's height) are nudged as if this wide, so they move
+#: visibly too; the result still stays inside its own range.
+_NUDGE_SPAN = 0.2
+#: Longest chain of variations a drawing may record (a crafted PNG must not make us loop).
+_MAX_NUDGES = 64
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a drawing's things stand: the draws of one seed, each nudged by a chain of variations.
+
+    A fresh drawing's layout is its own seed. A variation keeps its source's layout and adds
+    (its seed, its strength): every placement (horizon, moon, house, figures, ridges, trees) is
+    the source's, moved a little by draws from the variation's seed, so the result is a sibling
+    of the source rather than another picture.
+    """
+
+    seed: int
+    nudges: tuple[tuple[int, float], ...] = ()
+
+    def varied(self, seed: int, amount: float) -> _Layout:
+        return _Layout(self.seed, (*self.nudges, (seed, amount)))
+
+    def describe(self) -> str:
+        steps = "".join(f", varied by seed {seed} (strength {amount!r})" for seed, amount in self.nudges)
+        return f"layout of seed {self.seed}{steps}"
+
+
+class _Nudged:
+    """A layer's placement draws: the source's, each moved by every variation of the chain.
+
+    It takes exactly the draws the source's generator took, so everything after a nudged
+    value stays paired with the source's own; values are folded back into their range, so a
+    moon stays in the sky and a house on the ground. Choices and counts are not nudged.
+    """
+
+    def __init__(
+        self,
+        base: Callable[[], np.random.Generator],
+        nudges: Sequence[tuple[np.random.Generator, float]],
+    ) -> None:
+        self.base_again = base
+        self.base = base()
+        self.nudges = nudges
+
+    def uniform(self, low: float | None = None, high: float | None = None, size: int | None = None) -> Any:
+        if low is None or high is None:
+            # `uniform()` alone is a choice (which way a fox faces, snow on the peaks, pine or
+            # oak): it stays the source's, so a variation has the same things, a little moved
+            return self.base.uniform()
+        value = np.asarray(self.base.uniform(low, high, size), dtype=np.float64)
+        span = high - low
+        if span > 0:
+            for rng, amount in self.nudges:
+                value = value + rng.normal(0.0, 1.0, size) * _NUDGE * amount * max(span, _NUDGE_SPAN)
+            folded = np.mod((value - low) / span, 2.0)
+            value = low + span * np.where(folded > 1.0, 2.0 - folded, folded)
+        return float(value) if size is None else value
+
+    def integers(self, low: int, high: int | None = None) -> int:
+        return int(self.base.integers(low, high))  # how many trees stays the source's
+
+
+_Draws = np.random.Generator | _Nudged
+
+
 @dataclass(frozen=True)
 class _Figure:
     subject: Subject
@@ -410,12 +493,23 @@ class _Figure:
 class _Painter:
     """Draws one scene at one size from one seed; `stages()` lists the layers in drawing order."""
 
-    def __init__(self, scene: Scene, width: int, height: int, seed: int, salt: str = "") -> None:
+    def __init__(
+        self,
+        scene: Scene,
+        width: int,
+        height: int,
+        seed: int,
+        salt: str = "",
+        layout: _Layout | None = None,
+    ) -> None:
         self.scene = scene
         self.width = width
         self.height = height
         self.seed = seed
         self.salt = salt
+        self.layout = _Layout(seed) if layout is None else layout
+        #: a fresh drawing: placements and details come from one seed, as they always have
+        self.plain = self.layout == _Layout(seed)
         self.unit = min(width, height) / 256  # line widths and radii scale with this
         self.elements = set(scene.elements)
         if not self.elements & _LANDSCAPE:
@@ -426,18 +520,25 @@ class _Painter:
             light = replace(light, brightness=light.brightness * 0.8)
         self.light = light
 
-        layout = self._rng("layout")
         sea_only = (
             "sea" in self.elements
             and not (self.elements & (_LANDSCAPE - {"sea"}))
             and not any(s.family != "bird" for s in scene.subjects)
         )
-        horizon_range = (0.42, 0.52) if sea_only else (0.5, 0.62)
-        self.horizon = round(height * layout.uniform(*horizon_range))
+        placing = self._place("layout")
+        self.horizon = round(height * placing.uniform(*((0.42, 0.52) if sea_only else (0.5, 0.62))))
         self.shore = height if sea_only or "sea" not in self.elements else self._lerp_ground(0.4)
-        self.figures = self._place_figures(layout)
-        figure_x = self.figures[0].x if self.figures else layout.uniform(0.3, 0.7) * width
-        self.house_x = (0.74 if figure_x < width / 2 else 0.26) * width + layout.uniform(-0.05, 0.05) * width
+        self.figures = self._place_figures(placing)
+        figure_x = self.figures[0].x if self.figures else placing.uniform(0.3, 0.7) * width
+        offset = placing.uniform(-0.05, 0.05) * width
+        if isinstance(placing, _Nudged):
+            # the house stays on the side of the picture it had in the source: its side follows the
+            # first figure (or a draw near the middle), which a small nudge could push across
+            source = placing.base_again()
+            source.uniform(*((0.42, 0.52) if sea_only else (0.5, 0.62)))
+            source_figures = self._place_figures(source)
+            figure_x = source_figures[0].x if source_figures else source.uniform(0.3, 0.7) * width
+        self.house_x = (0.74 if figure_x < width / 2 else 0.26) * width + offset
         self.sky_horizon_colour: RGB = _SKIES[scene.time_of_day][-1][1]
         self.light_source: tuple[float, float, float, RGB] | None = None
         self.image = Image.new("RGB", (width, height))
@@ -445,7 +546,22 @@ class _Painter:
     # -- helpers ---------------------------------------------------------------------------
 
     def _rng(self, layer: str) -> np.random.Generator:
-        return np.random.default_rng([self.seed, zlib.crc32(f"{self.salt}{layer}".encode())])
+        """Details (stars, clouds, snowflakes, grain) from this drawing's own seed."""
+        salt = self.salt if not self.layout.nudges else f"{self.salt}variation:"
+        return np.random.default_rng([self.seed, zlib.crc32(f"{salt}{layer}".encode())])
+
+    def _place(self, layer: str) -> _Draws:
+        """Placements (horizon, moon, house, figures, ridges, trees) from the layout."""
+        if self.plain:
+            return self._rng(layer)
+        key = [self.layout.seed, zlib.crc32(f"{self.salt}{layer}".encode())]
+        if not self.layout.nudges:
+            return np.random.default_rng(key)
+        nudges = [
+            (np.random.default_rng([seed, zlib.crc32(f"nudge:{layer}".encode())]), amount)
+            for seed, amount in self.layout.nudges
+        ]
+        return _Nudged(lambda: np.random.default_rng(key), nudges)
 
     def _lerp_ground(self, fraction: float) -> int:
         """A y position `fraction` of the way from the horizon down to the bottom edge."""
@@ -461,7 +577,7 @@ class _Painter:
     def _store(self, pixels: Array) -> None:
         self.image = _to_image(pixels)
 
-    def _smooth_curve(self, rng: np.random.Generator, octaves: int = 3) -> Array:
+    def _smooth_curve(self, rng: _Draws, octaves: int = 3) -> Array:
         """A gentle wave across the width in -1..1 (hills, shorelines)."""
         xs = np.linspace(0, 1, self.width)
         curve = np.zeros(self.width)
@@ -470,7 +586,7 @@ class _Painter:
             curve += np.sin(2 * np.pi * (frequency * xs + rng.uniform(0, 1))) / (octave + 1)
         return np.asarray(curve / np.abs(curve).max(), dtype=np.float64)
 
-    def _ridge(self, rng: np.random.Generator, roughness: float = 0.55) -> Array:
+    def _ridge(self, rng: _Draws, roughness: float = 0.55) -> Array:
         """A jagged mountain ridge across the width in 0..1, by midpoint displacement."""
         points = np.zeros(129)
         points[[0, -1]] = rng.uniform(0, 1, 2)
@@ -486,7 +602,7 @@ class _Painter:
         points = (points - points.min()) / max(float(np.ptp(points)), 1e-6)
         return np.interp(np.linspace(0, 128, self.width), np.arange(129), points)
 
-    def _place_figures(self, rng: np.random.Generator) -> list[_Figure]:
+    def _place_figures(self, rng: _Draws) -> list[_Figure]:
         anchor = {"center": 0.5, "left": 0.3, "right": 0.7}.get(self.scene.composition or "", 0.0)
         jitter = 0.04 if anchor else 0.12
         centre = (anchor or 0.5) + rng.uniform(-jitter, jitter)
@@ -577,7 +693,10 @@ class _Painter:
 
     def paint_sky_lights(self) -> None:
         """Sun, moon and stars; their positions come from the seed."""
-        rng = self._rng("sky lights")
+        rng = self._place("sky lights")
+        # a fresh drawing takes its stars from the same generator as the moon (as it always has);
+        # a variation or a re-seeded edit keeps the moon's place and draws new stars
+        stars = rng if isinstance(rng, np.random.Generator) and self.plain else self._rng("sky lights")
         time = self.scene.time_of_day
         clear = not (self.scene.weather & {"rain", "fog"})
         if time == "night" or "moon" in self.elements:
@@ -587,7 +706,7 @@ class _Painter:
             self._disc(x, y, radius, (240, 240, 222))
             self.light_source = (x, y, radius, (220, 222, 210))
         if (time == "night" and clear) or "stars" in self.elements:
-            self._paint_stars(rng, strength=1.0 if time == "night" else 0.4)
+            self._paint_stars(stars, strength=1.0 if time == "night" else 0.4)
         if (
             time != "night"
             and clear
@@ -630,7 +749,7 @@ class _Painter:
         if "mountains" in self.elements:
             self._paint_mountains()
         if "hills" in self.elements:
-            rng = self._rng("far hills")
+            rng = self._place("far hills")
             tops = self.horizon - (0.04 + 0.035 * (1 + self._smooth_curve(rng))) * self.height
             colour = _mix(self._ground_colour(), self.sky_horizon_colour, 0.35)
             self._fill_under(tops, self.horizon, self._shade_ground(colour))
@@ -638,7 +757,7 @@ class _Painter:
             self._paint_city()
 
     def _paint_mountains(self) -> None:
-        rng = self._rng("mountains")
+        rng = self._place("mountains")
         base = self._colour("mountains", _MOUNTAIN)
         # far range first (higher, hazier), then the near range in front of it
         for base_height, rise, haze in ((0.12, 0.26, 0.45), (0.06, 0.2, 0.15)):
@@ -665,7 +784,7 @@ class _Painter:
             self._store(pixels)
 
     def _paint_city(self) -> None:
-        rng = self._rng("city")
+        rng = self._place("city")
         draw = ImageDraw.Draw(self.image)
         wall = self.light.shade(self._colour("city", _BUILDING), floor=0.5, tint_scale=0.5)
         night = self.scene.time_of_day in ("night", "sunset")
@@ -722,11 +841,11 @@ class _Painter:
             self._paint_water(self.horizon, self.shore)
             if self.shore < self.height:
                 sand = _SNOW if self.snowy else _SAND
-                rng = self._rng("shore")
+                rng = self._place("shore")
                 tops = self.shore + self._smooth_curve(rng) * 0.02 * self.height
                 self._fill_under(tops, self.height, self._shade_ground(sand))
         if "hills" in self.elements:
-            rng = self._rng("near hills")
+            rng = self._place("near hills")
             tops = self._lerp_ground(0.3) + self._smooth_curve(rng) * 0.08 * self.height
             self._fill_under(tops, self.shore, _scaled(self._shade_ground(self._ground_colour()), 0.9))
 
@@ -763,7 +882,7 @@ class _Painter:
     def paint_middle(self) -> None:
         """Lake, road and forest: the things that sit on the ground between horizon and viewer."""
         if "lake" in self.elements:
-            rng = self._rng("lake")
+            rng = self._place("lake")
             cx = rng.uniform(0.3, 0.7) * self.width
             cy = self._lerp_ground(rng.uniform(0.25, 0.4))
             rx, ry = (
@@ -785,7 +904,7 @@ class _Painter:
             self._paint_forest()
 
     def _paint_road(self) -> None:
-        rng = self._rng("road")
+        rng = self._place("road")
         draw = ImageDraw.Draw(self.image)
         bottom_x = rng.uniform(0.35, 0.65) * self.width
         vanish_x = rng.uniform(0.35, 0.65) * self.width
@@ -810,7 +929,7 @@ class _Painter:
             draw.line(points, fill=line_colour, width=max(1, round(self.unit * 2 * (1 - t))))
 
     def _paint_forest(self) -> None:
-        rng = self._rng("forest")
+        rng = self._place("forest")
         colour = self._colour("forest", _CONIFER)
         rows = ((0.0, 0.13, 34, 0.35), (0.2, 0.2, 16, 0.15), (0.55, 0.3, 8, 0.0))
         for depth_fraction, height_fraction, per_row, haze in rows:
@@ -869,7 +988,7 @@ class _Painter:
         if "house" in self.elements or "cabin" in self.elements:
             self._paint_house("cabin" if "cabin" in self.elements else "house")
         if "trees" in self.elements:
-            rng = self._rng("trees")
+            rng = self._place("trees")
             canopy = self._colour("trees", _CANOPY)
             for _ in range(int(rng.integers(2, 5))):
                 for _attempt in range(8):
@@ -886,7 +1005,7 @@ class _Painter:
             self._paint_flowers()
 
     def _paint_house(self, kind: str) -> None:
-        rng = self._rng("house")
+        rng = self._place("house")
         draw = ImageDraw.Draw(self.image)
         cabin = kind == "cabin"
         wall_default: RGB = (125, 82, 48) if cabin else (226, 206, 170)
@@ -1120,6 +1239,7 @@ class _Job:
     """A request after validation: everything the drawing loop needs, nothing it must check."""
 
     operation: Operation
+    prompt: str
     scene: Scene
     width: int
     height: int
@@ -1303,19 +1423,22 @@ class OfflineBackend:
             if progress is not None:
                 progress(done, total)
 
+        known: _Drawn | None = None
+        if job.source is not None and job.operation is not Operation.IMG2IMG:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled()
+            known = _recognise(job.source)
+        notes = job.notes + _source_notes(job, known)
+
         images: list[GeneratedImage] = []
         for seed in job.seeds:
-            salt = "variation:" if job.operation is Operation.VARIATION else ""
-            if job.operation is Operation.IMG2IMG and job.source is not None:
-                restyler = _Restyler(job.scene, _flatten(job.source), seed)
-                _run_in_steps(restyler.stages(), job.steps, tick, cancel)
-                drawing = restyler.image
-            else:
-                painter = _Painter(job.scene, job.width, job.height, seed, salt)
-                _run_in_steps(painter.stages(), job.steps, tick, cancel)
-                drawing = painter.image
-            image = _apply_operation(job, drawing, seed)
-            images.append(GeneratedImage(image, seed, revised_prompt=job.scene.describe()))
+            image, scene, drawn = _make(job, seed, known, tick, cancel)
+            revised = scene.describe()
+            if drawn is not None:
+                if drawn.layout != _Layout(seed):
+                    revised += f"; {drawn.layout.describe()}"
+                image.info[_INFO_KEY] = drawn.to_json()
+            images.append(GeneratedImage(image, seed, revised_prompt=revised))
 
         params: dict[str, object] = {
             "steps": job.steps,
@@ -1327,11 +1450,13 @@ class OfflineBackend:
             "renderer": RENDERER,
             "scene": job.scene.describe(),
         }
-        if job.strength is not None:
+        # an edit of one of its own drawings redraws it on the same layout: no fade to measure
+        redrawn = job.operation is Operation.EDIT and known is not None and job.mask is None
+        if job.strength is not None and not redrawn:
             params["strength"] = job.strength
         if job.scene.style:
             params["style"] = job.scene.style
-        return ImageResult(images=images, backend=NAME, model=MODEL, params=params, notes=job.notes)
+        return ImageResult(images=images, backend=NAME, model=MODEL, params=params, notes=notes)
 
 
 def _run_in_steps(
@@ -1369,6 +1494,9 @@ def _validate(request: ImageRequest) -> _Job:
         # the one it draws from goes through the same door as an upload: loaded, sane size, RGB(A)
         (source,), source_notes = check_sources(request.sources[:1])
         notes += source_notes
+        given = request.sources[0]
+        if isinstance(given, Image.Image) and source is not given:
+            source.info = {**given.info, **source.info}  # how it was drawn, when it says
         if len(request.sources) > 1:
             notes.append(f"Only the first of the {len(request.sources)} source images was used.")
         width, height = source.size
@@ -1402,8 +1530,8 @@ def _validate(request: ImageRequest) -> _Job:
         notes.append(f"A {operation.value} does not use a mask; it was ignored.")
 
     scene = parse_scene(prompt)
-    if operation is Operation.VARIATION and not scene.understood:
-        notes.append("No drawable words in the prompt, so the variation reframes and recolours the source.")
+    if operation is Operation.VARIATION:
+        pass  # what a variation can do depends on its source; run() says so
     elif operation is Operation.IMG2IMG:
         if not _has_look(scene):
             notes.append(
@@ -1421,7 +1549,17 @@ def _validate(request: ImageRequest) -> _Job:
 
     seed = _default_seed(request) if request.seed is None else request.seed % 2**32
     return _Job(
-        operation, scene, width, height, derive_seeds(seed, request.n), steps, strength, source, mask, notes
+        operation,
+        prompt,
+        scene,
+        width,
+        height,
+        derive_seeds(seed, request.n),
+        steps,
+        strength,
+        source,
+        mask,
+        notes,
     )
 
 
@@ -1442,37 +1580,212 @@ def _flatten(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _apply_operation(job: _Job, drawing: Image.Image, seed: int) -> Image.Image:
-    """Combine the new picture with the source the way the operation promises.
+def _make(
+    job: _Job, seed: int, known: _Drawn | None, tick: Callable[[], None], cancel: CancelToken | None
+) -> tuple[Image.Image, Scene, _Drawn | None]:
+    """One image of the job: the picture, the scene it shows, and how to draw it again (if it can be).
 
-    `drawing` is a fresh drawing of the prompt, except for img2img, where it is the source
-    restyled (`_Restyler`): the same fade by `strength` then moves along the source's own layout.
+    Nothing here cross-fades two different drawings, which would show two moons and a ghost of
+    every house: a fresh drawing, a variation and an edit of one of this renderer's own pictures
+    are each one drawing; everything else changes the source's own pixels.
     """
-    if job.source is None:
-        return drawing
-    source = job.source
+    operation, source = job.operation, job.source
     strength = job.strength if job.strength is not None else 1.0
-    if job.operation is Operation.VARIATION and not job.scene.understood:
-        drawing = _reframe(_flatten(source), seed)  # no prompt to draw: vary the source itself
-    blended = Image.blend(_flatten(source), drawing, strength)
+
+    def draw(drawn: _Drawn) -> Image.Image:
+        painter = _Painter(parse_scene(drawn.prompt), job.width, job.height, drawn.seed, layout=drawn.layout)
+        _run_in_steps(painter.stages(), job.steps, tick, cancel)
+        return painter.image
+
+    def later(work: Callable[[], Image.Image]) -> Image.Image:
+        """Pixel work on the source, spread over the steps like a drawing (progress and cancel)."""
+        done: list[Image.Image] = []
+        _run_in_steps([lambda: done.append(work())], job.steps, tick, cancel)
+        return done[0]
+
+    if source is None:
+        drawn = _Drawn(job.prompt, seed, _Layout(seed))
+        return draw(drawn), job.scene, drawn
+    flat = _flatten(source)
+
+    if operation is Operation.IMG2IMG:
+        restyler = _Restyler(job.scene, flat, seed)
+        _run_in_steps(restyler.stages(), job.steps, tick, cancel)
+        return Image.blend(flat, restyler.image, strength), job.scene, None
+
+    if operation is Operation.VARIATION:
+        if known is None:
+            return later(lambda: _reframe(flat, seed, strength)), job.scene, None
+        # a sibling: the source's scene on the source's layout, nudged by this seed, new details
+        prompt = job.prompt if job.scene.understood else known.prompt
+        drawn = _Drawn(prompt, seed, known.layout.varied(seed, strength))
+        return draw(drawn), parse_scene(prompt), drawn
+
+    # edit and inpaint
+    if known is not None:
+        drawn = _Drawn(job.prompt, seed, known.layout)  # the same places, the prompt's things
+        drawing = draw(drawn)
+        if job.mask is None:
+            return drawing, job.scene, drawn
+        changed = Image.blend(flat, drawing, strength)
+    elif operation is Operation.INPAINT:
+        changed = Image.blend(flat, draw(_Drawn(job.prompt, seed, _Layout(seed))), strength)
+    else:
+        # not a drawing of ours: keep its picture and change its look (see `_Restyler`)
+        restyler = _Restyler(job.scene, flat, seed)
+        _run_in_steps(restyler.stages(), job.steps, tick, cancel)
+        changed = _add_particles(Image.blend(flat, restyler.image, strength), job.scene, seed)
     if job.mask is None:
-        return blended
+        return changed, job.scene, None
     # Only masked pixels may change; composite keeps every mask=0 pixel byte-identical to the source.
-    base = source if source.mode in ("RGB", "RGBA") else _flatten(source)
-    return Image.composite(blended.convert(base.mode), base, job.mask)
+    base = source if source.mode in ("RGB", "RGBA") else flat
+    return Image.composite(changed.convert(base.mode), base, job.mask), job.scene, None
 
 
-def _reframe(source: Image.Image, seed: int) -> Image.Image:
-    """A seeded variation of an image with no prompt: mirror, zoom, shift and recolour a little."""
+def _source_notes(job: _Job, known: _Drawn | None) -> list[str]:
+    """What the user should know about how the source was used."""
+    if job.source is None or job.operation is Operation.IMG2IMG:
+        return []
+    if known is not None:
+        if job.operation is Operation.VARIATION and not job.scene.understood:
+            return ["No drawable words in the prompt, so the variation redraws the source's own prompt."]
+        return []
+    not_ours = (
+        "The source is not one of this renderer's drawings as it stands (an upload, or an image "
+        "changed since it was drawn), so "
+    )
+    if job.operation is Operation.VARIATION:
+        return [not_ours + "each variation reframes and recolours it instead of redrawing it."]
+    if job.operation is Operation.EDIT:
+        return [
+            not_ours + "the edit keeps its picture and changes its look (time of day, weather, colours, "
+            "mood, style); it cannot add or move things in it."
+        ]
+    return []
+
+
+def _add_particles(image: Image.Image, scene: Scene, seed: int) -> Image.Image:
+    """Falling snow or rain drawn crisply over a picture (fog is already in the restyle's haze)."""
+    weather = scene.weather - {"fog"}
+    if not weather:
+        return image
+    painter = _Painter(replace(scene, weather=weather), image.width, image.height, seed, "edit:")
+    painter.image = image.convert("RGB")
+    painter.paint_weather()
+    return painter.image
+
+
+def _reframe(source: Image.Image, seed: int, strength: float = 0.75) -> Image.Image:
+    """A seeded variation of a picture it cannot redraw: zoom, shift and recolour it a little.
+
+    `strength` sets how far (0: the source itself); from 0.5 on it may also be mirrored.
+    """
     rng = np.random.default_rng([seed, zlib.crc32(b"reframe")])
-    image = ImageOps.mirror(source) if rng.uniform() < 0.5 else source
-    zoom = rng.uniform(0.8, 0.92)
+    amount = min(max(strength, 0.0), 1.0) / 0.75
+    mirror = rng.uniform() < 0.5
+    image = ImageOps.mirror(source) if mirror and strength >= 0.5 else source
+    zoom = 1 - rng.uniform(0.08, 0.2) * amount
     w, h = image.size
-    cw, ch = round(w * zoom), round(h * zoom)
+    cw, ch = max(1, round(w * zoom)), max(1, round(h * zoom))
     left, top = round(rng.uniform(0, w - cw)), round(rng.uniform(0, h - ch))
     image = image.crop((left, top, left + cw, top + ch)).resize((w, h), Image.Resampling.LANCZOS)
-    gains = rng.uniform(0.85, 1.15, 3).astype(np.float32)
+    gains = 1 + rng.uniform(-0.15, 0.15, 3).astype(np.float32) * amount
     return _to_image(_to_array(image) * gains)
+
+
+# --------------------------------------------------------------------------------------------
+# Recognising its own drawings
+
+
+#: The in-memory `info` entry of every picture this renderer can draw again; a stored PNG says the
+#: same in its AUTOMATIC1111 `parameters` chunk (prompt, seed) and its revised prompt (layout).
+_INFO_KEY = "atelier-offline"
+_LAYOUT_NOTE = re.compile(
+    r"; layout of seed (\d{1,10})((?:, varied by seed \d{1,10} \(strength [^)]{1,30}\))*)$"
+)
+_NUDGE_NOTE = re.compile(r", varied by seed (\d{1,10}) \(strength ([^)]{1,30})\)")
+_SEED_FIELD = re.compile(r"(?:^|, )Seed: (\d{1,10})(?:,|$)")
+#: Metadata longer than this is not ours (a crafted file must not cost time).
+_MAX_INFO_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """How one of this renderer's pictures was drawn: enough to draw it again, pixel for pixel."""
+
+    prompt: str
+    seed: int
+    layout: _Layout
+
+    def to_json(self) -> str:
+        nudges = [list(nudge) for nudge in self.layout.nudges]
+        return json.dumps(
+            {"prompt": self.prompt, "seed": self.seed, "layout": self.layout.seed, "nudges": nudges}
+        )
+
+
+def _recognise(source: Image.Image) -> _Drawn | None:
+    """How the source was drawn, if it is one of this renderer's drawings exactly as drawn.
+
+    The source's metadata says how it claims to have been drawn; the claim counts only if drawing
+    it again gives the same pixels, so an upload, an edit blended with its parent or a picture
+    changed since (cropped, recoloured, painted over) is never taken for a drawing it is not.
+    """
+    claim = _claimed(source.info)
+    if claim is None:
+        return None
+    painter = _Painter(
+        parse_scene(claim.prompt), source.width, source.height, claim.seed, layout=claim.layout
+    )
+    for stage in painter.stages():
+        stage()
+    return claim if _same_picture(painter.image, _flatten(source)) else None
+
+
+def _same_picture(a: Image.Image, b: Image.Image) -> bool:
+    """Equal up to the rounding another machine's maths library might add."""
+    difference = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+    return bool(difference.mean() < 0.5 and (difference.max(axis=-1) > 16).mean() < 0.001)
+
+
+def _claimed(info: dict[Any, Any]) -> _Drawn | None:
+    """The drawing a picture's metadata describes: our own `info` entry, or a stored PNG's chunks."""
+    try:
+        own = info.get(_INFO_KEY)
+        if isinstance(own, str) and len(own) <= _MAX_INFO_CHARS:
+            data = json.loads(own)
+            nudges = tuple((int(seed), float(amount)) for seed, amount in data["nudges"])
+            return _checked(str(data["prompt"]), int(data["seed"]), int(data["layout"]), nudges)
+        parameters = info.get("parameters")
+        if not isinstance(parameters, str) or len(parameters) > _MAX_INFO_CHARS:
+            return None
+        *prompt_lines, fields = parameters.strip().split("\n")
+        seed = _SEED_FIELD.search(fields)
+        if seed is None or f"Model: {MODEL}" not in fields or f"Backend: {NAME}" not in fields:
+            return None
+        prompt = "\n".join(prompt_lines).split("\nNegative prompt:")[0].strip()
+        layout_seed, nudges = int(seed.group(1)), ()
+        lineage = info.get("atelier")
+        if isinstance(lineage, str) and len(lineage) <= _MAX_INFO_CHARS:
+            revised = json.loads(lineage).get("revised_prompt") or ""
+            note = _LAYOUT_NOTE.search(revised) if isinstance(revised, str) else None
+            if note is not None:
+                layout_seed = int(note.group(1))
+                nudges = tuple((int(v), float(a)) for v, a in _NUDGE_NOTE.findall(note.group(2)))
+        return _checked(prompt, int(seed.group(1)), layout_seed, nudges)
+    except (ValueError, TypeError, KeyError, AttributeError):  # json.JSONDecodeError is a ValueError
+        return None
+
+
+def _checked(
+    prompt: str, seed: int, layout_seed: int, nudges: tuple[tuple[int, float], ...]
+) -> _Drawn | None:
+    seeds = [seed, layout_seed, *(v for v, _ in nudges)]
+    if not all(0 <= s < 2**32 for s in seeds) or len(nudges) > _MAX_NUDGES:
+        return None
+    if not all(math.isfinite(a) and 0.0 <= a <= 1.0 for _, a in nudges):
+        return None
+    return _Drawn(prompt, seed, _Layout(layout_seed, nudges))
 
 
 __all__ = ["HONEST_NOTE", "MAX_SIDE", "MIN_SIDE", "MODEL", "NAME", "RENDERER", "OfflineBackend"]

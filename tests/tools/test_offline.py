@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter, ImageOps
 
 from tools.base import (
     Cancelled,
@@ -506,6 +506,256 @@ def test_variation_without_a_prompt_reworks_the_source() -> None:
         mean_difference(variation, run("", Operation.VARIATION, sources=(source,), seed=4).images[0].image)
         > 1
     )
+
+
+# Variations are siblings of their source, not cross-fades with another drawing; edits keep the layout
+
+NIGHT_CABIN = "a cozy cabin at night, heavy snowfall"
+
+
+def regions(mask: np.ndarray) -> list[np.ndarray]:
+    """The connected regions (4-neighbour) of a boolean mask, each as an array of (row, column)."""
+    todo = mask.copy()
+    height, width = mask.shape
+    found = []
+    for row, col in zip(*np.nonzero(todo), strict=True):
+        if not todo[row, col]:
+            continue
+        todo[row, col] = False
+        stack, points = [(row, col)], []
+        while stack:
+            y, x = stack.pop()
+            points.append((y, x))
+            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= ny < height and 0 <= nx < width and todo[ny, nx]:
+                    todo[ny, nx] = False
+                    stack.append((ny, nx))
+        found.append(np.array(points))
+    return found
+
+
+def moons(image: Image.Image) -> list[tuple[float, np.ndarray]]:
+    """Moon-like discs as (mean brightness, centre): regions of the sky clearly brighter than the
+    sky around them and at least a third of a moon's size (stars and snowflakes are far smaller).
+
+    A cross-fade of two layouts shows two such discs, each only about half as bright as a moon.
+    """
+    sky = luminance(image)[: int(image.height * 0.45)]
+    moon_area = np.pi * (0.045 * min(image.size)) ** 2
+    bright = sky > np.median(sky) + 60
+    return [
+        (float(sky[tuple(points.T)].mean()), points.mean(axis=0))
+        for points in regions(bright)
+        if len(points) >= moon_area / 3
+    ]
+
+
+def lit_windows(image: Image.Image) -> list[int]:
+    """Sizes of the warm yellow window panes: a cabin at night has exactly two, crisp."""
+    rgb = pixels(image)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    warm = (red > 150) & (red > 1.5 * blue) & (green > 1.2 * blue)  # lamplight, even "low-key"
+    return [len(points) for points in regions(warm) if len(points) >= 6]
+
+
+def red_blocks(image: Image.Image) -> list[int]:
+    rgb = pixels(image)
+    red = (rgb[..., 0] > 150) & (rgb[..., 0] > 2.5 * rgb[..., 1]) & (rgb[..., 0] > 2.5 * rgb[..., 2])
+    return [len(points) for points in regions(red) if len(points) > 30]
+
+
+def variations(source: Image.Image, prompt: str = NIGHT_CABIN, **fields: Any) -> list[Image.Image]:
+    fields.setdefault("seed", 500)
+    fields.setdefault("n", 3)
+    fields.setdefault("strength", 0.5)  # what the assistant asks for
+    return [image.image for image in run(prompt, Operation.VARIATION, sources=(source,), **fields).images]
+
+
+def stored(result: ImageResult, prompt: str, operation: Operation, index: int = 0) -> Image.Image:
+    """An image of a result as the app stores and loads it: a PNG file with Atelier's metadata."""
+    from storage.models import Image as ImageRow
+    from storage.pngmeta import encode_png
+    from storage.repository import image_infotext, image_lineage_chunk
+
+    made = result.images[index]
+    row = ImageRow(
+        id=1,
+        conversation_id=1,
+        number=1,
+        operation=operation.value,
+        prompt=prompt,
+        negative_prompt="",
+        revised_prompt=made.revised_prompt,
+        backend=result.backend,
+        model=result.model,
+        seed=made.seed,
+        width=made.image.width,
+        height=made.image.height,
+        params=result.params,
+    )
+    data = encode_png(made.image, image_infotext(row), image_lineage_chunk(row))
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        return opened.copy()
+
+
+def test_variations_of_a_night_scene_have_one_crisp_moon_and_one_cabin() -> None:
+    """The QA bug: each variation showed two half-transparent moons and two ghosted cabins."""
+    for seed in (1, 2, 3):
+        source = render(NIGHT_CABIN, seed=seed)
+        ((source_moon, _),) = moons(source)
+        assert len(lit_windows(source)) == 2
+        for variation in variations(source, seed=seed + 100):
+            found = moons(variation)
+            assert len(found) == 1, f"one moon, not {len(found)}"
+            assert found[0][0] > source_moon - 10, "the moon is as bright as the source's, not see-through"
+            windows = lit_windows(variation)
+            assert len(windows) == 2, f"one cabin with its two lit windows, not {windows}"
+            # the moon check does catch a cross-fade of two layouts: half this, half the source
+            ghost_moons = moons(Image.blend(source, variation, 0.5))
+            assert len(ghost_moons) != 1 or ghost_moons[0][0] < source_moon - 10
+
+
+def test_a_variation_is_a_sibling_of_its_source() -> None:
+    source = render(NIGHT_CABIN, seed=3)
+    ((_, moon_at),) = moons(source)
+    another_seed = render(NIGHT_CABIN, seed=53)
+    unrelated = render(GREEN_FOREST, seed=3)
+    found = variations(source, seed=103)
+    for variation in found:
+        assert 3 < mean_difference(variation, source) < mean_difference(another_seed, source)
+        assert mean_difference(variation, source) < mean_difference(unrelated, source)
+        assert layout_agreement(variation, source) > layout_agreement(another_seed, source) + 0.1
+        ((_, moved_to),) = moons(variation)
+        assert np.abs(moved_to - moon_at).max() < SIZE / 4, "the moon moves a little, not anywhere"
+        assert pixels(variation).mean() < 110, "still night"
+    # every seed its own, visibly: the moon, the cabin, the snowflakes and stars differ
+    for first, second in ((0, 1), (1, 2), (0, 2)):
+        changed = np.abs(pixels(found[first]) - pixels(found[second])).max(axis=-1) > 30
+        assert changed.mean() > 0.03
+    # ... and the same seed again is the same picture, byte for byte
+    again = variations(source, seed=103)
+    assert [png_bytes(image) for image in again] == [png_bytes(image) for image in found]
+
+
+def test_variation_strength_sets_how_far_things_move() -> None:
+    source = render(NIGHT_CABIN, seed=2)
+    ((_, moon_at),) = moons(source)
+
+    def moon_shift(strength: float) -> float:
+        shifts = []
+        for variation in variations(source, strength=strength, n=4):
+            ((_, moved_to),) = moons(variation)
+            shifts.append(np.abs(moved_to - moon_at).max())
+        return float(np.mean(shifts))
+
+    assert moon_shift(0.0) < 1.0, "strength 0 keeps every placement"
+    assert 1.0 < moon_shift(0.35) < moon_shift(0.75)
+
+
+def test_a_variation_of_a_stored_drawing_is_the_same_as_of_the_drawing_in_memory() -> None:
+    """The app hands the backend the PNG from disk: its metadata must say the same as the object."""
+    result = run(NIGHT_CABIN, seed=7)
+    from_disk = stored(result, NIGHT_CABIN, Operation.GENERATE)
+    in_memory = variations(result.images[0].image)
+    assert [png_bytes(image) for image in variations(from_disk)] == [png_bytes(i) for i in in_memory]
+
+    # a variation of a stored variation is a sibling of it, just as crisp (its layout is recorded)
+    first = run(NIGHT_CABIN, Operation.VARIATION, sources=(from_disk,), seed=500, strength=0.5)
+    revised = first.images[0].revised_prompt or ""
+    assert "layout of seed 7, varied by seed 500" in revised
+    parent = stored(first, NIGHT_CABIN, Operation.VARIATION)
+    ((_, moon_at),) = moons(parent)
+    for grandchild in variations(parent, seed=900):
+        ((brightness, moved_to),) = moons(grandchild)
+        assert brightness > 220 and np.abs(moved_to - moon_at).max() < SIZE / 4
+        assert len(lit_windows(grandchild)) == 2
+        assert mean_difference(grandchild, parent) < mean_difference(render(NIGHT_CABIN, seed=53), parent)
+
+
+def test_the_qa_conversation_gives_sibling_variations(tmp_path: Path) -> None:
+    """Through the app, as QA did: a cabin, "make it snowier", three more like the second one."""
+    from assistant.core import Assistant
+    from assistant.runtime import open_repository
+    from assistant.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, backend="offline", width=SIZE, height=SIZE, steps=4, seed=11)
+    assistant = Assistant(settings, open_repository(settings))
+    events = list(assistant.respond(None, "a cozy cabin at night", ()))
+    conversation_id = events[0].conversation_id  # type: ignore[attr-defined]
+    for words in ("make it snowier", "three more like the second one"):
+        list(assistant.respond(conversation_id, words, ()))
+    rows = assistant.repo.conversation_images(conversation_id)
+    assert [row.operation for row in rows] == ["generate", "edit", "variation", "variation", "variation"]
+    snowy = assistant.repo.load_image(rows[1])
+    ((moon, moon_at),) = moons(snowy)
+    for row in rows[2:]:
+        variation = assistant.repo.load_image(row)
+        ((brightness, moved_to),) = moons(variation)
+        assert brightness > moon - 10 and 0 < np.abs(moved_to - moon_at).max() < SIZE / 4
+        assert len(lit_windows(variation)) == 2
+    assembled = [png_bytes(assistant.repo.load_image(row)) for row in rows[2:]]
+    assert len(set(assembled)) == 3
+
+
+def test_a_changed_drawing_is_not_taken_for_the_one_it_claims_to_be() -> None:
+    """A mirrored copy keeps the original's metadata; redrawing it would put the moon back."""
+    source = render(NIGHT_CABIN, seed=3)
+    mirrored = ImageOps.mirror(source)
+    assert mirrored.info, "Pillow copies the metadata along"
+    result = run(NIGHT_CABIN, Operation.VARIATION, sources=(mirrored,), seed=5, strength=0.5)
+    assert any("reframes and recolours" in note for note in result.notes)
+    assert len(moons(result.images[0].image)) == 1
+
+
+def test_a_variation_of_an_upload_reworks_its_own_pixels_without_ghosts() -> None:
+    upload = daytime_upload()
+    (house,) = red_blocks(upload)
+    result = run("a red house on a green field on a sunny day", Operation.VARIATION, sources=(upload,), n=3)
+    assert any("reframes and recolours" in note for note in result.notes)
+    for made in result.images:
+        (varied,) = red_blocks(made.image)  # one red house, as red as before, not a faded double
+        assert varied > 0.9 * house
+        assert 3 < mean_difference(made.image, upload) < 80
+
+
+def test_an_edit_of_a_variation_keeps_its_layout() -> None:
+    """ "make it snowier" of a variation: the same moon and cabin where they were, more snow."""
+    source = render("a cozy cabin at night", seed=3)
+    variation_result = run(
+        "a cozy cabin at night", Operation.VARIATION, sources=(source,), seed=77, strength=0.5
+    )
+    variation = stored(variation_result, "a cozy cabin at night", Operation.VARIATION)
+    ((_, moon_at),) = moons(variation)
+    # the app keeps the source's seed for an edit
+    edited = run(NIGHT_CABIN, Operation.EDIT, sources=(variation,), seed=77).images[0].image
+    ((brightness, moved_to),) = moons(edited)
+    assert brightness > 220 and np.abs(moved_to - moon_at).max() < 1.0
+    assert len(lit_windows(edited)) == 2
+    ground_before = pixels(variation)[int(SIZE * 0.94) :].mean()
+    assert pixels(edited)[int(SIZE * 0.94) :].mean() > ground_before + 30, "snow whitens the ground"
+    assert layout_agreement(edited, variation) > 0.6
+
+
+def test_an_edit_of_an_upload_keeps_its_picture() -> None:
+    """An edit cannot redraw an upload; cross-fading a drawing over it ghosted both."""
+    upload = daytime_upload()
+    for prompt in ("a red house on a field at night, snowy", "a fox in a meadow at sunset"):
+        result = run(prompt, Operation.EDIT, sources=(upload,))
+        edited = result.images[0].image
+        assert mean_difference(edited, upload) > 3
+        assert layout_agreement(edited, upload) > 0.9
+        assert correlation(edge_map(edited), edge_map(upload)) > 0.5
+        assert any("cannot add or move things" in note for note in result.notes)
+
+    def specks(image: Image.Image) -> int:
+        """Small spots clearly brighter than what is around them (snowflakes)."""
+        around = luminance(image.filter(ImageFilter.BoxBlur(3)))
+        return len(regions(luminance(image) - around > 40))
+
+    snowy = run("a red house on a field at night, snowy", Operation.EDIT, sources=(upload,)).images[0].image
+    dry = run("a red house on a field at night", Operation.EDIT, sources=(upload,)).images[0].image
+    assert specks(snowy) > specks(dry) + 50, "falling snow is drawn over the picture, crisp"
 
 
 def test_source_operations_keep_the_source_size() -> None:

@@ -162,7 +162,7 @@ class Settings(BaseSettings):
             return value
         try:
             make_url(value.strip())
-        except ArgumentError:  # the value is never shown: it may hold a password
+        except (ArgumentError, ValueError):  # never shown: it may hold a password (":port" is int())
             raise SettingError(
                 "database_url",
                 "is not a database URL; use e.g. sqlite:////path/to/atelier.db or "

@@ -19,11 +19,11 @@ from typing import Any
 
 import streamlit as st
 from PIL import Image as PILImage
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from streamlit.runtime.media_file_storage import MediaFileStorageError
 
 from assistant.core import Assistant
-from assistant.settings import BackendChoice, Settings
+from assistant.settings import BackendChoice, Settings, describe_settings_error
 from assistant.ui import support
 from assistant.ui.support import Keys, escape_markdown
 from storage.db import StorageError
@@ -56,10 +56,12 @@ def base_settings() -> Settings:
         return settings
     try:
         settings = Settings()
-    except Exception as exc:  # pydantic ValidationError: name the setting, don't dump values
-        lines = str(exc).splitlines()
-        detail = "; ".join(line.strip() for line in lines[1:3]) if len(lines) > 1 else str(exc)
-        st.error(f"Atelier's settings are invalid: {detail}")
+    except ValidationError as exc:  # named setting, allowed values; never pydantic's input dump
+        st.error(f"Atelier's settings are invalid: {describe_settings_error(exc)}")
+        st.stop()
+    problems = settings.limit_problems()
+    if problems:  # every turn would be refused: say it once, before anything is stored
+        st.error(f"Atelier's settings are invalid: {' '.join(problems)}")
         st.stop()
     settings = with_streamlit_secrets(settings)
     st.session_state[Keys.BASE_SETTINGS] = settings

@@ -21,6 +21,7 @@ from PIL import Image as PILImage
 
 from assistant.describe import describe_lineage, describe_list, describe_prompt
 from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Reply
+from assistant.pasted_parameters import plan_from_pasted_parameters
 from assistant.plan import ImageInfo, Intent, Plan, Planner, PlannerContext
 from assistant.settings import BACKEND_MAX_STEPS, MAX_SEED, Settings
 from storage.db import StorageError
@@ -210,6 +211,15 @@ class Assistant:
             )
         except ToolError as exc:  # e.g. the configured local model folder is missing
             yield from self._fail(conversation_id, None, TurnFailed(exc.user_message))
+            return
+        pasted = plan_from_pasted_parameters(text) if upload is None and mask is None else None
+        if pasted is not None:  # an A1111 block says exactly what to make: no planner rewrites it
+            if pasted.negative_prompt and self.backend.name in BACKENDS_WITHOUT_NEGATIVE_PROMPT:
+                notes.append(
+                    f"The {self.backend.name} backend takes no negative prompt; "
+                    f"“{_clip(pasted.negative_prompt, 80)}” was left out."
+                )
+            yield from self.execute(conversation_id, pasted, notes=notes)
             return
         planner = self.planner
         if isinstance(planner, TurnRunner):  # the LLM agent runs its own tool loop over `execute`

@@ -156,3 +156,45 @@ def test_a_data_folder_that_cannot_be_made_is_one_line_for_the_ui_too(tmp_path: 
     assert str(refused.value) == (
         f"Cannot create the data folder {target}: Not a directory; point ATELIER_DATA_DIR somewhere writable."
     )
+
+
+A1111_BLOCK = (
+    "a cozy cabin at night, snow, warm windows\n"
+    "Negative prompt: blurry, lowres\n"
+    "Steps: 30, Sampler: Euler a, CFG scale: 5, Seed: 42, Size: 192x128, Model: sd15"
+)
+
+
+def test_a_pasted_a1111_block_runs_as_written_with_its_parameters(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    events = run(assistant, None, A1111_BLOCK)
+    (ready,) = images_of(events)
+    image = assistant.repo.get_image(ready.id)
+    assert image.prompt == "a cozy cabin at night, snow, warm windows"  # verbatim, not rewritten
+    assert image.negative_prompt == ""  # the offline renderer has none, and says so
+    assert (image.seed, image.width, image.height) == (42, 192, 128)
+    generation, _ = assistant.repo.generation(image.generation_id or -1)
+    assert (image.params or {})["steps"] == 30 and generation.params["guidance"] == 5.0
+    reply = next(e for e in events if isinstance(e, Reply)).text
+    assert "Not applied from the pasted parameters: Sampler (Euler a), Model (sd15)" in reply
+    assert "The offline backend takes no negative prompt; “blurry, lowres” was left out." in reply
+    # the same block again gives the same pixels: a pasted seed is a real seed
+    again = assistant.repo.get_image(images_of(run(assistant, events[0].conversation_id, A1111_BLOCK))[0].id)
+    assert assistant.repo.load_image(again).tobytes() == assistant.repo.load_image(image).tobytes()
+
+
+def test_a_pasted_block_with_a_bad_value_says_which_and_uses_the_default(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    events = run(assistant, None, "a red fox\nSteps: many, Seed: 7, Size: big")
+    (ready,) = images_of(events)
+    image = assistant.repo.get_image(ready.id)
+    assert (image.seed, image.width, (image.params or {})["steps"]) == (7, 128, 4)
+    reply = next(e for e in events if isinstance(e, Reply)).text
+    assert "Steps 'many' is not a whole number" in reply and "Size 'big' is not WIDTHxHEIGHT" in reply
+
+
+def test_plain_messages_with_colons_are_not_taken_for_a_block(tmp_path: Path) -> None:
+    from assistant.pasted_parameters import plan_from_pasted_parameters
+
+    for text in ("a cat: sitting on a mat", "make #1 snowier\nplease", "note: seed matters"):
+        assert plan_from_pasted_parameters(text) is None, text

@@ -17,11 +17,17 @@ def _quote(text: str | None, width: int = 160) -> str:
     return f"“{text}”"
 
 
-def _step(image: Image, numbers: dict[int, int]) -> str:
+def _step(image: Image, numbers: dict[int, int], seeds: dict[int, int | None]) -> str:
     if image.operation == "upload":
         return f"#{image.number} was uploaded"
-    rerolled = numbers.get((image.params or {}).get("regenerated_from") or -1)
-    again = f" (a re-roll of #{rerolled} with a new seed)" if rerolled is not None else ""
+    source_id = (image.params or {}).get("regenerated_from") or -1
+    rerolled = numbers.get(source_id)
+    # "replay #2" and "#2 with 40 steps" keep the seed: that is a re-run, not a re-roll
+    kept = seeds.get(source_id) == image.seed
+    how = (
+        f"a re-run of #{rerolled} with the same seed" if kept else f"a re-roll of #{rerolled} with a new seed"
+    )
+    again = f" ({how})" if rerolled is not None else ""
     if image.operation == "generate":
         return f"#{image.number} was generated from {_quote(image.instruction or image.prompt, 80)}{again}"
     parent = numbers.get(image.parent_id or -1)
@@ -45,7 +51,8 @@ def describe_prompt(image: Image) -> str:
     if image.revised_prompt:
         lines.append(f"The provider says it rendered: {_quote(image.revised_prompt, 600)}")
     params = image.params or {}
-    keys = ("steps", "guidance", "strength", "sampler", "transform")
+    # the style answers "what style is #1?"; steps and guidance are what A1111 users compare
+    keys = ("style", "steps", "guidance", "strength", "sampler", "transform")
     shown = {k: params[k] for k in keys if params.get(k) is not None}
     if shown:
         lines.append("Parameters: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
@@ -54,8 +61,10 @@ def describe_prompt(image: Image) -> str:
 
 def describe_lineage(repo: Repository, image: Image) -> str:
     chain = [*repo.ancestors(image.id), image]
-    numbers = {row.id: row.number for row in repo.conversation_images(image.conversation_id)}
-    steps = " → ".join(_step(row, numbers) for row in chain)
+    rows = repo.conversation_images(image.conversation_id)
+    numbers = {row.id: row.number for row in rows}
+    seeds = {row.id: row.seed for row in rows}
+    steps = " → ".join(_step(row, numbers, seeds) for row in chain)
     children = [row for row in repo.descendants(image.id) if row.parent_id == image.id]
     text = f"How #{image.number} came about: {steps}."
     if children:

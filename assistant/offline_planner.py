@@ -9,12 +9,20 @@ Deterministic, no network, no database: a message plus the structured image list
    Prompt-injection phrases ("ignore your instructions") → REFUSE, unless what follows them is
    plainly an image request ("ignore previous instructions and draw a cat"), which is then
    planned on its own with a note that the rest was ignored. A destructive part always wins.
-3. help, praise ("that's perfect": answered, never drawn), then questions about the conversation
-   (DESCRIBE: prompt, lineage, params, list).
+3. conversation that is not a picture: help, praise, small talk ("ok", "thanks", "lol": a short
+   reply; "yes, add a moon" plans the part after the remark), questions about the conversation
+   (DESCRIBE: prompt, lineage, params, list; "how did you make #3?", "what's in #2?"), other media
+   ("can you make videos?") and combining images (explained), then
 4. an explicit verbatim prompt ("use my prompt exactly: …", a quoted prompt with "exactly"); the
    command with no prompt after it asks for the prompt.
+   Then going back ("undo", "I liked the previous one better": nothing is deleted, the reply
+   names the image to continue from), complaints ("I don't like it": what should change?),
+   "too X" (the opposite change: "that's too dark" brightens) and "do the same to #1" (the last
+   change again, on #1).
 5. a mask → INPAINT.
-6. upscale, then transforms (black and white, crop, rotate, …), then regenerate ("again"),
+6. upscale, then transforms (black and white, crop, rotate, …), then render settings ("40 steps",
+   "cfg 12", "16:9", "1920x1080": taken out of the text; alone they re-run the image with its
+   seed), "same seed as #1", replay ("replay #2": same prompt and seed), regenerate ("again"),
    then variations — each only when nothing but its own words remain after the references
    are cut out, so "blur the background" is an edit and "blur it" a transform.
 7. an upload → IMG2IMG; "based on #2" → IMG2IMG from #2.
@@ -27,9 +35,10 @@ Finally `enforce_capabilities` makes the plan fit the backend or explains why it
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from assistant.plan import (
@@ -48,6 +57,7 @@ from assistant.references import (
     RefStatus,
     describe_image,
     last_batch,
+    prompt_mentions,
     resolve_references,
 )
 from assistant.rewrite import (
@@ -59,6 +69,7 @@ from assistant.rewrite import (
     detect_style,
     normalize_style,
     only_keeps,
+    reduced_terms,
     removed_terms,
     rewrite_prompt,
     style_prompt,
@@ -294,7 +305,7 @@ _HELP = (
     r"\bwhat\s+are\s+you\b",
     r"\bwhat\s+is\s+(?:this|atelier)\b",
     r"\bhow\s+(?:does\s+this\s+work|do\s+i\s+use\s+(?:this|you|atelier)|do\s+you\s+work)\b",
-    r"^(?:hi|hello|hey|thanks|thank\s+you|ty)\b[\s!.,]*(?:there|atelier)?[\s!.]*$",
+    r"^(?:hi|hello|hey)\b[\s!.,]*(?:there|atelier)?[\s!.]*$",
 )
 _DESCRIBE: tuple[tuple[str, str], ...] = (
     (
@@ -407,16 +418,20 @@ _ROTATE = (
     r"upside|sideways|clockwise|counter|anti|ninety|by)))\b"
 )
 _FLIP = r"\b(?:flip|mirror)(?:ped)?\b"
-_CROP = r"\b(?:crop|make\s+(?:it\s+)?(?:a\s+)?square|square\s+crop)\b"
+_CROP = (
+    r"\b(?:crop|make\s+(?:it\s+)?(?:a\s+)?square|square\s+crop|"
+    r"cut\s+(?:off|out)\s+the\s+(?:left|right|top|bottom))\b"
+)
 #: "make it 1024x768" is a resize, not an edit that writes "1024x768" into the prompt. The
 #: planner matches it with the references cut out ("make [#2] 768x512"), so the object is optional.
 _RESIZE = (
     r"\b(?:resize|rescale|scale)\b|\b(?:make|set|change|turn)\s+(?:(?:it|this|that)(?:\s+one)?\s+)?(?:to\s+|into\s+)?"
     r"\d{2,5}\s*(?:x|×|by)\s*\d{2,5}\b|\b(?:change|set)\s+(?:the\s+)?(?:size|dimensions)\b"
+    r"|\bhalf\s+(?:the|its)\s+size\b|\b(?:shrink|downscale|downsize)\b|\bscale\s+(?:it\s+)?down\b"
 )
 _BRIGHTNESS = r"\b(?:brightness|brighten|darken|exposure)\b"
 _CONTRAST = r"\bcontrast\b"
-_SATURATION = r"\b(?:saturation|saturate|desaturate|vibran(?:t|ce)|vivid)\b"
+_SATURATION = r"\b(?:saturation|saturated?|desaturate|vibran(?:t|ce)|vivid)\b"
 _BORDER = r"\b(?:border|frame\s+it)\b"
 _UPSCALE = (
     r"\b(?:up-?scale|upsample|enlarge|super[\s-]?resolution|hi-?res|high(?:er)?[\s-]res(?:olution)?|"
@@ -446,6 +461,11 @@ def _factor(text: str, up: float = 1.3, down: float = 0.7) -> float:
     m = re.search(r"\b(?:to|factor|of|by)\s*(\d+(?:\.\d+)?)\b", text, flags=_I)
     if m and "." in m.group(1):
         return float(m.group(1))
+    # "increase the brightness by 50": a whole number that large is a percentage, as on a slider
+    by = re.search(r"\bby\s+(\d{2,3})\b", text, flags=_I)
+    if by:
+        p = int(by.group(1)) / 100
+        return round(max(0.0, 1 - p) if decrease else 1 + p, 3)
     return down if decrease else up
 
 
@@ -514,8 +534,11 @@ def _transform(text: str, target: ImageInfo | None) -> tuple[str, dict[str, Any]
         box = re.search(r"\b(\d{1,5})\s*,\s*(\d{1,5})\s*,\s*(\d{1,5})\s*,\s*(\d{1,5})\b", text)
         named = re.search(r"\b(" + "|".join(_RATIOS) + r")\b", text, flags=_I)
         args: dict[str, Any] = {}
+        side = _crop_side(text, target)
         if box:
             args = {"box": tuple(int(box.group(i)) for i in range(1, 5))}
+        elif side:
+            args = {"box": side[0]}
         elif ratio:
             args = {"aspect": f"{int(ratio.group(1))}:{int(ratio.group(2))}"}
         elif named:
@@ -524,7 +547,26 @@ def _transform(text: str, target: ImageInfo | None) -> tuple[str, dict[str, Any]
             args = {"aspect": "1:1"}
         name = "crop" if args else ""
         candidates.append(
-            (m.start(), name, args, _CROP, [*_RATIOS, "box", "aspect", "ratio", "center", "centre"])
+            (
+                m.start(),
+                name,
+                args,
+                _CROP,
+                [
+                    *_RATIOS,
+                    *_SIDES,
+                    *_PARTS,
+                    "box",
+                    "aspect",
+                    "ratio",
+                    "center",
+                    "centre",
+                    "off",
+                    "out",
+                    "keep",
+                    "only",
+                ],
+            )
         )
     if m := found(_RESIZE):
         dims = re.search(r"\b(\d{2,5})\s*(?:x|×|by|\*)\s*(\d{2,5})\b", text)
@@ -536,7 +578,13 @@ def _transform(text: str, target: ImageInfo | None) -> tuple[str, dict[str, Any]
         else:
             args = {}
         candidates.append(
-            (m.start(), "resize" if args else "", args, _RESIZE, ["half", "down", "width", "height"])
+            (
+                m.start(),
+                "resize" if args else "",
+                args,
+                _RESIZE,
+                ["half", "down", "width", "height", "shrink", "downscale", "downsize", "its"],
+            )
         )
     if m := found(_BRIGHTNESS):
         candidates.append((m.start(), "brightness", {"factor": _factor(text)}, _BRIGHTNESS, [*_ADJUST]))
@@ -584,14 +632,26 @@ def _upscale_factor(text: str) -> tuple[int, str | None]:
 # regenerate and variation cues
 
 _REGENERATE = (
-    r"\b(?:again|re-?generate|regen|re-?roll|re-?do|retry|re-?try|re-?run|re-?make|one\s+more\s+time|once\s+more|"
-    r"another\s+(?:seed|try|go|attempt|take|roll|one|version)|(?:new|different|other|fresh|random)\s+seed|"
-    r"try\s+again)\b"
+    r"\b(?:again|re-?generate|regen|re-?roll|re-?do|retry|re-?try|re-?run|re-?make|one\s+more|once\s+more|"
+    r"another|(?:new|different|other|fresh|random)\s+seed|same\s+prompt|try\s+again)\b"
 )
 _REGENERATE_WORDS = _vocab(
     "again regenerate regen reroll redo retry rerun remake try another seed new different other fresh random "
-    "once time go attempt take roll one version draw generate render create prompt with use same"
+    "once time go attempt take roll one version draw generate render create prompt with use same but more"
 )
+#: "another one", "one more": one image, even after a turn that made several
+_ONE_MORE = r"\b(?:another(?:\s+one)?|one\s+more)\b"
+#: "3 of them": a batch size said about the last image(s), not a reference to them
+_COUNT_OF_THEM = r"\b(?P<n>" + _N + r")\s+of\s+(?:them|those|these|it|that)\b"
+
+
+def _count_of_them(text: str) -> tuple[int | None, str]:
+    m = re.search(_COUNT_OF_THEM, text, flags=_I)
+    if m is None:
+        return None, text
+    return _to_int(m.group("n")), _cut(text, m)
+
+
 _VARIATION = (
     r"\b(?:variations?|variants?|vary|varied|alternatives?|alternate\s+versions?|riffs?|remix(?:es)?|"
     r"(?:more|others?|some|ones?|another|something)\s+(?:just\s+)?(?:like|similar\s+to)|similar\s+to|"
@@ -613,7 +673,9 @@ _IMG2IMG_FROM = (
 )
 _EDIT_START = (
     r"^(?:make\s+(?:it|this|that|them|these|those|him|her|the|its|#)|turn|change|add|remove|put|replace|give\s+"
-    r"(?:it|the|him|her|them)|swap|without|no\s|but\b|now\b|instead|more\b|less\b|set\b|let\s+it|have\s+it|"
+    r"(?:it|the|him|her|them)|swap|without|no\s|but\b|now\b|instead|set\b|let\s+it|have\s+it|"
+    r"(?:(?:a\s+(?:little|bit|lot)|slightly|much|way|even|far)\s+)?(?:more|less|fewer)\b|not\s+(?:so|as|too)\s|"
+    r"(?:in|during)\s+(?:the\s+)?(?:winter|summer|spring|autumn|fall|wintertime|summertime|rain|snow|fog|mist|storm)\b|"
     r"recolou?r|colou?r\s|paint\s+(?:it|the)|get\s+rid|take\s+(?:out|away)|erase|delete|with\s|as\s+(?:a|an)\s|"
     r"in\s+(?:the\s+)?(?:style|\w+\s+style)|same\b|zoom|move|fix|lighter|darker|brighter|what\s+if\b|"
     r"(?:re)?do\s+it\b|keep\b|leave\b|"
@@ -629,6 +691,14 @@ _LEADING_DEMONSTRATIVE = (
 )
 _LEADING_PRONOUN = r"^(?:it|this|that)\s*(?:[,;:\-–]+\s*(?:but\b)?|but\b)"
 _LEADING_BARE = r"^(?:it|this|that)\b\s*"
+
+
+def _only_a_style(text: str) -> bool:
+    """True for a message that is nothing but a style name ("anime", "watercolor style")."""
+    m = re.fullmatch(
+        r"(?:in\s+|as\s+)?(?:an?\s+)?(?P<name>.+?)(?:\s+(?:style|version|look))?\s*[.!]*", text, _I
+    )
+    return m is not None and detect_style(text) is not None and normalize_style(m.group("name")) is not None
 
 
 def _after_leading_pronoun(text: str) -> str | None:
@@ -673,6 +743,464 @@ _VERBATIM_ONLY = (
 )
 
 # --------------------------------------------------------------------------------------------
+# render settings: steps, guidance, shape
+#
+# AUTOMATIC1111 users type settings into the message ("a cat, 40 steps", "cfg 12", "16:9"). They
+# are instructions for the backend, never words for the picture, so they leave the text first.
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    """Sampler settings and a shape named in a message; None = not mentioned."""
+
+    steps: int | None = None
+    guidance: float | None = None
+    #: an aspect ratio (across, down), fitted into the usual area
+    aspect: tuple[int, int] | None = None
+    #: exact pixels the user typed ("1920x1080")
+    size: tuple[int, int] | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.steps, self.guidance, self.aspect, self.size))
+
+    @property
+    def has_shape(self) -> bool:
+        return self.aspect is not None or self.size is not None
+
+    def shape(self, base: tuple[int, int]) -> tuple[int, int] | None:
+        """The size to render: typed pixels as they are, an aspect with about `base`'s area."""
+        if self.size is not None:
+            return self.size
+        return aspect_size(self.aspect, base) if self.aspect is not None else None
+
+    def words(self, shape: tuple[int, int] | None = None) -> str:
+        """The settings as a user would type them, for replies ("40 steps, 16:9 (704×384)")."""
+        parts = []
+        if self.steps is not None:
+            parts.append(f"{self.steps} steps")
+        if self.guidance is not None:
+            parts.append(f"guidance {self.guidance:g}")
+        if self.size is not None:
+            parts.append(f"{self.size[0]}x{self.size[1]}")
+        elif self.aspect is not None:
+            parts.append(f"{self.aspect[0]}:{self.aspect[1]}")
+            if shape is not None:
+                parts[-1] += f" ({shape[0]}×{shape[1]})"
+        return ", ".join(parts)
+
+
+def aspect_size(aspect: tuple[int, int], base: tuple[int, int]) -> tuple[int, int]:
+    """`aspect` at about the area of `base`, each side a multiple of 64 (what SD models like).
+
+    16:9 of 512² is 704×384. Below 384 px a side 64 is too coarse to keep the shape, so 16.
+    """
+    across, down = aspect
+    area = base[0] * base[1]
+    width = math.sqrt(area * across / down)
+    height = width * down / across
+    step = 64 if min(base) >= 384 else 16
+    return max(step, round(width / step) * step), max(step, round(height / step) * step)
+
+
+#: ratios people mean as a picture's shape; a list, so "10:30" (a clock) is never one
+_KNOWN_RATIOS = frozenset(
+    {(1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (21, 9), (9, 21), (5, 4), (4, 5), (16, 10)}
+    | {(10, 16), (2, 1), (1, 2), (7, 5), (5, 7)}
+)
+#: shape words; outside a "… orientation/format" phrase only as a segment of their own (", vertical"),
+#: since "a portrait of a woman" and "a mountain landscape" are subjects
+NAMED_ASPECTS: dict[str, tuple[int, int]] = {
+    "square": (1, 1),
+    "portrait": (2, 3),
+    "vertical": (2, 3),
+    "tall": (2, 3),
+    "landscape": (3, 2),
+    "horizontal": (3, 2),
+    "wide": (16, 9),
+    "widescreen": (16, 9),
+    "panoramic": (21, 9),
+    "panorama": (21, 9),
+}
+_ASPECT_WORD = r"(?P<word>" + "|".join(NAMED_ASPECTS) + r")"
+_SHAPE_NOUN = r"(?:orientation|mode|format|aspect(?:\s+ratio)?|ratio|shape|version|layout|crop|size)"
+_PARAM_LEAD_WORD = r"(?:\b(?:with|using|use|at|and|in|set|on)\s+)?"
+_PARAM_LEAD = _PARAM_LEAD_WORD + r"(?:(?:a|an|the)\s+)?"
+_STEPS = (
+    _PARAM_LEAD + r"\b(?P<n>\d{1,4})\s*(?:sampling\s+|inference\s+|denoising\s+|diffusion\s+)?steps?\b",
+    _PARAM_LEAD + r"\b(?:sampling\s+)?steps?\s*(?:=|:|to|of|at)?\s*(?P<n>\d{1,4})\b",
+)
+_GUIDANCE = (
+    _PARAM_LEAD + r"\b(?:cfg|guidance)(?:[\s_-]+scale)?\s*(?:=|:|to|of|at)?\s*(?P<n>\d{1,2}(?:\.\d+)?)\b",
+    _PARAM_LEAD + r"\b(?P<n>\d{1,2}(?:\.\d+)?)\s+(?:cfg|guidance)(?:[\s_-]+scale)?\b",
+)
+_RATIO_CORE = (
+    r"(?:(?:aspect(?:\s+ratio)?|ratio|--?ar)\s*(?:of\s+|=|:)?\s*)?\b(?P<a>\d{1,2})\s*:\s*(?P<b>\d{1,2})\b"
+)
+_RATIO_NOUN = r"\s+(?:aspect(?:\s+ratio)?|ratio|format|frame|orientation)\b"
+#: "in a 16:9 format" goes whole; in "a 3:2 photo of a bridge" the article stays with "photo"
+_RATIO = (
+    _PARAM_LEAD + _RATIO_CORE + _RATIO_NOUN,
+    _PARAM_LEAD_WORD + _RATIO_CORE + r"(?:" + _RATIO_NOUN + r")?",
+)
+#: "a 1920x1080 wallpaper": the article stays with the noun after the size
+_PIXELS = _PARAM_LEAD_WORD + r"\b(?P<w>\d{3,4})\s*(?:x|×|\*)\s*(?P<h>\d{3,4})\b(?:\s*(?:px|pixels))?"
+_NAMED_SHAPE = (
+    _PARAM_LEAD + r"\b(?:in\s+)?(?:an?\s+)?" + _ASPECT_WORD + r"\s+" + _SHAPE_NOUN + r"\b"
+    r"|" + _PARAM_LEAD_WORD + r"\b(?P<wide>widescreen|panoramic)\b"
+)
+#: a shape word as a whole segment: ", vertical", "make it portrait", "in landscape"
+_SHAPE_SEGMENT = (
+    r"^(?:(?:make|turn|change|switch|set|redo|redraw|render|do)\s+(?:(?:it|this|that|them)\s+)?)?"
+    r"(?:(?:to|into|in|as)\s+)?(?:an?\s+)?" + _ASPECT_WORD + r"(?:\s+(?:one|image|picture|please))?[.!]*$"
+)
+
+
+def _cut(text: str, m: re.Match[str]) -> str:
+    return (text[: m.start()] + " " + text[m.end() :]).strip()
+
+
+def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, str]:
+    """The settings in `text` and the text without them.
+
+    `shape_words_alone`: a message that is only a shape word ("portrait") sets the shape; with no
+    image to redraw it is a subject instead ("landscape" alone is a picture of a landscape).
+    """
+    steps = guidance = None
+    aspect = size = None
+    # "a staircase with 12 steps" is a picture of steps, not a sampler setting
+    for pattern in () if re.search(r"\b(?:stair|ladder)", text, flags=_I) else _STEPS:
+        if m := re.search(pattern, text, flags=_I):
+            steps, text = int(m.group("n")), _cut(text, m)
+            break
+    for pattern in _GUIDANCE:
+        if m := re.search(pattern, text, flags=_I):
+            guidance, text = float(m.group("n")), _cut(text, m)
+            break
+    if m := re.search(_PIXELS, text, flags=_I):
+        size, text = (int(m.group("w")), int(m.group("h"))), _cut(text, m)
+    for pattern in _RATIO:
+        found = [
+            m for m in re.finditer(pattern, text, flags=_I) if (int(m["a"]), int(m["b"])) in _KNOWN_RATIOS
+        ]
+        if found:
+            aspect, text = (int(found[0]["a"]), int(found[0]["b"])), _cut(text, found[0])
+            break
+    if aspect is None and size is None:
+        aspect, text = _named_shape(text, shape_words_alone=shape_words_alone)
+    return RenderParams(steps, guidance, aspect, size), _tidy_rest(text)
+
+
+def _named_shape(text: str, *, shape_words_alone: bool) -> tuple[tuple[int, int] | None, str]:
+    if m := re.search(_NAMED_SHAPE, text, flags=_I):
+        word = (m.group("word") or m.group("wide")).lower()
+        return NAMED_ASPECTS[word], _cut(text, m)
+    segments = re.split(r"(,)", text)
+    # a later segment of its own (", vertical"), or the whole message when there is an image to redraw
+    for index in range(len(segments) - 1, -1, -2):
+        if index == 0 and not shape_words_alone:
+            break
+        segment = segments[index]
+        if m := re.match(_SHAPE_SEGMENT, _strip_polite(segment), flags=_I):
+            rest = "".join(segments[: max(0, index - 1)] + segments[index + 1 :])
+            return NAMED_ASPECTS[m.group("word").lower()], rest
+    return None, text
+
+
+def _tidy_rest(text: str) -> str:
+    """What is left once settings are cut out: no dangling "with", "at", commas."""
+    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s+([,.;:!?])", r"\1", text)
+    text = re.sub(r"(?:,\s*){2,}", ", ", text)
+    text = re.sub(r"(?:\s*,)?\s+\b(?:with|using|at|in|and|but|on|of)\s*([.!?]*)$", r"\1", text, flags=_I)
+    text = re.sub(r"^\s*(?:for|and|but|using|of)\s+", "", text, flags=_I)
+    return text.strip(" ,;:-")
+
+
+#: words a "re-run with other settings" message may have besides the settings and the image
+_RERUN_WORDS = _vocab(
+    """
+    again regenerate regen reroll redo retry rerun remake redraw rerender render draw generate create
+    try use with same but set change switch orientation format mode shape aspect ratio layout
+    exactly prompt settings setting keep identical
+    """
+)
+#: the user wants another seed, not the target's own
+_NEW_SEED = (
+    r"\b(?:new|different|another|other|fresh|random)\s+seed\b|\bre-?roll\b|\banother\s+(?:one|try|go)\b"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# conversation that is not a picture: small talk, questions, going back, complaints
+#
+# A wrong guess here costs a picture nobody asked for, so each table lists whole messages (or
+# whole openers) and anything more specific falls through to the image rules.
+
+_SMALL_TALK_KINDS: tuple[tuple[str, str], ...] = (
+    (
+        "thanks",
+        r"(?:thanks?|thank\s+you|thx|ty|cheers|much\s+appreciated|appreciate\s+it)"
+        r"(?:\s+(?:so|very)\s+much|\s+a\s+lot|\s+again|\s+a\s+bunch)?",
+    ),
+    (
+        "bye",
+        r"(?:bye(?:\s+bye)?|goodbye|see\s+(?:you|ya)(?:\s+later)?|cya|later|good\s*night|that'?s\s+all|i'?m\s+done)",
+    ),
+    (
+        "hello",
+        r"(?:good\s+(?:morning|afternoon|evening|day)|hi+|hello+|hey+|yo|howdy|greetings|what'?s\s+up|sup)"
+        r"(?:\s+(?:there|atelier|again))?",
+    ),
+    (
+        "presence",
+        r"(?:are\s+you\s+(?:there|here|awake|alive|working|ok(?:ay)?)|you\s+there|anyone\s+there|"
+        r"is\s+(?:this|it)\s+working|does\s+(?:this|it)\s+work|test(?:ing)?(?:\s+\d+)*|ping|"
+        r"how\s+are\s+you(?:\s+doing)?|who\s+are\s+you|who\s+made\s+you)",
+    ),
+    ("no", r"(?:no+|nope|nah|not\s+really|never\s*mind|nevermind|forget\s+it)"),
+    (
+        "ack",
+        r"(?:ok(?:ay)?|k+|alright|all\s+right|sure|fine|yes|yeah|yep|yup|ya|got\s+it|i\s+see|right|understood|"
+        r"noted|why\s+not|sounds\s+good|go\s+on)",
+    ),
+    (
+        "praise",
+        r"(?:cool|nice|great|awesome|amazing|perfect|beautiful|lovely|wonderful|excellent|fantastic|gorgeous|"
+        r"brilliant|stunning|love\s+it|i\s+love\s+(?:it|this|that)|so\s+good|good\s+job|well\s+done)",
+    ),
+    ("laugh", r"(?:lol+|lmao|rofl|ha(?:ha)+|he(?:he)+|ha|xd|:\)|:d|;\))"),
+    ("hmm", r"(?:h+m+|u+m+|u+h+|e+r+m*|well|so|oh|ah|wow|huh|interesting|\.\.\.)"),
+)
+_ANY_SMALL_TALK = "(?:" + "|".join(p for _, p in _SMALL_TALK_KINDS) + ")"
+_SMALL_TALK_CHUNK = _ANY_SMALL_TALK + r"(?:\s+" + _ANY_SMALL_TALK + r")*"
+#: each kind's answer, and whether it is HELP (the agent then draws nothing either) or CLARIFY
+_SMALL_TALK_REPLIES: dict[str, tuple[Intent, str]] = {
+    "thanks": (
+        Intent.HELP,
+        "You're welcome! Tell me what to change next (“#2 but at sunset”, “make it snowier”) or describe a "
+        "new image.",
+    ),
+    "bye": (Intent.HELP, "Bye! Every image and how it was made stays here for next time."),
+    "hello": (
+        Intent.HELP,
+        "Hi! Describe an image and I'll make it (“a cozy cabin at night”), or say “help” to see everything "
+        "I can do.",
+    ),
+    "presence": (
+        Intent.HELP,
+        "I'm here: Atelier, an assistant that makes and changes images. Describe one (“a red fox in the "
+        "snow”), or say “help” to see everything I can do.",
+    ),
+    "no": (Intent.CLARIFY, "No problem. What would you like instead? Describe an image or a change to make."),
+    "ack": (Intent.CLARIFY, "OK. What next? Describe an image, or a change (“#2 but at sunset”)."),
+    "praise": (Intent.CLARIFY, PRAISE_REPLY),
+    "laugh": (Intent.CLARIFY, "Glad it amused you! What should I make or change next?"),
+    "hmm": (Intent.CLARIFY, "Take your time. Describe an image or a change when you're ready."),
+}
+
+
+def small_talk_kind(text: str) -> str | None:
+    """The kind of a message made only of small talk ("ok", "thank you so much", "lol"), else None."""
+    normal = text.lower().replace("’", "'").strip()
+    chunks = [c.strip() for c in re.split(r"[,.!?;]+|\s+-\s+", normal) if c.strip()]
+    if not chunks or not all(re.fullmatch(_SMALL_TALK_CHUNK, c) or re.fullmatch(_PRAISE, c) for c in chunks):
+        return None
+    for kind, pattern in _SMALL_TALK_KINDS:  # the table's order is the order of importance
+        if any(re.search(r"(?:^|\s)" + pattern + r"(?:\s|$)", c) for c in chunks):
+            return kind
+    return "praise"  # words only the praise pattern knows
+
+
+#: other media: Atelier makes still images only
+_OTHER_MEDIA = (
+    r"^(?:make|create|generate|render|produce|do|draw)\s+(?:me\s+)?(?:an?\s+|some\s+)?"
+    r"(?:videos?|animations?|animated\s+\w+|gifs?|movies?|films?|clips?|songs?|music|audio|sound|voices?)"
+    r"(?!\s+(?:game|poster|still|camera|player|night|theater|theatre|star))\b"
+    r"|^animate\b|\bmake\s+(?:it|this|that|#\s?\d+)\s+(?:move|animated)\b"
+)
+OTHER_MEDIA_REPLY = (
+    "I make still images only: no video, animation or sound. I can create a picture, change it, make "
+    "variations or a sequence of stills (“3 images of a fox running”)."
+)
+_COMBINE = r"\b(?:combine|merge|blend|mix|fuse|mash\s*up|stitch|put\s+together|join)\b"
+COMBINE_REPLY = (
+    "I can't combine images: every change starts from one image. Describe the combined picture as a new "
+    "image (“a cabin and a red fox at night”), or start from one of them: “use {} as a starting point for …”."
+)
+
+#: questions about an image, by opener: (question kind, pattern on the message without polite words)
+_IMAGE_QUESTIONS: tuple[tuple[str, str], ...] = (
+    (
+        "lineage",
+        r"^how\s+(?:did|do|have|was|were)\s+(?:you|i|we|it|they)\s+(?:make|made|create|created|generate|"
+        r"generated|get|got|draw|drew|render|rendered|do|did|come\s+up\s+with)\b",
+    ),
+    (
+        "lineage",
+        r"^what\s+(?:did|have)\s+(?:you|i|we)\s+(?:change|changed|do|did|edit|edited|modify|alter)\b",
+    ),
+    ("lineage", r"^what\s+(?:was|were)\s+changed\b"),
+    ("lineage", r"^(?:what|which)(?:'s|\s+is|\s+was)\s+(?:the\s+)?(?:parent|source|origin|base)\b"),
+    (
+        "prompt",
+        r"^(?:what|which)(?:'s|\s+is|\s+was)\s+(?:the\s+)?difference\b|^how\s+(?:do|does|are)\b.*\bdiffer",
+    ),
+    ("prompt", r"^(?:compare|describe|explain)\b"),
+    ("prompt", r"^tell\s+me\s+(?:more\s+)?about\b"),
+    ("prompt", r"^what(?:'s|\s+is|\s+was|\s+are)\s+(?:in|on)\b"),
+    ("prompt", r"^what\s+(?:style|kind\s+of\s+style|look|medium|does\b.*\bshow)\b"),
+    ("prompt", r"^why\b"),
+    ("prompt", r"^show\s+me\b"),
+)
+#: openers that are questions only with an image named and nothing else ("show me #2", not "show me a dragon")
+_NEEDS_ONLY_A_REFERENCE = ("compare", "describe", "explain", "tell", "show")
+_QUESTION_WORDS = _vocab(
+    """
+    how did do have was were you i we it they make made create created generate generated get got draw
+    drew render rendered come what which change changed edit edited modify alter parent source origin
+    base difference between compare describe explain tell about more in on style kind look medium
+    show shows why s up
+    """
+)
+
+
+def _still_there(number: int, why: str = "") -> str:
+    """Images are never deleted, so going back is only a matter of naming the earlier image."""
+    return (
+        f"Nothing is deleted{why}: #{number} is still there. Say “edit #{number} …” (for example "
+        f"“#{number} but at sunset”) to continue from it, or “variations of #{number}”."
+    )
+
+
+def _undo_target(context: PlannerContext) -> int | None:
+    """What "undo" goes back to: the last image's source, else the image before it."""
+    last = context.last
+    if last is None:
+        return None
+    if last.parent_number is not None and context.image(last.parent_number) is not None:
+        return last.parent_number
+    return context.images[-2].number if len(context.images) > 1 else None
+
+
+#: openers (on the message without polite words) that point back at an earlier image
+_BACK_CUES: tuple[str, ...] = (
+    r"^(?:undo|revert|roll\s*back|ctrl\s*\+?\s*z)\b(?:\s+(?:that|this|it|the\s+last\s+(?:change|edit|step|one)"
+    r"|last\s+(?:change|edit|step)|(?:the|that|this)\s+(?:change|edit)))?",
+    r"^(?:(?:go|get|come|switch|step|revert|return)\s+)?back(?:\s+to)?\b",
+    r"^(?:return|revert|switch)\s+to\b",
+    r"^i\s+(?:liked|like|loved|prefer(?:red)?)\s+(?=.+\b(?:better|more|instead)\s*[.!]*$)",
+    r"^i\s+prefer(?:red)?\b",
+    r"^(?:i\s+want|give\s+me)\s+(?=(?:the\s+)?(?:previous|original|first|earlier|old|other)\b)",
+)
+_BACK_WORDS = _vocab("better more instead was were looked one version change edit step last earlier old")
+_UNDO_CUE = r"^(?:undo|revert|roll\s*back|ctrl)"
+
+#: complaints with no change in them: ask what to change instead of drawing the complaint
+_COMPLAINTS: tuple[str, ...] = (
+    r"^(?:no+|nope|nah|hmm+|ugh|meh)?[\s,.!]*i\s+(?:don'?t|do\s+not|didn'?t|did\s+not)\s+"
+    r"(?:like|love|want|mean|ask\s+for)\b",
+    r"^(?:no+|nope|nah|ugh)?[\s,.!]*(?:i\s+hate\s+(?:it|this|that)|i\s+meant\b|not\s+(?:what|quite|right|like\s+that)\b)",
+    r"^(?:no+|nope|ugh)?[\s,.!]*(?:that|this|it)(?:'s|\s+is|\s+isn'?t|\s+looks|\s+was)\s+(?:(?:so|really|very|pretty|"
+    r"kind\s+of|kinda|a\s+bit|all)\s+)?(?:wrong|bad|ugly|terrible|awful|horrible|weird|off|strange|boring|worse|"
+    r"not\s+(?:good|right|great|it|what\s+i)|what\s+i\s+(?:wanted|meant))\b",
+    r"^(?:ugh|meh|yuck|ew+|wrong|bad|worse|no\s+good|not\s+good|that'?s\s+wrong|try\s+something\s+else)\s*[.!]*$",
+)
+#: "I don't want snow", "I don't want any people in it"
+_DONT_WANT = (
+    r"i\s+(?:don'?t|do\s+not)\s+want\s+(?:any\s+)?(?P<what>(?!it\b|this\b|that\b|them\b)[a-z].*?)"
+    r"(?:\s+(?:in\s+(?:it|there|the\s+(?:image|picture))|anymore|any\s+more))?\s*[.!]*"
+)
+COMPLAINT_REPLY = (
+    "Sorry it isn't right. What should I change in #{n}? For example “#{n} but at sunset”, “remove the "
+    "snow”, “make the fox bigger”, “try again” for another seed — or describe the whole picture again."
+)
+
+#: "that's too dark" asks for the opposite: the change to make, by adjective
+_OPPOSITES: dict[str, str] = {
+    "dark": "brighter",
+    "dim": "brighter",
+    "gloomy": "brighter",
+    "bright": "darker",
+    "light": "darker",
+    "blurry": "sharper",
+    "fuzzy": "sharper",
+    "soft": "sharper",
+    "busy": "simpler",
+    "cluttered": "simpler",
+    "plain": "more detailed",
+    "simple": "more detailed",
+    "small": "bigger",
+    "tiny": "bigger",
+    "big": "smaller",
+    "large": "smaller",
+    "saturated": "less saturated",
+    "colorful": "less colorful",
+    "colourful": "less colourful",
+    "vivid": "less saturated",
+    "dull": "more saturated",
+    "warm": "cooler",
+    "cold": "warmer",
+    "cool": "warmer",
+    "contrasty": "less contrast",
+    "harsh": "softer",
+}
+_WEATHER_ADJECTIVES = _vocab("snowy rainy foggy misty hazy cloudy stormy windy sunny")
+_TOO = (
+    r"^(?:(?P<subject>it|that|this|(?:this|that)\s+one|the\s+[a-z]+(?:\s+[a-z]+)?|#\s?\d+|image\s+\d+)"
+    r"(?:'s|’s|\s+is|\s+are|\s+looks?|\s+seems?|\s+feels?|\s+got)\s+)?"
+    r"(?:(?:a\s+(?:bit|little)|way|much|slightly|kind\s+of|kinda|far|just|still|now)\s+)*"
+    r"too\s+(?P<adj>[a-z]+)(?:\s+(?:now|still|for\s+me))?\s*[.!]*$"
+    r"|^(?:make\s+(?P<subject2>it|that|this|the\s+[a-z]+|#\s?\d+)\s+)?(?:a\s+(?:bit|little)\s+)?"
+    r"(?:less|not\s+so|not\s+as)\s+(?P<adj2>dark|dim|gloomy|bright|blurry|fuzzy|busy|cluttered|warm|cold)\s*[.!]*$"
+)
+
+
+def _opposite_request(text: str) -> str | None:
+    """ "that's too dark" → "make it brighter"; "the fox is too small" → "make the fox bigger"."""
+    m = re.match(_TOO, _strip_polite(text).replace("’", "'"), flags=_I)
+    if m is None:
+        return None
+    adj = (m.group("adj") or m.group("adj2")).lower()
+    subject = (m.group("subject") or m.group("subject2") or "it").lower()
+    if re.fullmatch(r"(?:it|that|this|(?:this|that)\s+one)", subject):
+        subject = "it"
+    if adj in _OPPOSITES:
+        change = _OPPOSITES[adj]
+    elif adj in COLORS or adj in _WEATHER_ADJECTIVES:
+        change = f"less {adj}"
+    else:
+        return None
+    return f"make {subject} {change}"
+
+
+#: "do the same to #1", "same for #2", "now #3 too": the last change again, on another image
+_SAME_AGAIN = (
+    r"^(?:(?:do|apply|make)\s+)?(?:the\s+)?same(?:\s+(?:thing|change|edit))?\s+(?:to|for|on|with)\b"
+    r"|^(?:do|apply)\s+(?:that|this|it)(?:\s+again)?\s+(?:to|for|on|with)\b"
+)
+
+#: "same seed as #1", "using the seed of #2", "with #1's seed"
+_SAME_SEED_AS = (
+    r"\b(?:(?:with|using|use|and)\s+)?(?:the\s+)?(?:same\s+seed\s+(?:as|like|of)|seed\s+(?:of|from))\s+"
+    r"(?P<ref>#\s?\d+|(?:image|picture)\s+\d+|the\s+[a-z]+(?:\s+one)?)"
+    r"|\b(?:(?:with|using|use)\s+)?(?P<ref2>#\s?\d+)'s\s+seed\b"
+)
+#: a re-run that keeps the seed: what AUTOMATIC1111 users mean by replaying an image
+_REPLAY = (
+    r"\b(?:replay|reproduce)\b"
+    r"|\b(?:re-?run|redo|regenerate|remake|repeat|re-?create|render|make|do)\b.*\b(?:exact(?:ly)?|identical(?:ly)?|"
+    r"precisely)\b"
+    r"|\bexact\s+(?:same|copy)\b"
+)
+_REPLAY_WORDS = _vocab(
+    """
+    replay reproduce rerun run re redo regenerate remake repeat recreate create render exact exactly
+    identical identically precisely same copy seed prompt with its own
+    """
+)
+
+
+# --------------------------------------------------------------------------------------------
 # the planner
 
 
@@ -706,15 +1234,32 @@ class OfflinePlanner:
         if re.fullmatch(_PRAISE, raw, flags=_I):
             # "that's perfect" is feedback, not a picture of the words "that's perfect"
             return _clarify(raw, PRAISE_REPLY)
-        described = self._describe(raw, context)
-        if described is not None:
-            return described
-        verbatim = self._verbatim(raw, context)
-        if verbatim is not None:
-            return verbatim
+        for talk in (
+            self._small_talk,
+            self._describe,
+            self._image_question,
+            self._other_media,
+            self._combine,
+            self._verbatim,
+            self._go_back,
+            self._complaint,
+            self._opposite,
+            self._same_again,
+        ):
+            answered = talk(raw, context)
+            if answered is not None:
+                return answered
         if context.has_mask:
             return self._inpaint(raw, context)
-        for step in (self._upscale, self._transform, self._regenerate, self._variation):
+        for step in (
+            self._upscale,
+            self._transform,
+            self._with_render_params,
+            self._same_seed_as,
+            self._replay,
+            self._regenerate,
+            self._variation,
+        ):
             planned = step(raw, context)
             if planned is not None:
                 return planned
@@ -737,6 +1282,261 @@ class OfflinePlanner:
                     planned, reply=_join("I'll ignore the part about my instructions.", planned.reply)
                 )
         return Plan(intent=Intent.REFUSE, instruction=raw, reply=INJECTION_REPLY)
+
+    # -- conversation, not pictures ---------------------------------------------------------
+
+    def _small_talk(self, raw: str, context: PlannerContext) -> Plan | None:
+        kind = small_talk_kind(raw)
+        if kind is None:
+            # "yes, add a moon", "thanks, now make it snowier": the request after the remark
+            lead = re.match(r"\s*" + _SMALL_TALK_CHUNK + r"\s*[,.!;:–-]+\s*", raw.lower().replace("’", "'"))
+            rest = raw[lead.end() :] if lead else ""
+            if _words(rest):
+                return replace(self._plan(rest, context), instruction=raw)
+            return None
+        intent, reply = _SMALL_TALK_REPLIES[kind]
+        return Plan(intent=intent, instruction=raw, reply=reply)
+
+    def _other_media(self, raw: str, context: PlannerContext) -> Plan | None:
+        if re.search(_OTHER_MEDIA, _strip_polite(raw), flags=_I) is None:
+            return None
+        return Plan(intent=Intent.HELP, instruction=raw, reply=OTHER_MEDIA_REPLY)
+
+    def _combine(self, raw: str, context: PlannerContext) -> Plan | None:
+        if re.search(_COMBINE, raw, flags=_I) is None:
+            return None
+        refs = resolve_references(raw, context.images)
+        if len(refs.numbers) < 2:
+            return None
+        return _clarify(raw, COMBINE_REPLY.format(f"#{refs.numbers[0]}"))
+
+    def _image_question(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "how did you make #3?", "what's in #2?", "describe #2": answered from the record, never drawn."""
+        core = _strip_polite(raw).replace("’", "'")
+        kind = next((k for k, p in _IMAGE_QUESTIONS if re.match(p, core, flags=_I)), None)
+        if kind is None:
+            return None
+        if core.split()[0].lower() in _NEEDS_ONLY_A_REFERENCE:
+            # "show me a dragon" and "describe a castle" are requests for pictures
+            probe = resolve_references(raw, context.images)
+            if _leftover(probe.remainder, extra=_QUESTION_WORDS):
+                return None
+        refs = resolve_references(raw, context.images, default_to_last=True)
+        if not refs.ok:
+            return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
+        return Plan(
+            intent=Intent.DESCRIBE,
+            targets=refs.numbers,
+            instruction=raw,
+            question_kind=kind,
+            reply=describe_reply(kind, refs.numbers, context),
+        )
+
+    def _go_back(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "undo", "go back to #2", "I liked the previous one better": the earlier image is still there.
+
+        Nothing is deleted, so the answer names the image to continue from; with a change after
+        it ("go back to the first one and add a dog") the change is made to that image.
+        """
+        core = _strip_polite(raw).replace("’", "'")
+        cue = next((m for p in _BACK_CUES if (m := re.match(p, core, flags=_I))), None)
+        if cue is None:
+            return None
+        undo = re.match(_UNDO_CUE, core, flags=_I) is not None
+        rest = core[cue.end() :].strip(" ,.;:!-")
+        refs = resolve_references(rest, context.images)
+        if not context.images:
+            return _clarify(raw, NO_IMAGES_QUESTION)
+        if not refs.ok:
+            return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
+        number = refs.numbers[0] if refs.explicit else _undo_target(context)
+        if _leftover(refs.remainder, extra=_BACK_WORDS):
+            follows = re.match(r"(?:and|then|,)\s", rest, flags=_I) is not None
+            if undo and not follows and not refs.explicit:
+                # "undo the snow": take it away again
+                return replace(self._plan(f"remove {rest}", context), instruction=raw)
+            if number is None or not (refs.explicit or follows):
+                return None
+            change = re.sub(r"^(?:and|then|but)\s+", "", refs.remainder.strip(" ,"), flags=_I)
+            return replace(self._plan(f"#{number}, {change}", context), instruction=raw)
+        if number is None:
+            first = context.images[0].number
+            return _clarify(
+                raw, f"There is nothing before #{first}: it is the first image. " + _still_there(first)
+            )
+        return _clarify(raw, _still_there(number))
+
+    def _complaint(self, raw: str, context: PlannerContext) -> Plan | None:
+        core = _strip_polite(raw).replace("’", "'")
+        unwanted = re.fullmatch(_DONT_WANT, core, flags=_I)
+        if unwanted and context.images:
+            # "I don't want snow" is a removal, not a picture of the sentence
+            return replace(self._plan(f"remove {unwanted.group('what')}", context), instruction=raw)
+        if not any(re.match(p, core, flags=_I) for p in _COMPLAINTS):
+            return None
+        last = context.last
+        if last is None:
+            return _clarify(raw, "Sorry about that. Describe the picture you'd like and I'll make it.")
+        return _clarify(raw, COMPLAINT_REPLY.format(n=last.number))
+
+    def _opposite(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "that's too dark" is a request for the opposite change, never a picture of the words."""
+        change = _opposite_request(raw)
+        if change is None:
+            return None
+        return replace(self._plan(change, context), instruction=raw)
+
+    def _same_again(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "do the same to #1": the change that made the last image, applied to the image named."""
+        core = _strip_polite(raw)
+        m = re.match(_SAME_AGAIN, core, flags=_I)
+        if m is None:
+            return None
+        refs = resolve_references(core[m.end() :], context.images)
+        if not refs.explicit:
+            return None
+        if not refs.ok:
+            return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
+        change = _last_change(context)
+        named = " and ".join(f"#{n}" for n in refs.numbers)
+        if change is None:
+            return _clarify(raw, f"There is no earlier change to repeat. What should I do to {named}?")
+        return replace(self._plan(f"{named}, {change}", context), instruction=raw)
+
+    # -- render settings --------------------------------------------------------------------
+
+    def _with_render_params(self, raw: str, context: PlannerContext) -> Plan | None:
+        params, rest = render_params(raw, shape_words_alone=bool(context.images))
+        if not params:
+            return None
+        if params.steps is not None and params.steps < 1:
+            return _clarify(raw, "Sampling needs at least 1 step; 20–40 is usual.")
+        if params.size is not None and min(params.size) < 64:
+            return _clarify(raw, "That is too small to draw; each side needs at least 64 pixels.")
+        probe = resolve_references(rest, context.images)
+        _, words = _seed(probe.remainder)
+        if _leftover(words, _REGENERATE, extra=_RERUN_WORDS):
+            return _with_params(raw, self._plan(rest, context), params, context)
+        return self._rerun(raw, rest, params, context)
+
+    def _rerun(self, raw: str, rest: str, params: RenderParams, context: PlannerContext) -> Plan:
+        """Only settings ("use 40 steps", "make it 16:9"): the image again with them, same seed.
+
+        Changing steps or the shape and keeping the seed is how AUTOMATIC1111 users compare; a
+        new seed only when they ask for one.
+        """
+        refs = resolve_references(rest, context.images, default_to_last=True)
+        if refs.status is RefStatus.NO_IMAGES:
+            return _clarify(
+                raw,
+                "What should the image show? Describe it along with the settings, for example "
+                f"“a red fox on a mossy rock, {params.words()}”.",
+            )
+        if not refs.ok:
+            return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
+        if len(refs.numbers) > 1:
+            return _clarify(raw, ONE_AT_A_TIME.format(_numbers(refs.numbers)))
+        info = context.image(refs.numbers[0])
+        assert info is not None
+        number = info.number
+        if info.operation in ("upload", "transform", "upscale") or not info.prompt:
+            hint = f" To change its shape, crop it: “crop #{number} to 16:9”." if params.has_shape else ""
+            return _clarify(
+                raw,
+                f"#{number} is {_a(info.operation)}, so it has no prompt to draw again with "
+                f"{params.words()}.{hint}",
+            )
+        seed, _ = _seed(rest)
+        if seed is None and not re.search(_NEW_SEED, rest, flags=_I):
+            seed = info.seed
+        shape = params.shape((info.width, info.height))
+        negative = info.negative_prompt if context.backend_takes_negative_prompt else ""
+        if shape is not None and info.operation != Operation.GENERATE.value:
+            # an edit takes its size from its source, so a new shape is its prompt drawn afresh
+            return Plan(
+                intent=Intent.GENERATE,
+                instruction=raw,
+                prompt=info.prompt,
+                negative_prompt=negative,
+                seed=seed,
+                style=info.style,
+                verbatim=context.verbatim,
+                size=shape,
+                steps=params.steps,
+                guidance=params.guidance,
+                reply=f"#{number} was made from another image, which fixes its shape, so this is its "
+                f"prompt drawn fresh at {shape[0]}×{shape[1]}.",
+            )
+        return Plan(
+            intent=Intent.REGENERATE,
+            targets=(number,),
+            instruction=raw,
+            prompt=info.prompt,
+            negative_prompt=negative,
+            seed=seed,
+            new_seed=seed is None,
+            style=info.style,
+            verbatim=context.verbatim,
+            operation=Operation(info.operation),
+            size=shape,
+            steps=params.steps,
+            guidance=params.guidance,
+            reply=f"#{number} again with {params.words(shape)}.",
+        )
+
+    def _same_seed_as(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "same seed as #1 but at sunset": #1's seed, and #1 is what the change starts from."""
+        m = re.search(_SAME_SEED_AS, raw, flags=_I)
+        if m is None:
+            return None
+        refs = resolve_references(m.group("ref") or m.group("ref2"), context.images)
+        if not refs.ok or not refs.numbers:
+            return _clarify(raw, refs.question or NO_IMAGES_QUESTION) if not refs.ok else None
+        source = context.image(refs.numbers[0])
+        assert source is not None
+        rest = _tidy_rest(_cut(raw, m))
+        if not _words(rest) or re.match(_EDIT_START, _strip_polite(rest), flags=_I):
+            rest = f"#{source.number} {rest}".strip()
+        planned = self._plan(rest, context)
+        if planned.is_reply_only or planned.intent in (Intent.TRANSFORM, Intent.UPSCALE):
+            return replace(planned, instruction=raw)
+        return replace(planned, instruction=raw, seed=source.seed, new_seed=False)
+
+    def _replay(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "replay #2", "re-run #1 exactly": the same prompt and the same seed, not a re-roll."""
+        if re.search(_REPLAY, raw, flags=_I) is None:
+            return None
+        probe = resolve_references(raw, context.images)
+        if _leftover(probe.remainder, _REPLAY, extra=_REPLAY_WORDS):
+            return None
+        refs, problem = self._targets_for_tool(raw, context)
+        if problem:
+            return problem
+        if len(refs.numbers) > 1:
+            return _clarify(raw, "Which one should I re-run: " + _numbers(refs.numbers) + "?")
+        info = context.image(refs.numbers[0])
+        assert info is not None
+        command = f"`atelier replay {info.id}`"
+        if info.seed is None or info.operation in ("upload", "transform", "upscale"):
+            return _clarify(
+                raw,
+                f"#{info.number} is {_a(info.operation)} with no seed of its own to re-run. {command} "
+                "re-runs "
+                "any image from its record and says whether the file comes out identical.",
+            )
+        return Plan(
+            intent=Intent.REGENERATE,
+            targets=(info.number,),
+            instruction=raw,
+            prompt=info.prompt,
+            negative_prompt=info.negative_prompt if context.backend_takes_negative_prompt else "",
+            seed=info.seed,
+            style=info.style,
+            verbatim=context.verbatim,
+            operation=Operation(info.operation),
+            reply=f"Re-running #{info.number} with its own prompt and seed {info.seed}. {command} on the "
+            "command line also checks that the file comes out identical.",
+        )
 
     # -- describe ---------------------------------------------------------------------------
 
@@ -980,7 +1780,9 @@ class OfflinePlanner:
 
     def _transform(self, raw: str, context: PlannerContext) -> Plan | None:
         probe = resolve_references(raw, context.images)
-        found = _transform(probe.remainder, context.last)
+        # sizes in pixels ("half", "the left half") come from the image named, else the last one
+        target = context.image(probe.numbers[0]) if probe.numbers else context.last
+        found = _transform(probe.remainder, target)
         if found is None:
             return None
         name, args, pattern, extra = found
@@ -996,29 +1798,39 @@ class OfflinePlanner:
                 else "Crop to what shape — square (1:1), 16:9, 4:3, portrait (2:3)…?"
             )
             return _clarify(raw, question)
+        side = _crop_side(probe.remainder, target) if name == "crop" and "box" in args else None
+        if side is not None and len(refs.numbers) > 1:
+            return _clarify(
+                raw, "That crop is in pixels, so one image at a time: " + _numbers(refs.numbers) + "?"
+            )
         return Plan(
             intent=Intent.TRANSFORM,
             targets=refs.numbers,
             instruction=raw,
             transform=name,
             transform_args=args,
+            reply=side[1] if side else None,
         )
 
     # -- regenerate and variations --------------------------------------------------------
 
     def _regenerate(self, raw: str, context: PlannerContext) -> Plan | None:
-        if not re.search(_REGENERATE, raw, flags=_I):
+        count, text = _count_of_them(raw)
+        # "one more like that", "one more": a variation of it, which the next step plans
+        if not re.search(_REGENERATE, text, flags=_I) or re.search(_VARIATION, text, flags=_I):
             return None
-        probe = resolve_references(raw, context.images)
+        probe = resolve_references(text, context.images)
         seed, rest = _seed(probe.remainder)
-        count, rest = _count(rest)
+        if count is None:
+            count, rest = _count(rest)
         if _leftover(rest, _REGENERATE, extra=_REGENERATE_WORDS):
             return None
-        refs, problem = self._targets_for_tool(raw, context)
+        refs, problem = self._targets_for_tool(text, context)
         if problem:
             return problem
         targets = refs.numbers
-        if refs.defaulted:  # "try again" after three variations redoes all three, not only the last
+        one = count is not None or seed is not None or re.search(_ONE_MORE, text, flags=_I)
+        if refs.defaulted and not one:  # "try again" after three variations redoes all three
             targets = last_batch(context.images) or targets
         for number in targets:
             info = context.image(number)
@@ -1097,6 +1909,10 @@ class OfflinePlanner:
             return self._generate(raw, context)
         if refs.explicit or re.match(_EDIT_START, core, flags=_I) or _after_leading_pronoun(raw) is not None:
             return self._edit(raw, context)
+        if context.images and _only_a_style(core):
+            return self._edit(
+                f"in {core} style" if "style" not in core.lower() else f"in {core}", context, raw
+            )
         return self._generate(raw, context)
 
     def _generate(self, raw: str, context: PlannerContext) -> Plan:
@@ -1122,8 +1938,10 @@ class OfflinePlanner:
             reply=note,
         )
 
-    def _edit(self, raw: str, context: PlannerContext) -> Plan:
-        refs = resolve_references(raw, context.images, default_to_last=True)
+    def _edit(self, text: str, context: PlannerContext, typed: str | None = None) -> Plan:
+        """An edit of one image; `typed` is what the user typed when `text` was rewritten from it."""
+        raw = typed if typed is not None else text
+        refs = resolve_references(text, context.images, default_to_last=True)
         if not refs.ok:
             return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
         if len(refs.numbers) > 1:
@@ -1133,6 +1951,16 @@ class OfflinePlanner:
         instruction = re.sub(_REGENERATE, " ", instruction, flags=_I).strip(" ,;:")
         parent = context.image(refs.numbers[0])
         assert parent is not None
+        found_in: str | None = None
+        if refs.defaulted:
+            # "replace the whale with a shark" when only an earlier image has a whale: that one
+            things = _named_things(instruction)
+            holder = _image_with(things, context)
+            if holder is not None:
+                parent, refs = holder, replace(refs, numbers=(holder.number,))
+                found_in = (
+                    f"#{holder.number} is the one with the {' and '.join(things)}, so I changed that one."
+                )
         if not _words(instruction):
             return _clarify(raw, f"What should I change in #{parent.number}?")
         if only_keeps(instruction):
@@ -1151,7 +1979,7 @@ class OfflinePlanner:
             seed=seed,
             style=style,
             verbatim=context.verbatim,
-            reply=note,
+            reply=_join(found_in, note),
         )
         return _negatives_in_prompt(plan, instruction, context)
 
@@ -1177,8 +2005,8 @@ def _join(*parts: str | None) -> str | None:
 
 def _instruction_text(refs: ReferenceResult) -> str:
     """The message minus the words that pointed at images; pronouns stay ("make it snowier")."""
-    text = refs.text_without(keep_pronouns=True)
-    text = re.sub(r"^[\s,.;:!\-–]*(?:but\s+)?", "", text, flags=_I)
+    text = _strip_polite(refs.text_without(keep_pronouns=True))
+    text = re.sub(r"^[\s,.;:!\-–]*(?:(?:but|and|then)\s+)?", "", text, flags=_I)
     # "that one but at sunset": the opening pronoun was the reference, not part of the change
     after = _after_leading_pronoun(text)
     if after is not None:
@@ -1199,8 +2027,13 @@ def _edit_negative(
         )
     else:
         base = parent.negative_prompt
-    removed = [t for t in removed_terms(instruction) if t not in base.split(", ")]
+    taken = (*removed_terms(instruction), *reduced_terms(instruction))
+    removed = [t for t in _dedupe_terms(taken) if t not in base.split(", ")]
     return ", ".join([base, *removed]) if removed and base else (base or ", ".join(removed))
+
+
+def _dedupe_terms(terms: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(terms))
 
 
 def _negatives_in_prompt(plan: Plan, instruction: str, context: PlannerContext) -> Plan:
@@ -1211,3 +2044,120 @@ def _negatives_in_prompt(plan: Plan, instruction: str, context: PlannerContext) 
     if not removed:
         return plan
     return replace(plan, prompt=f"{plan.prompt}, without {' or '.join(removed)}".strip(", "))
+
+
+def _a(operation: str) -> str:
+    """ "an upload", "a transform": the operation with its article, for sentences."""
+    return f"{'an' if operation[:1] in 'aeiou' else 'a'} {operation}"
+
+
+def _with_params(raw: str, planned: Plan, params: RenderParams, context: PlannerContext) -> Plan:
+    """The plan for the rest of the message, with the settings the message named.
+
+    A fresh image takes the shape; a change to an image keeps that image's size (its source
+    decides it), and the reply says how to get the shape instead.
+    """
+    if planned.is_reply_only or planned.intent in (Intent.TRANSFORM, Intent.UPSCALE):
+        return replace(planned, instruction=raw)
+    size, note = planned.size, None
+    if params.has_shape:
+        infos = [info for n in planned.targets if (info := context.image(n)) is not None]
+        if planned.intent is Intent.GENERATE:
+            size = params.shape(context.default_size)
+        elif planned.intent is Intent.REGENERATE and infos and all(i.operation == "generate" for i in infos):
+            size = params.shape((infos[0].width, infos[0].height))
+        else:
+            which = f"#{planned.targets[0]}" if planned.targets else "it"
+            shape = params.words().split(", ")[-1]
+            note = (
+                f"A change to an image keeps its size; say “make {which} {shape}” to redraw it in that shape."
+            )
+    return replace(
+        planned,
+        instruction=raw,
+        steps=params.steps if params.steps is not None else planned.steps,
+        guidance=params.guidance if params.guidance is not None else planned.guidance,
+        size=size,
+        reply=_join(planned.reply, note),
+    )
+
+
+def _last_change(context: PlannerContext) -> str | None:
+    """The words of the newest change to an image, without the image they named ("at sunset").
+
+    A "do the same to …" of its own is skipped, so "same for #2" after "do the same to #1"
+    repeats the original change.
+    """
+    for info in reversed(context.images):
+        if info.operation in ("generate", "upload") or not info.instruction:
+            continue
+        if re.match(_SAME_AGAIN, _strip_polite(info.instruction), flags=_I):
+            continue
+        change = resolve_references(info.instruction, context.images).text_without(keep_pronouns=True)
+        change = re.sub(r"^[\s,.;:!\-–]*(?:but\s+)?", "", change, flags=_I).strip()
+        if _words(change):
+            return change
+    return None
+
+
+#: words that say where in the picture, not what: never the name of a thing to look for
+_GENERIC_NOUNS = _vocab(
+    """
+    image picture photo pic scene sky background foreground colors colours color colour lighting light
+    mood style ground left right top bottom middle center centre whole rest one size same other
+    """
+)
+
+
+def _named_things(instruction: str) -> list[str]:
+    """The things an edit names with "the" ("replace the whale …" → ["whale"])."""
+    found = re.findall(r"\b(?:the|that|this)\s+([a-z][a-z\-]+)", instruction.lower())
+    return [w for w in found if w not in _GENERIC_NOUNS and w not in FILLER]
+
+
+def _image_with(things: Sequence[str], context: PlannerContext) -> ImageInfo | None:
+    """The newest image that shows what an edit names, when the last image doesn't show it.
+
+    "replace the whale with a shark" after a fox: editing the fox picture can't do it, so the
+    whale picture is meant.
+    """
+    last = context.last
+    if not things or last is None or any(prompt_mentions(last.prompt, t) for t in things):
+        return None
+    return next(
+        (i for i in reversed(context.images) if all(prompt_mentions(i.prompt, t) for t in things)), None
+    )
+
+
+_SIDES = {
+    "left": "left",
+    "right": "right",
+    "top": "top",
+    "bottom": "bottom",
+    "upper": "top",
+    "lower": "bottom",
+}
+_PARTS = {"half": 2, "third": 3, "quarter": 4}
+_CROP_SIDE = r"\b(?P<side>left|right|top|bottom|upper|lower)(?:\s+(?P<part>half|third|quarter))?\b"
+
+
+def _crop_side(text: str, target: ImageInfo | None) -> tuple[tuple[int, int, int, int], str | None] | None:
+    """A crop box for "crop to the left half" (keep it) or "crop the top" (cut a quarter off it).
+
+    The crop transform takes pixels, so the box comes from the target's size.
+    """
+    m = re.search(_CROP_SIDE, text, flags=_I)
+    if m is None or target is None:
+        return None
+    side = _SIDES[m.group("side").lower()]
+    w, h = target.width, target.height
+    keep = m.group("part") is not None or re.search(r"\b(?:to|keep|only)\b", text[: m.start()], flags=_I)
+    if keep:
+        k = _PARTS[(m.group("part") or "half").lower()]
+        boxes = {"left": (0, 0, w // k, h), "right": (w - w // k, 0, w, h)}
+        boxes |= {"top": (0, 0, w, h // k), "bottom": (0, h - h // k, w, h)}
+        return boxes[side], None
+    cut = {"left": (w // 4, 0, w, h), "right": (0, 0, w - w // 4, h)}
+    cut |= {"top": (0, h // 4, w, h), "bottom": (0, 0, w, h - h // 4)}
+    note = f"I cut the {side} quarter off; “crop to the {side} half” keeps that half instead."
+    return cut[side], note

@@ -10,8 +10,9 @@ Resolution rules (documented here because planners and tests rely on them):
 * "#3", "# 3", "image 3", "picture 3", "pic 3", "photo 3", "number 3", "no. 3", "image three",
   "images 2 and 3" → those numbers.
 * "the last/latest/newest/most recent/current/final (one|image)", "the new one" → the last image.
-* "the previous one", "the one before", "the one before that", "the second to last",
-  "the penultimate" → the second to last image; "the one before #3" → the image listed before #3.
+* "the previous one", "the one before", "the one before that", "the one before last", "the second
+  to last", "the penultimate" → the second to last image; "the one before #3" → the image listed
+  before #3. "the other one" means the same: of two images, the one that is not the last.
 * "the first image", "the second one", "the third", "the 2nd picture" … up to tenth → the k-th
   image in number order. "the first two" / "the last three" → that many from the start / end.
 * "the original" → the root of the last image's lineage (follows parent numbers).
@@ -305,6 +306,12 @@ def _stems_match(a: str, b: str) -> bool:
     return len(short) >= 4 and long_.startswith(short)
 
 
+def prompt_mentions(prompt: str, word: str) -> bool:
+    """True when `word` ("whale", "foxes") names something in `prompt`, by the stems descriptions use."""
+    wanted = stem(word)
+    return any(_stems_match(wanted, token) for token in content_stems(prompt))
+
+
 def describe_image(info: ImageInfo, width: int = 48) -> str:
     """A short label for questions and lists: the subject, or what was done to which image."""
     if info.parent_number is not None and info.instruction:
@@ -494,7 +501,7 @@ def _find_mentions(text: str, images: Sequence[ImageInfo]) -> list[Mention]:
 
     anchor = (
         r"(?:#\s?\d+|(?:image|picture|pic|photo|number)\s+\d+|that(?:\s+one)?|it|this(?:\s+one)?"
-        r"|the\s+(?:last|latest)(?:\s+" + _NOUN + r")?)"
+        r"|(?:the\s+)?(?:last|latest)(?:\s+" + _NOUN + r")?)"
     )
     f.scan(
         r"\b(?:the\s+)?(?:one|image|picture|pic|photo)\s+before(?:\s+(?P<anchor>" + anchor + r"))?",
@@ -506,6 +513,9 @@ def _find_mentions(text: str, images: Sequence[ImageInfo]) -> list[Mention]:
         + r"))?\b",
         before_plain,
     )
+
+    # "the other one": of two images, the one that is not the last; with more, the one before it
+    f.scan(r"\bthe\s+other(?:\s+" + _NOUN + r"\b|" + _BOUNDARY + r")", before_plain)
 
     # "#3", "image 3", "images 2 and 3"
     f.scan(r"#\s?(\d+)", lambda m: f.by_numbers(m, "number", [int(m.group(1))]))

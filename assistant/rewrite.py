@@ -403,7 +403,10 @@ _REMOVE_CUE = (
     r"|minus|lose)\b"
 )
 _LESS_CUE = r"\b(?:less|lighter|fewer|lighten|reduce|softer|gentler|a\s+(?:bit|little)\s+of)\b"
-_MORE_CUE = r"\b(?:more|heavier|heavy|lots\s+of|much|thicker|intense|stronger|extra|very)\b|\b\w+ier\b"
+#: "snowyer" is how many people spell "snowier"
+_MORE_CUE = (
+    r"\b(?:more|heavier|heavy|lots\s+of|much|thicker|intense|stronger|extra|very)\b|\b\w+(?:ier|yer)\b"
+)
 
 #: mood lighting an edit may set; one at a time, replacing the neutral default
 MOOD_LIGHTING: dict[str, str] = {
@@ -645,18 +648,19 @@ def _edit_weather(prompt: str, clause: str) -> tuple[str, str] | None:
                 prompt = prompt[: hit.start()] + prompt[hit.end() :]
             prompt = prompt.replace("blizzard, ", "")
         elif re.search(_LESS_CUE, clause, flags=re.IGNORECASE):
+            # "less snow" where there is none changes nothing: it must not bring snow in
             if present:
                 target = added[0] if added else present[0]
                 # "a fox in the snow" → "a fox in light snow": the preposition still ties it to the subject
                 lead = re.match(r"(?:in|under|with|during|covered\s+(?:in|with))\s+", target.group(0), re.I)
                 light = (lead.group(0) if lead else "") + w.light
                 prompt = prompt[: target.start()] + light + prompt[target.end() :]
-            else:
-                prompt = _insert_after_subject(prompt, w.light, as_segment=True)
+        elif w.heavier in prompt:
+            pass  # already as heavy as it gets: "make it snowy" after a blizzard adds no second snow term
         else:
             more = bool(present) or re.search(_MORE_CUE, clause, flags=re.IGNORECASE) is not None
-            if any(p.group(0).strip().lower() in {w.heavy, w.heavier} for p in present):
-                new = w.heavier
+            if any(p.group(0).strip().lower() == w.heavy for p in present):
+                new = w.heavier if re.search(_MORE_CUE, clause, flags=re.IGNORECASE) else w.heavy
             else:
                 new = w.heavy if more else w.base
             if added:
@@ -671,7 +675,7 @@ def _edit_weather(prompt: str, clause: str) -> tuple[str, str] | None:
             + _LESS_CUE
             + "|"
             + _MORE_CUE
-            + r"|\b(?:make|it|the|add|some|a|let\s+it|have)\b",
+            + r"|\b(?:make|it|the|add|some|a|little|bit|slightly|let\s+it|have)\b",
             " ",
             rest,
             flags=re.IGNORECASE,
@@ -758,6 +762,92 @@ def _edit_color(prompt: str, clause: str) -> tuple[str, str] | None:
     return _fix_articles(prompt), ""
 
 
+#: "less red", "make it less blue", "not so blue", "fewer trees": turn something down, never add it
+_LESS_OF = (
+    r"(?:make\s+(?P<obj>.+?)\s+)?(?:(?:a\s+(?:bit|little|lot)|slightly|much|way|far|even)\s+)?"
+    r"(?:less|fewer|not\s+(?:so|as|too)|reduce(?:\s+the)?|tone\s+down(?:\s+the)?)\s+(?:of\s+)?(?:the\s+)?"
+    r"(?P<what>[a-z][a-z\-]*(?:\s+[a-z][a-z\-]*)?)"
+)
+#: words that follow the thing turned down without naming it ("less red tones")
+_LESS_TRAIL = frozenset({"tones", "tone", "colour", "color", "colours", "colors", "please", "in", "it"})
+
+
+def reduced_target(clause: str) -> str | None:
+    """What "less X" / "not so X" turns down ("less red" → "red"), else None."""
+    m = re.fullmatch(_LESS_OF, _clean_clause(clause), flags=re.IGNORECASE)
+    if m is None:
+        return None
+    words = [w for w in m.group("what").lower().split() if w not in _LESS_TRAIL]
+    return " ".join(words) or None
+
+
+def _names_it(segment: str, what: str) -> bool:
+    words = re.findall(r"[a-z][a-z\-]*", segment.lower())
+    wanted = [_stem(w) for w in what.split()]
+    return any(any(word.startswith(stem) for word in words) for stem in wanted if stem)
+
+
+def _stem(word: str) -> str:
+    """ "snowy"/"snowier" → "snow", "reds" → "red": enough to find a term in a prompt segment."""
+    for suffix in ("iest", "ier", "yer", "ies", "y", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _edit_less(prompt: str, clause: str) -> tuple[str, str] | None:
+    """Drop the segments an earlier edit or rewrite added for the thing ("dominant red tones").
+
+    The subject segment keeps its words ("a red barn" stays a red barn); the planner puts the
+    thing into the negative prompt as well, where the backend takes one. Nothing is ever added,
+    so "less blue" can't make the picture bluer.
+    """
+    what = reduced_target(clause)
+    if what is None:
+        return None
+    head, _, rest = prompt.partition(",")
+    kept = [seg for seg in rest.split(",") if seg.strip() and not _names_it(seg, what)]
+    return ", ".join([head.strip(), *(seg.strip() for seg in kept)]).strip(" ,"), ""
+
+
+def reduced_terms(instruction: str) -> tuple[str, ...]:
+    """What an edit turns down ("less red" → "red"), for the negative prompt; weather is reduced in place."""
+    out: list[str] = []
+    for clause in split_instruction(instruction):
+        what = reduced_target(clause)
+        if what and not any(re.match(r"(?:" + "|".join(w.words) + r")", what) for w in WEATHER):
+            out.append(what)
+    return tuple(_dedupe(out))
+
+
+#: "replace the whale with a shark", "swap the cat for a dog", "turn the dog into a wolf"
+_REPLACE = (
+    r"(?:replace|swap|exchange)\s+(?:the\s+|a\s+|an\s+)?(?P<old>[a-z][a-z\-]*(?:\s+[a-z][a-z\-]*)?)\s+"
+    r"(?:with|for|by)\s+(?P<new>.+)"
+    r"|(?:turn|change|transform)\s+the\s+(?P<old2>[a-z][a-z\-]*)\s+(?:in)?to\s+(?P<new2>(?:an?|some)\s+.+)"
+)
+
+
+def _edit_replace(prompt: str, clause: str) -> tuple[str, str] | None:
+    m = re.fullmatch(_REPLACE, clause, flags=re.IGNORECASE)
+    if not m:
+        return None
+    old = (m.group("old") or m.group("old2")).lower()
+    new = (m.group("new") or m.group("new2")).strip()
+    head = re.escape(old.split()[-1])
+    # the old thing with its article and up to two adjectives: "a large blue whale" → the new thing
+    found = re.search(
+        r"\b(?:(?:an?|the|some)\s+)?(?:[a-z\-]+\s+){0,2}?" + head + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE
+    )
+    if not found:
+        return None
+    if not re.match(r"(?:an?|the|some)\s", new, flags=re.IGNORECASE) and found.group(0).lower().startswith(
+        "a"
+    ):
+        new = f"a {new}"
+    return _fix_articles(prompt[: found.start()] + new + prompt[found.end() :]), ""
+
+
 def _edit_add(prompt: str, clause: str) -> tuple[str, str] | None:
     m = re.fullmatch(
         r"(?:add|put|include|place|insert|draw|paint|show)\s+(?:in\s+)?(?P<what>.+?)"
@@ -770,6 +860,14 @@ def _edit_add(prompt: str, clause: str) -> tuple[str, str] | None:
     what = m.group("what").strip()
     if not prompt:  # an upload has no prompt to extend: the new thing is the description
         return what, ""
+    # "add a hat to the fox": the hat goes with the fox, not after the whole subject phrase
+    onto = re.fullmatch(
+        r"(?P<thing>.+?)\s+(?:to|on|onto)\s+(?:the|its|his|her)\s+(?P<obj>[a-z][a-z\-]*)", what, re.I
+    )
+    if onto:
+        noun = re.search(r"\b" + re.escape(onto.group("obj")) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
+        if noun:
+            return prompt[: noun.end()] + f" with {onto.group('thing')}" + prompt[noun.end() :], ""
     return _insert_after_subject(prompt, f"with {what}", as_segment=False), ""
 
 
@@ -804,14 +902,16 @@ def _edit_remove(prompt: str, clause: str) -> tuple[str, str] | None:
     new = re.sub(pattern, _PLACEHOLDER, prompt, flags=re.IGNORECASE)
     # a preposition left hanging where the thing was ("sitting on _") goes with it
     new = re.sub(
-        r"\s+\b(?:on|onto|in|into|at|under|by|near|over|beside|behind|of|from)\s*"
+        r"\s+\b(?:on|onto|in|into|at|under|by|near|over|beside|behind|of|from|to|for|with)\s*"
         + _PLACEHOLDER
         + r"(?=\s*(?:,|$))",
         "",
         new,
         flags=re.IGNORECASE,
     )
-    return _tidy(new.replace(_PLACEHOLDER, " ")), ""
+    new = _tidy(new.replace(_PLACEHOLDER, " "))
+    # the subject itself went: "[a red fox] with a hat in the snow" leaves no "with" at the front
+    return re.sub(r"^(?:with|and|plus|of|to)\s+", "", new, flags=re.IGNORECASE), ""
 
 
 def _edit_clause(prompt: str, clause: str) -> str:
@@ -835,8 +935,9 @@ def apply_edit(parent_prompt: str, instruction: str) -> str:
     """The parent's prompt changed by the instruction, and nothing else changed.
 
     Each clause of the instruction goes through the first rule that claims it — style, time of
-    day, weather, lighting, colour, add, remove — and whatever a rule leaves over goes through
-    the rules again; words no rule understands are added after the subject as a clause.
+    day, weather, lighting, "less X", replace, colour, remove, add — and whatever a rule leaves
+    over goes through the rules again; words no rule understands are added after the subject as
+    a clause.
     """
     prompt = clean_idea(parent_prompt)
     for clause in split_instruction(instruction):
@@ -874,6 +975,8 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_time,
             _edit_weather,
             _edit_lighting,
+            _edit_less,
+            _edit_replace,
             _edit_color,
             _edit_remove,
             _edit_add,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -203,3 +205,480 @@ def test_an_attached_upload_with_nothing_to_do_asks_what_to_do() -> None:
         plan = PLANNER.plan(text, context)
         assert plan.intent is Intent.CLARIFY, text
         assert "#2" in (plan.reply or "")
+
+
+# --------------------------------------------------------------------------------------------
+# phrasings from a QA pass of ~230 real messages: each row is one message a user typed
+
+
+def _img(
+    number: int,
+    prompt: str,
+    *,
+    operation: str = "generate",
+    parent: int | None = None,
+    instruction: str | None = None,
+    message: int | None = None,
+) -> ImageInfo:
+    return ImageInfo(
+        number,
+        100 + number,
+        operation,
+        parent,
+        prompt,
+        instruction,
+        512,
+        512,
+        1000 + number,
+        negative_prompt="blurry, low quality",
+        message_id=message if message is not None else number,
+    )
+
+
+_DETAIL = "detailed environment, balanced composition, clear focal point"
+CABIN_NIGHT = f"a cozy cabin at night, {_DETAIL}, low-key night lighting, highly detailed, sharp focus"
+CABIN_SNOW = (
+    f"a cozy cabin at night, heavy snowfall, {_DETAIL}, low-key night lighting, highly detailed, sharp focus"
+)
+_SUNSET_LIGHT = "warm low-angle sunset light"
+CABIN_SUNSET = (
+    f"a cozy cabin at sunset, heavy snowfall, {_DETAIL}, {_SUNSET_LIGHT}, highly detailed, sharp focus"
+)
+FOX_SNOW = f"a red fox in the snow, {_DETAIL}, soft natural lighting, highly detailed, sharp focus"
+WHALE = "a blue whale underwater, simple background, soft natural lighting, highly detailed, sharp focus"
+
+#: #1 cabin → #2 "make it snowier" → #3 "#2 at sunset": the QA tester's first conversation
+CHAIN = PlannerContext(
+    images=(
+        _img(1, CABIN_NIGHT, instruction="a cozy cabin at night"),
+        _img(2, CABIN_SNOW, operation="edit", parent=1, instruction="make it snowier"),
+        _img(3, CABIN_SUNSET, operation="edit", parent=2, instruction="#2 at sunset"),
+    )
+)
+#: #1 a fox, #2 a whale
+FOX_WHALE = PlannerContext(
+    images=(
+        _img(1, FOX_SNOW, instruction="a red fox in the snow"),
+        _img(2, WHALE, instruction="a blue whale"),
+    )
+)
+#: #1 a cabin, then three variations of it in one turn (#2–#4)
+BATCH = PlannerContext(
+    images=(
+        _img(1, CABIN_NIGHT, instruction="a cozy cabin at night"),
+        *(
+            _img(n, CABIN_NIGHT, operation="variation", parent=1, instruction="three more like it", message=9)
+            for n in (2, 3, 4)
+        ),
+    )
+)
+NO_IMAGES = PlannerContext()
+
+
+def _words_of(plan: Plan) -> set[str]:
+    return set(re.findall(r"[a-z0-9:]+", plan.prompt.lower()))
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "targets"),
+    [
+        ("how did you make #3?", "lineage", (3,)),
+        ("how did you make the last one?", "lineage", (3,)),
+        ("what did you change in #2?", "lineage", (2,)),
+        ("what's the parent of #3?", "lineage", (3,)),
+        ("what’s the parent of #3?", "lineage", (3,)),
+        ("what style is #1?", "prompt", (1,)),
+        ("tell me about #2", "prompt", (2,)),
+        ("explain #3", "prompt", (3,)),
+        ("describe #2", "prompt", (2,)),
+        ("describe it", "prompt", (3,)),
+        ("why is #2 so dark?", "prompt", (2,)),
+        ("what's in #2?", "prompt", (2,)),
+        ("show me #2", "prompt", (2,)),
+        ("what's the difference between #1 and #2?", "prompt", (1, 2)),
+        ("how was #3 made?", "lineage", (3,)),
+    ],
+)
+def test_questions_about_an_image_are_answered_not_drawn(
+    text: str, kind: str, targets: tuple[int, ...]
+) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.DESCRIBE, plan
+    assert plan.question_kind == kind and plan.targets == targets
+    assert plan.operation is None and plan.reply
+
+
+@pytest.mark.parametrize(
+    "text", ["show me a dragon", "describe a castle on a hill", "tell me a story about a fox"]
+)
+def test_question_openers_with_a_subject_still_make_pictures(text: str) -> None:
+    assert PLANNER.plan(text, CHAIN).intent is Intent.GENERATE
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("ok", Intent.CLARIFY),
+        ("yes", Intent.CLARIFY),
+        ("no", Intent.CLARIFY),
+        ("lol", Intent.CLARIFY),
+        ("hmm", Intent.CLARIFY),
+        ("hmmm...", Intent.CLARIFY),
+        ("awesome, love it", Intent.CLARIFY),
+        ("ok thanks", Intent.HELP),
+        ("bye", Intent.HELP),
+        ("test", Intent.HELP),
+        ("good morning", Intent.HELP),
+        ("who are you?", Intent.HELP),
+        ("are you there?", Intent.HELP),
+        ("thank you so much", Intent.HELP),
+        ("thanks!", Intent.HELP),
+        ("can you make videos?", Intent.HELP),
+        ("animate it", Intent.HELP),
+    ],
+)
+@pytest.mark.parametrize("context", [NO_IMAGES, CHAIN], ids=["empty", "chain"])
+def test_small_talk_gets_a_short_reply_and_no_image(
+    text: str, intent: Intent, context: PlannerContext
+) -> None:
+    plan = PLANNER.plan(text, context)
+    assert plan.intent is intent, plan
+    assert plan.operation is None and plan.targets == () and plan.reply
+    assert "help" in plan.reply.lower() or len(plan.reply) < 200
+
+
+@pytest.mark.parametrize(
+    "text", ["sunset", "a cat", "dragon", "a good morning coffee on a table", "a movie poster of a fox"]
+)
+def test_one_word_and_chatty_prompts_still_make_pictures(text: str) -> None:
+    assert PLANNER.plan(text, NO_IMAGES).intent is Intent.GENERATE
+
+
+@pytest.mark.parametrize(
+    ("text", "still_there"),
+    [
+        ("undo", 2),  # #3 is an edit of #2
+        ("undo that", 2),
+        ("undo the last change", 2),
+        ("go back", 2),
+        ("go back to the previous one", 2),
+        ("I liked the previous one better", 2),
+        ("I prefer #1", 1),
+        ("go back to #1", 1),
+        ("back to the first one", 1),
+    ],
+)
+def test_going_back_points_at_the_earlier_image_and_makes_nothing(text: str, still_there: int) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.CLARIFY and plan.operation is None
+    assert f"#{still_there} is still there" in (plan.reply or "")
+    assert "Nothing is deleted" in (plan.reply or "")
+
+
+def test_going_back_with_a_change_edits_that_image_without_the_filler() -> None:
+    plan = PLANNER.plan("go back to the first one and add a dog", CHAIN)
+    assert plan.intent is Intent.EDIT and plan.targets == (1,)
+    assert plan.prompt.startswith("a cozy cabin at night with a dog")
+    assert not {"go", "back", "first", "one"} & _words_of(plan)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I don't like it",
+        "no, I meant the fox",
+        "that's not what I wanted",
+        "that's wrong",
+        "ugh",
+        "it looks weird",
+    ],
+)
+def test_complaints_ask_what_to_change(text: str) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.CLARIFY and plan.operation is None
+    assert "What should I change in #3" in (plan.reply or "")
+
+
+@pytest.mark.parametrize(
+    ("text", "intent", "wanted", "unwanted"),
+    [
+        ("that's too dark", Intent.EDIT, "bright", "dark,"),
+        ("it's way too dark", Intent.EDIT, "bright", "dark,"),
+        ("#1 is too dark", Intent.EDIT, "bright", "dark,"),
+        ("less dark", Intent.EDIT, "bright", "dark,"),
+        ("that's too blurry", Intent.TRANSFORM, "", ""),
+        ("too saturated", Intent.TRANSFORM, "", ""),
+    ],
+)
+def test_too_much_of_something_asks_for_the_opposite(
+    text: str, intent: Intent, wanted: str, unwanted: str
+) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is intent, plan
+    assert wanted in plan.prompt
+    if unwanted:
+        assert unwanted not in plan.prompt and "too" not in _words_of(plan)
+
+
+def test_too_bright_is_darker_and_keeps_the_subject() -> None:
+    plan = PLANNER.plan("the cabin is too bright", CHAIN)
+    assert plan.intent is Intent.EDIT and plan.targets == (3,)
+    assert "dark" in plan.prompt and plan.prompt.startswith("a cozy cabin at sunset")
+
+
+# -- settings: steps, guidance, shape -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "steps", "guidance", "size", "subject"),
+    [
+        ("a cat, 50 steps", 50, None, None, "a cat"),
+        ("a cat with guidance 12", None, 12.0, None, "a cat"),
+        ("a cat cfg 12", None, 12.0, None, "a cat"),
+        ("a cat, cfg scale 7.5, 30 steps", 30, 7.5, None, "a cat"),
+        ("a cat on a sofa, 16:9", None, None, (704, 384), "a cat on a sofa"),
+        ("a cat on a sofa in 9:16", None, None, (384, 704), "a cat on a sofa"),
+        ("a 1920x1080 wallpaper of a forest", None, None, (1920, 1080), "a wallpaper of a forest"),
+        (
+            "a tall portrait of a woman in a red dress, vertical",
+            None,
+            None,
+            (448, 640),
+            "a tall portrait of a woman",
+        ),
+        ("a lighthouse, landscape orientation", None, None, (640, 448), "a lighthouse"),
+        ("a widescreen shot of a desert", None, None, (704, 384), "a shot of a desert"),
+    ],
+)
+def test_settings_in_a_new_image_request_leave_the_prompt(
+    text: str, steps: int | None, guidance: float | None, size: tuple[int, int] | None, subject: str
+) -> None:
+    plan = PLANNER.plan(text, NO_IMAGES)
+    assert plan.intent is Intent.GENERATE
+    assert (plan.steps, plan.guidance, plan.size) == (steps, guidance, size)
+    assert plan.prompt.startswith(subject)
+    assert not {
+        "steps",
+        "cfg",
+        "guidance",
+        "16:9",
+        "9:16",
+        "1920x1080",
+        "vertical",
+        "orientation",
+    } & _words_of(plan)
+
+
+def test_a_shape_keeps_about_the_backends_area() -> None:
+    plan = PLANNER.plan("a cat, 16:9", PlannerContext(default_size=(1024, 1024)))
+    assert plan.size == (1344, 768)
+
+
+@pytest.mark.parametrize(
+    ("text", "target", "steps", "size"),
+    [
+        ("use 40 steps", 3, 40, None),
+        ("#1 with 40 steps", 1, 40, None),
+        ("redo it with 40 steps", 3, 40, None),
+        ("set steps to 60", 3, 60, None),
+        ("make #1 16:9", 1, None, (704, 384)),
+        ("16:9", 3, None, None),
+        ("make it portrait", 3, None, None),
+    ],
+)
+def test_settings_alone_rerun_the_image_with_its_seed(
+    text: str, target: int, steps: int | None, size: tuple[int, int] | None
+) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    info = CHAIN.image(target)
+    assert info is not None
+    if size is None and plan.intent is Intent.GENERATE:
+        # #3 is an edit: its shape comes from its source, so a new shape is its prompt drawn fresh
+        assert plan.size is not None and plan.size != (512, 512)
+        assert plan.prompt == info.prompt and plan.seed == info.seed
+        return
+    assert plan.intent is Intent.REGENERATE and plan.targets == (target,)
+    assert plan.seed == info.seed and not plan.new_seed
+    assert plan.steps == steps and plan.size == size
+    assert plan.prompt == info.prompt
+
+
+def test_a_new_seed_is_drawn_only_when_asked() -> None:
+    plan = PLANNER.plan("#1 with 40 steps and a new seed", CHAIN)
+    assert plan.intent is Intent.REGENERATE and plan.new_seed and plan.seed is None and plan.steps == 40
+
+
+def test_shape_words_alone_are_a_subject_when_there_is_nothing_to_redraw() -> None:
+    assert PLANNER.plan("landscape", NO_IMAGES).intent is Intent.GENERATE
+    plan = PLANNER.plan("16:9", NO_IMAGES)
+    assert plan.intent is Intent.CLARIFY and "16:9" in (plan.reply or "")
+
+
+def test_an_edit_with_a_shape_keeps_the_size_and_says_how() -> None:
+    plan = PLANNER.plan("#2 at sunset, 16:9", CHAIN)
+    assert plan.intent is Intent.EDIT and plan.size is None
+    assert "16:9" not in plan.prompt and "make #2 16:9" in (plan.reply or "")
+
+
+# -- crop and resize ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "box"),
+    [
+        ("crop to the left half", (0, 0, 256, 512)),
+        ("crop it to the left half", (0, 0, 256, 512)),
+        ("crop #1 to the right half", (256, 0, 512, 512)),
+        ("crop to the top third", (0, 0, 512, 170)),
+        ("crop the top", (0, 128, 512, 512)),
+        ("crop off the bottom", (0, 0, 512, 384)),
+    ],
+)
+def test_crop_to_a_side(text: str, box: tuple[int, int, int, int]) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.TRANSFORM and plan.transform == "crop"
+    assert tuple(plan.transform_args["box"]) == box
+
+
+def test_half_the_size_is_a_resize() -> None:
+    plan = PLANNER.plan("make it half the size", CHAIN)
+    assert plan.intent is Intent.TRANSFORM and plan.transform == "resize"
+    assert dict(plan.transform_args) == {"width": 256, "height": 256}
+
+
+def test_brightness_by_a_whole_number_is_a_percentage() -> None:
+    plan = PLANNER.plan("increase the brightness by 50", CHAIN)
+    assert plan.transform == "brightness" and plan.transform_args["factor"] == 1.5
+
+
+# -- follow-ups without "make it" -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "wanted", "unwanted"),
+    [
+        ("a little less snow", "light snow", "little"),
+        ("and now in winter", "winter", "now"),
+        ("not so blue", "", "blue"),
+        ("less red", "", "red"),
+        ("make it less blue", "", "blue"),
+        ("less snow", "light snow", "less"),
+    ],
+)
+def test_follow_ups_edit_the_last_image(text: str, wanted: str, unwanted: str) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.EDIT and plan.targets == (3,), plan
+    assert plan.prompt.startswith("a cozy cabin at sunset")
+    assert wanted in plan.prompt
+    assert unwanted not in _words_of(plan)
+
+
+def test_less_of_a_colour_goes_to_the_negative_prompt_not_the_prompt() -> None:
+    plan = PLANNER.plan("less red", CHAIN)
+    assert "red" in plan.negative_prompt.split(", ") and "red" not in plan.prompt
+    no_negative = PLANNER.plan("less red", replace(CHAIN, backend_takes_negative_prompt=False))
+    assert "red" not in no_negative.prompt and no_negative.negative_prompt == ""
+
+
+def test_a_bit_less_saturated_is_the_saturation_transform() -> None:
+    plan = PLANNER.plan("a bit less saturated", CHAIN)
+    assert plan.transform == "saturation" and plan.transform_args["factor"] < 1
+
+
+@pytest.mark.parametrize(
+    ("text", "n", "seed"),
+    [
+        ("again but with a seed of 42", 1, 42),
+        ("make another", 1, None),
+        ("another one", 1, None),
+        ("one more please", 1, None),
+        ("again, but 3 of them", 3, None),
+        ("same prompt, seed 42", 1, 42),
+    ],
+)
+def test_one_more_like_the_last(text: str, n: int, seed: int | None) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.REGENERATE and plan.targets == (3,), plan
+    assert plan.n == n and plan.seed == seed
+    assert plan.prompt == CABIN_SUNSET
+
+
+def test_another_one_after_a_batch_makes_one_and_try_again_redoes_the_batch() -> None:
+    one = PLANNER.plan("another one", BATCH)
+    assert one.intent is Intent.REGENERATE and one.targets == (4,) and one.n == 1
+    batch = PLANNER.plan("try again", BATCH)
+    assert batch.targets == (2, 3, 4)
+
+
+def test_do_the_same_to_another_image() -> None:
+    context = PlannerContext(
+        images=(
+            _img(1, CABIN_NIGHT, instruction="a cozy cabin at night"),
+            _img(2, FOX_SNOW, instruction="a red fox"),
+            _img(3, CABIN_SNOW, operation="edit", parent=1, instruction="make it snowier"),
+        )
+    )
+    for text in ("do the same to #2", "same for #2", "apply that to #2"):
+        plan = PLANNER.plan(text, context)
+        assert plan.intent is Intent.EDIT and plan.targets == (2,), text
+        assert plan.prompt.startswith("a red fox in the snow") and "heavy snowfall" in plan.prompt
+        assert not {"same", "do", "apply"} & _words_of(plan)
+    chained = replace(
+        context,
+        images=(*context.images, _img(4, FOX_SNOW, operation="edit", parent=2, instruction="same for #2")),
+    )
+    plan = PLANNER.plan("do the same to #1", chained)
+    assert plan.intent is Intent.EDIT and "heavy snowfall" in plan.prompt
+
+
+@pytest.mark.parametrize("text", ["replay #2", "re-run #2 exactly", "reproduce #2", "redo #2 exactly"])
+def test_replay_keeps_the_seed_and_the_prompt(text: str) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.REGENERATE and plan.targets == (2,)
+    assert plan.seed == 1002 and not plan.new_seed and plan.prompt == CABIN_SNOW
+    assert "atelier replay 102" in (plan.reply or "")
+
+
+def test_regenerate_still_draws_a_new_seed() -> None:
+    plan = PLANNER.plan("regenerate #2", CHAIN)
+    assert plan.new_seed and plan.seed is None
+
+
+@pytest.mark.parametrize(
+    ("text", "target", "prompt_start"),
+    [
+        ("make the other one brighter", 1, "a red fox in the snow"),
+        ("the one before last at sunset", 1, "a red fox in the snow at sunset"),
+    ],
+)
+def test_reference_words_leave_the_prompt(text: str, target: int, prompt_start: str) -> None:
+    plan = PLANNER.plan(text, FOX_WHALE)
+    assert plan.intent is Intent.EDIT and plan.targets == (target,)
+    assert plan.prompt.startswith(prompt_start)
+    assert not {"other", "one", "before", "last"} & _words_of(plan)
+
+
+def test_same_seed_as_another_image() -> None:
+    plan = PLANNER.plan("same seed as #1 but at sunset", CHAIN)
+    assert plan.intent is Intent.EDIT and plan.targets == (1,) and plan.seed == 1001
+    assert plan.prompt.startswith("a cozy cabin at sunset")
+    assert not {"same", "seed", "as"} & _words_of(plan)
+
+
+def test_naming_an_object_picks_the_image_that_has_it() -> None:
+    assert PLANNER.plan("replace the whale with a shark", FOX_WHALE).targets == (2,)  # the last one
+    fox_last = PlannerContext(images=(_img(1, WHALE), _img(2, FOX_SNOW)))
+    plan = PLANNER.plan("replace the whale with a shark", fox_last)
+    assert plan.targets == (1,) and plan.prompt.startswith("a shark underwater")
+    assert "#1 is the one with the whale" in (plan.reply or "")
+
+
+def test_combining_images_is_explained() -> None:
+    plan = PLANNER.plan("combine #1 and #3", CHAIN)
+    assert plan.intent is Intent.CLARIFY and "can't combine" in (plan.reply or "")
+
+
+def test_a_style_name_alone_restyles_the_last_image() -> None:
+    plan = PLANNER.plan("anime", CHAIN)
+    assert plan.intent is Intent.EDIT and plan.targets == (3,) and plan.style == "anime"
+    assert PLANNER.plan("anime", NO_IMAGES).intent is Intent.GENERATE

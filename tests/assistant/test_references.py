@@ -10,6 +10,7 @@ from assistant.references import (
     NO_UPLOAD_QUESTION,
     RefStatus,
     last_batch,
+    prompt_mentions,
     resolve_references,
     stem,
 )
@@ -237,3 +238,41 @@ def test_upload_words_that_are_no_reference() -> None:
 
 def test_the_remainder_drops_the_upload_phrase() -> None:
     assert resolve_references("the uploaded photo but at sunset", WITH_UPLOAD).remainder == "but at sunset"
+
+
+# -- phrasings a QA pass found leaking into prompts --------------------------------------------
+
+TWO = (_image(1, "a red fox in the snow"), _image(2, "a blue whale underwater"))
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers", "remainder"),
+    [
+        ("make the other one brighter", (1,), "make brighter"),
+        ("the other image at night", (1,), "at night"),
+        ("the other, but at sunset", (1,), "but at sunset"),
+        ("the one before last at sunset", (1,), "at sunset"),
+        ("the one before the last one, add a moon", (1,), "add a moon"),
+    ],
+)
+def test_the_other_one_and_the_one_before_last(text: str, numbers: tuple[int, ...], remainder: str) -> None:
+    """With two images, "the other one" is the one that is not the last; no reference word stays behind."""
+    result = resolve_references(text, TWO)
+    assert result.status is RefStatus.RESOLVED and result.numbers == numbers
+    assert result.remainder == remainder
+
+
+def test_the_other_needs_a_second_image() -> None:
+    result = resolve_references("make the other one brighter", TWO[:1])
+    assert result.status is RefStatus.MISSING and result.numbers == ()
+
+
+@pytest.mark.parametrize("text", ["a cat on the other side of the road", "the other half of the moon"])
+def test_the_other_in_a_description_is_no_reference(text: str) -> None:
+    assert resolve_references(text, TWO).status is RefStatus.NONE
+
+
+def test_prompt_mentions_uses_word_stems() -> None:
+    assert prompt_mentions("a blue whale underwater", "whale")
+    assert prompt_mentions("two foxes in the snow", "fox")
+    assert not prompt_mentions("a red fox in the snow", "whale")

@@ -19,6 +19,7 @@ from assistant.rewrite import (
     is_keep_clause,
     normalize_style,
     only_keeps,
+    reduced_terms,
     removed_terms,
     rewrite_prompt,
     split_instruction,
@@ -352,3 +353,71 @@ def test_less_weather_keeps_the_preposition() -> None:
         apply_edit("a red fox in the snow at sunset", "make it less snowy")
         == "a red fox in light snow at sunset"
     )
+
+
+# -- "less X" never adds X; repeated weather; object-aware add, replace, remove ------------------
+
+SKY = "a sunflower field under a blue sky, dominant blue tones, soft natural lighting, highly detailed"
+
+
+@pytest.mark.parametrize(
+    ("parent", "instruction", "gone"),
+    [
+        (SKY, "less blue", "dominant blue tones"),
+        (SKY, "make it less blue", "dominant blue tones"),
+        (SKY, "not so blue", "dominant blue tones"),
+        (CABIN, "less red", None),
+        (CABIN, "a bit less detail", "highly detailed"),
+    ],
+)
+def test_less_of_something_only_takes_away(parent: str, instruction: str, gone: str | None) -> None:
+    edited = apply_edit(parent, instruction)
+    word = instruction.split()[-1]
+    assert edited.lower().count(word) <= parent.lower().count(word), edited
+    assert "less" not in edited and "not so" not in edited
+    if gone:
+        assert gone not in edited
+    assert edited.startswith(parent.split(",")[0])  # the subject keeps its words
+
+
+def test_reduced_terms_feed_the_negative_but_weather_is_reduced_in_place() -> None:
+    assert reduced_terms("less red") == ("red",)
+    assert reduced_terms("make it less blue") == ("blue",)
+    assert reduced_terms("not so blue") == ("blue",)
+    assert reduced_terms("less snow") == ()
+    assert reduced_terms("add a moon") == ()
+
+
+def test_less_weather_where_there_is_none_adds_none() -> None:
+    assert apply_edit(FOX, "less snow") == FOX
+    assert apply_edit(FOX, "a little less snow") == FOX
+
+
+def test_snowy_after_a_blizzard_adds_no_second_snow_term() -> None:
+    snowier = apply_edit(CABIN, "make it snowier")
+    misspelt = apply_edit(snowier, "make it snowyer")
+    assert "blizzard, very heavy snowfall" in misspelt
+    again = apply_edit(misspelt, "make it snowy")
+    assert again == misspelt
+    assert apply_edit(snowier, "make it snowy") == snowier
+
+
+def test_add_to_an_object_goes_next_to_it_and_removing_it_leaves_no_fragments() -> None:
+    fox = "a red fox in the snow, detailed environment"
+    hat = apply_edit(fox, "add a hat to the fox")
+    assert hat == "a red fox with a hat in the snow, detailed environment"
+    gone = apply_edit(hat, "remove the fox")
+    assert "fox" not in gone
+    assert not re.match(r"^(?:with|to)\b", gone) and " to," not in gone
+
+
+@pytest.mark.parametrize(
+    ("instruction", "expected"),
+    [
+        ("replace the whale with a shark", "a shark underwater, simple background"),
+        ("swap the whale for a dolphin", "a dolphin underwater, simple background"),
+        ("turn the whale into a submarine", "a submarine underwater, simple background"),
+    ],
+)
+def test_replace_swaps_the_thing_in_place(instruction: str, expected: str) -> None:
+    assert apply_edit("a blue whale underwater, simple background", instruction) == expected

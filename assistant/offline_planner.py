@@ -35,12 +35,35 @@ Finally `enforce_capabilities` makes the plan fit the backend or explains why it
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
+from assistant.chat_replies import (
+    BACK_CUES,
+    BACK_WORDS,
+    COMBINE,
+    COMBINE_REPLY,
+    COMPLAINT_REPLY,
+    COMPLAINTS,
+    DONT_WANT,
+    IMAGE_QUESTIONS,
+    NEEDS_ONLY_A_REFERENCE,
+    OTHER_MEDIA,
+    OTHER_MEDIA_REPLY,
+    PRAISE,
+    PRAISE_REPLY,
+    QUESTION_WORDS,
+    SAME_AGAIN,
+    SMALL_TALK_CHUNK,
+    SMALL_TALK_REPLIES,
+    UNDO_CUE,
+    opposite_request,
+    small_talk_kind,
+    still_there,
+    undo_target,
+)
+from assistant.phrase_parsing import strip_polite, vocab, without_match
 from assistant.plan import (
     ImageInfo,
     Intent,
@@ -60,8 +83,8 @@ from assistant.references import (
     prompt_mentions,
     resolve_references,
 )
+from assistant.render_settings import NEW_SEED, RERUN_WORDS, RenderParams, render_params, tidy_rest
 from assistant.rewrite import (
-    COLORS,
     STYLE_PRESETS,
     apply_edit,
     build_negative,
@@ -74,6 +97,7 @@ from assistant.rewrite import (
     rewrite_prompt,
     style_prompt,
 )
+from assistant.transform_phrases import RESIZE, UPSCALE, crop_side, named_transform, upscale_factor
 from tools.base import Operation
 
 EMPTY_REPLY = "Please type what you'd like to create or change."
@@ -86,10 +110,6 @@ INJECTION_REPLY = (
     "or refer to an image by number (“#2 but at sunset”)."
 )
 ONE_AT_A_TIME = "I can change one image at a time — which one: {}?"
-PRAISE_REPLY = (
-    "Glad you like it! Tell me what to change next (“#2 but at sunset”, “make it snowier”, "
-    "“three more like it”) or describe a new image."
-)
 UPLOAD_WHAT_TO_DO = (
     "What should I do with {}? For example “turn it into a watercolor” or “make it black and white”."
 )
@@ -104,17 +124,12 @@ STRONG_STRENGTH = 0.75
 IMG2IMG_STRENGTH = 0.6
 
 
-def _vocab(words: str) -> frozenset[str]:
-    """A word list written as prose, so long vocabularies stay readable."""
-    return frozenset(words.split())
-
-
 _N = r"(?:\d+|" + "|".join(NUMBER_WORDS) + r")"
 _I = re.IGNORECASE
 
 #: words that carry no request of their own; what is left after removing them decides whether a
 #: message is "only" a transform / regenerate / variation or asks for more
-FILLER = _vocab(
+FILLER = vocab(
     """
     the a an it its this that these those them one ones image images picture pictures photo photos pic
     pics please pls to into in by with and can could would you me my for of now also just some bit
@@ -199,11 +214,6 @@ def _strength(text: str, default: float) -> float:
     return default
 
 
-_POLITE = (
-    r"^(?:(?:please|pls|ok(?:ay)?|so|now|hey|hi|and|then|also|can\s+you|could\s+you|would\s+you|will\s+you|"
-    r"i\s+want(?:\s+you)?(?:\s+to)?|i'?d\s+like(?:\s+you)?(?:\s+to)?|i\s+would\s+like(?:\s+to)?|i\s+need|"
-    r"let'?s|lets|go\s+ahead\s+and|how\s+about|what\s+about)\s*,?\s+)+"
-)
 _GENERATE_VERB = (
     r"(?:draw|paint|sketch|render|create|generate|design|illustrate|imagine|produce|picture|envision|"
     r"show(?:\s+me)?|give\s+me|make\s+me|make(?=\s+(?:a|an|some|\d+|" + "|".join(NUMBER_WORDS) + r"|several|"
@@ -216,13 +226,9 @@ _IMAGE_OF = (
 )
 
 
-def _strip_polite(text: str) -> str:
-    return re.sub(_POLITE, "", text.strip(), flags=_I).strip()
-
-
 def _generate_idea(text: str) -> tuple[str, int | None]:
     """The idea in a generate request, without the command words, and a count if one was given."""
-    idea = _strip_polite(text)
+    idea = strip_polite(text)
     # "what would a cat look like in space?" → "a cat in space"
     idea = re.sub(
         r"^(?:what|how)\s+(?:would|does|might|could|will)\s+(.+?)\s+look(?:\s+like)?\b\s*(.*?)\?*$",
@@ -289,14 +295,6 @@ _INJECTION = (
     r"\bjailbreak\b",
     r"\bnew\s+instructions?\s*:",
     r"\bpretend\s+(?:you\s+are|to\s+be)\b",
-)
-#: a remark about the result, with no request in it
-_PRAISE = (
-    r"(?:(?:oh|wow|ok(?:ay)?|yes|yeah|great)\s*[,!.]?\s*)?"
-    r"(?:(?:that|this|it)(?:'?s|\s+is|\s+was|\s+looks)\s+(?:(?:so|really|very|just|absolutely)\s+)?)?"
-    r"(?:perfect|great|awesome|amazing|beautiful|lovely|nice|cool|wonderful|excellent|fantastic|gorgeous|"
-    r"brilliant|stunning|exactly(?:\s+(?:it|right|what\s+i\s+wanted))?|love\s+it|i\s+love\s+(?:it|this|that))"
-    r"(?:\s*[,!.]*\s*(?:thanks|thank\s+you|ty))?[\s!.]*"
 )
 _HELP = (
     r"^(?:help|\?+|h|usage|commands|menu|options|instructions|how\s+to)\s*[.!?]*$",
@@ -407,235 +405,13 @@ def describe_reply(kind: str, targets: Sequence[int], context: PlannerContext) -
 
 
 # --------------------------------------------------------------------------------------------
-# transforms and upscale
-
-_GRAYSCALE = r"\b(?:black\s*(?:and|&|n)\s*white|b\s*&\s*w|b/w|gr[ae]y\s*-?scale|monochrome|noir)\b"
-_SEPIA = r"\bsepia(?:[\s-]?ton(?:e|ed))?\b"
-_BLUR = r"\b(?:blur(?:red|ry)?|gaussian\s+blur)\b"
-_SHARPEN = r"\b(?:sharpen|sharper|crisper|crispen)\b"
-_ROTATE = (
-    r"\b(?:rotate|rotation|(?:turn|spin)(?=\s+(?:it\s+|this\s+|that\s+|#\s?\d+\s+)?(?:\d+|left|right|"
-    r"upside|sideways|clockwise|counter|anti|ninety|by)))\b"
-)
-_FLIP = r"\b(?:flip|mirror)(?:ped)?\b"
-_CROP = (
-    r"\b(?:crop|make\s+(?:it\s+)?(?:a\s+)?square|square\s+crop|"
-    r"cut\s+(?:off|out)\s+the\s+(?:left|right|top|bottom))\b"
-)
-#: "make it 1024x768" is a resize, not an edit that writes "1024x768" into the prompt. The
-#: planner matches it with the references cut out ("make [#2] 768x512"), so the object is optional.
-_RESIZE = (
-    r"\b(?:resize|rescale|scale)\b|\b(?:make|set|change|turn)\s+(?:(?:it|this|that)(?:\s+one)?\s+)?(?:to\s+|into\s+)?"
-    r"\d{2,5}\s*(?:x|×|by)\s*\d{2,5}\b|\b(?:change|set)\s+(?:the\s+)?(?:size|dimensions)\b"
-    r"|\bhalf\s+(?:the|its)\s+size\b|\b(?:shrink|downscale|downsize)\b|\bscale\s+(?:it\s+)?down\b"
-)
-_BRIGHTNESS = r"\b(?:brightness|brighten|darken|exposure)\b"
-_CONTRAST = r"\bcontrast\b"
-_SATURATION = r"\b(?:saturation|saturated?|desaturate|vibran(?:t|ce)|vivid)\b"
-_BORDER = r"\b(?:border|frame\s+it)\b"
-_UPSCALE = (
-    r"\b(?:up-?scale|upsample|enlarge|super[\s-]?resolution|hi-?res|high(?:er)?[\s-]res(?:olution)?|"
-    r"increase\s+(?:the\s+)?resolution|(?:make|get)\s+(?:it\s+|this\s+|that\s+)?(?:bigger|larger)|blow\s+(?:it\s+)?up|"
-    r"double\s+the\s+size|(?:2|4)\s*(?:x|×)\s+(?:bigger|larger)|but\s+(?:bigger|larger)|^(?:bigger|larger)"
-    r"(?=\s*(?:please)?\s*[.!]*$))\b"
-)
-
-_DIRECTIONS = _vocab(
-    "left right clockwise counterclockwise anticlockwise counter anti degrees degree horizontally vertically "
-    "horizontal vertical upside sideways ninety top bottom side"
-)
-_ADJUST = _vocab(
-    "increase decrease reduce lower higher raise boost up down darken brighten heavily strongly lightly "
-    "gently"
-)
-
-
-def _factor(text: str, up: float = 1.3, down: float = 0.7) -> float:
-    m = re.search(r"(\d+)\s*%", text)
-    decrease = re.search(
-        r"\b(?:decrease|reduce|lower|less|darken|down|desaturate|tone\s+down|drop)\b", text, flags=_I
-    )
-    if m:
-        p = int(m.group(1)) / 100
-        return round(1 - p if decrease else 1 + p, 3)
-    m = re.search(r"\b(?:to|factor|of|by)\s*(\d+(?:\.\d+)?)\b", text, flags=_I)
-    if m and "." in m.group(1):
-        return float(m.group(1))
-    # "increase the brightness by 50": a whole number that large is a percentage, as on a slider
-    by = re.search(r"\bby\s+(\d{2,3})\b", text, flags=_I)
-    if by:
-        p = int(by.group(1)) / 100
-        return round(max(0.0, 1 - p) if decrease else 1 + p, 3)
-    return down if decrease else up
-
-
-def _rotation(text: str) -> int:
-    m = re.search(r"\b(\d{1,3})\s*(?:°|deg(?:rees?)?)?", text)
-    degrees = int(m.group(1)) if m else 90
-    if re.search(r"\bninety\b", text, flags=_I):
-        degrees = 90
-    if re.search(r"\bupside\s+down\b|\b180\b", text, flags=_I):
-        return 180
-    if re.search(r"\b(?:left|counter[\s-]?clockwise|anti[\s-]?clockwise)\b", text, flags=_I):
-        return degrees
-    # "right", "clockwise", or no direction at all: like an image viewer's rotate button
-    return -degrees
-
-
-_RATIOS = {
-    "square": "1:1",
-    "widescreen": "16:9",
-    "cinematic": "21:9",
-    "portrait": "2:3",
-    "vertical": "2:3",
-    "landscape": "3:2",
-    "horizontal": "3:2",
-}
-
-
-def _transform(text: str, target: ImageInfo | None) -> tuple[str, dict[str, Any], str, list[str]] | None:
-    """(name, args, matched pattern, extra arg words) for the first transform named, else None.
-
-    A returned name of "" means the transform needs an argument the user did not give (a crop
-    without a shape, a resize without a size); the caller asks for it.
-    """
-    candidates: list[tuple[int, str, dict[str, Any], str, list[str]]] = []
-
-    def found(pattern: str) -> re.Match[str] | None:
-        return re.search(pattern, text, flags=_I)
-
-    if m := found(_GRAYSCALE):
-        candidates.append((m.start(), "grayscale", {}, _GRAYSCALE, ["black", "white", "gray", "grey"]))
-    if m := found(_SEPIA):
-        candidates.append((m.start(), "sepia", {}, _SEPIA, ["tone", "toned"]))
-    if m := found(_BLUR):
-        r = re.search(r"\b(\d{1,2})\s*(?:px|pixels?)?\b", text)
-        if r:
-            radius = int(r.group(1))
-        elif re.search(r"\b(?:a\s+lot|heav(?:y|ily)|strong(?:ly)?|very|more|much)\b", text, flags=_I):
-            radius = 6
-        elif re.search(r"\b(?:slight(?:ly)?|a\s+(?:bit|little)|light(?:ly)?|soft(?:ly)?)\b", text, flags=_I):
-            radius = 1
-        else:
-            radius = 2
-        candidates.append((m.start(), "blur", {"radius": radius}, _BLUR, [*_ADJUST, "soft", "softly"]))
-    if m := found(_SHARPEN):
-        candidates.append((m.start(), "sharpen", {}, _SHARPEN, []))
-    if m := found(_ROTATE):
-        candidates.append((m.start(), "rotate", {"degrees": _rotation(text)}, _ROTATE, [*_DIRECTIONS, "by"]))
-    if m := found(_FLIP):
-        vertical = re.search(r"\b(?:vertical(?:ly)?|upside\s+down|top\s+to\s+bottom)\b", text, flags=_I)
-        direction = "vertical" if vertical else "horizontal"
-        candidates.append(
-            (m.start(), "flip", {"direction": direction}, _FLIP, [*_DIRECTIONS, "around", "over"])
-        )
-    if m := found(_CROP):
-        ratio = re.search(r"\b(\d{1,2})\s*[:x×/]\s*(\d{1,2})\b", text)
-        box = re.search(r"\b(\d{1,5})\s*,\s*(\d{1,5})\s*,\s*(\d{1,5})\s*,\s*(\d{1,5})\b", text)
-        named = re.search(r"\b(" + "|".join(_RATIOS) + r")\b", text, flags=_I)
-        args: dict[str, Any] = {}
-        side = _crop_side(text, target)
-        if box:
-            args = {"box": tuple(int(box.group(i)) for i in range(1, 5))}
-        elif side:
-            args = {"box": side[0]}
-        elif ratio:
-            args = {"aspect": f"{int(ratio.group(1))}:{int(ratio.group(2))}"}
-        elif named:
-            args = {"aspect": _RATIOS[named.group(1).lower()]}
-        elif "square" in m.group(0).lower():
-            args = {"aspect": "1:1"}
-        name = "crop" if args else ""
-        candidates.append(
-            (
-                m.start(),
-                name,
-                args,
-                _CROP,
-                [
-                    *_RATIOS,
-                    *_SIDES,
-                    *_PARTS,
-                    "box",
-                    "aspect",
-                    "ratio",
-                    "center",
-                    "centre",
-                    "off",
-                    "out",
-                    "keep",
-                    "only",
-                ],
-            )
-        )
-    if m := found(_RESIZE):
-        dims = re.search(r"\b(\d{2,5})\s*(?:x|×|by|\*)\s*(\d{2,5})\b", text)
-        half = re.search(r"\b(?:half|50\s*%)\b", text, flags=_I)
-        if dims:
-            args = {"width": int(dims.group(1)), "height": int(dims.group(2))}
-        elif half and target is not None:
-            args = {"width": max(1, target.width // 2), "height": max(1, target.height // 2)}
-        else:
-            args = {}
-        candidates.append(
-            (
-                m.start(),
-                "resize" if args else "",
-                args,
-                _RESIZE,
-                ["half", "down", "width", "height", "shrink", "downscale", "downsize", "its"],
-            )
-        )
-    if m := found(_BRIGHTNESS):
-        candidates.append((m.start(), "brightness", {"factor": _factor(text)}, _BRIGHTNESS, [*_ADJUST]))
-    if m := found(_CONTRAST):
-        candidates.append((m.start(), "contrast", {"factor": _factor(text)}, _CONTRAST, [*_ADJUST]))
-    if m := found(_SATURATION):
-        desaturate = re.search(r"\bdesaturate\b", text, flags=_I)
-        factor = 0.5 if desaturate else _factor(text)
-        extra = [*_ADJUST, "colors", "colours", "colorful", "colourful"]
-        candidates.append((m.start(), "saturation", {"factor": factor}, _SATURATION, extra))
-    if m := found(_BORDER):
-        width_m = re.search(r"\b(\d{1,3})\s*(?:px|pixels?)?\b", text)
-        if width_m:
-            width = int(width_m.group(1))
-        elif re.search(r"\bthick|wide|big|heavy\b", text, flags=_I):
-            width = 32
-        elif re.search(r"\bthin|narrow|small|fine\b", text, flags=_I):
-            width = 8
-        else:
-            width = 16
-        color_m = re.search(r"\b(" + "|".join(COLORS) + r")\b", text, flags=_I)
-        color = color_m.group(1).lower() if color_m else "white"
-        extra = [*COLORS, "thick", "wide", "big", "heavy", "thin", "narrow", "small", "fine", "around", "add"]
-        candidates.append((m.start(), "border", {"width": width, "color": color}, _BORDER, extra))
-    if not candidates:
-        return None
-    _, name, args, pattern, extra = min(candidates, key=lambda c: c[0])
-    return name, args, pattern, extra
-
-
-def _upscale_factor(text: str) -> tuple[int, str | None]:
-    if re.search(r"\b(?:4|four)\s*(?:x|×|times)|\b(?:x|×)\s*4\b|\bquadruple\b", text, flags=_I):
-        return 4, None
-    if re.search(r"\b(?:2|two)\s*(?:x|×|times)|\b(?:x|×)\s*2\b|\bdouble\b", text, flags=_I):
-        return 2, None
-    m = re.search(r"\b(\d+)\s*(?:x|×|times)\b", text, flags=_I)
-    if m and int(m.group(1)) not in (2, 4):
-        wanted = int(m.group(1))
-        factor = 4 if wanted > 2 else 2
-        return factor, f"I can upscale 2× or 4×, so I used {factor}× instead of {wanted}×."
-    return 2, None
-
-
-# --------------------------------------------------------------------------------------------
 # regenerate and variation cues
 
 _REGENERATE = (
     r"\b(?:again|re-?generate|regen|re-?roll|re-?do|retry|re-?try|re-?run|re-?make|one\s+more|once\s+more|"
     r"another|(?:new|different|other|fresh|random)\s+seed|same\s+prompt|try\s+again)\b"
 )
-_REGENERATE_WORDS = _vocab(
+_REGENERATE_WORDS = vocab(
     "again regenerate regen reroll redo retry rerun remake try another seed new different other fresh random "
     "once time go attempt take roll one version draw generate render create prompt with use same but more"
 )
@@ -649,7 +425,7 @@ def _count_of_them(text: str) -> tuple[int | None, str]:
     m = re.search(_COUNT_OF_THEM, text, flags=_I)
     if m is None:
         return None, text
-    return _to_int(m.group("n")), _cut(text, m)
+    return _to_int(m.group("n")), without_match(text, m)
 
 
 _VARIATION = (
@@ -658,7 +434,7 @@ _VARIATION = (
     r"similar\s+ones?|something\s+similar|in\s+the\s+same\s+vein|"
     r"(?:\d+|" + "|".join(NUMBER_WORDS) + r"|a\s+few|a\s+couple(?:\s+of)?|some)\s+more\s*[.!?]*$)\b"
 )
-_VARIATION_WORDS = _vocab(
+_VARIATION_WORDS = vocab(
     "variation variations variant variants vary varied alternative alternatives alternate versions riff "
     "riffs remix remixes like similar others other another something same vein subtle subtly slight "
     "slightly small "
@@ -708,7 +484,7 @@ def _after_leading_pronoun(text: str) -> str | None:
     "this in watercolor"), since "this little cat…" or "that's…" is a description or a remark.
     Polite openers ("ok, that one…") go with it; they mean nothing to an edit either.
     """
-    core = _strip_polite(text)
+    core = strip_polite(text)
     m = re.match(_LEADING_DEMONSTRATIVE, core, flags=_I) or re.match(_LEADING_PRONOUN, core, flags=_I)
     if m is not None:
         return core[m.end() :].strip()
@@ -742,443 +518,6 @@ _VERBATIM_ONLY = (
     r"(?:\s*,?\s*(?:please|from\s+now\s+on|this\s+time))?\s*[:\-–.!]*"
 )
 
-# --------------------------------------------------------------------------------------------
-# render settings: steps, guidance, shape
-#
-# AUTOMATIC1111 users type settings into the message ("a cat, 40 steps", "cfg 12", "16:9"). They
-# are instructions for the backend, never words for the picture, so they leave the text first.
-
-
-@dataclass(frozen=True)
-class RenderParams:
-    """Sampler settings and a shape named in a message; None = not mentioned."""
-
-    steps: int | None = None
-    guidance: float | None = None
-    #: an aspect ratio (across, down), fitted into the usual area
-    aspect: tuple[int, int] | None = None
-    #: exact pixels the user typed ("1920x1080")
-    size: tuple[int, int] | None = None
-
-    def __bool__(self) -> bool:
-        return any(v is not None for v in (self.steps, self.guidance, self.aspect, self.size))
-
-    @property
-    def has_shape(self) -> bool:
-        return self.aspect is not None or self.size is not None
-
-    def shape(self, base: tuple[int, int]) -> tuple[int, int] | None:
-        """The size to render: typed pixels as they are, an aspect with about `base`'s area."""
-        if self.size is not None:
-            return self.size
-        return aspect_size(self.aspect, base) if self.aspect is not None else None
-
-    def words(self, shape: tuple[int, int] | None = None) -> str:
-        """The settings as a user would type them, for replies ("40 steps, 16:9 (704×384)")."""
-        parts = []
-        if self.steps is not None:
-            parts.append(f"{self.steps} steps")
-        if self.guidance is not None:
-            parts.append(f"guidance {self.guidance:g}")
-        if self.size is not None:
-            parts.append(f"{self.size[0]}x{self.size[1]}")
-        elif self.aspect is not None:
-            parts.append(f"{self.aspect[0]}:{self.aspect[1]}")
-            if shape is not None:
-                parts[-1] += f" ({shape[0]}×{shape[1]})"
-        return ", ".join(parts)
-
-
-def aspect_size(aspect: tuple[int, int], base: tuple[int, int]) -> tuple[int, int]:
-    """`aspect` at about the area of `base`, each side a multiple of 64 (what SD models like).
-
-    16:9 of 512² is 704×384. Below 384 px a side 64 is too coarse to keep the shape, so 16.
-    """
-    across, down = aspect
-    area = base[0] * base[1]
-    width = math.sqrt(area * across / down)
-    height = width * down / across
-    step = 64 if min(base) >= 384 else 16
-    return max(step, round(width / step) * step), max(step, round(height / step) * step)
-
-
-#: ratios people mean as a picture's shape; a list, so "10:30" (a clock) is never one
-_KNOWN_RATIOS = frozenset(
-    {(1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (21, 9), (9, 21), (5, 4), (4, 5), (16, 10)}
-    | {(10, 16), (2, 1), (1, 2), (7, 5), (5, 7)}
-)
-#: shape words; outside a "… orientation/format" phrase only as a segment of their own (", vertical"),
-#: since "a portrait of a woman" and "a mountain landscape" are subjects
-NAMED_ASPECTS: dict[str, tuple[int, int]] = {
-    "square": (1, 1),
-    "portrait": (2, 3),
-    "vertical": (2, 3),
-    "tall": (2, 3),
-    "landscape": (3, 2),
-    "horizontal": (3, 2),
-    "wide": (16, 9),
-    "widescreen": (16, 9),
-    "panoramic": (21, 9),
-    "panorama": (21, 9),
-}
-_ASPECT_WORD = r"(?P<word>" + "|".join(NAMED_ASPECTS) + r")"
-_SHAPE_NOUN = r"(?:orientation|mode|format|aspect(?:\s+ratio)?|ratio|shape|version|layout|crop|size)"
-_PARAM_LEAD_WORD = r"(?:\b(?:with|using|use|at|and|in|set|on)\s+)?"
-_PARAM_LEAD = _PARAM_LEAD_WORD + r"(?:(?:a|an|the)\s+)?"
-_STEPS = (
-    _PARAM_LEAD + r"\b(?P<n>\d{1,4})\s*(?:sampling\s+|inference\s+|denoising\s+|diffusion\s+)?steps?\b",
-    _PARAM_LEAD + r"\b(?:sampling\s+)?steps?\s*(?:=|:|to|of|at)?\s*(?P<n>\d{1,4})\b",
-)
-_GUIDANCE = (
-    _PARAM_LEAD + r"\b(?:cfg|guidance)(?:[\s_-]+scale)?\s*(?:=|:|to|of|at)?\s*(?P<n>\d{1,2}(?:\.\d+)?)\b",
-    _PARAM_LEAD + r"\b(?P<n>\d{1,2}(?:\.\d+)?)\s+(?:cfg|guidance)(?:[\s_-]+scale)?\b",
-)
-_RATIO_CORE = (
-    r"(?:(?:aspect(?:\s+ratio)?|ratio|--?ar)\s*(?:of\s+|=|:)?\s*)?\b(?P<a>\d{1,2})\s*:\s*(?P<b>\d{1,2})\b"
-)
-_RATIO_NOUN = r"\s+(?:aspect(?:\s+ratio)?|ratio|format|frame|orientation)\b"
-#: "in a 16:9 format" goes whole; in "a 3:2 photo of a bridge" the article stays with "photo"
-_RATIO = (
-    _PARAM_LEAD + _RATIO_CORE + _RATIO_NOUN,
-    _PARAM_LEAD_WORD + _RATIO_CORE + r"(?:" + _RATIO_NOUN + r")?",
-)
-#: "a 1920x1080 wallpaper": the article stays with the noun after the size
-_PIXELS = _PARAM_LEAD_WORD + r"\b(?P<w>\d{3,4})\s*(?:x|×|\*)\s*(?P<h>\d{3,4})\b(?:\s*(?:px|pixels))?"
-_NAMED_SHAPE = (
-    _PARAM_LEAD + r"\b(?:in\s+)?(?:an?\s+)?" + _ASPECT_WORD + r"\s+" + _SHAPE_NOUN + r"\b"
-    r"|" + _PARAM_LEAD_WORD + r"\b(?P<wide>widescreen|panoramic)\b"
-)
-#: a shape word as a whole segment: ", vertical", "make it portrait", "in landscape"
-_SHAPE_SEGMENT = (
-    r"^(?:(?:make|turn|change|switch|set|redo|redraw|render|do)\s+(?:(?:it|this|that|them)\s+)?)?"
-    r"(?:(?:to|into|in|as)\s+)?(?:an?\s+)?" + _ASPECT_WORD + r"(?:\s+(?:one|image|picture|please))?[.!]*$"
-)
-
-
-def _cut(text: str, m: re.Match[str]) -> str:
-    return (text[: m.start()] + " " + text[m.end() :]).strip()
-
-
-def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, str]:
-    """The settings in `text` and the text without them.
-
-    `shape_words_alone`: a message that is only a shape word ("portrait") sets the shape; with no
-    image to redraw it is a subject instead ("landscape" alone is a picture of a landscape).
-    """
-    steps = guidance = None
-    aspect = size = None
-    # "a staircase with 12 steps" is a picture of steps, not a sampler setting
-    for pattern in () if re.search(r"\b(?:stair|ladder)", text, flags=_I) else _STEPS:
-        if m := re.search(pattern, text, flags=_I):
-            steps, text = int(m.group("n")), _cut(text, m)
-            break
-    for pattern in _GUIDANCE:
-        if m := re.search(pattern, text, flags=_I):
-            guidance, text = float(m.group("n")), _cut(text, m)
-            break
-    if m := re.search(_PIXELS, text, flags=_I):
-        size, text = (int(m.group("w")), int(m.group("h"))), _cut(text, m)
-    for pattern in _RATIO:
-        found = [
-            m for m in re.finditer(pattern, text, flags=_I) if (int(m["a"]), int(m["b"])) in _KNOWN_RATIOS
-        ]
-        if found:
-            aspect, text = (int(found[0]["a"]), int(found[0]["b"])), _cut(text, found[0])
-            break
-    if aspect is None and size is None:
-        aspect, text = _named_shape(text, shape_words_alone=shape_words_alone)
-    return RenderParams(steps, guidance, aspect, size), _tidy_rest(text)
-
-
-def _named_shape(text: str, *, shape_words_alone: bool) -> tuple[tuple[int, int] | None, str]:
-    if m := re.search(_NAMED_SHAPE, text, flags=_I):
-        word = (m.group("word") or m.group("wide")).lower()
-        return NAMED_ASPECTS[word], _cut(text, m)
-    segments = re.split(r"(,)", text)
-    # a later segment of its own (", vertical"), or the whole message when there is an image to redraw
-    for index in range(len(segments) - 1, -1, -2):
-        if index == 0 and not shape_words_alone:
-            break
-        segment = segments[index]
-        if m := re.match(_SHAPE_SEGMENT, _strip_polite(segment), flags=_I):
-            rest = "".join(segments[: max(0, index - 1)] + segments[index + 1 :])
-            return NAMED_ASPECTS[m.group("word").lower()], rest
-    return None, text
-
-
-def _tidy_rest(text: str) -> str:
-    """What is left once settings are cut out: no dangling "with", "at", commas."""
-    text = re.sub(r"\s+", " ", text)
-    text = re.sub(r"\s+([,.;:!?])", r"\1", text)
-    text = re.sub(r"(?:,\s*){2,}", ", ", text)
-    text = re.sub(r"(?:\s*,)?\s+\b(?:with|using|at|in|and|but|on|of)\s*([.!?]*)$", r"\1", text, flags=_I)
-    text = re.sub(r"^\s*(?:for|and|but|using|of)\s+", "", text, flags=_I)
-    return text.strip(" ,;:-")
-
-
-#: words a "re-run with other settings" message may have besides the settings and the image
-_RERUN_WORDS = _vocab(
-    """
-    again regenerate regen reroll redo retry rerun remake redraw rerender render draw generate create
-    try use with same but set change switch orientation format mode shape aspect ratio layout
-    exactly prompt settings setting keep identical
-    """
-)
-#: the user wants another seed, not the target's own
-_NEW_SEED = (
-    r"\b(?:new|different|another|other|fresh|random)\s+seed\b|\bre-?roll\b|\banother\s+(?:one|try|go)\b"
-)
-
-
-# --------------------------------------------------------------------------------------------
-# conversation that is not a picture: small talk, questions, going back, complaints
-#
-# A wrong guess here costs a picture nobody asked for, so each table lists whole messages (or
-# whole openers) and anything more specific falls through to the image rules.
-
-_SMALL_TALK_KINDS: tuple[tuple[str, str], ...] = (
-    (
-        "thanks",
-        r"(?:thanks?|thank\s+you|thx|ty|cheers|much\s+appreciated|appreciate\s+it)"
-        r"(?:\s+(?:so|very)\s+much|\s+a\s+lot|\s+again|\s+a\s+bunch)?",
-    ),
-    (
-        "bye",
-        r"(?:bye(?:\s+bye)?|goodbye|see\s+(?:you|ya)(?:\s+later)?|cya|later|good\s*night|that'?s\s+all|i'?m\s+done)",
-    ),
-    (
-        "hello",
-        r"(?:good\s+(?:morning|afternoon|evening|day)|hi+|hello+|hey+|yo|howdy|greetings|what'?s\s+up|sup)"
-        r"(?:\s+(?:there|atelier|again))?",
-    ),
-    (
-        "presence",
-        r"(?:are\s+you\s+(?:there|here|awake|alive|working|ok(?:ay)?)|you\s+there|anyone\s+there|"
-        r"is\s+(?:this|it)\s+working|does\s+(?:this|it)\s+work|test(?:ing)?(?:\s+\d+)*|ping|"
-        r"how\s+are\s+you(?:\s+doing)?|who\s+are\s+you|who\s+made\s+you)",
-    ),
-    ("no", r"(?:no+|nope|nah|not\s+really|never\s*mind|nevermind|forget\s+it)"),
-    (
-        "ack",
-        r"(?:ok(?:ay)?|k+|alright|all\s+right|sure|fine|yes|yeah|yep|yup|ya|got\s+it|i\s+see|right|understood|"
-        r"noted|why\s+not|sounds\s+good|go\s+on)",
-    ),
-    (
-        "praise",
-        r"(?:cool|nice|great|awesome|amazing|perfect|beautiful|lovely|wonderful|excellent|fantastic|gorgeous|"
-        r"brilliant|stunning|love\s+it|i\s+love\s+(?:it|this|that)|so\s+good|good\s+job|well\s+done)",
-    ),
-    ("laugh", r"(?:lol+|lmao|rofl|ha(?:ha)+|he(?:he)+|ha|xd|:\)|:d|;\))"),
-    ("hmm", r"(?:h+m+|u+m+|u+h+|e+r+m*|well|so|oh|ah|wow|huh|interesting|\.\.\.)"),
-)
-_ANY_SMALL_TALK = "(?:" + "|".join(p for _, p in _SMALL_TALK_KINDS) + ")"
-_SMALL_TALK_CHUNK = _ANY_SMALL_TALK + r"(?:\s+" + _ANY_SMALL_TALK + r")*"
-#: each kind's answer, and whether it is HELP (the agent then draws nothing either) or CLARIFY
-_SMALL_TALK_REPLIES: dict[str, tuple[Intent, str]] = {
-    "thanks": (
-        Intent.HELP,
-        "You're welcome! Tell me what to change next (“#2 but at sunset”, “make it snowier”) or describe a "
-        "new image.",
-    ),
-    "bye": (Intent.HELP, "Bye! Every image and how it was made stays here for next time."),
-    "hello": (
-        Intent.HELP,
-        "Hi! Describe an image and I'll make it (“a cozy cabin at night”), or say “help” to see everything "
-        "I can do.",
-    ),
-    "presence": (
-        Intent.HELP,
-        "I'm here: Atelier, an assistant that makes and changes images. Describe one (“a red fox in the "
-        "snow”), or say “help” to see everything I can do.",
-    ),
-    "no": (Intent.CLARIFY, "No problem. What would you like instead? Describe an image or a change to make."),
-    "ack": (Intent.CLARIFY, "OK. What next? Describe an image, or a change (“#2 but at sunset”)."),
-    "praise": (Intent.CLARIFY, PRAISE_REPLY),
-    "laugh": (Intent.CLARIFY, "Glad it amused you! What should I make or change next?"),
-    "hmm": (Intent.CLARIFY, "Take your time. Describe an image or a change when you're ready."),
-}
-
-
-def small_talk_kind(text: str) -> str | None:
-    """The kind of a message made only of small talk ("ok", "thank you so much", "lol"), else None."""
-    normal = text.lower().replace("’", "'").strip()
-    chunks = [c.strip() for c in re.split(r"[,.!?;]+|\s+-\s+", normal) if c.strip()]
-    if not chunks or not all(re.fullmatch(_SMALL_TALK_CHUNK, c) or re.fullmatch(_PRAISE, c) for c in chunks):
-        return None
-    for kind, pattern in _SMALL_TALK_KINDS:  # the table's order is the order of importance
-        if any(re.search(r"(?:^|\s)" + pattern + r"(?:\s|$)", c) for c in chunks):
-            return kind
-    return "praise"  # words only the praise pattern knows
-
-
-#: other media: Atelier makes still images only
-_OTHER_MEDIA = (
-    r"^(?:make|create|generate|render|produce|do|draw)\s+(?:me\s+)?(?:an?\s+|some\s+)?"
-    r"(?:videos?|animations?|animated\s+\w+|gifs?|movies?|films?|clips?|songs?|music|audio|sound|voices?)"
-    r"(?!\s+(?:game|poster|still|camera|player|night|theater|theatre|star))\b"
-    r"|^animate\b|\bmake\s+(?:it|this|that|#\s?\d+)\s+(?:move|animated)\b"
-)
-OTHER_MEDIA_REPLY = (
-    "I make still images only: no video, animation or sound. I can create a picture, change it, make "
-    "variations or a sequence of stills (“3 images of a fox running”)."
-)
-_COMBINE = r"\b(?:combine|merge|blend|mix|fuse|mash\s*up|stitch|put\s+together|join)\b"
-COMBINE_REPLY = (
-    "I can't combine images: every change starts from one image. Describe the combined picture as a new "
-    "image (“a cabin and a red fox at night”), or start from one of them: “use {} as a starting point for …”."
-)
-
-#: questions about an image, by opener: (question kind, pattern on the message without polite words)
-_IMAGE_QUESTIONS: tuple[tuple[str, str], ...] = (
-    (
-        "lineage",
-        r"^how\s+(?:did|do|have|was|were)\s+(?:you|i|we|it|they)\s+(?:make|made|create|created|generate|"
-        r"generated|get|got|draw|drew|render|rendered|do|did|come\s+up\s+with)\b",
-    ),
-    (
-        "lineage",
-        r"^what\s+(?:did|have)\s+(?:you|i|we)\s+(?:change|changed|do|did|edit|edited|modify|alter)\b",
-    ),
-    ("lineage", r"^what\s+(?:was|were)\s+changed\b"),
-    ("lineage", r"^(?:what|which)(?:'s|\s+is|\s+was)\s+(?:the\s+)?(?:parent|source|origin|base)\b"),
-    (
-        "prompt",
-        r"^(?:what|which)(?:'s|\s+is|\s+was)\s+(?:the\s+)?difference\b|^how\s+(?:do|does|are)\b.*\bdiffer",
-    ),
-    ("prompt", r"^(?:compare|describe|explain)\b"),
-    ("prompt", r"^tell\s+me\s+(?:more\s+)?about\b"),
-    ("prompt", r"^what(?:'s|\s+is|\s+was|\s+are)\s+(?:in|on)\b"),
-    ("prompt", r"^what\s+(?:style|kind\s+of\s+style|look|medium|does\b.*\bshow)\b"),
-    ("prompt", r"^why\b"),
-    ("prompt", r"^show\s+me\b"),
-)
-#: openers that are questions only with an image named and nothing else ("show me #2", not "show me a dragon")
-_NEEDS_ONLY_A_REFERENCE = ("compare", "describe", "explain", "tell", "show")
-_QUESTION_WORDS = _vocab(
-    """
-    how did do have was were you i we it they make made create created generate generated get got draw
-    drew render rendered come what which change changed edit edited modify alter parent source origin
-    base difference between compare describe explain tell about more in on style kind look medium
-    show shows why s up
-    """
-)
-
-
-def _still_there(number: int, why: str = "") -> str:
-    """Images are never deleted, so going back is only a matter of naming the earlier image."""
-    return (
-        f"Nothing is deleted{why}: #{number} is still there. Say “edit #{number} …” (for example "
-        f"“#{number} but at sunset”) to continue from it, or “variations of #{number}”."
-    )
-
-
-def _undo_target(context: PlannerContext) -> int | None:
-    """What "undo" goes back to: the last image's source, else the image before it."""
-    last = context.last
-    if last is None:
-        return None
-    if last.parent_number is not None and context.image(last.parent_number) is not None:
-        return last.parent_number
-    return context.images[-2].number if len(context.images) > 1 else None
-
-
-#: openers (on the message without polite words) that point back at an earlier image
-_BACK_CUES: tuple[str, ...] = (
-    r"^(?:undo|revert|roll\s*back|ctrl\s*\+?\s*z)\b(?:\s+(?:that|this|it|the\s+last\s+(?:change|edit|step|one)"
-    r"|last\s+(?:change|edit|step)|(?:the|that|this)\s+(?:change|edit)))?",
-    r"^(?:(?:go|get|come|switch|step|revert|return)\s+)?back(?:\s+to)?\b",
-    r"^(?:return|revert|switch)\s+to\b",
-    r"^i\s+(?:liked|like|loved|prefer(?:red)?)\s+(?=.+\b(?:better|more|instead)\s*[.!]*$)",
-    r"^i\s+prefer(?:red)?\b",
-    r"^(?:i\s+want|give\s+me)\s+(?=(?:the\s+)?(?:previous|original|first|earlier|old|other)\b)",
-)
-_BACK_WORDS = _vocab("better more instead was were looked one version change edit step last earlier old")
-_UNDO_CUE = r"^(?:undo|revert|roll\s*back|ctrl)"
-
-#: complaints with no change in them: ask what to change instead of drawing the complaint
-_COMPLAINTS: tuple[str, ...] = (
-    r"^(?:no+|nope|nah|hmm+|ugh|meh)?[\s,.!]*i\s+(?:don'?t|do\s+not|didn'?t|did\s+not)\s+"
-    r"(?:like|love|want|mean|ask\s+for)\b",
-    r"^(?:no+|nope|nah|ugh)?[\s,.!]*(?:i\s+hate\s+(?:it|this|that)|i\s+meant\b|not\s+(?:what|quite|right|like\s+that)\b)",
-    r"^(?:no+|nope|ugh)?[\s,.!]*(?:that|this|it)(?:'s|\s+is|\s+isn'?t|\s+looks|\s+was)\s+(?:(?:so|really|very|pretty|"
-    r"kind\s+of|kinda|a\s+bit|all)\s+)?(?:wrong|bad|ugly|terrible|awful|horrible|weird|off|strange|boring|worse|"
-    r"not\s+(?:good|right|great|it|what\s+i)|what\s+i\s+(?:wanted|meant))\b",
-    r"^(?:ugh|meh|yuck|ew+|wrong|bad|worse|no\s+good|not\s+good|that'?s\s+wrong|try\s+something\s+else)\s*[.!]*$",
-)
-#: "I don't want snow", "I don't want any people in it"
-_DONT_WANT = (
-    r"i\s+(?:don'?t|do\s+not)\s+want\s+(?:any\s+)?(?P<what>(?!it\b|this\b|that\b|them\b)[a-z].*?)"
-    r"(?:\s+(?:in\s+(?:it|there|the\s+(?:image|picture))|anymore|any\s+more))?\s*[.!]*"
-)
-COMPLAINT_REPLY = (
-    "Sorry it isn't right. What should I change in #{n}? For example “#{n} but at sunset”, “remove the "
-    "snow”, “make the fox bigger”, “try again” for another seed — or describe the whole picture again."
-)
-
-#: "that's too dark" asks for the opposite: the change to make, by adjective
-_OPPOSITES: dict[str, str] = {
-    "dark": "brighter",
-    "dim": "brighter",
-    "gloomy": "brighter",
-    "bright": "darker",
-    "light": "darker",
-    "blurry": "sharper",
-    "fuzzy": "sharper",
-    "soft": "sharper",
-    "busy": "simpler",
-    "cluttered": "simpler",
-    "plain": "more detailed",
-    "simple": "more detailed",
-    "small": "bigger",
-    "tiny": "bigger",
-    "big": "smaller",
-    "large": "smaller",
-    "saturated": "less saturated",
-    "colorful": "less colorful",
-    "colourful": "less colourful",
-    "vivid": "less saturated",
-    "dull": "more saturated",
-    "warm": "cooler",
-    "cold": "warmer",
-    "cool": "warmer",
-    "contrasty": "less contrast",
-    "harsh": "softer",
-}
-_WEATHER_ADJECTIVES = _vocab("snowy rainy foggy misty hazy cloudy stormy windy sunny")
-_TOO = (
-    r"^(?:(?P<subject>it|that|this|(?:this|that)\s+one|the\s+[a-z]+(?:\s+[a-z]+)?|#\s?\d+|image\s+\d+)"
-    r"(?:'s|’s|\s+is|\s+are|\s+looks?|\s+seems?|\s+feels?|\s+got)\s+)?"
-    r"(?:(?:a\s+(?:bit|little)|way|much|slightly|kind\s+of|kinda|far|just|still|now)\s+)*"
-    r"too\s+(?P<adj>[a-z]+)(?:\s+(?:now|still|for\s+me))?\s*[.!]*$"
-    r"|^(?:make\s+(?P<subject2>it|that|this|the\s+[a-z]+|#\s?\d+)\s+)?(?:a\s+(?:bit|little)\s+)?"
-    r"(?:less|not\s+so|not\s+as)\s+(?P<adj2>dark|dim|gloomy|bright|blurry|fuzzy|busy|cluttered|warm|cold)\s*[.!]*$"
-)
-
-
-def _opposite_request(text: str) -> str | None:
-    """ "that's too dark" → "make it brighter"; "the fox is too small" → "make the fox bigger"."""
-    m = re.match(_TOO, _strip_polite(text).replace("’", "'"), flags=_I)
-    if m is None:
-        return None
-    adj = (m.group("adj") or m.group("adj2")).lower()
-    subject = (m.group("subject") or m.group("subject2") or "it").lower()
-    if re.fullmatch(r"(?:it|that|this|(?:this|that)\s+one)", subject):
-        subject = "it"
-    if adj in _OPPOSITES:
-        change = _OPPOSITES[adj]
-    elif adj in COLORS or adj in _WEATHER_ADJECTIVES:
-        change = f"less {adj}"
-    else:
-        return None
-    return f"make {subject} {change}"
-
-
-#: "do the same to #1", "same for #2", "now #3 too": the last change again, on another image
-_SAME_AGAIN = (
-    r"^(?:(?:do|apply|make)\s+)?(?:the\s+)?same(?:\s+(?:thing|change|edit))?\s+(?:to|for|on|with)\b"
-    r"|^(?:do|apply)\s+(?:that|this|it)(?:\s+again)?\s+(?:to|for|on|with)\b"
-)
-
 #: "same seed as #1", "using the seed of #2", "with #1's seed"
 _SAME_SEED_AS = (
     r"\b(?:(?:with|using|use|and)\s+)?(?:the\s+)?(?:same\s+seed\s+(?:as|like|of)|seed\s+(?:of|from))\s+"
@@ -1192,13 +531,12 @@ _REPLAY = (
     r"precisely)\b"
     r"|\bexact\s+(?:same|copy)\b"
 )
-_REPLAY_WORDS = _vocab(
+_REPLAY_WORDS = vocab(
     """
     replay reproduce rerun run re redo regenerate remake repeat recreate create render exact exactly
     identical identically precisely same copy seed prompt with its own
     """
 )
-
 
 # --------------------------------------------------------------------------------------------
 # the planner
@@ -1231,7 +569,7 @@ class OfflinePlanner:
 
         if any(re.search(p, raw, flags=_I) for p in _HELP):
             return Plan(intent=Intent.HELP, instruction=raw, reply=_help_reply(context))
-        if re.fullmatch(_PRAISE, raw, flags=_I):
+        if re.fullmatch(PRAISE, raw, flags=_I):
             # "that's perfect" is feedback, not a picture of the words "that's perfect"
             return _clarify(raw, PRAISE_REPLY)
         for talk in (
@@ -1275,7 +613,7 @@ class OfflinePlanner:
         rest = re.sub(
             r"^[\s,.;:!-]*(?:and|then|instead|but|just)?[\s,.;:!-]*(?:and|then|just)?\s*", "", rest, flags=_I
         )
-        if rest and re.match(_GENERATE_START, _strip_polite(rest), flags=_I) and len(_words(rest)) >= 2:
+        if rest and re.match(_GENERATE_START, strip_polite(rest), flags=_I) and len(_words(rest)) >= 2:
             planned = self._plan(rest, context)
             if planned.intent in (Intent.GENERATE,):
                 return replace(
@@ -1289,21 +627,21 @@ class OfflinePlanner:
         kind = small_talk_kind(raw)
         if kind is None:
             # "yes, add a moon", "thanks, now make it snowier": the request after the remark
-            lead = re.match(r"\s*" + _SMALL_TALK_CHUNK + r"\s*[,.!;:–-]+\s*", raw.lower().replace("’", "'"))
+            lead = re.match(r"\s*" + SMALL_TALK_CHUNK + r"\s*[,.!;:–-]+\s*", raw.lower().replace("’", "'"))
             rest = raw[lead.end() :] if lead else ""
             if _words(rest):
                 return replace(self._plan(rest, context), instruction=raw)
             return None
-        intent, reply = _SMALL_TALK_REPLIES[kind]
+        intent, reply = SMALL_TALK_REPLIES[kind]
         return Plan(intent=intent, instruction=raw, reply=reply)
 
     def _other_media(self, raw: str, context: PlannerContext) -> Plan | None:
-        if re.search(_OTHER_MEDIA, _strip_polite(raw), flags=_I) is None:
+        if re.search(OTHER_MEDIA, strip_polite(raw), flags=_I) is None:
             return None
         return Plan(intent=Intent.HELP, instruction=raw, reply=OTHER_MEDIA_REPLY)
 
     def _combine(self, raw: str, context: PlannerContext) -> Plan | None:
-        if re.search(_COMBINE, raw, flags=_I) is None:
+        if re.search(COMBINE, raw, flags=_I) is None:
             return None
         refs = resolve_references(raw, context.images)
         if len(refs.numbers) < 2:
@@ -1312,14 +650,14 @@ class OfflinePlanner:
 
     def _image_question(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "how did you make #3?", "what's in #2?", "describe #2": answered from the record, never drawn."""
-        core = _strip_polite(raw).replace("’", "'")
-        kind = next((k for k, p in _IMAGE_QUESTIONS if re.match(p, core, flags=_I)), None)
+        core = strip_polite(raw).replace("’", "'")
+        kind = next((k for k, p in IMAGE_QUESTIONS if re.match(p, core, flags=_I)), None)
         if kind is None:
             return None
-        if core.split()[0].lower() in _NEEDS_ONLY_A_REFERENCE:
+        if core.split()[0].lower() in NEEDS_ONLY_A_REFERENCE:
             # "show me a dragon" and "describe a castle" are requests for pictures
             probe = resolve_references(raw, context.images)
-            if _leftover(probe.remainder, extra=_QUESTION_WORDS):
+            if _leftover(probe.remainder, extra=QUESTION_WORDS):
                 return None
         refs = resolve_references(raw, context.images, default_to_last=True)
         if not refs.ok:
@@ -1338,19 +676,19 @@ class OfflinePlanner:
         Nothing is deleted, so the answer names the image to continue from; with a change after
         it ("go back to the first one and add a dog") the change is made to that image.
         """
-        core = _strip_polite(raw).replace("’", "'")
-        cue = next((m for p in _BACK_CUES if (m := re.match(p, core, flags=_I))), None)
+        core = strip_polite(raw).replace("’", "'")
+        cue = next((m for p in BACK_CUES if (m := re.match(p, core, flags=_I))), None)
         if cue is None:
             return None
-        undo = re.match(_UNDO_CUE, core, flags=_I) is not None
+        undo = re.match(UNDO_CUE, core, flags=_I) is not None
         rest = core[cue.end() :].strip(" ,.;:!-")
         refs = resolve_references(rest, context.images)
         if not context.images:
             return _clarify(raw, NO_IMAGES_QUESTION)
         if not refs.ok:
             return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
-        number = refs.numbers[0] if refs.explicit else _undo_target(context)
-        if _leftover(refs.remainder, extra=_BACK_WORDS):
+        number = refs.numbers[0] if refs.explicit else undo_target(context)
+        if _leftover(refs.remainder, extra=BACK_WORDS):
             follows = re.match(r"(?:and|then|,)\s", rest, flags=_I) is not None
             if undo and not follows and not refs.explicit:
                 # "undo the snow": take it away again
@@ -1362,17 +700,17 @@ class OfflinePlanner:
         if number is None:
             first = context.images[0].number
             return _clarify(
-                raw, f"There is nothing before #{first}: it is the first image. " + _still_there(first)
+                raw, f"There is nothing before #{first}: it is the first image. " + still_there(first)
             )
-        return _clarify(raw, _still_there(number))
+        return _clarify(raw, still_there(number))
 
     def _complaint(self, raw: str, context: PlannerContext) -> Plan | None:
-        core = _strip_polite(raw).replace("’", "'")
-        unwanted = re.fullmatch(_DONT_WANT, core, flags=_I)
+        core = strip_polite(raw).replace("’", "'")
+        unwanted = re.fullmatch(DONT_WANT, core, flags=_I)
         if unwanted and context.images:
             # "I don't want snow" is a removal, not a picture of the sentence
             return replace(self._plan(f"remove {unwanted.group('what')}", context), instruction=raw)
-        if not any(re.match(p, core, flags=_I) for p in _COMPLAINTS):
+        if not any(re.match(p, core, flags=_I) for p in COMPLAINTS):
             return None
         last = context.last
         if last is None:
@@ -1381,15 +719,15 @@ class OfflinePlanner:
 
     def _opposite(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "that's too dark" is a request for the opposite change, never a picture of the words."""
-        change = _opposite_request(raw)
+        change = opposite_request(raw)
         if change is None:
             return None
         return replace(self._plan(change, context), instruction=raw)
 
     def _same_again(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "do the same to #1": the change that made the last image, applied to the image named."""
-        core = _strip_polite(raw)
-        m = re.match(_SAME_AGAIN, core, flags=_I)
+        core = strip_polite(raw)
+        m = re.match(SAME_AGAIN, core, flags=_I)
         if m is None:
             return None
         refs = resolve_references(core[m.end() :], context.images)
@@ -1415,7 +753,7 @@ class OfflinePlanner:
             return _clarify(raw, "That is too small to draw; each side needs at least 64 pixels.")
         probe = resolve_references(rest, context.images)
         _, words = _seed(probe.remainder)
-        if _leftover(words, _REGENERATE, extra=_RERUN_WORDS):
+        if _leftover(words, _REGENERATE, extra=RERUN_WORDS):
             return _with_params(raw, self._plan(rest, context), params, context)
         return self._rerun(raw, rest, params, context)
 
@@ -1447,7 +785,7 @@ class OfflinePlanner:
                 f"{params.words()}.{hint}",
             )
         seed, _ = _seed(rest)
-        if seed is None and not re.search(_NEW_SEED, rest, flags=_I):
+        if seed is None and not re.search(NEW_SEED, rest, flags=_I):
             seed = info.seed
         shape = params.shape((info.width, info.height))
         negative = info.negative_prompt if context.backend_takes_negative_prompt else ""
@@ -1494,8 +832,8 @@ class OfflinePlanner:
             return _clarify(raw, refs.question or NO_IMAGES_QUESTION) if not refs.ok else None
         source = context.image(refs.numbers[0])
         assert source is not None
-        rest = _tidy_rest(_cut(raw, m))
-        if not _words(rest) or re.match(_EDIT_START, _strip_polite(rest), flags=_I):
+        rest = tidy_rest(without_match(raw, m))
+        if not _words(rest) or re.match(_EDIT_START, strip_polite(rest), flags=_I):
             rest = f"#{source.number} {rest}".strip()
         planned = self._plan(rest, context)
         if planned.is_reply_only or planned.intent in (Intent.TRANSFORM, Intent.UPSCALE):
@@ -1663,7 +1001,7 @@ class OfflinePlanner:
             r"(?:(?:this|the|my|that)\s+)?(?:photo|image|picture|pic|upload|drawing|sketch|one|it)?\s*"
             r"(?:into|to|as|in|look\s+like)?\s*",
             "",
-            _strip_polite(idea),
+            strip_polite(idea),
             flags=_I,
         )
         seed, idea = _seed(idea)
@@ -1744,12 +1082,12 @@ class OfflinePlanner:
     def _upscale(self, raw: str, context: PlannerContext) -> Plan | None:
         probe = resolve_references(raw, context.images)
         # the cue is looked for with the references cut out too: "make [the second one] bigger"
-        if not (re.search(_UPSCALE, raw, flags=_I) or re.search(_UPSCALE, probe.remainder, flags=_I)):
+        if not (re.search(UPSCALE, raw, flags=_I) or re.search(UPSCALE, probe.remainder, flags=_I)):
             return None
-        factor, note = _upscale_factor(raw)
+        factor, note = upscale_factor(raw)
         leftover = _leftover(
             probe.remainder,
-            _UPSCALE,
+            UPSCALE,
             r"\b\d+\s*(?:x|×|times)\b|\b(?:x|×)\s*\d+\b",
             extra=[
                 "bigger",
@@ -1782,7 +1120,7 @@ class OfflinePlanner:
         probe = resolve_references(raw, context.images)
         # sizes in pixels ("half", "the left half") come from the image named, else the last one
         target = context.image(probe.numbers[0]) if probe.numbers else context.last
-        found = _transform(probe.remainder, target)
+        found = named_transform(probe.remainder, target)
         if found is None:
             return None
         name, args, pattern, extra = found
@@ -1794,11 +1132,11 @@ class OfflinePlanner:
         if not name:
             question = (
                 "To what size? For example “resize to 800x600”."
-                if re.search(_RESIZE, raw, flags=_I)
+                if re.search(RESIZE, raw, flags=_I)
                 else "Crop to what shape — square (1:1), 16:9, 4:3, portrait (2:3)…?"
             )
             return _clarify(raw, question)
-        side = _crop_side(probe.remainder, target) if name == "crop" and "box" in args else None
+        side = crop_side(probe.remainder, target) if name == "crop" and "box" in args else None
         if side is not None and len(refs.numbers) > 1:
             return _clarify(
                 raw, "That crop is in pixels, so one image at a time: " + _numbers(refs.numbers) + "?"
@@ -1903,9 +1241,9 @@ class OfflinePlanner:
 
     def _edit_or_generate(self, raw: str, context: PlannerContext) -> Plan:
         refs = resolve_references(raw, context.images)
-        core = _strip_polite(raw)
+        core = strip_polite(raw)
         # the verb test runs without the references, so "picture 1, add a moon" is no "picture a…"
-        if re.match(_GENERATE_START, _strip_polite(refs.remainder), flags=_I):
+        if re.match(_GENERATE_START, strip_polite(refs.remainder), flags=_I):
             return self._generate(raw, context)
         if refs.explicit or re.match(_EDIT_START, core, flags=_I) or _after_leading_pronoun(raw) is not None:
             return self._edit(raw, context)
@@ -2005,7 +1343,7 @@ def _join(*parts: str | None) -> str | None:
 
 def _instruction_text(refs: ReferenceResult) -> str:
     """The message minus the words that pointed at images; pronouns stay ("make it snowier")."""
-    text = _strip_polite(refs.text_without(keep_pronouns=True))
+    text = strip_polite(refs.text_without(keep_pronouns=True))
     text = re.sub(r"^[\s,.;:!\-–]*(?:(?:but|and|then)\s+)?", "", text, flags=_I)
     # "that one but at sunset": the opening pronoun was the reference, not part of the change
     after = _after_leading_pronoun(text)
@@ -2091,7 +1429,7 @@ def _last_change(context: PlannerContext) -> str | None:
     for info in reversed(context.images):
         if info.operation in ("generate", "upload") or not info.instruction:
             continue
-        if re.match(_SAME_AGAIN, _strip_polite(info.instruction), flags=_I):
+        if re.match(SAME_AGAIN, strip_polite(info.instruction), flags=_I):
             continue
         change = resolve_references(info.instruction, context.images).text_without(keep_pronouns=True)
         change = re.sub(r"^[\s,.;:!\-–]*(?:but\s+)?", "", change, flags=_I).strip()
@@ -2101,7 +1439,7 @@ def _last_change(context: PlannerContext) -> str | None:
 
 
 #: words that say where in the picture, not what: never the name of a thing to look for
-_GENERIC_NOUNS = _vocab(
+_GENERIC_NOUNS = vocab(
     """
     image picture photo pic scene sky background foreground colors colours color colour lighting light
     mood style ground left right top bottom middle center centre whole rest one size same other
@@ -2127,37 +1465,3 @@ def _image_with(things: Sequence[str], context: PlannerContext) -> ImageInfo | N
     return next(
         (i for i in reversed(context.images) if all(prompt_mentions(i.prompt, t) for t in things)), None
     )
-
-
-_SIDES = {
-    "left": "left",
-    "right": "right",
-    "top": "top",
-    "bottom": "bottom",
-    "upper": "top",
-    "lower": "bottom",
-}
-_PARTS = {"half": 2, "third": 3, "quarter": 4}
-_CROP_SIDE = r"\b(?P<side>left|right|top|bottom|upper|lower)(?:\s+(?P<part>half|third|quarter))?\b"
-
-
-def _crop_side(text: str, target: ImageInfo | None) -> tuple[tuple[int, int, int, int], str | None] | None:
-    """A crop box for "crop to the left half" (keep it) or "crop the top" (cut a quarter off it).
-
-    The crop transform takes pixels, so the box comes from the target's size.
-    """
-    m = re.search(_CROP_SIDE, text, flags=_I)
-    if m is None or target is None:
-        return None
-    side = _SIDES[m.group("side").lower()]
-    w, h = target.width, target.height
-    keep = m.group("part") is not None or re.search(r"\b(?:to|keep|only)\b", text[: m.start()], flags=_I)
-    if keep:
-        k = _PARTS[(m.group("part") or "half").lower()]
-        boxes = {"left": (0, 0, w // k, h), "right": (w - w // k, 0, w, h)}
-        boxes |= {"top": (0, 0, w, h // k), "bottom": (0, h - h // k, w, h)}
-        return boxes[side], None
-    cut = {"left": (w // 4, 0, w, h), "right": (0, 0, w - w // 4, h)}
-    cut |= {"top": (0, h // 4, w, h), "bottom": (0, 0, w, h - h // 4)}
-    note = f"I cut the {side} quarter off; “crop to the {side} half” keeps that half instead."
-    return cut[side], note

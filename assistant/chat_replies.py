@@ -1,0 +1,271 @@
+"""Conversation that is not a picture: small talk, questions, going back, complaints.
+
+A wrong guess here costs a picture nobody asked for, so each table lists whole messages (or
+whole openers) and anything more specific falls through to the image rules.
+"""
+
+from __future__ import annotations
+
+import re
+
+from assistant.phrase_parsing import strip_polite, vocab
+from assistant.plan import Intent, PlannerContext
+from assistant.rewrite import COLORS
+
+_I = re.IGNORECASE
+
+PRAISE_REPLY = (
+    "Glad you like it! Tell me what to change next (“#2 but at sunset”, “make it snowier”, "
+    "“three more like it”) or describe a new image."
+)
+#: a remark about the result, with no request in it
+PRAISE = (
+    r"(?:(?:oh|wow|ok(?:ay)?|yes|yeah|great)\s*[,!.]?\s*)?"
+    r"(?:(?:that|this|it)(?:'?s|\s+is|\s+was|\s+looks)\s+(?:(?:so|really|very|just|absolutely)\s+)?)?"
+    r"(?:perfect|great|awesome|amazing|beautiful|lovely|nice|cool|wonderful|excellent|fantastic|gorgeous|"
+    r"brilliant|stunning|exactly(?:\s+(?:it|right|what\s+i\s+wanted))?|love\s+it|i\s+love\s+(?:it|this|that))"
+    r"(?:\s*[,!.]*\s*(?:thanks|thank\s+you|ty))?[\s!.]*"
+)
+
+_SMALL_TALK_KINDS: tuple[tuple[str, str], ...] = (
+    (
+        "thanks",
+        r"(?:thanks?|thank\s+you|thx|ty|cheers|much\s+appreciated|appreciate\s+it)"
+        r"(?:\s+(?:so|very)\s+much|\s+a\s+lot|\s+again|\s+a\s+bunch)?",
+    ),
+    (
+        "bye",
+        r"(?:bye(?:\s+bye)?|goodbye|see\s+(?:you|ya)(?:\s+later)?|cya|later|good\s*night|that'?s\s+all|i'?m\s+done)",
+    ),
+    (
+        "hello",
+        r"(?:good\s+(?:morning|afternoon|evening|day)|hi+|hello+|hey+|yo|howdy|greetings|what'?s\s+up|sup)"
+        r"(?:\s+(?:there|atelier|again))?",
+    ),
+    (
+        "presence",
+        r"(?:are\s+you\s+(?:there|here|awake|alive|working|ok(?:ay)?)|you\s+there|anyone\s+there|"
+        r"is\s+(?:this|it)\s+working|does\s+(?:this|it)\s+work|test(?:ing)?(?:\s+\d+)*|ping|"
+        r"how\s+are\s+you(?:\s+doing)?|who\s+are\s+you|who\s+made\s+you)",
+    ),
+    ("no", r"(?:no+|nope|nah|not\s+really|never\s*mind|nevermind|forget\s+it)"),
+    (
+        "ack",
+        r"(?:ok(?:ay)?|k+|alright|all\s+right|sure|fine|yes|yeah|yep|yup|ya|got\s+it|i\s+see|right|understood|"
+        r"noted|why\s+not|sounds\s+good|go\s+on)",
+    ),
+    (
+        "praise",
+        r"(?:cool|nice|great|awesome|amazing|perfect|beautiful|lovely|wonderful|excellent|fantastic|gorgeous|"
+        r"brilliant|stunning|love\s+it|i\s+love\s+(?:it|this|that)|so\s+good|good\s+job|well\s+done)",
+    ),
+    ("laugh", r"(?:lol+|lmao|rofl|ha(?:ha)+|he(?:he)+|ha|xd|:\)|:d|;\))"),
+    ("hmm", r"(?:h+m+|u+m+|u+h+|e+r+m*|well|so|oh|ah|wow|huh|interesting|\.\.\.)"),
+)
+_ANY_SMALL_TALK = "(?:" + "|".join(p for _, p in _SMALL_TALK_KINDS) + ")"
+SMALL_TALK_CHUNK = _ANY_SMALL_TALK + r"(?:\s+" + _ANY_SMALL_TALK + r")*"
+#: each kind's answer, and whether it is HELP (the agent then draws nothing either) or CLARIFY
+SMALL_TALK_REPLIES: dict[str, tuple[Intent, str]] = {
+    "thanks": (
+        Intent.HELP,
+        "You're welcome! Tell me what to change next (“#2 but at sunset”, “make it snowier”) or describe a "
+        "new image.",
+    ),
+    "bye": (Intent.HELP, "Bye! Every image and how it was made stays here for next time."),
+    "hello": (
+        Intent.HELP,
+        "Hi! Describe an image and I'll make it (“a cozy cabin at night”), or say “help” to see everything "
+        "I can do.",
+    ),
+    "presence": (
+        Intent.HELP,
+        "I'm here: Atelier, an assistant that makes and changes images. Describe one (“a red fox in the "
+        "snow”), or say “help” to see everything I can do.",
+    ),
+    "no": (Intent.CLARIFY, "No problem. What would you like instead? Describe an image or a change to make."),
+    "ack": (Intent.CLARIFY, "OK. What next? Describe an image, or a change (“#2 but at sunset”)."),
+    "praise": (Intent.CLARIFY, PRAISE_REPLY),
+    "laugh": (Intent.CLARIFY, "Glad it amused you! What should I make or change next?"),
+    "hmm": (Intent.CLARIFY, "Take your time. Describe an image or a change when you're ready."),
+}
+
+
+def small_talk_kind(text: str) -> str | None:
+    """The kind of a message made only of small talk ("ok", "thank you so much", "lol"), else None."""
+    normal = text.lower().replace("’", "'").strip()
+    chunks = [c.strip() for c in re.split(r"[,.!?;]+|\s+-\s+", normal) if c.strip()]
+    if not chunks or not all(re.fullmatch(SMALL_TALK_CHUNK, c) or re.fullmatch(PRAISE, c) for c in chunks):
+        return None
+    for kind, pattern in _SMALL_TALK_KINDS:  # the table's order is the order of importance
+        if any(re.search(r"(?:^|\s)" + pattern + r"(?:\s|$)", c) for c in chunks):
+            return kind
+    return "praise"  # words only the praise pattern knows
+
+
+#: other media: Atelier makes still images only
+OTHER_MEDIA = (
+    r"^(?:make|create|generate|render|produce|do|draw)\s+(?:me\s+)?(?:an?\s+|some\s+)?"
+    r"(?:videos?|animations?|animated\s+\w+|gifs?|movies?|films?|clips?|songs?|music|audio|sound|voices?)"
+    r"(?!\s+(?:game|poster|still|camera|player|night|theater|theatre|star))\b"
+    r"|^animate\b|\bmake\s+(?:it|this|that|#\s?\d+)\s+(?:move|animated)\b"
+)
+OTHER_MEDIA_REPLY = (
+    "I make still images only: no video, animation or sound. I can create a picture, change it, make "
+    "variations or a sequence of stills (“3 images of a fox running”)."
+)
+COMBINE = r"\b(?:combine|merge|blend|mix|fuse|mash\s*up|stitch|put\s+together|join)\b"
+COMBINE_REPLY = (
+    "I can't combine images: every change starts from one image. Describe the combined picture as a new "
+    "image (“a cabin and a red fox at night”), or start from one of them: “use {} as a starting point for …”."
+)
+
+#: questions about an image, by opener: (question kind, pattern on the message without polite words)
+IMAGE_QUESTIONS: tuple[tuple[str, str], ...] = (
+    (
+        "lineage",
+        r"^how\s+(?:did|do|have|was|were)\s+(?:you|i|we|it|they)\s+(?:make|made|create|created|generate|"
+        r"generated|get|got|draw|drew|render|rendered|do|did|come\s+up\s+with)\b",
+    ),
+    (
+        "lineage",
+        r"^what\s+(?:did|have)\s+(?:you|i|we)\s+(?:change|changed|do|did|edit|edited|modify|alter)\b",
+    ),
+    ("lineage", r"^what\s+(?:was|were)\s+changed\b"),
+    ("lineage", r"^(?:what|which)(?:'s|\s+is|\s+was)\s+(?:the\s+)?(?:parent|source|origin|base)\b"),
+    (
+        "prompt",
+        r"^(?:what|which)(?:'s|\s+is|\s+was)\s+(?:the\s+)?difference\b|^how\s+(?:do|does|are)\b.*\bdiffer",
+    ),
+    ("prompt", r"^(?:compare|describe|explain)\b"),
+    ("prompt", r"^tell\s+me\s+(?:more\s+)?about\b"),
+    ("prompt", r"^what(?:'s|\s+is|\s+was|\s+are)\s+(?:in|on)\b"),
+    ("prompt", r"^what\s+(?:style|kind\s+of\s+style|look|medium|does\b.*\bshow)\b"),
+    ("prompt", r"^why\b"),
+    ("prompt", r"^show\s+me\b"),
+)
+#: openers that are questions only with an image named and nothing else ("show me #2", not "show me a dragon")
+NEEDS_ONLY_A_REFERENCE = ("compare", "describe", "explain", "tell", "show")
+QUESTION_WORDS = vocab(
+    """
+    how did do have was were you i we it they make made create created generate generated get got draw
+    drew render rendered come what which change changed edit edited modify alter parent source origin
+    base difference between compare describe explain tell about more in on style kind look medium
+    show shows why s up
+    """
+)
+
+
+def still_there(number: int, why: str = "") -> str:
+    """Images are never deleted, so going back is only a matter of naming the earlier image."""
+    return (
+        f"Nothing is deleted{why}: #{number} is still there. Say “edit #{number} …” (for example "
+        f"“#{number} but at sunset”) to continue from it, or “variations of #{number}”."
+    )
+
+
+def undo_target(context: PlannerContext) -> int | None:
+    """What "undo" goes back to: the last image's source, else the image before it."""
+    last = context.last
+    if last is None:
+        return None
+    if last.parent_number is not None and context.image(last.parent_number) is not None:
+        return last.parent_number
+    return context.images[-2].number if len(context.images) > 1 else None
+
+
+#: openers (on the message without polite words) that point back at an earlier image
+BACK_CUES: tuple[str, ...] = (
+    r"^(?:undo|revert|roll\s*back|ctrl\s*\+?\s*z)\b(?:\s+(?:that|this|it|the\s+last\s+(?:change|edit|step|one)"
+    r"|last\s+(?:change|edit|step)|(?:the|that|this)\s+(?:change|edit)))?",
+    r"^(?:(?:go|get|come|switch|step|revert|return)\s+)?back(?:\s+to)?\b",
+    r"^(?:return|revert|switch)\s+to\b",
+    r"^i\s+(?:liked|like|loved|prefer(?:red)?)\s+(?=.+\b(?:better|more|instead)\s*[.!]*$)",
+    r"^i\s+prefer(?:red)?\b",
+    r"^(?:i\s+want|give\s+me)\s+(?=(?:the\s+)?(?:previous|original|first|earlier|old|other)\b)",
+)
+BACK_WORDS = vocab("better more instead was were looked one version change edit step last earlier old")
+UNDO_CUE = r"^(?:undo|revert|roll\s*back|ctrl)"
+
+#: complaints with no change in them: ask what to change instead of drawing the complaint
+COMPLAINTS: tuple[str, ...] = (
+    r"^(?:no+|nope|nah|hmm+|ugh|meh)?[\s,.!]*i\s+(?:don'?t|do\s+not|didn'?t|did\s+not)\s+"
+    r"(?:like|love|want|mean|ask\s+for)\b",
+    r"^(?:no+|nope|nah|ugh)?[\s,.!]*(?:i\s+hate\s+(?:it|this|that)|i\s+meant\b|not\s+(?:what|quite|right|like\s+that)\b)",
+    r"^(?:no+|nope|ugh)?[\s,.!]*(?:that|this|it)(?:'s|\s+is|\s+isn'?t|\s+looks|\s+was)\s+(?:(?:so|really|very|pretty|"
+    r"kind\s+of|kinda|a\s+bit|all)\s+)?(?:wrong|bad|ugly|terrible|awful|horrible|weird|off|strange|boring|worse|"
+    r"not\s+(?:good|right|great|it|what\s+i)|what\s+i\s+(?:wanted|meant))\b",
+    r"^(?:ugh|meh|yuck|ew+|wrong|bad|worse|no\s+good|not\s+good|that'?s\s+wrong|try\s+something\s+else)\s*[.!]*$",
+)
+#: "I don't want snow", "I don't want any people in it"
+DONT_WANT = (
+    r"i\s+(?:don'?t|do\s+not)\s+want\s+(?:any\s+)?(?P<what>(?!it\b|this\b|that\b|them\b)[a-z].*?)"
+    r"(?:\s+(?:in\s+(?:it|there|the\s+(?:image|picture))|anymore|any\s+more))?\s*[.!]*"
+)
+COMPLAINT_REPLY = (
+    "Sorry it isn't right. What should I change in #{n}? For example “#{n} but at sunset”, “remove the "
+    "snow”, “make the fox bigger”, “try again” for another seed — or describe the whole picture again."
+)
+
+#: "that's too dark" asks for the opposite: the change to make, by adjective
+_OPPOSITES: dict[str, str] = {
+    "dark": "brighter",
+    "dim": "brighter",
+    "gloomy": "brighter",
+    "bright": "darker",
+    "light": "darker",
+    "blurry": "sharper",
+    "fuzzy": "sharper",
+    "soft": "sharper",
+    "busy": "simpler",
+    "cluttered": "simpler",
+    "plain": "more detailed",
+    "simple": "more detailed",
+    "small": "bigger",
+    "tiny": "bigger",
+    "big": "smaller",
+    "large": "smaller",
+    "saturated": "less saturated",
+    "colorful": "less colorful",
+    "colourful": "less colourful",
+    "vivid": "less saturated",
+    "dull": "more saturated",
+    "warm": "cooler",
+    "cold": "warmer",
+    "cool": "warmer",
+    "contrasty": "less contrast",
+    "harsh": "softer",
+}
+_WEATHER_ADJECTIVES = vocab("snowy rainy foggy misty hazy cloudy stormy windy sunny")
+_TOO = (
+    r"^(?:(?P<subject>it|that|this|(?:this|that)\s+one|the\s+[a-z]+(?:\s+[a-z]+)?|#\s?\d+|image\s+\d+)"
+    r"(?:'s|’s|\s+is|\s+are|\s+looks?|\s+seems?|\s+feels?|\s+got)\s+)?"
+    r"(?:(?:a\s+(?:bit|little)|way|much|slightly|kind\s+of|kinda|far|just|still|now)\s+)*"
+    r"too\s+(?P<adj>[a-z]+)(?:\s+(?:now|still|for\s+me))?\s*[.!]*$"
+    r"|^(?:make\s+(?P<subject2>it|that|this|the\s+[a-z]+|#\s?\d+)\s+)?(?:a\s+(?:bit|little)\s+)?"
+    r"(?:less|not\s+so|not\s+as)\s+(?P<adj2>dark|dim|gloomy|bright|blurry|fuzzy|busy|cluttered|warm|cold)\s*[.!]*$"
+)
+
+
+def opposite_request(text: str) -> str | None:
+    """ "that's too dark" → "make it brighter"; "the fox is too small" → "make the fox bigger"."""
+    m = re.match(_TOO, strip_polite(text).replace("’", "'"), flags=_I)
+    if m is None:
+        return None
+    adj = (m.group("adj") or m.group("adj2")).lower()
+    subject = (m.group("subject") or m.group("subject2") or "it").lower()
+    if re.fullmatch(r"(?:it|that|this|(?:this|that)\s+one)", subject):
+        subject = "it"
+    if adj in _OPPOSITES:
+        change = _OPPOSITES[adj]
+    elif adj in COLORS or adj in _WEATHER_ADJECTIVES:
+        change = f"less {adj}"
+    else:
+        return None
+    return f"make {subject} {change}"
+
+
+#: "do the same to #1", "same for #2", "now #3 too": the last change again, on another image
+SAME_AGAIN = (
+    r"^(?:(?:do|apply|make)\s+)?(?:the\s+)?same(?:\s+(?:thing|change|edit))?\s+(?:to|for|on|with)\b"
+    r"|^(?:do|apply)\s+(?:that|this|it)(?:\s+again)?\s+(?:to|for|on|with)\b"
+)

@@ -1,0 +1,192 @@
+"""Render settings typed into a message: steps, guidance, shape.
+
+AUTOMATIC1111 users type settings into the message ("a cat, 40 steps", "cfg 12", "16:9"). They
+are instructions for the backend, never words for the picture, so they leave the text first.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from assistant.phrase_parsing import strip_polite, vocab, without_match
+
+_I = re.IGNORECASE
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    """Sampler settings and a shape named in a message; None = not mentioned."""
+
+    steps: int | None = None
+    guidance: float | None = None
+    #: an aspect ratio (across, down), fitted into the usual area
+    aspect: tuple[int, int] | None = None
+    #: exact pixels the user typed ("1920x1080")
+    size: tuple[int, int] | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.steps, self.guidance, self.aspect, self.size))
+
+    @property
+    def has_shape(self) -> bool:
+        return self.aspect is not None or self.size is not None
+
+    def shape(self, base: tuple[int, int]) -> tuple[int, int] | None:
+        """The size to render: typed pixels as they are, an aspect with about `base`'s area."""
+        if self.size is not None:
+            return self.size
+        return aspect_size(self.aspect, base) if self.aspect is not None else None
+
+    def words(self, shape: tuple[int, int] | None = None) -> str:
+        """The settings as a user would type them, for replies ("40 steps, 16:9 (704×384)")."""
+        parts = []
+        if self.steps is not None:
+            parts.append(f"{self.steps} steps")
+        if self.guidance is not None:
+            parts.append(f"guidance {self.guidance:g}")
+        if self.size is not None:
+            parts.append(f"{self.size[0]}x{self.size[1]}")
+        elif self.aspect is not None:
+            parts.append(f"{self.aspect[0]}:{self.aspect[1]}")
+            if shape is not None:
+                parts[-1] += f" ({shape[0]}×{shape[1]})"
+        return ", ".join(parts)
+
+
+def aspect_size(aspect: tuple[int, int], base: tuple[int, int]) -> tuple[int, int]:
+    """`aspect` at about the area of `base`, each side a multiple of 64 (what SD models like).
+
+    16:9 of 512² is 704×384. Below 384 px a side 64 is too coarse to keep the shape, so 16.
+    """
+    across, down = aspect
+    area = base[0] * base[1]
+    width = math.sqrt(area * across / down)
+    height = width * down / across
+    step = 64 if min(base) >= 384 else 16
+    return max(step, round(width / step) * step), max(step, round(height / step) * step)
+
+
+#: ratios people mean as a picture's shape; a list, so "10:30" (a clock) is never one
+_KNOWN_RATIOS = frozenset(
+    {(1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (21, 9), (9, 21), (5, 4), (4, 5), (16, 10)}
+    | {(10, 16), (2, 1), (1, 2), (7, 5), (5, 7)}
+)
+#: shape words; outside a "… orientation/format" phrase only as a segment of their own (", vertical"),
+#: since "a portrait of a woman" and "a mountain landscape" are subjects
+NAMED_ASPECTS: dict[str, tuple[int, int]] = {
+    "square": (1, 1),
+    "portrait": (2, 3),
+    "vertical": (2, 3),
+    "tall": (2, 3),
+    "landscape": (3, 2),
+    "horizontal": (3, 2),
+    "wide": (16, 9),
+    "widescreen": (16, 9),
+    "panoramic": (21, 9),
+    "panorama": (21, 9),
+}
+_ASPECT_WORD = r"(?P<word>" + "|".join(NAMED_ASPECTS) + r")"
+_SHAPE_NOUN = r"(?:orientation|mode|format|aspect(?:\s+ratio)?|ratio|shape|version|layout|crop|size)"
+_PARAM_LEAD_WORD = r"(?:\b(?:with|using|use|at|and|in|set|on)\s+)?"
+_PARAM_LEAD = _PARAM_LEAD_WORD + r"(?:(?:a|an|the)\s+)?"
+_STEPS = (
+    _PARAM_LEAD + r"\b(?P<n>\d{1,4})\s*(?:sampling\s+|inference\s+|denoising\s+|diffusion\s+)?steps?\b",
+    _PARAM_LEAD + r"\b(?:sampling\s+)?steps?\s*(?:=|:|to|of|at)?\s*(?P<n>\d{1,4})\b",
+)
+_GUIDANCE = (
+    _PARAM_LEAD + r"\b(?:cfg|guidance)(?:[\s_-]+scale)?\s*(?:=|:|to|of|at)?\s*(?P<n>\d{1,2}(?:\.\d+)?)\b",
+    _PARAM_LEAD + r"\b(?P<n>\d{1,2}(?:\.\d+)?)\s+(?:cfg|guidance)(?:[\s_-]+scale)?\b",
+)
+_RATIO_CORE = (
+    r"(?:(?:aspect(?:\s+ratio)?|ratio|--?ar)\s*(?:of\s+|=|:)?\s*)?\b(?P<a>\d{1,2})\s*:\s*(?P<b>\d{1,2})\b"
+)
+_RATIO_NOUN = r"\s+(?:aspect(?:\s+ratio)?|ratio|format|frame|orientation)\b"
+#: "in a 16:9 format" goes whole; in "a 3:2 photo of a bridge" the article stays with "photo"
+_RATIO = (
+    _PARAM_LEAD + _RATIO_CORE + _RATIO_NOUN,
+    _PARAM_LEAD_WORD + _RATIO_CORE + r"(?:" + _RATIO_NOUN + r")?",
+)
+#: "a 1920x1080 wallpaper": the article stays with the noun after the size
+_PIXELS = _PARAM_LEAD_WORD + r"\b(?P<w>\d{3,4})\s*(?:x|×|\*)\s*(?P<h>\d{3,4})\b(?:\s*(?:px|pixels))?"
+_NAMED_SHAPE = (
+    _PARAM_LEAD + r"\b(?:in\s+)?(?:an?\s+)?" + _ASPECT_WORD + r"\s+" + _SHAPE_NOUN + r"\b"
+    r"|" + _PARAM_LEAD_WORD + r"\b(?P<wide>widescreen|panoramic)\b"
+)
+#: a shape word as a whole segment: ", vertical", "make it portrait", "in landscape"
+_SHAPE_SEGMENT = (
+    r"^(?:(?:make|turn|change|switch|set|redo|redraw|render|do)\s+(?:(?:it|this|that|them)\s+)?)?"
+    r"(?:(?:to|into|in|as)\s+)?(?:an?\s+)?" + _ASPECT_WORD + r"(?:\s+(?:one|image|picture|please))?[.!]*$"
+)
+
+
+def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, str]:
+    """The settings in `text` and the text without them.
+
+    `shape_words_alone`: a message that is only a shape word ("portrait") sets the shape; with no
+    image to redraw it is a subject instead ("landscape" alone is a picture of a landscape).
+    """
+    steps = guidance = None
+    aspect = size = None
+    # "a staircase with 12 steps" is a picture of steps, not a sampler setting
+    for pattern in () if re.search(r"\b(?:stair|ladder)", text, flags=_I) else _STEPS:
+        if m := re.search(pattern, text, flags=_I):
+            steps, text = int(m.group("n")), without_match(text, m)
+            break
+    for pattern in _GUIDANCE:
+        if m := re.search(pattern, text, flags=_I):
+            guidance, text = float(m.group("n")), without_match(text, m)
+            break
+    if m := re.search(_PIXELS, text, flags=_I):
+        size, text = (int(m.group("w")), int(m.group("h"))), without_match(text, m)
+    for pattern in _RATIO:
+        found = [
+            m for m in re.finditer(pattern, text, flags=_I) if (int(m["a"]), int(m["b"])) in _KNOWN_RATIOS
+        ]
+        if found:
+            aspect, text = (int(found[0]["a"]), int(found[0]["b"])), without_match(text, found[0])
+            break
+    if aspect is None and size is None:
+        aspect, text = _named_shape(text, shape_words_alone=shape_words_alone)
+    return RenderParams(steps, guidance, aspect, size), tidy_rest(text)
+
+
+def _named_shape(text: str, *, shape_words_alone: bool) -> tuple[tuple[int, int] | None, str]:
+    if m := re.search(_NAMED_SHAPE, text, flags=_I):
+        word = (m.group("word") or m.group("wide")).lower()
+        return NAMED_ASPECTS[word], without_match(text, m)
+    segments = re.split(r"(,)", text)
+    # a later segment of its own (", vertical"), or the whole message when there is an image to redraw
+    for index in range(len(segments) - 1, -1, -2):
+        if index == 0 and not shape_words_alone:
+            break
+        segment = segments[index]
+        if m := re.match(_SHAPE_SEGMENT, strip_polite(segment), flags=_I):
+            rest = "".join(segments[: max(0, index - 1)] + segments[index + 1 :])
+            return NAMED_ASPECTS[m.group("word").lower()], rest
+    return None, text
+
+
+def tidy_rest(text: str) -> str:
+    """What is left once settings are cut out: no dangling "with", "at", commas."""
+    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s+([,.;:!?])", r"\1", text)
+    text = re.sub(r"(?:,\s*){2,}", ", ", text)
+    text = re.sub(r"(?:\s*,)?\s+\b(?:with|using|at|in|and|but|on|of)\s*([.!?]*)$", r"\1", text, flags=_I)
+    text = re.sub(r"^\s*(?:for|and|but|using|of)\s+", "", text, flags=_I)
+    return text.strip(" ,;:-")
+
+
+#: words a "re-run with other settings" message may have besides the settings and the image
+RERUN_WORDS = vocab(
+    """
+    again regenerate regen reroll redo retry rerun remake redraw rerender render draw generate create
+    try use with same but set change switch orientation format mode shape aspect ratio layout
+    exactly prompt settings setting keep identical
+    """
+)
+#: the user wants another seed, not the target's own
+NEW_SEED = (
+    r"\b(?:new|different|another|other|fresh|random)\s+seed\b|\bre-?roll\b|\banother\s+(?:one|try|go)\b"
+)

@@ -1,0 +1,270 @@
+"""Transforms and upscale: the model-free operations as people name them in a message.
+
+"make it black and white", "rotate left", "crop to 16:9", "upscale 4x": each pattern finds an
+operation and its arguments, and names the extra words it owns, so the planner can tell a
+message that is only a transform ("blur it") from an edit ("blur the background").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from assistant.phrase_parsing import vocab
+from assistant.plan import ImageInfo
+from assistant.rewrite import COLORS
+
+_I = re.IGNORECASE
+
+_GRAYSCALE = r"\b(?:black\s*(?:and|&|n)\s*white|b\s*&\s*w|b/w|gr[ae]y\s*-?scale|monochrome|noir)\b"
+_SEPIA = r"\bsepia(?:[\s-]?ton(?:e|ed))?\b"
+_BLUR = r"\b(?:blur(?:red|ry)?|gaussian\s+blur)\b"
+_SHARPEN = r"\b(?:sharpen|sharper|crisper|crispen)\b"
+_ROTATE = (
+    r"\b(?:rotate|rotation|(?:turn|spin)(?=\s+(?:it\s+|this\s+|that\s+|#\s?\d+\s+)?(?:\d+|left|right|"
+    r"upside|sideways|clockwise|counter|anti|ninety|by)))\b"
+)
+_FLIP = r"\b(?:flip|mirror)(?:ped)?\b"
+_CROP = (
+    r"\b(?:crop|make\s+(?:it\s+)?(?:a\s+)?square|square\s+crop|"
+    r"cut\s+(?:off|out)\s+the\s+(?:left|right|top|bottom))\b"
+)
+#: "make it 1024x768" is a resize, not an edit that writes "1024x768" into the prompt. The
+#: planner matches it with the references cut out ("make [#2] 768x512"), so the object is optional.
+RESIZE = (
+    r"\b(?:resize|rescale|scale)\b|\b(?:make|set|change|turn)\s+(?:(?:it|this|that)(?:\s+one)?\s+)?(?:to\s+|into\s+)?"
+    r"\d{2,5}\s*(?:x|×|by)\s*\d{2,5}\b|\b(?:change|set)\s+(?:the\s+)?(?:size|dimensions)\b"
+    r"|\bhalf\s+(?:the|its)\s+size\b|\b(?:shrink|downscale|downsize)\b|\bscale\s+(?:it\s+)?down\b"
+)
+_BRIGHTNESS = r"\b(?:brightness|brighten|darken|exposure)\b"
+_CONTRAST = r"\bcontrast\b"
+_SATURATION = r"\b(?:saturation|saturated?|desaturate|vibran(?:t|ce)|vivid)\b"
+_BORDER = r"\b(?:border|frame\s+it)\b"
+UPSCALE = (
+    r"\b(?:up-?scale|upsample|enlarge|super[\s-]?resolution|hi-?res|high(?:er)?[\s-]res(?:olution)?|"
+    r"increase\s+(?:the\s+)?resolution|(?:make|get)\s+(?:it\s+|this\s+|that\s+)?(?:bigger|larger)|blow\s+(?:it\s+)?up|"
+    r"double\s+the\s+size|(?:2|4)\s*(?:x|×)\s+(?:bigger|larger)|but\s+(?:bigger|larger)|^(?:bigger|larger)"
+    r"(?=\s*(?:please)?\s*[.!]*$))\b"
+)
+
+_DIRECTIONS = vocab(
+    "left right clockwise counterclockwise anticlockwise counter anti degrees degree horizontally vertically "
+    "horizontal vertical upside sideways ninety top bottom side"
+)
+_ADJUST = vocab(
+    "increase decrease reduce lower higher raise boost up down darken brighten heavily strongly lightly "
+    "gently"
+)
+
+
+def _factor(text: str, up: float = 1.3, down: float = 0.7) -> float:
+    m = re.search(r"(\d+)\s*%", text)
+    decrease = re.search(
+        r"\b(?:decrease|reduce|lower|less|darken|down|desaturate|tone\s+down|drop)\b", text, flags=_I
+    )
+    if m:
+        p = int(m.group(1)) / 100
+        return round(1 - p if decrease else 1 + p, 3)
+    m = re.search(r"\b(?:to|factor|of|by)\s*(\d+(?:\.\d+)?)\b", text, flags=_I)
+    if m and "." in m.group(1):
+        return float(m.group(1))
+    # "increase the brightness by 50": a whole number that large is a percentage, as on a slider
+    by = re.search(r"\bby\s+(\d{2,3})\b", text, flags=_I)
+    if by:
+        p = int(by.group(1)) / 100
+        return round(max(0.0, 1 - p) if decrease else 1 + p, 3)
+    return down if decrease else up
+
+
+def _rotation(text: str) -> int:
+    m = re.search(r"\b(\d{1,3})\s*(?:°|deg(?:rees?)?)?", text)
+    degrees = int(m.group(1)) if m else 90
+    if re.search(r"\bninety\b", text, flags=_I):
+        degrees = 90
+    if re.search(r"\bupside\s+down\b|\b180\b", text, flags=_I):
+        return 180
+    if re.search(r"\b(?:left|counter[\s-]?clockwise|anti[\s-]?clockwise)\b", text, flags=_I):
+        return degrees
+    # "right", "clockwise", or no direction at all: like an image viewer's rotate button
+    return -degrees
+
+
+_RATIOS = {
+    "square": "1:1",
+    "widescreen": "16:9",
+    "cinematic": "21:9",
+    "portrait": "2:3",
+    "vertical": "2:3",
+    "landscape": "3:2",
+    "horizontal": "3:2",
+}
+
+
+def named_transform(text: str, target: ImageInfo | None) -> tuple[str, dict[str, Any], str, list[str]] | None:
+    """(name, args, matched pattern, extra arg words) for the first transform named, else None.
+
+    A returned name of "" means the transform needs an argument the user did not give (a crop
+    without a shape, a resize without a size); the caller asks for it.
+    """
+    candidates: list[tuple[int, str, dict[str, Any], str, list[str]]] = []
+
+    def found(pattern: str) -> re.Match[str] | None:
+        return re.search(pattern, text, flags=_I)
+
+    if m := found(_GRAYSCALE):
+        candidates.append((m.start(), "grayscale", {}, _GRAYSCALE, ["black", "white", "gray", "grey"]))
+    if m := found(_SEPIA):
+        candidates.append((m.start(), "sepia", {}, _SEPIA, ["tone", "toned"]))
+    if m := found(_BLUR):
+        r = re.search(r"\b(\d{1,2})\s*(?:px|pixels?)?\b", text)
+        if r:
+            radius = int(r.group(1))
+        elif re.search(r"\b(?:a\s+lot|heav(?:y|ily)|strong(?:ly)?|very|more|much)\b", text, flags=_I):
+            radius = 6
+        elif re.search(r"\b(?:slight(?:ly)?|a\s+(?:bit|little)|light(?:ly)?|soft(?:ly)?)\b", text, flags=_I):
+            radius = 1
+        else:
+            radius = 2
+        candidates.append((m.start(), "blur", {"radius": radius}, _BLUR, [*_ADJUST, "soft", "softly"]))
+    if m := found(_SHARPEN):
+        candidates.append((m.start(), "sharpen", {}, _SHARPEN, []))
+    if m := found(_ROTATE):
+        candidates.append((m.start(), "rotate", {"degrees": _rotation(text)}, _ROTATE, [*_DIRECTIONS, "by"]))
+    if m := found(_FLIP):
+        vertical = re.search(r"\b(?:vertical(?:ly)?|upside\s+down|top\s+to\s+bottom)\b", text, flags=_I)
+        direction = "vertical" if vertical else "horizontal"
+        candidates.append(
+            (m.start(), "flip", {"direction": direction}, _FLIP, [*_DIRECTIONS, "around", "over"])
+        )
+    if m := found(_CROP):
+        ratio = re.search(r"\b(\d{1,2})\s*[:x×/]\s*(\d{1,2})\b", text)
+        box = re.search(r"\b(\d{1,5})\s*,\s*(\d{1,5})\s*,\s*(\d{1,5})\s*,\s*(\d{1,5})\b", text)
+        named = re.search(r"\b(" + "|".join(_RATIOS) + r")\b", text, flags=_I)
+        args: dict[str, Any] = {}
+        side = crop_side(text, target)
+        if box:
+            args = {"box": tuple(int(box.group(i)) for i in range(1, 5))}
+        elif side:
+            args = {"box": side[0]}
+        elif ratio:
+            args = {"aspect": f"{int(ratio.group(1))}:{int(ratio.group(2))}"}
+        elif named:
+            args = {"aspect": _RATIOS[named.group(1).lower()]}
+        elif "square" in m.group(0).lower():
+            args = {"aspect": "1:1"}
+        name = "crop" if args else ""
+        candidates.append(
+            (
+                m.start(),
+                name,
+                args,
+                _CROP,
+                [
+                    *_RATIOS,
+                    *_SIDES,
+                    *_PARTS,
+                    "box",
+                    "aspect",
+                    "ratio",
+                    "center",
+                    "centre",
+                    "off",
+                    "out",
+                    "keep",
+                    "only",
+                ],
+            )
+        )
+    if m := found(RESIZE):
+        dims = re.search(r"\b(\d{2,5})\s*(?:x|×|by|\*)\s*(\d{2,5})\b", text)
+        half = re.search(r"\b(?:half|50\s*%)\b", text, flags=_I)
+        if dims:
+            args = {"width": int(dims.group(1)), "height": int(dims.group(2))}
+        elif half and target is not None:
+            args = {"width": max(1, target.width // 2), "height": max(1, target.height // 2)}
+        else:
+            args = {}
+        candidates.append(
+            (
+                m.start(),
+                "resize" if args else "",
+                args,
+                RESIZE,
+                ["half", "down", "width", "height", "shrink", "downscale", "downsize", "its"],
+            )
+        )
+    if m := found(_BRIGHTNESS):
+        candidates.append((m.start(), "brightness", {"factor": _factor(text)}, _BRIGHTNESS, [*_ADJUST]))
+    if m := found(_CONTRAST):
+        candidates.append((m.start(), "contrast", {"factor": _factor(text)}, _CONTRAST, [*_ADJUST]))
+    if m := found(_SATURATION):
+        desaturate = re.search(r"\bdesaturate\b", text, flags=_I)
+        factor = 0.5 if desaturate else _factor(text)
+        extra = [*_ADJUST, "colors", "colours", "colorful", "colourful"]
+        candidates.append((m.start(), "saturation", {"factor": factor}, _SATURATION, extra))
+    if m := found(_BORDER):
+        width_m = re.search(r"\b(\d{1,3})\s*(?:px|pixels?)?\b", text)
+        if width_m:
+            width = int(width_m.group(1))
+        elif re.search(r"\bthick|wide|big|heavy\b", text, flags=_I):
+            width = 32
+        elif re.search(r"\bthin|narrow|small|fine\b", text, flags=_I):
+            width = 8
+        else:
+            width = 16
+        color_m = re.search(r"\b(" + "|".join(COLORS) + r")\b", text, flags=_I)
+        color = color_m.group(1).lower() if color_m else "white"
+        extra = [*COLORS, "thick", "wide", "big", "heavy", "thin", "narrow", "small", "fine", "around", "add"]
+        candidates.append((m.start(), "border", {"width": width, "color": color}, _BORDER, extra))
+    if not candidates:
+        return None
+    _, name, args, pattern, extra = min(candidates, key=lambda c: c[0])
+    return name, args, pattern, extra
+
+
+def upscale_factor(text: str) -> tuple[int, str | None]:
+    """The factor asked for, 2 or 4 (what the upscaler does), and a note when another was asked for."""
+    if re.search(r"\b(?:4|four)\s*(?:x|×|times)|\b(?:x|×)\s*4\b|\bquadruple\b", text, flags=_I):
+        return 4, None
+    if re.search(r"\b(?:2|two)\s*(?:x|×|times)|\b(?:x|×)\s*2\b|\bdouble\b", text, flags=_I):
+        return 2, None
+    m = re.search(r"\b(\d+)\s*(?:x|×|times)\b", text, flags=_I)
+    if m and int(m.group(1)) not in (2, 4):
+        wanted = int(m.group(1))
+        factor = 4 if wanted > 2 else 2
+        return factor, f"I can upscale 2× or 4×, so I used {factor}× instead of {wanted}×."
+    return 2, None
+
+
+_SIDES = {
+    "left": "left",
+    "right": "right",
+    "top": "top",
+    "bottom": "bottom",
+    "upper": "top",
+    "lower": "bottom",
+}
+_PARTS = {"half": 2, "third": 3, "quarter": 4}
+_CROP_SIDE = r"\b(?P<side>left|right|top|bottom|upper|lower)(?:\s+(?P<part>half|third|quarter))?\b"
+
+
+def crop_side(text: str, target: ImageInfo | None) -> tuple[tuple[int, int, int, int], str | None] | None:
+    """A crop box for "crop to the left half" (keep it) or "crop the top" (cut a quarter off it).
+
+    The crop transform takes pixels, so the box comes from the target's size.
+    """
+    m = re.search(_CROP_SIDE, text, flags=_I)
+    if m is None or target is None:
+        return None
+    side = _SIDES[m.group("side").lower()]
+    w, h = target.width, target.height
+    keep = m.group("part") is not None or re.search(r"\b(?:to|keep|only)\b", text[: m.start()], flags=_I)
+    if keep:
+        k = _PARTS[(m.group("part") or "half").lower()]
+        boxes = {"left": (0, 0, w // k, h), "right": (w - w // k, 0, w, h)}
+        boxes |= {"top": (0, 0, w, h // k), "bottom": (0, h - h // k, w, h)}
+        return boxes[side], None
+    cut = {"left": (w // 4, 0, w, h), "right": (0, 0, w - w // 4, h)}
+    cut |= {"top": (0, h // 4, w, h), "bottom": (0, 0, w, h - h // 4)}
+    note = f"I cut the {side} quarter off; “crop to the {side} half” keeps that half instead."
+    return cut[side], note

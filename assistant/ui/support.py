@@ -161,11 +161,11 @@ def parse_conversation_param(raw: str) -> int | None:
 
 #: session key → URL query parameter: the sidebar's settings live in the tab's URL, so a reload
 #: (a new session on the same URL) keeps them without storing anything. `seed` says both the
-#: mode and the value: "random", or the fixed seed.
+#: mode and the value: "random", or the fixed seed. The model names are left out on purpose:
+#: a URL is anyone's to write, and a link must not make the app download or load weights
+#: from a place the user never typed.
 SETTING_PARAMS: Mapping[str, str] = {
     Keys.BACKEND: "backend",
-    Keys.OPENAI_MODEL: "openai_model",
-    Keys.DIFFUSERS_MODEL: "local_model",
     Keys.SIZE: "size",
     Keys.STEPS: "steps",
     Keys.GUIDANCE: "guidance",
@@ -174,8 +174,6 @@ SETTING_PARAMS: Mapping[str, str] = {
     Keys.SEED: "seed",
 }
 RANDOM_SEED_PARAM = "random"
-#: the longest model name or folder a URL may set
-MAX_MODEL_PARAM = 500
 MAX_SEED_VALUE = 2**32 - 1
 GUIDANCE_RANGE = (0.0, 20.0)
 GUIDANCE_STEP = 0.5
@@ -222,9 +220,6 @@ def sidebar_values(
         raw = raw.strip()
         if key in offered:
             if raw in offered[key]:
-                values[key] = raw
-        elif key in (Keys.OPENAI_MODEL, Keys.DIFFUSERS_MODEL):
-            if len(raw) <= MAX_MODEL_PARAM and raw.isprintable() and (raw or key == Keys.DIFFUSERS_MODEL):
                 values[key] = raw
         elif key == Keys.STEPS:
             if re.fullmatch(r"[0-9]{1,4}", raw) and 1 <= int(raw) <= STEPS_SLIDER_MAX:

@@ -213,13 +213,16 @@ def test_sidebar_settings_survive_a_reload(app: AppTest, stored: Repository) -> 
     assert set(query(again)) == {"c"}
 
 
-def test_the_backend_and_model_choice_survive_a_reload(app: AppTest) -> None:
+def test_the_backend_choice_survives_a_reload_but_a_model_path_never_comes_from_the_url(
+    app: AppTest,
+) -> None:
     app.selectbox(key=Keys.BACKEND).set_value("diffusers").run()
     app.text_input(key=Keys.DIFFUSERS_MODEL).set_value("/models/sd15").run()
     assert_ok(app)
+    assert "local_model" not in query(app)  # a link must not pick weights to download or load
     again = reload(app)
     assert again.selectbox(key=Keys.BACKEND).value == "diffusers"
-    assert again.text_input(key=Keys.DIFFUSERS_MODEL).value == "/models/sd15"
+    assert again.text_input(key=Keys.DIFFUSERS_MODEL).value == ""
 
 
 def test_bad_settings_in_the_url_fall_back_to_the_defaults(data_dir: Path) -> None:

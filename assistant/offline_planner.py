@@ -659,16 +659,7 @@ class OfflinePlanner:
             probe = resolve_references(raw, context.images)
             if _leftover(probe.remainder, extra=QUESTION_WORDS):
                 return None
-        refs = resolve_references(raw, context.images, default_to_last=True)
-        if not refs.ok:
-            return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
-        return Plan(
-            intent=Intent.DESCRIBE,
-            targets=refs.numbers,
-            instruction=raw,
-            question_kind=kind,
-            reply=describe_reply(kind, refs.numbers, context),
-        )
+        return _describe(raw, kind, context)
 
     def _go_back(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "undo", "go back to #2", "I liked the previous one better": the earlier image is still there.
@@ -891,16 +882,7 @@ class OfflinePlanner:
                 question_kind="list",
                 reply=describe_reply("list", (), context),
             )
-        refs = resolve_references(raw, context.images, default_to_last=True)
-        if not refs.ok:
-            return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
-        return Plan(
-            intent=Intent.DESCRIBE,
-            targets=refs.numbers,
-            instruction=raw,
-            question_kind=kind,
-            reply=describe_reply(kind, refs.numbers, context),
-        )
+        return _describe(raw, kind, context)
 
     # -- verbatim ---------------------------------------------------------------------------
 
@@ -1324,6 +1306,20 @@ class OfflinePlanner:
 
 # --------------------------------------------------------------------------------------------
 # helpers shared by the steps
+
+
+def _describe(raw: str, kind: str, context: PlannerContext) -> Plan:
+    """An answer about the images the message names (the last one when it names none)."""
+    refs = resolve_references(raw, context.images, default_to_last=True)
+    if not refs.ok:
+        return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
+    return Plan(
+        intent=Intent.DESCRIBE,
+        targets=refs.numbers,
+        instruction=raw,
+        question_kind=kind,
+        reply=describe_reply(kind, refs.numbers, context),
+    )
 
 
 def _clarify(text: str, question: str) -> Plan:

@@ -116,15 +116,13 @@ def named_transform(text: str, target: ImageInfo | None) -> tuple[str, dict[str,
     if m := found(_SEPIA):
         candidates.append((m.start(), "sepia", {}, _SEPIA, ["tone", "toned"]))
     if m := found(_BLUR):
-        r = re.search(r"\b(\d{1,2})\s*(?:px|pixels?)?\b", text)
-        if r:
-            radius = int(r.group(1))
-        elif re.search(r"\b(?:a\s+lot|heav(?:y|ily)|strong(?:ly)?|very|more|much)\b", text, flags=_I):
-            radius = 6
-        elif re.search(r"\b(?:slight(?:ly)?|a\s+(?:bit|little)|light(?:ly)?|soft(?:ly)?)\b", text, flags=_I):
-            radius = 1
-        else:
-            radius = 2
+        radius = _amount(
+            text,
+            digits=2,
+            strong=r"a\s+lot|heav(?:y|ily)|strong(?:ly)?|very|more|much",
+            weak=r"slight(?:ly)?|a\s+(?:bit|little)|light(?:ly)?|soft(?:ly)?",
+            values=(6, 1, 2),
+        )
         candidates.append((m.start(), "blur", {"radius": radius}, _BLUR, [*_ADJUST, "soft", "softly"]))
     if m := found(_SHARPEN):
         candidates.append((m.start(), "sharpen", {}, _SHARPEN, []))
@@ -203,15 +201,9 @@ def named_transform(text: str, target: ImageInfo | None) -> tuple[str, dict[str,
         extra = [*_ADJUST, "colors", "colours", "colorful", "colourful"]
         candidates.append((m.start(), "saturation", {"factor": factor}, _SATURATION, extra))
     if m := found(_BORDER):
-        width_m = re.search(r"\b(\d{1,3})\s*(?:px|pixels?)?\b", text)
-        if width_m:
-            width = int(width_m.group(1))
-        elif re.search(r"\bthick|wide|big|heavy\b", text, flags=_I):
-            width = 32
-        elif re.search(r"\bthin|narrow|small|fine\b", text, flags=_I):
-            width = 8
-        else:
-            width = 16
+        width = _amount(
+            text, digits=3, strong=r"thick|wide|big|heavy", weak=r"thin|narrow|small|fine", values=(32, 8, 16)
+        )
         color_m = re.search(r"\b(" + "|".join(COLORS) + r")\b", text, flags=_I)
         color = color_m.group(1).lower() if color_m else "white"
         extra = [*COLORS, "thick", "wide", "big", "heavy", "thin", "narrow", "small", "fine", "around", "add"]
@@ -268,3 +260,18 @@ def crop_side(text: str, target: ImageInfo | None) -> tuple[tuple[int, int, int,
     cut |= {"top": (0, h // 4, w, h), "bottom": (0, 0, w, h - h // 4)}
     note = f"I cut the {side} quarter off; “crop to the {side} half” keeps that half instead."
     return cut[side], note
+
+
+def _amount(text: str, *, digits: int, strong: str, weak: str, values: tuple[int, int, int]) -> int:
+    """A size in pixels from the message: a number ("3 px"), else a strong or a weak word.
+
+    `values` are (strong, weak, neither).
+    """
+    number = re.search(rf"\b(\d{{1,{digits}}})\s*(?:px|pixels?)?\b", text)
+    if number:
+        return int(number.group(1))
+    if re.search(rf"\b(?:{strong})\b", text, flags=_I):
+        return values[0]
+    if re.search(rf"\b(?:{weak})\b", text, flags=_I):
+        return values[1]
+    return values[2]

@@ -31,29 +31,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return os.environ | {"HF_HUB_OFFLINE": "1", "TORCHINDUCTOR_CACHE_DIR": str(cache)}
 
 
+def bench(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The bench's lease plan on tiny CPU shapes, SD 1.5 only, in its own process."""
+    command = [sys.executable, str(ROOT / "bench" / "diffusers_speed.py"), "--smoke", "--lease"]
+    command += ["--models", "sd15", "--workdir", str(tmp_path / "work"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+
+
 def test_lease_plan_runs_every_step_it_can_on_a_cpu(tmp_path: Path, env: dict[str, str]) -> None:
     report = tmp_path / "bench.json"
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "diffusers_speed.py"),
-            "--smoke",
-            "--lease",
-            "--models",
-            "sd15",
-            "--budget",
-            "500",
-            "--workdir",
-            str(tmp_path / "work"),
-            "--json",
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-    )
+    out = bench(tmp_path, env, "--budget", "500", "--json", str(report))
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     rows = [line.split() for line in lines if TABLE_ROW.match(line)]
@@ -76,26 +63,7 @@ def test_lease_plan_runs_every_step_it_can_on_a_cpu(tmp_path: Path, env: dict[st
 
 
 def test_a_budget_too_small_lists_what_did_not_run(tmp_path: Path, env: dict[str, str]) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "diffusers_speed.py"),
-            "--smoke",
-            "--lease",
-            "--models",
-            "sd15",
-            "--budget",
-            "1",
-            "--no-restart-run",
-            "--workdir",
-            str(tmp_path / "work"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-    )
+    out = bench(tmp_path, env, "--budget", "1", "--no-restart-run")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "sd15 64²×2: not run: 0 s of the budget left" in out.stdout
     assert [line.split()[:3] for line in out.stdout.splitlines() if TABLE_ROW.match(line)] == [

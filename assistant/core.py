@@ -45,10 +45,11 @@ BACKEND_DEFAULT_SIZES: dict[str, tuple[int, int]] = {"openai": (1024, 1024), "of
 #: Backends that ignore negative prompts: the planner leaves them empty instead of pretending.
 BACKENDS_WITHOUT_NEGATIVE_PROMPT = frozenset({"openai", "offline"})
 
-#: the reply of a turn whose renderer went away: a reload, Streamlit's stop, a message sent meanwhile
+#: the reply of a turn whose renderer stopped reading it (the UI runs turns in lanes that do
+#: not: see `assistant.turn_lanes`; a program driving `respond` itself may)
 INTERRUPTED = (
-    "Interrupted before it finished (the page was reloaded or stopped, or a new message was sent "
-    "while it ran), so no image was made. Say “try again” to run it again."
+    "Interrupted before it finished (what was running it stopped), so no image was made. "
+    "Say “try again” to run it again."
 )
 #: what a user types to re-run a turn that failed or was stopped
 RETRY = re.compile(

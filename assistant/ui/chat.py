@@ -1,14 +1,17 @@
 """The chat page: the conversation from the database, then one turn per submitted message.
 
 History is always drawn from the repository, so a reload or a restart shows exactly what
-was stored. A turn is drawn live from `Assistant.respond` events (plan in a status box, a
-progress bar fed by Progress events), then the page reruns and shows the stored result.
+was stored. A turn runs in its conversation's lane (`assistant.turn_lanes`), not in this
+script: the page draws it live from its events (plan in a status box, a progress bar fed by
+Progress events) under the history, then reruns and shows the stored result. A rerun only
+stops the drawing; the next run picks the turn up again.
 Image actions only queue a request text ("three variations of #2"); the planner decides.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,12 +21,14 @@ import streamlit as st
 
 from assistant.backends import backend_banner
 from assistant.core import Attachment
-from assistant.events import Failed, ImageReady, PlanMade, Progress, Reply
+from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Reply
 from assistant.settings import BackendChoice
+from assistant.turn_lanes import LiveTurn, TurnLane
 from assistant.ui import HISTORY_PAGE, common, support
 from assistant.ui.common import UiContext
 from assistant.ui.support import ImageView, Keys, MessageView, escape_markdown
 from storage.db import StorageError
+from storage.models import Conversation
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -219,10 +224,18 @@ def _render_message(repo: Repository, view: MessageView) -> None:
             _render_images(repo, view.images)
 
 
-def render_history(repo: Repository, conversation_id: int) -> None:
-    views = support.conversation_view(
-        repo.messages(conversation_id), repo.conversation_images(conversation_id), repo.image_path
-    )
+def render_history(repo: Repository, conversation_id: int, up_to: int | None = None) -> None:
+    """The stored conversation; with `up_to`, only what was there before the turn now running.
+
+    The running turn writes its rows as it goes (its message first); the page draws that turn
+    live under the history, so drawing its rows here too would show it twice.
+    """
+    messages = repo.messages(conversation_id)
+    images = repo.conversation_images(conversation_id)
+    if up_to is not None:
+        messages = [message for message in messages if message.id <= up_to]
+        images = [image for image in images if image.message_id is None or image.message_id <= up_to]
+    views = support.conversation_view(messages, images, repo.image_path)
     for view in views:
         _render_message(repo, view)
 
@@ -329,72 +342,145 @@ def _input_area(ctx: UiContext) -> TurnRequest | None:
 
 # ----- one turn ---------------------------------------------------------------------------------
 
+#: how often a watching page wakes when nothing happens: the elapsed time ticks, and a rerun
+#: (a click, a new message) gets through within this long
+WATCH_TICK_S = 0.5
 
-def _run_turn(ctx: UiContext, conversation_id: int | None, request: TurnRequest) -> None:
-    """Draw the turn as its events arrive; the rerun that follows shows what was stored."""
-    with st.chat_message("user"):
-        st.markdown(escape_markdown(request.text) if request.text else "_(no text)_")
-        for label in request.labels:
-            st.caption(f"Attached: {escape_markdown(label)}")
-    failure: Failed | None = None
-    with st.chat_message("assistant"):
-        status = st.status("Understanding your request…", expanded=True)
-        bar: Any = None
-        assistant = common.make_assistant(ctx.settings, ctx.repo)
-        events = assistant.respond(conversation_id, request.text, request.attachments)
-        try:
-            for event in events:
-                if event.conversation_id:
-                    st.session_state[Keys.CONVERSATION] = event.conversation_id
-                if isinstance(event, PlanMade):
-                    # stay open and running while the backend works: the plan and the bar are the
-                    # point of the box (`with status:` would mark it complete on leaving the block)
-                    status.update(
-                        label=f"{event.intent.capitalize()} · {event.backend} ({event.model})",
-                        state="running",
-                        expanded=True,
-                    )
-                    _render_plan(event.to_dict(), status)
-                    bar = status.progress(0.0, text="Starting…")
-                elif isinstance(event, Progress):
-                    if bar is None:
-                        bar = status.progress(0.0)
-                    fraction = min(1.0, event.step / event.total) if event.total else 0.0
-                    bar.progress(fraction, text=f"Step {event.step} of {event.total}")
-                elif isinstance(event, ImageReady):
-                    status.write(f"#{event.number} is ready.")
-                elif isinstance(event, Reply):
-                    if bar is not None:
-                        bar.progress(1.0, text="Done")
-                    status.update(label="Done", state="complete", expanded=False)
-                elif isinstance(event, Failed):
-                    failure = event
-                    if event.cancelled:
-                        status.update(label="Stopped", state="error", expanded=False)
-                        st.warning(escape_markdown(event.message))
-                    else:
-                        status.update(label="That didn't work", state="error")
-                        st.error(escape_markdown(event.message))
-        except Exception as exc:  # a bug below the UI: say so, keep the page usable
-            log.exception("turn failed unexpectedly")
-            status.update(label="That didn't work", state="error")
-            failure = Failed(
-                conversation_id or 0,
-                f"Something went wrong ({type(exc).__name__}); nothing was lost, please try again.",
-            )
-        finally:
-            # when the script is interrupted (a rerun), closing cancels the backend between steps
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()
-    if failure is not None and not _failure_recorded(ctx.repo, failure):
-        common.flash(failure.message)
+
+def _send(ctx: UiContext, conversation: Conversation | None, request: TurnRequest) -> TurnLane:
+    """Put the message into its conversation's lane; it runs there whatever the page does next."""
+    turn = LiveTurn(
+        assistant=common.make_assistant(ctx.settings, ctx.repo),
+        text=request.text,
+        attachments=tuple(request.attachments),
+        labels=tuple(request.labels),
+    )
+    own = st.session_state.get(Keys.LANE)
+    lane = common.turn_lanes().submit(
+        ctx.settings.effective_database_url,
+        conversation.id if conversation else None,
+        turn,
+        new_lane=own if conversation is None else None,
+    )
+    st.session_state[Keys.LANE] = lane
     # what went with this message is used up; a button's request (Variations on #2) leaves the
     # "use as init" image and the mask attached for the next message the user types
     if request.used_init:
         st.session_state[Keys.INIT_IMAGE] = None
     if request.used_mask:
         st.session_state[Keys.MASK_GENERATION] = int(st.session_state.get(Keys.MASK_GENERATION, 0)) + 1
+    return lane
+
+
+def _user_message(text: str, labels: Sequence[str]) -> None:
+    st.markdown(escape_markdown(text) if text else "_(no text)_")
+    for label in labels:
+        st.caption(f"Attached: {escape_markdown(label)}")
+
+
+def _remove_waiting(lane: TurnLane, turn: LiveTurn) -> None:
+    if lane.remove(turn):
+        common.flash(f"Not sent: “{turn.text}”.", "info")
+
+
+def _draw_waiting(lane: TurnLane, watched: LiveTurn) -> None:
+    for turn in lane.waiting:
+        if turn is watched:
+            continue
+        with st.chat_message("user"):
+            _user_message(turn.text, turn.labels)
+            with st.container(horizontal=True, vertical_alignment="center"):
+                st.caption("Waiting: this runs when the request above is done.")
+                st.button(
+                    "Don't send",
+                    key=f"atelier.unqueue.{turn.number}",
+                    icon=":material/close:",
+                    on_click=_remove_waiting,
+                    args=(lane, turn),
+                )
+
+
+class _TurnDrawing:
+    """The live part of a turn (plan, progress bar, ready images) inside its status box."""
+
+    def __init__(self, status: Any) -> None:
+        self.status = status
+        self.bar: Any = None
+        self.failure: Failed | None = None
+
+    def draw(self, event: Event) -> None:
+        status = self.status
+        if event.conversation_id:
+            st.session_state[Keys.CONVERSATION] = event.conversation_id
+        if isinstance(event, PlanMade):
+            # stay open and running while the backend works: the plan and the bar are the
+            # point of the box (`with status:` would mark it complete on leaving the block)
+            status.update(
+                label=f"{event.intent.capitalize()} · {event.backend} ({event.model})",
+                state="running",
+                expanded=True,
+            )
+            _render_plan(event.to_dict(), status)
+            self.bar = status.progress(0.0, text="Starting…")
+        elif isinstance(event, Progress):
+            if self.bar is None:
+                self.bar = status.progress(0.0)
+            fraction = min(1.0, event.step / event.total) if event.total else 0.0
+            self.bar.progress(fraction, text=f"Step {event.step} of {event.total}")
+        elif isinstance(event, ImageReady):
+            status.write(f"#{event.number} is ready.")
+        elif isinstance(event, Reply):
+            if self.bar is not None:
+                self.bar.progress(1.0, text="Done")
+            status.update(label="Done", state="complete", expanded=False)
+        elif isinstance(event, Failed):
+            self.failure = event
+            if event.cancelled:
+                status.update(label="Stopped", state="error", expanded=False)
+                st.warning(escape_markdown(event.message))
+            else:
+                status.update(label="That didn't work", state="error")
+                st.error(escape_markdown(event.message))
+
+
+def _watch(ctx: UiContext, lane: TurnLane, turn: LiveTurn) -> None:
+    """Draw `turn` as its events arrive, then rerun to show what was stored.
+
+    The turn runs in its lane, not here: a rerun, a reload or another page only stops this
+    drawing, and the next run of the page picks the turn up where it is.
+    """
+    with st.chat_message("user"):
+        _user_message(turn.text, turn.labels)
+    with st.chat_message("assistant"):
+        status = st.status("Understanding your request…", expanded=True)
+        drawing = _TurnDrawing(status)
+        with st.container(horizontal=True, vertical_alignment="center"):
+            elapsed = st.empty()
+            st.button(
+                "Stop",
+                key=f"atelier.stop.{turn.number}",
+                icon=":material/stop_circle:",
+                on_click=turn.stop,
+                help="Stop this request between steps (it is kept as stopped)",
+            )
+    _draw_waiting(lane, turn)
+    started = time.monotonic()
+    seen = 0
+    finished = False
+    while not finished:
+        events, finished = turn.events_after(seen, timeout=WATCH_TICK_S)
+        seen += len(events)
+        for index, event in enumerate(events):
+            later_progress = index + 1 < len(events) and isinstance(events[index + 1], Progress)
+            if isinstance(event, Progress) and later_progress:
+                continue  # a backlog of steps: the bar only needs the newest
+            drawing.draw(event)
+        if not finished:
+            seconds = int(time.monotonic() - started)
+            elapsed.caption("Stopping…" if turn.stop_requested else f"{seconds} s")
+    failure = drawing.failure
+    if failure is not None and not _failure_recorded(ctx.repo, failure):
+        common.flash(failure.message)
     st.rerun()
 
 
@@ -412,9 +498,31 @@ def _failure_recorded(repo: Repository, failure: Failed) -> bool:
 # ----- the page ----------------------------------------------------------------------------------
 
 
+def _adopt_own_lane(repo: Repository) -> None:
+    """Open the conversation this session's first message created, if the page missed it.
+
+    A page left (History, a rerun) before the first turn reported anything never learnt the new
+    conversation's id; the session's lane knows it. "New conversation" forgets the lane.
+    """
+    lane = st.session_state.get(Keys.LANE)
+    if lane is None or st.session_state.get(Keys.CONVERSATION) is not None:
+        return
+    if lane.conversation_id is not None:
+        st.session_state[Keys.CONVERSATION] = lane.conversation_id
+
+
+def _lane_to_watch(ctx: UiContext, conversation: Conversation | None) -> TurnLane | None:
+    """The busy lane of the conversation shown (whoever sent its turns), if there is one."""
+    if conversation is not None:
+        return common.turn_lanes().find(ctx.settings.effective_database_url, conversation.id)
+    own: TurnLane | None = st.session_state.get(Keys.LANE)
+    return own if own is not None and own.busy and own.conversation_id is None else None
+
+
 def render() -> None:
     ctx = common.context()
     repo = ctx.repo
+    _adopt_own_lane(repo)
     conversation = common.current_conversation(repo)
     st.title(escape_markdown(conversation.title) if conversation else "Atelier")
     banner = backend_banner(ctx.settings)
@@ -425,9 +533,11 @@ def render() -> None:
     common.show_flashes()
     notice = st.container()  # filled once the input area says whether a message is being sent
     gone = bool(st.session_state.pop(Keys.CONVERSATION_GONE, False))
+    lane = _lane_to_watch(ctx, conversation)
+    watched = lane.current if lane is not None else None
     if conversation is not None:
-        render_history(repo, conversation.id)
-    else:
+        render_history(repo, conversation.id, up_to=watched.shown_after if watched else None)
+    elif watched is None:
         st.markdown(
             "Describe a picture to start a new conversation. Each image gets a number "
             "(#1, #2, …) you can refer to: " + ", ".join(f"“{escape_markdown(e)}”" for e in EXAMPLES) + "."
@@ -437,8 +547,11 @@ def render() -> None:
     if gone:
         request = _after_deletion(notice, request)
     if request is not None:
+        lane = _send(ctx, conversation, request)
+        watched = watched or lane.current
+    if lane is not None and watched is not None:
         with live:
-            _run_turn(ctx, conversation.id if conversation else None, request)
+            _watch(ctx, lane, watched)
 
 
 #: what the chat says when the conversation it showed was deleted in another tab or window

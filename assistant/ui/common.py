@@ -24,6 +24,7 @@ from streamlit.runtime.media_file_storage import MediaFileStorageError
 
 from assistant.core import Assistant
 from assistant.settings import BackendChoice, Settings, describe_settings_error
+from assistant.turn_lanes import TurnLanes
 from assistant.ui import support
 from assistant.ui.support import Keys, escape_markdown
 from storage.db import StorageError
@@ -179,6 +180,12 @@ def clear_backends() -> None:
     """Forget every cached backend and free a loaded local model (tests, a settings reset)."""
     _backend.clear()
     _release_slot(heavy_slot())
+
+
+@st.cache_resource(show_spinner=False)
+def turn_lanes() -> TurnLanes:
+    """The server's running turns (a cached resource: a page rerun or a reload finds them)."""
+    return TurnLanes()
 
 
 def make_assistant(settings: Settings, repo: Repository) -> Assistant:
@@ -339,6 +346,7 @@ def current_conversation(repo: Repository) -> Conversation | None:
 
 def select_conversation(conversation_id: int | None, goto_chat: bool = True) -> None:
     st.session_state[Keys.CONVERSATION] = conversation_id
+    st.session_state.pop(Keys.LANE, None)  # the page stops following a new chat's first turn
     _show_in_url(conversation_id)
     st.session_state[Keys.CONFIRM_DELETE] = None
     st.session_state[Keys.INIT_IMAGE] = None

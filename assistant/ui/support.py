@@ -28,6 +28,8 @@ class Keys:
     BASE_SETTINGS = "atelier.base_settings"
     CONTEXT = "atelier.context"
     CONVERSATION = "atelier.conversation_id"
+    #: the lane this session's last message went into (a new chat's, before it has an id)
+    LANE = "atelier.turn_lane"
     #: a request an image action queued ("three variations of #2"), sent on the next run
     PENDING = "atelier.pending_request"
     #: an image id the next turn sends as its attachment ("use as init image")

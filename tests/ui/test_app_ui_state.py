@@ -316,14 +316,14 @@ def test_a_reply_cancelled_by_the_next_message_is_drawn_under_its_own_message(
     conversation_id = app.session_state[Keys.CONVERSATION]
     settings = Settings()
     repo = open_repository(settings)
-    # as in the browser: "four cats" runs, the user sends "a dog" (stored at once), and the
-    # first turn's cancellation is recorded only after that
+    # "four cats" runs elsewhere (a CLI in the same data dir), "a dog" is sent meanwhile
+    # (stored at once), and the first turn's cancellation is recorded only after that
     first = Assistant(settings, repo).respond(conversation_id, "four cats on a sofa")
     assert isinstance(next(first), PlanMade)
     second = Assistant(settings, repo).respond(conversation_id, "a dog in the park")
     assert isinstance(next(second), PlanMade)
-    assert isinstance(first, Generator)  # the page closes a turn a rerun interrupts
-    first.close()
+    assert isinstance(first, Generator)
+    first.close()  # its renderer stops reading it
     list(second)
     stored_order = [(m.role, m.status, m.content[:10]) for m in stored.messages(conversation_id)][2:]
     assert [(role, status) for role, status, _ in stored_order] == [

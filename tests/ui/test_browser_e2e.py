@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -318,5 +319,72 @@ def test_send_edit_sends_what_the_edit_box_shows(sync_api: Any, quick_server: st
         assert all(
             image.instruction != "#1: add a moon" for image in repo.conversation_images(conversation.id)
         )
+    finally:
+        repo.db.dispose()
+
+
+#: turns of several seconds, so the test has time to act while one runs
+SLOW_TURN_ENVIRONMENT = {"ATELIER_STEPS": "100", "ATELIER_WIDTH": "2048", "ATELIER_HEIGHT": "2048"}
+
+
+def test_a_turn_keeps_running_through_another_message_another_page_and_stops_on_stop(
+    sync_api: Any, tmp_path: Path, data_dir: Path
+) -> None:
+    """What used to stop a running turn (a message sent meanwhile, opening History) no longer does.
+
+    The second message waits under the first and is answered after it; Stop alone stops a turn,
+    and the turn is kept as stopped.
+    """
+    with (
+        serving(tmp_path, data_dir, SLOW_TURN_ENVIRONMENT) as server,
+        sync_api.sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server)
+            chat_box = page.locator('[data-testid="stChatInputTextArea"]')
+            chat_box.wait_for(timeout=30_000)
+            running_step = page.get_by_text(re.compile(r"Step \d+ of 100")).first
+
+            chat_box.fill("a red fox in the snow at night")
+            chat_box.press("Enter")
+            running_step.wait_for(timeout=TURN_TIMEOUT_MS)
+            chat_box.fill("make it darker")
+            chat_box.press("Enter")
+            sync_api.expect(
+                page.get_by_text("Waiting: this runs when the request above is done")
+            ).to_be_visible(timeout=30_000)
+            page.get_by_role("link", name="History").click()
+            page.get_by_role("link", name="Chat").click()
+            sync_api.expect(page.get_by_text("#1 · generate")).to_be_visible(timeout=TURN_TIMEOUT_MS)
+            sync_api.expect(page.get_by_text("#2 · edit · from #1")).to_be_visible(timeout=TURN_TIMEOUT_MS)
+
+            chat_box.fill("a lighthouse on a cliff at dawn")
+            chat_box.press("Enter")
+            stop_button = page.get_by_role("button", name="Stop", exact=True)
+            stop_button.wait_for(timeout=TURN_TIMEOUT_MS)
+            running_step.wait_for(timeout=TURN_TIMEOUT_MS)
+            stop_button.click()
+            sync_api.expect(
+                page.get_by_test_id("stAlertContentWarning").filter(has_text="Cancelled: you stopped").first
+            ).to_be_visible(timeout=TURN_TIMEOUT_MS)
+        finally:
+            browser.close()
+
+    repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
+    try:
+        (conversation,) = repo.list_conversations()
+        messages = wait_for_messages(repo, conversation.id, 6)
+        assert [(m.role, m.status) for m in messages] == [
+            ("user", "ok"),
+            ("assistant", "ok"),
+            ("user", "ok"),
+            ("assistant", "ok"),
+            ("user", "ok"),
+            ("assistant", "cancelled"),
+        ]
+        first, second = repo.conversation_images(conversation.id)
+        assert second.parent_id == first.id and second.operation == "edit"
     finally:
         repo.db.dispose()

@@ -208,6 +208,11 @@ def _render_images(repo: Repository, images: Sequence[ImageView]) -> None:
             _render_image(repo, image)
 
 
+#: under a message whose turn never ended (the server stopped or restarted while it ran)
+UNANSWERED = "No reply was stored for this: Atelier stopped before it finished."
+UNANSWERED_LAST = f"{UNANSWERED} Say “try again” to run it again."
+
+
 def _render_message(repo: Repository, view: MessageView) -> None:
     with st.chat_message(view.role):
         if view.text:
@@ -217,6 +222,8 @@ def _render_message(repo: Repository, view: MessageView) -> None:
                 st.warning(escape_markdown(view.text), icon=":material/stop_circle:")
             else:
                 st.markdown(escape_markdown(view.text))
+        if view.unanswered:
+            st.caption(UNANSWERED_LAST if view.last else UNANSWERED)
         if view.role == "assistant" and view.plan and (view.plan.get("prompt") or view.plan.get("error")):
             with st.expander("How I read your request"):
                 _render_plan(view.plan)

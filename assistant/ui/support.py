@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -385,6 +385,9 @@ class MessageView:
     cancelled: bool = False
     plan: Mapping[str, Any] | None = None
     images: list[ImageView] = field(default_factory=list)
+    #: a user message no reply was stored for (Atelier stopped mid-turn); `last`: nothing after it
+    unanswered: bool = False
+    last: bool = False
 
 
 def parent_label(image: Image, numbers: Mapping[int, int]) -> str | None:
@@ -436,12 +439,37 @@ def conversation_view(
                 images=by_message.get(message.id, []),
             )
         )
+    views = _mark_unanswered(views, messages)
     loose = [view for key, group in by_message.items() if key not in known for view in group]
     if loose:
         views.append(
             MessageView(id=None, role="assistant", text="", images=sorted(loose, key=lambda v: v.number))
         )
     return views
+
+
+def _mark_unanswered(views: list[MessageView], messages: Sequence[Message]) -> list[MessageView]:
+    """Flag user messages with no reply under them, as drawn and as stored.
+
+    A turn whose process died (a server restart, a kill) leaves its message and nothing else;
+    without a word under it the chat looks as if it were still thinking. Both orders must agree:
+    "try again" after such a message gets a reply drawn under the retried words (so "try again"
+    itself is answered as stored), and a turn cancelled by the next message is answered as
+    drawn. The page draws the running turn's rows itself, so a turn in progress is not flagged.
+    """
+    stored_unanswered = {
+        message.id
+        for index, message in enumerate(messages)
+        if message.role == "user" and (index + 1 == len(messages) or messages[index + 1].role == "user")
+    }
+    marked: list[MessageView] = []
+    for index, view in enumerate(views):
+        following = views[index + 1] if index + 1 < len(views) else None
+        drawn_unanswered = following is None or following.role == "user"
+        if view.role == "user" and drawn_unanswered and view.id in stored_unanswered:
+            view = replace(view, unanswered=True, last=following is None)
+        marked.append(view)
+    return marked
 
 
 def _answers(reply: Message) -> str | None:

@@ -134,3 +134,23 @@ def test_while_a_turn_runs_the_page_offers_stop_and_lists_what_waits(
     # and once both are done the page is the record, without the live parts
     assert not [b for b in app.button if b.label in ("Stop", "Don't send")]
     assert [role for role, _, _ in rows(stored, conversation_id)] == ["user", "assistant"] * 3
+
+
+def test_a_turn_the_server_never_finished_says_so_and_try_again_runs_it(
+    app: AppTest, stored: Repository
+) -> None:
+    from assistant.ui.chat import UNANSWERED_LAST
+
+    send(app, FOX)
+    conversation_id = app.session_state[Keys.CONVERSATION]
+    stored.add_message(conversation_id, "user", "a lighthouse on a cliff")  # then the server died
+
+    reloaded = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
+    reloaded.query_params["c"] = str(conversation_id)
+    reloaded.run()
+    assert_ok(reloaded)
+    assert UNANSWERED_LAST in captions(reloaded)
+    send(reloaded, "try again")
+    assert UNANSWERED_LAST not in captions(reloaded)
+    lighthouse = stored.conversation_images(conversation_id)[-1]
+    assert (lighthouse.number, lighthouse.instruction) == (2, "a lighthouse on a cliff")

@@ -181,3 +181,45 @@ def test_settings_the_widgets_do_not_offer_are_ignored(name: str, raw: str) -> N
 def test_a_random_seed_and_an_off_step_guidance_in_the_url() -> None:
     assert support.sidebar_values({"seed": "random"}, **OFFERED) == {Keys.SEED_MODE: support.RANDOM_SEED}
     assert support.sidebar_values({"guidance": "7.3"}, **OFFERED) == {Keys.GUIDANCE: 7.5}  # the slider's step
+
+
+def _views(messages: list[Message]) -> list[support.MessageView]:
+    return support.conversation_view(messages, [], lambda image: Path("unused"))
+
+
+def test_a_message_no_reply_was_stored_for_is_flagged_and_the_last_one_says_try_again() -> None:
+    stored = [
+        _message(1, "user", "a fox"),  # the server restarted mid-turn
+        _message(2, "user", "a lighthouse"),
+        _message(3, "assistant", "Here you go", answers="a lighthouse"),
+        _message(4, "user", "make it darker"),  # and again
+    ]
+    views = _views(stored)
+    assert [(v.id, v.unanswered, v.last) for v in views] == [
+        (1, True, False),
+        (2, False, False),
+        (3, False, False),
+        (4, True, True),
+    ]
+    answered = _views([*stored[:3]])
+    assert [v.unanswered for v in answered] == [True, False, False]
+
+
+def test_a_retry_and_a_turn_cancelled_by_the_next_message_are_not_flagged_unanswered() -> None:
+    retried = [
+        _message(1, "user", "a lighthouse"),  # the server died, then:
+        _message(2, "user", "try again"),
+        _message(3, "assistant", "Retrying your earlier request …", answers="a lighthouse"),
+    ]
+    assert [(v.id, v.unanswered) for v in _views(retried)] == [(1, False), (3, False), (2, False)]
+    cancelled = [
+        _message(1, "user", "four cats on a sofa"),
+        _message(2, "user", "a dog in the park"),
+        _message(3, "assistant", "Cancelled", "cancelled", answers="four cats on a sofa"),
+        _message(4, "assistant", "Here you go", answers="a dog in the park"),
+    ]
+    assert [v.unanswered for v in _views(cancelled)] == [False] * 4
+
+
+def test_an_empty_conversation_has_no_views() -> None:
+    assert _views([]) == []

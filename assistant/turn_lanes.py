@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class LiveTurn:
     #: drawing the record above the live turn shows those and not this turn's half-written rows;
     #: None while the turn waits
     shown_after: int | None = None
+    #: `time.monotonic()` when the turn began, so every watcher counts from the same moment
+    started_at: float | None = None
     _events: list[Event] = field(default_factory=list)
     _finished: bool = False
     _stop_requested: bool = False
@@ -155,6 +158,7 @@ class TurnLane:
         self._current = self._waiting.popleft() if self._waiting else None
         if self._current is not None:
             self._current.shown_after = self._last_message_id(self._current.assistant)
+            self._current.started_at = time.monotonic()
 
     def _last_message_id(self, assistant: Assistant | None) -> int:
         if self._conversation_id is None or assistant is None:

@@ -471,7 +471,7 @@ def _watch(ctx: UiContext, lane: TurnLane, turn: LiveTurn) -> None:
                 help="Stop this request between steps (it is kept as stopped)",
             )
     _draw_waiting(lane, turn)
-    started = time.monotonic()
+    started = turn.started_at or time.monotonic()
     seen = 0
     finished = False
     while not finished:
@@ -484,7 +484,7 @@ def _watch(ctx: UiContext, lane: TurnLane, turn: LiveTurn) -> None:
             drawing.draw(event)
         if not finished:
             seconds = int(time.monotonic() - started)
-            elapsed.caption("Stopping…" if turn.stop_requested else f"{seconds} s")
+            elapsed.caption("Stopping…" if turn.stop_requested else f"Running for {seconds} s")
     failure = drawing.failure
     if failure is not None and not _failure_recorded(ctx.repo, failure):
         common.flash(failure.message)

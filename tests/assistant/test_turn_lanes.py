@@ -81,6 +81,7 @@ def test_a_message_sent_while_a_turn_runs_waits_and_then_works_on_its_result(
     second = live(settings, repo, "make it snowier")
     assert lanes.submit("db", None, second, new_lane=lane) is lane  # the sender's own new chat
     assert first.started and not second.started and lane.waiting == [second]
+    assert first.started_at is not None and second.started_at is None  # watchers count from here
     assert not first.finished
 
     gate.gate.set()

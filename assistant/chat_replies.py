@@ -23,7 +23,8 @@ PRAISE = (
     r"(?:(?:oh|wow|ok(?:ay)?|yes|yeah|great)\s*[,!.]?\s*)?"
     r"(?:(?:that|this|it)(?:'?s|\s+is|\s+was|\s+looks)\s+(?:(?:so|really|very|just|absolutely)\s+)?)?"
     r"(?:perfect|great|awesome|amazing|beautiful|lovely|nice|cool|wonderful|excellent|fantastic|gorgeous|"
-    r"brilliant|stunning|exactly(?:\s+(?:it|right|what\s+i\s+wanted))?|love\s+it|i\s+love\s+(?:it|this|that))"
+    r"brilliant|stunning|exactly(?:\s+(?:it|right|what\s+i\s+wanted))?|love\s+it|i\s+(?:really\s+)?(?:love|like)\s+"
+    r"(?:it|this|that)(?:\s+(?:one|a\s+lot|very\s+much))?)"
     r"(?:\s*[,!.]*\s*(?:thanks|thank\s+you|ty))?[\s!.]*"
 )
 

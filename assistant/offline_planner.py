@@ -21,14 +21,18 @@ Deterministic, no network, no database: a message plus the structured image list
    change again, on #1).
 5. a mask → INPAINT.
 6. upscale, then transforms (black and white, crop, rotate, …), then render settings ("40 steps",
-   "cfg 12", "16:9", "1920x1080": taken out of the text; alone they re-run the image with its
-   seed), "same seed as #1", replay ("replay #2": same prompt and seed), regenerate ("again"),
-   then variations — each only when nothing but its own words remain after the references
-   are cut out, so "blur the background" is an edit and "blur it" a transform.
-7. an upload → IMG2IMG; "based on #2" → IMG2IMG from #2.
+   "cfg 12", "16:9", "make it square": taken out of the text; alone they re-run the image with its
+   seed at that shape rather than crop it), "same seed as #1", replay ("replay #2": same prompt
+   and seed), regenerate ("again"), then variations — each only when nothing but its own words
+   remain after the references are cut out, so "blur the background" is an edit and "blur it" a
+   transform.
+7. "surprise me" / "anything" / "dealer's choice" → GENERATE of a subject picked from a built-in
+   list (the reply names it; the stored prompt is the record). Then an upload → IMG2IMG; "based on
+   #2" → IMG2IMG from #2.
 8. edit or generate: an explicit reference, an opening pronoun ("that one but at sunset", "it,
-   but…") or an edit-like start ("make it…", "add…", "at sunset") is an edit of the referenced or
-   last image, with the pronoun left out of the prompt; everything else is a new image.
+   but…", also after a wish: "I like it more blue") or an edit-like start ("make it…", "add…", "at
+   sunset") is an edit of the referenced or last image, with the pronoun left out of the prompt;
+   everything else is a new image.
 
 Finally `enforce_capabilities` makes the plan fit the backend or explains why it can't.
 """
@@ -460,6 +464,32 @@ _EDIT_START = (
 )
 
 
+#: "surprise me" and friends: the user leaves the subject to Atelier
+_SURPRISE = (
+    r"^(?:" + _GENERATE_VERB + r"\s+)?(?:(?:me|us)\s+)?(?:(?:a|an|some)\s+)?"
+    r"(?:(?P<n>" + _N + r"|a\s+few|a\s+couple(?:\s+of)?|several)\s+)?(?:"
+    r"surprise\s+(?:me|us)|anything(?:\s+(?:you\s+(?:like|want|choose)|at\s+all|really))?|whatever"
+    r"(?:\s+you\s+(?:like|want))?|dealer'?s\s+choice|(?:your|you'?r)\s+(?:choice|call|pick)|(?:you\s+)?"
+    r"(?:choose|pick|decide)(?:\s+(?:for\s+me|something|anything))?|up\s+to\s+you|something\s+"
+    r"(?:random|cool|nice|fun|interesting|different|surprising)|(?:something|anything)"
+    r"|random\s+(?:images?|pictures?|pics?|photos?|things?|subjects?|drawings?|ones?|stuff)|random)\b"
+)
+#: what "surprise me" draws: subjects the built-in renderer can show, each a plain description
+SURPRISE_SUBJECTS: tuple[str, ...] = (
+    "a red fox in a snowy forest at dawn",
+    "a lighthouse on a rocky coast at sunset",
+    "a cozy cabin by a lake under a starry night sky",
+    "a white horse in a meadow of wildflowers on a sunny morning",
+    "an owl on a pine branch in the misty woods at twilight",
+    "a lone hiker on a mountain trail above the clouds",
+    "a small village by the sea on a rainy evening",
+    "a deer at the edge of a foggy lake at sunrise",
+    "an astronaut walking through a field of sunflowers at dusk",
+    "a castle on a hill under a crescent moon",
+    "a city skyline at night in the rain",
+    "a cat asleep in a garden of roses at noon",
+)
+
 #: a message that opens on "that one", "this picture", or "it," / "that but" points at the last
 #: image: "that one but at sunset" is an edit of it, and the pronoun is no part of the prompt
 _LEADING_DEMONSTRATIVE = (
@@ -467,6 +497,13 @@ _LEADING_DEMONSTRATIVE = (
 )
 _LEADING_PRONOUN = r"^(?:it|this|that)\s*(?:[,;:\-–]+\s*(?:but\b)?|but\b)"
 _LEADING_BARE = r"^(?:it|this|that)\b\s*"
+#: "I like it more blue", "I'd prefer it at sunset", "I want it bluer": a wish about the last image.
+#: `strip_polite` already drops "I'd like" and "I want"; "I like it …" is no polite opener ("I like
+#: cats" is a subject), so it counts only before a pronoun and an edit, which the caller checks.
+_PREFERENCE = (
+    r"^i(?:'?d|\s+would)?\s+(?:really\s+)?(?:like|love|prefer|want|need|rather\s+have)\s+"
+    r"(?=(?:it|this|that)\b)"
+)
 
 
 def _only_a_style(text: str) -> bool:
@@ -482,9 +519,10 @@ def _after_leading_pronoun(text: str) -> str | None:
 
     A bare "it"/"this"/"that" counts only before a comma, a "but", or an edit ("that at dawn",
     "this in watercolor"), since "this little cat…" or "that's…" is a description or a remark.
-    Polite openers ("ok, that one…") go with it; they mean nothing to an edit either.
+    Polite openers ("ok, that one…") go with it; they mean nothing to an edit either, and so does
+    a wish ("I like it more blue" is "more blue" for the last image, never a new picture).
     """
-    core = strip_polite(text)
+    core = re.sub(_PREFERENCE, "", strip_polite(text).replace("’", "'"), flags=_I)
     m = re.match(_LEADING_DEMONSTRATIVE, core, flags=_I) or re.match(_LEADING_PRONOUN, core, flags=_I)
     if m is not None:
         return core[m.end() :].strip()
@@ -601,6 +639,9 @@ class OfflinePlanner:
             planned = step(raw, context)
             if planned is not None:
                 return planned
+        surprise = self._surprise(raw, context)
+        if surprise is not None:
+            return surprise
         if context.has_upload:
             return self._img2img_upload(raw, context)
         from_image = self._img2img_from(raw, context)
@@ -753,6 +794,14 @@ class OfflinePlanner:
 
         Changing steps or the shape and keeping the seed is how AUTOMATIC1111 users compare; a
         new seed only when they ask for one.
+
+        A shape said of an image ("make it square", "make #2 square", "portrait", "16:9") redraws
+        it at that shape with its own prompt and seed, so it keeps its subject and layout and
+        nothing is cut off; that is what "make it square" means to someone looking at a picture.
+        A crop happens only when asked by name ("crop to square"), and exact pixels with a verb
+        ("make it 1024x768") scale the pixels (a resize transform). An image with no prompt of
+        its own to redraw (an upload, a crop, an upscale) can only change shape by a crop, so a
+        ratio alone crops it and the reply says so; an image already that size is left alone.
         """
         refs = resolve_references(rest, context.images, default_to_last=True)
         if refs.status is RefStatus.NO_IMAGES:
@@ -769,16 +818,22 @@ class OfflinePlanner:
         assert info is not None
         number = info.number
         if info.operation in ("upload", "transform", "upscale") or not info.prompt:
-            hint = f" To change its shape, crop it: “crop #{number} to 16:9”." if params.has_shape else ""
-            return _clarify(
-                raw,
-                f"#{number} is {_a(info.operation)}, so it has no prompt to draw again with "
-                f"{params.words()}.{hint}",
-            )
+            return self._reshape_without_prompt(raw, info, params, context)
         seed, _ = _seed(rest)
         if seed is None and not re.search(NEW_SEED, rest, flags=_I):
             seed = info.seed
         shape = params.shape((info.width, info.height))
+        if (
+            shape == (info.width, info.height)
+            and params.steps is None
+            and params.guidance is None
+            and seed == info.seed
+        ):
+            return _clarify(
+                raw,
+                f"#{number} is already {info.width}×{info.height}, so drawing it again at that shape "
+                "would give the same picture. Name another shape (“16:9”, “portrait”) or a change.",
+            )
         negative = info.negative_prompt if context.backend_takes_negative_prompt else ""
         if shape is not None and info.operation != Operation.GENERATE.value:
             # an edit takes its size from its source, so a new shape is its prompt drawn afresh
@@ -811,6 +866,53 @@ class OfflinePlanner:
             steps=params.steps,
             guidance=params.guidance,
             reply=f"#{number} again with {params.words(shape)}.",
+        )
+
+    def _reshape_without_prompt(
+        self, raw: str, info: ImageInfo, params: RenderParams, context: PlannerContext
+    ) -> Plan:
+        """Settings for an image with no prompt of its own: a ratio alone crops it, else a question.
+
+        An upload, a crop or an upscale was not drawn from a prompt and seed, so there is nothing
+        to redraw; cutting it to the shape is the one way to give it that shape, and the reply
+        says that is what happened (and how to redraw the source instead, when there is one).
+        """
+        number = info.number
+        parent = context.image(info.parent_number) if info.parent_number is not None else None
+        redraw_source = (
+            parent is not None
+            and bool(parent.prompt)
+            and parent.operation not in ("upload", "transform", "upscale")
+        )
+        if params.aspect is not None and params.steps is None and params.guidance is None:
+            ratio = f"{params.aspect[0]}:{params.aspect[1]}"
+            if params.aspect[0] * info.height == params.aspect[1] * info.width:
+                return _clarify(raw, f"#{number} is already {ratio} ({info.width}×{info.height}).")
+            instead = (
+                f" Say “make #{parent.number} {ratio}” to redraw #{parent.number} in that shape instead."
+                if redraw_source and parent is not None
+                else ""
+            )
+            return Plan(
+                intent=Intent.TRANSFORM,
+                targets=(number,),
+                instruction=raw,
+                transform="crop",
+                transform_args={"aspect": ratio},
+                reply=f"#{number} is {_a(info.operation)} with no prompt of its own to redraw, so I "
+                f"cropped it to {ratio} (centred).{instead}",
+            )
+        hint = ""
+        if params.size is not None:
+            hint = f" To change its size, resize it: “resize #{number} to {params.size[0]}x{params.size[1]}”."
+        elif params.aspect is not None:
+            hint = (
+                f" To change its shape, crop it: “crop #{number} to {params.aspect[0]}:{params.aspect[1]}”."
+            )
+        return _clarify(
+            raw,
+            f"#{number} is {_a(info.operation)}, so it has no prompt to draw again with "
+            f"{params.words()}.{hint}",
         )
 
     def _same_seed_as(self, raw: str, context: PlannerContext) -> Plan | None:
@@ -1234,6 +1336,54 @@ class OfflinePlanner:
                 f"in {core} style" if "style" not in core.lower() else f"in {core}", context, raw
             )
         return self._generate(raw, context)
+
+    def _surprise(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "surprise me", "anything", "dealer's choice": a subject picked here, never the words.
+
+        The pick is deterministic (a typed seed chooses it, else how many images the conversation
+        has, skipping subjects it already shows), so the same conversation plans the same picture;
+        the chosen subject is the stored prompt, so the record says what was drawn and a replay
+        needs no list. A style or a count may come with it ("surprise me in watercolor", "surprise
+        me with 3 images"); anything more is a description, planned as one. With an upload, the
+        upload is what to work on, so this step leaves it alone.
+        """
+        if context.has_upload:
+            return None
+        core = strip_polite(raw).replace("’", "'")
+        m = re.search(_SURPRISE, core, flags=_I)
+        if m is None:
+            return None
+        seed, rest = _seed(without_match(core, m))
+        count, rest = _count(rest)
+        if m.group("n"):  # "3 random pictures"
+            raw_n = m.group("n").lower()
+            count = (
+                2 if raw_n.startswith("a couple") else 3 if raw_n in ("a few", "several") else _to_int(raw_n)
+            )
+        rest = re.sub(_GENERATE_VERB + r"\b|\b(?:with|of|for|please|ok(?:ay)?)\b", " ", rest, flags=_I)
+        rest = rest.strip(" ,.;:!?-")
+        style = detect_style(raw)
+        if _leftover(rest) and not (style and _only_a_style(rest)):
+            return None
+        used = {(i.instruction or "").lower() for i in context.images} | {
+            i.prompt.split(",")[0].lower() for i in context.images
+        }
+        start = (seed if seed is not None else len(context.images)) % len(SURPRISE_SUBJECTS)
+        rotation = SURPRISE_SUBJECTS[start:] + SURPRISE_SUBJECTS[:start]
+        subject = next((s for s in rotation if s not in used), rotation[0])
+        plan = self._generate(subject if seed is None else f"{subject}, seed {seed}", context)
+        style = style or plan.style
+        if style != plan.style and not context.verbatim:
+            prompt, negative = rewrite_prompt(subject, style)
+            plan = replace(
+                plan,
+                prompt=prompt,
+                negative_prompt=negative if context.backend_takes_negative_prompt else "",
+                style=style,
+            )
+        n, note = cap_n(count or context.default_n, context)
+        chose = f"Surprise! I picked “{subject}”. Say “surprise me” again for another, or change this one."
+        return replace(plan, instruction=raw, n=n, reply=_join(chose, note))
 
     def _generate(self, raw: str, context: PlannerContext) -> Plan:
         seed, text = _seed(raw)

@@ -114,9 +114,14 @@ _NAMED_SHAPE = (
     _PARAM_LEAD + r"\b(?:in\s+)?(?:an?\s+)?" + _ASPECT_WORD + r"\s+" + _SHAPE_NOUN + r"\b"
     r"|" + _PARAM_LEAD_WORD + r"\b(?P<wide>widescreen|panoramic)\b"
 )
-#: a shape word as a whole segment: ", vertical", "make it portrait", "in landscape"
+#: the image a "make #2 square" names; it stays in the rest, so the planner knows which to redraw
+_SHAPE_OBJECT = (
+    r"(?P<obj>it|this|that|them|(?:this|that)\s+one|#\s?\d+|(?:image|picture|pic|photo|number)\s+\d+|"
+    r"the\s+(?:[a-z]+\s+)?(?:one|image|picture))"
+)
+#: a shape word as a whole segment: ", vertical", "make it portrait", "make #2 square", "in landscape"
 _SHAPE_SEGMENT = (
-    r"^(?:(?:make|turn|change|switch|set|redo|redraw|render|do)\s+(?:(?:it|this|that|them)\s+)?)?"
+    r"^(?:(?:make|turn|change|switch|set|redo|redraw|render|do)\s+(?:" + _SHAPE_OBJECT + r"\s+)?)?"
     r"(?:(?:to|into|in|as)\s+)?(?:an?\s+)?" + _ASPECT_WORD + r"(?:\s+(?:one|image|picture|please))?[.!]*$"
 )
 
@@ -163,7 +168,8 @@ def _named_shape(text: str, *, shape_words_alone: bool) -> tuple[tuple[int, int]
             break
         segment = segments[index]
         if m := re.match(_SHAPE_SEGMENT, strip_polite(segment), flags=_I):
-            rest = "".join(segments[: max(0, index - 1)] + segments[index + 1 :])
+            named = [f" {m.group('obj')} "] if m.group("obj") else []
+            rest = "".join(segments[: max(0, index - 1)] + named + segments[index + 1 :])
             return NAMED_ASPECTS[m.group("word").lower()], rest
     return None, text
 

@@ -762,6 +762,125 @@ def _edit_color(prompt: str, clause: str) -> tuple[str, str] | None:
     return _fix_articles(prompt), ""
 
 
+#: "bluer", "redder": the comparative of a colour, for "make it bluer"
+_COLOR_COMPARATIVES: dict[str, str] = {
+    "bluer": "blue",
+    "redder": "red",
+    "greener": "green",
+    "yellower": "yellow",
+    "pinker": "pink",
+    "browner": "brown",
+    "oranger": "orange",
+    "purpler": "purple",
+    "grayer": "gray",
+    "greyer": "grey",
+    "whiter": "white",
+    "blacker": "black",
+}
+#: "more blue", "make it bluer", "a bit more red tones": the whole picture pushed towards a colour
+_MORE_COLOR = (
+    r"(?:(?:make|turn)\s+(?:it|this|that|everything|the\s+(?:image|picture|scene|photo))\s+)?"
+    r"(?:(?:a\s+(?:bit|little|lot)|slightly|much|even|way|far)\s+)?"
+    r"(?:more\s+(?P<color>"
+    + "|".join(COLORS)
+    + r")|(?P<comparative>"
+    + "|".join(_COLOR_COMPARATIVES)
+    + r"))(?:\s+(?:tones?|tints?|hues?|colou?rs?|overall))?"
+)
+
+
+def _edit_more_color(prompt: str, clause: str) -> tuple[str, str] | None:
+    """ "more blue" / "bluer": a colour cast over the whole picture, as "make it blue" gives.
+
+    The words "bluer" or "more blue" mean nothing to an image model once they stand in a prompt
+    with no image to compare against; "dominant blue tones" does. Asked twice, the cast gets
+    stronger once, so a second "bluer" still changes the prompt.
+    """
+    m = re.fullmatch(_MORE_COLOR, clause.strip(), flags=re.IGNORECASE)
+    if not m:
+        return None
+    color = (m.group("color") or _COLOR_COMPARATIVES[m.group("comparative").lower()]).lower()
+    tones, stronger = f"dominant {color} tones", f"strongly dominant {color} tones"
+    if stronger in prompt:
+        return prompt, ""
+    if tones in prompt:
+        return prompt.replace(tones, stronger, 1), ""
+    return _insert_before_details(prompt, tones), ""
+
+
+_SMALL_SIDE = ("tiny", "small", "little")
+_BIG_SIDE = ("big", "large", "huge", "giant", "enormous")
+_SIZE_ADJECTIVES = (*_SMALL_SIDE, *_BIG_SIDE)
+#: each size adjective one step bigger / smaller; "" drops the adjective (back to normal size)
+_BIGGER = {"tiny": "small", "small": "", "little": "", "big": "huge", "large": "huge"}
+_SMALLER = {"huge": "large", "giant": "large", "enormous": "large", "big": "", "large": "", "small": "tiny"}
+_SIZE_DIRECTION = (
+    r"(?P<up>bigger|larger|huger|taller|more\s+(?:prominent|visible|noticeable)|stand\s+out(?:\s+more)?)"
+    r"|(?P<down>smaller|tinier|shorter|less\s+(?:prominent|visible|noticeable))"
+)
+#: "make the fox bigger", "the fox a bit larger", "enlarge the fox", "shrink the boat"
+_RESIZE_THING = (
+    r"(?:(?:make|have|let|get)\s+)?(?:the|its|his|her|their)\s+(?P<obj>[a-z][a-z\-]*(?:\s+[a-z][a-z\-]*)?)"
+    r"\s+(?:(?:a\s+(?:bit|little|lot)|slightly|much|even|way|far)\s+)?(?:" + _SIZE_DIRECTION + r")"
+    r"(?:\s+in\s+the\s+(?:frame|picture|image|scene|shot|photo))?"
+    r"|(?P<verb>enlarge|shrink)\s+(?:the|its|his|her|their)\s+(?P<obj2>[a-z][a-z\-]*(?:\s+[a-z][a-z\-]*)?)"
+)
+#: the segments each direction adds ({obj}: the thing as named, {head}: its last word), so the
+#: framing says it as well as the adjective
+_BIGGER_SEGMENTS = ("close-up of the {obj}", "{head} prominent in the foreground")
+_SMALLER_SEGMENTS = ("the {obj} small in the distance", "wide shot")
+
+
+def _edit_thing_size(prompt: str, clause: str) -> tuple[str, str] | None:
+    """ "make the fox bigger": the thing drawn larger (or smaller) in the frame, not the words.
+
+    A size adjective goes before the thing's name in the subject, one step up or down a small
+    ladder (small → normal → large → huge), and a framing segment says the same in words models
+    know ("close-up of the fox", "wide shot"); the opposite direction's segment goes, so
+    bigger-then-smaller leaves no contradiction. A thing the prompt does not name yet is added.
+    """
+    m = re.fullmatch(_RESIZE_THING, clause.strip(), flags=re.IGNORECASE)
+    if not m:
+        return None
+    obj = (m.group("obj") or m.group("obj2")).lower()
+    if obj in ("image", "picture", "photo", "pic", "scene", "whole", "whole image", "whole picture"):
+        return None  # the whole image bigger is an upscale, which the planner handles
+    bigger = bool(m.group("up")) or (m.group("verb") or "").lower() == "enlarge"
+    head = obj.split()[-1]
+    up = [s.format(obj=obj, head=head) for s in _BIGGER_SEGMENTS]
+    down = [s.format(obj=obj, head=head) for s in _SMALLER_SEGMENTS]
+    segments = [s.strip() for s in prompt.split(",") if s.strip()]
+    # bigger after smaller (or the reverse) is a step back towards the original framing
+    undoing = any(s in (down if bigger else up) for s in segments)
+    prompt = ", ".join(s for s in segments if s not in (*up, *down))
+    noun = re.search(r"\b" + re.escape(head) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
+    if not noun:
+        thing = f"a {'large' if bigger else 'small'} {obj}"
+        return _fix_articles(_insert_after_subject(prompt, thing, as_segment=True)), ""
+    before, after = prompt[: noun.start()], prompt[noun.start() :]
+    # a size word up to two words before the noun is the one to step ("a small red fox")
+    sized = None
+    for s in re.finditer(
+        r"\b(?P<size>" + "|".join(_SIZE_ADJECTIVES) + r")\s+(?=(?:[a-z\-]+\s+)?$)", before, re.I
+    ):
+        sized = s
+    if sized is not None:
+        ladder = _BIGGER if bigger else _SMALLER
+        step = ladder.get(sized.group("size").lower(), sized.group("size"))
+        before = before[: sized.start()] + (f"{step} " if step else "") + before[sized.end() :]
+        # still on the other side of normal ("tiny" → "small"): the framing of that side stays off
+        undoing = undoing or step in (_SMALL_SIDE if bigger else _BIG_SIDE)
+    else:
+        # after the article, before any colour: "a red fox" → "a large red fox"
+        article = re.search(r"\b(?:an?|the|some|one)\s+(?=(?:[a-z\-]+\s+){0,2}$)", before, re.I)
+        at = article.end() if article else len(before)
+        before = before[:at] + ("large " if bigger else "small ") + before[at:]
+    prompt = _fix_articles(before + after)
+    if undoing:
+        return prompt, ""
+    return _insert_after_subject(prompt, ", ".join(up if bigger else down), as_segment=True), ""
+
+
 #: "less red", "make it less blue", "not so blue", "fewer trees": turn something down, never add it
 _LESS_OF = (
     r"(?:make\s+(?P<obj>.+?)\s+)?(?:(?:a\s+(?:bit|little|lot)|slightly|much|way|far|even)\s+)?"
@@ -935,7 +1054,8 @@ def apply_edit(parent_prompt: str, instruction: str) -> str:
     """The parent's prompt changed by the instruction, and nothing else changed.
 
     Each clause of the instruction goes through the first rule that claims it — style, time of
-    day, weather, lighting, "less X", replace, colour, remove, add — and whatever a rule leaves
+    day, weather, lighting, "less X", replace, "more blue", "the fox bigger", colour, remove,
+    add — and whatever a rule leaves
     over goes through the rules again; words no rule understands are added after the subject as
     a clause.
     """
@@ -977,6 +1097,8 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_lighting,
             _edit_less,
             _edit_replace,
+            _edit_more_color,
+            _edit_thing_size,
             _edit_color,
             _edit_remove,
             _edit_add,

@@ -25,10 +25,10 @@ _ROTATE = (
     r"upside|sideways|clockwise|counter|anti|ninety|by)))\b"
 )
 _FLIP = r"\b(?:flip|mirror)(?:ped)?\b"
-_CROP = (
-    r"\b(?:crop|make\s+(?:it\s+)?(?:a\s+)?square|square\s+crop|"
-    r"cut\s+(?:off|out)\s+the\s+(?:left|right|top|bottom))\b"
-)
+#: a crop is asked for by name ("crop to square", "square crop"). "make it square" is no crop: like
+#: "make it 16:9" or "make it portrait" it is a shape, which `render_settings` reads and the
+#: planner redraws with the image's own prompt and seed, so nothing of the picture is cut away.
+_CROP = r"\b(?:crop|square\s+crop|cut\s+(?:off|out)\s+the\s+(?:left|right|top|bottom))\b"
 #: "make it 1024x768" is a resize, not an edit that writes "1024x768" into the prompt. The
 #: planner matches it with the references cut out ("make [#2] 768x512"), so the object is optional.
 RESIZE = (
@@ -148,8 +148,6 @@ def named_transform(text: str, target: ImageInfo | None) -> tuple[str, dict[str,
             args = {"aspect": f"{int(ratio.group(1))}:{int(ratio.group(2))}"}
         elif named:
             args = {"aspect": _RATIOS[named.group(1).lower()]}
-        elif "square" in m.group(0).lower():
-            args = {"aspect": "1:1"}
         name = "crop" if args else ""
         candidates.append(
             (

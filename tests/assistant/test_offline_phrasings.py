@@ -6,12 +6,14 @@ the rows that were (or were not) stored, their sizes, seeds, parameters and prom
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from assistant.core import Assistant
 from assistant.events import Event, ImageReady, PlanMade, Reply
+from assistant.offline_planner import SURPRISE_SUBJECTS
 from storage.models import Image
 from tests.assistant.test_assistant_turns import open_assistant
 
@@ -175,3 +177,130 @@ def test_another_one_after_three_variations_makes_one(studio: tuple[Assistant, i
     assert new_images(events) == [3, 4, 5]
     _, events = say(assistant, conversation_id, "another one")
     assert new_images(events) == [6]
+
+
+def test_make_it_square_redraws_the_image_square_with_its_seed(tmp_path: Path) -> None:
+    """ "make it square" is a shape, as "make it 16:9" is: the picture redrawn, nothing cut off."""
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a lighthouse on a cliff at dusk, 16:9")
+    _, events = say(assistant, conversation_id, "make it square")
+    assert new_images(events) == [2]
+    rows = images(assistant, conversation_id)
+    wide, square = rows[1], rows[2]
+    assert wide.width > wide.height and square.width == square.height
+    assert square.operation != "transform" and square.params.get("regenerated_from") == wide.id
+    assert square.seed == wide.seed and square.prompt == wide.prompt
+    assert "1:1" in reply_text(events)
+
+
+def test_make_number_square_redraws_the_image_named(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a lighthouse on a cliff at dusk, 16:9")
+    say(assistant, conversation_id, "a red fox on a mossy rock")
+    _, events = say(assistant, conversation_id, "make #1 square")
+    assert new_images(events) == [3]
+    rows = images(assistant, conversation_id)
+    assert rows[3].width == rows[3].height and rows[3].params.get("regenerated_from") == rows[1].id
+    assert rows[3].prompt == rows[1].prompt and rows[3].seed == rows[1].seed
+
+
+def test_crop_to_square_still_crops(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a lighthouse on a cliff at dusk, 16:9")
+    _, events = say(assistant, conversation_id, "crop it to square")
+    assert new_images(events) == [2]
+    row = images(assistant, conversation_id)[2]
+    assert (
+        row.operation == "transform"
+        and row.width == row.height == images(assistant, conversation_id)[1].height
+    )
+
+
+def test_make_it_square_of_a_crop_crops_and_says_so(tmp_path: Path) -> None:
+    """A crop has no prompt of its own to redraw: a new shape is another crop, and the reply says it."""
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a lighthouse on a cliff at dusk")
+    say(assistant, conversation_id, "crop it to 16:9")
+    _, events = say(assistant, conversation_id, "make it square")
+    assert new_images(events) == [3]
+    row = images(assistant, conversation_id)[3]
+    assert row.operation == "transform" and row.width == row.height
+    assert "cropped it to 1:1" in reply_text(events) and "make #1 1:1" in reply_text(events)
+
+
+def test_a_square_image_made_square_is_left_alone(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a lighthouse on a cliff at dusk")
+    _, events = say(assistant, conversation_id, "make it square")
+    assert new_images(events) == [] and "already" in reply_text(events)
+
+
+@pytest.mark.parametrize(
+    "text", ["make the fox bigger", "make the fox more prominent", "the fox is too small"]
+)
+def test_make_the_fox_bigger_is_a_clean_edit(tmp_path: Path, text: str) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a red fox on a mossy rock")
+    say(assistant, conversation_id, "a lighthouse at dawn")
+    _, events = say(assistant, conversation_id, text)
+    assert new_images(events) == [3]
+    rows = images(assistant, conversation_id)
+    assert rows[3].operation == "edit" and rows[3].parent_id == rows[1].id
+    assert rows[3].prompt.startswith("a large red fox on a mossy rock, close-up of the fox")
+    assert not re.search(r"bigger|more prominent|too small|\bmake\b", rows[3].prompt)
+
+
+def test_make_the_fox_smaller_after_bigger_goes_back(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a red fox on a mossy rock")
+    say(assistant, conversation_id, "make the fox bigger")
+    say(assistant, conversation_id, "make the fox smaller")
+    rows = images(assistant, conversation_id)
+    assert rows[3].prompt == rows[1].prompt
+
+
+@pytest.mark.parametrize("text", ["I like it more blue", "I'd like it more blue", "I want it bluer"])
+def test_a_wish_about_the_last_image_edits_it(tmp_path: Path, text: str) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a red fox on a mossy rock")
+    _, events = say(assistant, conversation_id, text)
+    assert new_images(events) == [2]
+    rows = images(assistant, conversation_id)
+    assert rows[2].operation == "edit" and rows[2].parent_id == rows[1].id and rows[2].seed == rows[1].seed
+    assert rows[2].prompt.startswith("a red fox on a mossy rock")
+    assert "dominant blue tones" in rows[2].prompt
+    assert not re.search(r"\b(?:like|want|bluer|more blue)\b", rows[2].prompt, flags=re.IGNORECASE)
+
+
+def test_i_like_it_is_praise_not_a_picture(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a red fox on a mossy rock")
+    _, events = say(assistant, conversation_id, "I like it")
+    assert new_images(events) == [] and "Glad you like it" in reply_text(events)
+
+
+@pytest.mark.parametrize(
+    "text", ["surprise me", "anything", "dealer's choice", "random picture", "something random"]
+)
+def test_surprise_me_picks_a_subject_and_says_which(tmp_path: Path, text: str) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id, events = say(assistant, None, text)
+    assert new_images(events) == [1]
+    row = images(assistant, conversation_id)[1]
+    subject = next(s for s in SURPRISE_SUBJECTS if row.prompt.startswith(s))
+    assert f"I picked “{subject}”" in reply_text(events)
+    assert not re.search(r"surprise|anything|dealer|random|choice", row.prompt, flags=re.IGNORECASE)
+    # the record holds the choice: asking about the image gives the subject back
+    _, events = say(assistant, conversation_id, "what prompt made #1?")
+    assert subject in reply_text(events)
+
+
+def test_surprise_me_is_reproducible_and_changes_each_time(tmp_path: Path) -> None:
+    first = open_assistant(tmp_path / "a")
+    second = open_assistant(tmp_path / "b")
+    one, _ = say(first, None, "surprise me")
+    two, _ = say(second, None, "surprise me")
+    assert images(first, one)[1].prompt == images(second, two)[1].prompt
+    say(first, one, "surprise me")
+    rows = images(first, one)
+    assert rows[2].prompt != rows[1].prompt

@@ -682,3 +682,82 @@ def test_a_style_name_alone_restyles_the_last_image() -> None:
     plan = PLANNER.plan("anime", CHAIN)
     assert plan.intent is Intent.EDIT and plan.targets == (3,) and plan.style == "anime"
     assert PLANNER.plan("anime", NO_IMAGES).intent is Intent.GENERATE
+
+
+# -- shapes of existing images, wishes, surprises --------------------------------------------
+
+
+def test_make_it_square_redraws_a_wide_image_with_its_seed() -> None:
+    wide = PlannerContext(images=(replace(_img(1, FOX_SNOW), width=704, height=384),))
+    for text in ("make it square", "make #1 square", "make it a square", "square"):
+        plan = PLANNER.plan(text, wide)
+        assert plan.intent is Intent.REGENERATE and plan.targets == (1,), text
+        assert plan.transform is None and plan.size is not None and plan.size[0] == plan.size[1]
+        assert plan.seed == 1001 and not plan.new_seed and plan.prompt == FOX_SNOW
+
+
+def test_square_crop_words_still_crop() -> None:
+    for text in ("crop to square", "crop it square", "square crop"):
+        plan = PLANNER.plan(text, CHAIN)
+        assert plan.intent is Intent.TRANSFORM and plan.transform_args == {"aspect": "1:1"}, text
+
+
+def test_a_shape_of_an_upload_crops_it_and_says_so() -> None:
+    upload = PlannerContext(images=(replace(_img(1, "", operation="upload"), width=800, height=600),))
+    plan = PLANNER.plan("make it square", upload)
+    assert plan.intent is Intent.TRANSFORM and plan.transform == "crop"
+    assert plan.transform_args == {"aspect": "1:1"} and "cropped it to 1:1" in (plan.reply or "")
+    plan = PLANNER.plan("1920x1080", upload)
+    assert plan.intent is Intent.CLARIFY and "resize #1 to 1920x1080" in (plan.reply or "")
+
+
+def test_a_shape_an_image_already_has_draws_nothing() -> None:
+    plan = PLANNER.plan("make #1 square", CHAIN)
+    assert plan.intent is Intent.CLARIFY and "already 512×512" in (plan.reply or "")
+
+
+@pytest.mark.parametrize(
+    ("text", "in_prompt"),
+    [
+        ("I like it more blue", "dominant blue tones"),
+        ("I'd prefer it at sunset", "sunset"),
+        ("I want it bluer", "dominant blue tones"),
+        ("i'd love it in watercolor", "watercolor"),
+    ],
+)
+def test_a_wish_about_it_is_an_edit_of_the_last_image(text: str, in_prompt: str) -> None:
+    plan = PLANNER.plan(text, FOX_WHALE)
+    assert plan.intent is Intent.EDIT and plan.targets == (2,), plan
+    assert plan.prompt.startswith("a blue whale underwater") and in_prompt in plan.prompt
+    assert not {"like", "prefer", "want", "love", "i", "bluer"} & _words_of(plan)
+
+
+def test_liking_a_subject_is_still_a_picture_of_it() -> None:
+    assert PLANNER.plan("I like cats", NO_IMAGES).intent is Intent.GENERATE
+
+
+def test_surprise_me_is_deterministic_and_honours_style_count_and_seed() -> None:
+    from assistant.offline_planner import SURPRISE_SUBJECTS
+
+    plan = PLANNER.plan("surprise me", NO_IMAGES)
+    assert plan.intent is Intent.GENERATE and plan.prompt.startswith(SURPRISE_SUBJECTS[0])
+    assert plan == PLANNER.plan("surprise me", NO_IMAGES)
+    # the subjects of images already made are skipped, so a second "surprise me" differs
+    seen = PlannerContext(images=(_img(1, plan.prompt, instruction="surprise me"),))
+    assert not PLANNER.plan("surprise me", seen).prompt.startswith(SURPRISE_SUBJECTS[0])
+    styled = PLANNER.plan("surprise me in watercolor", NO_IMAGES)
+    assert styled.style == "watercolor" and "surprise" not in styled.prompt
+    assert PLANNER.plan("surprise me with 3 images", NO_IMAGES).n == 3
+    assert PLANNER.plan("3 random pictures", NO_IMAGES).n == 3
+    seeded = PLANNER.plan("surprise me, seed 5", NO_IMAGES)
+    assert seeded.seed == 5 and seeded.prompt.startswith(SURPRISE_SUBJECTS[5 % len(SURPRISE_SUBJECTS)])
+
+
+@pytest.mark.parametrize(
+    "text", ["a random cat", "something blue", "anything else?", "surprise me with a cat"]
+)
+def test_surprise_words_with_a_subject_are_a_description(text: str) -> None:
+    from assistant.offline_planner import SURPRISE_SUBJECTS
+
+    plan = PLANNER.plan(text, NO_IMAGES)
+    assert not any(plan.prompt.startswith(s) for s in SURPRISE_SUBJECTS), text

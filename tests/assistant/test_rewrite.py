@@ -421,3 +421,26 @@ def test_add_to_an_object_goes_next_to_it_and_removing_it_leaves_no_fragments() 
 )
 def test_replace_swaps_the_thing_in_place(instruction: str, expected: str) -> None:
     assert apply_edit("a blue whale underwater, simple background", instruction) == expected
+
+
+def test_a_thing_made_bigger_is_drawn_larger_not_named_bigger() -> None:
+    bigger = apply_edit(FOX, "make the fox bigger")
+    assert bigger.startswith("a large red fox sitting on a mossy rock, close-up of the fox")
+    assert "bigger" not in bigger
+    assert apply_edit(bigger, "make the fox bigger").startswith("a huge red fox")
+    # smaller after bigger steps back to the original, with no contradicting framing left
+    assert apply_edit(bigger, "make the fox smaller") == FOX
+    smaller = apply_edit(FOX, "make the fox smaller")
+    assert smaller.startswith("a small red fox") and "wide shot" in smaller
+    assert apply_edit(FOX, "make the dragon bigger").startswith(
+        "a red fox sitting on a mossy rock, a large dragon"
+    )
+
+
+def test_more_of_a_colour_is_a_colour_cast() -> None:
+    for instruction in ("more blue", "make it bluer", "bluer", "a bit more blue tones"):
+        edited = apply_edit(FOX, instruction)
+        assert "dominant blue tones" in edited and "bluer" not in edited and "more blue" not in edited
+    twice = apply_edit(apply_edit(FOX, "bluer"), "bluer")
+    assert "strongly dominant blue tones" in twice
+    assert "blue" not in apply_edit(apply_edit(FOX, "bluer"), "less blue")

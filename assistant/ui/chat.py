@@ -505,7 +505,7 @@ def _failure_recorded(repo: Repository, failure: Failed) -> bool:
 # ----- the page ----------------------------------------------------------------------------------
 
 
-def _adopt_own_lane(repo: Repository) -> None:
+def _adopt_own_lane() -> None:
     """Open the conversation this session's first message created, if the page missed it.
 
     A page left (History, a rerun) before the first turn reported anything never learnt the new
@@ -529,7 +529,7 @@ def _lane_to_watch(ctx: UiContext, conversation: Conversation | None) -> TurnLan
 def render() -> None:
     ctx = common.context()
     repo = ctx.repo
-    _adopt_own_lane(repo)
+    _adopt_own_lane()
     conversation = common.current_conversation(repo)
     st.title(escape_markdown(conversation.title) if conversation else "Atelier")
     banner = backend_banner(ctx.settings)

@@ -146,6 +146,16 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
+def stored_repository(data_dir: Path) -> Iterator[Repository]:
+    """The server's database and files, opened independently of it, to check what was stored."""
+    repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
+    try:
+        yield repo
+    finally:
+        repo.db.dispose()
+
+
+@contextlib.contextmanager
 def serving(tmp_path: Path, data_dir: Path, environment: dict[str, str]) -> Iterator[str]:
     """`atelier ui` on a free port with its own data dir; yields its base URL, then stops it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATELIER_", "OPENAI_"))}
@@ -243,14 +253,11 @@ def test_type_a_request_see_the_image_then_its_lineage(
     with PILImage.open(png_path) as png:  # the stored PNG, with its parameters in its metadata
         assert png.size == (1536, 1024) and "a red fox" in png.info.get("parameters", "")
         assert "Steps: 100" in png.info["parameters"]
-    repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
-    try:
+    with stored_repository(data_dir) as repo:
         second, first = repo.list_images()
         assert (first.number, first.instruction) == (1, "a red fox in the snow at night")
         assert (second.number, second.parent_id, second.operation) == (2, first.id, "edit")
         assert repo.image_path(first).is_file() and repo.image_path(second).is_file()
-    finally:
-        repo.db.dispose()
 
 
 EDIT_BOX_LABEL = "Edit an image: say what to change after its number"
@@ -311,16 +318,13 @@ def test_send_edit_sends_what_the_edit_box_shows(sync_api: Any, quick_server: st
         finally:
             browser.close()
 
-    repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
-    try:
+    with stored_repository(data_dir) as repo:
         (conversation,) = repo.list_conversations()
         messages = wait_for_messages(repo, conversation.id, 6)
         assert [m.content for m in messages if m.role == "user"][-1].strip() == "#2:"
         assert all(
             image.instruction != "#1: add a moon" for image in repo.conversation_images(conversation.id)
         )
-    finally:
-        repo.db.dispose()
 
 
 #: turns of several seconds, so the test has time to act while one runs
@@ -372,8 +376,7 @@ def test_a_turn_keeps_running_through_another_message_another_page_and_stops_on_
         finally:
             browser.close()
 
-    repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
-    try:
+    with stored_repository(data_dir) as repo:
         (conversation,) = repo.list_conversations()
         messages = wait_for_messages(repo, conversation.id, 6)
         assert [(m.role, m.status) for m in messages] == [
@@ -386,5 +389,3 @@ def test_a_turn_keeps_running_through_another_message_another_page_and_stops_on_
         ]
         first, second = repo.conversation_images(conversation.id)
         assert second.parent_id == first.id and second.operation == "edit"
-    finally:
-        repo.db.dispose()

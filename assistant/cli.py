@@ -30,7 +30,7 @@ from assistant.runtime import database_exists, open_existing_repository, open_re
 from assistant.settings import MAX_SEED, RANDOM_SEED, Settings, describe_settings_error
 from storage.db import DatabaseDamaged, StorageError, describe_database_error
 from storage.models import Image
-from storage.repository import ImageFilter, IntegrityReport, Repository
+from storage.repository import ROW_ID_MAX, ImageFilter, IntegrityReport, Repository
 from storage.serialize import row_as_dict
 
 app = typer.Typer(
@@ -45,7 +45,7 @@ err = Console(stderr=True, soft_wrap=True)
 #: the shell's convention for a command stopped with Ctrl-C (128 + SIGINT)
 EXIT_CANCELLED = 130
 #: the largest id a row can have (SQLite's INTEGER; PostgreSQL's BIGINT): above it nothing exists
-MAX_ROW_ID = 2**63 - 1
+MAX_ROW_ID = ROW_ID_MAX
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 

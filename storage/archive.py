@@ -31,7 +31,7 @@ from storage.db import StorageError
 from storage.files import sha256_hex
 from storage.models import Conversation, Generation, GenerationInput, Image, Message
 from storage.pngmeta import ATELIER_KEY, PARAMETERS_KEY, encode_png
-from storage.repository import Repository, image_lineage_chunk
+from storage.repository import Repository, image_lineage_chunk, is_row_id
 from storage.serialize import row_as_dict
 
 MANIFEST = "atelier-export.json"
@@ -47,7 +47,7 @@ class ArchiveError(StorageError):
 def export_conversation(repo: Repository, conversation_id: int, out_path: Path) -> int:
     """Write the zip; returns the number of image files in it."""
     with repo.db.read() as session:
-        conversation = session.get(Conversation, conversation_id)
+        conversation = session.get(Conversation, conversation_id) if is_row_id(conversation_id) else None
         if conversation is None:
             raise ArchiveError(f"There is no conversation {conversation_id}.")
         messages = session.scalars(select(Message).where(Message.conversation_id == conversation_id))

@@ -31,6 +31,8 @@ MAX_SEARCH_WORDS = 8
 #: ids bound in one IN (...): well under SQLite's limit on variables per statement
 _IDS_PER_STATEMENT = 500
 
+ROW_ID_MIN, ROW_ID_MAX = -(2**63), 2**63 - 1
+
 
 class NotFound(StorageError):
     pass
@@ -234,6 +236,7 @@ class Repository:
             return conversation
 
     def get_conversation(self, conversation_id: int) -> Conversation:
+        _check_row_id(conversation_id, f"There is no conversation {conversation_id}.")
         with self.db.read() as session:
             conversation = session.get(Conversation, conversation_id)
             if conversation is None:
@@ -301,6 +304,7 @@ class Repository:
         return or_(*(column.contains(spelling, autoescape=True) for spelling in spellings))
 
     def rename_conversation(self, conversation_id: int, title: str) -> Conversation:
+        _check_row_id(conversation_id, f"There is no conversation {conversation_id}.")
         with self.db.write() as session:
             conversation = session.get(Conversation, conversation_id)
             if conversation is None:
@@ -313,6 +317,7 @@ class Repository:
 
         Returns the number of files removed.
         """
+        _check_row_id(conversation_id, f"There is no conversation {conversation_id}.")
         with self.db.write() as session:
             if session.get(Conversation, conversation_id) is None:
                 raise NotFound(f"There is no conversation {conversation_id}.")
@@ -346,6 +351,7 @@ class Repository:
         plan: Mapping[str, Any] | None = None,
         status: str = "ok",
     ) -> Message:
+        _check_row_id(conversation_id, f"There is no conversation {conversation_id}.")
         with self.db.write() as session:
             self._touch_conversation(session, conversation_id)
             message = Message(
@@ -361,6 +367,8 @@ class Repository:
 
     def messages(self, conversation_id: int, limit: int | None = None) -> list[Message]:
         """Oldest first; with `limit`, the newest `limit` messages (still oldest first)."""
+        if not is_row_id(conversation_id):
+            return []
         with self.db.read() as session:
             query = select(Message).where(Message.conversation_id == conversation_id)
             if limit is None:
@@ -556,6 +564,7 @@ class Repository:
     # ----- images: reading ------------------------------------------------------------
 
     def get_image(self, image_id: int) -> Image:
+        _check_row_id(image_id, f"There is no image with id {image_id}.")
         with self.db.read() as session:
             image = session.get(Image, image_id)
             if image is None:
@@ -563,6 +572,8 @@ class Repository:
             return image
 
     def get_image_by_number(self, conversation_id: int, number: int) -> Image:
+        _check_row_id(number, f"There is no image #{number} in this conversation.")
+        _check_row_id(conversation_id, f"There is no conversation {conversation_id}.")
         with self.db.read() as session:
             image = session.scalar(
                 select(Image).where(Image.conversation_id == conversation_id, Image.number == number)
@@ -572,6 +583,8 @@ class Repository:
             return image
 
     def conversation_images(self, conversation_id: int) -> list[Image]:
+        if not is_row_id(conversation_id):
+            return []
         with self.db.read() as session:
             query = select(Image).where(Image.conversation_id == conversation_id).order_by(Image.number)
             return list(session.scalars(query))
@@ -591,6 +604,7 @@ class Repository:
         return _open_stored(self.files.path_for(image.mask_sha256), f"the mask of image #{image.number}")
 
     def generation(self, generation_id: int) -> tuple[Generation, list[GenerationInput]]:
+        _check_row_id(generation_id, f"There is no generation {generation_id}.")
         with self.db.read() as session:
             generation = session.get(Generation, generation_id)
             if generation is None:
@@ -601,6 +615,8 @@ class Repository:
             return generation, inputs
 
     def generations(self, conversation_id: int) -> list[Generation]:
+        if not is_row_id(conversation_id):
+            return []
         with self.db.read() as session:
             query = select(Generation).where(Generation.conversation_id == conversation_id)
             return list(session.scalars(query.order_by(Generation.id)))
@@ -680,6 +696,7 @@ class Repository:
         The existence check rides on the same statement: a separate `session.get` would make
         every lineage view two round trips.
         """
+        _check_row_id(image_id, f"There is no image with id {image_id}.")
         with self.db.read() as session:
             statement = select(Image).from_statement(sql)
             params = {"image_id": image_id, "max_depth": MAX_LINEAGE_DEPTH}
@@ -700,6 +717,8 @@ class Repository:
             if filters.query and filters.query.strip():
                 query = self._text_search(query, filters.query)
             if filters.conversation_id is not None:
+                if not is_row_id(filters.conversation_id):
+                    return []
                 query = query.where(Image.conversation_id == filters.conversation_id)
             if filters.backend:
                 query = query.where(Image.backend == filters.backend)
@@ -898,6 +917,7 @@ class Repository:
     # ----- helpers ---------------------------------------------------------------------
 
     def _lock_conversation(self, session: Session, conversation_id: int) -> None:
+        _check_row_id(conversation_id, f"There is no conversation {conversation_id}.")
         query = select(Conversation.id).where(Conversation.id == conversation_id)
         if not self.db.is_sqlite:
             query = query.with_for_update()
@@ -928,6 +948,17 @@ class Repository:
             session.scalars(select(Image.mask_sha256).where(Image.mask_sha256.in_(wanted)).distinct())
         )
         return {h for h in used if h}
+
+
+def is_row_id(number: int) -> bool:
+    """Ids are signed 64-bit integers: a number outside names no row, and SQLite refuses to
+    even bind it (OverflowError), so lookups answer "not found" without asking."""
+    return ROW_ID_MIN <= number <= ROW_ID_MAX
+
+
+def _check_row_id(number: int, not_found: str) -> None:
+    if not is_row_id(number):
+        raise NotFound(not_found)
 
 
 def _in_dependency_order(items: Sequence[NewGeneration | NewImage]) -> list[NewGeneration | NewImage]:

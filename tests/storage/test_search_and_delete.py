@@ -12,7 +12,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import text
 
-from storage.archive import export_conversation, import_conversation
+from storage.archive import ArchiveError, export_conversation, import_conversation
 from storage.models import Conversation, Image, utcnow
 from storage.repository import (
     MAX_SEARCH_WORDS,
@@ -195,6 +195,35 @@ def test_deleting_a_parent_conversation_keeps_derived_images_elsewhere(
 def test_delete_unknown_conversation(repo: Repository) -> None:
     with pytest.raises(NotFound, match="no conversation 77"):
         repo.delete_conversation(77)
+
+
+@pytest.mark.parametrize("huge", [2**63, 2**70, -(2**63) - 1])
+def test_ids_no_row_can_have_are_not_found_not_a_crash(repo: Repository, huge: int, tmp_path: Path) -> None:
+    """A pasted 20-digit number names nothing; SQLite cannot even bind it, so it must not be asked."""
+    conversation = repo.create_conversation("kept")
+    image = add_generated(repo, conversation.id, "a lighthouse")
+    for lookup in (
+        lambda: repo.get_image(huge),
+        lambda: repo.get_conversation(huge),
+        lambda: repo.get_image_by_number(conversation.id, huge),
+        lambda: repo.get_image_by_number(huge, 1),
+        lambda: repo.lineage_tree(huge),
+        lambda: repo.ancestors(huge),
+        lambda: repo.generation(huge),
+        lambda: repo.rename_conversation(huge, "x"),
+        lambda: repo.delete_conversation(huge),
+        lambda: repo.add_message(huge, "user", "hello"),
+    ):
+        with pytest.raises(NotFound, match="There is no"):
+            lookup()
+    with pytest.raises(ArchiveError, match="no conversation"):
+        export_conversation(repo, huge, tmp_path / "out.zip")
+    assert repo.messages(huge) == []
+    assert repo.conversation_images(huge) == []
+    assert repo.generations(huge) == []
+    assert repo.list_images(ImageFilter(conversation_id=huge)) == []
+    assert [i.id for i in repo.conversation_images(conversation.id)] == [image.id]
+    assert repo.check_integrity().ok
 
 
 def _inpaint_with_mask(repo: Repository, conversation_id: int, index: int) -> Image:

@@ -381,6 +381,7 @@ def _lineage_tree(nodes: list[Any], target: int) -> Tree:
 def export_command(
     conversation_id: Annotated[str, typer.Argument(help="Conversation id.")],
     out_zip: Annotated[Path, typer.Argument(help="The zip file to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT.zip if it exists.")] = False,
 ) -> None:
     """Export a conversation (images, messages, lineage) to a zip."""
     from storage.archive import export_conversation
@@ -391,7 +392,7 @@ def export_command(
         repo = open_existing_repo()
         if repo is None:
             raise _no_conversation(cid)
-        count = export_conversation(repo, cid, out_zip)
+        count = export_conversation(repo, cid, out_zip, replace=force)
         out.print(f"Exported conversation {cid} with {count} files to {escape(str(out_zip))}")
 
 

@@ -44,8 +44,14 @@ class ArchiveError(StorageError):
     pass
 
 
-def export_conversation(repo: Repository, conversation_id: int, out_path: Path) -> int:
-    """Write the zip; returns the number of image files in it."""
+def export_conversation(
+    repo: Repository, conversation_id: int, out_path: Path, *, replace: bool = False
+) -> int:
+    """Write the zip; returns the number of image files in it.
+
+    An existing file is replaced only with `replace`, and never one of Atelier's own files
+    (the database, a stored image): an export aimed at the history it backs up would destroy it.
+    """
     with repo.db.read() as session:
         conversation = session.get(Conversation, conversation_id) if is_row_id(conversation_id) else None
         if conversation is None:
@@ -69,14 +75,13 @@ def export_conversation(repo: Repository, conversation_id: int, out_path: Path) 
             "images": [row_as_dict(i) for i in images],
         }
     hashes = sorted({h for image in images for h in (image.sha256, image.mask_sha256) if h})
-    if out_path.is_dir():
-        raise ArchiveError(f"OUT.zip must be a file path; {out_path} is a folder.")
+    check_export_target(repo, out_path, replace=replace)
     # Every file is read and hashed before the zip exists: an export `import` would refuse
     # (a file whose bytes changed) is worse than none, since it looks like a backup.
     _check_files(repo, images, hashes)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     temp_path = out_path.with_name(out_path.name + ".partial")
     try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(temp_path, "w", compression=zipfile.ZIP_STORED) as archive:
             archive.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
             for digest in hashes:
@@ -88,12 +93,47 @@ def export_conversation(repo: Repository, conversation_id: int, out_path: Path) 
                     raise ArchiveError(_damaged_files_message(images, [], [digest]))
                 archive.writestr(f"images/{digest}.png", data)
         temp_path.replace(out_path)
-    except BaseException:
+    except BaseException as exc:
         # a half-written zip is worse than none: it looks like an export and is not one
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             temp_path.unlink()
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+            raise ArchiveError(f"Cannot write {out_path}: {reason}. Nothing was exported.") from None
         raise
     return len(hashes)
+
+
+def check_export_target(repo: Repository, out_path: Path, *, replace: bool = False) -> None:
+    """Refuse, before anything is written, a target an export must not overwrite."""
+    if out_path.is_dir():
+        raise ArchiveError(f"OUT.zip must be a file path; {out_path} is a folder.")
+    for folder in out_path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise ArchiveError(f"Cannot write {out_path}: {folder} is a file, not a folder.")
+            break
+    target = out_path.resolve()
+    if _is_inside(target, repo.files.root.resolve()):
+        raise ArchiveError(
+            f"{out_path} is inside Atelier's image store ({repo.files.root}); "
+            "choose a path outside the data dir."
+        )
+    database = repo.db.sqlite_file
+    if database is not None:
+        database = database.resolve()
+        own_files = {database} | {database.with_name(database.name + s) for s in ("-wal", "-shm", "-journal")}
+        if target in own_files:
+            raise ArchiveError(f"{out_path} is Atelier's database; choose a path outside the data dir.")
+    if out_path.exists() or out_path.is_symlink():
+        if not out_path.is_file():
+            raise ArchiveError(f"{out_path} exists and is not a regular file; choose another path.")
+        if not replace:
+            raise ArchiveError(f"{out_path} already exists; pass --force to replace it.")
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def _check_files(repo: Repository, images: list[Image], hashes: list[str]) -> None:

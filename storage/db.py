@@ -188,6 +188,16 @@ class Database:
         self._on_commit: list[Callable[[], None]] = []
         self._on_rollback: list[Callable[[], None]] = []
 
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The database's file on disk, or None for a server database or an in-memory one."""
+        if not self.is_sqlite:
+            return None
+        database = make_url(self.url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return Path(database)
+
     def add_write_hooks(self, on_commit: Callable[[], None], on_rollback: Callable[[], None]) -> None:
         """Run `on_commit` after each `write()` transaction commits, `on_rollback` after one fails.
 

@@ -211,6 +211,38 @@ def test_export_refuses_an_image_file_that_no_longer_matches_its_hash(data_dir: 
     assert state(data_dir) == before
 
 
+def test_export_never_overwrites_the_history_it_backs_up(data_dir: Path, tmp_path: Path) -> None:
+    """The QA destroyed atelier.db with `atelier export 1 atelier.db`; an existing file is kept
+    unless --force, and Atelier's own files (database, stored images) are refused even then."""
+    repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
+    stored_image = repo.image_path(repo.get_image(2))
+    repo.db.dispose()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    before = state(data_dir)
+    database = data_dir / "atelier.db"
+    for target, force, fragment in (
+        (database, True, "is Atelier's database"),
+        (data_dir / "sub" / ".." / "atelier.db", True, "is Atelier's database"),
+        (stored_image, True, "inside Atelier's image store"),
+        (data_dir / "images" / "new.zip", False, "inside Atelier's image store"),
+        (notes, False, "already exists; pass --force"),
+        (Path("/dev/null"), True, "is not a regular file"),
+        (notes / "out.zip", False, f"{notes} is a file, not a folder"),
+    ):
+        args = ["export", "1", str(target), *(["--force"] if force else [])]
+        assert_clean_failure(invoke(data_dir, *args), fragment)
+        assert ".partial" not in invoke(data_dir, *args).stderr
+    assert state(data_dir) == before
+    assert notes.read_text() == "my notes"
+    assert invoke(data_dir, "history").exit_code == 0  # the database still opens
+
+    replaced = invoke(data_dir, "export", "1", str(notes), "--force")
+    assert replaced.exit_code == 0, replaced.output
+    assert notes.read_bytes()[:2] == b"PK"  # now a zip
+    assert state(data_dir) == before
+
+
 # ----- 5. strict JSON ------------------------------------------------------------------------------
 
 

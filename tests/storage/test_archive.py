@@ -461,8 +461,9 @@ def test_a_failure_while_writing_the_zip_removes_the_partial_file(
         real_write(self, *args, **kwargs)
 
     monkeypatch.setattr(zipfile.ZipFile, "writestr", failing_write)
-    with pytest.raises(OSError, match="No space left"):
-        export_conversation(repo, conversation.id, out)
+    with pytest.raises(ArchiveError, match=r"Cannot write .*out\.zip: No space left on device") as failure:
+        export_conversation(repo, conversation.id, out, replace=True)
+    assert ".partial" not in str(failure.value)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out.zip"]
     assert out.read_bytes() == b"an older export the user keeps"
 

@@ -8,11 +8,13 @@ exit code 1 — never a traceback. Commands that only look (`history`, `show`, `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,7 +41,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
+
+
+class _StdoutConsole(Console):
+    """Rich exits the process when stdout's reader goes away; a chat turn must finish instead."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _send_stdout_to_devnull()
+
+
+out = _StdoutConsole(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 #: the shell's convention for a command stopped with Ctrl-C (128 + SIGINT)
@@ -585,33 +597,55 @@ def chat(
             raise _no_conversation(conversation_id)
         assistant = build_assistant(settings)
         events = assistant.respond(conversation_id, text, attachments)
-        failure = _print_json_events(events) if as_json else _render_events(events)
+        failure = _show_events(events, _print_json_events if as_json else _render_events)
         if failure is not None:
             raise typer.Exit(EXIT_CANCELLED if failure.cancelled else 1)
 
 
-def _print_json_events(events: Iterator[Any]) -> Any:
-    """Returns the turn's `Failed` event, or None when it succeeded."""
-    failure = None
+def _show_events(events: Iterator[Any], show: Callable[[Iterator[Any]], None]) -> Any:
+    """Show the turn's events; a reader that goes away (`| head -1`) does not stop the turn.
+
+    Abandoning the event stream would interrupt the turn before its images are stored, so
+    after a broken pipe the rest is consumed silently and the turn finishes as if watched.
+    """
+    failures: list[Any] = []
+
+    def watched() -> Iterator[Any]:
+        for event in events:
+            if event.kind == "error":
+                failures.append(event)
+            yield event
+
+    stream = watched()
+    try:
+        show(stream)
+    except BrokenPipeError:
+        _send_stdout_to_devnull()
+        for _event in stream:
+            pass
+    return failures[-1] if failures else None
+
+
+def _send_stdout_to_devnull() -> None:
+    """Later writes (and the interpreter's flush at exit) go nowhere instead of raising again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _print_json_events(events: Iterator[Any]) -> None:
     for event in events:
-        if event.kind == "error":
-            failure = event
         sys.stdout.write(strict_json(event.to_dict()) + "\n")
         sys.stdout.flush()
-    return failure
 
 
-def _render_events(events: Iterator[Any]) -> Any:
-    """The same events the UI shows, for a terminal: plan, a progress bar, images, the reply.
-
-    Returns the turn's `Failed` event, or None when it succeeded.
-    """
+def _render_events(events: Iterator[Any]) -> None:
+    """The same events the UI shows, for a terminal: plan, a progress bar, images, the reply."""
     from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
     from assistant.events import Failed, ImageReady, PlanMade, Reply
     from assistant.events import Progress as StepProgress
 
-    failure = None
     with Progress(
         TextColumn("rendering"),
         BarColumn(),
@@ -640,10 +674,8 @@ def _render_events(events: Iterator[Any]) -> Any:
             elif isinstance(event, Reply):
                 out.print(_escape(event.text))
             elif isinstance(event, Failed):
-                failure = event
                 label = "[yellow]Stopped:[/yellow]" if event.cancelled else "[red]Error:[/red]"
                 err.print(f"{label} {_escape(event.message)}")
-    return failure
 
 
 def _escape(text: str) -> str:

@@ -348,3 +348,26 @@ def test_console_script_json_and_errors(data_dir: Path, tmp_path: Path) -> None:
     assert failed.stderr.strip().count("\n") == 0 and "is not an SQLite database" in failed.stderr
     assert "Traceback" not in failed.stderr
     assert state(data_dir) == before
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_reader_that_goes_away_does_not_stop_the_turn(tmp_path: Path, as_json: bool) -> None:
+    """`atelier chat "…" | head -1`: the pipe closes after the first line; the image is still made
+    and stored, and the command neither fails nor prints a broken-pipe traceback."""
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATELIER_", "OPENAI_"))}
+    env["ATELIER_DATA_DIR"] = str(data_dir)
+    args = [_atelier(), "chat", "a lighthouse at dusk", *(["--json"] if as_json else [])]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first event is written
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, stderr
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr
+    repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
+    try:
+        (image,) = repo.list_images()
+        assert image.instruction == "a lighthouse at dusk"
+        assert repo.image_path(image).is_file()
+    finally:
+        repo.db.dispose()

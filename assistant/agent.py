@@ -263,6 +263,11 @@ def context_block(context: PlannerContext, revised: Mapping[int, str] | None = N
     )
     if upload is not None:
         lines.append(f"The user attached an image to this message; it is #{upload.number}.")
+    elif context.focus is not None:
+        lines.append(
+            f"The user went back to #{context.focus}: unless they name another image, "
+            f'"it" and any change mean #{context.focus}, not the newest image.'
+        )
     if context.has_mask:
         lines.append("A mask is attached to this message: use inpaint_image to repaint its white area.")
     return "Images in this conversation:\n" + "\n".join(lines)

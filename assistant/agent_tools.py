@@ -419,7 +419,7 @@ class Call:
     @cached_property
     def references(self) -> ReferenceResult:
         """Which images the user's words name, by the same rules as the offline planner."""
-        return resolve_references(self.text, self.context.images)
+        return resolve_references(self.text, self.context.images, focus=self.context.focus)
 
     @property
     def verbatim_request(self) -> str | None:

@@ -156,11 +156,11 @@ QUESTION_WORDS = vocab(
 )
 
 
-def still_there(number: int, why: str = "") -> str:
-    """Images are never deleted, so going back is only a matter of naming the earlier image."""
+def still_there(number: int) -> str:
+    """Images are never deleted: going back makes the earlier image the one the next change edits."""
     return (
-        f"Nothing is deleted{why}: #{number} is still there. Say “edit #{number} …” (for example "
-        f"“#{number} but at sunset”) to continue from it, or “variations of #{number}”."
+        f"Back to #{number}: nothing is deleted, #{number} is still there, and your next change "
+        f"(for example “make it snowier”) edits it. Say “variations of #{number}” for new takes on it."
     )
 
 

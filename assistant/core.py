@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 BACKEND_DEFAULT_SIZES: dict[str, tuple[int, int]] = {"openai": (1024, 1024), "offline": (512, 512)}
 
+#: how far back a "go back to #N" reply is looked for (replies since then keep it the working image)
+FOCUS_LOOKBACK_MESSAGES = 40
+
 #: Backends that ignore negative prompts: the planner leaves them empty instead of pretending.
 BACKENDS_WITHOUT_NEGATIVE_PROMPT = frozenset({"openai", "offline"})
 
@@ -327,7 +330,19 @@ class Assistant:
             default_n=1,
             max_n=self.settings.max_n,
             default_size=self.default_size(),
+            focus=self._went_back_to(conversation_id, rows),
         )
+
+    def _went_back_to(self, conversation_id: int, rows: Sequence[Image]) -> int | None:
+        """The image an "undo" reply went back to, while no image has been made since."""
+        newest_image_message = max((row.message_id or 0 for row in rows), default=0)
+        for message in reversed(self.repo.messages(conversation_id, limit=FOCUS_LOOKBACK_MESSAGES)):
+            if message.id <= newest_image_message:
+                return None
+            focus = (message.plan or {}).get("focus") if message.role == "assistant" else None
+            if isinstance(focus, int) and any(row.number == focus for row in rows):
+                return focus
+        return None
 
     # ----- attachments -------------------------------------------------------------------
 

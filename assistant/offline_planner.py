@@ -684,7 +684,7 @@ class OfflinePlanner:
     def _combine(self, raw: str, context: PlannerContext) -> Plan | None:
         if re.search(COMBINE, raw, flags=_I) is None:
             return None
-        refs = resolve_references(raw, context.images)
+        refs = resolve_references(raw, context.images, focus=context.focus)
         if len(refs.numbers) < 2:
             return None
         return _clarify(raw, COMBINE_REPLY.format(f"#{refs.numbers[0]}"))
@@ -697,7 +697,7 @@ class OfflinePlanner:
             return None
         if core.split()[0].lower() in NEEDS_ONLY_A_REFERENCE:
             # "show me a dragon" and "describe a castle" are requests for pictures
-            probe = resolve_references(raw, context.images)
+            probe = resolve_references(raw, context.images, focus=context.focus)
             if _leftover(probe.remainder, extra=QUESTION_WORDS):
                 return None
         return _describe(raw, kind, context)
@@ -714,7 +714,7 @@ class OfflinePlanner:
             return None
         undo = re.match(UNDO_CUE, core, flags=_I) is not None
         rest = core[cue.end() :].strip(" ,.;:!-")
-        refs = resolve_references(rest, context.images)
+        refs = resolve_references(rest, context.images, focus=context.focus)
         if not context.images:
             return _clarify(raw, NO_IMAGES_QUESTION)
         if not refs.ok:
@@ -734,7 +734,7 @@ class OfflinePlanner:
             return _clarify(
                 raw, f"There is nothing before #{first}: it is the first image. " + still_there(first)
             )
-        return _clarify(raw, still_there(number))
+        return replace(_clarify(raw, still_there(number)), focus=number)
 
     def _complaint(self, raw: str, context: PlannerContext) -> Plan | None:
         core = strip_polite(raw).replace("’", "'")
@@ -762,7 +762,7 @@ class OfflinePlanner:
         m = re.match(SAME_AGAIN, core, flags=_I)
         if m is None:
             return None
-        refs = resolve_references(core[m.end() :], context.images)
+        refs = resolve_references(core[m.end() :], context.images, focus=context.focus)
         if not refs.explicit:
             return None
         if not refs.ok:
@@ -783,7 +783,7 @@ class OfflinePlanner:
             return _clarify(raw, "Sampling needs at least 1 step; 20–40 is usual.")
         if params.size is not None and min(params.size) < 64:
             return _clarify(raw, "That is too small to draw; each side needs at least 64 pixels.")
-        probe = resolve_references(rest, context.images)
+        probe = resolve_references(rest, context.images, focus=context.focus)
         _, words = _seed(probe.remainder)
         if _leftover(words, _REGENERATE, extra=RERUN_WORDS):
             return _with_params(raw, self._plan(rest, context), params, context)
@@ -803,7 +803,7 @@ class OfflinePlanner:
         its own to redraw (an upload, a crop, an upscale) can only change shape by a crop, so a
         ratio alone crops it and the reply says so; an image already that size is left alone.
         """
-        refs = resolve_references(rest, context.images, default_to_last=True)
+        refs = resolve_references(rest, context.images, focus=context.focus, default_to_last=True)
         if refs.status is RefStatus.NO_IMAGES:
             return _clarify(
                 raw,
@@ -920,7 +920,7 @@ class OfflinePlanner:
         m = re.search(_SAME_SEED_AS, raw, flags=_I)
         if m is None:
             return None
-        refs = resolve_references(m.group("ref") or m.group("ref2"), context.images)
+        refs = resolve_references(m.group("ref") or m.group("ref2"), context.images, focus=context.focus)
         if not refs.ok or not refs.numbers:
             return _clarify(raw, refs.question or NO_IMAGES_QUESTION) if not refs.ok else None
         source = context.image(refs.numbers[0])
@@ -937,7 +937,7 @@ class OfflinePlanner:
         """ "replay #2", "re-run #1 exactly": the same prompt and the same seed, not a re-roll."""
         if re.search(_REPLAY, raw, flags=_I) is None:
             return None
-        probe = resolve_references(raw, context.images)
+        probe = resolve_references(raw, context.images, focus=context.focus)
         if _leftover(probe.remainder, _REPLAY, extra=_REPLAY_WORDS):
             return None
         refs, problem = self._targets_for_tool(raw, context)
@@ -1044,7 +1044,7 @@ class OfflinePlanner:
         return plan
 
     def _inpaint(self, raw: str, context: PlannerContext) -> Plan:
-        refs = resolve_references(raw, context.images, default_to_last=True)
+        refs = resolve_references(raw, context.images, focus=context.focus, default_to_last=True)
         if context.has_upload and not refs.explicit:
             targets = self._upload_target(context)
         elif not refs.ok:
@@ -1073,7 +1073,7 @@ class OfflinePlanner:
         return _negatives_in_prompt(plan, instruction, context)
 
     def _img2img_upload(self, raw: str, context: PlannerContext) -> Plan:
-        refs = resolve_references(raw, context.images)
+        refs = resolve_references(raw, context.images, focus=context.focus)
         targets = self._upload_target(context)
         if refs.explicit:
             if not refs.ok:
@@ -1121,7 +1121,7 @@ class OfflinePlanner:
         cue = re.search(_IMG2IMG_FROM, raw, flags=_I)
         if cue is None:
             return None
-        refs = resolve_references(raw, context.images)
+        refs = resolve_references(raw, context.images, focus=context.focus)
         if not refs.explicit and not (cue.group("ref") and refs.mentions):
             return None
         if not refs.ok:
@@ -1158,13 +1158,13 @@ class OfflinePlanner:
     # -- model-free operations --------------------------------------------------------------
 
     def _targets_for_tool(self, raw: str, context: PlannerContext) -> tuple[ReferenceResult, Plan | None]:
-        refs = resolve_references(raw, context.images, default_to_last=True)
+        refs = resolve_references(raw, context.images, focus=context.focus, default_to_last=True)
         if not refs.ok:
             return refs, _clarify(raw, refs.question or NO_IMAGES_QUESTION)
         return refs, None
 
     def _upscale(self, raw: str, context: PlannerContext) -> Plan | None:
-        probe = resolve_references(raw, context.images)
+        probe = resolve_references(raw, context.images, focus=context.focus)
         # the cue is looked for with the references cut out too: "make [the second one] bigger"
         if not (re.search(UPSCALE, raw, flags=_I) or re.search(UPSCALE, probe.remainder, flags=_I)):
             return None
@@ -1201,7 +1201,7 @@ class OfflinePlanner:
         )
 
     def _transform(self, raw: str, context: PlannerContext) -> Plan | None:
-        probe = resolve_references(raw, context.images)
+        probe = resolve_references(raw, context.images, focus=context.focus)
         # sizes in pixels ("half", "the left half") come from the image named, else the last one
         target = context.image(probe.numbers[0]) if probe.numbers else context.last
         found = named_transform(probe.remainder, target)
@@ -1241,7 +1241,7 @@ class OfflinePlanner:
         # "one more like that", "one more": a variation of it, which the next step plans
         if not re.search(_REGENERATE, text, flags=_I) or re.search(_VARIATION, text, flags=_I):
             return None
-        probe = resolve_references(text, context.images)
+        probe = resolve_references(text, context.images, focus=context.focus)
         seed, rest = _seed(probe.remainder)
         if count is None:
             count, rest = _count(rest)
@@ -1282,7 +1282,7 @@ class OfflinePlanner:
     def _variation(self, raw: str, context: PlannerContext) -> Plan | None:
         if not re.search(_VARIATION, raw, flags=_I):
             return None
-        probe = resolve_references(raw, context.images)
+        probe = resolve_references(raw, context.images, focus=context.focus)
         seed, rest = _seed(probe.remainder)
         count, rest = _count(rest)
         extra_words = _leftover(rest, _VARIATION, extra=_VARIATION_WORDS)
@@ -1324,7 +1324,7 @@ class OfflinePlanner:
     # -- edit or generate -----------------------------------------------------------------
 
     def _edit_or_generate(self, raw: str, context: PlannerContext) -> Plan:
-        refs = resolve_references(raw, context.images)
+        refs = resolve_references(raw, context.images, focus=context.focus)
         core = strip_polite(raw)
         # the verb test runs without the references, so "picture 1, add a moon" is no "picture a…"
         if re.match(_GENERATE_START, strip_polite(refs.remainder), flags=_I):
@@ -1411,7 +1411,7 @@ class OfflinePlanner:
     def _edit(self, text: str, context: PlannerContext, typed: str | None = None) -> Plan:
         """An edit of one image; `typed` is what the user typed when `text` was rewritten from it."""
         raw = typed if typed is not None else text
-        refs = resolve_references(text, context.images, default_to_last=True)
+        refs = resolve_references(text, context.images, focus=context.focus, default_to_last=True)
         if not refs.ok:
             return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
         if len(refs.numbers) > 1:
@@ -1460,7 +1460,7 @@ class OfflinePlanner:
 
 def _describe(raw: str, kind: str, context: PlannerContext) -> Plan:
     """An answer about the images the message names (the last one when it names none)."""
-    refs = resolve_references(raw, context.images, default_to_last=True)
+    refs = resolve_references(raw, context.images, focus=context.focus, default_to_last=True)
     if not refs.ok:
         return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
     return Plan(

@@ -105,6 +105,9 @@ class PlannerContext:
     max_n: int = 4
     #: the size a fresh image gets: "16:9" keeps about this area in the new shape
     default_size: tuple[int, int] = (512, 512)
+    #: the image the user went back to ("undo", "go back to #1") when no image was made since:
+    #: the one "it" and an edit naming no image mean
+    focus: int | None = None
 
     def image(self, number: int) -> ImageInfo | None:
         for info in self.images:
@@ -114,6 +117,9 @@ class PlannerContext:
 
     @property
     def last(self) -> ImageInfo | None:
+        """The working image: the one the user went back to, else the newest."""
+        if self.focus is not None and (chosen := self.image(self.focus)) is not None:
+            return chosen
         return self.images[-1] if self.images else None
 
     def can(self, operation: Operation) -> bool:
@@ -159,6 +165,8 @@ class Plan:
     #: sampling steps and guidance the user asked for this turn ("40 steps"); None = the settings'
     steps: int | None = None
     guidance: float | None = None
+    #: a reply that goes back to an earlier image ("undo") makes it the working image
+    focus: int | None = None
 
     def __post_init__(self) -> None:
         if self.operation is None and self.intent in INTENT_OPERATIONS:
@@ -195,6 +203,7 @@ class Plan:
             "size": list(self.size) if self.size is not None else None,
             "steps": self.steps,
             "guidance": self.guidance,
+            "focus": self.focus,
         }
 
     @classmethod
@@ -222,6 +231,7 @@ class Plan:
             size=(int(size[0]), int(size[1])) if (size := data.get("size")) else None,
             steps=int(steps) if (steps := data.get("steps")) is not None else None,
             guidance=float(guidance) if (guidance := data.get("guidance")) is not None else None,
+            focus=int(focus) if (focus := data.get("focus")) is not None else None,
         )
 
 

@@ -461,7 +461,7 @@ _UPLOAD_MENTION = (
 )
 
 
-def _find_mentions(text: str, images: Sequence[ImageInfo]) -> list[Mention]:
+def _find_mentions(text: str, images: Sequence[ImageInfo], focus: int | None = None) -> list[Mention]:
     f = _Finder(text, images)
     count = len(images)
 
@@ -666,28 +666,34 @@ def _find_mentions(text: str, images: Sequence[ImageInfo]) -> list[Mention]:
                 f.mentions.append(mention)
 
     # pronouns last: "this one", "that picture", "it"
-    f.scan(
-        r"\b(?:(?:this|that)\s+(?:one|image|picture|pic|photo)|it|this|that)\b",
-        lambda m: f.by_position(m, "pronoun", -1, "image"),
-    )
+    def pronoun(m: re.Match[str]) -> Mention:
+        if focus is not None:
+            return f.ok(m, "pronoun", [focus])
+        return f.by_position(m, "pronoun", -1, "image")
+
+    f.scan(r"\b(?:(?:this|that)\s+(?:one|image|picture|pic|photo)|it|this|that)\b", pronoun)
     return sorted(f.mentions, key=lambda m: m.start)
 
 
 def resolve_references(
-    text: str, images: Sequence[ImageInfo], *, default_to_last: bool = False
+    text: str, images: Sequence[ImageInfo], *, default_to_last: bool = False, focus: int | None = None
 ) -> ReferenceResult:
     """Find every image the text points at; never guess between candidates.
 
     `default_to_last` is for edit-like requests: with nothing mentioned, the last image is the
     one the user means; with no images at all the result asks them to describe one instead.
+    `focus` is the image the user went back to ("undo", "go back to the first one"): until a
+    new image is made, "it" and an edit naming no image mean that one, not the newest.
     """
     images = sorted(images, key=lambda i: i.number)
-    found = _find_mentions(text, images)
+    if focus is not None and not any(i.number == focus for i in images):
+        focus = None
+    found = _find_mentions(text, images, focus)
     if any(m.explicit for m in found):
         # "#2 but make it snowier": the pronoun means #2, not the last image
         found = [m for m in found if m.explicit]
     mentions = tuple(found)
-    spans = tuple((m.start, m.end, m.kind == "pronoun") for m in _find_mentions(text, images))
+    spans = tuple((m.start, m.end, m.kind == "pronoun") for m in _find_mentions(text, images, focus))
     base = ReferenceResult(status=RefStatus.NONE, mentions=mentions, text=text, _spans=spans)
 
     if not mentions:
@@ -695,7 +701,8 @@ def resolve_references(
             return base
         if not images:
             return replace(base, status=RefStatus.NO_IMAGES, question=NO_IMAGES_QUESTION)
-        return replace(base, status=RefStatus.RESOLVED, numbers=(images[-1].number,), defaulted=True)
+        working = focus if focus is not None else images[-1].number
+        return replace(base, status=RefStatus.RESOLVED, numbers=(working,), defaulted=True)
 
     if not images:
         # "my photo as a watercolor" in an empty conversation: ask for the photo, not a description

@@ -878,6 +878,9 @@ def test_context_block_lists_images_as_structured_data() -> None:
         "seed": 2,
         "provider_revised_prompt": "what the provider drew",
     }
+    assert "went back" not in block
+    went_back = context_block(PlannerContext(images=images, focus=1))
+    assert "The user went back to #1" in went_back and "mean #1, not the newest" in went_back
 
 
 def test_a_failed_turn_shows_the_models_long_answer_as_one_capped_line(

@@ -85,11 +85,29 @@ def test_questions_are_answered_from_the_record(studio: tuple[Assistant, int]) -
     assert "heavy snowfall" in reply_text(events)
 
 
-def test_undo_points_at_the_image_before_and_deletes_nothing(studio: tuple[Assistant, int]) -> None:
+def test_undo_makes_the_earlier_image_the_one_the_next_change_edits(studio: tuple[Assistant, int]) -> None:
+    """#1 cabin → #2 snowier; "undo" keeps #2 but the next edit starts from #1, not #2."""
     assistant, conversation_id = studio
     _, events = say(assistant, conversation_id, "undo")
-    assert "Nothing is deleted: #1 is still there" in reply_text(events)
+    assert "Back to #1" in reply_text(events) and "#1 is still there" in reply_text(events)
     assert sorted(images(assistant, conversation_id)) == [1, 2]
+    _, events = say(assistant, conversation_id, "what seed is it?")  # a question keeps #1 current
+    assert "#1" in reply_text(events)
+    _, events = say(assistant, conversation_id, "add a red door")
+    stored = images(assistant, conversation_id)
+    assert new_images(events) == [3] and stored[3].parent_id == stored[1].id
+    _, events = say(assistant, conversation_id, "make it brighter")  # #3 is now the newest and current
+    assert new_images(events) == [4] and images(assistant, conversation_id)[4].parent_id == stored[3].id
+
+
+def test_going_back_to_the_first_one_moves_the_working_image(studio: tuple[Assistant, int]) -> None:
+    assistant, conversation_id = studio
+    say(assistant, conversation_id, "make it brighter")  # #3, from #2
+    _, events = say(assistant, conversation_id, "go back to the first one")
+    assert "Back to #1" in reply_text(events)
+    _, events = say(assistant, conversation_id, "flip it horizontally")
+    stored = images(assistant, conversation_id)
+    assert new_images(events) == [4] and stored[4].parent_id == stored[1].id
 
 
 def test_use_40_steps_re_runs_the_last_image_with_them(studio: tuple[Assistant, int]) -> None:

@@ -372,7 +372,7 @@ def test_going_back_points_at_the_earlier_image_and_makes_nothing(text: str, sti
     plan = PLANNER.plan(text, CHAIN)
     assert plan.intent is Intent.CLARIFY and plan.operation is None
     assert f"#{still_there} is still there" in (plan.reply or "")
-    assert "Nothing is deleted" in (plan.reply or "")
+    assert "nothing is deleted" in (plan.reply or "") and plan.focus == still_there
 
 
 def test_going_back_with_a_change_edits_that_image_without_the_filler() -> None:

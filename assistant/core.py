@@ -7,6 +7,7 @@ one that talks to all three, and the only place exceptions become user messages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import re
@@ -44,6 +45,9 @@ BACKEND_DEFAULT_SIZES: dict[str, tuple[int, int]] = {"openai": (1024, 1024), "of
 
 #: how far back a "go back to #N" reply is looked for (replies since then keep it the working image)
 FOCUS_LOOKBACK_MESSAGES = 40
+
+#: how many ancestors an edit looks through for the steps and guidance it inherits
+INHERIT_LOOKBACK_IMAGES = 20
 
 #: Backends that ignore negative prompts: the planner leaves them empty instead of pretending.
 BACKENDS_WITHOUT_NEGATIVE_PROMPT = frozenset({"openai", "offline"})
@@ -483,12 +487,43 @@ class Assistant:
         width, height = natural
         return self.settings.width or width, self.settings.height or height
 
-    def _steps(self, plan: Plan | None) -> int:
-        """The turn's sampling steps: what the user asked for in the message, else the settings'."""
-        return plan.steps if plan is not None and plan.steps is not None else self.settings.steps
+    def _steps(self, plan: Plan | None, like: Image | None = None) -> int:
+        """The turn's sampling steps: what the message asked for, else what the image worked on
+        was made with ("40 steps" then "make it snowier" keeps 40), else the settings'."""
+        if plan is not None and plan.steps is not None:
+            return plan.steps
+        inherited = self._made_with(like, "steps")
+        return int(inherited) if inherited is not None else self.settings.steps
 
-    def _guidance(self, plan: Plan | None) -> float:
-        return plan.guidance if plan is not None and plan.guidance is not None else self.settings.guidance
+    def _guidance(self, plan: Plan | None, like: Image | None = None) -> float:
+        if plan is not None and plan.guidance is not None:
+            return plan.guidance
+        inherited = self._made_with(like, "guidance")
+        return float(inherited) if inherited is not None else self.settings.guidance
+
+    def _made_with(self, image: Image | None, key: str) -> Any:
+        """A sampler setting of `image`, or of the nearest image it came from that has one.
+
+        A flip or crop has no steps of its own; an edit of it should still keep the original's.
+        A backend that ignores guidance (offline, OpenAI) reports none for its image; the call's
+        record still holds what the user asked for, and that is what a later edit keeps.
+        """
+        for _ in range(INHERIT_LOOKBACK_IMAGES):
+            if image is None:
+                return None
+            value = (image.params or {}).get(key)
+            if value is None and image.generation_id is not None and image.operation != "upload":
+                with contextlib.suppress(NotFound):
+                    value = (self.repo.generation(image.generation_id)[0].params or {}).get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return value
+            if image.parent_id is None:
+                return None
+            try:
+                image = self.repo.get_image(image.parent_id)
+            except NotFound:
+                return None
+        return None
 
     def _check_limits(self, width: int, height: int, n: int, steps: int | None = None) -> None:
         """Refuse a call over the caps, before it is made; pixels count for the whole turn."""
@@ -584,10 +619,14 @@ class Assistant:
         parent_id: int | None = None,
         strength: float | None = None,
         regenerated_from: int | None = None,
+        settings_from: Image | None = None,
     ) -> Generator[Event, None, None]:
+        """`settings_from` is the image whose steps and guidance the call keeps unless the message
+        sets them: the source of an edit or variation, the target of a re-roll."""
         plan = state.plan
         width, height = size
-        steps, guidance = self._steps(plan), self._guidance(plan)
+        like = settings_from or source
+        steps, guidance = self._steps(plan, like), self._guidance(plan, like)
         self._check_limits(width, height, n, steps)
         backend = self.backend
         seed = self._seed(plan) if seed is None else seed
@@ -753,6 +792,7 @@ class Assistant:
             parent_id=target.parent_id,
             strength=params.get("strength"),
             regenerated_from=target.id,
+            settings_from=target,
         )
         state.plan = plan
 
@@ -848,10 +888,14 @@ class Assistant:
         self, conversation_id: int, plan: Plan, tool_calls: Sequence[dict[str, Any]], notes: list[str]
     ) -> PlanMade:
         backend = self.backend
+        like = None
+        if plan.targets and not plan.is_reply_only:
+            with contextlib.suppress(NotFound):
+                like = self.repo.get_image_by_number(conversation_id, plan.targets[0])
         params: dict[str, Any] = {
             "n": plan.n,
-            "steps": self._steps(plan),
-            "guidance": self._guidance(plan),
+            "steps": self._steps(plan, like),
+            "guidance": self._guidance(plan, like),
             "size": "{}x{}".format(*(plan.size or self.default_size())),
         }
         if plan.strength is not None:

@@ -322,3 +322,38 @@ def test_surprise_me_is_reproducible_and_changes_each_time(tmp_path: Path) -> No
     say(first, one, "surprise me")
     rows = images(first, one)
     assert rows[2].prompt != rows[1].prompt
+
+
+def test_steps_and_guidance_carry_over_to_edits_variations_and_re_rolls(tmp_path: Path) -> None:
+    """An A1111 user sets "40 steps, cfg 9" once; every image made from that one keeps them
+    (through a flip, which has none of its own) until a message sets others."""
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a fox in a field, 40 steps, cfg 9")
+
+    def made_with(number: int) -> tuple[int, float]:
+        image = images(assistant, conversation_id)[number]
+        assert image.generation_id is not None
+        params = assistant.repo.generation(image.generation_id)[0].params
+        return params["steps"], params["guidance"]
+
+    for text, number in (
+        ("make it snowier", 2),
+        ("a variation of #1", 3),
+        ("try again", 4),
+        ("flip it horizontally", 5),
+        ("make it brighter", 6),  # an edit of the flip: the steps come from #1 through it
+    ):
+        _, events = say(assistant, conversation_id, text)
+        assert new_images(events) == [number], reply_text(events)
+        if number != 5:
+            assert made_with(number) == (40, 9.0), text
+    _, events = say(assistant, conversation_id, "make it darker, 30 steps")
+    assert made_with(7) == (30, 9.0)
+    fresh, _ = say(assistant, None, "a cat on a sofa")
+    image = images(assistant, fresh)[1]
+    assert image.generation_id is not None
+    fresh_params = assistant.repo.generation(image.generation_id)[0].params
+    settings = assistant.settings  # a new picture gets the settings' values again
+    assert (
+        (fresh_params["steps"], fresh_params["guidance"]) == (settings.steps, settings.guidance) != (40, 9.0)
+    )

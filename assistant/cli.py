@@ -77,6 +77,9 @@ def user_errors() -> Iterator[None]:
     """
     try:
         yield
+    except BrokenPipeError:  # `atelier history | head`: the reader has all it wanted
+        _send_stdout_to_devnull()
+        raise typer.Exit(0) from None
     except (CliError, StorageError) as exc:
         _print_error(str(exc))
     except OSError as exc:

@@ -371,3 +371,15 @@ def test_a_reader_that_goes_away_does_not_stop_the_turn(tmp_path: Path, as_json:
         assert repo.image_path(image).is_file()
     finally:
         repo.db.dispose()
+
+
+@pytest.mark.parametrize("args", [["history"], ["history", "--json"], ["show", "2"], ["lineage", "2"]])
+def test_listings_piped_into_a_reader_that_stops_end_quietly(data_dir: Path, args: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATELIER_", "OPENAI_"))}
+    env["ATELIER_DATA_DIR"] = str(data_dir)
+    process = subprocess.Popen([_atelier(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, stderr
+    assert stderr == ""

@@ -168,6 +168,12 @@ def _to_int(token: str) -> int:
 _SEED = r"\b(?:(?:with|using|and|use)\s+)?(?:the\s+|a\s+)?seed\s*(?:=|:|#|of|number|to)?\s*(?P<seed>\d+)\b"
 
 
+#: words a message that only sets a seed ("same but with seed 42") may have besides it
+_RESEED_WORDS = vocab(
+    "same but with use using set change switch to it this that one image picture please now instead just"
+)
+
+
 def _seed(text: str) -> tuple[int | None, str]:
     m = re.search(_SEED, text, flags=_I)
     if not m:
@@ -633,6 +639,7 @@ class OfflinePlanner:
             self._with_render_params,
             self._same_seed_as,
             self._replay,
+            self._reseed,
             self._regenerate,
             self._variation,
         ):
@@ -1247,6 +1254,31 @@ class OfflinePlanner:
             count, rest = _count(rest)
         if _leftover(rest, _REGENERATE, extra=_REGENERATE_WORDS):
             return None
+        return self._regenerate_plan(raw, text, count, seed, context)
+
+    def _reseed(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "seed 42", "#1 with seed 42", "same but with seed 42": that image again with the seed.
+
+        A seed alone is a setting, like "40 steps": the picture it applies to is the one named,
+        else the working image; with no image yet the seed waits for a description.
+        """
+        seed, rest = _seed(raw)
+        if seed is None:
+            return None
+        probe = resolve_references(rest, context.images, focus=context.focus)
+        if _leftover(probe.remainder, extra=_RESEED_WORDS):
+            return None
+        if not context.images:
+            return _clarify(
+                raw,
+                "What should the image show? Describe it along with the seed, for example "
+                f"“a red fox, seed {seed}”.",
+            )
+        return self._regenerate_plan(raw, rest, 1, seed, context)
+
+    def _regenerate_plan(
+        self, raw: str, text: str, count: int | None, seed: int | None, context: PlannerContext
+    ) -> Plan:
         refs, problem = self._targets_for_tool(text, context)
         if problem:
             return problem

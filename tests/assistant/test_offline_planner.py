@@ -761,3 +761,29 @@ def test_surprise_words_with_a_subject_are_a_description(text: str) -> None:
 
     plan = PLANNER.plan(text, NO_IMAGES)
     assert not any(plan.prompt.startswith(s) for s in SURPRISE_SUBJECTS), text
+
+
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [
+        ("seed 42", 3),
+        ("use seed 42", 3),
+        ("set the seed to 42", 3),
+        ("same but with seed 42", 3),
+        ("#1 with seed 42", 1),
+        ("the first one with seed 42", 1),
+    ],
+)
+def test_a_seed_alone_re_runs_the_image_with_that_seed(text: str, target: int) -> None:
+    """A seed is a setting like "40 steps": the image named (else the latest) again with it,
+    never "what should the image show?" and never the words in the prompt."""
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.REGENERATE and plan.targets == (target,), plan
+    assert plan.seed == 42 and not plan.new_seed and plan.n == 1
+    assert "seed" not in plan.prompt
+    assert plan.prompt == CHAIN.image(target).prompt  # type: ignore[union-attr]
+
+
+def test_a_seed_with_no_image_asks_for_a_description_with_it() -> None:
+    plan = PLANNER.plan("seed 42", NO_IMAGES)
+    assert plan.intent is Intent.CLARIFY and "seed 42" in (plan.reply or "")

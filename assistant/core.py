@@ -776,9 +776,9 @@ class Assistant:
         params = target.params or {}
         mask = self.repo.load_mask(target)
         plan = state.plan
-        fresh_plan = replace(
-            plan, new_seed=True, strength=params.get("strength"), negative_prompt=target.negative_prompt
-        )
+        # one image re-run may change its negative prompt ("negative: text"); a batch keeps each one's
+        negative = plan.negative_prompt if len(plan.targets) == 1 else target.negative_prompt
+        fresh_plan = replace(plan, new_seed=True, strength=params.get("strength"), negative_prompt=negative)
         state.plan = fresh_plan
         yield from self._backend_call(
             state,

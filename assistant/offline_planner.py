@@ -168,6 +168,17 @@ def _to_int(token: str) -> int:
 _SEED = r"\b(?:(?:with|using|and|use)\s+)?(?:the\s+|a\s+)?seed\s*(?:=|:|#|of|number|to)?\s*(?P<seed>\d+)\b"
 
 
+#: "negative: blurry", "negative prompt = text, watermark": the rest of the message is the negative prompt
+_NEGATIVE_LABEL = (
+    r"(?:^|[\s,.;])(?:(?:set|use|with|add|and)\s+)?(?:the\s+|a\s+)?negative(?:\s+prompt)?"
+    r"\s*(?:[:=]|\bis\b|\bto\b)\s*(?P<neg>.*)$"
+)
+NO_NEGATIVE_PROMPT_REPLY = (
+    "This backend takes no negative prompt, so it would change nothing here. The diffusers "
+    "backend (ATELIER_BACKEND=diffusers) takes one; here, say what to leave out instead "
+    "(“without text”)."
+)
+
 #: words a message that only sets a seed ("same but with seed 42") may have besides it
 _RESEED_WORDS = vocab(
     "same but with use using set change switch to it this that one image picture please now instead just"
@@ -634,6 +645,7 @@ class OfflinePlanner:
         if context.has_mask:
             return self._inpaint(raw, context)
         for step in (
+            self._with_negative,
             self._upscale,
             self._transform,
             self._with_render_params,
@@ -1255,6 +1267,48 @@ class OfflinePlanner:
         if _leftover(rest, _REGENERATE, extra=_REGENERATE_WORDS):
             return None
         return self._regenerate_plan(raw, text, count, seed, context)
+
+    def _with_negative(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "negative: blurry, text", "a castle. negative prompt: fog": the words after the label
+        are the negative prompt, never part of the picture.
+
+        Alone (or with an image named) it redraws that image with the same seed and the new
+        negative prompt, as an A1111 user would compare; with a description it goes to the new
+        picture. A backend that takes no negative prompt gets an honest answer instead.
+        """
+        m = re.search(_NEGATIVE_LABEL, raw, flags=_I)
+        if m is None:
+            return None
+        negative = m.group("neg").strip(" ,.;:\"'“”")
+        rest = raw[: m.start()].strip(" ,.;:-")
+        if not negative:
+            return _clarify(raw, "What should the negative prompt be? For example “negative: blurry, text”.")
+        probe = resolve_references(rest, context.images, focus=context.focus)
+        if _leftover(probe.remainder, extra=_RESEED_WORDS):
+            planned = self._plan(rest, context)
+            if planned.is_reply_only or planned.intent in (Intent.TRANSFORM, Intent.UPSCALE):
+                return replace(planned, instruction=raw)
+            if not context.backend_takes_negative_prompt:
+                unused = f"This backend takes no negative prompt, so “{negative}” was not used."
+                return replace(planned, instruction=raw, reply=_join(planned.reply, unused))
+            return replace(planned, instruction=raw, negative_prompt=negative)
+        if not context.backend_takes_negative_prompt:
+            return _clarify(raw, NO_NEGATIVE_PROMPT_REPLY)
+        if not context.images:
+            return _clarify(
+                raw, f"What should the image show? Describe it along with the negative prompt “{negative}”."
+            )
+        planned = self._regenerate_plan(raw, rest, 1, None, context)
+        target = context.image(planned.targets[0]) if planned.targets else None
+        if planned.is_reply_only or target is None:
+            return planned
+        return replace(
+            planned,
+            negative_prompt=negative,
+            seed=target.seed,
+            new_seed=False,
+            reply=f"#{target.number} again with the same seed and the negative prompt “{negative}”.",
+        )
 
     def _reseed(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "seed 42", "#1 with seed 42", "same but with seed 42": that image again with the seed.

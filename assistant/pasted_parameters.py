@@ -48,7 +48,10 @@ def plan_from_pasted_parameters(text: str) -> Plan | None:
     ignored = [key for key in params if key not in _APPLIED and key not in _QUIET]
     if ignored:
         listed = ", ".join(f"{key} ({params[key]})" for key in ignored)
-        notes.append(f"Not applied from the pasted parameters: {listed}; set those in the settings.")
+        notes.append(
+            f"Not applied from the pasted parameters: {listed} "
+            "(Atelier has no control for them, so the backend used its own)."
+        )
     return Plan(
         intent=Intent.GENERATE,
         instruction=text,

@@ -787,3 +787,38 @@ def test_a_seed_alone_re_runs_the_image_with_that_seed(text: str, target: int) -
 def test_a_seed_with_no_image_asks_for_a_description_with_it() -> None:
     plan = PLANNER.plan("seed 42", NO_IMAGES)
     assert plan.intent is Intent.CLARIFY and "seed 42" in (plan.reply or "")
+
+
+@pytest.mark.parametrize(
+    ("text", "target", "negative"),
+    [
+        ("negative: blurry, text", 3, "blurry, text"),
+        ("negative prompt: blurry", 3, "blurry"),
+        ("set the negative prompt to watermark", 3, "watermark"),
+        ("#1 negative: fog", 1, "fog"),
+    ],
+)
+def test_a_negative_prompt_alone_redraws_the_image_with_it(text: str, target: int, negative: str) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    info = CHAIN.image(target)
+    assert info is not None
+    assert plan.intent is Intent.REGENERATE and plan.targets == (target,)
+    assert plan.negative_prompt == negative and plan.seed == info.seed and not plan.new_seed
+    assert plan.prompt == info.prompt
+
+
+def test_a_negative_prompt_with_a_description_goes_to_that_picture() -> None:
+    plan = PLANNER.plan("a castle on a hill. negative prompt: fog, people", NO_IMAGES)
+    assert plan.intent is Intent.GENERATE and plan.negative_prompt == "fog, people"
+    assert "castle" in plan.prompt and "fog" not in plan.prompt and "negative" not in plan.prompt
+    edit = PLANNER.plan("make it snowier, negative: cars", CHAIN)
+    assert edit.intent is Intent.EDIT and edit.negative_prompt == "cars" and "cars" not in edit.prompt
+
+
+def test_a_negative_prompt_on_a_backend_without_one_is_said_not_drawn() -> None:
+    without = replace(CHAIN, backend_takes_negative_prompt=False)
+    alone = PLANNER.plan("negative: blurry, text", without)
+    assert alone.intent is Intent.CLARIFY and "takes no negative prompt" in (alone.reply or "")
+    planned = PLANNER.plan("a castle, negative: fog", replace(NO_IMAGES, backend_takes_negative_prompt=False))
+    assert planned.intent is Intent.GENERATE and "fog" not in planned.prompt
+    assert "“fog” was not used" in (planned.reply or "")

@@ -28,3 +28,23 @@ def test_each_image_of_a_diffusers_batch_replays_pixel_identical(tmp_path: Path,
     first, second = (repo.get_image(ready.id) for ready in made)
     assert first.seed is not None
     assert second.seed == first.seed + 1  # each image keeps its own seed in the record
+
+
+@pytest.mark.slow
+def test_negative_alone_redraws_the_image_with_its_seed_and_that_negative(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """ "negative: blurry, text" after a picture is A1111's compare: same prompt and seed, new
+    negative prompt; the words never reach the positive prompt."""
+    assistant = diffusers_assistant(tmp_path / "data", tiny_model)
+    first_turn = turn(assistant, None, "a red fox in the snow")
+    (first,) = images_made(first_turn)
+    conversation_id = first_turn[0].conversation_id
+    (second,) = images_made(turn(assistant, conversation_id, "negative: blurry, text"))
+    repo = assistant.repo
+    original, redrawn = repo.get_image(first.id), repo.get_image(second.id)
+    assert redrawn.negative_prompt == "blurry, text" != original.negative_prompt
+    assert redrawn.prompt == original.prompt and redrawn.seed == original.seed
+    assert "blurry" not in redrawn.prompt
+    a, b = (np.asarray(repo.load_image(image)) for image in (original, redrawn))
+    assert not np.array_equal(a, b)  # the negative prompt reached the pipeline

@@ -421,8 +421,18 @@ class Assistant:
             return
         operation = plan.operation or Operation.GENERATE
         if operation is Operation.GENERATE:
+            # a redraw of one image at another shape ("make #3 square") is that image's child
+            redrawn = sources[0] if len(sources) == 1 and sources[0] is not upload else None
             yield from self._backend_call(
-                state, operation, plan.prompt, None, None, plan.size or self._size(None), plan.n
+                state,
+                operation,
+                plan.prompt,
+                None,
+                None,
+                plan.size or self._size(None),
+                plan.n,
+                parent_id=redrawn.id if redrawn is not None else None,
+                settings_from=redrawn,
             )
             return
         if not sources:
@@ -776,6 +786,8 @@ class Assistant:
         params = target.params or {}
         mask = self.repo.load_mask(target)
         plan = state.plan
+        # a re-roll is a sibling of the target; the same image at a new shape is its child
+        reshaped = plan.size is not None and plan.size != (target.width, target.height)
         # one image re-run may change its negative prompt ("negative: text"); a batch keeps each one's
         negative = plan.negative_prompt if len(plan.targets) == 1 else target.negative_prompt
         fresh_plan = replace(plan, new_seed=True, strength=params.get("strength"), negative_prompt=negative)
@@ -789,7 +801,7 @@ class Assistant:
             plan.size or (int(params.get("width", target.width)), int(params.get("height", target.height))),
             max(1, plan.n),
             seed=self._seed(fresh_plan, previous=target.seed),
-            parent_id=target.parent_id,
+            parent_id=target.id if reshaped else target.parent_id,
             strength=params.get("strength"),
             regenerated_from=target.id,
             settings_from=target,

@@ -40,8 +40,9 @@ Finally `enforce_capabilities` makes the plan fit the backend or explains why it
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from assistant.chat_replies import (
     BACK_CUES,
@@ -858,6 +859,7 @@ class OfflinePlanner:
             # an edit takes its size from its source, so a new shape is its prompt drawn afresh
             return Plan(
                 intent=Intent.GENERATE,
+                targets=(number,),  # what it redraws: the new image's parent
                 instruction=raw,
                 prompt=info.prompt,
                 negative_prompt=negative,
@@ -884,7 +886,7 @@ class OfflinePlanner:
             size=shape,
             steps=params.steps,
             guidance=params.guidance,
-            reply=f"#{number} again with {params.words(shape)}.",
+            reply=f"#{number} again, {params.words(shape)}.",
         )
 
     def _reshape_without_prompt(
@@ -1229,6 +1231,8 @@ class OfflinePlanner:
         name, args, pattern, extra = found
         if _leftover(probe.remainder, pattern, r"\d+(?:\.\d+)?\s*%?", r"\b\d+\s*[:x×/]\s*\d+\b", extra=extra):
             return None
+        if name == "resize" and _redraw_not_stretch(probe.remainder, args, target):
+            return None  # the render settings step redraws it at that size
         refs, problem = self._targets_for_tool(raw, context)
         if problem:
             return problem
@@ -1614,6 +1618,19 @@ def _negatives_in_prompt(plan: Plan, instruction: str, context: PlannerContext) 
     if not removed:
         return plan
     return replace(plan, prompt=f"{plan.prompt}, without {' or '.join(removed)}".strip(", "))
+
+
+def _redraw_not_stretch(text: str, args: Mapping[str, Any], target: ImageInfo | None) -> bool:
+    """ "make it 768x512" of a drawn square means that picture at 768×512, not its pixels
+    stretched; "resize to 768x512" (said by name) and a same-shape size still scale the pixels."""
+    if target is None or not target.prompt or target.operation in ("upload", "transform", "upscale"):
+        return False
+    if re.search(r"\b(?:resize|rescale|scale|shrink|downscale|downsize)\b", text, flags=_I):
+        return False
+    width, height = args.get("width"), args.get("height")
+    if not isinstance(width, int) or not isinstance(height, int) or height == 0:
+        return False
+    return abs(width / height - target.width / target.height) > 0.02 * (target.width / target.height)
 
 
 def _a(operation: str) -> str:

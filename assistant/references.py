@@ -65,6 +65,11 @@ NUMBER_WORDS: dict[str, int] = {
     "ten": 10,
     "eleven": 11,
     "twelve": 12,
+    "dozen": 12,
+    "twenty": 20,
+    "fifty": 50,
+    "hundred": 100,
+    "thousand": 1000,
 }
 
 ORDINALS: dict[str, int] = {

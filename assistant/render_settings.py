@@ -25,18 +25,22 @@ class RenderParams:
     aspect: tuple[int, int] | None = None
     #: exact pixels the user typed ("1920x1080")
     size: tuple[int, int] | None = None
+    #: "wider" (+1) or "taller" (-1): the next usual shape from the image's own
+    stretch: int | None = None
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.steps, self.guidance, self.aspect, self.size))
+        return any(v is not None for v in (self.steps, self.guidance, self.aspect, self.size, self.stretch))
 
     @property
     def has_shape(self) -> bool:
-        return self.aspect is not None or self.size is not None
+        return self.aspect is not None or self.size is not None or self.stretch is not None
 
     def shape(self, base: tuple[int, int]) -> tuple[int, int] | None:
         """The size to render: typed pixels as they are, an aspect with about `base`'s area."""
         if self.size is not None:
             return self.size
+        if self.stretch is not None:
+            return aspect_size(stretched_aspect(base, self.stretch), base)
         return aspect_size(self.aspect, base) if self.aspect is not None else None
 
     def words(self, shape: tuple[int, int] | None = None) -> str:
@@ -48,6 +52,10 @@ class RenderParams:
             parts.append(f"guidance {self.guidance:g}")
         if self.size is not None:
             parts.append(f"{self.size[0]}x{self.size[1]}")
+        elif self.stretch is not None:
+            parts.append("wider" if self.stretch > 0 else "taller")
+            if shape is not None:
+                parts[-1] += f" ({shape[0]}×{shape[1]})"
         elif self.aspect is not None:
             parts.append(f"{self.aspect[0]}:{self.aspect[1]}")
             if shape is not None:
@@ -66,6 +74,32 @@ def aspect_size(aspect: tuple[int, int], base: tuple[int, int]) -> tuple[int, in
     height = width * down / across
     step = 64 if min(base) >= 384 else 16
     return max(step, round(width / step) * step), max(step, round(height / step) * step)
+
+
+#: the shapes "wider" and "taller" step through, narrowest first
+_STRETCH_STEPS: tuple[tuple[int, int], ...] = (
+    (9, 21),
+    (1, 2),
+    (9, 16),
+    (2, 3),
+    (3, 4),
+    (1, 1),
+    (4, 3),
+    (3, 2),
+    (16, 9),
+    (2, 1),
+    (21, 9),
+)
+
+
+def stretched_aspect(base: tuple[int, int], direction: int) -> tuple[int, int]:
+    """The next usual shape wider (direction > 0) or taller than `base`: 1:1 → 4:3 → 3:2 → 16:9."""
+    ratio = base[0] / base[1]
+    if direction > 0:
+        wider = [a for a in _STRETCH_STEPS if a[0] / a[1] > ratio * 1.05]
+        return wider[0] if wider else _STRETCH_STEPS[-1]
+    taller = [a for a in _STRETCH_STEPS if a[0] / a[1] < ratio / 1.05]
+    return taller[-1] if taller else _STRETCH_STEPS[0]
 
 
 #: ratios people mean as a picture's shape; a list, so "10:30" (a clock) is never one
@@ -126,6 +160,15 @@ _SHAPE_SEGMENT = (
 )
 
 
+#: "make it wider", "same but taller", "#2 a bit wider": only as the end of a request about an
+#: image; "a wider river" and "make the river wider" are about the picture's content
+_STRETCH = (
+    r"(?:^|\b(?:make|render|redraw|draw|do|redo|try)\s+(?:" + _SHAPE_OBJECT + r"\s+)?|(?P<obj2>#\s?\d+)\s+"
+    r"|\bbut\s+|,\s*)(?:(?:a\s+)?(?:bit|little|lot|tad)\s+|much\s+|slightly\s+|even\s+)?"
+    r"(?P<stretch>wider|taller)(?:\s+(?:please|one|image|picture|version|format|shape))?\s*[.!]*$"
+)
+
+
 def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, str]:
     """The settings in `text` and the text without them.
 
@@ -152,9 +195,20 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
         if found:
             aspect, text = (int(found[0]["a"]), int(found[0]["b"])), without_match(text, found[0])
             break
-    if aspect is None and size is None:
+    stretch = None
+    if (
+        aspect is None
+        and size is None
+        and shape_words_alone
+        and (m := re.search(_STRETCH, strip_polite(text), flags=_I))
+    ):
+        stretch = 1 if m.group("stretch").lower() == "wider" else -1
+        named = m.group("obj") or m.group("obj2") or ""
+        core = strip_polite(text)
+        text = f"{core[: m.start()]} {named} {core[m.end() :]}"
+    if aspect is None and size is None and stretch is None:
         aspect, text = _named_shape(text, shape_words_alone=shape_words_alone)
-    return RenderParams(steps, guidance, aspect, size), tidy_rest(text)
+    return RenderParams(steps, guidance, aspect, size, stretch), tidy_rest(text)
 
 
 def _named_shape(text: str, *, shape_words_alone: bool) -> tuple[tuple[int, int] | None, str]:

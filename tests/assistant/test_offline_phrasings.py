@@ -357,3 +357,35 @@ def test_steps_and_guidance_carry_over_to_edits_variations_and_re_rolls(tmp_path
     assert (
         (fresh_params["steps"], fresh_params["guidance"]) == (settings.steps, settings.guidance) != (40, 9.0)
     )
+
+
+def test_wider_and_taller_redraw_at_the_next_shape_as_a_child_of_the_image(
+    studio: tuple[Assistant, int],
+) -> None:
+    """#1 cabin (512²) → #2 snowier. "make #1 wider" is #1 at 4:3 with its prompt and seed;
+    "make it taller" of the edit #2 is its prompt drawn at 3:4; both stay in the lineage."""
+    assistant, conversation_id = studio
+    _, events = say(assistant, conversation_id, "make #1 a bit wider")
+    stored = images(assistant, conversation_id)
+    wider = stored[3]
+    assert new_images(events) == [3] and wider.width > wider.height
+    assert (wider.prompt, wider.seed, wider.parent_id) == (stored[1].prompt, stored[1].seed, stored[1].id)
+    assert "wider" not in wider.prompt
+    _, events = say(assistant, conversation_id, "same but wider")  # wider again than #3
+    wider_still = images(assistant, conversation_id)[4]
+    assert wider_still.width / wider_still.height > wider.width / wider.height
+    assert wider_still.parent_id == wider.id
+    _, events = say(assistant, conversation_id, "#2 taller please")
+    taller = images(assistant, conversation_id)[5]
+    assert taller.height > taller.width and taller.parent_id == stored[2].id
+    assert taller.prompt == stored[2].prompt and "taller" not in taller.prompt
+    _, events = say(assistant, conversation_id, "make #5 square")
+    square = images(assistant, conversation_id)[6]
+    assert square.width == square.height and square.parent_id == taller.id
+
+
+def test_a_wider_river_is_a_picture_not_a_shape(studio: tuple[Assistant, int]) -> None:
+    assistant, conversation_id = studio
+    _, events = say(assistant, conversation_id, "make the river wider")
+    made = images(assistant, conversation_id)[new_images(events)[0]]
+    assert (made.width, made.height) == (images(assistant, conversation_id)[2].width,) * 2

@@ -822,3 +822,17 @@ def test_a_negative_prompt_on_a_backend_without_one_is_said_not_drawn() -> None:
     planned = PLANNER.plan("a castle, negative: fog", replace(NO_IMAGES, backend_takes_negative_prompt=False))
     assert planned.intent is Intent.GENERATE and "fog" not in planned.prompt
     assert "“fog” was not used" in (planned.reply or "")
+
+
+def test_make_it_pixels_of_another_shape_redraws_instead_of_stretching() -> None:
+    """#3 is a 512² edit: "make it 768x512" is its prompt drawn at 768×512 (a child of #3),
+    "resize it to 768x512" scales its pixels as asked, a same-shape size scales too."""
+    redraw = PLANNER.plan("make it 768x512", CHAIN)
+    assert redraw.intent is Intent.GENERATE and redraw.size == (768, 512) and redraw.targets == (3,)
+    assert "768" not in redraw.prompt
+    root = PLANNER.plan("make #1 768x512", CHAIN)
+    assert root.intent is Intent.REGENERATE and root.size == (768, 512) and root.seed == 1001
+    for text, size in (("resize it to 768x512", (768, 512)), ("make it 1024x1024", (1024, 1024))):
+        scaled = PLANNER.plan(text, CHAIN)
+        assert scaled.intent is Intent.TRANSFORM and scaled.transform == "resize"
+        assert (scaled.transform_args["width"], scaled.transform_args["height"]) == size

@@ -258,16 +258,15 @@ def history(
             if repo is None:
                 raise _no_conversation(conversation_id)
             repo.get_conversation(conversation_id)
-        images = (
-            []
-            if repo is None
-            else repo.list_images(ImageFilter(conversation_id=conversation_id, query=search), limit=most)
-        )
+        filters = ImageFilter(conversation_id=conversation_id, query=search)
+        images = [] if repo is None else repo.list_images(filters, limit=most)
+        total = len(images) if repo is None or len(images) < most else repo.count_images(filters)
         if as_json:
             print_json(
                 {
                     "conversation_id": conversation_id,
                     "search": search,
+                    "total": total,
                     "images": [image_document(repo, image) for image in images] if repo else [],
                 }
             )
@@ -275,7 +274,10 @@ def history(
         if not images:
             out.print("No images yet." if not search else f"No images match {escape(repr(search))}.")
             return
-        table = Table("id", "conv", "#", "operation", "parent", "backend", "prompt", "created")
+        # "request" is what was asked (the instruction); `atelier show ID` has the full prompt
+        table = Table("id", "conv", "#", "operation", "parent", "backend", "request", "created")
+        if total > len(images):
+            table.caption = f"showing the newest {len(images)} of {total}; --limit {total} shows all"
         numbers = {image.id: image.number for image in images}
         for image in images:
             parent = "" if image.parent_id is None else f"#{numbers.get(image.parent_id, '?')}"

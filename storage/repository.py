@@ -711,25 +711,38 @@ class Repository:
         self, filters: ImageFilter | None = None, limit: int = 50, offset: int = 0
     ) -> list[Image]:
         """Newest first; `filters.query` uses full-text search over prompts and instructions."""
-        filters = filters or ImageFilter()
+        query = self._filtered_images(filters or ImageFilter())
+        if query is None:
+            return []
         with self.db.read() as session:
-            query: Select[tuple[Image]] = select(Image)
-            if filters.query and filters.query.strip():
-                query = self._text_search(query, filters.query)
-            if filters.conversation_id is not None:
-                if not is_row_id(filters.conversation_id):
-                    return []
-                query = query.where(Image.conversation_id == filters.conversation_id)
-            if filters.backend:
-                query = query.where(Image.backend == filters.backend)
-            if filters.operation:
-                query = query.where(Image.operation == filters.operation)
-            if filters.since is not None:
-                query = query.where(Image.created_at >= filters.since)
-            if filters.until is not None:
-                query = query.where(Image.created_at < filters.until)
-            query = query.order_by(Image.id.desc()).limit(limit).offset(offset)
-            return list(session.scalars(query))
+            return list(session.scalars(query.order_by(Image.id.desc()).limit(limit).offset(offset)))
+
+    def count_images(self, filters: ImageFilter | None = None) -> int:
+        """How many images `list_images` would page through: "showing 50 of 312"."""
+        query = self._filtered_images(filters or ImageFilter())
+        if query is None:
+            return 0
+        with self.db.read() as session:
+            return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+    def _filtered_images(self, filters: ImageFilter) -> Select[tuple[Image]] | None:
+        """The filters as a query; None when no row can match (an id no row can have)."""
+        query: Select[tuple[Image]] = select(Image)
+        if filters.query and filters.query.strip():
+            query = self._text_search(query, filters.query)
+        if filters.conversation_id is not None:
+            if not is_row_id(filters.conversation_id):
+                return None
+            query = query.where(Image.conversation_id == filters.conversation_id)
+        if filters.backend:
+            query = query.where(Image.backend == filters.backend)
+        if filters.operation:
+            query = query.where(Image.operation == filters.operation)
+        if filters.since is not None:
+            query = query.where(Image.created_at >= filters.since)
+        if filters.until is not None:
+            query = query.where(Image.created_at < filters.until)
+        return query
 
     def search_images(self, text_query: str, limit: int = 50) -> list[Image]:
         return self.list_images(ImageFilter(query=text_query), limit=limit)

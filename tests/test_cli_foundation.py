@@ -88,8 +88,8 @@ def test_history_json_is_stable_and_newest_first(data_dir: Path) -> None:
     result = invoke(data_dir, "history", "--json")
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert set(document) == {"conversation_id", "search", "images"}
-    assert [image["number"] for image in document["images"]] == [5, 4, 3, 2, 1]
+    assert set(document) == {"conversation_id", "search", "total", "images"}
+    assert [image["number"] for image in document["images"]] == [5, 4, 3, 2, 1] and document["total"] == 5
     for image in document["images"]:
         assert set(image) == IMAGE_KEYS
         assert Path(image["path"]).is_file()
@@ -98,6 +98,14 @@ def test_history_json_is_stable_and_newest_first(data_dir: Path) -> None:
     assert [image["number"] for image in searched["images"]] == [3, 2]
     one = json.loads(invoke(data_dir, "history", "-c", "1", "--limit", "2", "--json").stdout)
     assert one["conversation_id"] == 1 and [i["number"] for i in one["images"]] == [5, 4]
+    assert one["total"] == 5  # two shown of five: a script can tell there are more
+
+
+def test_history_says_when_it_shows_only_the_newest(data_dir: Path) -> None:
+    cut = invoke(data_dir, "history", "--limit", "2")
+    assert cut.exit_code == 0, cut.output
+    assert "showing the newest 2 of 5; --limit 5 shows all" in " ".join(cut.stdout.split())
+    assert "showing" not in invoke(data_dir, "history").stdout  # all five fit the default 50
 
 
 def test_history_table_for_people(data_dir: Path) -> None:
@@ -256,7 +264,7 @@ def test_looking_at_an_empty_history_creates_nothing(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh"
     listing = invoke(fresh, "history", "--json")
     assert listing.exit_code == 0, listing.output
-    assert json.loads(listing.stdout) == {"conversation_id": None, "search": None, "images": []}
+    assert json.loads(listing.stdout) == {"conversation_id": None, "search": None, "total": 0, "images": []}
     assert "No images yet." in invoke(fresh, "history").stdout
     doctor = invoke(fresh, "doctor", "--json")
     assert doctor.exit_code == 0, doctor.output

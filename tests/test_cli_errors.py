@@ -446,3 +446,24 @@ def test_secrets_are_scrubbed_from_any_error_line(
         cli._print_error(f"boom: sk-test-SCRUBME-1234567890 and\n{PASSWORD}")
     printed = capsys.readouterr().err
     assert printed.strip() == "Error: boom: *** and ***"
+
+
+def test_a_failed_first_turn_leaves_no_empty_conversation(data_dir: Path) -> None:
+    """The CLI QA's failing `atelier chat` runs each left a conversation with nothing in it;
+    a failure inside an existing conversation stays in its record, as the UI shows it."""
+    before = state(data_dir)
+    for result, reason in (
+        (invoke(data_dir, "chat", "a fox, seed 4294967296"), "Seeds are whole numbers from 0 to 4294967295"),
+        (invoke(data_dir, "chat", "a fox", ATELIER_BACKEND="diffusers"), "No local model configured"),
+    ):
+        assert result.exit_code == 1 and reason in result.stderr and "Traceback" not in result.output
+    assert state(data_dir) == before  # no conversation, message or file was added
+
+    in_conversation = invoke(data_dir, "chat", "-c", "1", "a fox, seed 4294967296")
+    assert in_conversation.exit_code == 1
+    repo = Repository.open(f"sqlite:///{data_dir / 'atelier.db'}", data_dir / "images")
+    try:
+        statuses = [m.status for m in repo.messages(1)][-2:]
+        assert statuses == ["ok", "failed"]  # the user's words and why it failed are kept
+    finally:
+        repo.db.dispose()

@@ -704,6 +704,14 @@ class Assistant:
             )
             raise TurnFailed(message, replace(generation, status="failed", error=message)) from None
         state.notes.extend(result.notes)
+        if source is not None and request.sources and _all_same_pixels(request.sources[0], result.images):
+            # "Edited: 1 image." over an unchanged picture would be a lie
+            elsewhere = " or a neural backend (diffusers, OpenAI)" if backend.name == "offline" else ""
+            state.notes.append(
+                f"“{_short(plan.instruction)}” changed nothing: the result is pixel for pixel "
+                f"#{source.number}. The {backend.name} backend could not draw that change; try other "
+                f"words{elsewhere}."
+            )
         images = [
             NewImage(
                 image=generated.image,
@@ -1201,6 +1209,25 @@ def _replay_seed(
 
 
 #: params that name other images by id: they describe the old step, not its replay
+def _all_same_pixels(source: Any, results: Sequence[Any]) -> bool:
+    """Every result has exactly the source's pixels (an edit the backend could not draw)."""
+    if not isinstance(source, PILImage.Image) or not results:
+        return False
+    from PIL import ImageChops
+
+    reference = source.convert("RGB")
+    return all(
+        made.image.size == reference.size
+        and ImageChops.difference(made.image.convert("RGB"), reference).getbbox() is None
+        for made in results
+    )
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 _ID_PARAMS = ("source_id", "replay_of", "regenerated_from")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from assistant.core import Assistant
@@ -389,3 +390,19 @@ def test_a_wider_river_is_a_picture_not_a_shape(studio: tuple[Assistant, int]) -
     _, events = say(assistant, conversation_id, "make the river wider")
     made = images(assistant, conversation_id)[new_images(events)[0]]
     assert (made.width, made.height) == (images(assistant, conversation_id)[2].width,) * 2
+
+
+def test_an_edit_that_changed_no_pixel_says_so(tmp_path: Path) -> None:
+    """The sketch renderer cannot take a moon away; "Edited: 1 image." alone would be a lie."""
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a snowy cabin in a forest at night with a moon")
+    _, events = say(assistant, conversation_id, "remove the moon")
+    stored = images(assistant, conversation_id)
+    same = np.array_equal(
+        np.asarray(assistant.repo.load_image(stored[1]).convert("RGB")),
+        np.asarray(assistant.repo.load_image(stored[2]).convert("RGB")),
+    )
+    assert same  # the premise: this renderer draws no change for it
+    assert "“remove the moon” changed nothing: the result is pixel for pixel #1" in reply_text(events)
+    _, events = say(assistant, conversation_id, "make it sunset")  # a change it can draw
+    assert "changed nothing" not in reply_text(events)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import re
 import secrets
@@ -379,7 +380,16 @@ class Assistant:
             if attachment.kind == "mask":
                 mask = image
             else:
-                upload = self.repo.save_upload(conversation_id, message_id, image, text)
+                prompt, negative, embedded = embedded_parameters(attachment.data)
+                upload = self.repo.save_upload(
+                    conversation_id,
+                    message_id,
+                    image,
+                    text,
+                    prompt=prompt,
+                    negative_prompt=negative,
+                    params={"embedded": embedded} if embedded else None,
+                )
         return upload, mask
 
     def _failed_request(self, conversation_id: int, text: str) -> str | None:
@@ -503,7 +513,9 @@ class Assistant:
         if plan is not None and plan.steps is not None:
             return plan.steps
         inherited = self._made_with(like, "steps")
-        return int(inherited) if inherited is not None else self.settings.steps
+        if inherited is None or not 1 <= int(inherited) <= self.settings.max_steps:
+            return self.settings.steps  # an uploaded file's "Steps: 10000" is not ours to refuse over
+        return int(inherited)
 
     def _guidance(self, plan: Plan | None, like: Image | None = None) -> float:
         if plan is not None and plan.guidance is not None:
@@ -522,7 +534,11 @@ class Assistant:
             if image is None:
                 return None
             value = (image.params or {}).get(key)
-            if value is None and image.generation_id is not None and image.operation != "upload":
+            if image.operation == "upload":  # what the file says made it (A1111 "Steps: 30")
+                value = _number_or_none(
+                    ((image.params or {}).get("embedded") or {}).get(_EMBEDDED_NAMES[key])
+                )
+            elif value is None and image.generation_id is not None:
                 with contextlib.suppress(NotFound):
                     value = (self.repo.generation(image.generation_id)[0].params or {}).get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -1209,6 +1225,54 @@ def _replay_seed(
 
 
 #: params that name other images by id: they describe the old step, not its replay
+#: caps on what an uploaded file may put in the record: it is the file's claim, not ours
+_EMBEDDED_PROMPT_CHARS = 4000
+_EMBEDDED_KEYS = 40
+_EMBEDDED_VALUE_CHARS = 300
+
+
+#: the A1111 names of the settings an edit of an upload inherits
+_EMBEDDED_NAMES = {"steps": "Steps", "guidance": "CFG scale"}
+
+
+def _number_or_none(value: Any) -> float | None:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def embedded_parameters(data: bytes) -> tuple[str, str, dict[str, Any]]:
+    """What an uploaded PNG says made it: prompt, negative prompt, and its A1111 parameters
+    (Steps, Sampler, CFG scale, Seed, Model…), plus Atelier's own lineage chunk when it has one.
+
+    A1111, InvokeAI, ComfyUI exports and Atelier's own files carry a `parameters` text chunk;
+    "what prompt made this?" about an upload should answer from it instead of "seed None".
+    Anything unreadable is simply absent: the upload itself never fails over its metadata.
+    """
+    from storage.pngmeta import read_png_metadata
+
+    if not data.startswith(b"\x89PNG"):
+        return "", "", {}
+    try:
+        metadata = read_png_metadata(data)
+    except Exception:  # a damaged chunk is the file's problem; the pixels already loaded
+        return "", "", {}
+    embedded: dict[str, Any] = {}
+    prompt = negative = ""
+    if metadata.infotext is not None:
+        prompt = metadata.infotext.prompt[:_EMBEDDED_PROMPT_CHARS]
+        negative = metadata.infotext.negative_prompt[:_EMBEDDED_PROMPT_CHARS]
+        for key, value in list(metadata.infotext.params.items())[:_EMBEDDED_KEYS]:
+            embedded[str(key)[:60]] = str(value)[:_EMBEDDED_VALUE_CHARS]
+    lineage = metadata.lineage or {}
+    if lineage.get("id") is not None:
+        made = {k: lineage.get(k) for k in ("id", "conversation_id", "number", "operation")}
+        embedded["Atelier"] = {k: v for k, v in made.items() if isinstance(v, int | str)}
+    return prompt, negative, embedded
+
+
 def _all_same_pixels(source: Any, results: Sequence[Any]) -> bool:
     """Every result has exactly the source's pixels (an edit the backend could not draw)."""
     if not isinstance(source, PILImage.Image) or not results:

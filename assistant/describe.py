@@ -38,6 +38,8 @@ def _step(image: Image, numbers: dict[int, int], seeds: dict[int, int | None]) -
 
 
 def describe_prompt(image: Image) -> str:
+    if image.operation == "upload":
+        return _describe_upload(image)
     lines = [
         f"#{image.number} ({image.operation}, {image.backend}/{image.model}, seed {image.seed}, "
         f"{image.width}×{image.height})"
@@ -56,6 +58,28 @@ def describe_prompt(image: Image) -> str:
     shown = {k: params[k] for k in keys if params.get(k) is not None}
     if shown:
         lines.append("Parameters: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    return "\n\n".join(lines)
+
+
+def _describe_upload(image: Image) -> str:
+    """An upload was not made here: what its file says made it, or that it says nothing."""
+    lines = [f"#{image.number} is an upload ({image.width}×{image.height})."]
+    embedded = dict((image.params or {}).get("embedded") or {})
+    made_here = embedded.pop("Atelier", None)
+    if not image.prompt and not embedded:
+        lines.append("Its file carries no generation parameters, so there is no prompt or seed to show.")
+        return "\n\n".join(lines)
+    if isinstance(made_here, dict) and made_here.get("number") is not None:
+        lines.append(
+            f"Its file says Atelier made it (#{made_here['number']} of conversation "
+            f"{made_here.get('conversation_id')}, {made_here.get('operation')})."
+        )
+    if image.prompt:
+        lines.append(f"Prompt in the file: {_quote(image.prompt, 600)}")
+    if image.negative_prompt:
+        lines.append(f"Negative prompt in the file: {_quote(image.negative_prompt, 300)}")
+    if embedded:
+        lines.append("Parameters in the file: " + ", ".join(f"{k} {v}" for k, v in embedded.items()))
     return "\n\n".join(lines)
 
 

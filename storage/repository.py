@@ -379,12 +379,30 @@ class Repository:
     # ----- images: writing ------------------------------------------------------------
 
     def save_upload(
-        self, conversation_id: int, message_id: int | None, image: PILImage.Image, instruction: str | None
+        self,
+        conversation_id: int,
+        message_id: int | None,
+        image: PILImage.Image,
+        instruction: str | None,
+        *,
+        prompt: str = "",
+        negative_prompt: str = "",
+        params: Mapping[str, Any] | None = None,
     ) -> Image:
+        """`prompt`, `negative_prompt` and `params` are what the file itself says made it."""
         record = self.record_turn(
             conversation_id,
             images=[
-                NewImage(image=image, operation="upload", backend="upload", model="", instruction=instruction)
+                NewImage(
+                    image=image,
+                    operation="upload",
+                    backend="upload",
+                    model="",
+                    instruction=instruction,
+                    prompt=prompt,
+                    negative_prompt=negative_prompt,
+                    params=dict(params or {}),
+                )
             ],
             images_message_id=message_id,
         )

@@ -13,7 +13,7 @@ import pytest
 
 from assistant.core import Assistant
 from assistant.events import Event, Failed, Reply
-from tests.assistant.test_assistant_turns import images_of, open_assistant, run
+from tests.assistant.test_assistant_turns import images_of, open_assistant, png, run
 
 
 def numbers(assistant: Assistant, conversation_id: int) -> list[int]:
@@ -199,3 +199,55 @@ def test_plain_messages_with_colons_are_not_taken_for_a_block(tmp_path: Path) ->
 
     for text in ("a cat: sitting on a mat", "make #1 snowier\nplease", "note: seed matters"):
         assert plan_from_pasted_parameters(text) is None, text
+
+
+def _png_with_parameters(text: str) -> bytes:
+    import io
+
+    from PIL import Image as PILImage
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (96, 64), (200, 120, 40)).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def test_an_uploaded_file_s_own_parameters_answer_what_made_it(tmp_path: Path) -> None:
+    """An A1111 PNG carries its prompt and settings; "what prompt was used for this?" reads
+    them (not "upload/, seed None"), and an edit of it keeps its steps."""
+    from assistant.core import Attachment
+
+    assistant = open_assistant(tmp_path)
+    attachment = Attachment(_png_with_parameters(A1111_BLOCK), filename="cabin.png")
+    events = run(assistant, None, "what prompt was used for this?", (attachment,))
+    conversation_id = events[0].conversation_id
+    reply = next(e for e in events if isinstance(e, Reply)).text
+    assert "Prompt in the file: “a cozy cabin at night, snow, warm windows”" in reply
+    assert "Negative prompt in the file: “blurry, lowres”" in reply
+    assert "Sampler Euler a" in reply and "CFG scale 5" in reply and "seed None" not in reply
+    (upload,) = assistant.repo.conversation_images(conversation_id)
+    assert upload.operation == "upload" and upload.params["embedded"]["Steps"] == "30"
+
+    (edited,) = images_of(run(assistant, conversation_id, "make it snowier"))
+    image = assistant.repo.get_image(edited.id)
+    generation, _ = assistant.repo.generation(image.generation_id or -1)
+    assert generation.params["steps"] == 30 and generation.params["guidance"] == 5.0
+    assert "cabin" in image.prompt  # the file's prompt is what the edit starts from
+
+    plain = run(assistant, None, "what prompt made this?", (Attachment(png("red"), filename="p.png"),))
+    assert "carries no generation parameters" in next(e for e in plain if isinstance(e, Reply)).text
+
+
+def test_an_image_atelier_made_says_so_when_uploaded_again(tmp_path: Path) -> None:
+    from assistant.core import Attachment
+
+    assistant = open_assistant(tmp_path)
+    (made,) = images_of(run(assistant, None, "a lighthouse at dusk"))
+    stored = assistant.repo.get_image(made.id)
+    data = assistant.repo.image_bytes(stored)
+    events = run(assistant, None, "what prompt made this?", (Attachment(data, filename="mine.png"),))
+    reply = next(e for e in events if isinstance(e, Reply)).text
+    assert f"Atelier made it (#1 of conversation {stored.conversation_id}, generate)" in reply
+    assert f"Prompt in the file: “{stored.prompt[:40]}" in reply

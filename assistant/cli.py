@@ -208,7 +208,10 @@ def _parse_id(value: str, what: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise CliError(f"{what} must be a number, got {value!r}.") from None
+        hint = ""
+        if what == "Image id" and value.strip().startswith("#"):
+            hint = " The id is the number `atelier history` shows in its id column, not the #number."
+        raise CliError(f"{what} must be a number, got {value!r}.{hint}") from None
     if number < 1:
         raise CliError(f"{what} must be a positive number, got {value!r}.")
     return number
@@ -308,7 +311,12 @@ def _parse_limit(value: str) -> int:
 WHOLE_FIELDS = ("path", "sha256", "mask_path", "mask_sha256")
 
 
-@app.command()
+#: `atelier show -5`: a negative id reaches the id check ("must be a positive number")
+#: instead of click's "No such option: -5"
+_IDS_MAY_LOOK_LIKE_OPTIONS = {"ignore_unknown_options": True}
+
+
+@app.command(context_settings=_IDS_MAY_LOOK_LIKE_OPTIONS)
 def show(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json: JsonFlag = False) -> None:
     """Everything recorded about one image, with its file path."""
     with user_errors():
@@ -345,7 +353,7 @@ def show(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json: Js
                 sys.stdout.write(f"{key.ljust(width)}  {document[key]}\n")
 
 
-@app.command()
+@app.command(context_settings=_IDS_MAY_LOOK_LIKE_OPTIONS)
 def lineage(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json: JsonFlag = False) -> None:
     """The lineage tree an image belongs to, with the image marked."""
     with user_errors():
@@ -458,6 +466,10 @@ def doctor(
             repo, counts = None, None
         else:
             if repo is None:  # nothing stored yet: nothing to check, and nothing is created
+                if not as_json:
+                    out.print(
+                        f"Nothing stored yet in {escape(str(settings.data_dir))}: no database to check."
+                    )
                 report = IntegrityReport(0, [], [], [], [])
                 counts = {"conversations": 0, "messages": 0, "images": 0, "generations": 0}
             else:
@@ -490,8 +502,8 @@ def doctor(
             "advice": advice,
         }
         if as_json:
-            print_json(document)
-        else:
+            print_json(document | {"database_exists": repo is not None or counts is None})
+        elif repo is not None or counts is None:
             _print_doctor(report, swept_temps, swept_orphans)
             for line in advice:
                 out.print(escape(line))
@@ -578,8 +590,10 @@ def _read_upload(path: Path | None, kind: str) -> Any:
         return None
     if path.is_dir():
         raise CliError(f"The {kind} {path} is a folder; give the path of an image file.")
-    if not path.is_file():
+    if not path.exists():
         raise CliError(f"The {kind} file {path} does not exist.")
+    if not path.is_file():
+        raise CliError(f"The {kind} {path} is not a regular file; give the path of an image file.")
     return Attachment(data=path.read_bytes(), kind=kind, filename=path.name)
 
 
@@ -777,20 +791,39 @@ def replay(
                     for item in new_images:
                         out.print(f"#{item['number']} (id {item['id']}) {item['operation']} → {item['path']}")
                 return
+            file_was_missing = not assistant.repo.image_path(assistant.repo.get_image(target)).is_file()
             original, _pixels, identical = assistant.replay(target)
         except ToolError as exc:
             raise CliError(exc.user_message) from None
+        restored = file_was_missing and identical
         if as_json:
-            print_json({"image_id": original.id, "identical": identical, "backend": original.backend})
-        else:
-            out.print(
-                f"Replayed image {original.id} on {original.backend}: "
-                + (
-                    "identical, pixel for pixel."
-                    if identical
-                    else "the result DIFFERS from the stored image."
-                )
+            print_json(
+                {
+                    "image_id": original.id,
+                    "identical": identical,
+                    "backend": original.backend,
+                    "file_was_missing": file_was_missing,
+                    "restored": restored,
+                }
             )
+        else:
+            transform = (original.params or {}).get("transform") or original.operation
+            how = (
+                f"with its {transform} transform"
+                if original.backend == "transform"
+                else f"on the {original.backend} backend"
+            )
+            verdict = (
+                "identical, pixel for pixel." if identical else "the result DIFFERS from the stored image."
+            )
+            if file_was_missing:
+                verdict = (
+                    "identical to the recorded hash; its file was missing and is restored."
+                    if identical
+                    else "its file is missing, and the replay differs from the recorded hash, so it "
+                    "cannot be restored (see `atelier doctor`)."
+                )
+            out.print(f"Replayed image {original.id} {how}: {verdict}")
         if not identical:
             raise typer.Exit(2)
 

@@ -1030,7 +1030,10 @@ class Assistant:
             self._check_replay_allowed(original.conversation_id, backend, request)
             pixels = backend.run(request).images[index].image
         data = encode_png(pixels, image_infotext(original), image_lineage_chunk(original))
-        return original, pixels, sha256_hex(data) == original.sha256
+        identical = sha256_hex(data) == original.sha256
+        if identical and not self.repo.image_path(original).is_file():
+            self.repo.restore_file(original, data)  # the very bytes the record names come back
+        return original, pixels, identical
 
     def _backend_for(self, image: Image) -> ImageBackend:
         backend = self.backend

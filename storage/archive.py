@@ -245,7 +245,9 @@ def read_archive(zip_path: Path) -> LoadedArchive:
     if not zip_path.is_file():
         raise ArchiveError(f"{zip_path} does not exist.")
     if not zipfile.is_zipfile(zip_path):
-        raise ArchiveError(f"{zip_path} is not a zip file.")
+        raise ArchiveError(
+            f"{zip_path} is not a complete zip file: cut short (an interrupted copy?) or no zip at all."
+        )
     try:
         with zipfile.ZipFile(zip_path) as archive:
             entries = _check_entry_names(archive)

@@ -607,6 +607,17 @@ class Repository:
             query = select(Image).where(Image.conversation_id == conversation_id).order_by(Image.number)
             return list(session.scalars(query))
 
+    def restore_file(self, image: Image, data: bytes) -> bool:
+        """Put back a lost image file from bytes that hash to what its row names (a replay).
+
+        Returns False, writing nothing, for bytes of any other hash.
+        """
+        if sha256_hex(data) != image.sha256:
+            return False
+        self.files.put(data)
+        self.files.settle_pending()  # its row already names it: nothing to wait for
+        return True
+
     def image_path(self, image: Image) -> Path:
         return self.files.path_for(image.sha256)
 

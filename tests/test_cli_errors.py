@@ -467,3 +467,51 @@ def test_a_failed_first_turn_leaves_no_empty_conversation(data_dir: Path) -> Non
         assert statuses == ["ok", "failed"]  # the user's words and why it failed are kept
     finally:
         repo.db.dispose()
+
+
+def test_small_mistakes_get_a_message_that_says_what_to_do(data_dir: Path, tmp_path: Path) -> None:
+    """From the CLI QA: each of these gave a wrong or unhelpful message."""
+    cases = [
+        (["chat", "-c", "1", "--image", "/dev/null", "make it blue"], "is not a regular file"),
+        (["show", "#3"], "not the #number"),
+        (["show", "-5"], "must be a positive number, got '-5'"),
+        (["lineage", "-3", "--json"], "must be a positive number, got '-3'"),
+    ]
+    for args, fragment in cases:
+        assert_clean_failure(invoke(data_dir, *args), fragment)
+    export = tmp_path / "whole.zip"
+    assert invoke(data_dir, "export", "1", str(export)).exit_code == 0
+    truncated = tmp_path / "cut.zip"
+    truncated.write_bytes(export.read_bytes()[: export.stat().st_size // 2])
+    assert_clean_failure(invoke(tmp_path / "fresh", "import", str(truncated)), "cut short")
+
+    nowhere = tmp_path / "no-such-dir"
+    doctor = invoke(nowhere, "doctor")
+    assert (
+        doctor.exit_code == 0
+        and "Nothing stored yet" in doctor.stdout
+        and "Nothing lost" not in doctor.stdout
+    )
+    assert _strict(invoke(nowhere, "doctor", "--json").stdout)["database_exists"] is False
+    assert not nowhere.exists()
+
+
+def test_replay_of_an_image_whose_file_is_gone_restores_it(tmp_path: Path) -> None:
+    data = tmp_path / "real"
+    small = {"ATELIER_WIDTH": "64", "ATELIER_HEIGHT": "64", "ATELIER_STEPS": "2"}
+    assert invoke(data, "chat", "a red fox in snow", **small).exit_code == 0
+    assert invoke(data, "chat", "-c", "1", "flip it horizontally", **small).exit_code == 0
+    repo = Repository.open(f"sqlite:///{data / 'atelier.db'}", data / "images")
+    generated, flipped = sorted(repo.list_images(), key=lambda i: i.id)
+    path = repo.image_path(generated)
+    stored = path.read_bytes()
+    repo.db.dispose()
+    path.unlink()
+    replayed = invoke(data, "replay", str(generated.id), **small)
+    assert replayed.exit_code == 0, replayed.output
+    assert "its file was missing and is restored" in replayed.stdout
+    assert path.read_bytes() == stored
+    assert "Nothing lost" in invoke(data, "doctor").stdout
+    words = invoke(data, "replay", str(flipped.id), **small).stdout
+    assert "with its flip transform" in words and "on transform" not in words
+    assert "identical, pixel for pixel" in words

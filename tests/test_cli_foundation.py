@@ -204,7 +204,7 @@ def _zip_with_traversal(path: Path) -> Path:
         (["history", "-c", "42"], ["no conversation 42"]),
         (["export", "42", "{tmp}/out.zip"], ["no conversation 42"]),
         (["import", "{tmp}/evil.zip"], ["outside the archive"]),
-        (["import", "{tmp}/notes.txt"], ["not a zip file"]),
+        (["import", "{tmp}/notes.txt"], ["not a complete zip file"]),
         (["import", "{tmp}/missing[/bold].zip"], ["missing[/bold].zip", "does not exist"]),
     ],
 )
@@ -242,7 +242,7 @@ def test_a_database_that_is_not_sqlite(data_dir: Path, tmp_path: Path) -> None:
         (["lineage", "999"], ["There is no image with id 999."]),
         (["history", "-c", "3"], ["There is no conversation 3."]),
         (["export", "3", "{tmp}/out.zip"], ["There is no conversation 3."]),
-        (["import", "{tmp}/notes.txt"], ["not a zip file"]),
+        (["import", "{tmp}/notes.txt"], ["not a complete zip file"]),
         (["import", "{tmp}/evil.zip"], ["outside the archive"]),
         (["replay", "999"], ["There is no image with id 999."]),
         (["chat", "-c", "5", "a red fox"], ["There is no conversation 5."]),

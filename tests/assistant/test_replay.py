@@ -171,7 +171,13 @@ def test_atelier_replay_from_the_command_line(tmp_path: Path) -> None:
 
     plain = _cli(tmp_path, str(tip.id), "--json")
     assert plain.returncode == 0, plain.stderr
-    assert json.loads(plain.stdout) == {"image_id": tip.id, "identical": True, "backend": "offline"}
+    assert json.loads(plain.stdout) == {
+        "image_id": tip.id,
+        "identical": True,
+        "backend": "offline",
+        "file_was_missing": False,
+        "restored": False,
+    }
 
     branch = _cli(tmp_path, str(tip.id), "--from-root", "--seed", "99", "--json")
     assert branch.returncode == 0, branch.stderr

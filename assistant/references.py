@@ -522,6 +522,18 @@ def _find_mentions(text: str, images: Sequence[ImageInfo], focus: int | None = N
     # "the other one": of two images, the one that is not the last; with more, the one before it
     f.scan(r"\bthe\s+other(?:\s+" + _NOUN + r"\b|" + _BOUNDARY + r")", before_plain)
 
+    # "#-1", "#0": no image has that number; asked, never read as "the last one"
+    f.scan(
+        r"#\s?(?:-\s?\d+|0+)\b",
+        lambda m: f.problem(
+            m,
+            "number",
+            f"Images are numbered from #1, so there is no {m.group(0)}. {f.exists_text()} "
+            "Which one did you mean?"
+            if f.images
+            else NO_IMAGES_QUESTION,
+        ),
+    )
     # "#3", "image 3", "images 2 and 3"
     f.scan(r"#\s?(\d+)", lambda m: f.by_numbers(m, "number", [int(m.group(1))]))
     f.scan(

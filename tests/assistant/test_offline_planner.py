@@ -836,3 +836,10 @@ def test_make_it_pixels_of_another_shape_redraws_instead_of_stretching() -> None
         scaled = PLANNER.plan(text, CHAIN)
         assert scaled.intent is Intent.TRANSFORM and scaled.transform == "resize"
         assert (scaled.transform_args["width"], scaled.transform_args["height"]) == size
+
+
+@pytest.mark.parametrize("text", ["make #-1 blue", "#0 at sunset", "upscale # -2"])
+def test_a_number_no_image_can_have_is_asked_about_not_read_as_the_last(text: str) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.CLARIFY and plan.operation is None
+    assert "numbered from #1" in (plan.reply or "") and "#3" in (plan.reply or "")

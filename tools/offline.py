@@ -1544,6 +1544,9 @@ def _validate(request: ImageRequest) -> _Job:
         notes.append(
             "None of the prompt's words are in the sketch vocabulary, so this is a default landscape."
         )
+    if scene.not_drawn and operation is not Operation.IMG2IMG:
+        listed = ", ".join(f"“{thing}”" for thing in scene.not_drawn)
+        notes.append(f"The sketch renderer has no drawing for {listed}, so it is left out of the picture.")
     if request.negative_prompt.strip():
         notes.append("The offline renderer does not use negative prompts; nothing from it was drawn.")
 

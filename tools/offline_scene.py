@@ -243,6 +243,8 @@ class Scene:
     understood: tuple[str, ...] = ()
     #: overall brightness from mood words: "dark, low-key" < 1 < "bright, high-key"
     exposure: float = 1.0
+    #: coloured things the sketch has no drawing for ("red barn"): left out, never a tint
+    not_drawn: tuple[str, ...] = ()
 
     def colours_for(self, element: str) -> tuple[RGB, ...]:
         for name, colour_names in self.element_colours:
@@ -368,6 +370,7 @@ def parse_scene(prompt: str) -> Scene:
     composition: Composition | None = None
     style: Style | None = None
     understood: list[str] = []
+    not_drawn: list[str] = []
 
     for index, (kind, value, word) in enumerate(tagged):
         if not kind:
@@ -375,7 +378,10 @@ def parse_scene(prompt: str) -> Scene:
         understood.append(word)
         if kind == "colour":
             target = _colour_target(tagged, index)
-            if target is None:
+            unknown = _unknown_thing_after(tagged, index) if target is None else None
+            if unknown is not None:
+                not_drawn.append(f"{value} {unknown}")  # "a red barn": no barn to colour
+            elif target is None:
                 palette.append(value)
             elif target[0] == "subject":
                 subject_colours.setdefault(target[1], value)
@@ -415,7 +421,58 @@ def parse_scene(prompt: str) -> Scene:
         style=style,
         understood=tuple(understood),
         exposure=_exposure(tokens),
+        not_drawn=tuple(dict.fromkeys(not_drawn)),
     )
+
+
+#: words after a colour that make it the picture's tint, not a thing's colour ("blue tones")
+_TINT_WORDS = frozenset(
+    {
+        "tones",
+        "tone",
+        "hues",
+        "hue",
+        "tint",
+        "tints",
+        "light",
+        "lights",
+        "glow",
+        "palette",
+        "colors",
+        "colours",
+        "color",
+        "colour",
+        "accents",
+        "highlights",
+        "shades",
+        "shade",
+        "and",
+        "or",
+        "with",
+        "the",
+        "a",
+        "an",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "is",
+        "it",
+        "all",
+        "everywhere",
+    }
+)
+
+
+def _unknown_thing_after(tagged: list[tuple[str, str, str]], index: int) -> str | None:
+    """The word right after a colour when it names something the sketch cannot draw."""
+    if index + 1 >= len(tagged):
+        return None
+    kind, _value, word = tagged[index + 1]
+    if kind or word in _TINT_WORDS or not word.isalpha() or len(word) < 3:
+        return None
+    return word
 
 
 def _colour_target(tagged: list[tuple[str, str, str]], index: int) -> tuple[str, int, str] | None:

@@ -904,3 +904,17 @@ def test_unknown_words_give_a_default_landscape_with_a_note() -> None:
     result = run("zxqv blorp")
     assert result.images[0].image.size == (SIZE, SIZE)
     assert any("default landscape" in note for note in result.notes)
+
+
+def test_a_coloured_thing_the_sketch_cannot_draw_is_named_not_tinted_over_everything() -> None:
+    """ "a cabin with a red door" used to tint the whole picture red; "a red barn" drew no barn
+    and said nothing. The colour now stays off the picture and the note names the thing."""
+    plain, with_door = (
+        run(p, seed=5) for p in ("a cabin in a forest", "a cabin in a forest with a red door")
+    )
+    assert np.array_equal(np.asarray(plain.images[0].image), np.asarray(with_door.images[0].image))
+    assert any("no drawing for “red door”" in note for note in with_door.notes)
+    barn = run("a red barn in a field", seed=5)
+    assert any("“red barn”" in note for note in barn.notes)
+    assert parse_scene("a sunset in pink tones").palette == ("pink",)  # a tint said as one still tints
+    assert parse_scene("a red fox").subjects[0].colour_name == "red"

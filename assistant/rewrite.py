@@ -831,6 +831,40 @@ _BIGGER_SEGMENTS = ("close-up of the {obj}", "{head} prominent in the foreground
 _SMALLER_SEGMENTS = ("the {obj} small in the distance", "wide shot")
 
 
+#: "zoom out", "zoom in on the fox", "pull back a bit", "get closer": the framing, in words models know
+_ZOOM = (
+    r"(?:zoom(?:\s+(?P<dz>in|out))?|(?:pull|move|step|get|come)\s+(?P<dir>out|in|back|closer|away|farther|further)"
+    r"|(?P<dir2>closer|farther\s+away|further\s+away))"
+    r"(?:\s+(?:a\s+(?:bit|little|lot)|slightly|more|much))?(?:\s+(?:on|to(?:wards)?)\s+(?:the\s+)?(?P<obj>[a-z][a-z\s\-]*))?"
+)
+_ZOOMED_OUT = ("wide shot", "seen from farther away")
+_ZOOMED_IN = ("close-up",)
+
+
+def _edit_zoom(prompt: str, clause: str) -> tuple[str, str] | None:
+    """ "zoom out" is framing, never the words "zoom out" in the picture; the opposite framing goes."""
+    m = re.fullmatch(_ZOOM, clause.strip(), flags=re.IGNORECASE)
+    if not m:
+        return None
+    # a clause cleaner may drop a trailing "in": a bare "zoom" is zooming in
+    direction = (m.group("dz") or m.group("dir") or m.group("dir2") or "in").lower()
+    closer = direction in ("in", "closer")
+    framing = (
+        [f"close-up of the {m.group('obj').strip()}"]
+        if closer and m.group("obj")
+        else list(_ZOOMED_IN if closer else _ZOOMED_OUT)
+    )
+    opposite = (*_ZOOMED_OUT,) if closer else (*_ZOOMED_IN,)
+    segments = [
+        seg.strip()
+        for seg in prompt.split(",")
+        if seg.strip() and seg.strip() not in opposite and not seg.strip().startswith("close-up of")
+    ]
+    if not closer:
+        segments = [seg for seg in segments if seg not in _BIGGER_SEGMENTS]
+    return _insert_after_subject(", ".join(segments), ", ".join(framing), as_segment=True), ""
+
+
 def _edit_thing_size(prompt: str, clause: str) -> tuple[str, str] | None:
     """ "make the fox bigger": the thing drawn larger (or smaller) in the frame, not the words.
 
@@ -1098,6 +1132,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_less,
             _edit_replace,
             _edit_more_color,
+            _edit_zoom,
             _edit_thing_size,
             _edit_color,
             _edit_remove,

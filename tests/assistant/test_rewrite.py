@@ -444,3 +444,20 @@ def test_more_of_a_colour_is_a_colour_cast() -> None:
     twice = apply_edit(apply_edit(FOX, "bluer"), "bluer")
     assert "strongly dominant blue tones" in twice
     assert "blue" not in apply_edit(apply_edit(FOX, "bluer"), "less blue")
+
+
+@pytest.mark.parametrize(
+    ("instruction", "framing", "gone"),
+    [
+        ("zoom out", "wide shot, seen from farther away", "close-up"),
+        ("zoom out a bit", "wide shot", "close-up"),
+        ("zoom in", "close-up", "wide shot"),
+        ("zoom in on the fox", "close-up of the fox", "wide shot"),
+        ("pull back", "wide shot", "close-up"),
+    ],
+)
+def test_zooming_is_framing_never_the_words(instruction: str, framing: str, gone: str) -> None:
+    start = "a red fox in the snow, close-up" if gone == "close-up" else "a red fox in the snow, wide shot"
+    edited = apply_edit(start, instruction)
+    assert framing in edited and "zoom" not in edited and "pull" not in edited
+    assert gone not in edited.replace(framing, "")  # the opposite framing goes

@@ -617,7 +617,7 @@ def chat(
         assistant = build_assistant(settings)
         events = assistant.respond(conversation_id, text, attachments)
         failure = _show_events(events, _print_json_events if as_json else _render_events)
-        if failure is not None and conversation_id is None:
+        if failure is not None and not failure.cancelled and conversation_id is None:
             _drop_if_nothing_made(assistant.repo, failure.conversation_id)
         if failure is not None:
             raise typer.Exit(EXIT_CANCELLED if failure.cancelled else 1)
@@ -625,7 +625,8 @@ def chat(
 
 def _drop_if_nothing_made(repo: Repository, conversation_id: int) -> None:
     """A command that failed leaves nothing behind: the conversation it opened goes unless it
-    holds an image (an upload is the user's own). The error line has already said why."""
+    holds an image (an upload is the user's own). The error line has already said why. A turn
+    the user stopped (Ctrl-C) stays, recorded as cancelled, as in the UI."""
     with contextlib.suppress(StorageError):
         if not repo.conversation_images(conversation_id):
             repo.delete_conversation(conversation_id)

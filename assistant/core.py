@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import queue
 import re
 import secrets
@@ -26,6 +25,7 @@ from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Repl
 from assistant.pasted_parameters import plan_from_pasted_parameters
 from assistant.plan import ImageInfo, Intent, Plan, Planner, PlannerContext
 from assistant.settings import BACKEND_MAX_STEPS, MAX_SEED, Settings
+from assistant.upload_parameters import EMBEDDED_NAMES, embedded_parameters, number_or_none
 from storage.db import StorageError
 from storage.models import Image
 from storage.repository import NewGeneration, NewImage, NotFound, Repository
@@ -95,6 +95,8 @@ class TurnState:
     notes: list[str] = field(default_factory=list)
     #: the backend call that was running when the renderer went away, recorded as cancelled
     interrupted: NewGeneration | None = None
+    #: every call's result had exactly its source's pixels: the reply must not say "Edited"
+    unchanged: bool = False
 
 
 @dataclass
@@ -535,9 +537,7 @@ class Assistant:
                 return None
             value = (image.params or {}).get(key)
             if image.operation == "upload":  # what the file says made it (A1111 "Steps: 30")
-                value = _number_or_none(
-                    ((image.params or {}).get("embedded") or {}).get(_EMBEDDED_NAMES[key])
-                )
+                value = number_or_none(((image.params or {}).get("embedded") or {}).get(EMBEDDED_NAMES[key]))
             elif value is None and image.generation_id is not None:
                 with contextlib.suppress(NotFound):
                     value = (self.repo.generation(image.generation_id)[0].params or {}).get(key)
@@ -720,7 +720,13 @@ class Assistant:
             )
             raise TurnFailed(message, replace(generation, status="failed", error=message)) from None
         state.notes.extend(result.notes)
-        if source is not None and request.sources and _all_same_pixels(request.sources[0], result.images):
+        same = (
+            source is not None
+            and bool(request.sources)
+            and _all_same_pixels(request.sources[0], result.images)
+        )
+        state.unchanged = same and (state.unchanged or not state.generations)
+        if source is not None and same:
             # "Edited: 1 image." over an unchanged picture would be a lie
             elsewhere = " or a neural backend (diffusers, OpenAI)" if backend.name == "offline" else ""
             state.notes.append(
@@ -895,11 +901,15 @@ class Assistant:
             Intent.IMG2IMG: "Redrawn from your image",
             Intent.UPSCALE: "Upscaled",
             Intent.TRANSFORM: "Done",
-            Intent.REGENERATE: "Regenerated with a new seed"
-            if plan.seed is None
-            else f"Re-run with seed {plan.seed}",
+            Intent.REGENERATE: _rerun_words(plan),
         }.get(plan.intent, "Done")
         text = f"{verb}: {count} image{'s' if count != 1 else ''}."
+        if state.unchanged:
+            plural = count != 1
+            text = (
+                f"No visible change: {count} image{'s' if plural else ''} stored, pixel for pixel "
+                f"{'their' if plural else 'its'} source."
+            )
         if plan.reply:
             text = f"{plan.reply} {text}"
         return self._with_notes(text, state)
@@ -1227,53 +1237,12 @@ def _replay_seed(
     return (seed + index) % 2**32
 
 
-#: params that name other images by id: they describe the old step, not its replay
-#: caps on what an uploaded file may put in the record: it is the file's claim, not ours
-_EMBEDDED_PROMPT_CHARS = 4000
-_EMBEDDED_KEYS = 40
-_EMBEDDED_VALUE_CHARS = 300
-
-
-#: the A1111 names of the settings an edit of an upload inherits
-_EMBEDDED_NAMES = {"steps": "Steps", "guidance": "CFG scale"}
-
-
-def _number_or_none(value: Any) -> float | None:
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number > 0 else None
-
-
-def embedded_parameters(data: bytes) -> tuple[str, str, dict[str, Any]]:
-    """What an uploaded PNG says made it: prompt, negative prompt, and its A1111 parameters
-    (Steps, Sampler, CFG scale, Seed, Model…), plus Atelier's own lineage chunk when it has one.
-
-    A1111, InvokeAI, ComfyUI exports and Atelier's own files carry a `parameters` text chunk;
-    "what prompt made this?" about an upload should answer from it instead of "seed None".
-    Anything unreadable is simply absent: the upload itself never fails over its metadata.
-    """
-    from storage.pngmeta import read_png_metadata
-
-    if not data.startswith(b"\x89PNG"):
-        return "", "", {}
-    try:
-        metadata = read_png_metadata(data)
-    except Exception:  # a damaged chunk is the file's problem; the pixels already loaded
-        return "", "", {}
-    embedded: dict[str, Any] = {}
-    prompt = negative = ""
-    if metadata.infotext is not None:
-        prompt = metadata.infotext.prompt[:_EMBEDDED_PROMPT_CHARS]
-        negative = metadata.infotext.negative_prompt[:_EMBEDDED_PROMPT_CHARS]
-        for key, value in list(metadata.infotext.params.items())[:_EMBEDDED_KEYS]:
-            embedded[str(key)[:60]] = str(value)[:_EMBEDDED_VALUE_CHARS]
-    lineage = metadata.lineage or {}
-    if lineage.get("id") is not None:
-        made = {k: lineage.get(k) for k in ("id", "conversation_id", "number", "operation")}
-        embedded["Atelier"] = {k: v for k, v in made.items() if isinstance(v, int | str)}
-    return prompt, negative, embedded
+def _rerun_words(plan: Plan) -> str:
+    if plan.seed is None:
+        return "Regenerated with a new seed"
+    if plan.size is not None:
+        return "Redrawn"
+    return f"Re-run with seed {plan.seed}"
 
 
 def _all_same_pixels(source: Any, results: Sequence[Any]) -> bool:
@@ -1295,6 +1264,7 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: params that name other images by id: they describe the old step, not its replay
 _ID_PARAMS = ("source_id", "replay_of", "regenerated_from")
 
 

@@ -869,8 +869,8 @@ class OfflinePlanner:
                 size=shape,
                 steps=params.steps,
                 guidance=params.guidance,
-                reply=f"#{number} was made from another image, which fixes its shape, so this is its "
-                f"prompt drawn fresh at {shape[0]}×{shape[1]}.",
+                reply=f"#{number}'s prompt drawn fresh at {shape[0]}×{shape[1]}: an edit keeps its "
+                "source's shape, so the new shape is a new drawing of it (the layout moves).",
             )
         return Plan(
             intent=Intent.REGENERATE,
@@ -886,7 +886,7 @@ class OfflinePlanner:
             size=shape,
             steps=params.steps,
             guidance=params.guidance,
-            reply=f"#{number} again, {params.words(shape)}.",
+            reply=_rerun_reply(number, params, shape, seed),
         )
 
     def _reshape_without_prompt(
@@ -1618,6 +1618,13 @@ def _negatives_in_prompt(plan: Plan, instruction: str, context: PlannerContext) 
     if not removed:
         return plan
     return replace(plan, prompt=f"{plan.prompt}, without {' or '.join(removed)}".strip(", "))
+
+
+def _rerun_reply(number: int, params: RenderParams, shape: tuple[int, int] | None, seed: int | None) -> str:
+    if shape is None or seed is None:
+        return f"#{number} again, {params.words(shape)}."
+    at = "" if params.stretch else "at "  # "#1 wider (640×448)", "#1 at 16:9 (704×384)"
+    return f"#{number} {at}{params.words(shape)}, with its prompt and seed {seed}."
 
 
 def _redraw_not_stretch(text: str, args: Mapping[str, Any], target: ImageInfo | None) -> bool:

@@ -77,23 +77,11 @@ def aspect_size(aspect: tuple[int, int], base: tuple[int, int]) -> tuple[int, in
 
 
 #: the shapes "wider" and "taller" step through, narrowest first
-_STRETCH_STEPS: tuple[tuple[int, int], ...] = (
-    (9, 21),
-    (1, 2),
-    (9, 16),
-    (2, 3),
-    (3, 4),
-    (1, 1),
-    (4, 3),
-    (3, 2),
-    (16, 9),
-    (2, 1),
-    (21, 9),
-)
+_STRETCH_STEPS: tuple[tuple[int, int], ...] = ((9, 21), (9, 16), (2, 3), (1, 1), (3, 2), (16, 9), (21, 9))
 
 
 def stretched_aspect(base: tuple[int, int], direction: int) -> tuple[int, int]:
-    """The next usual shape wider (direction > 0) or taller than `base`: 1:1 → 4:3 → 3:2 → 16:9."""
+    """The next usual shape wider (direction > 0) or taller than `base`: 1:1 → 3:2 → 16:9 → 21:9."""
     ratio = base[0] / base[1]
     if direction > 0:
         wider = [a for a in _STRETCH_STEPS if a[0] / a[1] > ratio * 1.05]

@@ -445,7 +445,6 @@ def _sidebar_conversations(repo: Repository) -> None:
                 on_click=select_conversation,
                 args=(conversation.id,),
                 width="stretch",
-                help=f"Conversation {conversation.id}",
             )
         if query.strip() and not conversations:
             st.caption("No conversation matches.")

@@ -170,7 +170,8 @@ def render_gallery(ctx: UiContext) -> None:
 def _gallery_cell(repo: Repository, image: Image, title: str) -> None:
     with st.container(border=True):
         common.show_thumbnail(image.sha256, repo.image_path(image), width="stretch")
-        st.caption(f"#{image.number} · {image.operation} · {image.backend}")
+        made_by = "" if image.backend == image.operation else f" · {image.backend}"  # "upload · upload"
+        st.caption(f"#{image.number} · {image.operation}{made_by}")
         st.markdown(escape_markdown(support.short(image.instruction or image.prompt, 60)) or "—")
         st.caption(f"in {escape_markdown(support.short(title, 40))}")
         st.button(

@@ -1546,7 +1546,8 @@ def _validate(request: ImageRequest) -> _Job:
         )
     if scene.not_drawn and operation is not Operation.IMG2IMG:
         listed = ", ".join(f"“{thing}”" for thing in scene.not_drawn)
-        notes.append(f"The sketch renderer has no drawing for {listed}, so it is left out of the picture.")
+        left = "it is" if len(scene.not_drawn) == 1 else "they are"
+        notes.append(f"The sketch renderer has no drawing for {listed}, so {left} left out of the picture.")
     if request.negative_prompt.strip():
         notes.append("The offline renderer does not use negative prompts; nothing from it was drawn.")
 

@@ -401,6 +401,10 @@ def parse_scene(prompt: str) -> Scene:
         if word in _ELEMENTS and kind == "time" and _ELEMENTS[word] not in elements:
             elements.append(_ELEMENTS[word])
 
+    for thing in _unknown_things(tagged):
+        if not any(entry.split()[-1] == thing for entry in not_drawn):
+            not_drawn.append(thing)
+
     subject_tags = [(i, value, word) for i, (kind, value, word) in enumerate(tagged) if kind == "subject"]
     for tag_index, kind_name, word in subject_tags[:MAX_SUBJECTS]:
         family = _SUBJECT_FAMILIES[kind_name]
@@ -473,6 +477,39 @@ def _unknown_thing_after(tagged: list[tuple[str, str, str]], index: int) -> str 
     if kind or word in _TINT_WORDS or not word.isalpha() or len(word) < 3:
         return None
     return word
+
+
+_ARTICLES = frozenset({"a", "an", "the"})
+#: words that end a noun phrase ("a lighthouse [on] a cliff")
+_PHRASE_ENDS = frozenset(
+    {"on", "in", "at", "with", "and", "or", "of", "by", "under", "over", "near", "from", "to", "into"}
+    | {"beside", "behind", "for", "above", "below", "across", "through", "along", "around", "between"}
+)
+#: nouns about the picture itself, not things in it
+_PICTURE_NOUNS = frozenset(
+    {"photo", "picture", "image", "painting", "drawing", "illustration", "view", "scene", "shot"}
+    | {"portrait", "render", "sketch", "style", "version", "background", "foreground", "bit", "lot"}
+    | {"few", "couple", "little", "close", "wide", "distance", "middle", "side", "top", "bottom"}
+)
+
+
+def _unknown_things(tagged: list[tuple[str, str, str]]) -> list[str]:
+    """Heads of "a/an/the …" phrases the sketch has no drawing for ("a lighthouse on a cliff")."""
+    found: list[str] = []
+    for index, (_kind, _value, word) in enumerate(tagged):
+        if word not in _ARTICLES:
+            continue
+        end = index + 1
+        while end < len(tagged) and end - index <= 3 and tagged[end][2] not in _PHRASE_ENDS | _ARTICLES:
+            end += 1
+            if tagged[end - 1][0]:
+                break  # a word it can draw ends the phrase: "a cozy [cabin]", "the [woods], wide shot"
+        if end == index + 1:
+            continue
+        kind, _value, head = tagged[end - 1]
+        if not kind and head.isalpha() and len(head) >= 3 and head not in _PICTURE_NOUNS | _TINT_WORDS:
+            found.append(head)
+    return list(dict.fromkeys(found))
 
 
 def _colour_target(tagged: list[tuple[str, str, str]], index: int) -> tuple[str, int, str] | None:

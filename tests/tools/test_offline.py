@@ -917,4 +917,9 @@ def test_a_coloured_thing_the_sketch_cannot_draw_is_named_not_tinted_over_everyt
     barn = run("a red barn in a field", seed=5)
     assert any("“red barn”" in note for note in barn.notes)
     assert parse_scene("a sunset in pink tones").palette == ("pink",)  # a tint said as one still tints
+    lighthouse = run("a lighthouse on a cliff at sunset", seed=5)  # things it cannot draw are named
+    assert any(
+        "no drawing for “lighthouse”, “cliff”, so they are left out" in note for note in lighthouse.notes
+    )
+    assert parse_scene("a cozy cabin in the woods, wide shot, seen from farther away").not_drawn == ()
     assert parse_scene("a red fox").subjects[0].colour_name == "red"

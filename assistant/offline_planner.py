@@ -1348,8 +1348,14 @@ class OfflinePlanner:
             info = context.image(number)
             if info is not None and info.operation in ("upload", "upscale", "transform"):
                 what = f"{'an' if info.operation[0] in 'aeiou' else 'a'} {info.operation}"
-                source = f" of #{info.parent_number}" if info.parent_number is not None else ""
-                hint = f" Say “regenerate #{info.parent_number}” to redo that one." if source else ""
+                parent = context.image(info.parent_number) if info.parent_number is not None else None
+                source = f" of #{parent.number}" if parent is not None else ""
+                rerollable = parent is not None and parent.operation not in ("upload", "upscale", "transform")
+                hint = (
+                    f" Say “regenerate #{parent.number}” to redo that one."
+                    if parent is not None and rerollable
+                    else " Doing it again gives the same picture; say what to change instead."
+                )
                 return _clarify(raw, f"#{number} is {what}{source}, so there is nothing to re-roll.{hint}")
         first = context.image(targets[0])
         assert first is not None  # resolve_references only returns existing numbers

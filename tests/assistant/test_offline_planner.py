@@ -843,3 +843,19 @@ def test_a_number_no_image_can_have_is_asked_about_not_read_as_the_last(text: st
     plan = PLANNER.plan(text, CHAIN)
     assert plan.intent is Intent.CLARIFY and plan.operation is None
     assert "numbered from #1" in (plan.reply or "") and "#3" in (plan.reply or "")
+
+
+def test_try_again_on_a_transform_of_an_upload_points_nowhere_it_cannot_go() -> None:
+    """The browser QA: "try again" after "make it black and white" of an upload suggested
+    "regenerate #4", the upload, which has nothing to regenerate either."""
+    upload_then_gray = PlannerContext(
+        images=(
+            _img(1, "", operation="upload"),
+            _img(2, "", operation="transform", parent=1, instruction="make it black and white"),
+        )
+    )
+    plan = PLANNER.plan("try again", upload_then_gray)
+    assert plan.intent is Intent.CLARIFY and "regenerate #1" not in (plan.reply or "")
+    assert "say what to change instead" in (plan.reply or "")
+    flipped = replace(CHAIN, images=(*CHAIN.images, _img(4, "", operation="transform", parent=3)))
+    assert "regenerate #3" in (PLANNER.plan("try again", flipped).reply or "")

@@ -171,8 +171,9 @@ _SEED = r"\b(?:(?:with|using|and|use)\s+)?(?:the\s+|a\s+)?seed\s*(?:=|:|#|of|num
 
 #: "negative: blurry", "negative prompt = text, watermark": the rest of the message is the negative prompt
 _NEGATIVE_LABEL = (
-    r"(?:^|[\s,.;])(?:(?:set|use|with|add|and)\s+)?(?:the\s+|a\s+)?negative(?:\s+prompt)?"
-    r"\s*(?:[:=]|\bis\b|\bto\b)\s*(?P<neg>.*)$"
+    # "is"/"to" only after "negative prompt": "less negative to look at" is about the mood
+    r"(?:^|[\s,.;])(?:(?:set|use|with|add|and)\s+)?(?:the\s+|a\s+)?negative"
+    r"(?:\s+prompt\s*(?:[:=]|\bis\b|\bto\b)|\s*[:=])\s*(?P<neg>.*)$"
 )
 NO_NEGATIVE_PROMPT_REPLY = (
     "This backend takes no negative prompt, so it would change nothing here. The diffusers "

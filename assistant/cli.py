@@ -661,6 +661,7 @@ def _send_stdout_to_devnull() -> None:
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _print_json_events(events: Iterator[Any]) -> None:

@@ -164,9 +164,8 @@ class Database:
         self.url = url
         self.is_sqlite = _is_sqlite(url)
         if self.is_sqlite:
-            database = make_url(url).database
-            if database and database != ":memory:" and not database.startswith("file:"):
-                folder = Path(database).parent
+            if (database := self.sqlite_file) is not None:
+                folder = database.parent
                 try:
                     folder.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:

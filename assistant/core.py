@@ -509,47 +509,56 @@ class Assistant:
         width, height = natural
         return self.settings.width or width, self.settings.height or height
 
-    def _steps(self, plan: Plan | None, like: Image | None = None) -> int:
-        """The turn's sampling steps: what the message asked for, else what the image worked on
-        was made with ("40 steps" then "make it snowier" keeps 40), else the settings'."""
-        if plan is not None and plan.steps is not None:
-            return plan.steps
-        inherited = self._made_with(like, "steps")
-        if inherited is None or not 1 <= int(inherited) <= self.settings.max_steps:
-            return self.settings.steps  # an uploaded file's "Steps: 10000" is not ours to refuse over
-        return int(inherited)
+    def _sampler_settings(self, plan: Plan | None, like: Image | None = None) -> tuple[int, float]:
+        """The turn's steps and guidance: what the message asked for, else what the image worked
+        on was made with ("40 steps" then "make it snowier" keeps 40), else the settings'."""
+        steps = plan.steps if plan is not None else None
+        guidance = plan.guidance if plan is not None else None
+        if steps is None or guidance is None:
+            made = self._made_with(like)
+            if steps is None and (inherited := made.get("steps")) is not None:
+                # an uploaded file's "Steps: 10000" is not ours to refuse over
+                steps = int(inherited) if 1 <= int(inherited) <= self.settings.max_steps else None
+            if guidance is None and (inherited := made.get("guidance")) is not None:
+                guidance = float(inherited)
+        return (
+            self.settings.steps if steps is None else steps,
+            self.settings.guidance if guidance is None else guidance,
+        )
 
-    def _guidance(self, plan: Plan | None, like: Image | None = None) -> float:
-        if plan is not None and plan.guidance is not None:
-            return plan.guidance
-        inherited = self._made_with(like, "guidance")
-        return float(inherited) if inherited is not None else self.settings.guidance
-
-    def _made_with(self, image: Image | None, key: str) -> Any:
-        """A sampler setting of `image`, or of the nearest image it came from that has one.
+    def _made_with(self, image: Image | None) -> dict[str, float]:
+        """Steps and guidance of `image`, each from the nearest image it came from that has it.
 
         A flip or crop has no steps of its own; an edit of it should still keep the original's.
         A backend that ignores guidance (offline, OpenAI) reports none for its image; the call's
-        record still holds what the user asked for, and that is what a later edit keeps.
+        record still holds what the user asked for, and that is what a later edit keeps. One walk
+        up the lineage finds both.
         """
+        found: dict[str, float] = {}
         for _ in range(INHERIT_LOOKBACK_IMAGES):
             if image is None:
-                return None
-            value = (image.params or {}).get(key)
+                break
+            params = image.params or {}
+            recorded: dict[str, Any] = {}
             if image.operation == "upload":  # what the file says made it (A1111 "Steps: 30")
-                value = number_or_none(((image.params or {}).get("embedded") or {}).get(EMBEDDED_NAMES[key]))
-            elif value is None and image.generation_id is not None:
-                with contextlib.suppress(NotFound):
-                    value = (self.repo.generation(image.generation_id)[0].params or {}).get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return value
-            if image.parent_id is None:
-                return None
+                embedded = params.get("embedded") or {}
+                recorded = {key: number_or_none(embedded.get(name)) for key, name in EMBEDDED_NAMES.items()}
+            else:
+                recorded = {key: params.get(key) for key in EMBEDDED_NAMES}
+                if any(v is None for v in recorded.values()) and image.generation_id is not None:
+                    with contextlib.suppress(NotFound):
+                        asked = self.repo.generation(image.generation_id)[0].params or {}
+                        recorded = {k: v if v is not None else asked.get(k) for k, v in recorded.items()}
+            for key, value in recorded.items():
+                if key not in found and isinstance(value, int | float) and not isinstance(value, bool):
+                    found[key] = float(value)
+            if len(found) == len(EMBEDDED_NAMES) or image.parent_id is None:
+                break
             try:
                 image = self.repo.get_image(image.parent_id)
             except NotFound:
-                return None
-        return None
+                break
+        return found
 
     def _check_limits(self, width: int, height: int, n: int, steps: int | None = None) -> None:
         """Refuse a call over the caps, before it is made; pixels count for the whole turn."""
@@ -652,7 +661,7 @@ class Assistant:
         plan = state.plan
         width, height = size
         like = settings_from or source
-        steps, guidance = self._steps(plan, like), self._guidance(plan, like)
+        steps, guidance = self._sampler_settings(plan, like)
         self._check_limits(width, height, n, steps)
         backend = self.backend
         seed = self._seed(plan) if seed is None else seed
@@ -938,10 +947,11 @@ class Assistant:
         if plan.targets and not plan.is_reply_only:
             with contextlib.suppress(NotFound):
                 like = self.repo.get_image_by_number(conversation_id, plan.targets[0])
+        steps, guidance = self._sampler_settings(plan, like)
         params: dict[str, Any] = {
             "n": plan.n,
-            "steps": self._steps(plan, like),
-            "guidance": self._guidance(plan, like),
+            "steps": steps,
+            "guidance": guidance,
             "size": "{}x{}".format(*(plan.size or self.default_size())),
         }
         if plan.strength is not None:

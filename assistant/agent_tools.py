@@ -56,12 +56,11 @@ from assistant.plan import (
 )
 from assistant.references import NO_IMAGES_QUESTION, ReferenceResult, list_images, resolve_references
 from assistant.rewrite import STYLE_PRESETS, build_negative, normalize_style
+from assistant.settings import MIN_SIDE
 from tools.base import Operation
 
 #: Longest prompt a tool accepts; longer text is a model running away, not a prompt.
 MAX_PROMPT_CHARS = 4000
-#: Smallest side a generated image may have.
-MIN_SIDE = 64
 DEFAULT_VARIATION_STRENGTH = 0.5
 DEFAULT_REDRAW_STRENGTH = 0.6
 #: Operations whose result has no seed of its own to re-roll.

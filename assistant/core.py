@@ -24,7 +24,7 @@ from assistant.describe import describe_lineage, describe_list, describe_prompt
 from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Reply
 from assistant.pasted_parameters import plan_from_pasted_parameters
 from assistant.plan import ImageInfo, Intent, Plan, Planner, PlannerContext
-from assistant.settings import BACKEND_MAX_STEPS, MAX_SEED, Settings
+from assistant.settings import BACKEND_MAX_STEPS, MAX_SEED, MIN_SIDE, Settings
 from assistant.upload_parameters import EMBEDDED_NAMES, embedded_parameters, number_or_none
 from storage.db import StorageError
 from storage.models import Image
@@ -568,6 +568,8 @@ class Assistant:
             raise TurnFailed(f"At most {settings.max_n} images per request.")
         if max(width, height) > settings.max_side:
             raise TurnFailed(f"{width}×{height} is too large; the limit is {settings.max_side} px per side.")
+        if min(width, height) < MIN_SIDE:
+            raise TurnFailed(f"{width}×{height} is too small; each side needs at least {MIN_SIDE} px.")
         most, why = settings.max_steps, "ATELIER_MAX_STEPS"
         backend_most = BACKEND_MAX_STEPS.get(self.backend.name)
         if backend_most is not None and backend_most[1] < most:

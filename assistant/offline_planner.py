@@ -800,10 +800,6 @@ class OfflinePlanner:
         params, rest = render_params(raw, shape_words_alone=bool(context.images))
         if not params:
             return None
-        if params.steps is not None and params.steps < 1:
-            return _clarify(raw, "Sampling needs at least 1 step; 20–40 is usual.")
-        if params.size is not None and min(params.size) < 64:
-            return _clarify(raw, "That is too small to draw; each side needs at least 64 pixels.")
         probe = resolve_references(rest, context.images, focus=context.focus)
         _, words = _seed(probe.remainder)
         if _leftover(words, _REGENERATE, extra=RERUN_WORDS):

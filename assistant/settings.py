@@ -54,6 +54,8 @@ RANDOM_SEED = -1
 #: the backends' own step limits (`tools.offline.MAX_STEPS`, `tools.diffusers_local.MAX_STEPS`),
 #: repeated so that reading settings imports no tool; a test checks they agree
 BACKEND_MAX_STEPS = {"offline": ("the offline renderer", 100), "diffusers": ("the diffusers backend", 150)}
+#: the smallest side any backend draws (`tools.offline.MIN_SIDE`); smaller is refused before a call
+MIN_SIDE = 64
 
 
 class SettingError(ValueError):

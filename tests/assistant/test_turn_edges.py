@@ -144,6 +144,31 @@ def test_steps_over_what_the_backend_takes_are_refused_with_that_limit(tmp_path:
     assert assistant.repo.conversation_images(events[0].conversation_id) == []
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("steps 0", "0 steps is out of range; use 1 to 100 (the most the offline renderer takes)."),
+        ("a dog, 0 steps", "0 steps is out of range; use 1 to 100 (the most the offline renderer takes)."),
+    ],
+)
+def test_settings_too_small_to_draw_are_refused_like_settings_too_large(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """Zero steps and a 32 px side fail the turn with the limit, as 500 steps and 4096 px do,
+    rather than being asked about (the CLI exits 1 either way)."""
+    assistant, conversation_id = start(tmp_path)
+    assert failure(run(assistant, conversation_id, text)) == message
+    assert [image.number for image in assistant.repo.conversation_images(conversation_id)] == [1]
+
+
+def test_a_default_side_under_64_px_is_refused_before_the_backend_is_called(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    assistant.settings.width, assistant.settings.height = 32, 256  # past the settings checks
+    events = run(assistant, None, "a lighthouse at dawn")
+    assert failure(events) == "32×256 is too small; each side needs at least 64 px."
+    assert assistant.repo.generations(events[0].conversation_id) == []
+
+
 def test_a_data_folder_that_cannot_be_made_is_one_line_for_the_ui_too(tmp_path: Path) -> None:
     from assistant.runtime import open_repository
     from assistant.settings import Settings

@@ -47,6 +47,7 @@ from assistant.agent_tools import (
 )
 from assistant.events import Event, Failed, ImageReady, Reply
 from assistant.offline_planner import DELETE_REPLY
+from assistant.one_line import one_line
 from assistant.plan import (
     Intent,
     Plan,
@@ -661,7 +662,8 @@ class LLMAgent:
         extras += [f"Note: {note}" for note in notes if note]
         # a failure is one line (the chat shows it as an error); a reply keeps its paragraphs
         if failed:  # the model's words too: it may answer in paragraphs, or at great length
-            reply = _one_line(" ".join([_one_line(reply, MODEL_WORDS_IN_FAILURE), *extras]))
+            words = " ".join([one_line(reply, MODEL_WORDS_IN_FAILURE), *extras])
+            reply = one_line(words, FAILURE_MESSAGE_CHARS)
         else:
             reply = "".join([reply, *(f"\n\n{e}" for e in extras)])
         record: dict[str, Any] = {
@@ -759,11 +761,6 @@ def _first_refusal(key: tuple[str, str]) -> bool:
 #: reason (the notes after them) stays in it
 FAILURE_MESSAGE_CHARS = 400
 MODEL_WORDS_IN_FAILURE = 240
-
-
-def _one_line(text: str, limit: int = FAILURE_MESSAGE_CHARS) -> str:
-    words = " ".join(text.split())
-    return words if len(words) <= limit else words[: limit - 1].rstrip() + "…"
 
 
 def _log_failure(failure: ChatUnavailable) -> None:

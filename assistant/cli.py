@@ -28,6 +28,7 @@ from rich.text import Text
 from rich.tree import Tree
 from sqlalchemy.exc import DBAPIError
 
+from assistant.one_line import one_line
 from assistant.runtime import database_exists, open_existing_repository, open_repository
 from assistant.settings import MAX_SEED, RANDOM_SEED, Settings, describe_settings_error
 from storage.db import DatabaseDamaged, StorageError, describe_database_error
@@ -199,11 +200,6 @@ def image_document(repo: Repository, image: Image) -> dict[str, Any]:
     return document
 
 
-def _short(text: str | None, width: int = 60) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def _parse_id(value: str, what: str) -> int:
     try:
         number = int(value)
@@ -291,7 +287,7 @@ def history(
                 image.operation,
                 parent if image.parent_id is None or image.parent_id in numbers else f"id {image.parent_id}",
                 image.backend,
-                escape(_short(image.instruction or image.prompt)),  # prompts may contain [brackets]
+                escape(one_line(image.instruction or image.prompt)),  # prompts may contain [brackets]
                 image.created_at.strftime("%Y-%m-%d %H:%M"),
             )
         out.print(table)
@@ -390,7 +386,7 @@ def lineage(image_id: Annotated[str, typer.Argument(help="Image id.")], as_json:
 def _lineage_tree(nodes: list[Any], target: int) -> Tree:
     def label(image: Image) -> str:
         marker = " [bold yellow]◀ this image[/bold yellow]" if image.id == target else ""
-        words = escape(_short(image.instruction or image.prompt, 50))
+        words = escape(one_line(image.instruction or image.prompt, 50))
         return f"#{image.number} (id {image.id}) {image.operation}: {words}{marker}"
 
     root = nodes[0].image

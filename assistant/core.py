@@ -22,6 +22,7 @@ from PIL import Image as PILImage
 
 from assistant.describe import describe_lineage, describe_list, describe_prompt
 from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Reply
+from assistant.one_line import one_line
 from assistant.pasted_parameters import plan_from_pasted_parameters
 from assistant.plan import ImageInfo, Intent, Plan, Planner, PlannerContext
 from assistant.settings import BACKEND_MAX_STEPS, MAX_SEED, MIN_SIDE, Settings
@@ -213,7 +214,7 @@ class Assistant:
 
         retried = self._failed_request(conversation_id, text) if not attachments else None
         if retried is not None:
-            notes.append(f"Retrying your earlier request: “{_clip(retried, 120)}”.")
+            notes.append(f"Retrying your earlier request: “{one_line(retried, 120)}”.")
             text = retried
 
         try:
@@ -228,7 +229,7 @@ class Assistant:
             if pasted.negative_prompt and self.backend.name in BACKENDS_WITHOUT_NEGATIVE_PROMPT:
                 notes.append(
                     f"The {self.backend.name} backend takes no negative prompt; "
-                    f"“{_clip(pasted.negative_prompt, 80)}” was left out."
+                    f"“{one_line(pasted.negative_prompt, 80)}” was left out."
                 )
             yield from self.execute(conversation_id, pasted, notes=notes)
             return
@@ -741,7 +742,7 @@ class Assistant:
             # "Edited: 1 image." over an unchanged picture would be a lie
             elsewhere = " or a neural backend (diffusers, OpenAI)" if backend.name == "offline" else ""
             state.notes.append(
-                f"“{_short(plan.instruction)}” changed nothing: the result is pixel for pixel "
+                f"“{one_line(plan.instruction)}” changed nothing: the result is pixel for pixel "
                 f"#{source.number}. The {backend.name} backend could not draw that change; try other "
                 f"words{elsewhere}."
             )
@@ -1271,11 +1272,6 @@ def _all_same_pixels(source: Any, results: Sequence[Any]) -> bool:
     )
 
 
-def _short(text: str, limit: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 #: params that name other images by id: they describe the old step, not its replay
 _ID_PARAMS = ("source_id", "replay_of", "regenerated_from")
 
@@ -1331,10 +1327,4 @@ def _display_name(filename: str, limit: int = 60) -> str:
 
 
 def _title_from(text: str) -> str:
-    words = " ".join(text.split())
-    return (words[:60] + "…") if len(words) > 60 else (words or "New conversation")
-
-
-def _clip(text: str, limit: int) -> str:
-    words = " ".join(text.split())
-    return words if len(words) <= limit else words[: limit - 1] + "…"
+    return one_line(text, 61) or "New conversation"

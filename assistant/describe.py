@@ -6,15 +6,13 @@ from the chat transcript or a model's memory, so the answer is true even after a
 
 from __future__ import annotations
 
+from assistant.one_line import one_line
 from storage.models import Image
 from storage.repository import Repository
 
 
 def _quote(text: str | None, width: int = 160) -> str:
-    text = " ".join((text or "").split())
-    if len(text) > width:
-        text = text[: width - 1] + "…"
-    return f"“{text}”"
+    return f"“{one_line(text, width)}”"
 
 
 def _step(image: Image, numbers: dict[int, int], seeds: dict[int, int | None]) -> str:

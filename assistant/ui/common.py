@@ -23,6 +23,7 @@ from pydantic import SecretStr, ValidationError
 from streamlit.runtime.media_file_storage import MediaFileStorageError
 
 from assistant.core import Assistant
+from assistant.one_line import one_line
 from assistant.settings import BackendChoice, Settings, describe_settings_error
 from assistant.turn_lanes import TurnLanes
 from assistant.ui import support
@@ -439,7 +440,7 @@ def _sidebar_conversations(repo: Repository) -> None:
     ):
         for conversation in conversations:
             st.button(
-                escape_markdown(support.short(conversation.title, 40)),
+                escape_markdown(one_line(conversation.title, 40)),
                 key=f"atelier.conversation.{conversation.id}",
                 type="primary" if conversation.id == current else "secondary",
                 on_click=select_conversation,

@@ -16,6 +16,7 @@ from typing import Any
 
 import streamlit as st
 
+from assistant.one_line import one_line
 from assistant.ui import CHAT_PAGE, common, support
 from assistant.ui.common import UiContext
 from assistant.ui.support import Keys, escape_markdown
@@ -115,7 +116,7 @@ def _conversation_filter(repo: Repository) -> int | None:
         [None, *choices],
         key=CONVERSATION_KEY,
         format_func=lambda cid: (
-            "All conversations" if cid is None else f"{support.short(choices.get(cid, ''), 30)} ({cid})"
+            "All conversations" if cid is None else f"{one_line(choices.get(cid, ''), 30)} ({cid})"
         ),
         label_visibility="collapsed",
     )
@@ -172,8 +173,8 @@ def _gallery_cell(repo: Repository, image: Image, title: str) -> None:
         common.show_thumbnail(image.sha256, repo.image_path(image), width="stretch")
         made_by = "" if image.backend == image.operation else f" · {image.backend}"  # "upload · upload"
         st.caption(f"#{image.number} · {image.operation}{made_by}")
-        st.markdown(escape_markdown(support.short(image.instruction or image.prompt, 60)) or "—")
-        st.caption(f"in {escape_markdown(support.short(title, 40))}")
+        st.markdown(escape_markdown(one_line(image.instruction or image.prompt, 60)) or "—")
+        st.caption(f"in {escape_markdown(one_line(title, 40))}")
         st.button(
             "Details", key=f"atelier.h.detail.{image.id}", on_click=_focus, args=(image.id,), width="stretch"
         )
@@ -210,7 +211,7 @@ def render_detail(ctx: UiContext, image: Image) -> None:
     st.button(
         "Back to gallery", key="atelier.h.back", icon=":material/arrow_back:", on_click=_back_to_gallery
     )
-    st.subheader(f"#{image.number} · {escape_markdown(support.short(title, 60))}")
+    st.subheader(f"#{image.number} · {escape_markdown(one_line(title, 60))}")
     left, right = st.columns([3, 2])
     with left:
         file_there = common.show_image(repo.image_path(image), width="stretch")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.core import BACKEND_OPERATIONS_NEEDING_SOURCE, MODEL_FREE_OPERATIONS
+from assistant.one_line import one_line
 from assistant.settings import Settings
 from storage.models import Image, Message
 from storage.repository import ImageFilter, LineageNode
@@ -242,11 +243,6 @@ def sidebar_values(
                 values[Keys.SEED_MODE] = FIXED_SEED
                 values[Keys.SEED] = int(raw)
     return values
-
-
-def short(text: str | None, width: int = 60) -> str:
-    words = " ".join((text or "").split())
-    return words if len(words) <= width else words[: width - 1] + "…"
 
 
 # ----- requests the image actions send ---------------------------------------------------
@@ -635,7 +631,7 @@ def lineage_dot(nodes: Iterable[LineageNode], highlight_id: int | None = None) -
     for node in rows:
         image = node.image
         where = f" (conversation {image.conversation_id})" if len(conversations) > 1 else ""
-        label = f"#{image.number} {image.operation}{where}\n{short(image.instruction or image.prompt, 40)}"
+        label = f"#{image.number} {image.operation}{where}\n{one_line(image.instruction or image.prompt, 40)}"
         attributes = [f"label={dot_string(label)}", f"tooltip={dot_string(f'image id {image.id}')}"]
         if image.id == highlight_id:
             attributes += [

@@ -136,7 +136,7 @@ def _png_bytes(repo: Repository, image_id: int) -> bytes:
 
 def _render_image(repo: Repository, image: ImageView) -> None:
     # a cached thumbnail: the full-size file is for the history's detail view and the download
-    file_there = common.show_thumbnail(image.sha256, image.path, width="stretch")
+    file_there = common.show_thumbnail(image.sha256, image.path, width="stretch", alt=image.alt)
     st.caption(image.caption)
     number = image.number
     with st.container(horizontal=True, gap="small"):

@@ -170,7 +170,9 @@ def render_gallery(ctx: UiContext) -> None:
 
 def _gallery_cell(repo: Repository, image: Image, title: str) -> None:
     with st.container(border=True):
-        common.show_thumbnail(image.sha256, repo.image_path(image), width="stretch")
+        common.show_thumbnail(
+            image.sha256, repo.image_path(image), width="stretch", alt=support.alt_text(image)
+        )
         made_by = "" if image.backend == image.operation else f" · {image.backend}"  # "upload · upload"
         st.caption(f"#{image.number} · {image.operation}{made_by}")
         st.markdown(escape_markdown(one_line(image.instruction or image.prompt, 60)) or "—")
@@ -214,7 +216,7 @@ def render_detail(ctx: UiContext, image: Image) -> None:
     st.subheader(f"#{image.number} · {escape_markdown(one_line(title, 60))}")
     left, right = st.columns([3, 2])
     with left:
-        file_there = common.show_image(repo.image_path(image), width="stretch")
+        file_there = common.show_image(repo.image_path(image), width="stretch", alt=support.alt_text(image))
     with right:
         for label, value in support.image_fields(image, title, numbers):
             st.markdown(f"**{escape_markdown(label)}:** {escape_markdown(value)}")
@@ -267,10 +269,10 @@ def render_detail(ctx: UiContext, image: Image) -> None:
         st.subheader("Compared with its parent")
         before, after = st.columns(2)
         with before:
-            common.show_image(repo.image_path(parent), width="stretch")
+            common.show_image(repo.image_path(parent), width="stretch", alt=support.alt_text(parent))
             st.caption(f"#{parent.number} · {parent.operation} (parent)")
         with after:
-            common.show_image(repo.image_path(image), width="stretch")
+            common.show_image(repo.image_path(image), width="stretch", alt=support.alt_text(image))
             st.caption(f"#{image.number} · {image.operation}")
 
 

@@ -360,6 +360,8 @@ class ImageView:
     parent_label: str | None
     sha256: str
     parent_id: int | None = None
+    #: what a screen reader says for the picture (`alt_text`)
+    alt: str = ""
 
     @property
     def caption(self) -> str:
@@ -404,7 +406,19 @@ def image_view(image: Image, path: Path, numbers: Mapping[int, int]) -> ImageVie
         parent_label=parent_label(image, numbers),
         sha256=image.sha256,
         parent_id=image.parent_id,
+        alt=alt_text(image),
     )
+
+
+def alt_text(image: Image) -> str:
+    """The picture in words for a screen reader: its number, what made it and the request.
+
+    The caption under a thumbnail says "#3 · edit"; that is not the picture. The user's
+    request (or the prompt, for an image made from a pasted one) is the nearest description
+    Atelier has, so a reader hears "Image #3, edit: make it snowier".
+    """
+    words = one_line(image.instruction or image.prompt, 150)
+    return f"Image #{image.number}, {image.operation}" + (f": {words}" if words else "")
 
 
 def conversation_view(

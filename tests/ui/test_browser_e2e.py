@@ -224,6 +224,8 @@ def test_type_a_request_see_the_image_then_its_lineage(
             page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
             # the chat draws a thumbnail of the 1536×1024 image; the download below is full size
             assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [384, 256]
+            # a screen reader hears the picture's request, not "image" or nothing
+            assert image.get_attribute("alt") == "Image #1, generate: a red fox in the snow at night"
             page.screenshot(path=str(shots / "chat.png"))
             with page.expect_download() as download:
                 page.get_by_role("button", name="PNG").first.click()
@@ -239,6 +241,7 @@ def test_type_a_request_see_the_image_then_its_lineage(
             page.get_by_role("button", name="Details").first.click()  # newest first: #2
             graph = page.locator('[data-testid="stGraphVizChart"] svg')
             graph.wait_for(timeout=30_000)
+            sync_api.expect(page.get_by_role("img", name="Image #2, edit: make it darker").first).to_be_visible()
             sync_api.expect(graph).to_contain_text("#1 generate")
             sync_api.expect(graph).to_contain_text("#2 edit")
             sync_api.expect(graph.locator("g.node")).to_have_count(2)

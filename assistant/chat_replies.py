@@ -165,13 +165,49 @@ def still_there(number: int) -> str:
 
 
 def undo_target(context: PlannerContext) -> int | None:
-    """What "undo" goes back to: the last image's source, else the image before it."""
-    last = context.last
-    if last is None:
+    """What "undo" goes back to: the working image's source, else the image made before it.
+
+    The working image is the one an earlier undo went back to, so undo after undo keeps
+    walking back, and stops at the first image instead of wrapping round to the newest.
+    """
+    current = context.last
+    if current is None:
         return None
-    if last.parent_number is not None and context.image(last.parent_number) is not None:
-        return last.parent_number
-    return context.images[-2].number if len(context.images) > 1 else None
+    if current.parent_number is not None and context.image(current.parent_number) is not None:
+        return current.parent_number
+    earlier = [info.number for info in context.images if info.number < current.number]
+    return earlier[-1] if earlier else None
+
+
+def forward_again(number: int) -> str:
+    """The reply to "redo": the undone image is the working image again."""
+    return f"Forward to #{number} again: your next change (for example “make it snowier”) edits it."
+
+
+#: "redo" / Ctrl+Y after an undo (bare: "redo the sky" is a request)
+REDO_CUE = (
+    r"(?:redo|ctrl\s*\+?\s*(?:y|shift\s*\+?\s*z))"
+    r"(?:\s+(?:that|it|the\s+last\s+(?:change|edit|step)|(?:the|that)\s+(?:change|edit)))?[\s.!]*"
+)
+
+
+def redo_target(context: PlannerContext) -> int | None:
+    """What "redo" after an undo returns to: the step from the working image towards the newest.
+
+    Undo went to a source (its child on the way to the newest image is what it undid) or to
+    the image made before (the image made after it). None when nothing was undone.
+    """
+    if context.focus is None or not context.images:
+        return None
+    numbers = {info.number: info for info in context.images}
+    step: int | None = context.images[-1].number
+    while step is not None and step in numbers:
+        parent = numbers[step].parent_number
+        if parent == context.focus:
+            return step
+        step = parent
+    later = [info.number for info in context.images if info.number > context.focus]
+    return later[0] if later else None
 
 
 #: openers (on the message without polite words) that point back at an earlier image

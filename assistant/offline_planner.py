@@ -59,11 +59,14 @@ from assistant.chat_replies import (
     PRAISE,
     PRAISE_REPLY,
     QUESTION_WORDS,
+    REDO_CUE,
     SAME_AGAIN,
     SMALL_TALK_CHUNK,
     SMALL_TALK_REPLIES,
     UNDO_CUE,
+    forward_again,
     opposite_request,
+    redo_target,
     small_talk_kind,
     still_there,
     undo_target,
@@ -636,6 +639,7 @@ class OfflinePlanner:
             self._other_media,
             self._combine,
             self._verbatim,
+            self._redo,
             self._go_back,
             self._complaint,
             self._opposite,
@@ -723,6 +727,15 @@ class OfflinePlanner:
                 return None
         return _describe(raw, kind, context)
 
+    def _redo(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "redo" right after an undo goes forward to the image undone; otherwise it is a re-roll."""
+        if not re.fullmatch(REDO_CUE, strip_polite(raw), flags=_I):
+            return None
+        number = redo_target(context)
+        if number is None:
+            return None
+        return replace(_clarify(raw, forward_again(number)), focus=number)
+
     def _go_back(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "undo", "go back to #2", "I liked the previous one better": the earlier image is still there.
 
@@ -752,8 +765,11 @@ class OfflinePlanner:
             return replace(self._plan(f"#{number}, {change}", context), instruction=raw)
         if number is None:
             first = context.images[0].number
-            return _clarify(
-                raw, f"There is nothing before #{first}: it is the first image. " + still_there(first)
+            return replace(
+                _clarify(
+                    raw, f"There is nothing before #{first}: it is the first image. " + still_there(first)
+                ),
+                focus=first,
             )
         return replace(_clarify(raw, still_there(number)), focus=number)
 

@@ -375,6 +375,43 @@ def test_going_back_points_at_the_earlier_image_and_makes_nothing(text: str, sti
     assert "nothing is deleted" in (plan.reply or "") and plan.focus == still_there
 
 
+def _after(text: str, context: PlannerContext) -> PlannerContext:
+    """The context of the next turn: the plan's focus, as the orchestrator passes it on."""
+    return replace(context, focus=PLANNER.plan(text, context).focus)
+
+
+def test_undo_after_undo_walks_back_and_stops_at_the_first_image() -> None:
+    context = CHAIN
+    for expected in (2, 1):
+        context = _after("undo", context)
+        assert context.focus == expected
+    plan = PLANNER.plan("undo", context)
+    assert plan.intent is Intent.CLARIFY and plan.focus == 1, plan  # not round to #3 again
+    assert (plan.reply or "").startswith("There is nothing before #1")
+
+
+def test_undo_of_an_image_with_no_source_goes_to_the_image_made_before_it() -> None:
+    context = replace(FOX_WHALE, focus=None)
+    assert _after("undo", context).focus == 1
+    reply = PLANNER.plan("undo", _after("undo", context)).reply or ""
+    assert reply.startswith("There is nothing before #1")
+
+
+@pytest.mark.parametrize("redo", ["redo", "Redo.", "redo that", "ctrl+y", "please redo"])
+def test_redo_after_undo_goes_forward_again_towards_the_newest(redo: str) -> None:
+    context = _after("undo", _after("undo", CHAIN))  # at #1
+    plan = PLANNER.plan(redo, context)
+    assert plan.intent is Intent.CLARIFY and plan.focus == 2 and plan.operation is None, plan
+    assert "Forward to #2" in (plan.reply or "")
+    assert PLANNER.plan(redo, replace(context, focus=2)).focus == 3
+    assert PLANNER.plan("redo", replace(FOX_WHALE, focus=1)).focus == 2
+
+
+def test_redo_with_nothing_undone_is_still_a_re_roll() -> None:
+    plan = PLANNER.plan("redo", CHAIN)
+    assert plan.intent is Intent.REGENERATE and plan.targets == (3,), plan
+
+
 def test_going_back_with_a_change_edits_that_image_without_the_filler() -> None:
     plan = PLANNER.plan("go back to the first one and add a dog", CHAIN)
     assert plan.intent is Intent.EDIT and plan.targets == (1,)

@@ -241,7 +241,8 @@ def test_type_a_request_see_the_image_then_its_lineage(
             page.get_by_role("button", name="Details").first.click()  # newest first: #2
             graph = page.locator('[data-testid="stGraphVizChart"] svg')
             graph.wait_for(timeout=30_000)
-            sync_api.expect(page.get_by_role("img", name="Image #2, edit: make it darker").first).to_be_visible()
+            detail = page.get_by_role("img", name="Image #2, edit: make it darker").first
+            sync_api.expect(detail).to_be_visible()
             sync_api.expect(graph).to_contain_text("#1 generate")
             sync_api.expect(graph).to_contain_text("#2 edit")
             sync_api.expect(graph.locator("g.node")).to_have_count(2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -66,7 +67,7 @@ def load_image(
         except UnidentifiedImageError:
             raise InvalidImage(f"That file is not an image ({_describe_non_image(raw)}).") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InvalidImage(f"That image is too large to open safely ({_reason(exc)}).") from None
+            raise _too_large("That image", exc, max_pixels) from None
         except _DECODE_ERRORS as exc:
             raise InvalidImage(f"That image file is damaged and cannot be opened ({_reason(exc)}).") from None
         _check_pixel_count(image.size, max_pixels)
@@ -74,7 +75,7 @@ def load_image(
         try:
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InvalidImage(f"That image is too large to open safely ({_reason(exc)}).") from None
+            raise _too_large("That image", exc, max_pixels) from None
         except _DECODE_ERRORS as exc:
             raise InvalidImage(f"That image file is truncated or damaged ({_reason(exc)}).") from None
     _check_pixel_count(image.size, max_pixels)  # some formats pick their real size only on load
@@ -108,7 +109,7 @@ def check_image(
         try:
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InvalidImage(f"{what} is too large to open safely ({_reason(exc)}).") from None
+            raise _too_large(what, exc, max_pixels) from None
         except _DECODE_ERRORS as exc:
             raise InvalidImage(f"{what} is truncated or damaged ({_reason(exc)}).") from None
     return _to_rgb_or_rgba(image, collected)
@@ -220,6 +221,16 @@ def _read_bytes(data: ImageSource, max_bytes: int) -> bytes:
 def _reason(exc: BaseException) -> str:
     """Pillow's own words for what went wrong, ready to sit inside our parentheses."""
     return str(exc).strip().rstrip(".") or type(exc).__name__
+
+
+def _too_large(what: str, exc: Exception, max_pixels: int) -> InvalidImage:
+    """Pillow's bomb guard in Atelier's words (its own speaks of "DOS attack" and its limit)."""
+    declared = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f" ({int(declared.group(1)) / 1e6:.0f} megapixels)" if declared else ""
+    most = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    return InvalidImage(
+        f"{what} is too large to open{size}; images up to {most / 1e6:.0f} megapixels are accepted."
+    )
 
 
 def _check_pixel_count(size: tuple[int, int], max_pixels: int, what: str = "That image") -> None:

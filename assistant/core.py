@@ -367,33 +367,55 @@ class Assistant:
         The file name is the user's label only: it is shown (shortened, as a base name) and
         never used as a path, since files are stored under their content hash.
         """
-        from tools.image_input import load_image
+        from tools.image_input import load_image, prepare_mask
 
-        upload: Image | None = None
-        mask: PILImage.Image | None = None
+        decoded: list[tuple[Attachment, PILImage.Image]] = []
         for attachment in attachments:
             try:
-                image = load_image(attachment.data, notes=notes)
+                decoded.append((attachment, load_image(attachment.data, notes=notes)))
             except ToolError as exc:
-                what = "mask" if attachment.kind == "mask" else "image"
-                raise TurnFailed(
-                    f"The uploaded {what} {_display_name(attachment.filename)!r} can't be used: "
-                    f"{exc.user_message}"
-                ) from None
+                raise TurnFailed(_unusable(attachment, exc.user_message)) from None
+        masks = [(attachment, image) for attachment, image in decoded if attachment.kind == "mask"]
+        mask = masks[-1][1] if masks else None
+        upload: Image | None = None
+        for attachment, image in decoded:
             if attachment.kind == "mask":
-                mask = image
-            else:
-                prompt, negative, embedded = embedded_parameters(attachment.data)
-                upload = self.repo.save_upload(
-                    conversation_id,
-                    message_id,
-                    image,
-                    text,
-                    prompt=prompt,
-                    negative_prompt=negative,
-                    params={"embedded": embedded} if embedded else None,
-                )
+                continue
+            if masks:  # checked before the upload is stored: a turn that fails keeps nothing
+                try:
+                    prepare_mask(masks[-1][1], image.size)
+                except ToolError as exc:
+                    raise TurnFailed(_unusable(masks[-1][0], exc.user_message)) from None
+            image = self._within_side_limit(image, attachment.filename, notes)
+            prompt, negative, embedded = embedded_parameters(attachment.data)
+            upload = self.repo.save_upload(
+                conversation_id,
+                message_id,
+                image,
+                text,
+                prompt=prompt,
+                negative_prompt=negative,
+                params={"embedded": embedded} if embedded else None,
+            )
         return upload, mask
+
+    def _within_side_limit(self, image: PILImage.Image, filename: str, notes: list[str]) -> PILImage.Image:
+        """A photo larger than ATELIER_MAX_SIDE, scaled down to it: the picture to work on.
+
+        A phone photo is 4032×3024; refusing it (every edit of it would be over the limit) is
+        not what anyone sending one expects. The user keeps the original; Atelier stores and
+        works on the scaled copy (sides kept to multiples of 8, as models take them) and says so.
+        """
+        limit = self.settings.max_side
+        if max(image.size) <= limit:
+            return image
+        scale = limit / max(image.size)
+        size = (max(8, int(image.width * scale) // 8 * 8), max(8, int(image.height * scale) // 8 * 8))
+        notes.append(
+            f"{_display_name(filename)} is {image.width}×{image.height}; it was scaled to "
+            f"{size[0]}×{size[1]} to fit the {limit} px limit per side."
+        )
+        return image.resize(size, PILImage.Resampling.LANCZOS)
 
     def _failed_request(self, conversation_id: int, text: str) -> str | None:
         """For "try again" right after a turn that failed or was stopped: that turn's words.
@@ -1318,6 +1340,11 @@ def clean_text(text: str) -> str:
 def _has_visible_text(text: str) -> bool:
     """False for text that shows nothing: spaces, zero-width characters, bidi marks."""
     return any(ch.isprintable() and not ch.isspace() for ch in text)
+
+
+def _unusable(attachment: Attachment, reason: str) -> str:
+    what = "mask" if attachment.kind == "mask" else "image"
+    return f"The uploaded {what} {_display_name(attachment.filename)!r} can't be used: {reason}"
 
 
 def _display_name(filename: str, limit: int = 60) -> str:

@@ -198,6 +198,42 @@ def test_bad_upload_is_a_clear_message_and_the_conversation_stays_usable(tmp_pat
     assert len(failed) == 1 and failed[0].plan and "not an image" in failed[0].plan["error"]
 
 
+def test_a_photo_larger_than_the_side_limit_is_scaled_to_it_and_edited(tmp_path: Path) -> None:
+    """A phone photo (here 3000×2000 against a 1024 px limit) is worked on, not refused."""
+    assistant = open_assistant(tmp_path, max_side=1024)
+    events = run(
+        assistant, None, "make it snowier", (Attachment(png("navy", (3000, 2000)), "image", "IMG_01.jpg"),)
+    )
+    (made,) = images_of(events)
+    repo = assistant.repo
+    upload = repo.get_image_by_number(events[0].conversation_id, 1)
+    assert (upload.operation, upload.width, upload.height) == ("upload", 1024, 680)
+    assert repo.load_image(upload).size == (1024, 680)
+    assert (made.parent_id, repo.get_image(made.id).width) == (upload.id, 1024)
+    assert "IMG_01.jpg is 3000×2000; it was scaled to 1024×680 to fit the 1024 px limit per side." in str(
+        events
+    )
+
+
+def test_an_upload_with_a_mask_that_cannot_fit_it_stores_nothing(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a green forest at noon")[0].conversation_id
+    mask = io.BytesIO()
+    PILImage.new("L", (100, 300), 255).save(mask, format="PNG")
+    events = run(
+        assistant,
+        conversation_id,
+        "add a moon",
+        (
+            Attachment(png("navy", (400, 300)), "image", "photo.png"),
+            Attachment(mask.getvalue(), "mask", "m.png"),
+        ),
+    )
+    assert isinstance(events[-1], Failed)
+    assert events[-1].message.startswith("The uploaded mask 'm.png' can't be used: The mask is 100x300")
+    assert [image.number for image in assistant.repo.conversation_images(conversation_id)] == [1]
+
+
 def test_empty_message_is_refused_without_storing_anything(tmp_path: Path) -> None:
     assistant = open_assistant(tmp_path)
     events = run(assistant, None, "   \n ")

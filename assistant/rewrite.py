@@ -715,11 +715,18 @@ def _edit_lighting(prompt: str, clause: str) -> tuple[str, str] | None:
 
 def _edit_color(prompt: str, clause: str) -> tuple[str, str] | None:
     obj_re = (
-        r"(?:the\s+|its\s+|his\s+|her\s+)?(?P<obj>[a-z][a-z\-]*(?:\s+(?!to\b|into\b|be\b)[a-z][a-z\-]*)?)"
-        r"(?:'s)?(?:\s+colou?r)?"
+        r"(?:the\s+|its\s+|his\s+|her\s+)?(?P<obj>[a-z][a-z\-]*(?:\s+(?!to\b|into\b|be\b|of\b)[a-z][a-z\-]*)?)"
+        r"(?:'s)?(?:\s+colou?r)?(?:\s+of)?"  # "the sky of #1 purple" arrives as "the sky of purple"
     )
     m = (
+        # "make #1 pink" / "#1 but pink" arrive as "make pink" / "pink": the whole picture
         re.fullmatch(
+            r"(?:(?:make|turn|paint|colou?r|recolou?r|dye)\s+)?(?:(?:all|completely|entirely)\s+)?"
+            r"(?P<color>" + _COLOR + r")(?P<obj>)(?:\s+(?:tones?|all\s+over))?",
+            clause,
+            flags=re.IGNORECASE,
+        )
+        or re.fullmatch(
             r"(?:make|turn|paint|colou?r|recolou?r|change|dye)\s+"
             + obj_re
             + r"\s+(?:to\s+|into\s+)?(?:be\s+)?"
@@ -741,7 +748,7 @@ def _edit_color(prompt: str, clause: str) -> tuple[str, str] | None:
     if not m:
         return None
     color = m.group("color").lower()
-    obj = m.group("obj").lower()
+    obj = m.group("obj").lower() or "it"
     if obj in ("it", "this", "that", "everything", "the image", "image", "picture", "scene"):
         return _insert_before_details(prompt, f"dominant {color} tones"), ""
     head = obj.split()[-1]
@@ -779,7 +786,8 @@ _COLOR_COMPARATIVES: dict[str, str] = {
 }
 #: "more blue", "make it bluer", "a bit more red tones": the whole picture pushed towards a colour
 _MORE_COLOR = (
-    r"(?:(?:make|turn)\s+(?:it|this|that|everything|the\s+(?:image|picture|scene|photo))\s+)?"
+    # "make #1 bluer" reaches here as "make bluer": the reference is gone, the verb stays
+    r"(?:(?:make|turn)\s+(?:(?:it|this|that|everything|the\s+(?:image|picture|scene|photo))\s+)?)?"
     r"(?:(?:a\s+(?:bit|little|lot)|slightly|much|even|way|far)\s+)?"
     r"(?:more\s+(?P<color>"
     + "|".join(COLORS)

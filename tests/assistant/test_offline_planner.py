@@ -896,3 +896,25 @@ def test_try_again_on_a_transform_of_an_upload_points_nowhere_it_cannot_go() -> 
     assert "say what to change instead" in (plan.reply or "")
     flipped = replace(CHAIN, images=(*CHAIN.images, _img(4, "", operation="transform", parent=3)))
     assert "regenerate #3" in (PLANNER.plan("try again", flipped).reply or "")
+
+
+@pytest.mark.parametrize(
+    ("text", "wanted"),
+    [
+        ("make it pink", "dominant pink tones"),
+        ("make #1 pink", "dominant pink tones"),
+        ("#1 but pink", "dominant pink tones"),
+        ("make #1 more pink", "dominant pink tones"),
+        ("make #1 pinker", "dominant pink tones"),
+        ("make the first one pink", "dominant pink tones"),
+        ("make the sky of #1 purple", "purple sky"),
+    ],
+)
+def test_a_colour_for_a_named_image_tints_it_as_for_it(text: str, wanted: str) -> None:
+    """Naming the image ("#1") must not turn the colour change into a stray word in the prompt."""
+    plan = PLANNER.plan(text, CHAIN)
+    expected = 3 if "it" in text.split() else 1
+    assert plan.intent is Intent.EDIT and plan.targets == (expected,), plan
+    assert wanted in plan.prompt, plan.prompt
+    stray = re.search(r"\b(?:pink|purple)(?: more| sky of)?,", plan.prompt.replace(wanted, ""))
+    assert stray is None, plan.prompt

@@ -213,17 +213,27 @@ def named_transform(text: str, target: ImageInfo | None) -> tuple[str, dict[str,
 
 
 def upscale_factor(text: str) -> tuple[int, str | None]:
-    """The factor asked for, 2 or 4 (what the upscaler does), and a note when another was asked for."""
-    if re.search(r"\b(?:4|four)\s*(?:x|×|times)|\b(?:x|×)\s*4\b|\bquadruple\b", text, flags=_I):
+    """The factor asked for, 2 or 4 (what the upscaler does), and a note when another was asked for.
+
+    The number is read whole ("1.5x" is one and a half, not 5×, and "1.2x" not 2×), then the
+    nearer factor the upscaler has is used, larger from 3× on. "#1" is an image, never a factor.
+    """
+    if re.search(r"\bquadruple\b|\bfour\s*(?:x|×|times)", text, flags=_I):
         return 4, None
-    if re.search(r"\b(?:2|two)\s*(?:x|×|times)|\b(?:x|×)\s*2\b|\bdouble\b", text, flags=_I):
+    if re.search(r"\bdouble\b|\btwo\s*(?:x|×|times)", text, flags=_I):
         return 2, None
-    m = re.search(r"\b(\d+)\s*(?:x|×|times)\b", text, flags=_I)
-    if m and int(m.group(1)) not in (2, 4):
-        wanted = int(m.group(1))
-        factor = 4 if wanted > 2 else 2
-        return factor, f"I can upscale 2× or 4×, so I used {factor}× instead of {wanted}×."
-    return 2, None
+    m = re.search(
+        r"(?<![\d.#])(\d+(?:\.\d+)?)\s*(?:x|×|times)(?![a-z\d])|(?<![a-z])(?:x|×)\s*(\d+(?:\.\d+)?)(?![\d.])",
+        text,
+        flags=_I,
+    )
+    if m is None:
+        return 2, None
+    wanted = float(m.group(1) or m.group(2))
+    if wanted in (2, 4):
+        return int(wanted), None
+    factor = 4 if wanted >= 3 else 2
+    return factor, f"I can upscale 2× or 4×, so I used {factor}× instead of {wanted:g}×."
 
 
 _SIDES = {

@@ -918,3 +918,24 @@ def test_a_colour_for_a_named_image_tints_it_as_for_it(text: str, wanted: str) -
     assert wanted in plan.prompt, plan.prompt
     stray = re.search(r"\b(?:pink|purple)(?: more| sky of)?,", plan.prompt.replace(wanted, ""))
     assert stray is None, plan.prompt
+
+
+@pytest.mark.parametrize(
+    ("text", "factor", "note"),
+    [
+        ("upscale #1 1.5x", 2, "so I used 2× instead of 1.5×."),
+        ("upscale it 1.2x", 2, "so I used 2× instead of 1.2×."),
+        ("upscale #2 3x", 4, "so I used 4× instead of 3×."),
+        ("upscale #1 x4", 4, None),
+        ("upscale #1 2 times", 2, None),
+    ],
+)
+def test_an_upscale_factor_is_read_whole_and_the_nearer_one_used(
+    text: str, factor: int, note: str | None
+) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.UPSCALE and dict(plan.transform_args) == {"factor": factor}, plan
+    if note is None:
+        assert "instead of" not in (plan.reply or "")
+    else:
+        assert (plan.reply or "").endswith(note), plan.reply

@@ -25,7 +25,7 @@ from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Repl
 from assistant.one_line import one_line
 from assistant.pasted_parameters import plan_from_pasted_parameters
 from assistant.plan import ImageInfo, Intent, Plan, Planner, PlannerContext
-from assistant.settings import BACKEND_MAX_STEPS, MAX_SEED, MIN_SIDE, Settings
+from assistant.settings import BACKEND_MAX_STEPS, MAX_GUIDANCE, MAX_SEED, MIN_SIDE, Settings
 from assistant.upload_parameters import EMBEDDED_NAMES, embedded_parameters, number_or_none
 from storage.db import StorageError
 from storage.models import Image
@@ -583,7 +583,9 @@ class Assistant:
                 break
         return found
 
-    def _check_limits(self, width: int, height: int, n: int, steps: int | None = None) -> None:
+    def _check_limits(
+        self, width: int, height: int, n: int, steps: int | None = None, guidance: float | None = None
+    ) -> None:
         """Refuse a call over the caps, before it is made; pixels count for the whole turn."""
         settings = self.settings
         steps = settings.steps if steps is None else steps
@@ -599,6 +601,10 @@ class Assistant:
             most, why = backend_most[1], f"the most {backend_most[0]} takes"
         if not 1 <= steps <= most:
             raise TurnFailed(f"{steps} steps is out of range; use 1 to {most} ({why}).")
+        if guidance is not None and not 0 <= guidance <= MAX_GUIDANCE:
+            raise TurnFailed(
+                f"CFG scale {guidance:g} is out of range; use 0 to {MAX_GUIDANCE} (5 to 9 is usual)."
+            )
         pixels = width * height * n
         so_far = self.turn_usage.pixels
         if so_far + pixels > settings.max_pixels_per_turn:
@@ -687,7 +693,7 @@ class Assistant:
         width, height = size
         like = settings_from or source
         steps, guidance = self._sampler_settings(plan, like)
-        self._check_limits(width, height, n, steps)
+        self._check_limits(width, height, n, steps, guidance)
         backend = self.backend
         seed = self._seed(plan) if seed is None else seed
         strength = plan.strength if strength is None else strength
@@ -1094,7 +1100,7 @@ class Assistant:
     ) -> None:
         """A replay is held to the same caps and budget as the turn that made the image."""
         try:
-            self._check_limits(request.width, request.height, request.n, request.steps)
+            self._check_limits(request.width, request.height, request.n, request.steps, request.guidance)
             self._check_budget(conversation_id, backend, request)
         except TurnFailed as failure:
             raise InvalidRequest(failure.message) from None
@@ -1273,7 +1279,7 @@ def _replay_seed(
 
 
 def _rerun_words(plan: Plan) -> str:
-    if plan.seed is None:
+    if plan.seed is None or plan.seed == -1:  # -1: a random seed, as in AUTOMATIC1111
         return "Regenerated with a new seed"
     if plan.size is not None:
         return "Redrawn"

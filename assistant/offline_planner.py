@@ -169,7 +169,7 @@ def _to_int(token: str) -> int:
     return int(token) if token.isdigit() else NUMBER_WORDS[token]
 
 
-_SEED = r"\b(?:(?:with|using|and|use)\s+)?(?:the\s+|a\s+)?seed\s*(?:=|:|#|of|number|to)?\s*(?P<seed>\d+)\b"
+_SEED = r"\b(?:(?:with|using|and|use)\s+)?(?:the\s+|a\s+)?seed\s*(?:=|:|#|of|number|to)?\s*(?P<seed>-?\d+)\b"
 
 
 #: "negative: blurry", "negative prompt = text, watermark": the rest of the message is the negative prompt

@@ -118,8 +118,9 @@ _STEPS = (
     _PARAM_LEAD + r"\b(?:sampling\s+)?steps?\s*(?:=|:|to|of|at)?\s*(?P<n>\d{1,4})\b",
 )
 _GUIDANCE = (
-    _PARAM_LEAD + r"\b(?:cfg|guidance)(?:[\s_-]+scale)?\s*(?:=|:|to|of|at)?\s*(?P<n>\d{1,2}(?:\.\d+)?)\b",
-    _PARAM_LEAD + r"\b(?P<n>\d{1,2}(?:\.\d+)?)\s+(?:cfg|guidance)(?:[\s_-]+scale)?\b",
+    # out-of-range values are read too ("cfg 100", "cfg -3"), so the limit check can refuse them
+    _PARAM_LEAD + r"\b(?:cfg|guidance)(?:[\s_-]+scale)?\s*(?:=|:|to|of|at)?\s*(?P<n>-?\d{1,3}(?:\.\d+)?)\b",
+    _PARAM_LEAD + r"\b(?P<n>\d{1,3}(?:\.\d+)?)\s+(?:cfg|guidance)(?:[\s_-]+scale)?\b",
 )
 _RATIO_CORE = (
     r"(?:(?:aspect(?:\s+ratio)?|ratio|--?ar)\s*(?:of\s+|=|:)?\s*)?\b(?P<a>\d{1,2})\s*:\s*(?P<b>\d{1,2})\b"

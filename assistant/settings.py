@@ -56,6 +56,8 @@ RANDOM_SEED = -1
 BACKEND_MAX_STEPS = {"offline": ("the offline renderer", 100), "diffusers": ("the diffusers backend", 150)}
 #: the smallest side any backend draws (`tools.offline.MIN_SIDE`); smaller is refused before a call
 MIN_SIDE = 64
+#: the largest CFG scale accepted (AUTOMATIC1111's slider stops at 30; some models like more)
+MAX_GUIDANCE = 50
 
 
 class SettingError(ValueError):
@@ -108,11 +110,11 @@ class Settings(BaseSettings):
     chat_history_tokens: int = Field(default=2000, ge=0)
 
     #: None: the backend's natural size (512² offline, 1024² on OpenAI, the model's own on diffusers)
-    width: int | None = Field(default=None, ge=1)
-    height: int | None = Field(default=None, ge=1)
+    width: int | None = Field(default=None, ge=MIN_SIDE)
+    height: int | None = Field(default=None, ge=MIN_SIDE)
     #: 1 to the backend's most and ATELIER_MAX_STEPS (see `limit_problems`)
     steps: int = 25
-    guidance: float = Field(default=7.0, ge=0, le=50)
+    guidance: float = Field(default=7.0, ge=0, le=MAX_GUIDANCE)
     #: a style preset's name or alias (`assistant.rewrite.STYLE_PRESETS`), kept as the preset's name
     style: str | None = None
     verbatim: bool = False

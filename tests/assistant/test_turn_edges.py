@@ -149,13 +149,14 @@ def test_steps_over_what_the_backend_takes_are_refused_with_that_limit(tmp_path:
     [
         ("steps 0", "0 steps is out of range; use 1 to 100 (the most the offline renderer takes)."),
         ("a dog, 0 steps", "0 steps is out of range; use 1 to 100 (the most the offline renderer takes)."),
+        ("cfg 100", "CFG scale 100 is out of range; use 0 to 50 (5 to 9 is usual)."),
+        ("cfg -3", "CFG scale -3 is out of range; use 0 to 50 (5 to 9 is usual)."),
+        ("a dog, seed -12", "Seeds are whole numbers from 0 to 4294967295 (got -12); -1 means random."),
     ],
 )
-def test_settings_too_small_to_draw_are_refused_like_settings_too_large(
-    tmp_path: Path, text: str, message: str
-) -> None:
-    """Zero steps and a 32 px side fail the turn with the limit, as 500 steps and 4096 px do,
-    rather than being asked about (the CLI exits 1 either way)."""
+def test_settings_out_of_range_are_refused_with_the_range(tmp_path: Path, text: str, message: str) -> None:
+    """Zero steps, CFG 100 and seed -12 fail the turn with the range, as 500 steps and 4096 px
+    do, rather than being asked about or drawn as a picture of the words (the CLI exits 1)."""
     assistant, conversation_id = start(tmp_path)
     assert failure(run(assistant, conversation_id, text)) == message
     assert [image.number for image in assistant.repo.conversation_images(conversation_id)] == [1]
@@ -276,3 +277,13 @@ def test_an_image_atelier_made_says_so_when_uploaded_again(tmp_path: Path) -> No
     reply = next(e for e in events if isinstance(e, Reply)).text
     assert f"Atelier made it (#1 of conversation {stored.conversation_id}, generate)" in reply
     assert f"Prompt in the file: “{stored.prompt[:40]}" in reply
+
+
+def test_seed_minus_one_re_rolls_with_a_random_seed_as_in_automatic1111(tmp_path: Path) -> None:
+    assistant, conversation_id = start(tmp_path)
+    first = assistant.repo.get_image_by_number(conversation_id, 1)
+    events = run(assistant, conversation_id, "seed -1")
+    (image,) = images_of(events)
+    again = assistant.repo.get_image(image.id)
+    assert again.prompt == first.prompt and again.seed not in (None, -1, first.seed)
+    assert "Regenerated with a new seed" in str(events) and "seed -1" not in again.prompt

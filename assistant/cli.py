@@ -853,6 +853,9 @@ def ui(
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # no "Deploy" button or developer menu: this is an app, not a script being written
+        "--client.toolbarMode",
+        "minimal",
     ]
     host = "127.0.0.1" if address in ("0.0.0.0", "::", "") else address
     url = f"http://{host}:{port}"

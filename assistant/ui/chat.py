@@ -73,10 +73,14 @@ class TurnRequest:
 
 def _queue(text: str) -> None:
     st.session_state[Keys.PENDING] = QueuedRequest(text)
+    st.toast(f"Asked for “{text}”: the answer comes at the end of the chat.", icon=":material/south:")
 
 
 def _open_edit(number: int) -> None:
     st.session_state[Keys.EDIT_PREFILL] = support.edit_prefill(number)
+    st.toast(
+        f"Say what to change in #{number} in the edit box at the end of the chat.", icon=":material/edit:"
+    )
 
 
 def _close_edit() -> None:
@@ -92,6 +96,7 @@ def _submit_edit() -> None:
 
 def _use_as_init(image_id: int) -> None:
     st.session_state[Keys.INIT_IMAGE] = image_id
+    st.toast("Attached to your next message as its starting image.", icon=":material/input:")
 
 
 def _clear_init() -> None:
@@ -134,10 +139,18 @@ def _png_bytes(repo: Repository, image_id: int) -> bytes:
     return repo.image_bytes(repo.get_image(image_id))
 
 
-def _render_image(repo: Repository, image: ImageView) -> None:
+def _render_image(repo: Repository, image: ImageView, max_side: int) -> None:
+    """The picture, what made it, and what to do with it next.
+
+    The two things people do most sit in one row; the rest wait under "More", so seven
+    buttons do not wrap into rows under every picture. A button that can only fail (an
+    upscale past the side limit) is not offered. What a button asks for runs at the end of
+    the chat, so a toast says so: in a long chat the button's effect is out of view.
+    """
     # a cached thumbnail: the full-size file is for the history's detail view and the download
     file_there = common.show_thumbnail(image.sha256, image.path, width="stretch", alt=image.alt)
     st.caption(image.caption)
+    st.caption(image.settings_line)
     number = image.number
     with st.container(horizontal=True, gap="small"):
         st.button(
@@ -149,14 +162,6 @@ def _render_image(repo: Repository, image: ImageView) -> None:
             help=f"Ask for three variations of #{number}",
         )
         st.button(
-            "Upscale 2×",
-            key=f"atelier.up.{image.id}",
-            icon=":material/open_in_full:",
-            on_click=_queue,
-            args=(support.upscale_request(number),),
-            help=f"Upscale #{number} 2x",
-        )
-        st.button(
             "Edit",
             key=f"atelier.edit.{image.id}",
             icon=":material/edit:",
@@ -164,48 +169,68 @@ def _render_image(repo: Repository, image: ImageView) -> None:
             args=(number,),
             help=f"Say what to change in #{number}",
         )
-        if image.can_regenerate:  # not offered where it could only say "nothing to re-roll"
-            st.button(
-                "Regenerate",
-                key=f"atelier.regen.{image.id}",
-                icon=":material/refresh:",
-                on_click=_queue,
-                args=(support.regenerate_request(number),),
-                help=f"The same request as #{number} with a new seed",
-            )
+        with st.popover("More", icon=":material/more_horiz:", help=f"More for #{number}"):
+            _more_actions(repo, image, file_there, max_side)
+
+
+def _more_actions(repo: Repository, image: ImageView, file_there: bool, max_side: int) -> None:
+    number = image.number
+    if image.can_upscale(2, max_side):
         st.button(
-            "Use as init",
-            key=f"atelier.init.{image.id}",
-            icon=":material/input:",
-            on_click=_use_as_init,
-            args=(image.id,),
-            help=f"Attach #{number} to your next message as the image to start from",
+            "Upscale 2×",
+            key=f"atelier.up.{image.id}",
+            icon=":material/open_in_full:",
+            on_click=_queue,
+            args=(support.upscale_request(number),),
+            help=f"Upscale #{number} 2x",
+            width="stretch",
         )
-        if file_there:
-            st.download_button(
-                "PNG",
-                data=partial(_png_bytes, repo, image.id),
-                file_name=f"atelier-{image.conversation_id}-{number}.png",
-                mime="image/png",
-                key=f"atelier.png.{image.id}",
-                icon=":material/download:",
-                on_click="ignore",
-                help="The stored PNG, with its generation parameters and lineage in its metadata",
-            )
-        if st.button(
-            "Lineage",
-            key=f"atelier.lineage.{image.id}",
-            icon=":material/account_tree:",
-            help=f"Open #{number} in the history with its lineage tree",
-        ):
-            st.switch_page(HISTORY_PAGE, query_params={"image": str(image.id)})
+    if image.can_regenerate:  # not offered where it could only say "nothing to re-roll"
+        st.button(
+            "Regenerate",
+            key=f"atelier.regen.{image.id}",
+            icon=":material/refresh:",
+            on_click=_queue,
+            args=(support.regenerate_request(number),),
+            help=f"The same request as #{number} with a new seed",
+            width="stretch",
+        )
+    st.button(
+        "Use as init",
+        key=f"atelier.init.{image.id}",
+        icon=":material/input:",
+        on_click=_use_as_init,
+        args=(image.id,),
+        help=f"Attach #{number} to your next message as the image to start from",
+        width="stretch",
+    )
+    if file_there:
+        st.download_button(
+            "PNG",
+            data=partial(_png_bytes, repo, image.id),
+            file_name=f"atelier-{image.conversation_id}-{number}.png",
+            mime="image/png",
+            key=f"atelier.png.{image.id}",
+            icon=":material/download:",
+            on_click="ignore",
+            help="The stored PNG, with its generation parameters and lineage in its metadata",
+            width="stretch",
+        )
+    if st.button(
+        "Lineage",
+        key=f"atelier.lineage.{image.id}",
+        icon=":material/account_tree:",
+        help=f"Open #{number} in the history with its lineage tree",
+        width="stretch",
+    ):
+        st.switch_page(HISTORY_PAGE, query_params={"image": str(image.id)})
 
 
-def _render_images(repo: Repository, images: Sequence[ImageView]) -> None:
+def _render_images(repo: Repository, images: Sequence[ImageView], max_side: int) -> None:
     columns = st.columns(min(3, max(2, len(images))))
     for index, image in enumerate(images):
         with columns[index % len(columns)]:
-            _render_image(repo, image)
+            _render_image(repo, image, max_side)
 
 
 #: under a message whose turn never ended (the server stopped or restarted while it ran)
@@ -213,7 +238,7 @@ UNANSWERED = "No reply was stored for this: Atelier stopped before it finished."
 UNANSWERED_LAST = f"{UNANSWERED} Say “try again” to run it again."
 
 
-def _render_message(repo: Repository, view: MessageView) -> None:
+def _render_message(repo: Repository, view: MessageView, max_side: int) -> None:
     with st.chat_message(view.role):
         if view.text:
             if view.failed:
@@ -228,10 +253,10 @@ def _render_message(repo: Repository, view: MessageView) -> None:
             with st.expander("How I read your request"):
                 _render_plan(view.plan)
         if view.images:
-            _render_images(repo, view.images)
+            _render_images(repo, view.images, max_side)
 
 
-def render_history(repo: Repository, conversation_id: int, up_to: int | None = None) -> None:
+def render_history(repo: Repository, conversation_id: int, max_side: int, up_to: int | None = None) -> None:
     """The stored conversation; with `up_to`, only what was there before the turn now running.
 
     The running turn writes its rows as it goes (its message first); the page draws that turn
@@ -244,7 +269,7 @@ def render_history(repo: Repository, conversation_id: int, up_to: int | None = N
         images = [image for image in images if image.message_id is None or image.message_id <= up_to]
     views = support.conversation_view(messages, images, repo.image_path)
     for view in views:
-        _render_message(repo, view)
+        _render_message(repo, view, max_side)
 
 
 # ----- the input area --------------------------------------------------------------------------
@@ -543,7 +568,9 @@ def render() -> None:
     lane = _lane_to_watch(ctx, conversation)
     watched = lane.current if lane is not None else None
     if conversation is not None:
-        render_history(repo, conversation.id, up_to=watched.shown_after if watched else None)
+        render_history(
+            repo, conversation.id, ctx.settings.max_side, up_to=watched.shown_after if watched else None
+        )
     elif watched is None:
         st.markdown(
             "Describe a picture to start a new conversation. Each image gets a number "

@@ -362,11 +362,24 @@ class ImageView:
     parent_id: int | None = None
     #: what a screen reader says for the picture (`alt_text`)
     alt: str = ""
+    width: int = 0
+    height: int = 0
+    seed: int | None = None
 
     @property
     def caption(self) -> str:
         origin = f" · from {self.parent_label}" if self.parent_label else ""
         return f"#{self.number} · {self.operation}{origin}"
+
+    @property
+    def settings_line(self) -> str:
+        """How to make it again, under the caption: AUTOMATIC1111 users look for the seed first."""
+        seed = f"seed {self.seed} · " if self.seed is not None else ""
+        return f"{seed}{self.width}×{self.height}"
+
+    def can_upscale(self, factor: int, max_side: int) -> bool:
+        """Whether the upscale button could work: one over the side limit could only fail."""
+        return max(self.width, self.height) * factor <= max_side
 
     @property
     def can_regenerate(self) -> bool:
@@ -407,6 +420,9 @@ def image_view(image: Image, path: Path, numbers: Mapping[int, int]) -> ImageVie
         sha256=image.sha256,
         parent_id=image.parent_id,
         alt=alt_text(image),
+        width=image.width,
+        height=image.height,
+        seed=image.seed,
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image as PILImage
 from streamlit.testing.v1 import AppTest
 
@@ -26,6 +27,7 @@ from tests.ui.conftest import (
     captions,
     click,
     edit_box,
+    new_app,
     send,
     send_edit,
     unescape,
@@ -143,6 +145,28 @@ def test_regenerate_is_offered_only_for_images_a_model_made(app: AppTest, stored
     click(app, f"atelier.regen.{by_operation['img2img'].id}")  # and one that is offered works
     rerolled = stored.conversation_images(conversation_id)[-1]
     assert (rerolled.operation, rerolled.parent_id) == ("img2img", by_operation["upload"].id)
+
+
+def test_upscale_is_offered_only_where_the_result_fits_the_side_limit(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, stored: Repository
+) -> None:
+    monkeypatch.setenv("ATELIER_MAX_SIDE", "1024")
+    app = new_app()
+    send(app, f"{FOX}, 512x512")
+    send(app, "make #1 768x768")  # a resize: 768 px, whose 2× would be over the limit
+    conversation_id = app.session_state[Keys.CONVERSATION]
+    small, large = stored.conversation_images(conversation_id)
+    assert (large.width, large.operation) == (768, "transform")
+    offered = {b.key for b in app.button if b.key and b.key.startswith("atelier.up.")}
+    assert offered == {f"atelier.up.{small.id}"}
+    assert "seed " + str(small.seed) + " · 512×512" in captions(app)  # the seed, as A1111 shows it
+    click(app, f"atelier.up.{small.id}")
+    # the answer lands at the end of a chat that may be long: a toast says where
+    assert [t.value for t in app.toast] == [
+        f"Asked for “upscale #{small.number} 2x”: the answer comes at the end of the chat."
+    ]
+    upscaled = stored.conversation_images(conversation_id)[-1]
+    assert (upscaled.operation, upscaled.width, upscaled.parent_id) == ("upscale", 1024, small.id)
 
 
 # ----- 10: settings and the detail view survive a reload ---------------------------------------

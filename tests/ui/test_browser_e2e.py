@@ -208,6 +208,8 @@ def test_type_a_request_see_the_image_then_its_lineage(
             sync_api.expect(
                 page.get_by_text("built-in offline sketch renderer", exact=False).first
             ).to_be_visible()
+            # `atelier ui` is an app, not a script being written: no Deploy button
+            sync_api.expect(page.get_by_role("button", name="Deploy")).to_have_count(0)
 
             page.evaluate(WATCH_STATUS_JS)
             chat_box.fill("a red fox in the snow at night")
@@ -227,6 +229,9 @@ def test_type_a_request_see_the_image_then_its_lineage(
             # a screen reader hears the picture's request, not "image" or nothing
             assert image.get_attribute("alt") == "Image #1, generate: a red fox in the snow at night"
             page.screenshot(path=str(shots / "chat.png"))
+            # the picture says how to make it again, and the rarer actions wait under "More"
+            sync_api.expect(page.get_by_text(re.compile(r"^seed \d+ · 1536×1024$"))).to_have_count(1)
+            page.get_by_role("button", name="More").first.click()
             with page.expect_download() as download:
                 page.get_by_role("button", name="PNG").first.click()
             png_path = tmp_path / "download.png"

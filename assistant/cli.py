@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -42,6 +43,28 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+class _OneLineLogFormatter(logging.Formatter):
+    """A log record as one stderr line: an unexpected failure is already one "Error:" line, so
+    its traceback would only bury it (the brief: never a traceback). The exception's type and
+    first line stay, for a bug report."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"atelier: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            line += f" ({type(error).__name__}{': ' + first if first else ''})"
+        return line
+
+
+@app.callback()
+def _one_line_logs() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineLogFormatter())
+    handler.setLevel(logging.WARNING)
+    logging.basicConfig(handlers=[handler], level=logging.WARNING, force=True)
 
 
 class _StdoutConsole(Console):

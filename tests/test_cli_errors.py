@@ -515,3 +515,26 @@ def test_replay_of_an_image_whose_file_is_gone_restores_it(tmp_path: Path) -> No
     words = invoke(data, "replay", str(flipped.id), **small).stdout
     assert "with its flip transform" in words and "on transform" not in words
     assert "identical, pixel for pixel" in words
+
+
+def test_an_unexpected_failure_is_logged_in_one_line_without_a_traceback(tmp_path: Path) -> None:
+    """What the CLI's log handler prints when a backend fails in a way no message foresaw:
+    the chat already shows one "Error:" line, so the log adds one line, not a traceback."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging\n"
+        "from assistant import cli\n"
+        "cli._one_line_logs()\n"
+        "try:\n"
+        "    raise TypeError('not all arguments converted\\nsecond line')\n"
+        "except TypeError:\n"
+        "    logging.getLogger('assistant.core').exception('backend %s failed', 'diffusers')\n"
+        "logging.getLogger('assistant.core').info('not shown')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "atelier: error: backend diffusers failed (TypeError: not all arguments converted)"
+    ]

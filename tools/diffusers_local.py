@@ -244,6 +244,10 @@ def _check_folder(path: Path) -> ModelSource:
         index = json.loads(index_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelNotFound(f"{path} is not a complete diffusers model: unreadable model_index.json") from exc
+    if not isinstance(index, dict):  # valid JSON, but `[1, 2]` or `null` lists no components
+        raise ModelNotFound(
+            f"{path} is not a complete diffusers model: model_index.json is not an object of components"
+        )
     denoiser = next((name for name in ("unet", "transformer") if _listed(index, name)), None)
     if denoiser is None:
         raise ModelNotFound(f"{path} is not a complete diffusers model: missing unet")
@@ -263,11 +267,13 @@ def _listed(index: Mapping[str, Any], name: str) -> bool:
 
 
 def _is_inpainting_unet(folder: Path) -> bool:
+    """A 9-channel UNet (latents, mask, masked image); a config that says nothing sane is not one,
+    and loading it then names what is wrong."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return int(config.get("in_channels", 4)) == 9
+    return isinstance(config, dict) and config.get("in_channels") == 9
 
 
 def _check_hub_id(model: str, *, local_files_only: bool) -> ModelSource:
@@ -436,8 +442,24 @@ def clear_cache() -> None:
     _free_memory()
 
 
+def _quiet_libraries() -> None:
+    """transformers and diffusers talk on stderr: loading bars, "requires torchvision" notices,
+    token-truncation warnings Atelier already turns into its own note, and fp32-module hints.
+    A chat turn prints its own lines; theirs are noise there, and in the UI's server log."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
 def _load(key: LoadKey, source: ModelSource, worker: GpuWorker) -> LoadedModel:
     import torch
+
+    _quiet_libraries()
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
 
     if source.kind == "folder":
@@ -453,7 +475,7 @@ def _load(key: LoadKey, source: ModelSource, worker: GpuWorker) -> LoadedModel:
             local_files_only=key.local_files_only,
             **{_dtype_kwarg(): getattr(torch, key.dtype)},
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # a config with wrong types says TypeError
         raise _load_error(key.model, source, exc) from exc
     except ImportError as exc:
         raise ModelNotFound(f"{key.model} needs a package that is not installed: {exc}") from exc
@@ -494,6 +516,8 @@ def _dtype_kwarg() -> str:
 
 def _load_error(model: str, source: ModelSource, exc: Exception) -> ModelNotFound:
     reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, TypeError | KeyError):  # diffusers' words for a config value of the wrong type
+        reason = f"a config.json in it has a missing or wrong-typed value ({reason})"
     if source.kind == "folder":
         return ModelNotFound(f"{model} could not be loaded as a diffusers model: {reason}")
     return ModelNotFound(

@@ -315,6 +315,29 @@ def test_folder_without_unet(tiny_model: Path, tmp_path: Path) -> None:
         dl.DiffusersBackend(str(broken))
 
 
+@pytest.mark.parametrize("index", ["[1, 2]", "null", '"unet"'])
+def test_a_model_index_that_lists_no_components_is_named(
+    tiny_model: Path, tmp_path: Path, index: str
+) -> None:
+    broken = shutil.copytree(tiny_model, tmp_path / "broken")
+    (broken / "model_index.json").write_text(index)
+    with pytest.raises(ModelNotFound, match=r"model_index\.json is not an object of components"):
+        dl.DiffusersBackend(str(broken))
+
+
+def test_a_config_value_of_the_wrong_type_is_a_load_error_not_a_crash(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    broken = shutil.copytree(tiny_model, tmp_path / "broken")
+    config_file = broken / "unet" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["in_channels"] = "x"
+    config_file.write_text(json.dumps(config))
+    backend = dl.DiffusersBackend(str(broken), local_files_only=True)  # the folder itself is complete
+    with pytest.raises(ModelNotFound, match=r"a config\.json in it has a missing or wrong-typed value"):
+        backend.run(request())
+
+
 def test_hub_id_when_offline() -> None:
     with pytest.raises(ModelNotFound, match="not in the Hugging Face cache") as info:
         dl.DiffusersBackend("nobody/no-such-model", local_files_only=True)

@@ -59,12 +59,29 @@ class _OneLineLogFormatter(logging.Formatter):
         return line
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (a test runner swaps it per command), not the one
+    it was made with, which may be closed by then."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 @app.callback()
 def _one_line_logs() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """Warnings and errors to stderr in one line each; handlers others installed stay."""
+    root = logging.getLogger()
+    if any(isinstance(handler, _StderrHandler) for handler in root.handlers):
+        return
+    handler = _StderrHandler()
     handler.setFormatter(_OneLineLogFormatter())
     handler.setLevel(logging.WARNING)
-    logging.basicConfig(handlers=[handler], level=logging.WARNING, force=True)
+    root.addHandler(handler)
 
 
 class _StdoutConsole(Console):
@@ -812,18 +829,22 @@ def replay(
                     for item in new_images:
                         out.print(f"#{item['number']} (id {item['id']}) {item['operation']} → {item['path']}")
                 return
-            file_was_missing = not assistant.repo.image_path(assistant.repo.get_image(target)).is_file()
+            stored = assistant.repo.get_image(target)
+            file_was_missing = not assistant.repo.image_path(stored).is_file()
+            file_was_damaged = not file_was_missing and not assistant.repo.file_intact(stored)
             original, _pixels, identical = assistant.replay(target)
         except ToolError as exc:
             raise CliError(exc.user_message) from None
-        restored = file_was_missing and identical
+        restored = (file_was_missing or file_was_damaged) and identical
         if as_json:
             print_json(
                 {
                     "image_id": original.id,
                     "identical": identical,
                     "backend": original.backend,
+                    "sha256": original.sha256,
                     "file_was_missing": file_was_missing,
+                    "file_was_damaged": file_was_damaged,
                     "restored": restored,
                 }
             )
@@ -835,13 +856,16 @@ def replay(
                 else f"on the {original.backend} backend"
             )
             verdict = (
-                "identical, pixel for pixel." if identical else "the result DIFFERS from the stored image."
+                f"identical, pixel for pixel (sha256 {original.sha256[:16]}…)."
+                if identical
+                else f"the result DIFFERS from the stored image (recorded sha256 {original.sha256[:16]}…)."
             )
-            if file_was_missing:
+            if file_was_missing or file_was_damaged:
+                state = "missing" if file_was_missing else "damaged"
                 verdict = (
-                    "identical to the recorded hash; its file was missing and is restored."
+                    f"identical to the recorded hash; its file was {state} and is restored."
                     if identical
-                    else "its file is missing, and the replay differs from the recorded hash, so it "
+                    else f"its file is {state}, and the replay differs from the recorded hash, so it "
                     "cannot be restored (see `atelier doctor`)."
                 )
             out.print(f"Replayed image {original.id} {how}: {verdict}")

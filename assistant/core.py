@@ -60,6 +60,8 @@ INTERRUPTED = (
     "Interrupted before it finished (what was running it stopped), so no image was made. "
     "Say “try again” to run it again."
 )
+#: the setting that picks each backend's model, for "set it back to replay this"
+_MODEL_SETTINGS = {"diffusers": "ATELIER_DIFFUSERS_MODEL", "openai": "ATELIER_OPENAI_IMAGE_MODEL"}
 #: what a user types to re-run a turn that failed or was stopped
 RETRY = re.compile(
     r"(?:please\s+|ok(?:ay)?,?\s+)?(?:try\s+(?:it\s+|that\s+)?again|retry|redo|do\s+it\s+again)"
@@ -1082,7 +1084,7 @@ class Assistant:
             pixels = backend.run(request).images[index].image
         data = encode_png(pixels, image_infotext(original), image_lineage_chunk(original))
         identical = sha256_hex(data) == original.sha256
-        if identical and not self.repo.image_path(original).is_file():
+        if identical and not self.repo.file_intact(original):
             self.repo.restore_file(original, data)  # the very bytes the record names come back
         return original, pixels, identical
 
@@ -1092,6 +1094,14 @@ class Assistant:
             raise InvalidRequest(
                 f"Image {image.id} was made by the {image.backend} backend, but {backend.name} is active; "
                 f"switch with ATELIER_BACKEND={image.backend} to replay it."
+            )
+        if image.model and backend.model != image.model:
+            # another model's pixels are not a replay: say which one made it and how to get it back
+            setting = _MODEL_SETTINGS.get(backend.name)
+            how = f"set {setting}={image.model}" if setting else f"use the {image.model} version of it"
+            raise InvalidRequest(
+                f"Image {image.id} was made with the model {image.model}, but {backend.model} is configured; "
+                f"{how} to replay it."
             )
         return backend
 

@@ -8,6 +8,7 @@ left behind. Lineage queries are single recursive CTEs.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -607,13 +608,23 @@ class Repository:
             query = select(Image).where(Image.conversation_id == conversation_id).order_by(Image.number)
             return list(session.scalars(query))
 
+    def file_intact(self, image: Image) -> bool:
+        """Whether the image's file is there and still hashes to what its row names."""
+        try:
+            return sha256_hex(self.image_bytes(image)) == image.sha256
+        except OSError:
+            return False
+
     def restore_file(self, image: Image, data: bytes) -> bool:
-        """Put back a lost image file from bytes that hash to what its row names (a replay).
+        """Put back a lost or damaged image file from bytes that hash to what its row names (a replay).
 
         Returns False, writing nothing, for bytes of any other hash.
         """
         if sha256_hex(data) != image.sha256:
             return False
+        if not self.file_intact(image):  # a damaged file under the right name would block the put
+            with contextlib.suppress(FileNotFoundError):
+                self.image_path(image).unlink()
         self.files.put(data)
         self.files.settle_pending()  # its row already names it: nothing to wait for
         return True

@@ -514,7 +514,20 @@ def test_replay_of_an_image_whose_file_is_gone_restores_it(tmp_path: Path) -> No
     assert "Nothing lost" in invoke(data, "doctor").stdout
     words = invoke(data, "replay", str(flipped.id), **small).stdout
     assert "with its flip transform" in words and "on transform" not in words
-    assert "identical, pixel for pixel" in words
+    assert f"identical, pixel for pixel (sha256 {flipped.sha256[:16]}…)." in words
+
+    path.write_bytes(stored + b"damage")  # a file still there but no longer what its row names
+    assert invoke(data, "doctor").exit_code == 1
+    replayed = invoke(data, "replay", str(generated.id), "--json", **small)
+    assert replayed.exit_code == 0, replayed.output
+    report = _strict(replayed.stdout)
+    assert (report["file_was_damaged"], report["restored"], report["sha256"]) == (
+        True,
+        True,
+        generated.sha256,
+    )
+    assert path.read_bytes() == stored
+    assert "Nothing lost" in invoke(data, "doctor").stdout
 
 
 def test_an_unexpected_failure_is_logged_in_one_line_without_a_traceback(tmp_path: Path) -> None:

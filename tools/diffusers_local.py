@@ -48,7 +48,6 @@ from tools.base import (
     Operation,
     OutOfMemory,
     ProgressCallback,
-    UnsupportedOperation,
     check_capability,
     derive_seeds,
 )
@@ -1166,7 +1165,12 @@ class DiffusersBackend:
         else:
             kind = "img2img"
         if self.source.inpaint_only and kind != "inpaint":
-            raise UnsupportedOperation(self.name, op, self.capabilities)
+            # its capabilities say "edit" (an edit with a mask is an inpaint): name what is missing
+            raise InvalidRequest(
+                f"{self.model} is an inpainting model: it only repaints a masked area. Attach a mask "
+                "(white where the picture should change), or set ATELIER_DIFFUSERS_MODEL to a "
+                f"text-to-image model for a{'n' if op.value[0] in 'aeiou' else ''} {op.value} without one."
+            )
         source: PILImage.Image | None = None
         mask: PILImage.Image | None = None
         notes: list[str] = []

@@ -48,3 +48,26 @@ def test_negative_alone_redraws_the_image_with_its_seed_and_that_negative(
     assert "blurry" not in redrawn.prompt
     a, b = (np.asarray(repo.load_image(image)) for image in (original, redrawn))
     assert not np.array_equal(a, b)  # the negative prompt reached the pipeline
+
+
+@pytest.mark.slow
+def test_replay_with_another_model_configured_names_the_model_that_made_it(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Another model's pixels are not a replay: it is refused, naming the model to set back."""
+    import shutil
+
+    from tools.base import InvalidRequest
+
+    assistant = diffusers_assistant(tmp_path / "data", tiny_model)
+    (made,) = images_made(turn(assistant, None, "a red fox in the snow"))
+    other = shutil.copytree(tiny_model, tmp_path / "other-model")
+    switched = diffusers_assistant(tmp_path / "data", other)
+    with pytest.raises(InvalidRequest) as refused:
+        switched.replay(made.id)
+    assert refused.value.user_message == (
+        f"Image {made.id} was made with the model {tiny_model}, but {other} is configured; "
+        f"set ATELIER_DIFFUSERS_MODEL={tiny_model} to replay it."
+    )
+    assert switched.repo.count_images() == 1
+    assert diffusers_assistant(tmp_path / "data", tiny_model).replay(made.id)[2]  # and set back, it replays

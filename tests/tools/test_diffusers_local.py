@@ -989,6 +989,12 @@ def test_inpainting_checkpoint_can_only_inpaint(tmp_path: Path, offline: None) -
     with pytest.raises(UnsupportedOperation):
         backend.run(request())
     source = Image.new("RGB", (64, 64), (90, 90, 90))
+    with pytest.raises(InvalidRequest) as unmasked:  # an edit without a mask: say the mask is missing
+        backend.run(request(Operation.EDIT, sources=(source,)))
+    assert unmasked.value.user_message.startswith(
+        f"{folder} is an inpainting model: it only repaints a masked area. Attach a mask"
+    )
+    assert unmasked.value.user_message.endswith("for an edit without one.")
     result = backend.run(request(Operation.INPAINT, sources=(source,), mask=left_half_mask(source.size)))
     assert result.images[0].image.size == (64, 64)
     assert result.params["pipeline"] == "StableDiffusionInpaintPipeline"

@@ -53,6 +53,8 @@ INHERIT_LOOKBACK_IMAGES = 20
 
 #: Backends that ignore negative prompts: the planner leaves them empty instead of pretending.
 BACKENDS_WITHOUT_NEGATIVE_PROMPT = frozenset({"openai", "offline"})
+#: backends whose sampler (scheduler) a message can choose ("use euler a")
+BACKENDS_WITH_SAMPLERS = frozenset({"diffusers"})
 
 #: the reply of a turn whose renderer stopped reading it (the UI runs turns in lanes that do
 #: not: see `assistant.turn_lanes`; a program driving `respond` itself may)
@@ -551,6 +553,26 @@ class Assistant:
             self.settings.guidance if guidance is None else guidance,
         )
 
+    def _chosen_sampler(self, image: Image | None) -> str | None:
+        """The sampler the user last named for `image` or an image it came from ("use euler a"
+        then "make it snowier" keeps Euler a), as the call that made it was asked; else None, the
+        model's own. Uploads end the walk: their sampler was another program's."""
+        for _ in range(INHERIT_LOOKBACK_IMAGES):
+            if image is None or image.operation == "upload":
+                return None
+            if image.generation_id is not None:
+                with contextlib.suppress(NotFound):
+                    options = (self.repo.generation(image.generation_id)[0].params or {}).get("options") or {}
+                    if isinstance(chosen := options.get("sampler"), str) and chosen:
+                        return chosen
+            if image.parent_id is None:
+                return None
+            try:
+                image = self.repo.get_image(image.parent_id)
+            except NotFound:
+                return None
+        return None
+
     def _made_with(self, image: Image | None) -> dict[str, float]:
         """Steps and guidance of `image`, each from the nearest image it came from that has it.
 
@@ -703,6 +725,13 @@ class Assistant:
         options: dict[str, Any] = {}
         if plan.style:
             options["style"] = plan.style
+        sampler = plan.sampler or self._chosen_sampler(like)
+        if sampler and backend.name in BACKENDS_WITH_SAMPLERS:
+            options["sampler"] = sampler
+        elif plan.sampler and not any(plan.sampler in note for note in state.notes):
+            state.notes.append(
+                f"The {backend.name} backend has no sampler to choose; “{plan.sampler}” was not used."
+            )
         request = ImageRequest(
             operation=operation,
             prompt=prompt,

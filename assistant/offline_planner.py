@@ -860,6 +860,7 @@ class OfflinePlanner:
             shape == (info.width, info.height)
             and params.steps is None
             and params.guidance is None
+            and params.sampler is None
             and seed == info.seed
         ):
             return _clarify(
@@ -882,6 +883,7 @@ class OfflinePlanner:
                 size=shape,
                 steps=params.steps,
                 guidance=params.guidance,
+                sampler=params.sampler,
                 reply=f"#{number}'s prompt drawn fresh at {shape[0]}×{shape[1]}: an edit keeps its "
                 "source's shape, so the new shape is a new drawing of it (the layout moves).",
             )
@@ -899,6 +901,7 @@ class OfflinePlanner:
             size=shape,
             steps=params.steps,
             guidance=params.guidance,
+            sampler=params.sampler,
             reply=_rerun_reply(number, params, shape, seed),
         )
 
@@ -918,7 +921,12 @@ class OfflinePlanner:
             and bool(parent.prompt)
             and parent.operation not in ("upload", "transform", "upscale")
         )
-        if params.aspect is not None and params.steps is None and params.guidance is None:
+        if (
+            params.aspect is not None
+            and params.steps is None
+            and params.guidance is None
+            and not params.sampler
+        ):
             ratio = f"{params.aspect[0]}:{params.aspect[1]}"
             if params.aspect[0] * info.height == params.aspect[1] * info.width:
                 return _clarify(raw, f"#{number} is already {ratio} ({info.width}×{info.height}).")
@@ -1690,6 +1698,7 @@ def _with_params(raw: str, planned: Plan, params: RenderParams, context: Planner
         instruction=raw,
         steps=params.steps if params.steps is not None else planned.steps,
         guidance=params.guidance if params.guidance is not None else planned.guidance,
+        sampler=params.sampler if params.sampler is not None else planned.sampler,
         size=size,
         reply=_join(planned.reply, note),
     )

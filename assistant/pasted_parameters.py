@@ -8,8 +8,9 @@ People coming from A1111, InvokeAI or civitai copy a whole "infotext" block:
 
 Planning it like chat would rewrite the prompt and drop the numbers. The block already says
 exactly what to make, so it becomes a generation plan of its own, for either planner: the
-prompt verbatim, the negative prompt, steps, guidance, seed and size. What Atelier cannot
-apply from a block (sampler, model, and keys it does not know) is named in the reply.
+prompt verbatim, the negative prompt, steps, guidance, sampler, seed and size (a backend with
+no sampler choice says so). What Atelier cannot apply from a block (the model, and keys it
+does not know) is named in the reply.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from assistant.plan import Intent, Plan
 from storage.pngmeta import parse_infotext
 
 #: keys Atelier applies; the rest of a block is reported as not applied
-_APPLIED = {"Steps", "CFG scale", "Seed", "Size"}
+_APPLIED = {"Steps", "CFG scale", "Seed", "Size", "Sampler"}
 #: keys that describe the image's file or history, not how to make it: not worth a note
 _QUIET = {"Model hash", "Version", "Atelier", "Parent", "Operation", "Backend"}
 _SIZE = re.compile(r"\s*(\d{1,5})\s*[x×]\s*(\d{1,5})\s*")
@@ -59,6 +60,7 @@ def plan_from_pasted_parameters(text: str) -> Plan | None:
         negative_prompt=info.negative_prompt,
         steps=steps,
         guidance=guidance,
+        sampler=str(params["Sampler"]).strip() or None if "Sampler" in params else None,
         seed=seed,
         size=size,
         verbatim=True,

@@ -165,6 +165,8 @@ class Plan:
     #: sampling steps and guidance the user asked for this turn ("40 steps"); None = the settings'
     steps: int | None = None
     guidance: float | None = None
+    #: the sampler the user named ("euler a", "DPM++ 2M Karras"), as typed; the backend checks it
+    sampler: str | None = None
     #: a reply that goes back to an earlier image ("undo") makes it the working image
     focus: int | None = None
 
@@ -203,6 +205,7 @@ class Plan:
             "size": list(self.size) if self.size is not None else None,
             "steps": self.steps,
             "guidance": self.guidance,
+            "sampler": self.sampler,
             "focus": self.focus,
         }
 
@@ -231,6 +234,7 @@ class Plan:
             size=(int(size[0]), int(size[1])) if (size := data.get("size")) else None,
             steps=int(steps) if (steps := data.get("steps")) is not None else None,
             guidance=float(guidance) if (guidance := data.get("guidance")) is not None else None,
+            sampler=str(sampler) if (sampler := data.get("sampler")) else None,
             focus=int(focus) if (focus := data.get("focus")) is not None else None,
         )
 

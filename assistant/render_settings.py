@@ -1,4 +1,4 @@
-"""Render settings typed into a message: steps, guidance, shape.
+"""Render settings typed into a message: steps, guidance, sampler, shape.
 
 AUTOMATIC1111 users type settings into the message ("a cat, 40 steps", "cfg 12", "16:9"). They
 are instructions for the backend, never words for the picture, so they leave the text first.
@@ -27,9 +27,14 @@ class RenderParams:
     size: tuple[int, int] | None = None
     #: "wider" (+1) or "taller" (-1): the next usual shape from the image's own
     stretch: int | None = None
+    #: a sampler as typed ("euler a", "DPM++ 2M Karras"); the backend knows which it has
+    sampler: str | None = None
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.steps, self.guidance, self.aspect, self.size, self.stretch))
+        return any(
+            v is not None
+            for v in (self.steps, self.guidance, self.aspect, self.size, self.stretch, self.sampler)
+        )
 
     @property
     def has_shape(self) -> bool:
@@ -50,6 +55,8 @@ class RenderParams:
             parts.append(f"{self.steps} steps")
         if self.guidance is not None:
             parts.append(f"guidance {self.guidance:g}")
+        if self.sampler is not None:
+            parts.append(f"sampler {self.sampler}")
         if self.size is not None:
             parts.append(f"{self.size[0]}x{self.size[1]}")
         elif self.stretch is not None:
@@ -122,6 +129,19 @@ _GUIDANCE = (
     _PARAM_LEAD + r"\b(?:cfg|guidance)(?:[\s_-]+scale)?\s*(?:=|:|to|of|at)?\s*(?P<n>-?\d{1,3}(?:\.\d+)?)\b",
     _PARAM_LEAD + r"\b(?P<n>\d{1,3}(?:\.\d+)?)\s+(?:cfg|guidance)(?:[\s_-]+scale)?\b",
 )
+#: sampler names as AUTOMATIC1111 and diffusers users type them, for "use euler a" with no
+#: "sampler" word; with the word ("sampler: foo") any name is taken, and the backend says
+#: whether it has it
+_SAMPLER_NAME = (
+    r"(?:euler(?:\s+a(?:ncestral)?)?|heun|ddim|ddpm|pndm|plms|lms(?:\s+karras)?|uni[\s_-]?pc|"
+    r"dpm\+\+(?:\s*2m)?(?:\s*sde)?(?:\s*karras)?|k_[a-z_]+)"
+)
+_SAMPLER = (
+    _PARAM_LEAD + r"\b(?:sampler|scheduler|sampling\s+method)\s*(?:=|:|to|is)?\s*"
+    r"(?P<name>[a-z][\w+ -]*?)(?=\s*(?:[,;]|\.(?:\s|$)|\s+(?:and|with|please)\b|$))",
+    r"\b(?:with|using|use|try)\s+(?:the\s+|a\s+)?(?P<name>[a-z][\w+ -]*?)\s+(?:sampler|scheduler)\b",
+    r"(?:^|\b(?:with|using|use|try)\s+)(?:the\s+)?(?P<name>" + _SAMPLER_NAME + r")(?![\w+])",
+)
 _RATIO_CORE = (
     r"(?:(?:aspect(?:\s+ratio)?|ratio|--?ar)\s*(?:of\s+|=|:)?\s*)?\b(?P<a>\d{1,2})\s*:\s*(?P<b>\d{1,2})\b"
 )
@@ -175,6 +195,11 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
         if m := re.search(pattern, text, flags=_I):
             guidance, text = float(m.group("n")), without_match(text, m)
             break
+    sampler = None
+    for pattern in _SAMPLER:
+        if m := re.search(pattern, text, flags=_I):
+            sampler, text = " ".join(m.group("name").split()), without_match(text, m)
+            break
     if m := re.search(_PIXELS, text, flags=_I):
         size, text = (int(m.group("w")), int(m.group("h"))), without_match(text, m)
     for pattern in _RATIO:
@@ -197,7 +222,7 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
         text = f"{core[: m.start()]} {named} {core[m.end() :]}"
     if aspect is None and size is None and stretch is None:
         aspect, text = _named_shape(text, shape_words_alone=shape_words_alone)
-    return RenderParams(steps, guidance, aspect, size, stretch), tidy_rest(text)
+    return RenderParams(steps, guidance, aspect, size, stretch, sampler), tidy_rest(text)
 
 
 def _named_shape(text: str, *, shape_words_alone: bool) -> tuple[tuple[int, int] | None, str]:

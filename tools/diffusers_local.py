@@ -99,6 +99,10 @@ SCHEDULERS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
     "dpm++": ("DPMSolverMultistepScheduler", {}),
     "dpm++_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
     "dpm++_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "dpm++_sde_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
     "ddim": ("DDIMScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
@@ -119,6 +123,11 @@ SCHEDULER_ALIASES: Mapping[str, str] = {
     "dpm++_2m_karras": "dpm++_karras",
     "dpmpp_sde": "dpm++_sde",
     "dpm++_2m_sde": "dpm++_sde",
+    "dpmpp_sde_karras": "dpm++_sde_karras",
+    "dpm++_2m_sde_karras": "dpm++_sde_karras",
+    "dpmpp_2m_sde_karras": "dpm++_sde_karras",
+    "dpm++2m": "dpm++",
+    "dpm++2m_karras": "dpm++_karras",
     "plms": "pndm",
     "k_lms": "lms",
     "uni_pc": "unipc",
@@ -151,7 +160,8 @@ def scheduler_name(name: str | None) -> str:
 def sampler_label(scheduler: Any) -> str:
     """The sampler name for a scheduler object, so 'the model's default' is stored as what it was."""
     config = getattr(scheduler, "config", {})
-    for name, (class_name, extra) in SCHEDULERS.items():
+    # the most specific first: DPM++ SDE Karras also has DPM++ Karras's use_karras_sigmas
+    for name, (class_name, extra) in sorted(SCHEDULERS.items(), key=lambda item: -len(item[1][1])):
         if type(scheduler).__name__ != class_name:
             continue
         if extra and all(config.get(k) == v for k, v in extra.items()):

@@ -175,7 +175,9 @@ def test_atelier_replay_from_the_command_line(tmp_path: Path) -> None:
         "image_id": tip.id,
         "identical": True,
         "backend": "offline",
+        "sha256": tip.sha256,
         "file_was_missing": False,
+        "file_was_damaged": False,
         "restored": False,
     }
 

@@ -71,3 +71,38 @@ def test_replay_with_another_model_configured_names_the_model_that_made_it(
     )
     assert switched.repo.count_images() == 1
     assert diffusers_assistant(tmp_path / "data", tiny_model).replay(made.id)[2]  # and set back, it replays
+
+
+@pytest.mark.slow
+def test_a_sampler_named_in_chat_is_used_kept_by_edits_and_replayed(tmp_path: Path, tiny_model: Path) -> None:
+    """ "sampler euler a" as A1111 users type it: the model's scheduler is swapped for that one,
+    later edits keep it, a replay matches, and an unknown name is refused with the choices."""
+    from assistant.events import Failed
+
+    assistant = diffusers_assistant(tmp_path / "data", tiny_model)
+    repo = assistant.repo
+    events = turn(assistant, None, "a red fox in the snow, sampler euler a")
+    (first,) = images_made(events)
+    conversation_id = events[0].conversation_id
+    made = repo.get_image(first.id)
+    assert "euler" not in made.prompt
+    assert (made.params or {})["sampler"] == "euler_a"
+    assert (made.params or {})["scheduler"] == "EulerAncestralDiscreteScheduler"
+    (edited,) = images_made(turn(assistant, conversation_id, "make it snowier"))
+    assert (repo.get_image(edited.id).params or {})["scheduler"] == "EulerAncestralDiscreteScheduler"
+    assert assistant.replay(edited.id)[2]
+
+    (redrawn,) = images_made(turn(assistant, conversation_id, "#1 with DPM++ 2M Karras"))
+    params = repo.get_image(redrawn.id).params or {}
+    assert (params["sampler"], params["scheduler"]) == ("dpm++_karras", "DPMSolverMultistepScheduler")
+    assert repo.get_image(redrawn.id).seed == made.seed  # the same picture, another sampler
+
+    refused = turn(assistant, conversation_id, "use the foobar sampler")
+    assert isinstance(refused[-1], Failed)
+    assert refused[-1].message.startswith("Unknown sampler 'foobar'. Choose one of: default, euler, euler_a")
+    pasted = turn(
+        assistant, None, "a lighthouse\nSteps: 3, Sampler: DPM++ 2M SDE Karras, Seed: 5, Size: 64x64"
+    )
+    (block,) = images_made(pasted)
+    assert (repo.get_image(block.id).params or {})["sampler"] == "dpm++_sde_karras"
+    assert "Sampler" not in str(pasted[-1])

@@ -721,6 +721,11 @@ class Assistant:
         backend = self.backend
         seed = self._seed(plan) if seed is None else seed
         strength = plan.strength if strength is None else strength
+        if strength is not None and not 0 <= strength <= 1:
+            raise TurnFailed(
+                f"Strength {strength:g} is out of range; use 0 to 1 (0.3 keeps most of the picture, "
+                "0.8 changes most of it)."
+            )
         negative = plan.negative_prompt if backend.name not in BACKENDS_WITHOUT_NEGATIVE_PROMPT else ""
         options: dict[str, Any] = {}
         if plan.style:
@@ -891,7 +896,9 @@ class Assistant:
         reshaped = plan.size is not None and plan.size != (target.width, target.height)
         # one image re-run may change its negative prompt ("negative: text"); a batch keeps each one's
         negative = plan.negative_prompt if len(plan.targets) == 1 else target.negative_prompt
-        fresh_plan = replace(plan, new_seed=True, strength=params.get("strength"), negative_prompt=negative)
+        # "strength 0.3" said of it changes how far it moves from its source; else it keeps its own
+        strength = plan.strength if plan.strength is not None else params.get("strength")
+        fresh_plan = replace(plan, new_seed=True, strength=strength, negative_prompt=negative)
         state.plan = fresh_plan
         yield from self._backend_call(
             state,
@@ -903,7 +910,7 @@ class Assistant:
             max(1, plan.n),
             seed=self._seed(fresh_plan, previous=target.seed),
             parent_id=target.id if reshaped else target.parent_id,
-            strength=params.get("strength"),
+            strength=strength,
             regenerated_from=target.id,
             settings_from=target,
         )

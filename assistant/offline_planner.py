@@ -861,6 +861,7 @@ class OfflinePlanner:
             and params.steps is None
             and params.guidance is None
             and params.sampler is None
+            and params.strength is None
             and seed == info.seed
         ):
             return _clarify(
@@ -902,6 +903,7 @@ class OfflinePlanner:
             steps=params.steps,
             guidance=params.guidance,
             sampler=params.sampler,
+            strength=params.strength,
             reply=_rerun_reply(number, params, shape, seed),
         )
 
@@ -1699,6 +1701,7 @@ def _with_params(raw: str, planned: Plan, params: RenderParams, context: Planner
         steps=params.steps if params.steps is not None else planned.steps,
         guidance=params.guidance if params.guidance is not None else planned.guidance,
         sampler=params.sampler if params.sampler is not None else planned.sampler,
+        strength=params.strength if params.strength is not None else planned.strength,
         size=size,
         reply=_join(planned.reply, note),
     )

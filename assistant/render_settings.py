@@ -29,12 +29,20 @@ class RenderParams:
     stretch: int | None = None
     #: a sampler as typed ("euler a", "DPM++ 2M Karras"); the backend knows which it has
     sampler: str | None = None
+    #: how far an edit or img2img moves from its source ("denoising strength 0.4"), 0 to 1
+    strength: float | None = None
 
     def __bool__(self) -> bool:
-        return any(
-            v is not None
-            for v in (self.steps, self.guidance, self.aspect, self.size, self.stretch, self.sampler)
+        settings = (
+            self.steps,
+            self.guidance,
+            self.aspect,
+            self.size,
+            self.stretch,
+            self.sampler,
+            self.strength,
         )
+        return any(v is not None for v in settings)
 
     @property
     def has_shape(self) -> bool:
@@ -57,6 +65,8 @@ class RenderParams:
             parts.append(f"guidance {self.guidance:g}")
         if self.sampler is not None:
             parts.append(f"sampler {self.sampler}")
+        if self.strength is not None:
+            parts.append(f"strength {self.strength:g}")
         if self.size is not None:
             parts.append(f"{self.size[0]}x{self.size[1]}")
         elif self.stretch is not None:
@@ -136,6 +146,13 @@ _SAMPLER_NAME = (
     r"(?:euler(?:\s+a(?:ncestral)?)?|heun|ddim|ddpm|pndm|plms|lms(?:\s+karras)?|uni[\s_-]?pc|"
     r"dpm\+\+(?:\s*2m)?(?:\s*sde)?(?:\s*karras)?|k_[a-z_]+)"
 )
+#: "strength 0.3", "denoising strength: 0.9", "denoise 40%" (A1111's img2img slider); read
+#: with a sign and past 1 so the limit check can refuse it in words
+_STRENGTH = (
+    _PARAM_LEAD
+    + r"\b(?:(?:denoising\s+|denoise\s+|edit\s+)?strength|denoise|denoising)\s*(?:=|:|of|to|at)?\s*"
+    r"(?P<n>-?(?:\d+(?:\.\d+)?|\.\d+))(?P<percent>\s*%)?(?![\w.])"
+)
 _SAMPLER = (
     _PARAM_LEAD + r"\b(?:sampler|scheduler|sampling\s+method)\s*(?:=|:|to|is)?\s*"
     r"(?P<name>[a-z][\w+ -]*?)(?=\s*(?:[,;]|\.(?:\s|$)|\s+(?:and|with|please)\b|$))",
@@ -195,6 +212,10 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
         if m := re.search(pattern, text, flags=_I):
             guidance, text = float(m.group("n")), without_match(text, m)
             break
+    strength = None
+    if m := re.search(_STRENGTH, text, flags=_I):
+        strength = float(m.group("n")) / (100 if m.group("percent") else 1)
+        text = without_match(text, m)
     sampler = None
     for pattern in _SAMPLER:
         if m := re.search(pattern, text, flags=_I):
@@ -222,7 +243,7 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
         text = f"{core[: m.start()]} {named} {core[m.end() :]}"
     if aspect is None and size is None and stretch is None:
         aspect, text = _named_shape(text, shape_words_alone=shape_words_alone)
-    return RenderParams(steps, guidance, aspect, size, stretch, sampler), tidy_rest(text)
+    return RenderParams(steps, guidance, aspect, size, stretch, sampler, strength), tidy_rest(text)
 
 
 def _named_shape(text: str, *, shape_words_alone: bool) -> tuple[tuple[int, int] | None, str]:

@@ -152,6 +152,10 @@ def test_steps_over_what_the_backend_takes_are_refused_with_that_limit(tmp_path:
         ("cfg 100", "CFG scale 100 is out of range; use 0 to 50 (5 to 9 is usual)."),
         ("cfg -3", "CFG scale -3 is out of range; use 0 to 50 (5 to 9 is usual)."),
         ("a dog, seed -12", "Seeds are whole numbers from 0 to 4294967295 (got -12); -1 means random."),
+        (
+            "make it snowier, strength 2",
+            "Strength 2 is out of range; use 0 to 1 (0.3 keeps most of the picture, 0.8 changes most of it).",
+        ),
     ],
 )
 def test_settings_out_of_range_are_refused_with_the_range(tmp_path: Path, text: str, message: str) -> None:
@@ -288,3 +292,22 @@ def test_seed_minus_one_re_rolls_with_a_random_seed_as_in_automatic1111(tmp_path
     again = assistant.repo.get_image(image.id)
     assert again.prompt == first.prompt and again.seed not in (None, -1, first.seed)
     assert "Regenerated with a new seed" in str(events) and "seed -1" not in again.prompt
+
+
+@pytest.mark.parametrize(
+    ("text", "strength"),
+    [
+        ("make it snowier, strength 0.3", 0.3),
+        ("make it snowier, denoising strength: 0.9", 0.9),
+        ("denoise 40%", 0.4),
+    ],
+)
+def test_a_strength_typed_as_in_automatic1111_is_the_edit_strength(
+    tmp_path: Path, text: str, strength: float
+) -> None:
+    assistant, conversation_id = start(tmp_path)
+    (image,) = images_of(run(assistant, conversation_id, text))
+    stored = assistant.repo.get_image(image.id)
+    generation, _ = assistant.repo.generation(stored.generation_id or -1)
+    assert generation.params["strength"] == strength
+    assert "strength" not in stored.prompt and "denois" not in stored.prompt

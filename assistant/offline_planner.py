@@ -216,8 +216,16 @@ def _count(text: str) -> tuple[int | None, str]:
     )
     if not m:
         m = re.search(r"\b(?P<n>" + _N + r")\s+times\b", text, flags=_I)
-        if not m:
-            return None, text
+    if not m:  # "four of a lighthouse" (not "two of the foxes fighting", "one of a kind")
+        m = re.search(
+            r"(?:^|\b(?:me|make|draw|show|generate|create|want|need)\s+)(?P<n>"
+            + _N
+            + r")\s+of\b(?=\s+(?:a|an)\b)(?<!\bone\sof)",
+            text,
+            flags=_I,
+        )
+    if not m:
+        return None, text
     raw = m.group("n").lower()
     n = 2 if raw.startswith("a couple") else 3 if raw in ("a few", "several") else _to_int(raw)
     return n, (text[: m.start()] + " " + text[m.end() :]).strip()
@@ -1088,7 +1096,11 @@ class OfflinePlanner:
         return plan
 
     def _inpaint(self, raw: str, context: PlannerContext) -> Plan:
-        refs = resolve_references(raw, context.images, focus=context.focus, default_to_last=True)
+        """A masked repaint; its settings ("4 steps", "seed 1", "strength 0.8") are settings here
+        too, never words for the sailboat."""
+        params, text = render_params(raw, shape_words_alone=False)
+        seed, text = _seed(text)
+        refs = resolve_references(text, context.images, focus=context.focus, default_to_last=True)
         if context.has_upload and not refs.explicit:
             targets = self._upload_target(context)
         elif not refs.ok:
@@ -1101,8 +1113,9 @@ class OfflinePlanner:
             return _clarify(raw, ONE_AT_A_TIME.format(_numbers(targets)))
         instruction = _instruction_text(refs)
         parent = context.image(targets[0]) if targets else None
+        if parent is None or not parent.prompt:  # an upload: what goes in the mask is the prompt
+            instruction = re.sub(_INPAINT_VERB, "", instruction, flags=_I) or instruction
         prompt = apply_edit(parent.prompt if parent else "", instruction)
-        seed, _ = _seed(raw)
         plan = Plan(
             intent=Intent.INPAINT,
             targets=targets,
@@ -1110,6 +1123,10 @@ class OfflinePlanner:
             prompt=prompt,
             negative_prompt=_edit_negative(parent, instruction, None, context),
             seed=seed,
+            steps=params.steps,
+            guidance=params.guidance,
+            sampler=params.sampler,
+            strength=params.strength,
             style=parent.style if parent else None,
             use_upload=context.has_upload and not refs.explicit,
             verbatim=context.verbatim,
@@ -1589,6 +1606,14 @@ def _describe(raw: str, kind: str, context: PlannerContext) -> Plan:
         question_kind=kind,
         reply=describe_reply(kind, refs.numbers, context),
     )
+
+
+#: "replace it with", "fill the masked area with", "paint": the verb of a masked repaint, not its subject
+_INPAINT_VERB = (
+    r"^(?:replace|fill|paint|repaint|put|add|draw|make|turn)\s+"
+    r"(?:(?:it|this|that|the\s+(?:masked\s+|marked\s+|white\s+)?(?:area|part|region|mask|selection|spot))\s+)?"
+    r"(?:with|into|in(?:to)?|as)?\s*"
+)
 
 
 def _clarify(text: str, question: str) -> Plan:

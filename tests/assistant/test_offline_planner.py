@@ -939,3 +939,35 @@ def test_an_upscale_factor_is_read_whole_and_the_nearer_one_used(
         assert "instead of" not in (plan.reply or "")
     else:
         assert (plan.reply or "").endswith(note), plan.reply
+
+
+@pytest.mark.parametrize(
+    ("text", "prompt", "settings"),
+    [
+        ("a sailboat, 4 steps", "a sailboat", {"steps": 4}),
+        ("replace it with a sailboat, seed 1, cfg 5", "a sailboat", {"seed": 1, "guidance": 5.0}),
+        ("fill the masked area with flowers, strength 0.8", "flowers", {"strength": 0.8}),
+        ("add a moon with euler a", "a moon", {"sampler": "euler a"}),
+    ],
+)
+def test_a_masked_repaint_of_an_upload_reads_its_settings_and_paints_the_subject(
+    text: str, prompt: str, settings: dict[str, Any]
+) -> None:
+    plan = PLANNER.plan(text, replace(CHAIN, has_mask=True, has_upload=True))
+    assert plan.intent is Intent.INPAINT and plan.use_upload, plan
+    assert plan.prompt.startswith(prompt) and not re.search(r"steps|seed|cfg|strength|euler", plan.prompt)
+    assert {key: getattr(plan, key) for key in settings} == settings
+
+
+@pytest.mark.parametrize(
+    ("text", "n", "subject"),
+    [
+        ("four of a lighthouse", 4, "a lighthouse"),
+        ("give me 3 of a red fox", 3, "a red fox"),
+        ("two of the foxes fighting", 1, "two of the foxes fighting"),
+        ("one of a kind vase", 1, "one of a kind vase"),
+    ],
+)
+def test_n_of_a_thing_is_a_batch_of_it(text: str, n: int, subject: str) -> None:
+    plan = PLANNER.plan(text, NO_IMAGES)
+    assert plan.intent is Intent.GENERATE and plan.n == n and plan.prompt.startswith(subject + ","), plan

@@ -1044,6 +1044,13 @@ class DiffusersBackend:
         self.device = _pick_device(device)
         self.dtype = _dtype_name(dtype, self.device)
         self.enable_offload = enable_offload and self.device.startswith("cuda")
+        #: said with the first image only: a setting that does nothing here should not pass unseen
+        self._first_notes: list[str] = []
+        if enable_offload and not self.enable_offload:
+            self._first_notes.append(
+                f"CPU offload is for CUDA GPUs; on {self.device} the model already runs from RAM, "
+                "so it is off."
+            )
         # offload hooks move the UNet between devices under a compiled graph's feet
         self.compile = compile and not self.enable_offload
         self.compile_mode = compile_mode
@@ -1145,15 +1152,17 @@ class DiffusersBackend:
             seeds = [seed for i, seed in enumerate(plan.seeds) if i not in flagged]
         else:
             seeds = plan.seeds
-        return ImageResult(
+        result = ImageResult(
             images=[
                 GeneratedImage(image=image, seed=seed) for image, seed in zip(images, seeds, strict=True)
             ],
             backend=self.name,
             model=self.model,
             params=self._params(loaded, pipe, plan, scheduler, compiled=compiled),
-            notes=plan.notes,
+            notes=[*self._first_notes, *plan.notes],
         )
+        self._first_notes = []
+        return result
 
     def _plan(self, request: ImageRequest) -> _Plan:
         """Every check that needs no model, so a bad request fails in microseconds, not after a load.

@@ -338,6 +338,14 @@ def test_a_config_value_of_the_wrong_type_is_a_load_error_not_a_crash(
         backend.run(request())
 
 
+def test_offload_asked_for_on_the_cpu_is_said_once_not_silently_dropped(tiny_model: Path) -> None:
+    backend = dl.DiffusersBackend(str(tiny_model), local_files_only=True, device="cpu", enable_offload=True)
+    note = "CPU offload is for CUDA GPUs; on cpu the model already runs from RAM, so it is off."
+    assert note in backend.run(request()).notes
+    assert note not in backend.run(request()).notes
+    assert "offload" not in backend.run(request()).params
+
+
 def test_hub_id_when_offline() -> None:
     with pytest.raises(ModelNotFound, match="not in the Hugging Face cache") as info:
         dl.DiffusersBackend("nobody/no-such-model", local_files_only=True)

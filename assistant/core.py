@@ -1267,7 +1267,7 @@ class Assistant:
                     revised_prompt=generated.revised_prompt,
                     seed=generated.seed,
                     params={
-                        **_own_params(step),
+                        **_own_params(step, keep_backend_params=step.backend == result.backend),
                         **result.params,
                         "seed": generated.seed,
                         "replay_of": step.id,
@@ -1350,9 +1350,19 @@ def _all_same_pixels(source: Any, results: Sequence[Any]) -> bool:
 _ID_PARAMS = ("source_id", "replay_of", "regenerated_from")
 
 
-def _own_params(step: Image) -> dict[str, Any]:
-    """A step's params without the ids of the images around it (the source is `parent_id`)."""
-    return {k: v for k, v in (step.params or {}).items() if k not in _ID_PARAMS}
+#: what a step's record says about the request itself, whichever backend ran it
+_REQUEST_PARAMS = ("operation", "width", "height", "size", "strength", "options", "steps", "guidance")
+
+
+def _own_params(step: Image, *, keep_backend_params: bool = True) -> dict[str, Any]:
+    """A step's params without the ids of the images around it (the source is `parent_id`).
+
+    Replayed on another backend (`--from-root --backend offline`), the old backend's own words
+    (device, dtype, scheduler, versions) would describe a run that did not happen: only the
+    request's keys stay.
+    """
+    own = {k: v for k, v in (step.params or {}).items() if k not in _ID_PARAMS}
+    return own if keep_backend_params else {k: v for k, v in own.items() if k in _REQUEST_PARAMS}
 
 
 def _as_its_batch(request: ImageRequest, image: Image) -> tuple[ImageRequest, int]:

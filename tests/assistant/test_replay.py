@@ -270,3 +270,6 @@ def test_a_chain_made_offline_replays_on_openai_with_the_new_branchs_pixels(tmp_
     new_root = on_openai.repo.load_image(created[0]).convert("RGB")
     assert sent_pixels.size == new_root.size and sent_pixels.tobytes() == new_root.tobytes()
     assert created[1].parent_id == created[0].id
+    # the new images' records describe the OpenAI run, not the offline renderer's
+    for image in created:
+        assert "renderer" not in (image.params or {}) and "scene" not in (image.params or {}), image.params

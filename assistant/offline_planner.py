@@ -1141,6 +1141,8 @@ class OfflinePlanner:
                 return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
             targets = refs.numbers[:1]
         idea = _instruction_text(refs)
+        # "here is my photo, make it a watercolor": the remark goes, the request stays
+        idea = re.sub(r"^(?:" + _UPLOAD_REMARK + r")[,;:.!\-–—]+\s*", "", strip_polite(idea), flags=_I)
         idea = re.sub(
             r"^(?:turn|make|convert|transform|change|render|redraw|reimagine|repaint|restyle|redo)\s+"
             r"(?:(?:this|the|my|that)\s+)?(?:photo|image|picture|pic|upload|drawing|sketch|one|it)?\s*"
@@ -1151,6 +1153,8 @@ class OfflinePlanner:
         )
         seed, idea = _seed(idea)
         count, idea = _count(idea)
+        if re.fullmatch(_UPLOAD_REMARK, strip_polite(idea), flags=_I):
+            idea = ""  # "here is my photo": it says what is attached, not what to do with it
         if not _leftover(idea) and detect_style(raw) is None:
             # "the original photo", "my upload": which image is clear, what to do with it is not
             which = f"#{targets[0]}" if targets else "this image"
@@ -1608,6 +1612,16 @@ def _describe(raw: str, kind: str, context: PlannerContext) -> Plan:
     )
 
 
+#: what people say as they attach a file ("here is my photo", "this is a sketch I made"):
+#: nothing in it says what to do, so Atelier asks rather than redraw the photo as "here is"
+_UPLOAD_REMARK = (
+    r"(?:(?:ok(?:ay)?|so|hi|hey)[\s,]+)?(?:this\s+is\s+(?:my|our)\s+[a-z]+(?:\s+[a-z]+)?[\s.!]*|here(?:'s|\s+is|\s+are)|this\s+is|these\s+are|attached(?:\s+is)?|"
+    r"i(?:'ve|\s+have)?\s+(?:attached|uploaded|added)|i\s+made\s+(?:this|these)|look\s+at\s+(?:this|these))"
+    r"(?:\s+(?:is|are))?(?:\s+(?:my|a|an|the|this|our|some|one))?"
+    r"(?:\s+(?:own|old|new|favou?rite|family|quick|rough))?"
+    r"(?:\s+(?:photo|picture|pic|image|drawing|sketch|file|upload|shot|snapshot|selfie)s?)?"
+    r"(?:\s+(?:i\s+(?:took|made|drew|have))(?:\s+\w+)?)?[\s.!:]*"
+)
 #: "replace it with", "fill the masked area with", "paint": the verb of a masked repaint, not its subject
 _INPAINT_VERB = (
     r"^(?:replace|fill|paint|repaint|put|add|draw|make|turn)\s+"

@@ -234,6 +234,26 @@ def test_an_upload_with_a_mask_that_cannot_fit_it_stores_nothing(tmp_path: Path)
     assert [image.number for image in assistant.repo.conversation_images(conversation_id)] == [1]
 
 
+@pytest.mark.parametrize(
+    "remark", ["here is my photo", "Here's a sketch I made", "this is my dog", "I've attached a picture"]
+)
+def test_a_remark_with_an_upload_is_asked_about_not_redrawn(tmp_path: Path, remark: str) -> None:
+    assistant = open_assistant(tmp_path)
+    events = run(assistant, None, remark, (Attachment(png("navy"), "image", "photo.png"),))
+    assert images_of(events) == [] and isinstance(events[-1], Reply)
+    assert "What should I do with" in events[-1].text
+    (upload,) = assistant.repo.conversation_images(events[0].conversation_id)
+    assert upload.operation == "upload"  # kept: "turn it into a watercolor" can follow
+
+
+def test_a_remark_before_the_request_is_not_part_of_the_prompt(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    photo = (Attachment(png("navy"), "image", "photo.png"),)
+    (made,) = images_of(run(assistant, None, "here is my photo, make it a watercolor", photo))
+    prompt = assistant.repo.get_image(made.id).prompt
+    assert "watercolor" in prompt and "here" not in prompt
+
+
 def test_empty_message_is_refused_without_storing_anything(tmp_path: Path) -> None:
     assistant = open_assistant(tmp_path)
     events = run(assistant, None, "   \n ")

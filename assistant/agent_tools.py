@@ -57,6 +57,7 @@ from assistant.plan import (
 from assistant.references import NO_IMAGES_QUESTION, ReferenceResult, list_images, resolve_references
 from assistant.rewrite import STYLE_PRESETS, build_negative, normalize_style
 from assistant.settings import MIN_SIDE
+from assistant.transform_phrases import unchanged_by
 from tools.base import Operation
 
 #: Longest prompt a tool accepts; longer text is a model running away, not a prompt.
@@ -682,6 +683,14 @@ def _transform(args: TransformImage, call: Call) -> Plan:
     name = args.operation.strip().lower()
     transform_args = dict(args.args)
     _check_transform(name, transform_args)
+    same = [
+        info
+        for n in targets
+        if (info := context.image(n)) is not None and unchanged_by(info, name, transform_args)
+    ]
+    if same and len(same) == len(targets):  # a copy of itself is not a new image
+        sizes = ", ".join(f"#{i.number} is already {i.width}×{i.height}" for i in same)
+        raise ForTheUser(f"{sizes}, so that {name} would change nothing.")
     if name == "upscale":
         transform_args.setdefault("factor", 2)
     return Plan(

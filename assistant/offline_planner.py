@@ -105,7 +105,14 @@ from assistant.rewrite import (
     rewrite_prompt,
     style_prompt,
 )
-from assistant.transform_phrases import RESIZE, UPSCALE, crop_side, named_transform, upscale_factor
+from assistant.transform_phrases import (
+    RESIZE,
+    UPSCALE,
+    crop_side,
+    named_transform,
+    unchanged_by,
+    upscale_factor,
+)
 from tools.base import Operation
 
 EMPTY_REPLY = "Please type what you'd like to create or change."
@@ -1287,6 +1294,14 @@ class OfflinePlanner:
                 else "Crop to what shape — square (1:1), 16:9, 4:3, portrait (2:3)…?"
             )
             return _clarify(raw, question)
+        unchanged = [
+            info
+            for n in refs.numbers
+            if (info := context.image(n)) is not None and unchanged_by(info, name, args)
+        ]
+        if unchanged and len(unchanged) == len(refs.numbers):  # a copy of itself is not a new image
+            sizes = ", ".join(f"#{i.number} is already {i.width}×{i.height}" for i in unchanged)
+            return _clarify(raw, f"{sizes}, so that {name} would change nothing.")
         side = crop_side(probe.remainder, target) if name == "crop" and "box" in args else None
         if side is not None and len(refs.numbers) > 1:
             return _clarify(

@@ -8,6 +8,7 @@ message that is only a transform ("blur it") from an edit ("blur the background"
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from assistant.phrase_parsing import vocab
@@ -210,6 +211,16 @@ def named_transform(text: str, target: ImageInfo | None) -> tuple[str, dict[str,
         return None
     _, name, args, pattern, extra = min(candidates, key=lambda c: c[0])
     return name, args, pattern, extra
+
+
+def unchanged_by(info: ImageInfo, name: str, args: Mapping[str, Any]) -> bool:
+    """True when a crop to a ratio or a resize to a size would give the image back as it is."""
+    if name == "resize":
+        return (args.get("width"), args.get("height")) == (info.width, info.height)
+    if name == "crop" and isinstance(aspect := args.get("aspect"), str) and ":" in aspect:
+        across, down = (int(part) for part in aspect.split(":", 1))
+        return across * info.height == down * info.width
+    return False
 
 
 def upscale_factor(text: str) -> tuple[int, str | None]:

@@ -484,6 +484,27 @@ def test_images_made_earlier_in_the_turn_are_fair_game_for_later_calls(
 # ----- bad calls end cleanly ------------------------------------------------------------------
 
 
+def test_a_transform_that_would_change_nothing_is_answered_not_stored(
+    tmp_path: Path, server: FakeOpenAI
+) -> None:
+    """The model crops a square image to 1:1: the user hears it is already square, no copy is kept."""
+    assistant, _ = open_assistant(tmp_path, server.base_url)
+    conversation_id = seed_images(assistant, 1)  # 128×128
+    call = {"image_number": 1, "operation": "crop", "args": {"aspect": "1:1"}}
+    server.enqueue(
+        CHAT_COMPLETIONS,
+        answer(None, [tool_call("transform_image", call, "c_t")]),
+        answer("It is already square."),
+    )
+    events = list(assistant.respond(conversation_id, "crop it to a square"))
+    assert not [e for e in events if isinstance(e, ImageReady)]
+    assert (
+        "#1 is already 128×128, so that crop would change nothing."
+        in tool_results(server.requests_to(CHAT_COMPLETIONS)[1])["c_t"]
+    )
+    assert [i.number for i in assistant.repo.conversation_images(conversation_id)] == [1]
+
+
 @pytest.mark.parametrize(
     ("name", "args", "error"),
     [

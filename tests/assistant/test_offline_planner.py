@@ -734,8 +734,9 @@ def test_make_it_square_redraws_a_wide_image_with_its_seed() -> None:
 
 
 def test_square_crop_words_still_crop() -> None:
+    wide = PlannerContext(images=(replace(_img(1, FOX_SNOW), width=704, height=384),))
     for text in ("crop to square", "crop it square", "square crop"):
-        plan = PLANNER.plan(text, CHAIN)
+        plan = PLANNER.plan(text, wide)
         assert plan.intent is Intent.TRANSFORM and plan.transform_args == {"aspect": "1:1"}, text
 
 
@@ -971,3 +972,16 @@ def test_a_masked_repaint_of_an_upload_reads_its_settings_and_paints_the_subject
 def test_n_of_a_thing_is_a_batch_of_it(text: str, n: int, subject: str) -> None:
     plan = PLANNER.plan(text, NO_IMAGES)
     assert plan.intent is Intent.GENERATE and plan.n == n and plan.prompt.startswith(subject + ","), plan
+
+
+@pytest.mark.parametrize("text", ["crop to square", "crop #1 to 1:1", "resize to 512x512"])
+def test_a_transform_that_would_give_the_image_back_as_it_is_says_so(text: str) -> None:
+    plan = PLANNER.plan(text, CHAIN)  # every image in CHAIN is 512×512
+    assert plan.intent is Intent.CLARIFY and plan.transform is None, plan
+    assert "is already 512×512" in (plan.reply or "") and "would change nothing" in (plan.reply or "")
+    assert (
+        PLANNER.plan(
+            text.replace("square", "16:9").replace("1:1", "16:9").replace("512x512", "256x256"), CHAIN
+        ).intent
+        is Intent.TRANSFORM
+    )

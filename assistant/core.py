@@ -969,16 +969,20 @@ class Assistant:
         return "\n\n".join(parts)
 
     def _success_reply(self, state: TurnState) -> str:
+        """ "Edited #3: 1 image.", "Flipped #2 horizontally: 1 image.": what was done to which
+        image, so a reply read later (or in a long chat) says more than "Done"."""
         plan = state.plan
         count = len(state.images) + sum(len(g.images) for g in state.generations)
+        which = " and ".join(f"#{n}" for n in plan.targets)
+        of = f" {which}" if which else ""
         verb = {
             Intent.GENERATE: "Here you go",
-            Intent.EDIT: "Edited",
-            Intent.INPAINT: "Repainted the masked area",
-            Intent.VARIATION: "Variations",
-            Intent.IMG2IMG: "Redrawn from your image",
-            Intent.UPSCALE: "Upscaled",
-            Intent.TRANSFORM: "Done",
+            Intent.EDIT: f"Edited{of}",
+            Intent.INPAINT: f"Repainted the masked area{' of' + of if of else ''}",
+            Intent.VARIATION: f"Variations{' of' + of if of else ''}",
+            Intent.IMG2IMG: f"Redrawn from {which or 'your image'}",
+            Intent.UPSCALE: f"Upscaled{of} {plan.transform_args.get('factor', 2)}×",
+            Intent.TRANSFORM: _transform_words(plan, of),
             Intent.REGENERATE: _rerun_words(plan),
         }.get(plan.intent, "Done")
         text = f"{verb}: {count} image{'s' if count != 1 else ''}."
@@ -1322,6 +1326,31 @@ def _replay_seed(
     if step.seed is not None and step.seed == previous.seed:
         return new_seeds.get(previous.id)
     return (seed + index) % 2**32
+
+
+def _transform_words(plan: Plan, of: str) -> str:
+    """What a Pillow transform did, in words: "Flipped #3 horizontally", "Cropped #1 to 16:9"."""
+    args = plan.transform_args
+    name = plan.transform or ""
+    if name == "flip":
+        return f"Flipped{of} {args.get('direction', 'horizontal')}ly"
+    if name == "rotate" and isinstance(degrees := args.get("degrees"), int | float):
+        return f"Rotated{of} {abs(degrees):g}° {'left' if degrees > 0 else 'right'}"
+    if name == "crop":
+        return f"Cropped{of}" + (f" to {args['aspect']}" if args.get("aspect") else "")
+    if name == "resize" and args.get("width") and args.get("height"):
+        return f"Resized{of} to {args['width']}×{args['height']}"
+    words = {
+        "grayscale": "Made{of} black and white",
+        "sepia": "Toned{of} sepia",
+        "blur": "Blurred{of}",
+        "sharpen": "Sharpened{of}",
+        "border": "Added a border to{of}",
+        "brightness": "Changed the brightness of{of}",
+        "contrast": "Changed the contrast of{of}",
+        "saturation": "Changed the colour saturation of{of}",
+    }
+    return words[name].format(of=of) if name in words else "Done"
 
 
 def _rerun_words(plan: Plan) -> str:

@@ -311,3 +311,23 @@ def test_a_strength_typed_as_in_automatic1111_is_the_edit_strength(
     generation, _ = assistant.repo.generation(stored.generation_id or -1)
     assert generation.params["strength"] == strength
     assert "strength" not in stored.prompt and "denois" not in stored.prompt
+
+
+@pytest.mark.parametrize(
+    ("text", "reply"),
+    [
+        ("make it snowier", "Edited #1: 1 image."),
+        ("flip it", "Flipped #1 horizontally: 1 image."),
+        ("rotate #1 left", "Rotated #1 90° left: 1 image."),
+        ("crop #1 to 16:9", "Cropped #1 to 16:9: 1 image."),
+        ("make it black and white", "Made #1 black and white: 1 image."),
+        ("upscale #1", "Upscaled #1 2×: 1 image."),
+        ("three variations of #1", "Variations of #1: 3 images."),
+    ],
+)
+def test_a_reply_says_what_was_done_to_which_image(tmp_path: Path, text: str, reply: str) -> None:
+    """Read later, or far down a long chat, "Done: 1 image." says nothing; the reply names both."""
+    assistant, conversation_id = start(tmp_path)
+    events = run(assistant, conversation_id, text)
+    (said,) = [e for e in events if isinstance(e, Reply)]
+    assert said.text.startswith(reply), said.text

@@ -34,7 +34,7 @@ from assistant.runtime import database_exists, open_existing_repository, open_re
 from assistant.settings import MAX_SEED, RANDOM_SEED, Settings, describe_settings_error
 from storage.db import DatabaseDamaged, StorageError, describe_database_error
 from storage.models import Image
-from storage.repository import ROW_ID_MAX, ImageFilter, IntegrityReport, Repository
+from storage.repository import ROW_ID_MAX, ImageFilter, IntegrityReport, NotFound, Repository
 from storage.serialize import row_as_dict
 
 app = typer.Typer(
@@ -317,7 +317,11 @@ def history(
         table = Table("id", "conv", "#", "operation", "parent", "backend", "request", "created")
         if total > len(images):
             table.caption = f"showing the newest {len(images)} of {total}; --limit {total} shows all"
+        assert repo is not None  # the images came from it
         numbers = {image.id: image.number for image in images}
+        for parent_id in {i.parent_id for i in images if i.parent_id is not None} - numbers.keys():
+            with contextlib.suppress(NotFound):  # a parent older than the page is still "#N"
+                numbers[parent_id] = repo.get_image(parent_id).number
         for image in images:
             parent = "" if image.parent_id is None else f"#{numbers.get(image.parent_id, '?')}"
             table.add_row(
@@ -325,7 +329,7 @@ def history(
                 str(image.conversation_id),
                 f"#{image.number}",
                 image.operation,
-                parent if image.parent_id is None or image.parent_id in numbers else f"id {image.parent_id}",
+                parent,
                 image.backend,
                 escape(one_line(image.instruction or image.prompt)),  # prompts may contain [brackets]
                 image.created_at.strftime("%Y-%m-%d %H:%M"),
@@ -338,8 +342,10 @@ def _parse_limit(value: str) -> int:
         number = int(value)
     except ValueError:
         raise CliError(f"--limit must be a whole number, got {value!r}.") from None
-    if not 1 <= number <= MAX_ROW_ID:
-        raise CliError(f"--limit must be from 1 to {MAX_ROW_ID}, got {value}.")
+    if number < 1:
+        raise CliError(f"--limit must be at least 1, got {value}.")
+    if number > MAX_ROW_ID:
+        raise CliError(f"--limit must be at most {MAX_ROW_ID}, got {value}.")
     return number
 
 

@@ -101,9 +101,9 @@ def _importable(module: str) -> bool:
         (["history", "-c", HUGE], [f"There is no conversation {HUGE}."]),
         (["chat", "-c", HUGE, "a red fox"], [f"There is no conversation {HUGE}."]),
         (["export", HUGE, "{tmp}/out.zip"], [f"There is no conversation {HUGE}."]),
-        (["history", "--limit", HUGE], ["--limit must be from 1 to 9223372036854775807"]),
-        (["history", "--limit", "0"], ["--limit must be from 1"]),
-        (["history", "--limit", "-3"], ["--limit must be from 1"]),
+        (["history", "--limit", HUGE], ["--limit must be at most 9223372036854775807"]),
+        (["history", "--limit", "0"], ["--limit must be at least 1, got 0."]),
+        (["history", "--limit", "-3"], ["--limit must be at least 1, got -3."]),
         (["history", "--limit", "lots"], ["--limit must be a whole number"]),
     ],
 )

@@ -105,6 +105,9 @@ def test_history_says_when_it_shows_only_the_newest(data_dir: Path) -> None:
     cut = invoke(data_dir, "history", "--limit", "2")
     assert cut.exit_code == 0, cut.output
     assert "showing the newest 2 of 5; --limit 5 shows all" in " ".join(cut.stdout.split())
+    # #4's parent #1 is not on the page; the parent column still says "#1", not "id 1"
+    (row,) = [line for line in cut.stdout.splitlines() if "│ #4 " in line]
+    assert "│ #1 " in row and " id " not in row
     assert "showing" not in invoke(data_dir, "history").stdout  # all five fit the default 50
 
 

@@ -1706,7 +1706,7 @@ def _negatives_in_prompt(plan: Plan, instruction: str, context: PlannerContext) 
 def _rerun_reply(number: int, params: RenderParams, shape: tuple[int, int] | None, seed: int | None) -> str:
     if shape is None or seed is None:
         return f"#{number} again, {params.words(shape)}."
-    at = "" if params.stretch else "at "  # "#1 wider (640×448)", "#1 at 16:9 (704×384)"
+    at = "" if params.stretch else "at "  # "#1 wider (624×416)", "#1 at 16:9 (680×384)"
     return f"#{number} {at}{params.words(shape)}, with its prompt and seed {seed}."
 
 

@@ -57,7 +57,7 @@ class RenderParams:
         return aspect_size(self.aspect, base) if self.aspect is not None else None
 
     def words(self, shape: tuple[int, int] | None = None) -> str:
-        """The settings as a user would type them, for replies ("40 steps, 16:9 (704×384)")."""
+        """The settings as a user would type them, for replies ("40 steps, 16:9 (680×384)")."""
         parts = []
         if self.steps is not None:
             parts.append(f"{self.steps} steps")
@@ -81,16 +81,27 @@ class RenderParams:
 
 
 def aspect_size(aspect: tuple[int, int], base: tuple[int, int]) -> tuple[int, int]:
-    """`aspect` at about the area of `base`, each side a multiple of 64 (what SD models like).
+    """`aspect` at about the area of `base`, each side a multiple of 8 (what every model takes).
 
-    16:9 of 512² is 704×384. Below 384 px a side 64 is too coarse to keep the shape, so 16.
+    16:9 of 512² is 680×384 (1.77), 2:1 is 720×360: sides rounded to 64 made 16:9 704×384
+    (1.83) and 2:1 the very same size, so two shapes asked for came out as one.
     """
     across, down = aspect
     area = base[0] * base[1]
     width = math.sqrt(area * across / down)
     height = width * down / across
-    step = 64 if min(base) >= 384 else 16
-    return max(step, round(width / step) * step), max(step, round(height / step) * step)
+    step = 8
+
+    def side(value: float) -> int:
+        return max(step, round(value / step) * step)
+
+    ratio = across / down
+    candidates = [
+        (side(width), side(height)),
+        (side(side(height) * ratio), side(height)),  # the height rounded first, the width fitted
+        (side(width), side(side(width) / ratio)),
+    ]
+    return min(candidates, key=lambda c: (abs(c[0] / c[1] - ratio), abs(c[0] * c[1] - area)))
 
 
 #: the shapes "wider" and "taller" step through, narrowest first

@@ -473,18 +473,18 @@ def test_too_bright_is_darker_and_keeps_the_subject() -> None:
         ("a cat with guidance 12", None, 12.0, None, "a cat"),
         ("a cat cfg 12", None, 12.0, None, "a cat"),
         ("a cat, cfg scale 7.5, 30 steps", 30, 7.5, None, "a cat"),
-        ("a cat on a sofa, 16:9", None, None, (704, 384), "a cat on a sofa"),
-        ("a cat on a sofa in 9:16", None, None, (384, 704), "a cat on a sofa"),
+        ("a cat on a sofa, 16:9", None, None, (680, 384), "a cat on a sofa"),
+        ("a cat on a sofa in 9:16", None, None, (384, 680), "a cat on a sofa"),
         ("a 1920x1080 wallpaper of a forest", None, None, (1920, 1080), "a wallpaper of a forest"),
         (
             "a tall portrait of a woman in a red dress, vertical",
             None,
             None,
-            (448, 640),
+            (416, 624),
             "a tall portrait of a woman",
         ),
-        ("a lighthouse, landscape orientation", None, None, (640, 448), "a lighthouse"),
-        ("a widescreen shot of a desert", None, None, (704, 384), "a shot of a desert"),
+        ("a lighthouse, landscape orientation", None, None, (624, 416), "a lighthouse"),
+        ("a widescreen shot of a desert", None, None, (680, 384), "a shot of a desert"),
     ],
 )
 def test_settings_in_a_new_image_request_leave_the_prompt(
@@ -507,8 +507,16 @@ def test_settings_in_a_new_image_request_leave_the_prompt(
 
 
 def test_a_shape_keeps_about_the_backends_area() -> None:
+    """And its ratio: sides are multiples of 8, so 16:9 is 1.78 and 2:1 is 2:1, not both 704×384."""
+    for aspect, (width, height) in {
+        "16:9": (680, 384),
+        "2:1": (720, 360),
+        "4:3": (584, 440),
+        "3:2": (624, 416),
+    }.items():
+        assert PLANNER.plan(f"a cat, {aspect}", NO_IMAGES).size == (width, height), aspect
     plan = PLANNER.plan("a cat, 16:9", PlannerContext(default_size=(1024, 1024)))
-    assert plan.size == (1344, 768)
+    assert plan.size == (1368, 768)
 
 
 @pytest.mark.parametrize(
@@ -518,7 +526,7 @@ def test_a_shape_keeps_about_the_backends_area() -> None:
         ("#1 with 40 steps", 1, 40, None),
         ("redo it with 40 steps", 3, 40, None),
         ("set steps to 60", 3, 60, None),
-        ("make #1 16:9", 1, None, (704, 384)),
+        ("make #1 16:9", 1, None, (680, 384)),
         ("16:9", 3, None, None),
         ("make it portrait", 3, None, None),
     ],

@@ -179,6 +179,11 @@ def undo_target(context: PlannerContext) -> int | None:
     return earlier[-1] if earlier else None
 
 
+def nothing_before(first: int) -> str:
+    """The reply to an undo at the first image: it stays the working image."""
+    return f"There is nothing before #{first}: it is the first image, and the one your next change edits."
+
+
 def forward_again(number: int) -> str:
     """The reply to "redo": the undone image is the working image again."""
     return f"Forward to #{number} again: your next change (for example “make it snowier”) edits it."

@@ -983,14 +983,14 @@ class Assistant:
             Intent.IMG2IMG: f"Redrawn from {which or 'your image'}",
             Intent.UPSCALE: f"Upscaled{of} {plan.transform_args.get('factor', 2)}×",
             Intent.TRANSFORM: _transform_words(plan, of),
-            Intent.REGENERATE: _rerun_words(plan),
+            Intent.REGENERATE: _rerun_words(plan, of),
         }.get(plan.intent, "Done")
         text = f"{verb}: {count} image{'s' if count != 1 else ''}."
         if state.unchanged:
             plural = count != 1
             text = (
-                f"No visible change: {count} image{'s' if plural else ''} stored, pixel for pixel "
-                f"{'their' if plural else 'its'} source."
+                f"No visible change{' to' + of if of else ''}: {count} image{'s' if plural else ''} stored, "
+                f"pixel for pixel {'their' if plural else 'its'} source."
             )
         if plan.reply:
             text = f"{plan.reply} {text}"
@@ -1353,12 +1353,12 @@ def _transform_words(plan: Plan, of: str) -> str:
     return words[name].format(of=of) if name in words else "Done"
 
 
-def _rerun_words(plan: Plan) -> str:
+def _rerun_words(plan: Plan, of: str) -> str:
     if plan.seed is None or plan.seed == -1:  # -1: a random seed, as in AUTOMATIC1111
-        return "Regenerated with a new seed"
+        return f"Regenerated{of} with a new seed"
     if plan.size is not None:
-        return "Redrawn"
-    return f"Re-run with seed {plan.seed}"
+        return f"Redrawn{of}"
+    return f"Re-ran{of} with seed {plan.seed}"
 
 
 def _all_same_pixels(source: Any, results: Sequence[Any]) -> bool:

@@ -65,6 +65,7 @@ from assistant.chat_replies import (
     SMALL_TALK_REPLIES,
     UNDO_CUE,
     forward_again,
+    nothing_before,
     opposite_request,
     redo_target,
     small_talk_kind,
@@ -176,7 +177,11 @@ def _to_int(token: str) -> int:
     return int(token) if token.isdigit() else NUMBER_WORDS[token]
 
 
-_SEED = r"\b(?:(?:with|using|and|use)\s+)?(?:the\s+|a\s+)?seed\s*(?:=|:|#|of|number|to)?\s*(?P<seed>-?\d+)\b"
+#: "seed 42", "seed: -1", "seed random" (not "a sunflower seed 3 times bigger")
+_SEED = (
+    r"\b(?:(?:with|using|and|use)\s+)?(?:the\s+|a\s+)?seed\s*(?:=|:|#|of|number|to)?\s*"
+    r"(?P<seed>-?\d+(?!\s*(?:times|x)\b)|random)\b"
+)
 
 
 #: "negative: blurry", "negative prompt = text, watermark": the rest of the message is the negative prompt
@@ -201,7 +206,9 @@ def _seed(text: str) -> tuple[int | None, str]:
     m = re.search(_SEED, text, flags=_I)
     if not m:
         return None, text
-    return int(m.group("seed")), (text[: m.start()] + " " + text[m.end() :]).strip()
+    raw = m.group("seed").lower()
+    seed = -1 if raw == "random" else int(raw)  # "seed random" is A1111's -1
+    return seed, (text[: m.start()] + " " + text[m.end() :]).strip()
 
 
 _COUNT_NOUNS = (
@@ -633,7 +640,8 @@ class OfflinePlanner:
             if context.has_mask:
                 return _clarify(text, "What should I paint in the masked area?")
             if context.has_upload:
-                return _clarify(text, UPLOAD_WHAT_TO_DO.format("this image"))
+                upload = self._upload_target(context)
+                return _clarify(text, UPLOAD_WHAT_TO_DO.format(f"#{upload[0]}" if upload else "this image"))
             return _clarify(text, EMPTY_REPLY)
 
         if any(re.search(p, raw, flags=_I) for p in _DESTRUCTIVE):
@@ -747,8 +755,11 @@ class OfflinePlanner:
         if not re.fullmatch(REDO_CUE, strip_polite(raw), flags=_I):
             return None
         number = redo_target(context)
+        if number is None and context.focus is not None:  # undone and redone all the way back
+            newest = f"Nothing to redo: #{context.focus} is the newest step."
+            return replace(_clarify(raw, newest), focus=context.focus)
         if number is None:
-            return None
+            return None  # nothing was undone: "redo" is a re-roll
         return replace(_clarify(raw, forward_again(number)), focus=number)
 
     def _go_back(self, raw: str, context: PlannerContext) -> Plan | None:
@@ -763,6 +774,26 @@ class OfflinePlanner:
             return None
         undo = re.match(UNDO_CUE, core, flags=_I) is not None
         rest = core[cue.end() :].strip(" ,.;:!-")
+        times = re.fullmatch(_UNDO_TIMES, rest, flags=_I) if undo else None
+        if times is not None and context.images:  # "undo twice", "undo 3 times": walk back that far
+            said = times.group("n") or times.group("x")
+            count = _to_int(said) if said else {"twice": 2, "thrice": 3}[times.group(0).lower()]
+            walked, number = context, None
+            for _ in range(max(1, min(count, len(context.images)))):
+                step = undo_target(walked)
+                if step is None:
+                    break
+                number, walked = step, replace(walked, focus=step)
+            if number is None:
+                first = context.images[0].number
+                return replace(
+                    _clarify(
+                        raw,
+                        nothing_before(first),
+                    ),
+                    focus=first,
+                )
+            return replace(_clarify(raw, still_there(number)), focus=number)
         refs = resolve_references(rest, context.images, focus=context.focus)
         if not context.images:
             return _clarify(raw, NO_IMAGES_QUESTION)
@@ -782,7 +813,8 @@ class OfflinePlanner:
             first = context.images[0].number
             return replace(
                 _clarify(
-                    raw, f"There is nothing before #{first}: it is the first image. " + still_there(first)
+                    raw,
+                    nothing_before(first),
                 ),
                 focus=first,
             )
@@ -1481,6 +1513,11 @@ class OfflinePlanner:
     def _edit_or_generate(self, raw: str, context: PlannerContext) -> Plan:
         refs = resolve_references(raw, context.images, focus=context.focus)
         core = strip_polite(raw)
+        # "make it a watercolor", "make #1 an oil painting": without the reference it would read
+        # "make a watercolor", a new picture; the image named comes first, so it is a change of it
+        named_first = re.match(r"(?:make|turn)\s+(?:it|this|that|them|these|those|#\s?\d+)\s", core, flags=_I)
+        if named_first and context.images:
+            return self._edit(raw, context)
         # the verb test runs without the references, so "picture 1, add a moon" is no "picture a…"
         if re.match(_GENERATE_START, strip_polite(refs.remainder), flags=_I):
             return self._generate(raw, context)
@@ -1636,6 +1673,12 @@ _UPLOAD_REMARK = (
     r"(?:\s+(?:own|old|new|favou?rite|family|quick|rough))?"
     r"(?:\s+(?:photo|picture|pic|image|drawing|sketch|file|upload|shot|snapshot|selfie)s?)?"
     r"(?:\s+(?:i\s+(?:took|made|drew|have))(?:\s+\w+)?)?[\s.!:]*"
+)
+#: "undo twice", "undo 3 times", "undo x2"
+_UNDO_TIMES = (
+    r"twice|thrice|(?:(?P<n>\d+|"
+    + "|".join(NUMBER_WORDS)
+    + r")\s+(?:times|steps|changes|edits))|x\s*(?P<x>\d+)"
 )
 #: "replace it with", "fill the masked area with", "paint": the verb of a masked repaint, not its subject
 _INPAINT_VERB = (

@@ -141,13 +141,18 @@ _ASPECT_WORD = r"(?P<word>" + "|".join(NAMED_ASPECTS) + r")"
 _SHAPE_NOUN = r"(?:orientation|mode|format|aspect(?:\s+ratio)?|ratio|shape|version|layout|crop|size)"
 _PARAM_LEAD_WORD = r"(?:\b(?:with|using|use|at|and|in|set|on)\s+)?"
 _PARAM_LEAD = _PARAM_LEAD_WORD + r"(?:(?:a|an|the)\s+)?"
+_PHYSICAL_STEPS = (
+    r"\b(?:stair|ladder|flight\s+of|temple|pyramid|ziggurat|stone|wooden|marble|stoop|porch)|"
+    r"\bof\s+\d+\s+steps|\bsteps?\s+(?:up|down|leading|to\s+the|into|of\s+the)\b"
+)
 _STEPS = (
     _PARAM_LEAD + r"\b(?P<n>\d{1,4})\s*(?:sampling\s+|inference\s+|denoising\s+|diffusion\s+)?steps?\b",
     _PARAM_LEAD + r"\b(?:sampling\s+)?steps?\s*(?:=|:|to|of|at)?\s*(?P<n>\d{1,4})\b",
 )
 _GUIDANCE = (
     # out-of-range values are read too ("cfg 100", "cfg -3"), so the limit check can refuse them
-    _PARAM_LEAD + r"\b(?:cfg|guidance)(?:[\s_-]+scale)?\s*(?:=|:|to|of|at)?\s*(?P<n>-?\d{1,3}(?:\.\d+)?)\b",
+    _PARAM_LEAD
+    + r"\b(?:cfg|guidance)(?:[\s_-]+scale)?\s*(?:=|:|to|of|at)?\s*(?P<n>-?\d{1,3}(?:[.,]\d{1,2}(?!\d))?)\b",
     _PARAM_LEAD + r"\b(?P<n>\d{1,3}(?:\.\d+)?)\s+(?:cfg|guidance)(?:[\s_-]+scale)?\b",
 )
 #: sampler names as AUTOMATIC1111 and diffusers users type them, for "use euler a" with no
@@ -168,7 +173,9 @@ _SAMPLER = (
     _PARAM_LEAD + r"\b(?:sampler|scheduler|sampling\s+method)\s*(?:=|:|to|is)?\s*"
     r"(?P<name>[a-z][\w+ -]*?)(?=\s*(?:[,;]|\.(?:\s|$)|\s+(?:and|with|please)\b|$))",
     r"\b(?:with|using|use|try)\s+(?:the\s+|a\s+)?(?P<name>[a-z][\w+ -]*?)\s+(?:sampler|scheduler)\b",
-    r"(?:^|\b(?:with|using|use|try)\s+)(?:the\s+)?(?P<name>" + _SAMPLER_NAME + r")(?![\w+])",
+    r"\b(?:with|using|use|try)\s+(?:the\s+)?(?P<name>" + _SAMPLER_NAME + r")(?![\w+])",
+    # a name alone is a setting ("Euler a"); at the start of a description it is a word of it
+    r"^\s*(?P<name>" + _SAMPLER_NAME + r")\s*[.!]*\s*$",
 )
 _RATIO_CORE = (
     r"(?:(?:aspect(?:\s+ratio)?|ratio|--?ar)\s*(?:of\s+|=|:)?\s*)?\b(?P<a>\d{1,2})\s*:\s*(?P<b>\d{1,2})\b"
@@ -214,14 +221,14 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
     """
     steps = guidance = None
     aspect = size = None
-    # "a staircase with 12 steps" is a picture of steps, not a sampler setting
-    for pattern in () if re.search(r"\b(?:stair|ladder)", text, flags=_I) else _STEPS:
+    # "a staircase with 12 steps", "a flight of 30 steps" are pictures of steps, not a setting
+    for pattern in () if re.search(_PHYSICAL_STEPS, text, flags=_I) else _STEPS:
         if m := re.search(pattern, text, flags=_I):
             steps, text = int(m.group("n")), without_match(text, m)
             break
     for pattern in _GUIDANCE:
         if m := re.search(pattern, text, flags=_I):
-            guidance, text = float(m.group("n")), without_match(text, m)
+            guidance, text = float(m.group("n").replace(",", ".")), without_match(text, m)  # "cfg 7,5"
             break
     strength = None
     if m := re.search(_STRENGTH, text, flags=_I):

@@ -542,7 +542,8 @@ def _edit_style(prompt: str, clause: str) -> tuple[str, str] | None:
     prompt = _insert_before_details(_tidy(prompt), ", ".join(new.positive))
     rest = re.sub(_style_phrase_pattern(new), " ", clause, flags=re.IGNORECASE)
     rest = re.sub(
-        r"^\s*(?:make|turn|render|redo|draw|paint|convert|change)?\s*(?:it|this|that)?\s*(?:into|to)?\s*$",
+        r"^\s*(?:make|turn|render|redo|draw|paint|convert|change)?\s*(?:it|this|that)?\s*"
+        r"(?:into|to|(?:look|looks|looking)(?:\s+(?:like|as\s+if))?(?:\s+(?:it\s+was|it's))?|like|as)?\s*(?:an?)?\s*$",
         "",
         rest,
         flags=re.IGNORECASE,

@@ -71,7 +71,18 @@ class TurnRequest:
 # ----- callbacks (run before the script, so they may set widget state) -----------------------
 
 
+#: the "More" popover under each image: `MORE_KEY + str(image.id)`, its open state in session state
+MORE_KEY = "atelier.more."
+
+
+def _close_more_menus() -> None:
+    """A popover stays open after a button in it is used; the user chose, so it closes."""
+    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(MORE_KEY)]:
+        st.session_state[key] = False
+
+
 def _queue(text: str) -> None:
+    _close_more_menus()
     st.session_state[Keys.PENDING] = QueuedRequest(text)
     st.toast(f"Asked for “{text}”: the answer comes at the end of the chat.", icon=":material/south:")
 
@@ -95,6 +106,7 @@ def _submit_edit() -> None:
 
 
 def _use_as_init(image_id: int) -> None:
+    _close_more_menus()
     st.session_state[Keys.INIT_IMAGE] = image_id
     st.toast("Attached to your next message as its starting image.", icon=":material/input:")
 
@@ -169,7 +181,13 @@ def _render_image(repo: Repository, image: ImageView, max_side: int) -> None:
             args=(number,),
             help=f"Say what to change in #{number}",
         )
-        with st.popover("More", icon=":material/more_horiz:", help=f"More for #{number}"):
+        with st.popover(
+            "More",
+            icon=":material/more_horiz:",
+            help=f"More for #{number}",
+            key=f"{MORE_KEY}{image.id}",
+            on_change="rerun",  # so its open state is in session state, and a chosen action closes it
+        ):
             _more_actions(repo, image, file_there, max_side)
 
 

@@ -253,7 +253,7 @@ def variations_request(number: int) -> str:
 
 
 def upscale_request(number: int) -> str:
-    return f"upscale #{number} 2x"
+    return f"upscale #{number} 2×"
 
 
 def regenerate_request(number: int) -> str:

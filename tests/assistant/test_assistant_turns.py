@@ -246,6 +246,13 @@ def test_a_remark_with_an_upload_is_asked_about_not_redrawn(tmp_path: Path, rema
     assert upload.operation == "upload"  # kept: "turn it into a watercolor" can follow
 
 
+def test_an_upload_with_no_words_is_asked_about_by_its_number(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    events = run(assistant, None, "", (Attachment(png("navy"), "image", "photo.png"),))
+    assert images_of(events) == [] and isinstance(events[-1], Reply)
+    assert events[-1].text.startswith("What should I do with #1?")
+
+
 def test_a_remark_before_the_request_is_not_part_of_the_prompt(tmp_path: Path) -> None:
     assistant = open_assistant(tmp_path)
     photo = (Attachment(png("navy"), "image", "photo.png"),)

@@ -404,8 +404,8 @@ def test_an_edit_that_changed_no_pixel_says_so(tmp_path: Path) -> None:
     )
     assert same  # the premise: this renderer draws no change for it
     assert "“remove the moon” changed nothing: the result is pixel for pixel #1" in reply_text(events)
-    assert reply_text(events).startswith("No visible change: 1 image stored") and "Edited" not in reply_text(
-        events
-    )
+    assert reply_text(events).startswith(
+        "No visible change to #1: 1 image stored"
+    ) and "Edited" not in reply_text(events)
     _, events = say(assistant, conversation_id, "make it sunset")  # a change it can draw
     assert "changed nothing" not in reply_text(events)

@@ -407,6 +407,12 @@ def test_redo_after_undo_goes_forward_again_towards_the_newest(redo: str) -> Non
     assert PLANNER.plan("redo", replace(FOX_WHALE, focus=1)).focus == 2
 
 
+def test_redo_past_the_newest_step_says_so_and_makes_nothing() -> None:
+    plan = PLANNER.plan("redo", replace(CHAIN, focus=3))  # undone, then redone back to #3
+    assert plan.intent is Intent.CLARIFY and plan.operation is None and plan.focus == 3, plan
+    assert plan.reply == "Nothing to redo: #3 is the newest step."
+
+
 def test_redo_with_nothing_undone_is_still_a_re_roll() -> None:
     plan = PLANNER.plan("redo", CHAIN)
     assert plan.intent is Intent.REGENERATE and plan.targets == (3,), plan

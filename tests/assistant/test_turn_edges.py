@@ -291,7 +291,7 @@ def test_seed_minus_one_re_rolls_with_a_random_seed_as_in_automatic1111(tmp_path
     (image,) = images_of(events)
     again = assistant.repo.get_image(image.id)
     assert again.prompt == first.prompt and again.seed not in (None, -1, first.seed)
-    assert "Regenerated with a new seed" in str(events) and "seed -1" not in again.prompt
+    assert "Regenerated #1 with a new seed" in str(events) and "seed -1" not in again.prompt
 
 
 @pytest.mark.parametrize(

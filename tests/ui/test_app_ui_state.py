@@ -163,7 +163,7 @@ def test_upscale_is_offered_only_where_the_result_fits_the_side_limit(
     click(app, f"atelier.up.{small.id}")
     # the answer lands at the end of a chat that may be long: a toast says where
     assert [t.value for t in app.toast] == [
-        f"Asked for “upscale #{small.number} 2x”: the answer comes at the end of the chat."
+        f"Asked for “upscale #{small.number} 2×”: the answer comes at the end of the chat."
     ]
     upscaled = stored.conversation_images(conversation_id)[-1]
     assert (upscaled.operation, upscaled.width, upscaled.parent_id) == ("upscale", 1024, small.id)

@@ -236,6 +236,15 @@ def test_type_a_request_see_the_image_then_its_lineage(
                 page.get_by_role("button", name="PNG").first.click()
             png_path = tmp_path / "download.png"
             download.value.save_as(png_path)
+            # an action chosen in "More" closes it: it is not left floating over the chat
+            use_as_init = page.get_by_role("button", name="Use as init").first
+            sync_api.expect(use_as_init).to_be_visible()  # the download left "More" open
+            use_as_init.click()
+            sync_api.expect(
+                page.get_by_text("#1 is attached to your next message", exact=False)
+            ).to_be_visible()
+            sync_api.expect(use_as_init).to_be_hidden()
+            page.get_by_role("button", name="Don't attach it").click()
 
             chat_box.fill("make it darker")
             chat_box.press("Enter")

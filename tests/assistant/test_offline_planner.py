@@ -999,3 +999,39 @@ def test_a_transform_that_would_give_the_image_back_as_it_is_says_so(text: str) 
         ).intent
         is Intent.TRANSFORM
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "check"),
+    [
+        (
+            "make it a watercolor",
+            lambda p: p.intent is Intent.EDIT and p.targets == (3,) and p.style == "watercolor",
+        ),
+        (
+            "make #1 an oil painting",
+            lambda p: p.intent is Intent.EDIT and p.targets == (1,) and "make" not in p.prompt,
+        ),
+        (
+            "make it look like an oil painting",
+            lambda p: p.intent is Intent.EDIT and "look" not in _words_of(p),
+        ),
+        (
+            "Euler a painting of a cat",
+            lambda p: (
+                p.intent is Intent.GENERATE
+                and p.sampler is None
+                and p.prompt.startswith("Euler a painting of a cat")
+            ),
+        ),
+        ("Euler a", lambda p: p.intent is Intent.REGENERATE and p.sampler == "Euler a"),
+        ("seed random", lambda p: p.intent is Intent.REGENERATE and p.seed == -1),
+        ("cfg 7,5", lambda p: p.guidance == 7.5),
+        ("a flight of 30 steps", lambda p: p.steps is None and p.prompt.startswith("a flight of 30 steps")),
+        ("a temple with 200 steps", lambda p: p.steps is None and "200 steps" in p.prompt),
+        ("undo twice", lambda p: p.intent is Intent.CLARIFY and p.focus == 1),
+    ],
+)
+def test_second_qa_round_phrasings(text: str, check: Any) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert check(plan), plan

@@ -810,6 +810,8 @@ class Assistant:
                 f"#{source.number}. The {backend.name} backend could not draw that change; try other "
                 f"words{elsewhere}."
             )
+        if regenerated_from is not None and not same:
+            self._note_same_as_rerun_target(state, backend.name, regenerated_from, result.images)
         images = [
             NewImage(
                 image=generated.image,
@@ -876,6 +878,24 @@ class Assistant:
             raise outcome["error"]
         result: ImageResult = outcome["result"]
         return result
+
+    def _note_same_as_rerun_target(
+        self, state: TurnState, backend_name: str, target_id: int, results: Sequence[Any]
+    ) -> None:
+        """ "cfg 12" re-runs #3 at its seed; a backend that ignores the setting gives #3 again,
+        and the reply "#3 again, guidance 12" alone would promise a difference."""
+        with contextlib.suppress(NotFound, StorageError, OSError):
+            target = self.repo.get_image(target_id)
+            if _all_same_pixels(self.repo.load_image(target), results):
+                why = (
+                    " (the sketch renderer ignores steps, CFG and strength)"
+                    if backend_name == "offline"
+                    else ""
+                )
+                state.notes.append(
+                    f"The result is pixel for pixel #{target.number}: the {backend_name} backend draws it "
+                    f"the same with these settings{why}. They are recorded for a model that uses them."
+                )
 
     def _regenerate(self, state: TurnState, target: Image) -> Generator[Event, None, None]:
         """A new seed for the same request; the result is a sibling of the target."""

@@ -331,3 +331,14 @@ def test_a_reply_says_what_was_done_to_which_image(tmp_path: Path, text: str, re
     events = run(assistant, conversation_id, text)
     (said,) = [e for e in events if isinstance(e, Reply)]
     assert said.text.startswith(reply), said.text
+
+
+def test_a_re_run_the_backend_draws_identically_says_so(tmp_path: Path) -> None:
+    """The sketch renderer ignores CFG: "cfg 12" gives #1's pixels again, and the reply says it."""
+    assistant, conversation_id = start(tmp_path)
+    said = next(e for e in run(assistant, conversation_id, "cfg 12") if isinstance(e, Reply)).text
+    assert (
+        "The result is pixel for pixel #1: the offline backend draws it the same with these settings" in said
+    )
+    again = next(e for e in run(assistant, conversation_id, "seed 5") if isinstance(e, Reply)).text
+    assert "pixel for pixel" not in again  # another seed is another picture

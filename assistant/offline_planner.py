@@ -1295,6 +1295,20 @@ class OfflinePlanner:
         refs, problem = self._targets_for_tool(raw, context)
         if problem:
             return problem
+        first = context.image(refs.numbers[0]) if refs.numbers else None
+        if re.search(r"(?<![\d.#])(?:0?\.\d+|1(?:\.0+)?)\s*(?:x|×)(?![\w.])", probe.remainder, flags=_I):
+            which = f"#{first.number}" if first else "it"
+            return _clarify(
+                raw,
+                f"An upscale makes {which} larger, 2× or 4×. To make it smaller, say "
+                f"“resize {which} to 256x256”.",
+            )
+        wanted = re.search(_UPSCALE_TO, probe.remainder, flags=_I)
+        if wanted is not None and first is not None:
+            sized, why = _factor_for_size(first, int(wanted["w"]), int(wanted["h"]) if wanted["h"] else None)
+            if sized is None:
+                return _clarify(raw, why)
+            factor, note = sized, why or None
         return Plan(
             intent=Intent.UPSCALE,
             targets=refs.numbers,
@@ -1674,6 +1688,30 @@ _UPLOAD_REMARK = (
     r"(?:\s+(?:photo|picture|pic|image|drawing|sketch|file|upload|shot|snapshot|selfie)s?)?"
     r"(?:\s+(?:i\s+(?:took|made|drew|have))(?:\s+\w+)?)?[\s.!:]*"
 )
+#: "upscale #1 to 1024", "upscale to 2048x1536 px"
+_UPSCALE_TO = r"\bto\s+(?P<w>\d{2,5})(?:\s*(?:x|×|by)\s*(?P<h>\d{2,5}))?(?:\s*(?:px|pixels))?\b"
+
+
+def _factor_for_size(info: ImageInfo, width: int, height: int | None) -> tuple[int | None, str]:
+    """The upscaler's factor (2 or 4) nearest a size asked for, and what to say about it;
+    None with the reason when the size is not larger than the image."""
+    ratio = max(width / info.width, (height or 0) / info.height)
+    asked = f"{width}×{height}" if height else f"{width} px"
+    if ratio <= 1:
+        return None, (
+            f"#{info.number} is already {info.width}×{info.height}, so {asked} is not an upscale. "
+            f"To change its size, say “resize #{info.number} to {width}x{height or width}”."
+        )
+    factor = 2 if ratio < 3 else 4
+    result = f"{info.width * factor}×{info.height * factor}"
+    if ratio == factor:
+        return factor, ""
+    return (
+        factor,
+        f"{asked} is {ratio:.2g}× #{info.number}; I can upscale 2× or 4×, so I used {factor}× ({result}).",
+    )
+
+
 #: "undo twice", "undo 3 times", "undo x2"
 _UNDO_TIMES = (
     r"twice|thrice|(?:(?P<n>\d+|"

@@ -1035,3 +1035,25 @@ def test_a_transform_that_would_give_the_image_back_as_it_is_says_so(text: str) 
 def test_second_qa_round_phrasings(text: str, check: Any) -> None:
     plan = PLANNER.plan(text, CHAIN)
     assert check(plan), plan
+
+
+@pytest.mark.parametrize(
+    ("text", "factor", "reply"),
+    [
+        ("upscale #1 to 1024", 2, None),
+        ("upscale #1 to 2048x2048", 4, None),
+        ("upscale #1 to 1500", 2, "1500 px is 2.9× #1; I can upscale 2× or 4×, so I used 2× (1024×1024)."),
+        ("upscale #1 to 256", None, "#1 is already 512×512, so 256 px is not an upscale."),
+        ("upscale #1 1x", None, "An upscale makes #1 larger, 2× or 4×."),
+        ("upscale #1 0.5x", None, "An upscale makes #1 larger, 2× or 4×."),
+    ],
+)
+def test_an_upscale_to_a_size_uses_the_factor_that_reaches_it(
+    text: str, factor: int | None, reply: str | None
+) -> None:
+    plan = PLANNER.plan(text, CHAIN)  # #1 is 512×512
+    if factor is None:
+        assert plan.intent is Intent.CLARIFY and (plan.reply or "").startswith(reply or ""), plan
+    else:
+        assert plan.intent is Intent.UPSCALE and dict(plan.transform_args) == {"factor": factor}, plan
+        assert plan.reply == reply

@@ -427,13 +427,17 @@ def image_view(image: Image, path: Path, numbers: Mapping[int, int]) -> ImageVie
 
 
 def alt_text(image: Image) -> str:
-    """The picture in words for a screen reader: its number, what made it and the request.
+    """The picture in words for a screen reader: its number, what made it and what it shows.
 
-    The caption under a thumbnail says "#3 · edit"; that is not the picture. The user's
-    request (or the prompt, for an image made from a pasted one) is the nearest description
-    Atelier has, so a reader hears "Image #3, edit: make it snowier".
+    The caption under a thumbnail says "#3 · edit"; that is not the picture. The prompt it was
+    drawn from is the nearest description Atelier has ("three more like the second one", the
+    request, says nothing of it); an upload is the user's own picture, described by its file's
+    prompt when it has one.
     """
-    words = one_line(image.instruction or image.prompt, 150)
+    if image.operation == "upload":
+        words = one_line(image.prompt, 150)
+        return f"Image #{image.number}, your upload" + (f": {words}" if words else "")
+    words = one_line(image.prompt or image.instruction, 150)
     return f"Image #{image.number}, {image.operation}" + (f": {words}" if words else "")
 
 

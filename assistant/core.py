@@ -29,7 +29,7 @@ from assistant.settings import BACKEND_MAX_STEPS, MAX_GUIDANCE, MAX_SEED, MIN_SI
 from assistant.upload_parameters import EMBEDDED_NAMES, embedded_parameters, number_or_none
 from storage.db import StorageError
 from storage.models import Image
-from storage.repository import NewGeneration, NewImage, NotFound, Repository
+from storage.repository import ImageFileDamaged, NewGeneration, NewImage, NotFound, Repository
 from tools.base import (
     Cancelled,
     CancelToken,
@@ -1128,7 +1128,7 @@ class Assistant:
 
         original = self.repo.get_image(image_id)
         source = self.repo.get_image(original.parent_id) if original.parent_id is not None else None
-        source_pixels = self.repo.load_image(source) if source is not None else None
+        source_pixels = self._replay_source(original, source)
         self.turn_usage = TurnUsage()
         if original.operation == "upload":
             raise InvalidRequest(f"Image {image_id} is an upload; there is nothing to replay.")
@@ -1147,6 +1147,22 @@ class Assistant:
         if identical and not self.repo.file_intact(original):
             self.repo.restore_file(original, data)  # the very bytes the record names come back
         return original, pixels, identical
+
+    def _replay_source(self, image: Image, source: Image | None) -> PILImage.Image | None:
+        """The pixels `image` was made from; a lost source file says how to get it back first."""
+        if source is None:
+            return None
+        try:
+            return self.repo.load_image(source)
+        except ImageFileDamaged:
+            if source.operation == "upload":
+                how = "it is an upload, so only an export (`atelier import`) can bring it back"
+            else:
+                how = f"`atelier replay {source.id}` restores it if it replays identically; then replay this"
+            raise InvalidRequest(
+                f"The file of #{source.number} (image {source.id}), which image {image.id} was made from, "
+                f"is missing or damaged; {how}."
+            ) from None
 
     def _backend_for(self, image: Image) -> ImageBackend:
         backend = self.backend

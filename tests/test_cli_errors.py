@@ -516,6 +516,15 @@ def test_replay_of_an_image_whose_file_is_gone_restores_it(tmp_path: Path) -> No
     assert "with its flip transform" in words and "on transform" not in words
     assert f"identical, pixel for pixel (sha256 {flipped.sha256[:16]}…)." in words
 
+    path.unlink()  # the source of #2 gone: replaying #2 says to replay #1 first
+    child = invoke(data, "replay", str(flipped.id), **small)
+    assert child.exit_code == 1
+    assert f"The file of #1 (image {generated.id}), which image {flipped.id} was made from, is missing" in (
+        child.output
+    )
+    assert f"`atelier replay {generated.id}` restores it" in child.output
+    assert invoke(data, "replay", str(generated.id), **small).exit_code == 0
+
     path.write_bytes(stored + b"damage")  # a file still there but no longer what its row names
     assert invoke(data, "doctor").exit_code == 1
     replayed = invoke(data, "replay", str(generated.id), "--json", **small)

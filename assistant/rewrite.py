@@ -354,7 +354,9 @@ COLORS = (
     "scarlet",
     "ginger",
 )
-_COLOR = r"(?:(?:light|dark|bright|pale|deep|pastel|vivid)\s+)?(?:" + "|".join(COLORS) + r")"
+#: shade words before a colour ("hot pink", "light blue"): part of the colour, never of the thing
+_SHADE = r"(?:light|dark|bright|pale|deep|pastel|vivid|hot|neon|baby|sky|navy|forest|blood)"
+_COLOR = r"(?:" + _SHADE + r"\s+)?(?:" + "|".join(COLORS) + r")"
 
 
 @dataclass(frozen=True)
@@ -716,14 +718,16 @@ def _edit_lighting(prompt: str, clause: str) -> tuple[str, str] | None:
 
 def _edit_color(prompt: str, clause: str) -> tuple[str, str] | None:
     obj_re = (
-        r"(?:the\s+|its\s+|his\s+|her\s+)?(?P<obj>[a-z][a-z\-]*(?:\s+(?!to\b|into\b|be\b|of\b)[a-z][a-z\-]*)?)"
+        r"(?:the\s+|its\s+|his\s+|her\s+)?(?P<obj>[a-z][a-z\-]*(?:\s+(?!to\b|into\b|be\b|of\b|"
+        + _SHADE
+        + r"\s)[a-z][a-z\-]*)?)"
         r"(?:'s)?(?:\s+colou?r)?(?:\s+of)?"  # "the sky of #1 purple" arrives as "the sky of purple"
     )
     m = (
         # "make #1 pink" / "#1 but pink" arrive as "make pink" / "pink": the whole picture
         re.fullmatch(
-            r"(?:(?:make|turn|paint|colou?r|recolou?r|dye)\s+)?(?:(?:all|completely|entirely)\s+)?"
-            r"(?P<color>" + _COLOR + r")(?P<obj>)(?:\s+(?:tones?|all\s+over))?",
+            r"(?:(?:make|turn|paint|colou?r|recolou?r|dye)\s+)?(?:(?:all|completely|entirely)\s+)?(?:in\s+)?"
+            r"(?P<color>" + _COLOR + r")(?P<obj>)(?:\s+(?:tones?|colou?rs?|all\s+over))?",
             clause,
             flags=re.IGNORECASE,
         )

@@ -461,3 +461,18 @@ def test_zooming_is_framing_never_the_words(instruction: str, framing: str, gone
     edited = apply_edit(start, instruction)
     assert framing in edited and "zoom" not in edited and "pull" not in edited
     assert gone not in edited.replace(framing, "")  # the opposite framing goes
+
+
+@pytest.mark.parametrize(
+    ("instruction", "wanted"),
+    [
+        ("make the fox hot pink", "a hot pink fox"),
+        ("make the fox light blue", "a light blue fox"),
+        ("make it hot pink", "dominant hot pink tones"),
+        ("in pink", "dominant pink tones"),
+        ("all in red", "dominant red tones"),
+    ],
+)
+def test_a_shade_is_part_of_the_colour_not_of_the_thing(instruction: str, wanted: str) -> None:
+    edited = apply_edit(FOX, instruction)
+    assert wanted in edited and "fox hot" not in edited and "in pink" not in edited, edited

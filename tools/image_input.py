@@ -187,6 +187,14 @@ def prepare_mask(
         raise InvalidImage(
             "The mask is empty: nothing is marked to change (white or opaque areas mark what to change)."
         )
+    values = np.asarray(single)
+    if float(((values > 32) & (values < 224)).mean()) > 0.5:  # a photo sent as the mask, most likely
+        notes.append(
+            "The mask is mostly grey, not black and white (is it a photo?): white areas change, "
+            "black ones stay, and grey ones change partly."
+        )
+    elif bool((values >= 224).all()):
+        notes.append("The mask is white all over, so the whole picture is repainted.")
     return single, notes
 
 

@@ -297,3 +297,14 @@ def test_a_mask_that_is_no_image_or_too_big_is_refused() -> None:
         prepare_mask([1, 2, 3], (32, 24))  # type: ignore[arg-type]
     with pytest.raises(InvalidImage, match=r"^The mask is 4000x3000 \(12 megapixels\)"):
         prepare_mask(Image.new("1", (4000, 3000), 1), (32, 24), max_pixels=1_000_000)
+
+
+def test_a_photo_sent_as_the_mask_or_an_all_white_one_is_named_in_a_note() -> None:
+    photo = Image.new("RGB", (64, 48), (30, 90, 200))  # a blue picture: grey in brightness
+    _, notes = prepare_mask(photo, (64, 48))
+    assert any("mostly grey, not black and white (is it a photo?)" in note for note in notes)
+    _, notes = prepare_mask(Image.new("L", (64, 48), 255), (64, 48))
+    assert notes == ["The mask is white all over, so the whole picture is repainted."]
+    half = Image.new("L", (64, 48), 0)
+    half.paste(255, (0, 0, 32, 48))
+    assert prepare_mask(half, (64, 48))[1] == []  # a drawn mask says nothing

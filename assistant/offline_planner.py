@@ -656,6 +656,7 @@ class OfflinePlanner:
             # "that's perfect" is feedback, not a picture of the words "that's perfect"
             return _clarify(raw, PRAISE_REPLY)
         for talk in (
+            self._other_conversation,
             self._small_talk,
             self._describe,
             self._image_question,
@@ -749,6 +750,18 @@ class OfflinePlanner:
             if _leftover(probe.remainder, extra=QUESTION_WORDS):
                 return None
         return _describe(raw, kind, context)
+
+    def _other_conversation(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "variations of #3 from conversation 2": numbers belong to one conversation each."""
+        m = re.search(_OTHER_CONVERSATION, raw, flags=_I)
+        if m is None:
+            return None
+        other = m.group("c")
+        return _clarify(
+            raw,
+            f"Images are numbered per conversation, so a #number here means this conversation's image. "
+            f"Open conversation {other} (in the sidebar, or `atelier chat -c {other}`) to use its images.",
+        )
 
     def _redo(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "redo" right after an undo goes forward to the image undone; otherwise it is a re-roll."""
@@ -1687,6 +1700,10 @@ _UPLOAD_REMARK = (
     r"(?:\s+(?:own|old|new|favou?rite|family|quick|rough))?"
     r"(?:\s+(?:photo|picture|pic|image|drawing|sketch|file|upload|shot|snapshot|selfie)s?)?"
     r"(?:\s+(?:i\s+(?:took|made|drew|have))(?:\s+\w+)?)?[\s.!:]*"
+)
+#: "#3 from conversation 2", "in chat 4"
+_OTHER_CONVERSATION = (
+    r"\b(?:from|in|of|on)\s+(?:the\s+)?(?:other\s+)?(?:conversation|chat|thread)\s+#?(?P<c>\d+)\b"
 )
 #: "upscale #1 to 1024", "upscale to 2048x1536 px"
 _UPSCALE_TO = r"\bto\s+(?P<w>\d{2,5})(?:\s*(?:x|×|by)\s*(?P<h>\d{2,5}))?(?:\s*(?:px|pixels))?\b"

@@ -1057,3 +1057,10 @@ def test_an_upscale_to_a_size_uses_the_factor_that_reaches_it(
     else:
         assert plan.intent is Intent.UPSCALE and dict(plan.transform_args) == {"factor": factor}, plan
         assert plan.reply == reply
+
+
+@pytest.mark.parametrize("text", ["variations of #3 from conversation 2", "make #1 snowier in chat 2"])
+def test_an_image_of_another_conversation_is_explained_not_guessed(text: str) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.CLARIFY and plan.targets == () and plan.operation is None, plan
+    assert "numbered per conversation" in (plan.reply or "") and "conversation 2" in (plan.reply or "")

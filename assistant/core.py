@@ -730,9 +730,9 @@ class Assistant:
         options: dict[str, Any] = {}
         if plan.style:
             options["style"] = plan.style
-        sampler = plan.sampler or self._chosen_sampler(like)
-        if sampler and backend.name in BACKENDS_WITH_SAMPLERS:
-            options["sampler"] = sampler
+        if backend.name in BACKENDS_WITH_SAMPLERS:
+            if sampler := plan.sampler or self._chosen_sampler(like):
+                options["sampler"] = sampler
         elif plan.sampler and not any(plan.sampler in note for note in state.notes):
             state.notes.append(
                 f"The {backend.name} backend has no sampler to choose; “{plan.sampler}” was not used."

@@ -799,13 +799,7 @@ class OfflinePlanner:
                 number, walked = step, replace(walked, focus=step)
             if number is None:
                 first = context.images[0].number
-                return replace(
-                    _clarify(
-                        raw,
-                        nothing_before(first),
-                    ),
-                    focus=first,
-                )
+                return replace(_clarify(raw, nothing_before(first)), focus=first)
             return replace(_clarify(raw, still_there(number)), focus=number)
         refs = resolve_references(rest, context.images, focus=context.focus)
         if not context.images:
@@ -824,13 +818,7 @@ class OfflinePlanner:
             return replace(self._plan(f"#{number}, {change}", context), instruction=raw)
         if number is None:
             first = context.images[0].number
-            return replace(
-                _clarify(
-                    raw,
-                    nothing_before(first),
-                ),
-                focus=first,
-            )
+            return replace(_clarify(raw, nothing_before(first)), focus=first)
         return replace(_clarify(raw, still_there(number)), focus=number)
 
     def _complaint(self, raw: str, context: PlannerContext) -> Plan | None:

@@ -141,9 +141,12 @@ _ASPECT_WORD = r"(?P<word>" + "|".join(NAMED_ASPECTS) + r")"
 _SHAPE_NOUN = r"(?:orientation|mode|format|aspect(?:\s+ratio)?|ratio|shape|version|layout|crop|size)"
 _PARAM_LEAD_WORD = r"(?:\b(?:with|using|use|at|and|in|set|on)\s+)?"
 _PARAM_LEAD = _PARAM_LEAD_WORD + r"(?:(?:a|an|the)\s+)?"
+#: steps one climbs: "a staircase", "a flight of 30 steps", "a temple with 200 steps", "12 stone
+#: steps"; not "a stone castle, 30 steps", where the steps are the sampler's
 _PHYSICAL_STEPS = (
-    r"\b(?:stair|ladder|flight\s+of|temple|pyramid|ziggurat|stone|wooden|marble|stoop|porch)|"
-    r"\bof\s+\d+\s+steps|\bsteps?\s+(?:up|down|leading|to\s+the|into|of\s+the)\b"
+    r"\b(?:stair|ladder|flight\s+of)|\bof\s+\d+\s+steps|"
+    r"\b(?:temple|pyramid|ziggurat|tower|shrine|monastery)\s+with\s+\d+\s+steps|"
+    r"\b\d+\s+(?:stone|wooden|marble|concrete|worn)\s+steps|\bsteps?\s+(?:up|down|leading|to\s+the|into|of\s+the)\b"
 )
 _STEPS = (
     _PARAM_LEAD + r"\b(?P<n>\d{1,4})\s*(?:sampling\s+|inference\s+|denoising\s+|diffusion\s+)?steps?\b",

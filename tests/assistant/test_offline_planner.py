@@ -1029,6 +1029,7 @@ def test_a_transform_that_would_give_the_image_back_as_it_is_says_so(text: str) 
         ("cfg 7,5", lambda p: p.guidance == 7.5),
         ("a flight of 30 steps", lambda p: p.steps is None and p.prompt.startswith("a flight of 30 steps")),
         ("a temple with 200 steps", lambda p: p.steps is None and "200 steps" in p.prompt),
+        ("a stone castle, 30 steps", lambda p: p.steps == 30 and "steps" not in p.prompt),
         ("undo twice", lambda p: p.intent is Intent.CLARIFY and p.focus == 1),
     ],
 )

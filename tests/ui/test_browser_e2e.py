@@ -102,6 +102,11 @@ WATCH_STATUS_JS = """
 """
 
 
+def wait_until_idle(page: Any) -> None:
+    """Until the page's script run is over: a click during a rerun can land on a replaced button."""
+    page.wait_for_function("() => !document.querySelector('[data-test-script-state=\"running\"]')")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -234,6 +239,7 @@ def test_type_a_request_see_the_image_then_its_lineage(
             # the picture says how to make it again, and the rarer actions wait under "More"
             sync_api.expect(page.get_by_text(re.compile(r"^seed \d+ · 1536×1024$"))).to_have_count(1)
             page.get_by_role("button", name="More").first.click()
+            wait_until_idle(page)  # opening "More" reruns the page (its open state is tracked)
             with page.expect_download() as download:
                 page.get_by_role("button", name="PNG").first.click()
             png_path = tmp_path / "download.png"

@@ -365,11 +365,15 @@ class ImageView:
     width: int = 0
     height: int = 0
     seed: int | None = None
+    #: "#1" when this image is a re-roll of it: a re-roll of a picture drawn from a prompt has
+    #: no parent, and "#10 · generate" alone would not say where it came from
+    rerolled_from: str | None = None
 
     @property
     def caption(self) -> str:
         origin = f" · from {self.parent_label}" if self.parent_label else ""
-        return f"#{self.number} · {self.operation}{origin}"
+        again = f" · re-roll of {self.rerolled_from}" if self.rerolled_from else ""
+        return f"#{self.number} · {self.operation}{origin}{again}"
 
     @property
     def settings_line(self) -> str:
@@ -423,7 +427,16 @@ def image_view(image: Image, path: Path, numbers: Mapping[int, int]) -> ImageVie
         width=image.width,
         height=image.height,
         seed=image.seed,
+        rerolled_from=_rerolled_from(image, numbers),
     )
+
+
+def _rerolled_from(image: Image, numbers: Mapping[int, int]) -> str | None:
+    target = (image.params or {}).get("regenerated_from")
+    if not isinstance(target, int) or isinstance(target, bool):
+        return None
+    number = numbers.get(target)
+    return f"#{number}" if number is not None else f"image {target}"
 
 
 def alt_text(image: Image) -> str:

@@ -116,6 +116,8 @@ def test_image_actions_send_requests_about_that_image(app: AppTest, stored: Repo
     regenerated = stored.conversation_images(conversation_id)[-1]
     assert regenerated.operation == "generate" and regenerated.seed != first.seed
     assert regenerated.prompt == first.prompt
+    # a re-roll of #1 has no parent, so its caption says what it re-rolled
+    assert f"#{regenerated.number} · generate · re-roll of #1" in captions(app)
 
     click(app, f"atelier.edit.{first.id}")
     box = edit_box(app)

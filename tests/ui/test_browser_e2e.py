@@ -102,9 +102,41 @@ WATCH_STATUS_JS = """
 """
 
 
-def wait_until_idle(page: Any) -> None:
-    """Until the page's script run is over: a click during a rerun can land on a replaced button."""
-    page.wait_for_function("() => !document.querySelector('[data-test-script-state=\"running\"]')")
+SCRIPT_RUNNING = "() => !!document.querySelector('[data-test-script-state=\"running\"]')"
+
+
+def wait_until_idle(page: Any, sync_api: Any | None = None) -> None:
+    """Until the page's script run is over: a click during a rerun can land on a replaced button.
+
+    With `sync_api`, first wait (briefly) for the rerun a click has asked for to start: it
+    begins a moment after the click, and the page looks idle until then.
+    """
+    if sync_api is not None:
+        with contextlib.suppress(sync_api.TimeoutError):
+            page.wait_for_function(SCRIPT_RUNNING, timeout=2_000)
+    page.wait_for_function(f"() => !({SCRIPT_RUNNING})()")
+
+
+def download_png(sync_api: Any, page: Any, target: Path) -> None:
+    """Click "PNG" in the open "More" popover and save the file.
+
+    Opening the popover reruns the page (its open state is tracked, so an action can close
+    it); on a loaded machine a click can land on the button that rerun is replacing, and no
+    download starts (or the popover does not open). The click is then made again.
+    """
+    for _ in range(3):
+        wait_until_idle(page, sync_api)
+        if not page.get_by_role("button", name="PNG").first.is_visible():  # the open was lost too
+            page.get_by_role("button", name="More").first.click()
+            wait_until_idle(page, sync_api)
+        try:
+            with page.expect_download(timeout=15_000) as download:
+                page.get_by_role("button", name="PNG").first.click()
+        except sync_api.TimeoutError:
+            continue
+        download.value.save_as(target)
+        return
+    pytest.fail("clicking PNG three times started no download")
 
 
 def free_port() -> int:
@@ -239,11 +271,8 @@ def test_type_a_request_see_the_image_then_its_lineage(
             # the picture says how to make it again, and the rarer actions wait under "More"
             sync_api.expect(page.get_by_text(re.compile(r"^seed \d+ · 1536×1024$"))).to_have_count(1)
             page.get_by_role("button", name="More").first.click()
-            wait_until_idle(page)  # opening "More" reruns the page (its open state is tracked)
-            with page.expect_download() as download:
-                page.get_by_role("button", name="PNG").first.click()
             png_path = tmp_path / "download.png"
-            download.value.save_as(png_path)
+            download_png(sync_api, page, png_path)
             # an action chosen in "More" closes it: it is not left floating over the chat
             use_as_init = page.get_by_role("button", name="Use as init").first
             sync_api.expect(use_as_init).to_be_visible()  # the download left "More" open

@@ -218,7 +218,10 @@ def unchanged_by(info: ImageInfo, name: str, args: Mapping[str, Any]) -> bool:
     if name == "resize":
         return (args.get("width"), args.get("height")) == (info.width, info.height)
     if name == "crop" and isinstance(aspect := args.get("aspect"), str) and ":" in aspect:
-        across, down = (int(part) for part in aspect.split(":", 1))
+        try:  # "2.35:1" from a model is a ratio too; "wide:ish" is the transform's to refuse
+            across, down = (float(part) for part in aspect.split(":", 1))
+        except ValueError:
+            return False
         return across * info.height == down * info.width
     return False
 

@@ -1065,3 +1065,14 @@ def test_an_image_of_another_conversation_is_explained_not_guessed(text: str) ->
     plan = PLANNER.plan(text, CHAIN)
     assert plan.intent is Intent.CLARIFY and plan.targets == () and plan.operation is None, plan
     assert "numbered per conversation" in (plan.reply or "") and "conversation 2" in (plan.reply or "")
+
+
+def test_a_crop_ratio_the_planner_cannot_read_is_left_to_the_transform() -> None:
+    from assistant.transform_phrases import unchanged_by
+
+    square = CHAIN.images[0]  # 512×512
+    assert unchanged_by(square, "crop", {"aspect": "1:1"}) and unchanged_by(
+        square, "crop", {"aspect": "1.0:1"}
+    )
+    assert not unchanged_by(square, "crop", {"aspect": "2.35:1"})
+    assert not unchanged_by(square, "crop", {"aspect": "wide:ish"})  # no crash: the transform refuses it

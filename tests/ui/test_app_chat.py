@@ -589,7 +589,7 @@ def test_regenerating_a_derived_image_adds_a_sibling(app: AppTest, stored: Repos
     assert third.parent_id == first.id  # a sibling of #2, not its child
     assert (third.operation, third.prompt) == (second.operation, second.prompt)
     assert third.seed != second.seed and third.sha256 != second.sha256
-    assert "#3 · edit · from #1" in captions(app)
+    assert "#3 · edit · from #1 · re-roll of #2" in captions(app)  # a sibling of #2, and says so
 
 
 class FlakyBackend:

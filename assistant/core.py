@@ -62,6 +62,8 @@ INTERRUPTED = (
     "Interrupted before it finished (what was running it stopped), so no image was made. "
     "Say “try again” to run it again."
 )
+#: the record of a backend call stopped after some of its images were made (they are kept)
+STOPPED_PART_WAY = "Stopped by the user; the images finished before the stop are kept."
 #: the setting that picks each backend's model, for "set it back to replay this"
 _MODEL_SETTINGS = {"diffusers": "ATELIER_DIFFUSERS_MODEL", "openai": "ATELIER_OPENAI_IMAGE_MODEL"}
 #: what a user types to re-run a turn that failed or was stopped
@@ -138,14 +140,17 @@ class TurnRunner(Protocol):
 
 
 class TurnFailed(Exception):
-    def __init__(self, message: str, generation: NewGeneration | None = None) -> None:
+    def __init__(
+        self, message: str, generation: NewGeneration | None = None, *, cancelled: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.generation = generation
+        self._cancelled = cancelled
 
     @property
     def cancelled(self) -> bool:
-        return self.generation is not None and self.generation.status == "cancelled"
+        return self._cancelled or (self.generation is not None and self.generation.status == "cancelled")
 
 
 class Assistant:
@@ -286,6 +291,9 @@ class Assistant:
                 )
                 self.turn_usage.pending_usd = 0.0  # recorded now, with their real cost
         except TurnFailed as failure:
+            if failure.cancelled and any(generation.images for generation in state.generations):
+                yield from self._keep_finished(state, failure, tool_calls)
+                return
             yield from self._fail(conversation_id, plan, failure, tool_calls)
             return
         except StorageError as exc:
@@ -775,6 +783,7 @@ class Assistant:
             params=request_record | offered | {"seed": seed, "n": n},
             inputs=[(source.id, "init")] if source is not None else (),
         )
+        stopped = False
         try:
             result = yield from self._call_backend(state.conversation_id, backend, request)
         except GeneratorExit:
@@ -782,6 +791,13 @@ class Assistant:
                 generation, status="cancelled", error=INTERRUPTED, duration_ms=_ms_since(started)
             )
             raise
+        except Cancelled as exc:
+            if exc.finished is None:
+                cancelled = replace(
+                    generation, status="cancelled", error=exc.user_message, duration_ms=_ms_since(started)
+                )
+                raise TurnFailed(exc.user_message, cancelled) from None
+            result, stopped = exc.finished, True  # the images finished before Stop are kept
         except ToolError as exc:
             status = "cancelled" if isinstance(exc, Cancelled) else "failed"
             failed = replace(
@@ -832,6 +848,8 @@ class Assistant:
         state.generations.append(
             replace(
                 generation,
+                status="cancelled" if stopped else "ok",
+                error=STOPPED_PART_WAY if stopped else None,
                 model=result.model,
                 params={**generation.params, **result.params},
                 duration_ms=_ms_since(started),
@@ -840,6 +858,8 @@ class Assistant:
                 images=images,
             )
         )
+        if stopped:
+            raise TurnFailed(STOPPED_PART_WAY, None, cancelled=True)
 
     def _call_backend(
         self, conversation_id: int, backend: ImageBackend, request: ImageRequest
@@ -872,8 +892,9 @@ class Assistant:
             if worker.is_alive():  # the renderer went away mid-turn: stop between steps
                 cancel.cancel()
             worker.join()
-        if interrupted:
-            raise Cancelled()
+        if interrupted:  # what the worker finished before it saw the cancel is kept
+            error, finished = outcome.get("error"), outcome.get("result")
+            raise error if isinstance(error, Cancelled) else Cancelled(finished)
         if "error" in outcome:
             raise outcome["error"]
         result: ImageResult = outcome["result"]
@@ -1094,6 +1115,50 @@ class Assistant:
         except StorageError:
             log.exception("could not record a failed turn")
         yield Failed(conversation_id, failure.message, cancelled=failure.cancelled)
+
+    def _keep_finished(
+        self, state: TurnState, failure: TurnFailed, tool_calls: Sequence[dict[str, Any]]
+    ) -> Iterator[Event]:
+        """Stop pressed part way: the images already made are stored, numbered and shown.
+
+        A1111's Interrupt keeps the finished images of a batch; throwing away #5 and #6 because
+        #7 was stopped would lose work the user watched appear. The turn still ends as stopped
+        (status "cancelled"), so an agent stops too and "try again" re-runs the whole request.
+        """
+        conversation_id = state.conversation_id
+        generations = list(state.generations)
+        if failure.generation is not None:  # the call that was stopped before it made anything
+            generations.append(failure.generation)
+        made = sum(len(generation.images) for generation in generations) + len(state.images)
+        reply = (
+            f"Stopped: kept the {made} image{'s' if made != 1 else ''} finished before you stopped; "
+            "the rest were not made. Say “try again” to run the whole request again."
+        )
+        state.notes = self._new_notes(conversation_id, state.notes)
+        reply = self._with_notes(reply, state)
+        try:
+            record = self.repo.record_turn(
+                conversation_id,
+                reply=reply,
+                status="cancelled",
+                plan={**state.plan.to_dict(), "tool_calls": list(tool_calls), "notes": state.notes},
+                generations=generations,
+                images=state.images,
+            )
+        except StorageError as exc:
+            yield from self._fail(conversation_id, state.plan, TurnFailed(str(exc)), tool_calls)
+            return
+        self.turn_usage.pending_usd = 0.0
+        for image in record.images:
+            yield ImageReady(
+                conversation_id,
+                image.id,
+                image.number,
+                image.parent_id,
+                image.operation,
+                str(self.repo.image_path(image)),
+            )
+        yield Failed(conversation_id, reply, cancelled=True)
 
     def _record_stopped(
         self, conversation_id: int, plan: Plan, state: TurnState, tool_calls: Sequence[dict[str, Any]]

@@ -158,8 +158,11 @@ class InvalidImage(ToolError):
 class Cancelled(ToolError):
     """The user stopped a run; it is recorded as cancelled, not as an error of the backend."""
 
-    def __init__(self) -> None:
+    def __init__(self, finished: ImageResult | None = None) -> None:
         super().__init__("Cancelled: you stopped this request before it finished, so no image was made.")
+        #: the images of a batch finished before the stop (a backend that draws them one by one);
+        #: kept, as A1111's Interrupt keeps them, instead of thrown away with the rest
+        self.finished = finished if finished is not None and finished.images else None
 
 
 class AuthenticationFailed(ToolError):

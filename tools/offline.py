@@ -1432,31 +1432,41 @@ class OfflineBackend:
 
         images: list[GeneratedImage] = []
         for seed in job.seeds:
-            image, scene, drawn = _make(job, seed, known, tick, cancel)
+            try:
+                image, scene, drawn = _make(job, seed, known, tick, cancel)
+            except Cancelled:
+                if not images:
+                    raise
+                raise Cancelled(_result(job, known, images, notes)) from None
             revised = scene.describe()
             if drawn is not None:
                 if drawn.layout != _Layout(seed):
                     revised += f"; {drawn.layout.describe()}"
                 image.info[_INFO_KEY] = drawn.to_json()
             images.append(GeneratedImage(image, seed, revised_prompt=revised))
+        return _result(job, known, images, notes)
 
-        params: dict[str, object] = {
-            "steps": job.steps,
-            "seed": job.seeds[0],
-            "seeds": job.seeds,
-            "size": f"{job.width}x{job.height}",
-            "width": job.width,
-            "height": job.height,
-            "renderer": RENDERER,
-            "scene": job.scene.describe(),
-        }
-        # an edit of one of its own drawings redraws it on the same layout: no fade to measure
-        redrawn = job.operation is Operation.EDIT and known is not None and job.mask is None
-        if job.strength is not None and not redrawn:
-            params["strength"] = job.strength
-        if job.scene.style:
-            params["style"] = job.scene.style
-        return ImageResult(images=images, backend=NAME, model=MODEL, params=params, notes=notes)
+
+def _result(job: _Job, known: _Drawn | None, images: list[GeneratedImage], notes: list[str]) -> ImageResult:
+    """The images drawn so far with the parameters they were drawn with (a stopped batch: fewer seeds)."""
+    seeds = [generated.seed for generated in images]
+    params: dict[str, object] = {
+        "steps": job.steps,
+        "seed": seeds[0],
+        "seeds": seeds,
+        "size": f"{job.width}x{job.height}",
+        "width": job.width,
+        "height": job.height,
+        "renderer": RENDERER,
+        "scene": job.scene.describe(),
+    }
+    # an edit of one of its own drawings redraws it on the same layout: no fade to measure
+    redrawn = job.operation is Operation.EDIT and known is not None and job.mask is None
+    if job.strength is not None and not redrawn:
+        params["strength"] = job.strength
+    if job.scene.style:
+        params["style"] = job.scene.style
+    return ImageResult(images=images, backend=NAME, model=MODEL, params=params, notes=notes)
 
 
 def _run_in_steps(

@@ -342,3 +342,93 @@ def test_a_re_run_the_backend_draws_identically_says_so(tmp_path: Path) -> None:
     )
     again = next(e for e in run(assistant, conversation_id, "seed 5") if isinstance(e, Reply)).text
     assert "pixel for pixel" not in again  # another seed is another picture
+
+
+class StopAtStep:
+    """The offline backend, with the user pressing Stop when its progress reaches `step`.
+
+    The cancel lands in the backend's own thread at that exact step, as the UI's Stop does
+    between steps, so which images were finished is certain.
+    """
+
+    def __init__(self, step: int) -> None:
+        from tools.offline import OfflineBackend
+
+        self.inner = OfflineBackend()
+        self.name, self.model, self.capabilities = self.inner.name, self.inner.model, self.inner.capabilities
+        self.step = step
+        self.calls = 0
+
+    def estimate_cost(self, request: object) -> float:
+        return 0.0
+
+    def run(self, request, progress=None, cancel=None):  # type: ignore[no-untyped-def]
+        done = self.calls * request.steps * request.n
+        self.calls += 1
+
+        def pressed_stop_at(step: int, total: int) -> None:
+            if progress is not None:
+                progress(step, total)
+            if cancel is not None and done + step == self.step:
+                cancel.cancel()
+
+        return self.inner.run(request, pressed_stop_at, cancel)
+
+
+def stopping_assistant(tmp_path: Path, step: int) -> tuple[Assistant, StopAtStep]:
+    from assistant.runtime import open_repository
+    from assistant.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, backend="offline", width=128, height=128, steps=4)
+    backend = StopAtStep(step)
+    return Assistant(settings, open_repository(settings), backend=backend), backend
+
+
+def test_stop_part_way_through_four_images_keeps_the_two_already_finished(tmp_path: Path) -> None:
+    assistant, backend = stopping_assistant(tmp_path, step=2 * 4 + 1)  # in the third image
+    events = run(assistant, None, "four of a lighthouse at dusk")
+    conversation_id = events[0].conversation_id
+    kept = images_of(events)
+    assert [image.number for image in kept] == [1, 2]
+    stop = events[-1]
+    assert isinstance(stop, Failed) and stop.cancelled
+    assert stop.message.startswith("Stopped: kept the 2 images finished before you stopped")
+    repo = assistant.repo
+    reply = repo.messages(conversation_id)[-1]
+    assert (reply.role, reply.status, reply.content) == ("assistant", "cancelled", stop.message)
+    assert [image.message_id for image in repo.conversation_images(conversation_id)] == [reply.id] * 2
+    (call,) = repo.generations(conversation_id)  # one call, stopped, with the two images it finished
+    assert call.status == "cancelled" and (call.params or {})["n"] == 4
+    # the kept images are whole, on record and replay to the same bytes
+    for image in kept:
+        original, _, identical = assistant.replay(image.id)
+        assert identical and original.operation == "generate"
+    # the conversation goes on; "try again" runs the whole request, all four
+    backend.step = -1
+    events = run(assistant, conversation_id, "try again")
+    assert [image.number for image in images_of(events)] == [3, 4, 5, 6]
+
+
+def test_stop_while_the_second_of_two_re_rolls_runs_keeps_the_first(tmp_path: Path) -> None:
+    assistant, backend = stopping_assistant(tmp_path, step=-1)
+    conversation_id = run(assistant, None, "two of a cozy cabin at night")[0].conversation_id
+    backend.calls, backend.step = 0, 4 + 2  # the second re-roll's second step
+    events = run(assistant, conversation_id, "regenerate #1 and #2")
+    (kept,) = images_of(events)
+    first = assistant.repo.get_image_by_number(conversation_id, 1)
+    params = assistant.repo.get_image(kept.id).params or {}
+    assert kept.number == 3 and params["regenerated_from"] == first.id
+    assert isinstance(events[-1], Failed) and events[-1].cancelled
+    assert "kept the 1 image finished" in events[-1].message
+    assert numbers(assistant, conversation_id) == [1, 2, 3]
+    # both calls are on record: the finished one and the stopped one, which made nothing
+    calls = assistant.repo.generations(conversation_id)[-2:]
+    assert [call.status for call in calls] == ["ok", "cancelled"]
+
+
+def test_stop_in_the_first_image_still_keeps_nothing(tmp_path: Path) -> None:
+    assistant, _ = stopping_assistant(tmp_path, step=2)
+    events = run(assistant, None, "four of a lighthouse at dusk")
+    assert images_of(events) == []
+    assert failure(events) == "Cancelled: you stopped this request before it finished, so no image was made."
+    assert numbers(assistant, events[0].conversation_id) == []

@@ -794,6 +794,38 @@ def test_cancel_stops_between_steps() -> None:
     assert calls == [1, 2, 3]
 
 
+def test_a_stop_part_way_through_a_batch_hands_back_the_images_already_drawn() -> None:
+    token = CancelToken()
+
+    def stop_in_the_third(step: int, total: int) -> None:
+        if step == 2 * 4 + 1:  # the first step of the third image
+            token.cancel()
+
+    request = ImageRequest(Operation.GENERATE, GREEN_FOREST, width=96, height=96, steps=4, n=4, seed=7)
+    with pytest.raises(Cancelled) as stopped:
+        OfflineBackend().run(request, stop_in_the_third, token)
+    finished = stopped.value.finished
+    assert finished is not None
+    whole = OfflineBackend().run(request)
+    assert [g.seed for g in finished.images] == [g.seed for g in whole.images][:2]
+    assert finished.params["seeds"] == [g.seed for g in finished.images]
+    for kept, full in zip(finished.images, whole.images, strict=False):
+        assert kept.image.tobytes() == full.image.tobytes()  # the same pixels a full run draws
+
+
+def test_a_stop_in_the_first_image_hands_back_nothing() -> None:
+    token = CancelToken()
+
+    def stop_at_two(step: int, total: int) -> None:
+        if step == 2:
+            token.cancel()
+
+    request = ImageRequest(Operation.GENERATE, GREEN_FOREST, width=96, height=96, steps=4, n=3)
+    with pytest.raises(Cancelled) as stopped:
+        OfflineBackend().run(request, stop_at_two, token)
+    assert stopped.value.finished is None
+
+
 def test_cancel_before_start_draws_nothing() -> None:
     token = CancelToken()
     token.cancel()

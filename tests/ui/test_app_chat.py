@@ -288,6 +288,31 @@ def test_an_interrupted_turn_shows_as_stopped_not_as_an_error(
     assert len(stored.conversation_images(conversation.id)) == 1
 
 
+def test_a_turn_stopped_part_way_shows_its_finished_images_under_the_stop(
+    app: AppTest, stored: Repository, data_dir: Path
+) -> None:
+    from assistant.core import Assistant
+    from assistant.runtime import open_repository
+    from assistant.settings import Settings
+    from tests.assistant.test_turn_edges import StopAtStep
+
+    send(app, FOX)
+    (conversation,) = stored.list_conversations()
+    settings = Settings()
+    steps = settings.steps
+    assistant = Assistant(settings, open_repository(settings), backend=StopAtStep(2 * steps + 1))
+    list(assistant.respond(conversation.id, "three of a lighthouse at dusk"))  # Stop in the third
+
+    reloaded = new_app()
+    click(reloaded, f"atelier.conversation.{conversation.id}")
+    stopped = [unescape(w.value) for w in reloaded.warning]
+    assert any(text.startswith("Stopped: kept the 2 images finished before you stopped") for text in stopped)
+    assert errors(reloaded) == []
+    shown = captions(reloaded)
+    new = [c for c in shown if c.startswith(("#2 ", "#3 ", "#4 "))]
+    assert new == ["#2 · generate", "#3 · generate"], shown
+
+
 def _sent_messages(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every message the app sends to the browser, in order (AppTest's tree keeps only the last)."""
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg

@@ -94,6 +94,20 @@ STYLE_PRESETS: dict[str, StylePreset] = {
             ("line art", "line-art", "lineart", "line drawing", "ink drawing"),
         ),
         StylePreset(
+            "pencil sketch",
+            ("pencil sketch", "graphite shading", "cross-hatching", "textured paper"),
+            ("photo", "photorealistic", "3d render", "vivid colors"),
+            ("pencil sketch", "pencil drawing", "graphite sketch", "graphite drawing", "pencil-drawn"),
+            ("pencil", "graphite", "sketch"),
+        ),
+        StylePreset(
+            "charcoal",
+            ("charcoal drawing", "smudged charcoal", "bold dark strokes", "textured paper"),
+            ("photo", "photorealistic", "3d render", "vivid colors"),
+            ("charcoal drawing", "charcoal sketch", "charcoal-drawn"),
+            ("charcoal",),
+        ),
+        StylePreset(
             "digital art",
             ("digital painting", "concept art", "crisp details", "artstation quality"),
             ("photo", "amateur", "low detail"),

@@ -192,7 +192,7 @@ _STYLES: dict[str, Style] = {
     **dict.fromkeys(("pastel", "pastels"), "pastel"),
     **dict.fromkeys(("sepia", "vintage", "antique"), "sepia"),
     **dict.fromkeys(("oil", "impasto", "impressionist", "impressionism"), "oil painting"),
-    **dict.fromkeys(("lineart", "sketch", "pencil", "outline", "drawing"), "line art"),
+    **dict.fromkeys(("lineart", "sketch", "pencil", "graphite", "outline", "drawing"), "line art"),
 }
 
 #: More figures than this would crowd a sketch; extra ones are left out (and not described).

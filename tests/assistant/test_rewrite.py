@@ -175,6 +175,12 @@ def test_every_preset_is_detected_by_name(name: str) -> None:
         ("a photo of a cat", None),
         ("a neon sign", None),
         ("a fox in a meadow", None),
+        ("a cat as a pencil sketch", "pencil sketch"),
+        ("a lighthouse in pencil", "pencil sketch"),
+        ("a charcoal drawing of an old man", "charcoal"),
+        ("a fox in charcoal", "charcoal"),
+        ("a pencil on a desk", None),
+        ("the charcoal grill in the garden", None),
     ],
 )
 def test_detect_style(text: str, style: str | None) -> None:

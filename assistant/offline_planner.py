@@ -229,7 +229,10 @@ def _count(text: str) -> tuple[int | None, str]:
         flags=_I,
     )
     if not m:
-        m = re.search(r"\b(?P<n>" + _N + r")\s+times\b", text, flags=_I)
+        # "a cat, 3 times", not "a seed 3 times bigger than a house" or "3 times as tall"
+        m = re.search(
+            r"\b(?P<n>" + _N + r")\s+times\b(?!\s+(?:as|more|less|the|over|\w+er)\b)", text, flags=_I
+        )
     if not m:  # "four of a lighthouse" (not "two of the foxes fighting", "one of a kind")
         m = re.search(
             r"(?:^|\b(?:me|make|draw|show|generate|create|want|need)\s+)(?P<n>"

@@ -981,6 +981,10 @@ def test_a_masked_repaint_of_an_upload_reads_its_settings_and_paints_the_subject
         ("give me 3 of a red fox", 3, "a red fox"),
         ("two of the foxes fighting", 1, "two of the foxes fighting"),
         ("one of a kind vase", 1, "one of a kind vase"),
+        ("a red fox, 3 times", 3, "a red fox"),
+        ("a sunflower seed 3 times bigger than a house", 1, "a sunflower seed 3 times bigger than a house"),
+        ("a tower three times as tall as a tree", 1, "a tower three times as tall as a tree"),
+        ("a mouse 2 times the size of a cat", 1, "a mouse 2 times the size of a cat"),
     ],
 )
 def test_n_of_a_thing_is_a_batch_of_it(text: str, n: int, subject: str) -> None:

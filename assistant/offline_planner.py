@@ -140,7 +140,7 @@ STRONG_STRENGTH = 0.75
 IMG2IMG_STRENGTH = 0.6
 
 
-_N = r"(?:\d+|" + "|".join(NUMBER_WORDS) + r")"
+_N = r"(?:\d+|zero|" + "|".join(NUMBER_WORDS) + r")"
 _I = re.IGNORECASE
 
 #: words that carry no request of their own; what is left after removing them decides whether a
@@ -174,7 +174,7 @@ def _leftover(text: str, *consumed: str, extra: Iterable[str] = ()) -> list[str]
 
 def _to_int(token: str) -> int:
     token = token.lower()
-    return int(token) if token.isdigit() else NUMBER_WORDS[token]
+    return int(token) if token.isdigit() else 0 if token == "zero" else NUMBER_WORDS[token]
 
 
 #: "seed 42", "seed: -1", "seed random" (not "a sunflower seed 3 times bigger")
@@ -1110,7 +1110,7 @@ class OfflinePlanner:
             return None
         seed, _ = _seed(outside)
         count, _ = _count(outside)
-        n, note = cap_n(count or context.default_n, context)
+        n, note = cap_n(context.default_n if count is None else count, context)
         prompt = prompt.strip()
         return Plan(
             intent=Intent.GENERATE,
@@ -1209,7 +1209,7 @@ class OfflinePlanner:
             prompt, negative, style = clean_idea(idea), "", None
         else:
             prompt, negative = style_prompt(idea, style)
-        n, note = cap_n(count or context.default_n, context)
+        n, note = cap_n(context.default_n if count is None else count, context)
         return Plan(
             intent=Intent.IMG2IMG,
             targets=targets,
@@ -1248,7 +1248,7 @@ class OfflinePlanner:
             prompt, negative, style = idea, "", None
         else:
             prompt, negative = rewrite_prompt(idea, style)
-        n, note = cap_n(count or context.default_n, context)
+        n, note = cap_n(context.default_n if count is None else count, context)
         return Plan(
             intent=Intent.IMG2IMG,
             targets=refs.numbers,
@@ -1468,7 +1468,7 @@ class OfflinePlanner:
                 return _clarify(raw, f"#{number} is {what}{source}, so there is nothing to re-roll.{hint}")
         first = context.image(targets[0])
         assert first is not None  # resolve_references only returns existing numbers
-        n, note = cap_n(count or 1, context)
+        n, note = cap_n(1 if count is None else count, context)
         return Plan(
             intent=Intent.REGENERATE,
             targets=targets,
@@ -1510,7 +1510,7 @@ class OfflinePlanner:
             r"\b(?:variations|variants|alternatives|riffs|remixes|others|ones|more)\b", raw, _I
         )
         default = min(3, context.max_n) if plural else context.default_n
-        n, note = cap_n(count or default, context)
+        n, note = cap_n(default if count is None else count, context)
         return Plan(
             intent=Intent.VARIATION,
             targets=refs.numbers,
@@ -1591,7 +1591,7 @@ class OfflinePlanner:
                 negative_prompt=negative if context.backend_takes_negative_prompt else "",
                 style=style,
             )
-        n, note = cap_n(count or context.default_n, context)
+        n, note = cap_n(context.default_n if count is None else count, context)
         chose = f"Surprise! I picked “{subject}”. Say “surprise me” again for another, or change this one."
         return replace(plan, instruction=raw, n=n, reply=_join(chose, note))
 
@@ -1600,7 +1600,7 @@ class OfflinePlanner:
         idea, count = _generate_idea(text)
         if not idea:
             return _clarify(raw, "What should the image show? Describe it in a few words.")
-        n, note = cap_n(count or context.default_n, context)
+        n, note = cap_n(context.default_n if count is None else count, context)
         style = detect_style(raw) or normalize_style(context.style)
         if context.verbatim:
             prompt, negative, style = idea, "", None
@@ -1648,7 +1648,7 @@ class OfflinePlanner:
             return _clarify(raw, f"I'll keep that as it is — what should I change in #{parent.number}?")
         new_style = detect_style(instruction)
         style = new_style or parent.style or (None if parent.prompt else normalize_style(context.style))
-        n, note = cap_n(count or 1, context)
+        n, note = cap_n(1 if count is None else count, context)
         plan = Plan(
             intent=Intent.EDIT,
             targets=refs.numbers,

@@ -313,7 +313,9 @@ def cap_n(requested: int, context: PlannerContext) -> tuple[int, str | None]:
             f"You asked for {requested} images; I make at most {context.max_n} at a time, "
             f"so here are {context.max_n}."
         )
-    return max(1, requested), None
+    if requested < 1:  # "0 images of a fox": the fewest a request makes, said, not silently
+        return 1, f"You asked for {requested} images; a request makes at least 1, so here is 1."
+    return requested, None
 
 
 def _join(*parts: str | None) -> str | None:

@@ -190,7 +190,13 @@ _RATIO = (
     _PARAM_LEAD_WORD + _RATIO_CORE + r"(?:" + _RATIO_NOUN + r")?",
 )
 #: "a 1920x1080 wallpaper": the article stays with the noun after the size
-_PIXELS = _PARAM_LEAD_WORD + r"\b(?P<w>\d{3,4})\s*(?:x|×|\*)\s*(?P<h>\d{3,4})\b(?:\s*(?:px|pixels))?"
+#: any number of digits, so "99999x99999" is refused as too large instead of left in the prompt;
+#: two-digit pairs only with "px" ("64x64 px"): "a 10x10 grid", "a 4x4 truck" are the picture
+_PIXELS = (
+    _PARAM_LEAD_WORD + r"\b(?:(?P<w>\d{2,7})\s*(?:x|×|\*)\s*(?P<h>\d{2,7})(?<=\d{3})\b"
+    r"|(?P<w2>\d{3,7})\s*(?:x|×|\*)\s*(?P<h2>\d{2})\b"
+    r"|(?P<w3>\d{2})\s*(?:x|×|\*)\s*(?P<h3>\d{2})(?=\s*(?:px|pixels)\b))(?:\s*(?:px|pixels))?"
+)
 _NAMED_SHAPE = (
     _PARAM_LEAD + r"\b(?:in\s+)?(?:an?\s+)?" + _ASPECT_WORD + r"\s+" + _SHAPE_NOUN + r"\b"
     r"|" + _PARAM_LEAD_WORD + r"\b(?P<wide>widescreen|panoramic)\b"
@@ -243,7 +249,8 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
             sampler, text = " ".join(m.group("name").split()), without_match(text, m)
             break
     if m := re.search(_PIXELS, text, flags=_I):
-        size, text = (int(m.group("w")), int(m.group("h"))), without_match(text, m)
+        width, height = (m["w"], m["h"]) if m["w"] else (m["w2"], m["h2"]) if m["w2"] else (m["w3"], m["h3"])
+        size, text = (int(width), int(height)), without_match(text, m)
     for pattern in _RATIO:
         found = [
             m for m in re.finditer(pattern, text, flags=_I) if (int(m["a"]), int(m["b"])) in _KNOWN_RATIOS

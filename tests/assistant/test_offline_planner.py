@@ -491,6 +491,13 @@ def test_too_bright_is_darker_and_keeps_the_subject() -> None:
         ),
         ("a lighthouse, landscape orientation", None, None, (624, 416), "a lighthouse"),
         ("a widescreen shot of a desert", None, None, (680, 384), "a shot of a desert"),
+        # sizes out of range are read, so the turn refuses them with the limit, not ignored
+        ("a red barn, 99999x99999", None, None, (99999, 99999), "a red barn"),
+        ("a red barn 640x48", None, None, (640, 48), "a red barn"),
+        ("a red barn 48x48 px", None, None, (48, 48), "a red barn"),
+        # small number pairs are part of the picture
+        ("a 4x4 truck in the mud", None, None, None, "a 4x4 truck in the mud"),
+        ("a 10x10 grid of tiles", None, None, None, "a 10x10 grid of tiles"),
     ],
 )
 def test_settings_in_a_new_image_request_leave_the_prompt(
@@ -972,6 +979,13 @@ def test_a_masked_repaint_of_an_upload_reads_its_settings_and_paints_the_subject
     assert plan.intent is Intent.INPAINT and plan.use_upload, plan
     assert plan.prompt.startswith(prompt) and not re.search(r"steps|seed|cfg|strength|euler", plan.prompt)
     assert {key: getattr(plan, key) for key in settings} == settings
+
+
+@pytest.mark.parametrize("text", ["0 images of a fox", "zero pictures of a fox"])
+def test_a_batch_of_zero_makes_one_and_says_so(text: str) -> None:
+    plan = PLANNER.plan(text, NO_IMAGES)
+    assert plan.intent is Intent.GENERATE and plan.n == 1 and plan.prompt.startswith("a fox,"), plan
+    assert plan.reply == "You asked for 0 images; a request makes at least 1, so here is 1."
 
 
 @pytest.mark.parametrize(

@@ -658,7 +658,11 @@ def chat(
             raise _no_conversation(conversation_id)
         assistant = build_assistant(settings)
         events = assistant.respond(conversation_id, text, attachments)
-        failure = _show_events(events, _print_json_events if as_json else _render_events)
+        failure = _show_events(
+            events,
+            _print_json_events if as_json else _render_events,
+            on_ctrl_c=lambda: assistant.cancel_token.cancel(),
+        )
         if failure is not None and not failure.cancelled and conversation_id is None:
             _drop_if_nothing_made(assistant.repo, failure.conversation_id)
         if failure is not None:
@@ -674,27 +678,46 @@ def _drop_if_nothing_made(repo: Repository, conversation_id: int) -> None:
             repo.delete_conversation(conversation_id)
 
 
-def _show_events(events: Iterator[Any], show: Callable[[Iterator[Any]], None]) -> Any:
+def _show_events(
+    events: Iterator[Any], show: Callable[[Iterator[Any]], None], on_ctrl_c: Callable[[], None] | None = None
+) -> Any:
     """Show the turn's events; a reader that goes away (`| head -1`) does not stop the turn.
 
     Abandoning the event stream would interrupt the turn before its images are stored, so
     after a broken pipe the rest is consumed silently and the turn finishes as if watched.
+    A Ctrl-C that lands while an event is being printed (not while the backend runs, where the
+    turn catches it itself) stops the turn the same way, through `on_ctrl_c`, and the events
+    go on to its "Stopped" line; a second Ctrl-C quits at once.
     """
     failures: list[Any] = []
+    finished = False
 
     def watched() -> Iterator[Any]:
+        nonlocal finished
         for event in events:
             if event.kind == "error":
                 failures.append(event)
             yield event
+        finished = True
 
     stream = watched()
-    try:
-        show(stream)
-    except BrokenPipeError:
-        _send_stdout_to_devnull()
-        for _event in stream:
-            pass
+    stopping = False
+    while True:
+        try:
+            show(stream)
+            break
+        except BrokenPipeError:
+            _send_stdout_to_devnull()
+            for _event in stream:
+                pass
+            break
+        except KeyboardInterrupt:
+            if on_ctrl_c is None or stopping:
+                raise
+            stopping = True
+            on_ctrl_c()
+    if stopping and not finished and not failures:  # the interrupt cut the stream itself
+        raise typer.Exit(EXIT_CANCELLED)
     return failures[-1] if failures else None
 
 

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -165,4 +166,58 @@ def test_ctrl_c_in_atelier_chat_exits_130_with_the_turn_recorded_as_cancelled(
         ("assistant", "cancelled", STOPPED),
     ]
     assert [g.status for g in repo.generations(conversation.id)] == ["cancelled"]
+    assert repo.conversation_images(conversation.id) == []
+
+
+class _HoldAtStepTwo:
+    """The offline backend, whose second step waits for the cancel (a slow model, made certain)."""
+
+    def __init__(self) -> None:
+        from tools.offline import OfflineBackend
+
+        self.inner = OfflineBackend()
+        self.name, self.model, self.capabilities = self.inner.name, self.inner.model, self.inner.capabilities
+
+    def estimate_cost(self, request: object) -> float:
+        return 0.0
+
+    def run(self, request, progress=None, cancel=None):  # type: ignore[no-untyped-def]
+        def held(step: int, total: int) -> None:
+            if progress is not None:
+                progress(step, total)
+            if step == 1 and cancel is not None:
+                assert cancel.wait(10), "Ctrl-C never stopped the turn"
+
+        return self.inner.run(request, held, cancel)
+
+
+def test_ctrl_c_while_the_cli_prints_an_event_stops_the_turn_and_says_so(tmp_path: Path) -> None:
+    """SIGINT lands where the main thread is: often in the turn's wait for the backend (tested
+    above), sometimes in the middle of printing a progress line. Both end the same way."""
+    from assistant.cli import _show_events
+    from assistant.core import Assistant
+
+    settings = Settings(data_dir=tmp_path, backend="offline", width=128, height=128, steps=8)
+    assistant = Assistant(settings, open_repository(settings), backend=_HoldAtStepTwo())
+    printed: list[str] = []
+    interrupted = False
+
+    def print_events(events: Iterator[Event]) -> None:
+        nonlocal interrupted
+        for event in events:
+            if isinstance(event, Progress) and not interrupted:
+                interrupted = True
+                raise KeyboardInterrupt  # Ctrl-C while this line is being printed
+            printed.append(event.kind)
+
+    failure = _show_events(
+        assistant.respond(None, "a lighthouse on a cliff"),
+        print_events,
+        on_ctrl_c=lambda: assistant.cancel_token.cancel(),
+    )
+    assert failure is not None and failure.cancelled and failure.message == STOPPED
+    assert printed[-1] == "error"
+    repo = assistant.repo
+    (conversation,) = repo.list_conversations()
+    assert [(m.status, m.content) for m in repo.messages(conversation.id)][-1] == ("cancelled", STOPPED)
     assert repo.conversation_images(conversation.id) == []

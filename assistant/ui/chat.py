@@ -520,6 +520,8 @@ def _watch(ctx: UiContext, lane: TurnLane, turn: LiveTurn) -> None:
     while not finished:
         events, finished = turn.events_after(seen, timeout=WATCH_TICK_S)
         seen += len(events)
+        if lane.conversation_id is not None:
+            common.show_new_conversation(lane.conversation_id)
         for index, event in enumerate(events):
             later_progress = index + 1 < len(events) and isinstance(events[index + 1], Progress)
             if isinstance(event, Progress) and later_progress:

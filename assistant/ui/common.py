@@ -345,6 +345,14 @@ def current_conversation(repo: Repository) -> Conversation | None:
     return conversation
 
 
+def show_new_conversation(conversation_id: int) -> None:
+    """The first turn of a new chat has created its conversation: name it in the URL at once,
+    so a reload during that turn opens it (and watches the turn) instead of an empty page."""
+    if st.session_state.get(Keys.CONVERSATION) is None:
+        st.session_state[Keys.CONVERSATION] = conversation_id
+        _show_in_url(conversation_id)
+
+
 def select_conversation(conversation_id: int | None, goto_chat: bool = True) -> None:
     st.session_state[Keys.CONVERSATION] = conversation_id
     st.session_state.pop(Keys.LANE, None)  # the page stops following a new chat's first turn

@@ -444,3 +444,32 @@ def test_a_turn_keeps_running_through_another_message_another_page_and_stops_on_
         ]
         first, second = repo.conversation_images(conversation.id)
         assert second.parent_id == first.id and second.operation == "edit"
+
+
+def test_a_reload_during_a_new_chats_first_turn_opens_that_conversation(
+    sync_api: Any, tmp_path: Path, data_dir: Path
+) -> None:
+    """The first turn creates the conversation; the URL names it while the turn still runs, so a
+    reload then comes back to it (and its turn) instead of an empty welcome page."""
+    with (
+        serving(tmp_path, data_dir, SLOW_TURN_ENVIRONMENT) as server,
+        sync_api.sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server)
+            chat_box = page.locator('[data-testid="stChatInputTextArea"]')
+            chat_box.wait_for(timeout=30_000)
+            request = "four images of a lighthouse on a cliff at dawn"  # ~10 s of steps
+            chat_box.fill(request)
+            chat_box.press("Enter")
+            page.get_by_text(re.compile(r"Step \d+ of 400")).first.wait_for(timeout=TURN_TIMEOUT_MS)
+            # named while the turn runs (it used to be only once the turn was over)
+            sync_api.expect(page).to_have_url(re.compile(r"[?&]c=\d+"), timeout=3_000)
+            assert page.get_by_text(re.compile(r"Step \d+ of 400")).count(), "the turn ended too soon"
+            page.reload()
+            sync_api.expect(page.get_by_text("#4 · generate")).to_be_visible(timeout=TURN_TIMEOUT_MS)
+            sync_api.expect(page.get_by_text(request).first).to_be_visible()
+        finally:
+            browser.close()

@@ -30,6 +30,9 @@ ALL = "All"
 LIMIT_KEY = "atelier.h.limit"
 CONVERSATION_KEY = "atelier.h.conversation"
 CONVERSATION_QUERY_KEY = "atelier.h.conversation_query"
+#: the conversation filter's "All conversations" (ids start at 1): a None value would read as
+#: no choice at all, and Streamlit shows "Choose an option" once the offered list changes
+ALL_CONVERSATIONS = 0
 #: how many conversations the conversation filter offers at once: the newest, or the matches
 CONVERSATION_CHOICES = 50
 #: the gallery's filter widgets; kept alive across the detail view and page switches
@@ -91,11 +94,11 @@ def _chosen_conversation(repo: Repository, offered: dict[int, str]) -> dict[int,
     """The chosen conversation's title when the list doesn't offer it (an older one, or one the
     search no longer finds), so the choice stays; a deleted one is unchosen instead."""
     chosen = st.session_state.get(CONVERSATION_KEY)
-    if not isinstance(chosen, int) or chosen in offered:
+    if not isinstance(chosen, int) or chosen == ALL_CONVERSATIONS or chosen in offered:
         return {}
     title = repo.conversation_titles([chosen])
     if not title:
-        st.session_state[CONVERSATION_KEY] = None
+        st.session_state[CONVERSATION_KEY] = ALL_CONVERSATIONS
     return title
 
 
@@ -111,18 +114,20 @@ def _conversation_filter(repo: Repository) -> int | None:
     )
     found = {c.id: c.title for c in repo.list_conversations(limit=CONVERSATION_CHOICES, query=search)}
     choices = {**_chosen_conversation(repo, found), **found}
-    conversation_id: int | None = st.selectbox(
+    conversation_id: int = st.selectbox(
         "Conversation to show",
-        [None, *choices],
+        [ALL_CONVERSATIONS, *choices],
         key=CONVERSATION_KEY,
         format_func=lambda cid: (
-            "All conversations" if cid is None else f"{one_line(choices.get(cid, ''), 30)} ({cid})"
+            "All conversations"
+            if cid == ALL_CONVERSATIONS
+            else f"{one_line(choices.get(cid, ''), 30)} ({cid})"
         ),
         label_visibility="collapsed",
     )
     if not found and search.strip():
         st.caption("No conversation matches.")
-    return conversation_id
+    return conversation_id or None
 
 
 def render_gallery(ctx: UiContext) -> None:

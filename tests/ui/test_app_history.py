@@ -59,7 +59,7 @@ def test_gallery_search_and_filters(history: AppTest, stored: Repository) -> Non
     fox_id = min(c.id for c in stored.list_conversations())
     history.selectbox(key="atelier.h.conversation").set_value(fox_id).run()
     assert gallery_numbers(history) == ["#2 · edit · offline", "#1 · generate · offline"]
-    history.selectbox(key="atelier.h.conversation").set_value(None).run()
+    history.selectbox(key="atelier.h.conversation").set_value(0).run()  # "All conversations"
 
     today = date.today()
     history.date_input(key="atelier.h.since").set_value(today + timedelta(days=2)).run()
@@ -210,6 +210,9 @@ def test_conversations_past_the_first_thousand_can_be_chosen_and_are_named(
     offered = app.selectbox(key=CONVERSATION_KEY).options
     assert len(offered) == CONVERSATION_CHOICES + 1 and f"Lisbon sketches ({lisbon})" not in offered
 
+    app.text_input(key=CONVERSATION_QUERY_KEY).set_value("trip 0001").run()  # a search, then none:
+    app.text_input(key=CONVERSATION_QUERY_KEY).set_value("").run()
+    assert app.selectbox(key=CONVERSATION_KEY).index == 0  # still "All conversations", not blank
     app.text_input(key=CONVERSATION_QUERY_KEY).set_value("TRAM hill").run()  # words of its messages
     assert app.selectbox(key=CONVERSATION_KEY).options == ["All conversations", f"Lisbon sketches ({lisbon})"]
     app.selectbox(key=CONVERSATION_KEY).set_value(lisbon).run()
@@ -232,5 +235,5 @@ def test_conversations_past_the_first_thousand_can_be_chosen_and_are_named(
     stored.delete_conversation(lisbon)
     app.run()
     assert_ok(app)
-    assert app.selectbox(key=CONVERSATION_KEY).value is None  # gone: back to every conversation
+    assert app.selectbox(key=CONVERSATION_KEY).index == 0  # gone: back to every conversation
     assert gallery_numbers(app) == ["#1 · generate · offline"]

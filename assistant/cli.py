@@ -284,7 +284,10 @@ def config(as_json: JsonFlag = False) -> None:
 @app.command()
 def history(
     conversation: Annotated[str | None, typer.Option("-c", "--conversation", help="Conversation id.")] = None,
-    search: Annotated[str | None, typer.Option("--search", "-s", help="Full-text search.")] = None,
+    search: Annotated[
+        str | None,
+        typer.Option("--search", "-s", help='Words (all); "fox OR wolf"; "-snow" to leave out; "#4".'),
+    ] = None,
     limit: Annotated[str, typer.Option(help="At most this many images.")] = "50",
     as_json: JsonFlag = False,
 ) -> None:

@@ -17,7 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
-from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    func,
+    not_,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -788,25 +800,43 @@ class Repository:
         return self.list_images(ImageFilter(query=text_query), limit=limit)
 
     def _text_search(self, query: Select[tuple[Image]], text_query: str) -> Select[tuple[Image]]:
-        if self.db.is_sqlite:
-            match = fts5_query(text_query)
-            if not match:
-                return query.where(Image.id < 0)
-            matching = text("SELECT rowid FROM images_fts WHERE images_fts MATCH :match").bindparams(
-                match=match
-            )
-            return query.where(Image.id.in_(matching))
-        words = re.findall(r"\w+", text_query)
-        for word in words:
-            pattern = f"%{word}%"
-            query = query.where(
-                or_(
-                    Image.prompt.ilike(pattern),
-                    Image.instruction.ilike(pattern),
-                    Image.revised_prompt.ilike(pattern),
-                )
-            )
+        """Words (all of them), `OR` between alternatives, `-word` to leave out, `#4` for image #4:
+        the search syntax people know from search engines and A1111's image browsers."""
+        search = parse_image_search(text_query)
+        if search.numbers:
+            query = query.where(Image.number.in_(search.numbers))
+        if not search.groups and not search.excluded:
+            return query if search.numbers else query.where(Image.id < 0)
+        if search.groups:
+            query = query.where(self._matching(search.groups))
+        if search.excluded:
+            query = query.where(not_(self._matching([[word] for word in search.excluded])))
         return query
+
+    def _matching(self, groups: Sequence[Sequence[str]]) -> ColumnElement[bool]:
+        """Images whose text has every word of at least one group (words match as prefixes)."""
+        if self.db.is_sqlite:
+            match = " OR ".join("(" + " ".join(f'"{word}"*' for word in group) + ")" for group in groups)
+            # each subquery its own parameter: "fox -snow" has two, and one name would be one value
+            rows = text("SELECT rowid FROM images_fts WHERE images_fts MATCH :match").bindparams(
+                bindparam("match", match, unique=True)
+            )
+            return Image.id.in_(rows)
+        return or_(
+            *(
+                and_(
+                    *(
+                        or_(
+                            Image.prompt.ilike(f"%{word}%"),
+                            Image.instruction.ilike(f"%{word}%"),
+                            Image.revised_prompt.ilike(f"%{word}%"),
+                        )
+                        for word in group
+                    )
+                )
+                for group in groups
+            )
+        )
 
     def backends_and_operations(self) -> tuple[list[str], list[str]]:
         with self.db.read() as session:
@@ -1083,10 +1113,34 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def fts5_query(user_text: str) -> str:
-    """Words as quoted prefix terms, so user text can never be FTS5 syntax ("NOT", quotes, *)."""
-    words = re.findall(r"\w+", user_text.lower())
-    return " ".join(f'"{word}"*' for word in words[:16])
+@dataclass(frozen=True)
+class ImageSearch:
+    """A gallery search: any group's words all present, none of `excluded`, one of `numbers`."""
+
+    groups: list[list[str]]
+    excluded: list[str]
+    numbers: list[int]
+
+
+def parse_image_search(user_text: str) -> ImageSearch:
+    """ "fox OR wolf -snow #4" → groups [[fox], [wolf]], excluded [snow], numbers [4].
+
+    Only words (runs of letters, digits, `_`) reach the full-text query, each quoted, so user
+    text can never be FTS5 syntax; `OR` (upper case, as in search engines) splits alternatives.
+    """
+    groups: list[list[str]] = [[]]
+    excluded: list[str] = []
+    numbers: list[int] = []
+    for token in user_text.split()[:32]:
+        if token == "OR":
+            groups.append([])
+        elif re.fullmatch(r"#\d{1,9}", token):
+            numbers.append(int(token[1:]))
+        elif token.startswith("-") and (words := re.findall(r"\w+", token.lower())):
+            excluded += words
+        else:
+            groups[-1] += re.findall(r"\w+", token.lower())
+    return ImageSearch([group[:16] for group in groups if group], excluded[:16], numbers)
 
 
 def search_words(text: str) -> list[str]:

@@ -30,6 +30,10 @@ ALL = "All"
 LIMIT_KEY = "atelier.h.limit"
 CONVERSATION_KEY = "atelier.h.conversation"
 CONVERSATION_QUERY_KEY = "atelier.h.conversation_query"
+SEARCH_HELP = (
+    "Every word must appear (as the start of a word); OR between alternatives (fox OR wolf); "
+    "-word leaves out what has it; #4 is image #4 of each conversation (pick one beside)."
+)
 #: the conversation filter's "All conversations" (ids start at 1): a None value would read as
 #: no choice at all, and Streamlit shows "Choose an option" once the offered list changes
 ALL_CONVERSATIONS = 0
@@ -135,7 +139,10 @@ def render_gallery(ctx: UiContext) -> None:
     backends, operations = repo.backends_and_operations()
     with st.container(border=True):
         query = st.text_input(
-            "Search prompts and instructions", key="atelier.h.query", placeholder="fox, sunset, watercolor…"
+            "Search prompts and instructions",
+            key="atelier.h.query",
+            placeholder="fox sunset, fox OR wolf, fox -snow, #4…",
+            help=SEARCH_HELP,
         )
         columns = st.columns(5)
         backend = columns[0].selectbox("Backend", [ALL, *backends], key="atelier.h.backend")

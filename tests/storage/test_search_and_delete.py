@@ -90,11 +90,31 @@ def test_fts_syntax_in_user_text_never_errors(
     assert isinstance(repo.search_images(query), list)
 
 
-@pytest.mark.parametrize("query", ["-camel", "^camel", "camel*", "camel\x00", "(camel)", "camel:"])
+@pytest.mark.parametrize("query", ["^camel", "camel*", "camel\x00", "(camel)", "camel:", "camel-"])
 def test_operator_characters_are_ignored_around_words(
     repo: Repository, library: dict[str, Image], query: str
 ) -> None:
     assert ids(repo.search_images(query)) == [library["camel"].id]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("camel OR foggier", ["camel", "fog"]),  # either
+        ("camel OR", ["camel"]),
+        ("cliff stormy OR dunes", ["camel", "lighthouse"]),  # (cliff and stormy) or dunes
+        ("lighthouse -fog", ["lighthouse"]),  # leave out
+        ("-lighthouse", ["camel", "revised"]),
+        ("#2", ["fog"]),  # the image's number in its conversation
+        ("#1", ["camel", "lighthouse"]),
+        ("#1 camel", ["camel"]),
+        ("#1 -camel", ["lighthouse"]),
+    ],
+)
+def test_search_syntax_or_minus_and_image_numbers(
+    repo: Repository, library: dict[str, Image], query: str, expected: list[str]
+) -> None:
+    assert ids(repo.search_images(query)) == ids([library[k] for k in expected])
 
 
 def test_quoted_phrase_is_treated_as_words(repo: Repository, library: dict[str, Image]) -> None:

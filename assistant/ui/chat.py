@@ -251,6 +251,29 @@ def _render_images(repo: Repository, images: Sequence[ImageView], max_side: int)
             _render_image(repo, image, max_side)
 
 
+def _render_chain(message_id: int | None, chain: Sequence[ImageView]) -> None:
+    """Small pictures of each step, root first, beside the words of a lineage answer; the full
+    tree (branches and all) is one click away in History."""
+    with st.container(horizontal=True, gap="small", vertical_alignment="center"):
+        for index, step in enumerate(chain):
+            if index:
+                st.markdown(":material/arrow_forward:", width="content")
+            with st.container(width=CHAIN_THUMBNAIL_PX):
+                common.show_thumbnail(step.sha256, step.path, width=CHAIN_THUMBNAIL_PX, alt=step.alt)
+                st.caption(f"#{step.number} · {step.operation}")
+    last = chain[-1]
+    if st.button(
+        f"Open the lineage of #{last.number}",
+        key=f"atelier.chain.{message_id}.{last.id}",
+        icon=":material/account_tree:",
+        help=f"#{last.number} in the history, with its whole lineage tree",
+    ):
+        st.switch_page(HISTORY_PAGE, query_params={"image": str(last.id)})
+
+
+#: the side of each step's picture under a lineage answer: small, so a chain of six fits a phone
+CHAIN_THUMBNAIL_PX = 96
+
 #: under a message whose turn never ended (the server stopped or restarted while it ran)
 UNANSWERED = "No reply was stored for this: Atelier stopped before it finished."
 UNANSWERED_LAST = f"{UNANSWERED} Say “try again” to run it again."
@@ -267,6 +290,8 @@ def _render_message(repo: Repository, view: MessageView, max_side: int) -> None:
                 st.markdown(escape_markdown(view.text))
         if view.unanswered:
             st.caption(UNANSWERED_LAST if view.last else UNANSWERED)
+        for chain in view.chains:
+            _render_chain(view.id, chain)
         if view.role == "assistant" and view.plan and (view.plan.get("prompt") or view.plan.get("error")):
             with st.expander("How I read your request"):
                 _render_plan(view.plan)

@@ -403,6 +403,8 @@ class MessageView:
     #: a user message no reply was stored for (Atelier stopped mid-turn); `last`: nothing after it
     unanswered: bool = False
     last: bool = False
+    #: for "show me how #4 came about": each asked-about image's chain, root first, to draw small
+    chains: list[list[ImageView]] = field(default_factory=list)
 
 
 def parent_label(image: Image, numbers: Mapping[int, int]) -> str | None:
@@ -465,8 +467,10 @@ def conversation_view(
     """
     numbers = {image.id: image.number for image in images}
     by_message: dict[int | None, list[ImageView]] = {}
+    every: dict[int, ImageView] = {}
     for image in images:
-        by_message.setdefault(image.message_id, []).append(image_view(image, image_path(image), numbers))
+        view = every[image.id] = image_view(image, image_path(image), numbers)
+        by_message.setdefault(image.message_id, []).append(view)
     views: list[MessageView] = []
     known: set[int] = set()
     for message in answer_order(messages):
@@ -480,6 +484,7 @@ def conversation_view(
                 cancelled=message.status == "cancelled",
                 plan=message.plan,
                 images=by_message.get(message.id, []),
+                chains=lineage_chains(message.plan, every),
             )
         )
     views = _mark_unanswered(views, messages)
@@ -489,6 +494,31 @@ def conversation_view(
             MessageView(id=None, role="assistant", text="", images=sorted(loose, key=lambda v: v.number))
         )
     return views
+
+
+#: the most steps of a chain drawn under a lineage answer (the newest); the rest are in History
+CHAIN_SHOWN = 6
+
+
+def lineage_chains(plan: Mapping[str, Any] | None, images: Mapping[int, ImageView]) -> list[list[ImageView]]:
+    """The chains a lineage answer talks about ("how did #4 come about?"), root first.
+
+    The answer's words list the steps; pictures of them say it at a glance. Parents outside
+    the conversation (an image imported from elsewhere) end the chain.
+    """
+    if not plan or plan.get("intent") != "describe" or plan.get("question_kind") != "lineage":
+        return []
+    by_number = {view.number: view for view in images.values()}
+    chains: list[list[ImageView]] = []
+    for number in plan.get("targets") or []:
+        view = by_number.get(number) if isinstance(number, int) else None
+        chain: list[ImageView] = []
+        while view is not None and view not in chain:
+            chain.insert(0, view)
+            view = images.get(view.parent_id) if view.parent_id is not None else None
+        if chain:
+            chains.append(chain[-CHAIN_SHOWN:])
+    return chains
 
 
 def _mark_unanswered(views: list[MessageView], messages: Sequence[Message]) -> list[MessageView]:

@@ -667,3 +667,20 @@ def test_an_unexpected_backend_exception_is_an_error_not_a_traceback(
     assert len(errors(app)) == 1  # the earlier failure stays in the history
     (conversation,) = stored.list_conversations()
     assert [m.status for m in stored.messages(conversation.id)] == ["ok", "failed", "ok", "ok"]
+
+
+def test_a_lineage_answer_shows_each_step_small_and_opens_the_tree(app: AppTest, stored: Repository) -> None:
+    send(app, "a cozy cabin at night")
+    send(app, "make it snowier")
+    send(app, "a red fox in the snow")  # #3, a root of its own: not in the chain
+    send(app, "#2 but at sunset")
+    send(app, "show me how #4 came about")
+    assert_ok(app)
+    answer = app.chat_message[-1]
+    assert "#1" in unescape(answer.markdown[0].value) and "#4" in unescape(answer.markdown[0].value)
+    steps = [unescape(c.value) for c in answer.caption]
+    assert steps == ["#1 · generate", "#2 · edit", "#4 · edit"], steps  # root first, #3 not in it
+    (conversation,) = stored.list_conversations()
+    four = stored.get_image_by_number(conversation.id, 4)
+    button = answer.button(key=f"atelier.chain.{stored.messages(conversation.id)[-1].id}.{four.id}")
+    assert button.label == "Open the lineage of #4"

@@ -368,6 +368,8 @@ class ImageView:
     #: "#1" when this image is a re-roll of it: a re-roll of a picture drawn from a prompt has
     #: no parent, and "#10 · generate" alone would not say where it came from
     rerolled_from: str | None = None
+    #: "30 steps · CFG 7.5 · Euler a": what the backend reports it used (none for a transform)
+    sampling: str = ""
 
     @property
     def caption(self) -> str:
@@ -379,7 +381,8 @@ class ImageView:
     def settings_line(self) -> str:
         """How to make it again, under the caption: AUTOMATIC1111 users look for the seed first."""
         seed = f"seed {self.seed} · " if self.seed is not None else ""
-        return f"{seed}{self.width}×{self.height}"
+        sampling = f" · {self.sampling}" if self.sampling else ""
+        return f"{seed}{self.width}×{self.height}{sampling}"
 
     def can_upscale(self, factor: int, max_side: int) -> bool:
         """Whether the upscale button could work: one over the side limit could only fail."""
@@ -430,7 +433,24 @@ def image_view(image: Image, path: Path, numbers: Mapping[int, int]) -> ImageVie
         height=image.height,
         seed=image.seed,
         rerolled_from=_rerolled_from(image, numbers),
+        sampling=sampling_words(image.params or {}),
     )
+
+
+def sampling_words(params: Mapping[str, Any]) -> str:
+    """ "30 steps · CFG 7.5 · Euler a" from an image's own params, the A1111 settings after the
+    seed; a setting its backend did not use (OpenAI has no steps) is not there to show."""
+    parts: list[str] = []
+    steps = params.get("steps")
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        parts.append(f"{steps} steps")
+    guidance = params.get("guidance")
+    if isinstance(guidance, int | float) and not isinstance(guidance, bool):
+        parts.append(f"CFG {guidance:g}")
+    sampler = params.get("sampler") or params.get("scheduler")
+    if isinstance(sampler, str) and sampler.strip():
+        parts.append(one_line(sampler, 24))
+    return " · ".join(parts)
 
 
 def _rerolled_from(image: Image, numbers: Mapping[int, int]) -> str | None:

@@ -159,7 +159,10 @@ def test_upscale_is_offered_only_where_the_result_fits_the_side_limit(
     assert (large.width, large.operation) == (768, "transform")
     offered = {b.key for b in app.button if b.key and b.key.startswith("atelier.up.")}
     assert offered == {f"atelier.up.{small.id}"}
-    assert "seed " + str(small.seed) + " · 512×512" in captions(app)  # the seed, as A1111 shows it
+    steps = (small.params or {})["steps"]
+    # the seed first, as A1111 shows it, then the settings the sketch renderer used (no CFG)
+    assert f"seed {small.seed} · 512×512 · {steps} steps" in captions(app)
+    assert "768×768" in captions(app)  # a resize: no seed, no sampling settings
     click(app, f"atelier.up.{small.id}")
     # the answer lands at the end of a chat that may be long: a toast says where
     assert [t.value for t in app.toast] == [

@@ -223,3 +223,20 @@ def test_a_retry_and_a_turn_cancelled_by_the_next_message_are_not_flagged_unansw
 
 def test_an_empty_conversation_has_no_views() -> None:
     assert _views([]) == []
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"steps": 30, "guidance": 7.5, "sampler": "Euler a"}, "30 steps · CFG 7.5 · Euler a"),
+        ({"steps": 25, "guidance": 7.0, "scheduler": "DPMSolverMultistepScheduler"}, "25 steps · CFG 7 · "
+         "DPMSolverMultistepSched…"),
+        ({"steps": 25}, "25 steps"),  # the offline renderer: no CFG used
+        ({"quality": "high"}, ""),  # OpenAI: none of them
+        ({"steps": True, "guidance": "7"}, ""),  # not numbers: not shown
+    ],
+)  # fmt: skip
+def test_the_settings_line_shows_the_sampling_settings_an_image_was_made_with(
+    params: dict[str, object], words: str
+) -> None:
+    assert support.sampling_words(params) == words

@@ -269,7 +269,8 @@ def test_type_a_request_see_the_image_then_its_lineage(
             )
             page.screenshot(path=str(shots / "chat.png"))
             # the picture says how to make it again, and the rarer actions wait under "More"
-            sync_api.expect(page.get_by_text(re.compile(r"^seed \d+ · 1536×1024$"))).to_have_count(1)
+            settings_line = re.compile(r"^seed \d+ · 1536×1024 · 100 steps$")
+            sync_api.expect(page.get_by_text(settings_line)).to_have_count(1)
             page.get_by_role("button", name="More").first.click()
             png_path = tmp_path / "download.png"
             download_png(sync_api, page, png_path)

@@ -121,6 +121,28 @@ DELETE_REPLY = (
     "Atelier never deletes images or conversations from chat — every image and how it was made "
     "is kept. I can create, edit, vary, upscale or transform images; tell me what to make."
 )
+CONVERSATION_REPLY = (
+    "Conversations are started and renamed outside the chat: “New conversation” in the sidebar "
+    "(or `atelier chat` without -c) starts a fresh one, and “Rename or delete this conversation” "
+    "renames this one. Here I make and change images: describe one to go on."
+)
+SAVE_REPLY = (
+    "Every image is saved, with how it was made, the moment it is made. To download {} as a PNG, "
+    "use More → PNG under it (`atelier show` gives its file); `atelier export` saves a whole "
+    "conversation."
+)
+#: "rename this chat", "start over", "new conversation please": about the conversation, not a picture
+_CONVERSATION_TALK = (
+    r"\b(?:rename|retitle|re-title|title|name|call)\s+(?:this|the|our|my)\s+(?:conversation|chat|thread)\b",
+    r"^(?:(?:ok(?:ay)?|so|let'?s|let\s+us|please|can\s+we|i\s+want\s+to|i'?d\s+like\s+to)[,\s]+)*"
+    r"(?:start\s+(?:over|again|fresh|(?:a\s+)?new\s+(?:conversation|chat))|(?:a\s+)?new\s+(?:conversation|chat)"
+    r"|clear\s+the\s+chat)(?:\s+please)?[.!]*$",
+)
+#: "save #2", "download it": every image is already stored
+_SAVE = (
+    r"^(?:please\s+)?(?:save|download|export|keep)\s+(?P<what>#\s?\d+|it|this|that|(?:this|that)\s+one)"
+    r"(?:\s+please)?[.!]*$"
+)
 INJECTION_REPLY = (
     "I can't change how I work from a chat message. I make and change images: describe one, "
     "or refer to an image by number (“#2 but at sunset”)."
@@ -371,7 +393,8 @@ _DESCRIBE: tuple[tuple[str, str], ...] = (
     (
         "params",
         r"\b(?:what|which)\b.*\b(?:seed|size|dimensions?|resolution|settings|parameters|params|steps|guidance|"
-        r"strength|model|backend|negative\s+prompt)\b|\b(?:tell|show|give)\s+me\s+(?:the\s+)?(?:seed|settings|"
+        r"cfg|cfg\s+scale|sampler|scheduler|denoising|strength|model|backend|negative\s+prompt)\b"
+        r"|\bhow\s+many\s+steps\b|\b(?:tell|show|give)\s+me\s+(?:the\s+)?(?:seed|settings|"
         r"parameters|params|size|dimensions)\b|\b(?:seed|settings|parameters)\s+(?:of|for)\s",
     ),
     (
@@ -655,6 +678,11 @@ class OfflinePlanner:
 
         if any(re.search(p, raw, flags=_I) for p in _HELP):
             return Plan(intent=Intent.HELP, instruction=raw, reply=_help_reply(context))
+        if any(re.search(p, raw, flags=_I) for p in _CONVERSATION_TALK):
+            return _clarify(raw, CONVERSATION_REPLY)
+        if saved := re.fullmatch(_SAVE, raw, flags=_I):
+            what = saved["what"].replace(" ", "") if saved["what"].startswith("#") else saved["what"].lower()
+            return _clarify(raw, SAVE_REPLY.format(what))
         if re.fullmatch(PRAISE, raw, flags=_I):
             # "that's perfect" is feedback, not a picture of the words "that's perfect"
             return _clarify(raw, PRAISE_REPLY)

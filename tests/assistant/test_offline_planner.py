@@ -1094,3 +1094,46 @@ def test_a_crop_ratio_the_planner_cannot_read_is_left_to_the_transform() -> None
     )
     assert not unchanged_by(square, "crop", {"aspect": "2.35:1"})
     assert not unchanged_by(square, "crop", {"aspect": "wide:ish"})  # no crash: the transform refuses it
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "rename this conversation to Cabins",
+        "call this chat Cats",
+        "start over",
+        "let's start over",
+        "new conversation please",
+        "ok, start a new chat",
+    ],
+)
+def test_talk_about_the_conversation_is_answered_not_drawn(text: str) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.CLARIFY and plan.reply and "New conversation" in plan.reply, plan
+
+
+@pytest.mark.parametrize(
+    ("text", "what"), [("save #2", "#2"), ("download it", "it"), ("keep this one", "this one")]
+)
+def test_save_is_answered_with_where_the_image_already_is(text: str, what: str) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.CLARIFY and f"To download {what} as a PNG" in (plan.reply or ""), plan
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "what cfg did #2 use?",
+        "how many steps did #2 use?",
+        "what was the cfg scale of #2?",
+        "which sampler made #2",
+    ],
+)
+def test_questions_about_settings_are_answered_not_edits(text: str) -> None:
+    plan = PLANNER.plan(text, CHAIN)
+    assert plan.intent is Intent.DESCRIBE and plan.targets == (2,), plan
+
+
+@pytest.mark.parametrize("text", ["a new chat app logo", "a poster titled start over"])
+def test_pictures_that_mention_chats_are_still_drawn(text: str) -> None:
+    assert PLANNER.plan(text, NO_IMAGES).intent is Intent.GENERATE

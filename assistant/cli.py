@@ -773,8 +773,10 @@ def _render_events(events: Iterator[Any]) -> None:
             elif isinstance(event, Reply):
                 out.print(_escape(event.text))
             elif isinstance(event, Failed):
-                label = "[yellow]Stopped:[/yellow]" if event.cancelled else "[red]Error:[/red]"
-                err.print(f"{label} {_escape(event.message)}")
+                if event.cancelled:  # its message says so itself ("Cancelled: you stopped…")
+                    err.print(f"[yellow]{_escape(event.message)}[/yellow]")
+                else:
+                    err.print(f"[red]Error:[/red] {_escape(event.message)}")
 
 
 def _escape(text: str) -> str:

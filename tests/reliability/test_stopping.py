@@ -221,3 +221,23 @@ def test_ctrl_c_while_the_cli_prints_an_event_stops_the_turn_and_says_so(tmp_pat
     (conversation,) = repo.list_conversations()
     assert [(m.status, m.content) for m in repo.messages(conversation.id)][-1] == ("cancelled", STOPPED)
     assert repo.conversation_images(conversation.id) == []
+
+
+def test_the_terminal_says_a_stop_once_without_a_doubled_prefix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from assistant.cli import _render_events
+    from assistant.core import Assistant
+
+    settings = Settings(data_dir=tmp_path, backend="offline", width=128, height=128, steps=8)
+    assistant = Assistant(settings, open_repository(settings), backend=_HoldAtStepTwo())
+
+    def stop_at_the_first_step(events: Iterator[Event]) -> Iterator[Event]:
+        for event in events:
+            if isinstance(event, Progress):
+                assistant.cancel_token.cancel()  # what Ctrl-C does
+            yield event
+
+    _render_events(stop_at_the_first_step(assistant.respond(None, "a lighthouse on a cliff")))
+    said = " ".join(capsys.readouterr().err.split())
+    assert STOPPED in said and "Stopped: Cancelled" not in said and "Error" not in said, said

@@ -305,7 +305,11 @@ class Assistant:
         if plan.is_reply_only:
             yield Reply(conversation_id, reply)
             return
-        for image in record.images:
+        yield from self._images_ready(conversation_id, record.images)
+        yield Reply(conversation_id, reply)
+
+    def _images_ready(self, conversation_id: int, images: Sequence[Image]) -> Iterator[ImageReady]:
+        for image in images:
             yield ImageReady(
                 conversation_id,
                 image.id,
@@ -314,7 +318,6 @@ class Assistant:
                 image.operation,
                 str(self.repo.image_path(image)),
             )
-        yield Reply(conversation_id, reply)
 
     # ----- planning context ------------------------------------------------------------
 
@@ -1149,15 +1152,7 @@ class Assistant:
             yield from self._fail(conversation_id, state.plan, TurnFailed(str(exc)), tool_calls)
             return
         self.turn_usage.pending_usd = 0.0
-        for image in record.images:
-            yield ImageReady(
-                conversation_id,
-                image.id,
-                image.number,
-                image.parent_id,
-                image.operation,
-                str(self.repo.image_path(image)),
-            )
+        yield from self._images_ready(conversation_id, record.images)
         yield Failed(conversation_id, reply, cancelled=True)
 
     def _record_stopped(

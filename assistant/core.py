@@ -802,9 +802,8 @@ class Assistant:
                 raise TurnFailed(exc.user_message, cancelled) from None
             result, stopped = exc.finished, True  # the images finished before Stop are kept
         except ToolError as exc:
-            status = "cancelled" if isinstance(exc, Cancelled) else "failed"
             failed = replace(
-                generation, status=status, error=exc.user_message, duration_ms=_ms_since(started)
+                generation, status="failed", error=exc.user_message, duration_ms=_ms_since(started)
             )
             raise TurnFailed(exc.user_message, failed) from None
         except Exception as exc:

@@ -801,7 +801,7 @@ class Repository:
 
     def _text_search(self, query: Select[tuple[Image]], text_query: str) -> Select[tuple[Image]]:
         """Words (all of them), `OR` between alternatives, `-word` to leave out, `#4` for image #4:
-        the search syntax people know from search engines and A1111's image browsers."""
+        the search syntax people know from web search engines."""
         search = parse_image_search(text_query)
         if search.numbers:
             query = query.where(Image.number.in_(search.numbers))

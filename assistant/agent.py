@@ -32,6 +32,7 @@ import re
 import threading
 import uuid
 from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -462,13 +463,26 @@ class LLMAgent:
             return self._text_plan(text, context, words)
         first = calls[0]
         try:
-            return plan_for_call(first["name"], first["args"], Call(text, context, self.limits, words))
+            call = Call(text, context, self.limits, words)
+            planned = plan_for_call(first["name"], first["args"], call)
+            return self._with_more_edits(planned, calls[1:], call)
         except ForTheUser as problem:  # a question or help, in words for the user
             return Plan(intent=problem.intent, instruction=text, reply=problem.reply)
         except NoDeleting:
             return Plan(intent=Intent.REFUSE, instruction=text, reply=DELETE_REPLY)
         except ToolCallError as problem:
             return Plan(intent=Intent.CLARIFY, instruction=text, reply=str(problem))
+
+    @staticmethod
+    def _with_more_edits(planned: Plan, more: list[dict[str, Any]], call: Call) -> Plan:
+        """The first call's plan, joined by the calls after it when each edits one more image."""
+        if not more or not all(c["name"] == "edit_image" for c in more):
+            return planned
+        try:
+            plans = [planned, *(plan_for_call(c["name"], c["args"], call) for c in more)]
+        except ToolCallError:  # ForTheUser is one: the first call alone is what was asked
+            return planned
+        return _one_edit_of_several(plans) or planned
 
     def _text_plan(self, text: str, context: PlannerContext, words: str | None) -> Plan:
         """A text answer is the reply; its label (help / refuse / clarify) is for the record only.
@@ -785,6 +799,22 @@ def _failure_advice(failure: ChatUnavailable) -> str:
     if failure.kind == "error":
         return f"Check ATELIER_CHAT_BASE_URL, ATELIER_CHAT_MODEL and the API key, {offline} until then."
     return f"Check ATELIER_CHAT_BASE_URL and ATELIER_CHAT_MODEL, {offline} while it is down."
+
+
+def _one_edit_of_several(plans: list[Plan]) -> Plan | None:
+    """ "make both snowier" is one edit_image call per image: as a plan, one edit of each, each
+    with its own prompt (what the offline planner makes of the same words)."""
+    if len(plans) < 2 or any(p.intent is not Intent.EDIT or len(p.targets) != 1 for p in plans):
+        return None
+    targets = [p.targets[0] for p in plans]
+    if len(set(targets)) != len(targets):
+        return None
+    per_target = {
+        p.targets[0]: {"prompt": p.prompt, "negative_prompt": p.negative_prompt, "style": p.style}
+        for p in plans
+    }
+    first = min(plans, key=lambda p: p.targets[0])
+    return replace(first, targets=tuple(sorted(targets)), per_target=per_target)
 
 
 def _calls(answer: AIMessage) -> list[dict[str, Any]]:

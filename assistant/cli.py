@@ -765,7 +765,10 @@ def _render_events(events: Iterator[Any]) -> None:
                     f"[dim]conversation {event.conversation_id} · {_escape(str(event.intent))} · "
                     f"{where} · planner {_escape(str(event.planner))}[/dim]"
                 )
-                if event.prompt:
+                prompts = event.params.get("prompts") or {}
+                for number, prompt in prompts.items():
+                    out.print(f"[dim]prompt for {_escape(number)}:[/dim] {_escape(prompt)}")
+                if event.prompt and not prompts:
                     out.print(f"[dim]prompt:[/dim] {_escape(event.prompt)}")
             elif isinstance(event, ImageReady):
                 path = _escape(str(event.path))

@@ -490,15 +490,17 @@ class Assistant:
         if operation is Operation.INPAINT and mask is None:
             raise TurnFailed("Inpainting needs a mask: upload one (white where the image should change).")
         for source in sources:
+            own = plan.for_target(source.number)
             yield from self._backend_call(
                 state,
                 operation,
-                plan.prompt,
+                own.prompt,
                 source,
                 self._fitted_mask(mask, source, state),
                 (source.width, source.height),
                 plan.n,
                 seed=self._edit_seed(plan, operation, source),
+                plan=own,
             )
 
     @staticmethod
@@ -721,10 +723,12 @@ class Assistant:
         strength: float | None = None,
         regenerated_from: int | None = None,
         settings_from: Image | None = None,
+        plan: Plan | None = None,
     ) -> Generator[Event, None, None]:
         """`settings_from` is the image whose steps and guidance the call keeps unless the message
-        sets them: the source of an edit or variation, the target of a re-roll."""
-        plan = state.plan
+        sets them: the source of an edit or variation, the target of a re-roll. `plan` is the
+        turn's plan as it applies to this source, when an edit of several gives each its own prompt."""
+        plan = plan or state.plan
         width, height = size
         like = settings_from or source
         steps, guidance = self._sampler_settings(plan, like)
@@ -1008,15 +1012,23 @@ class Assistant:
             if plan.question_kind == "lineage":
                 parts.append(describe_lineage(self.repo, image))
             else:
-                parts.append(describe_prompt(image))
+                parts.append(describe_prompt(image, self._asked_params(image)))
         return "\n\n".join(parts)
+
+    def _asked_params(self, image: Image) -> dict[str, object]:
+        if image.generation_id is None:
+            return {}
+        with contextlib.suppress(NotFound):
+            return dict(self.repo.generation(image.generation_id)[0].params or {})
+        return {}
 
     def _success_reply(self, state: TurnState) -> str:
         """ "Edited #3: 1 image.", "Flipped #2 horizontally: 1 image.": what was done to which
         image, so a reply read later (or in a long chat) says more than "Done"."""
         plan = state.plan
         count = len(state.images) + sum(len(g.images) for g in state.generations)
-        which = " and ".join(f"#{n}" for n in plan.targets)
+        named = [f"#{n}" for n in plan.targets]
+        which = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else "".join(named)
         of = f" {which}" if which else ""
         verb = {
             Intent.GENERATE: "Here you go",
@@ -1079,6 +1091,9 @@ class Assistant:
         if plan.transform:
             params["transform"] = plan.transform
             params["transform_args"] = dict(plan.transform_args)
+        prompts = {f"#{number}": str(own.get("prompt", "")) for number, own in plan.per_target.items()}
+        if len(set(prompts.values())) > 1:  # "add a moon to #1 and #3": each keeps its own picture
+            params["prompts"] = prompts
         return PlanMade(
             conversation_id,
             intent=plan.intent.value,

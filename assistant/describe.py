@@ -35,7 +35,9 @@ def _step(image: Image, numbers: dict[int, int], seeds: dict[int, int | None]) -
     return f"#{image.number} is {article} {image.operation}{source}{words}{again}"
 
 
-def describe_prompt(image: Image) -> str:
+def describe_prompt(image: Image, asked: dict[str, object] | None = None) -> str:
+    """`asked` is the call's record: what the user asked for, which a backend that ignores a
+    setting (the offline renderer has no CFG) does not report for its image."""
     if image.operation == "upload":
         return _describe_upload(image)
     lines = [
@@ -56,6 +58,16 @@ def describe_prompt(image: Image) -> str:
     shown = {k: params[k] for k in keys if params.get(k) is not None}
     if shown:
         lines.append("Parameters: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    unused = {
+        k: (asked or {})[k]
+        for k in ("steps", "guidance")
+        if k not in shown and (asked or {}).get(k) is not None
+    }
+    if unused:
+        lines.append(
+            "Asked for but not used by the "
+            f"{image.backend} backend: " + ", ".join(f"{k} {v}" for k, v in unused.items())
+        )
     return "\n\n".join(lines)
 
 

@@ -85,6 +85,7 @@ from assistant.plan import (
 from assistant.references import (
     NO_IMAGES_QUESTION,
     NUMBER_WORDS,
+    ORDINALS,
     ReferenceResult,
     RefStatus,
     describe_image,
@@ -137,6 +138,15 @@ _CONVERSATION_TALK = (
     r"^(?:(?:ok(?:ay)?|so|let'?s|let\s+us|please|can\s+we|i\s+want\s+to|i'?d\s+like\s+to)[,\s]+)*"
     r"(?:start\s+(?:over|again|fresh|(?:a\s+)?new\s+(?:conversation|chat))|(?:a\s+)?new\s+(?:conversation|chat)"
     r"|clear\s+the\s+chat)(?:\s+please)?[.!]*$",
+)
+#: "let's start fresh: a desert", "something new — a lighthouse": a new picture that owes nothing
+#: to the images so far; what follows the opener is the request
+_FRESH_START = (
+    r"^(?:(?:ok(?:ay)?|so|now|let'?s|let\s+us|please|can\s+we|i\s+want\s+to|i'?d\s+like\s+to)[,\s]+)*"
+    r"(?:start\s+(?:over|again|fresh|anew|from\s+scratch)|(?:something|an?\s+(?:image|picture))\s+"
+    r"(?:completely\s+|totally\s+|entirely\s+)?(?:new|different)|(?:a\s+)?fresh\s+start|new\s+idea)"
+    r"(?:\s+with\s+(?:something|an?\s+(?:image|picture))\s+(?:completely\s+|totally\s+)?(?:new|different))?"
+    r"\s*(?:[:,;.!\-–—]+|\s(?:with|now|please)\b)\s*(?P<rest>\S.*)$"
 )
 #: "save #2", "download it": every image is already stored
 _SAVE = (
@@ -506,7 +516,12 @@ _VARIATION = (
     r"\b(?:variations?|variants?|vary|varied|alternatives?|alternate\s+versions?|riffs?|remix(?:es)?|"
     r"(?:more|others?|some|ones?|another|something)\s+(?:just\s+)?(?:like|similar\s+to)|similar\s+to|"
     r"similar\s+ones?|something\s+similar|in\s+the\s+same\s+vein|"
-    r"(?:\d+|" + "|".join(NUMBER_WORDS) + r"|a\s+few|a\s+couple(?:\s+of)?|some)\s+more\s*[.!?]*$)\b"
+    r"(?:\d+|" + "|".join(NUMBER_WORDS) + r"|a\s+few|a\s+couple(?:\s+of)?|some)\s+more\s*[.!?]*$|"
+    # "4 images of it", "3 more of #2", "two versions of the second one": a batch of an image named
+    r"(?:" + _N + r"|a\s+few|a\s+couple|several)\s+(?:more\s+)?" + _COUNT_NOUNS + r"\s+of\s+"
+    r"(?:it|this(?:\s+one)?|that(?:\s+one)?|#\s?\d+|(?:image|picture)\s+#?\d+|the\s+(?:"
+    + "|".join(ORDINALS)
+    + r"|last|latest|previous|newest)(?:\s+(?:one|image|picture))?))\b"
 )
 _VARIATION_WORDS = vocab(
     "variation variations variant variants vary varied alternative alternatives alternate versions riff "
@@ -678,6 +693,10 @@ class OfflinePlanner:
 
         if any(re.search(p, raw, flags=_I) for p in _HELP):
             return Plan(intent=Intent.HELP, instruction=raw, reply=_help_reply(context))
+        fresh = re.match(_FRESH_START, raw, flags=_I)
+        if fresh and not context.has_upload:
+            restarted = self.plan(fresh["rest"], replace(context, images=(), focus=None))
+            return replace(restarted, instruction=raw)
         if any(re.search(p, raw, flags=_I) for p in _CONVERSATION_TALK):
             return _clarify(raw, CONVERSATION_REPLY)
         if saved := re.fullmatch(_SAVE, raw, flags=_I):
@@ -1653,7 +1672,7 @@ class OfflinePlanner:
         if not refs.ok:
             return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
         if len(refs.numbers) > 1:
-            return _clarify(raw, ONE_AT_A_TIME.format(_numbers(refs.numbers)))
+            return self._edit_several(raw, refs, context)
         seed, instruction = _seed(_instruction_text(refs))
         count, instruction = _count(instruction)
         instruction = re.sub(_REGENERATE, " ", instruction, flags=_I).strip(" ,;:")
@@ -1690,6 +1709,47 @@ class OfflinePlanner:
             reply=_join(found_in, note),
         )
         return _negatives_in_prompt(plan, instruction, context)
+
+    def _edit_several(self, raw: str, refs: ReferenceResult, context: PlannerContext) -> Plan:
+        """ "make them all pixel art", "add a moon to #1 and #3": the same change to each image
+        named, each edit from its own prompt, so #3's fox does not become #1's cabin."""
+        if len(refs.numbers) > context.max_n:
+            return _clarify(
+                raw,
+                f"That is {len(refs.numbers)} images; I change up to {context.max_n} in one go. "
+                f"Which ones: {_numbers(refs.numbers)}?",
+            )
+        seed, instruction = _seed(_instruction_text(refs))
+        instruction = re.sub(r"\b(?:all|each|every\s+one|both)\b", " ", instruction, flags=_I).strip(" ,;:")
+        if not _words(instruction) or only_keeps(instruction):
+            return _clarify(raw, f"What should I change in {_numbers(refs.numbers)}?")
+        new_style = detect_style(instruction)
+        numbers = tuple(sorted(refs.numbers))
+        per_target: dict[int, dict[str, Any]] = {}
+        for number in numbers:
+            parent = context.image(number)
+            assert parent is not None
+            style = new_style or parent.style or (None if parent.prompt else normalize_style(context.style))
+            own = Plan(
+                intent=Intent.EDIT,
+                prompt=apply_edit(parent.prompt, instruction),
+                negative_prompt=_edit_negative(parent, instruction, new_style, context),
+            )
+            own = _negatives_in_prompt(own, instruction, context)
+            per_target[number] = {
+                "prompt": own.prompt,
+                "negative_prompt": own.negative_prompt,
+                "style": style,
+            }
+        return Plan(
+            intent=Intent.EDIT,
+            targets=numbers,
+            instruction=raw,
+            seed=seed,
+            verbatim=context.verbatim,
+            **per_target[numbers[0]],
+            per_target=per_target,
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -169,14 +169,23 @@ class Plan:
     sampler: str | None = None
     #: a reply that goes back to an earlier image ("undo") makes it the working image
     focus: int | None = None
+    #: an edit of several images at once ("make them all pixel art"): what differs per target
+    #: number, each its own "prompt", "negative_prompt" and "style"; the fields above are the first's
+    per_target: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.operation is None and self.intent in INTENT_OPERATIONS:
             object.__setattr__(self, "operation", INTENT_OPERATIONS[self.intent])
         object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "transform_args", dict(self.transform_args))
+        object.__setattr__(self, "per_target", {int(k): dict(v) for k, v in self.per_target.items()})
         if self.size is not None:
             object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+
+    def for_target(self, number: int) -> Plan:
+        """The plan as it applies to one of its targets: its own prompt when they differ."""
+        own = self.per_target.get(number)
+        return replace(self, **own) if own else self
 
     @property
     def is_reply_only(self) -> bool:
@@ -207,6 +216,7 @@ class Plan:
             "guidance": self.guidance,
             "sampler": self.sampler,
             "focus": self.focus,
+            "per_target": {str(k): dict(v) for k, v in self.per_target.items()},
         }
 
     @classmethod
@@ -236,6 +246,7 @@ class Plan:
             guidance=float(guidance) if (guidance := data.get("guidance")) is not None else None,
             sampler=str(sampler) if (sampler := data.get("sampler")) else None,
             focus=int(focus) if (focus := data.get("focus")) is not None else None,
+            per_target={int(k): dict(v) for k, v in (data.get("per_target") or {}).items()},
         )
 
 

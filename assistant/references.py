@@ -258,7 +258,10 @@ class ReferenceResult:
         for start, end, is_pronoun in self._spans:
             if keep_pronouns and is_pronoun:
                 continue
-            pieces.append(self.text[pos:start])
+            gap = self.text[pos:start]
+            # "#1 and #3": the word that joined two mentions goes with them
+            joined = pos > 0 and re.fullmatch(r"\s*(?:,\s*)?(?:and|or|&|plus)?\s*", gap, flags=re.I)
+            pieces.append(" " if joined else gap)
             pieces.append(" ")
             pos = end
         pieces.append(self.text[pos:])
@@ -618,7 +621,7 @@ def _find_mentions(text: str, images: Sequence[ImageInfo], focus: int | None = N
         lambda m: f.by_numbers(m, "all", f.numbers) if images else f.problem(m, "all", NO_IMAGES_QUESTION),
     )
     f.scan(
-        r"\b(?:them|these|those)(?:\s+(?:ones|images|pictures|two|three|four))?\b",
+        r"\b(?:them|these|those)(?:\s+(?:all|ones|images|pictures|two|three|four))?\b",
         lambda m: (
             f.ok(m, "batch", last_batch(images)) if images else f.problem(m, "batch", NO_IMAGES_QUESTION)
         ),

@@ -472,7 +472,7 @@ _EMPTY_WORDS = frozenset(
         r"\S+",
         "a an the it its this that these those them one ones image picture photo pic scene make turn let "
         "have be is was were please now then so and but also just from of in on to for into at with do redo "
-        "again same what if how about",
+        "again same what if how about add put include show give",
     )
 )
 
@@ -636,6 +636,59 @@ def _edit_time(prompt: str, clause: str) -> tuple[str, str] | None:
     rest = re.sub(
         r"\b(?:at|by|during|in|the|make\s+it|turn\s+it|change\s+it\s+to|set\s+it)\b", " ", rest, flags=re.I
     )
+    return _tidy(_dedupe_segments(prompt)), _clean_clause(rest)
+
+
+_SEASONS = {
+    "winter": "winter",
+    "wintry": "winter",
+    "wintery": "winter",
+    "summer": "summer",
+    "summery": "summer",
+    "spring": "spring",
+    "springtime": "spring",
+    "autumn": "autumn",
+    "autumnal": "autumn",
+    "fall": "autumn",
+    "wintertime": "winter",
+    "summertime": "summer",
+}
+#: a season asked for: "make it summer", "in autumn", "wintry"; "fall" only where it can be nothing else
+_SEASON_ASKED = (
+    r"\b(?:winter(?:time)?|wintr?e?y|summer(?:time)?|summery|spring(?:time)?|autumn(?:al)?)\b"
+    r"|(?:\b(?:in|during)\s+(?:the\s+)?|^(?:make\s+it\s+|turn\s+it\s+|set\s+it\s+in\s+)?)fall$"
+    r"|\b(?:in|during)\s+(?:the\s+)?fall\b"
+)
+#: a season in a prompt, with its preposition when it has one ("in winter", "a winter cabin")
+_SEASON_IN_PROMPT = (
+    r"(?P<prep>\b(?:in|during)\s+(?:the\s+)?)?\b(?:winter(?:time)?|summer(?:time)?|autumn|springtime)\b"
+    r"|\b(?:in|during)\s+(?:the\s+)?(?:spring|fall)\b"
+)
+
+
+def _edit_season(prompt: str, clause: str) -> tuple[str, str] | None:
+    """ "make it summer" of "a lake in winter" is a lake in summer, not "in winter, summer"."""
+    m = re.search(_SEASON_ASKED, clause, flags=re.IGNORECASE)
+    if not m:
+        return None
+    word = re.search(r"[a-z]+$", m.group(0).lower())
+    assert word is not None
+    season = _SEASONS[word.group(0)]
+    found = list(re.finditer(_SEASON_IN_PROMPT, prompt, flags=re.IGNORECASE))
+    if found:
+        first = found[0]
+        with_prep = first.group(0).lower().startswith(("in ", "during "))
+        pieces = [prompt[: first.start()], f"in {season}" if with_prep else season]
+        pos = first.end()
+        for extra in found[1:]:
+            pieces.append(prompt[pos : extra.start()])
+            pos = extra.end()
+        pieces.append(prompt[pos:])
+        prompt = "".join(pieces)
+    else:
+        prompt = _insert_after_subject(prompt, f"in {season}", as_segment=False)
+    rest = clause[: m.start()] + " " + clause[m.end() :]
+    rest = re.sub(r"\b(?:in|during|the|make\s+it|turn\s+it|set\s+it|season)\b", " ", rest, flags=re.I)
     return _tidy(_dedupe_segments(prompt)), _clean_clause(rest)
 
 
@@ -1154,6 +1207,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
         for rule in (
             _edit_style,
             _edit_time,
+            _edit_season,
             _edit_weather,
             _edit_lighting,
             _edit_less,

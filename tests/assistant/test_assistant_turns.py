@@ -269,6 +269,37 @@ def test_empty_message_is_refused_without_storing_anything(tmp_path: Path) -> No
     assert assistant.repo.counts()["messages"] == 0
 
 
+def test_asking_what_cfg_an_offline_image_used_says_it_was_asked_for_but_not_used(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a red fox in snow, cfg 9")[0].conversation_id
+    events = run(assistant, conversation_id, "what cfg did #1 use?")
+    (reply,) = [e for e in events if isinstance(e, Reply)]
+    assert "Asked for but not used by the offline backend: guidance 9" in reply.text
+    assert not images_of(events)
+
+
+def test_one_change_to_several_images_edits_each_from_its_own_picture(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a red fox in the snow")[0].conversation_id
+    run(assistant, conversation_id, "a lighthouse on a cliff")
+    events = run(assistant, conversation_id, "add a moon to #1 and #2")
+    made = [assistant.repo.get_image(e.id) for e in images_of(events)]
+    assert [(m.operation, m.parent_id) for m in made] == [("edit", 1), ("edit", 2)]
+    assert made[0].prompt.startswith("a red fox in the snow with a moon")
+    assert made[1].prompt.startswith("a lighthouse on a cliff with a moon")
+    (reply,) = [e for e in events if isinstance(e, Reply)]
+    assert reply.text.startswith("Edited #1 and #2: 2 images.")
+
+
+def test_them_all_after_a_batch_restyles_every_image_of_it(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "3 images of a red fox")[0].conversation_id
+    events = run(assistant, conversation_id, "make them all pixel art")
+    made = [assistant.repo.get_image(e.id) for e in images_of(events)]
+    assert sorted(m.parent_id for m in made) == [1, 2, 3]
+    assert all((m.params or {}).get("style") == "pixel art" for m in made)
+
+
 def test_replay_of_an_offline_image_is_pixel_identical(tmp_path: Path) -> None:
     assistant = open_assistant(tmp_path)
     conversation_id = run(assistant, None, "a purple city at dusk")[0].conversation_id

@@ -90,11 +90,6 @@ ASKED_FOR: dict[str, tuple[str, dict[str, Any]]] = {
 
 #: Where no image is the right answer: what a careless model does instead, and what catches it.
 WRONG_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
-    # "make both snowier": an image the user did not name (the resolver: #4 and #5)
-    "edit-both-needs-one": (
-        "edit_image",
-        {"image_number": 3, "prompt": "a red fox sitting on a mossy rock, heavy snowfall"},
-    ),
     # a guess between the images that match equally (the resolver: ambiguous)
     "edit-ambiguous-description": (
         "edit_image",
@@ -254,14 +249,28 @@ def model_call(case: dict[str, Any], context: PlannerContext) -> tuple[str, dict
     raise AssertionError(f"no model call for intent {intent!r}")
 
 
+def more_calls(case: dict[str, Any], context: PlannerContext) -> list[tuple[str, dict[str, Any]]]:
+    """ "make both snowier": after the call for the first image, one edit_image per other image."""
+    expect = case["expect"]
+    if expect["intent"] != "edit" or case["id"] in ASKED_FOR:
+        return []
+    calls = []
+    for number in expect.get("targets", [])[1:]:
+        source = context.image(number)
+        assert source is not None
+        prompt = f"{source.prompt}, {_prompt(expect)}"
+        calls.append(("edit_image", {"image_number": number, "instruction": case["text"], "prompt": prompt}))
+    return calls
+
+
 def scripted(case: dict[str, Any], context: PlannerContext) -> CannedResponse:
     answer = model_call(case, context)
     if isinstance(answer, str):
         return chat_completion(answer)
-    name, args = answer
+    calls = [answer, *more_calls(case, context)]
     # a model that says why it skips part of the request says so next to its call
     words = " ".join(expect_words(case)) or None
-    return chat_completion(words, tool_calls=[tool_call(name, args)])
+    return chat_completion(words, tool_calls=[tool_call(name, args) for name, args in calls])
 
 
 def expect_words(case: dict[str, Any]) -> list[str]:

@@ -1137,3 +1137,27 @@ def test_questions_about_settings_are_answered_not_edits(text: str) -> None:
 @pytest.mark.parametrize("text", ["a new chat app logo", "a poster titled start over"])
 def test_pictures_that_mention_chats_are_still_drawn(text: str) -> None:
     assert PLANNER.plan(text, NO_IMAGES).intent is Intent.GENERATE
+
+
+def test_one_change_to_several_images_edits_each_from_its_own_prompt() -> None:
+    plan = PLANNER.plan("add a moon to #1 and #2", FOX_WHALE)
+    assert plan.intent is Intent.EDIT and plan.targets == (1, 2), plan
+    fox, whale = plan.for_target(1), plan.for_target(2)
+    assert fox.prompt.startswith("a red fox in the snow with a moon"), fox.prompt
+    assert whale.prompt.startswith("a blue whale underwater with a moon"), whale.prompt
+    assert "and" not in fox.prompt.split(",")[0].split("moon")[1]
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_them_all_after_a_batch_edits_the_whole_batch() -> None:
+    plan = PLANNER.plan("make them all pixel art", BATCH)
+    assert plan.intent is Intent.EDIT and plan.targets == (2, 3, 4), plan
+    assert all(plan.for_target(n).style == "pixel art" for n in plan.targets)
+    assert "all" not in _words_of(plan)
+
+
+def test_more_images_than_a_batch_at_once_asks_which() -> None:
+    context = replace(BATCH, max_n=2)
+    plan = PLANNER.plan("make #1, #2 and #3 snowier", context)
+    assert plan.intent is Intent.CLARIFY and plan.targets == ()
+    assert "up to 2 in one go" in (plan.reply or "") and "#3" in (plan.reply or "")

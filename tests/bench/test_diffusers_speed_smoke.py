@@ -47,7 +47,15 @@ def test_lease_plan_runs_every_step_it_can_on_a_cpu(tmp_path: Path, env: dict[st
     assert [(r[1], r[2]) for r in rows] == [("64", "1"), ("64", "2")]
     assert rows[0][4].endswith("*")  # the target shape ran compiled; the rest eagerly
     assert any(line.startswith("one image, phase by phase (ms): text encoders") for line in lines)
-    assert any("warm restart" in line and "within the 15 s target" in line for line in lines), out.stdout
+    # the 15 s target is a GPU figure: on a busy 2-core CPU the line must be there, not within it
+    assert any(
+        re.match(
+            r"warm restart \(first compiled image after a process start\): [\d.]+ s "
+            r"\((?:within|OVER) the 15 s target",
+            line,
+        )
+        for line in lines
+    ), out.stdout
     assert "FP8 UNet (torchao): skipped: no CUDA" in out.stdout
 
     data = json.loads(report.read_text())

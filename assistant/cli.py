@@ -475,11 +475,15 @@ def _check_zip_target(out_zip: Path, conversation_id: int) -> None:
 @app.command("import")
 def import_command(in_zip: Annotated[Path, typer.Argument(help="A zip made by `atelier export`.")]) -> None:
     """Import a conversation exported by `atelier export`."""
-    from storage.archive import import_archive, read_archive
+    from storage.archive import AlreadyImported, import_archive, read_archive
 
     with user_errors():
         archive = read_archive(in_zip)  # checked whole before the data dir is touched
-        new_id = import_archive(open_repo(), archive)
+        try:
+            new_id = import_archive(open_repo(), archive)
+        except AlreadyImported as already:  # not a failure: what the zip holds is here
+            out.print(str(already), markup=False)
+            return
         out.print(f"Imported as conversation {new_id}")
 
 

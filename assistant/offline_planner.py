@@ -493,7 +493,9 @@ def describe_reply(kind: str, targets: Sequence[int], context: PlannerContext) -
 
 _REGENERATE = (
     r"\b(?:again|re-?generate|regen|re-?roll|re-?do|retry|re-?try|re-?run|re-?make|one\s+more|once\s+more|"
-    r"another|(?:new|different|other|fresh|random)\s+seed|same\s+prompt|try\s+again)\b"
+    r"another|(?:new|different|other|fresh|random)\s+seed|same\s+prompt|try\s+again|"
+    # "same but 4 images", "the same, 2 more": the last request again (any change makes it an edit)
+    r"^(?:(?:do|make)\s+)?(?:the\s+)?same(?:\s+(?:thing|one|image|picture|settings))?)\b"
 )
 _REGENERATE_WORDS = vocab(
     "again regenerate regen reroll redo retry rerun remake try another seed new different other fresh random "
@@ -1583,6 +1585,19 @@ class OfflinePlanner:
         named_first = re.match(r"(?:make|turn)\s+(?:it|this|that|them|these|those|#\s?\d+)\s", core, flags=_I)
         if named_first and context.images:
             return self._edit(raw, context)
+        # "the same cabin but in summer": the cabin image, changed; not a new "same cabin"
+        same = re.match(
+            r"(?:the\s+)?same\s+(?P<what>[a-z][a-z\s-]{0,40}?)\s*,?\s+but\s+(?P<rest>\S.*)$", core, _I
+        )
+        if same and context.images:
+            described = f"the {same['what']} one, {same['rest']}"
+            named = resolve_references(described, context.images, focus=context.focus)
+            last = context.last
+            thing = same["what"].split()[-1]
+            latest = last is not None and re.search(r"\b" + re.escape(thing), last.prompt, flags=_I)
+            found = named.explicit and named.status in (RefStatus.RESOLVED, RefStatus.AMBIGUOUS)
+            # the working image, when it is that thing (or nothing is); else the one that is
+            return self._edit(described if found and not latest else same["rest"], context, typed=raw)
         # the verb test runs without the references, so "picture 1, add a moon" is no "picture a…"
         if re.match(_GENERATE_START, strip_polite(refs.remainder), flags=_I):
             return self._generate(raw, context)
@@ -1802,6 +1817,11 @@ def _factor_for_size(info: ImageInfo, width: int, height: int | None) -> tuple[i
     result = f"{info.width * factor}×{info.height * factor}"
     if ratio == factor:
         return factor, ""
+    if ratio > 4:
+        return (
+            factor,
+            f"{asked} is {ratio:.0f}× #{info.number}; I upscale at most 4×, so I used 4× ({result}).",
+        )
     return (
         factor,
         f"{asked} is {ratio:.2g}× #{info.number}; I can upscale 2× or 4×, so I used {factor}× ({result}).",

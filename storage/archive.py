@@ -6,7 +6,8 @@ before anything is read, every file's bytes must hash to its name, lineage must 
 the export, every file must be a whole PNG within Pillow's pixel limit, and rows commit only
 after every file is in place. Ids are kept when they are free (so a round trip into an empty
 data dir is exact) and renumbered otherwise; a renumbered image's PNG is re-encoded so its
-`atelier` chunk names its new ids (the row records the new file's hash).
+`atelier` chunk names its new ids (the row records the new file's hash). A zip whose
+conversation is here already (same title, messages and images) is not imported again.
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ MAX_ENTRIES = 100_000
 
 class ArchiveError(StorageError):
     pass
+
+
+class AlreadyImported(ArchiveError):
+    """The export's conversation is here already (imported before, or exported from here)."""
+
+    def __init__(self, conversation_id: int) -> None:
+        super().__init__(
+            f"This export is already here as conversation {conversation_id} (same title, messages and "
+            "images); nothing was imported."
+        )
+        self.conversation_id = conversation_id
 
 
 def export_conversation(
@@ -318,6 +330,9 @@ def _insert(repo: Repository, manifest: dict[str, Any], files: dict[str, bytes])
     created: list[str] = []
     try:
         with repo.db.write() as session:
+            existing = _same_conversation_here(session, manifest)
+            if existing is not None:  # a second import would be a second copy of every image
+                raise AlreadyImported(existing)
             keep_ids = not _any_id_taken(session, manifest)
             conversation = manifest["conversation"]
             new_conversation = Conversation(
@@ -470,6 +485,30 @@ def _check_acyclic(images: list[dict[str, Any]]) -> None:
                 raise ArchiveError("The export's lineage has a cycle; it was not made by Atelier.")
             seen.add(node)
             node = parents.get(node)
+
+
+def _same_conversation_here(session: Any, manifest: dict[str, Any]) -> int | None:
+    """The id of a stored conversation the export is a copy of, compared by what it holds
+    (ids and file hashes change when an import renumbers, so they cannot tell)."""
+
+    def messages(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(m["role"], m["content"], m["created_at"]) for m in sorted(rows, key=lambda m: m["id"])]
+
+    def images(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted((i["number"], i["operation"], i["prompt"], i["seed"], i["created_at"]) for i in rows)
+
+    conversation = manifest["conversation"]
+    candidates = session.scalars(select(Conversation).where(Conversation.title == str(conversation["title"])))
+    for candidate in candidates:
+        if row_as_dict(candidate)["created_at"] != conversation["created_at"]:
+            continue
+        here_messages = session.scalars(select(Message).where(Message.conversation_id == candidate.id))
+        here_images = session.scalars(select(Image).where(Image.conversation_id == candidate.id))
+        if messages([row_as_dict(m) for m in here_messages]) == messages(manifest["messages"]) and images(
+            [row_as_dict(i) for i in here_images]
+        ) == images(manifest["images"]):
+            return int(candidate.id)
+    return None
 
 
 def _any_id_taken(session: Any, manifest: dict[str, Any]) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -197,8 +198,21 @@ class ImageFilter:
 
 
 def image_infotext(image: Image) -> str:
-    """The A1111 `parameters` text for a stored image, from its row."""
+    """The A1111 `parameters` text for a stored image, from its row.
+
+    An upload's stored copy keeps what its own file said (A1111's Steps, Sampler, CFG scale,
+    Seed, Model…), so it can be pasted back into the program that made it."""
     params = dict(image.params or {})
+    if image.operation == "upload":
+        embedded = {
+            str(key): value
+            for key, value in dict(params.get("embedded") or {}).items()
+            if isinstance(value, str | int | float)
+            and key not in ("Size", "Operation", "Backend")
+            and re.fullmatch(r"\w[\w \-/+]*", str(key))  # a key the infotext line can hold
+        }
+        own = {"Size": f"{image.width}x{image.height}", "Operation": "upload"}
+        return format_infotext(image.prompt, image.negative_prompt, {**embedded, **own})
     fields: dict[str, Any] = {
         "Steps": params.get("steps"),
         "Sampler": params.get("sampler") or params.get("scheduler"),
@@ -814,14 +828,11 @@ class Repository:
         return query
 
     def _matching(self, groups: Sequence[Sequence[str]]) -> ColumnElement[bool]:
-        """Images whose text has every word of at least one group (words match as prefixes)."""
+        """Images whose text has every term of at least one group (words match as prefixes).
+
+        The full-text index splits text at emoji, so a symbol ("🦊") is found as a substring."""
         if self.db.is_sqlite:
-            match = " OR ".join("(" + " ".join(f'"{word}"*' for word in group) + ")" for group in groups)
-            # each subquery its own parameter: "fox -snow" has two, and one name would be one value
-            rows = text("SELECT rowid FROM images_fts WHERE images_fts MATCH :match").bindparams(
-                bindparam("match", match, unique=True)
-            )
-            return Image.id.in_(rows)
+            return or_(*(self._matching_group(group) for group in groups))
         return or_(
             *(
                 and_(
@@ -837,6 +848,23 @@ class Repository:
                 for group in groups
             )
         )
+
+    @staticmethod
+    def _matching_group(group: Sequence[str]) -> ColumnElement[bool]:
+        words = [term for term in group if re.fullmatch(r"\w+", term)]
+        conditions: list[ColumnElement[bool]] = []
+        if words:
+            match = " ".join(f'"{word}"*' for word in words)
+            # each subquery its own parameter: "fox -snow" has two, and one name would be one value
+            rows = text("SELECT rowid FROM images_fts WHERE images_fts MATCH :match").bindparams(
+                bindparam("match", match, unique=True)
+            )
+            conditions.append(Image.id.in_(rows))
+        for symbol in (term for term in group if term not in words):
+            # coalesced, so "-🦊" keeps an image with no instruction (NOT NULL would drop it)
+            columns = (Image.prompt, Image.instruction, Image.revised_prompt)
+            conditions.append(or_(*(func.coalesce(column, "").contains(symbol) for column in columns)))
+        return and_(*conditions)
 
     def backends_and_operations(self) -> tuple[list[str], list[str]]:
         with self.db.read() as session:
@@ -1126,7 +1154,8 @@ def parse_image_search(user_text: str) -> ImageSearch:
     """ "fox OR wolf -snow #4" → groups [[fox], [wolf]], excluded [snow], numbers [4].
 
     Only words (runs of letters, digits, `_`) reach the full-text query, each quoted, so user
-    text can never be FTS5 syntax; `OR` (upper case, as in search engines) splits alternatives.
+    text can never be FTS5 syntax (symbols such as emoji are matched as substrings); `OR`
+    (upper case, as in search engines) splits alternatives.
     """
     groups: list[list[str]] = [[]]
     excluded: list[str] = []
@@ -1136,11 +1165,22 @@ def parse_image_search(user_text: str) -> ImageSearch:
             groups.append([])
         elif re.fullmatch(r"#\d{1,9}", token):
             numbers.append(int(token[1:]))
-        elif token.startswith("-") and (words := re.findall(r"\w+", token.lower())):
+        elif token.startswith("-") and (words := _search_terms(token)):
             excluded += words
         else:
-            groups[-1] += re.findall(r"\w+", token.lower())
+            groups[-1] += _search_terms(token)
     return ImageSearch([group[:16] for group in groups if group], excluded[:16], numbers)
+
+
+def _search_terms(token: str) -> list[str]:
+    """The words of a token, and its symbols ("🦊", "❄️"): runs of non-ASCII characters that
+    hold a symbol, which the full-text index does not see as words."""
+    symbols = [
+        run
+        for run in re.findall(r"[^\w\s\x00-\x7f]+", token)
+        if any(unicodedata.category(char).startswith("S") for char in run)
+    ]
+    return re.findall(r"\w+", token.lower()) + symbols
 
 
 def search_words(text: str) -> list[str]:

@@ -177,9 +177,10 @@ def test_export_import_round_trip(data_dir: Path, tmp_path: Path) -> None:
     assert comparable(other) == comparable(data_dir)
     assert files_on_disk(other / "images") == files_on_disk(data_dir / "images")
     again = invoke(other, "import", str(zip_path))
-    assert "Imported as conversation 2" in again.stdout
+    assert again.exit_code == 0, again.output
+    assert "already here as conversation 1" in again.stdout and "nothing was imported" in again.stdout
     doctor = json.loads(invoke(other, "doctor", "--json").stdout)
-    assert doctor["ok"] and doctor["counts"]["images"] == 10
+    assert doctor["ok"] and doctor["counts"]["images"] == 5
 
 
 def test_doctor_sweeps_an_orphan_and_reports_ok(data_dir: Path) -> None:

@@ -238,6 +238,8 @@ def model_call(case: dict[str, Any], context: PlannerContext) -> tuple[str, dict
             "args": {**REQUIRED_TRANSFORM_ARGS.get(operation, {}), **expect.get("transform_args", {})},
         }
     if intent == "regenerate":
+        if n != 1:
+            args["n"] = n
         return "regenerate_image", {**args, "image_number": first}
     if intent == "describe":
         kind = expect.get("question_kind", "prompt")

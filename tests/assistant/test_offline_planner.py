@@ -1062,6 +1062,7 @@ def test_second_qa_round_phrasings(text: str, check: Any) -> None:
         ("upscale #1 to 1024", 2, None),
         ("upscale #1 to 2048x2048", 4, None),
         ("upscale #1 to 1500", 2, "1500 px is 2.9× #1; I can upscale 2× or 4×, so I used 2× (1024×1024)."),
+        ("upscale #1 to 99999", 4, "99999 px is 195× #1; I upscale at most 4×, so I used 4× (2048×2048)."),
         ("upscale #1 to 256", None, "#1 is already 512×512, so 256 px is not an upscale."),
         ("upscale #1 1x", None, "An upscale makes #1 larger, 2× or 4×."),
         ("upscale #1 0.5x", None, "An upscale makes #1 larger, 2× or 4×."),

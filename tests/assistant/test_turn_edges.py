@@ -260,6 +260,16 @@ def test_an_uploaded_file_s_own_parameters_answer_what_made_it(tmp_path: Path) -
     assert "Sampler Euler a" in reply and "CFG scale 5" in reply and "seed None" not in reply
     (upload,) = assistant.repo.conversation_images(conversation_id)
     assert upload.operation == "upload" and upload.params["embedded"]["Steps"] == "30"
+    # the stored copy's own parameters chunk still says what made it, for pasting back into A1111
+    from storage.pngmeta import read_png_metadata
+
+    infotext = read_png_metadata(assistant.repo.image_bytes(upload)).infotext
+    assert infotext is not None and infotext.prompt == "a cozy cabin at night, snow, warm windows"
+    assert infotext.negative_prompt == "blurry, lowres"
+    assert {k: infotext.params.get(k) for k in ("Steps", "Sampler", "CFG scale", "Seed", "Model")} == {
+        "Steps": "30", "Sampler": "Euler a", "CFG scale": "5", "Seed": "42", "Model": "sd15"
+    }  # fmt: skip
+    assert infotext.params["Size"] == "96x64"  # the stored pixels' size, not the file's claim
 
     (edited,) = images_of(run(assistant, conversation_id, "make it snowier"))
     image = assistant.repo.get_image(edited.id)

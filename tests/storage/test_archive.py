@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 from PIL import Image as PILImage
 
-from storage.archive import MANIFEST, ArchiveError, export_conversation, import_conversation
+from storage.archive import (
+    MANIFEST,
+    AlreadyImported,
+    ArchiveError,
+    export_conversation,
+    import_conversation,
+)
 from storage.files import sha256_hex
 from storage.pngmeta import read_png_metadata
 from storage.repository import NewGeneration, NewImage, Repository
@@ -190,6 +196,8 @@ def test_second_import_renumbers_and_keeps_lineage(
     cid, zip_path = exported
     target = _empty_repo(tmp_path / "elsewhere")
     assert import_conversation(target, zip_path) == cid
+    # renamed, the first copy is the user's own version: the export goes in again beside it
+    target.rename_conversation(cid, "my edited copy")
     files_after_first = files_on_disk(target.files.root)
     copy_id = import_conversation(target, zip_path)
     assert copy_id != cid
@@ -231,6 +239,22 @@ def test_second_import_renumbers_and_keeps_lineage(
     target.db.dispose()
 
 
+def test_the_same_export_imported_twice_is_not_copied_again(
+    repo: Repository, exported: tuple[int, Path], tmp_path: Path
+) -> None:
+    cid, zip_path = exported
+    target = _empty_repo(tmp_path / "elsewhere")
+    assert import_conversation(target, zip_path) == cid
+    files_before, counts_before = files_on_disk(target.files.root), target.counts()
+    with pytest.raises(AlreadyImported, match=f"already here as conversation {cid}"):
+        import_conversation(target, zip_path)
+    assert files_on_disk(target.files.root) == files_before and target.counts() == counts_before
+    # back into the data dir it came from: the same conversation, so the same answer
+    with pytest.raises(AlreadyImported, match=f"conversation {cid}"):
+        import_conversation(repo, zip_path)
+    target.db.dispose()
+
+
 def _own_chunk(repo: Repository, image: Any) -> dict[str, Any]:
     lineage = read_png_metadata(repo.image_bytes(image)).lineage
     assert lineage is not None
@@ -243,7 +267,9 @@ def test_every_imported_file_names_its_own_row(
     """After importing the same zip twice, each PNG's `atelier` chunk names that row, not the original."""
     _, zip_path = exported
     target = _empty_repo(tmp_path / "elsewhere")
-    conversations = [import_conversation(target, zip_path), import_conversation(target, zip_path)]
+    first = import_conversation(target, zip_path)
+    target.rename_conversation(first, "renamed, so the zip goes in again beside it")
+    conversations = [first, import_conversation(target, zip_path)]
     for cid in conversations:
         for image in target.conversation_images(cid):
             chunk = _own_chunk(target, image)
@@ -256,6 +282,7 @@ def test_every_imported_file_names_its_own_row(
     # and a copy of the copy still does: the re-encoded files export and import cleanly
     again = tmp_path / "again.zip"
     export_conversation(target, conversations[1], again)
+    target.rename_conversation(conversations[1], "the second copy, renamed")
     third = import_conversation(target, again)
     assert all(_own_chunk(target, i)["id"] == i.id for i in target.conversation_images(third))
     assert target.check_integrity().ok
@@ -538,6 +565,7 @@ def test_an_imported_copy_names_its_own_images_in_params(repo: Repository, tmp_p
     )
     zip_path = tmp_path / "rerolls.zip"
     export_conversation(repo, conversation.id, zip_path)
+    repo.rename_conversation(conversation.id, "rerolls, renamed")  # else it is the same one
     copy_id = import_conversation(repo, zip_path)  # the ids are taken here: renumbered
     copy_first, copy_second = repo.conversation_images(copy_id)
     assert copy_first.id != first.id

@@ -117,6 +117,18 @@ def test_search_syntax_or_minus_and_image_numbers(
     assert ids(repo.search_images(query)) == ids([library[k] for k in expected])
 
 
+def test_emoji_are_found_though_the_index_has_no_words_for_them(repo: Repository) -> None:
+    zoo = repo.create_conversation("zoo")
+    fox = add_generated(repo, zoo.id, "a red fox in the snow", instruction="a 🦊 in the ❄️", index=1)
+    cat = add_generated(repo, zoo.id, "a cat 🐱 on a sofa", index=2)
+    plain = add_generated(repo, zoo.id, "a fox den", index=3)
+    assert ids(repo.search_images("🦊")) == [fox.id]
+    assert ids(repo.search_images("❄️ fox")) == [fox.id]  # a symbol and a word, both required
+    assert ids(repo.search_images("🦊 OR 🐱")) == [cat.id, fox.id]
+    assert ids(repo.search_images("fox -🦊")) == [plain.id]  # no instruction at all still counts
+    assert ids(repo.search_images("🐢")) == []
+
+
 def test_quoted_phrase_is_treated_as_words(repo: Repository, library: dict[str, Image]) -> None:
     assert ids(repo.search_images('"thick fog"')) == [library["fog"].id]
 
@@ -148,6 +160,7 @@ def test_deleting_the_original_of_an_imported_copy_leaves_the_copy_whole(
     coast = library["lighthouse"].conversation_id
     zip_path = tmp_path / "coast.zip"
     export_conversation(repo, coast, zip_path)
+    repo.rename_conversation(coast, "coast, renamed")  # else the zip is this conversation again
     copy = import_conversation(repo, zip_path)
     originals = [library[name] for name in ("lighthouse", "fog", "revised")]
     copy_files = {repo.image_path(i) for i in repo.conversation_images(copy)}

@@ -596,9 +596,16 @@ _PREFERENCE = (
 def _only_a_style(text: str) -> bool:
     """True for a message that is nothing but a style name ("anime", "watercolor style")."""
     m = re.fullmatch(
-        r"(?:in\s+|as\s+)?(?:an?\s+)?(?P<name>.+?)(?:\s+(?:style|version|look))?\s*[.!]*", text, _I
+        r"(?:in\s+|as\s+)?(?:an?\s+)?(?P<name>.+?)"
+        r"(?:\s+(?P<kind>style|version|look|painting|drawing|illustration))?\s*[.!]*",
+        text,
+        _I,
     )
-    return m is not None and detect_style(text) is not None and normalize_style(m.group("name")) is not None
+    if m is None or detect_style(text) is None:
+        return False
+    # "a watercolor painting" names the watercolor style; "oil painting" is a style's whole name
+    names = [m.group("name"), f"{m.group('name')} {m.group('kind')}" if m.group("kind") else ""]
+    return any(normalize_style(name) is not None for name in names if name)
 
 
 def _after_leading_pronoun(text: str) -> str | None:
@@ -1235,6 +1242,7 @@ class OfflinePlanner:
         idea = _instruction_text(refs)
         # "here is my photo, make it a watercolor": the remark goes, the request stays
         idea = re.sub(r"^(?:" + _UPLOAD_REMARK + r")[,;:.!\-–—]+\s*", "", strip_polite(idea), flags=_I)
+        idea = _upload_idea(idea)
         idea = re.sub(
             r"^(?:turn|make|convert|transform|change|render|redraw|reimagine|repaint|restyle|redo)\s+"
             r"(?:(?:this|the|my|that)\s+)?(?:photo|image|picture|pic|upload|drawing|sketch|one|it)?\s*"
@@ -1252,8 +1260,12 @@ class OfflinePlanner:
             which = f"#{targets[0]}" if targets else "this image"
             return _clarify(raw, UPLOAD_WHAT_TO_DO.format(which))
         style = detect_style(raw) or normalize_style(context.style)
-        if re.match(_EDIT_START, idea, flags=_I):
-            idea = apply_edit("", idea)
+        source = context.image(targets[0]) if targets else None
+        # a file that says what it shows (an A1111 PNG) keeps its subject through "make it a
+        # watercolor"; a plain photo has no words, so the request is the whole prompt
+        own_prompt = source.prompt if source is not None else ""
+        if re.match(_EDIT_START, idea, flags=_I) or (own_prompt and _only_a_style(idea)):
+            idea = apply_edit(own_prompt, idea)
         if context.verbatim:
             prompt, negative, style = clean_idea(idea), "", None
         else:
@@ -1769,6 +1781,41 @@ class OfflinePlanner:
 
 # --------------------------------------------------------------------------------------------
 # helpers shared by the steps
+
+
+_PHOTO = r"(?:photo|image|picture|pic|upload|drawing|sketch|shot|selfie|snapshot)"
+_THIS_PHOTO = r"(?:this|it|that|the\s+upload|(?:this|that|the|my)\s+" + _PHOTO + r")(?:\s+" + _PHOTO + r")?"
+
+
+def _upload_idea(idea: str) -> str:
+    """What an upload should become, without the words about the upload itself:
+    "turn this photo of my dog into a watercolor" → "a watercolor of the dog", "use this as a
+    starting point for a castle" → "a castle", "a castle based on this photo" → "a castle"."""
+    subject_first = re.match(
+        r"(?:turn|make|convert|transform|change|render|redraw|reimagine|repaint|restyle)\s+"
+        r"(?:this|the|my|that)\s+"
+        + _PHOTO
+        + r"\s+of\s+(?P<subject>.+?)\s+(?:into|to|as|in)\s+(?P<target>.+)$",
+        idea,
+        flags=_I,
+    )
+    if subject_first:
+        subject = re.sub(r"\b(?:my|our)\b", "the", subject_first["subject"], flags=_I)
+        return f"{subject_first['target']} of {subject}"
+    start_for = re.match(
+        r"(?:use|take)\s+" + _THIS_PHOTO + r"\s+as\s+(?:a|an|the)\s+(?:starting\s+point|base|basis|reference|"
+        r"template|guide|start)\s+(?:for|to\s+(?:make|draw|paint|create))\s+(?P<rest>\S.*)$",
+        idea,
+        flags=_I,
+    )
+    if start_for:
+        return start_for["rest"]
+    return re.sub(
+        r"[,\s]+(?:based\s+on|from|using|inspired\s+by|starting\s+from)\s+" + _THIS_PHOTO + r"[.!]*$",
+        "",
+        idea,
+        flags=_I,
+    )
 
 
 def _describe(raw: str, kind: str, context: PlannerContext) -> Plan:

@@ -559,7 +559,9 @@ def _edit_style(prompt: str, clause: str) -> tuple[str, str] | None:
     rest = re.sub(_style_phrase_pattern(new), " ", clause, flags=re.IGNORECASE)
     rest = re.sub(
         r"^\s*(?:make|turn|render|redo|draw|paint|convert|change)?\s*(?:it|this|that)?\s*"
-        r"(?:into|to|(?:look|looks|looking)(?:\s+(?:like|as\s+if))?(?:\s+(?:it\s+was|it's))?|like|as)?\s*(?:an?)?\s*$",
+        r"(?:into|to|(?:look|looks|looking)(?:\s+(?:like|as\s+if))?(?:\s+(?:it\s+was|it's))?|like|as)?\s*(?:an?)?\s*"
+        # "a watercolor painting": the kind of picture the style already is
+        r"(?:painting|drawing|illustration|picture|image|version|piece)?\s*$",
         "",
         rest,
         flags=re.IGNORECASE,

@@ -23,7 +23,6 @@ from pydantic import SecretStr, ValidationError
 from streamlit.runtime.media_file_storage import MediaFileStorageError
 
 from assistant.core import Assistant
-from assistant.one_line import one_line
 from assistant.settings import BackendChoice, Settings, describe_settings_error
 from assistant.turn_lanes import TurnLanes
 from assistant.ui import support
@@ -446,9 +445,10 @@ def _sidebar_conversations(repo: Repository) -> None:
     with sidebar.container(
         height=300 if len(conversations) > CONVERSATIONS_IN_VIEW else "content", border=False
     ):
+        labels = support.conversation_labels(conversations)
         for conversation in conversations:
             st.button(
-                escape_markdown(one_line(conversation.title, 40)),
+                escape_markdown(labels[conversation.id]),
                 key=f"atelier.conversation.{conversation.id}",
                 type="primary" if conversation.id == current else "secondary",
                 on_click=select_conversation,

@@ -19,7 +19,7 @@ from typing import Any
 from assistant.core import BACKEND_OPERATIONS_NEEDING_SOURCE, MODEL_FREE_OPERATIONS
 from assistant.one_line import one_line
 from assistant.settings import Settings
-from storage.models import Image, Message
+from storage.models import Conversation, Image, Message
 from storage.repository import ImageFilter, LineageNode
 
 
@@ -109,6 +109,19 @@ def escape_markdown(text: str) -> str:
     """
     escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
     return escaped.replace("\r\n", "\n").replace("\n", "  \n")
+
+
+def conversation_labels(conversations: Sequence[Conversation], width: int = 40) -> dict[int, str]:
+    """Sidebar labels: the title, and where two titles are the same, when each was started
+    (UTC, as the rest of the UI) and, if that is the same minute too, its number."""
+    titles = [one_line(c.title, width) for c in conversations]
+    labels: dict[int, str] = {}
+    for conversation, title in zip(conversations, titles, strict=True):
+        if titles.count(title) > 1:
+            title = f"{title} · {conversation.created_at:%d %b %H:%M}"
+        labels[conversation.id] = title
+    repeated = list(labels.values())
+    return {cid: f"{label} ({cid})" if repeated.count(label) > 1 else label for cid, label in labels.items()}
 
 
 def size_label(width: int, height: int) -> str:

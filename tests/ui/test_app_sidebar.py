@@ -82,3 +82,15 @@ def test_a_link_to_an_old_conversation_lists_and_highlights_it(many: list[int]) 
     assert listed(app)[0] == many[0]
     assert app.sidebar.button(key=f"atelier.conversation.{many[0]}").proto.type == "primary"
     assert app.sidebar.text_input(key=f"atelier.rename.{many[0]}").value == "Trip 001"  # and renamable
+
+
+def test_conversations_with_the_same_title_can_be_told_apart(data_dir: Path, stored: Repository) -> None:
+    twins = [stored.create_conversation("Foxes").id for _ in range(2)]
+    other = stored.create_conversation("Whales").id
+    app = new_app()
+    label = {
+        cid: unescape(app.sidebar.button(key=f"atelier.conversation.{cid}").label) for cid in [*twins, other]
+    }
+    assert label[other] == "Whales"  # a title of its own needs nothing more
+    assert len({label[cid] for cid in twins}) == 2, label
+    assert all(label[cid].startswith("Foxes · ") for cid in twins), label

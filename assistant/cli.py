@@ -853,6 +853,9 @@ def replay(
         try:
             if from_root:
                 created = assistant.replay_chain(target, seed=root_seed)
+                numbers = {
+                    i.id: i.number for i in assistant.repo.conversation_images(created[0].conversation_id)
+                }
                 new_images = [
                     {
                         "id": i.id,
@@ -861,14 +864,30 @@ def replay(
                         "operation": i.operation,
                         "seed": i.seed,
                         "path": str(assistant.repo.image_path(i)),
+                        "replay_of": (i.params or {}).get("replay_of"),
+                        "identical": bool((i.params or {}).get("replay_identical")),
                     }
                     for i in created
                 ]
                 if as_json:
                     print_json({"image_id": target, "new_images": new_images})
-                else:
-                    for item in new_images:
-                        out.print(f"#{item['number']} (id {item['id']}) {item['operation']} → {item['path']}")
+                    return
+                for item in new_images:
+                    of = numbers.get(item["replay_of"] or -1)
+                    same = "identical to" if item["identical"] else "differs from"
+                    if root_seed is not None:
+                        same = "the new seed's version of"
+                    versus = f" ({same} #{of})" if of is not None else ""
+                    out.print(
+                        f"#{item['number']} (id {item['id']}) {item['operation']} → {item['path']}{versus}"
+                    )
+                if root_seed is None:
+                    alike = all(item["identical"] for item in new_images)
+                    out.print(
+                        "Every step came out identical to the original, pixel for pixel."
+                        if alike
+                        else "Not identical to the original chain: see the steps marked “differs”."
+                    )
                 return
             stored = assistant.repo.get_image(target)
             file_was_missing = not assistant.repo.image_path(stored).is_file()

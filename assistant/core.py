@@ -1222,6 +1222,17 @@ class Assistant:
             self.repo.restore_file(original, data)  # the very bytes the record names come back
         return original, pixels, identical
 
+    def _same_picture(self, stored: Image, pixels: PILImage.Image) -> bool:
+        """`pixels` are the stored image's, exactly (False when its file cannot be read)."""
+        try:
+            original = self.repo.load_image(stored)
+        except (StorageError, OSError, NotFound):
+            return False
+        return (
+            original.size == pixels.size
+            and original.convert("RGBA").tobytes() == pixels.convert("RGBA").tobytes()
+        )
+
     def _replay_source(self, image: Image, source: Image | None) -> PILImage.Image | None:
         """The pixels `image` was made from; a lost source file says how to get it back first."""
         if source is None:
@@ -1339,6 +1350,7 @@ class Assistant:
         generations: list[NewGeneration] = []
         loose: list[NewImage] = []
         new_seeds: dict[int, int | None] = {}
+        differing: list[int] = []
         parent: Image | NewImage | None = None  # the new branch's image so far (an upload is shared)
         parent_pixels: PILImage.Image | None = None
         for index, step in enumerate(chain):
@@ -1410,14 +1422,25 @@ class Assistant:
                 new_image.parent = parent
             elif parent is not None:
                 new_image.parent_id = parent.id
+            # pixels, not files: the new file's lineage chunk names the new image
+            same = self._same_picture(step, new_image.image)
+            new_image.params = {**new_image.params, "replay_identical": same}
+            if not same:
+                differing.append(step.number)
             parent, parent_pixels = new_image, new_image.image
             if progress is not None:
                 progress(f"#{step.number} re-run ({index + 1} of {len(chain)})")
         numbers = " → ".join(f"#{step.number}" for step in chain)
         change = f" with seed {seed}" if seed is not None else ""
+        if seed is not None:
+            verdict = ""  # another seed is meant to differ
+        elif not differing:
+            verdict = " Every step came out identical to the original, pixel for pixel."
+        else:
+            verdict = " Not identical to the original: " + ", ".join(f"#{n}" for n in differing) + "."
         record = self.repo.record_turn(
             conversation_id,
-            reply=f"Replayed {numbers} from the root{change} on {backend.name} as a new branch.",
+            reply=f"Replayed {numbers} from the root{change} on {backend.name} as a new branch.{verdict}",
             plan={"intent": "replay", "source_image_id": target.id, "seed": seed, "backend": backend.name},
             generations=generations,
             images=loose,

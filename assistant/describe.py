@@ -26,6 +26,9 @@ def _step(image: Image, numbers: dict[int, int], seeds: dict[int, int | None]) -
         f"a re-run of #{rerolled} with the same seed" if kept else f"a re-roll of #{rerolled} with a new seed"
     )
     again = f" ({how})" if rerolled is not None else ""
+    replayed = numbers.get((image.params or {}).get("replay_of") or -1)
+    if replayed is not None:  # `atelier replay --from-root`: the same step again, on a new branch
+        again = f" (a replay of #{replayed})"
     if image.operation == "generate":
         return f"#{image.number} was generated from {_quote(image.instruction or image.prompt, 80)}{again}"
     parent = numbers.get(image.parent_id or -1)

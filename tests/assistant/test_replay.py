@@ -57,6 +57,12 @@ def test_replaying_a_chain_unchanged_gives_the_same_files_as_a_new_branch(tmp_pa
     messages = repo.messages(conversation_id)
     assert len(messages) == messages_before + 1
     assert "#1 → #2 → #3 → #4 → #5" in messages[-1].content
+    # and it says so: the point of a replay is to know whether the record reproduces
+    assert "Every step came out identical to the original, pixel for pixel." in messages[-1].content
+    assert all((i.params or {})["replay_identical"] is True for i in created)
+    lineage = run(assistant, conversation_id, "how did #10 come about?")
+    answer = next(e.text for e in lineage if isinstance(e, Reply))
+    assert "#6 was generated from" in answer and "(a replay of #1)" in answer and "(a replay of #5)" in answer
 
 
 def test_replaying_a_chain_with_a_new_seed_follows_each_steps_seed_rule(tmp_path: Path) -> None:
@@ -190,6 +196,12 @@ def test_atelier_replay_from_the_command_line(tmp_path: Path) -> None:
     ]
     assert new_images[0]["parent_id"] is None and new_images[1]["parent_id"] == new_images[0]["id"]
     assert all(Path(i["path"]).is_file() for i in new_images)
+    assert [i["replay_of"] for i in new_images] == [tip.parent_id, tip.id]
+
+    same = _cli(tmp_path, str(tip.id), "--from-root")
+    assert same.returncode == 0, same.stderr
+    assert "(identical to #1)" in same.stdout and "(identical to #2)" in same.stdout
+    assert "Every step came out identical to the original, pixel for pixel." in same.stdout
 
     for args, words in (
         (("--seed", "5"), "need --from-root"),
@@ -199,7 +211,7 @@ def test_atelier_replay_from_the_command_line(tmp_path: Path) -> None:
         refused = _cli(tmp_path, str(tip.id), *args)
         assert refused.returncode != 0 and words in refused.stderr, (args, refused.stderr)
         assert "Traceback" not in refused.stderr
-    assert len(assistant.repo.conversation_images(conversation_id)) == 4  # refusals stored nothing
+    assert len(assistant.repo.conversation_images(conversation_id)) == 6  # refusals stored nothing
 
     missing = _cli(tmp_path, "999", "--from-root")
     assert missing.returncode != 0 and "999" in missing.stderr and "Traceback" not in missing.stderr

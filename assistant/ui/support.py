@@ -722,6 +722,10 @@ def dot_string(text: str) -> str:
     return f'"{cleaned}"'
 
 
+#: more images than this at one depth of a lineage tree and it is drawn left to right
+WIDE_LINEAGE = 4
+
+
 def lineage_dot(nodes: Iterable[LineageNode], highlight_id: int | None = None) -> str:
     """The lineage tree as Graphviz DOT; the highlighted image is filled and bold.
 
@@ -730,9 +734,13 @@ def lineage_dot(nodes: Iterable[LineageNode], highlight_id: int | None = None) -
     """
     rows = list(nodes)
     conversations = {node.image.conversation_id for node in rows}
+    per_depth = [node.depth for node in rows]
+    # a wide generation (eight variations of one image) side by side is shrunk to fit the page
+    # until no label can be read; left to right, siblings stack down the page instead
+    wide = max((per_depth.count(depth) for depth in set(per_depth)), default=0) > WIDE_LINEAGE
     lines = [
         "digraph lineage {",
-        "  rankdir=TB;",
+        f"  rankdir={'LR' if wide else 'TB'};",
         '  node [shape=box, style="rounded,filled", fillcolor="#f4f4f5", color="#a1a1aa", '
         'fontname="Helvetica", fontsize=11];',
         '  edge [color="#71717a", fontname="Helvetica", fontsize=9];',
@@ -741,7 +749,8 @@ def lineage_dot(nodes: Iterable[LineageNode], highlight_id: int | None = None) -
     for node in rows:
         image = node.image
         where = f" (conversation {image.conversation_id})" if len(conversations) > 1 else ""
-        label = f"#{image.number} {image.operation}{where}\n{one_line(image.instruction or image.prompt, 40)}"
+        words = one_line(image.instruction or image.prompt, 28 if wide else 40)
+        label = f"#{image.number} {image.operation}{where}\n{words}"
         attributes = [f"label={dot_string(label)}", f"tooltip={dot_string(f'image id {image.id}')}"]
         if image.id == highlight_id:
             attributes += [

@@ -3,6 +3,7 @@ the way back into the chat; plus the DOT builder, since lineage labels are user 
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 
 import pytest
@@ -162,6 +163,16 @@ def test_lineage_labels_cannot_break_out_of_the_dot_source() -> None:
     assert [line.split(" ", 1)[0] for line in body if line.startswith("img")] == ["img1", "img2", "img1"]
     assert "evil ->" not in dot and "\nevil" not in dot
     assert '\\"pwned\\"' in dot and "\\\\" in dot
+
+
+def test_a_lineage_with_many_variations_is_drawn_left_to_right_so_labels_stay_readable() -> None:
+    root = LineageNode(_image(1, 1, None, "a fox"), 0)
+    few = [root, *(LineageNode(_image(n, n, 1, "a variation, " * 5), 1) for n in (2, 3))]
+    many = [root, *(LineageNode(_image(n, n, 1, "a variation, " * 5), 1) for n in range(2, 10))]
+    assert "rankdir=TB;" in lineage_dot(few) and "rankdir=LR;" in lineage_dot(many)
+    # and each box (the root and its eight) is short enough that a column of them still reads
+    labels = re.findall(r'label="#\d+ edit\\n([^"]*)"', lineage_dot(many))
+    assert len(labels) == 9 and all(len(label) <= 28 for label in labels), labels
 
 
 MISSING = "The file of this image is missing"

@@ -241,6 +241,7 @@ NEUTRAL_LIGHTING = "soft natural lighting"
 _TIME_WORDS: dict[str, str] = {
     "night": "night",
     "nighttime": "night",
+    "night time": "night",
     "midnight": "night",
     "moonlight": "night",
     "moonlit": "night",
@@ -560,6 +561,8 @@ def _edit_style(prompt: str, clause: str) -> tuple[str, str] | None:
     rest = re.sub(
         r"^\s*(?:make|turn|render|redo|draw|paint|convert|change)?\s*(?:it|this|that)?\s*"
         r"(?:into|to|(?:look|looks|looking)(?:\s+(?:like|as\s+if))?(?:\s+(?:it\s+was|it's))?|like|as)?\s*(?:an?)?\s*"
+        # "more cinematic", "a bit more anime": the style is either there or not
+        r"(?:(?:(?:a\s+(?:little|bit|lot)|even|much|way)\s+)?more|very|really|extra)?\s*"
         # "a watercolor painting": the kind of picture the style already is
         r"(?:painting|drawing|illustration|picture|image|version|piece)?\s*$",
         "",
@@ -572,6 +575,7 @@ def _edit_style(prompt: str, clause: str) -> tuple[str, str] | None:
 _TIME_PHRASE = {
     "night": "at night",
     "nighttime": "at night",
+    "night time": "at night",
     "midnight": "at midnight",
     "moonlight": "by moonlight",
     "sunset": "at sunset",

@@ -1099,6 +1099,16 @@ def _edit_add(prompt: str, clause: str) -> tuple[str, str] | None:
     what = m.group("what").strip()
     if not prompt:  # an upload has no prompt to extend: the new thing is the description
         return what, ""
+    # "put a dog next to the cabin": where it goes is part of the picture, said as a phrase of its own
+    beside = re.fullmatch(
+        r"(?P<thing>.+?)\s+(?P<where>next\s+to|beside|near|behind|in\s+front\s+of|under|above|below)\s+"
+        r"(?P<obj>(?:the|its|his|her)\s+.+)",
+        what,
+        re.I,
+    )
+    if beside:
+        phrase = f"{beside['thing']} {beside['where']} {beside['obj']}"
+        return _insert_after_subject(prompt, phrase, as_segment=True), ""
     # "add a hat to the fox": the hat goes with the fox, not after the whole subject phrase
     onto = re.fullmatch(
         r"(?P<thing>.+?)\s+(?:to|on|onto)\s+(?:the|its|his|her)\s+(?P<obj>[a-z][a-z\-]*)", what, re.I
@@ -1155,7 +1165,7 @@ def _edit_remove(prompt: str, clause: str) -> tuple[str, str] | None:
 
 def _edit_clause(prompt: str, clause: str) -> str:
     cleaned = re.sub(
-        r"^(?:make\s+it|make|let\s+it\s+be|have\s+it\s+be|have|turn\s+it|change\s+it\s+to)\s+"
+        r"^(?:make\s+it|make|let\s+it\s+be|have\s+it\s+be|have|turn\s+it|change\s+it\s+to|give\s+it(?:\s+an?)?)\s+"
         r"(?:look(?:s)?\s+(?:like\s+)?(?:an?\s+)?)?",
         "",
         clause,

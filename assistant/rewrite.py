@@ -15,7 +15,7 @@ Two jobs, both pure string functions so they can be tested exhaustively and repl
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 # --------------------------------------------------------------------------------------------
@@ -606,6 +606,18 @@ _TIME_IN_PROMPT = (
 _PLACEHOLDER = "\x00"
 
 
+def _replace_mentions(prompt: str, found: Sequence[re.Match[str]], replacement: str) -> str:
+    """The first mention becomes `replacement` and the others go: a picture has one time of
+    day, one season."""
+    pieces = [prompt[: found[0].start()], replacement]
+    pos = found[0].end()
+    for extra in found[1:]:
+        pieces.append(prompt[pos : extra.start()])
+        pos = extra.end()
+    pieces.append(prompt[pos:])
+    return "".join(pieces)
+
+
 def _edit_time(prompt: str, clause: str) -> tuple[str, str] | None:
     m = re.search(r"\b" + _TIME_KEYS + r"\b", clause, flags=re.IGNORECASE)
     if not m:
@@ -626,14 +638,7 @@ def _edit_time(prompt: str, clause: str) -> tuple[str, str] | None:
     found = list(re.finditer(_TIME_IN_PROMPT, prompt, flags=re.IGNORECASE))
     if found:
         first = found[0]
-        replacement = phrase if first.group("prep") else bare
-        pieces = [prompt[: first.start()], replacement]
-        pos = first.end()
-        for extra in found[1:]:
-            pieces.append(prompt[pos : extra.start()])
-            pos = extra.end()
-        pieces.append(prompt[pos:])
-        prompt = "".join(pieces)
+        prompt = _replace_mentions(prompt, found, phrase if first.group("prep") else bare)
     else:
         prompt = _insert_after_subject(prompt, phrase, as_segment=False)
     if old_light:
@@ -684,13 +689,7 @@ def _edit_season(prompt: str, clause: str) -> tuple[str, str] | None:
     if found:
         first = found[0]
         with_prep = first.group(0).lower().startswith(("in ", "during "))
-        pieces = [prompt[: first.start()], f"in {season}" if with_prep else season]
-        pos = first.end()
-        for extra in found[1:]:
-            pieces.append(prompt[pos : extra.start()])
-            pos = extra.end()
-        pieces.append(prompt[pos:])
-        prompt = "".join(pieces)
+        prompt = _replace_mentions(prompt, found, f"in {season}" if with_prep else season)
     else:
         prompt = _insert_after_subject(prompt, f"in {season}", as_segment=False)
     rest = clause[: m.start()] + " " + clause[m.end() :]

@@ -519,6 +519,13 @@ _VARIATION = (
     r"(?:more|others?|some|ones?|another|something)\s+(?:just\s+)?(?:like|similar\s+to)|similar\s+to|"
     r"similar\s+ones?|something\s+similar|in\s+the\s+same\s+vein|"
     r"(?:\d+|" + "|".join(NUMBER_WORDS) + r"|a\s+few|a\s+couple(?:\s+of)?|some)\s+more\s*[.!?]*$|"
+    # "4 more please", "3 more of those" ("one more please" is a re-roll, like "one more")
+    r"(?:\d+|" + "|".join(w for w in NUMBER_WORDS if w != "one") + r"|a\s+few|a\s+couple(?:\s+of)?|some)"
+    r"\s+more\s+(?:please|pls|thanks|of\s+(?:them|those|these|it|that))\s*[.!?]*$|"
+    # "make 4 versions", "give me 2 more options", "give me 4 of them"
+    r"^(?:make|give\s+me|show\s+me|do|create|generate)\s+(?:\d+|" + "|".join(NUMBER_WORDS) + r")\s+(?:more\s+)?"
+    r"(?:versions?|options?|variations?|takes?|alternatives?|of\s+(?:them|those|these|it|that))"
+    r"(?:\s+(?:please|pls))?\s*[.!?]*$|"
     # "4 images of it", "3 more of #2", "two versions of the second one": a batch of an image named
     r"(?:" + _N + r"|a\s+few|a\s+couple|several)\s+(?:more\s+)?" + _COUNT_NOUNS + r"\s+of\s+"
     r"(?:it|this(?:\s+one)?|that(?:\s+one)?|#\s?\d+|(?:image|picture)\s+#?\d+|the\s+(?:"
@@ -542,6 +549,8 @@ _EDIT_START = (
     r"^(?:make\s+(?:it|this|that|them|these|those|him|her|the|its|#)|turn|change|add|remove|put|replace|give\s+"
     r"(?:it|the|him|her|them)|swap|without|no\s|but\b|now\b|instead|set\b|let\s+it|have\s+it|"
     r"(?:(?:a\s+(?:little|bit|lot)|slightly|much|way|even|far)\s+)?(?:more|less|fewer)\b|not\s+(?:so|as|too)\s|"
+    # "a bit brighter", "slightly warmer colors": a comparative is always about what is there
+    r"(?:a\s+(?:little|bit|lot)|slightly|much|way|even|far|somewhat)\s+[a-z]+er\b|"
     r"(?:in|during)\s+(?:the\s+)?(?:winter|summer|spring|autumn|fall|wintertime|summertime|rain|snow|fog|mist|storm)\b|"
     r"recolou?r|colou?r\s|paint\s+(?:it|the)|get\s+rid|take\s+(?:out|away)|erase|delete|with\s|as\s+(?:a|an)\s|"
     r"in\s+(?:the\s+)?(?:style|\w+\s+style)|same\b|zoom|move|fix|lighter|darker|brighter|what\s+if\b|"
@@ -1529,6 +1538,8 @@ class OfflinePlanner:
                 return _clarify(raw, f"#{number} is {what}{source}, so there is nothing to re-roll.{hint}")
         first = context.image(targets[0])
         assert first is not None  # resolve_references only returns existing numbers
+        if seed is None and len(targets) == 1 and re.search(r"\bsame\s+seed\b", text, flags=_I):
+            seed = first.seed  # "redo it with the same seed but 40 steps": a re-run, not a re-roll
         n, note = cap_n(1 if count is None else count, context)
         return Plan(
             intent=Intent.REGENERATE,
@@ -1551,6 +1562,8 @@ class OfflinePlanner:
         probe = resolve_references(raw, context.images, focus=context.focus)
         seed, rest = _seed(probe.remainder)
         count, rest = _count(rest)
+        if count is None:  # "give me 4 of them": "them" went with the references
+            count, _ = _count_of_them(raw)
         extra_words = _leftover(rest, _VARIATION, extra=_VARIATION_WORDS)
         refs, problem = self._targets_for_tool(raw, context)
         if problem:

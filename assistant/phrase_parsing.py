@@ -17,7 +17,8 @@ def vocab(words: str) -> frozenset[str]:
 
 
 _POLITE = (
-    r"^(?:(?:please|pls|ok(?:ay)?|so|now|hey|hi|and|then|also|can\s+you|could\s+you|would\s+you|will\s+you|"
+    r"^(?:(?:please|pls|ok(?:ay)?|so|now|hey|hi|and|then|also|actually|hmm+|maybe|perhaps|great|perfect|nice|"
+    r"cool|awesome|lol|yes|yeah|can\s+you|could\s+you|would\s+you|will\s+you|"
     r"i\s+want(?:\s+you)?(?:\s+to)?|i'?d\s+like(?:\s+you)?(?:\s+to)?|i\s+would\s+like(?:\s+to)?|i\s+need|"
     r"let'?s|lets|go\s+ahead\s+and|how\s+about|what\s+about)\s*,?\s+)+"
 )

@@ -121,4 +121,5 @@ def describe_list(images: list[Image]) -> str:
         lines.append(
             f"- #{image.number} {image.operation}{parent}: {_quote(image.instruction or image.prompt, 70)}"
         )
-    return "Images in this conversation:\n" + "\n".join(lines)
+    count = f"{len(images)} image{'s' if len(images) != 1 else ''}"
+    return f"Images in this conversation ({count}):\n" + "\n".join(lines)

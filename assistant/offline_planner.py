@@ -460,7 +460,8 @@ def describe_reply(kind: str, targets: Sequence[int], context: PlannerContext) -
         if not context.images:
             return "There are no images in this conversation yet."
         lines = [f"#{i.number} {i.operation}: {describe_image(i, 70)}" for i in context.images]
-        return "Images in this conversation:\n" + "\n".join(lines)
+        count = f"{len(lines)} image{'s' if len(lines) != 1 else ''}"
+        return f"Images in this conversation ({count}):\n" + "\n".join(lines)
     parts: list[str] = []
     for number in targets:
         info = context.image(number)
@@ -523,7 +524,9 @@ _VARIATION = (
     r"(?:\d+|" + "|".join(w for w in NUMBER_WORDS if w != "one") + r"|a\s+few|a\s+couple(?:\s+of)?|some)"
     r"\s+more\s+(?:please|pls|thanks|of\s+(?:them|those|these|it|that))\s*[.!?]*$|"
     # "make 4 versions", "give me 2 more options", "give me 4 of them"
-    r"^(?:make|give\s+me|show\s+me|do|create|generate)\s+(?:\d+|" + "|".join(NUMBER_WORDS) + r")\s+(?:more\s+)?"
+    r"^(?:make|give\s+me|show\s+me|do|create|generate)\s+(?:\d+|"
+    + "|".join(NUMBER_WORDS)
+    + r")\s+(?:more\s+)?"
     r"(?:versions?|options?|variations?|takes?|alternatives?|of\s+(?:them|those|these|it|that))"
     r"(?:\s+(?:please|pls))?\s*[.!?]*$|"
     # "4 images of it", "3 more of #2", "two versions of the second one": a batch of an image named

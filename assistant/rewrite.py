@@ -461,7 +461,7 @@ _LEAD = (
     r"^(?:(?:please|pls|now|ok(?:ay)?|also|and|but|then|just|so|can\s+you|could\s+you|would\s+you|"
     r"i\s+want|i'd\s+like|i\s+would\s+like|let's|lets|how\s+about|what\s+about|what\s+if|try)\s+)+"
 )
-_TRAIL = r"(?:\s+(?:please|instead|now|too|as\s+well|this\s+time|for\s+me))+$"
+_TRAIL = r"(?:\s+(?:please|pls|plz|thanks|thx|thank\s+you|instead|now|too|as\s+well|this\s+time|for\s+me))+$"
 
 
 #: a preposition left at the end once a reference was cut out ("remove the snow from [#2]")

@@ -193,6 +193,20 @@ def _render_image(repo: Repository, image: ImageView, max_side: int) -> None:
 
 def _more_actions(repo: Repository, image: ImageView, file_there: bool, max_side: int) -> None:
     number = image.number
+    # first: a download leaves "More" open with its tooltip showing above the button, and
+    # above the first button that tooltip covers no other action
+    if file_there:
+        st.download_button(
+            "PNG",
+            data=partial(_png_bytes, repo, image.id),
+            file_name=f"atelier-{image.conversation_id}-{number}.png",
+            mime="image/png",
+            key=f"atelier.png.{image.id}",
+            icon=":material/download:",
+            on_click="ignore",
+            help="The stored PNG, with its generation parameters and lineage in its metadata",
+            width="stretch",
+        )
     if image.can_upscale(2, max_side):
         st.button(
             "Upscale 2×",
@@ -222,18 +236,6 @@ def _more_actions(repo: Repository, image: ImageView, file_there: bool, max_side
         help=f"Attach #{number} to your next message as the image to start from",
         width="stretch",
     )
-    if file_there:
-        st.download_button(
-            "PNG",
-            data=partial(_png_bytes, repo, image.id),
-            file_name=f"atelier-{image.conversation_id}-{number}.png",
-            mime="image/png",
-            key=f"atelier.png.{image.id}",
-            icon=":material/download:",
-            on_click="ignore",
-            help="The stored PNG, with its generation parameters and lineage in its metadata",
-            width="stretch",
-        )
     if st.button(
         "Lineage",
         key=f"atelier.lineage.{image.id}",

@@ -277,6 +277,10 @@ def test_type_a_request_see_the_image_then_its_lineage(
             # an action chosen in "More" closes it: it is not left floating over the chat
             use_as_init = page.get_by_role("button", name="Use as init").first
             sync_api.expect(use_as_init).to_be_visible()  # the download left "More" open
+            # and the pointer still on "PNG" shows its tooltip, which must not cover another action
+            page.mouse.move(0, 0)  # off and back on, so the tooltip opens now, before the click
+            page.get_by_role("button", name="PNG").first.hover()
+            sync_api.expect(page.get_by_text("The stored PNG, with its generation")).to_be_visible()
             use_as_init.click()
             sync_api.expect(
                 page.get_by_text("#1 is attached to your next message", exact=False)

@@ -27,6 +27,18 @@ PRAISE = (
     r"(?:it|this|that)(?:\s+(?:one|a\s+lot|very\s+much))?)"
     r"(?:\s*[,!.]*\s*(?:thanks|thank\s+you|ty))?[\s!.]*"
 )
+#: "which one is the best?": a judgement Atelier does not make (it does not look at the pictures)
+OPINION = (
+    r"(?:so\s+|ok(?:ay)?[,\s]+)?(?:(?:which|what)(?:\s+(?:one|image|picture|version|of\s+(?:them|these|those)))?"
+    r"(?:'s|\s+is|\s+looks|\s+do\s+you\s+(?:like|prefer|think\s+is))\s+(?:the\s+)?"
+    r"(?:best|better|nicest|prettiest|most\s+\w+|your\s+favou?rite)(?:\s+one)?"
+    r"|what\s+do\s+you\s+think(?:\s+of\s+(?:it|them|this|these|#\d+))?|do\s+you\s+like\s+(?:it|them|this|#\d+))"
+    r"[\s?!.]*"
+)
+OPINION_REPLY = (
+    "That's yours to judge: I don't look at the pictures, I keep the record of how each was made. "
+    "Pick one by number and go on from it (“variations of #2”, “#3 but warmer”, “upscale #1”)."
+)
 
 _SMALL_TALK_KINDS: tuple[tuple[str, str], ...] = (
     (

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image as PILImage
 
-from assistant.describe import describe_lineage, describe_list, describe_prompt
+from assistant.describe import asked_fields, describe_fields, describe_lineage, describe_list, describe_prompt
 from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Reply
 from assistant.one_line import one_line
 from assistant.pasted_parameters import plan_from_pasted_parameters
@@ -1009,8 +1009,14 @@ class Assistant:
             except NotFound:
                 parts.append(f"There is no image #{number} in this conversation.")
                 continue
+            fields = asked_fields(plan.instruction or "")
             if plan.question_kind == "lineage":
                 parts.append(describe_lineage(self.repo, image))
+            elif set(fields) - {"prompt"} and image.operation != "upload":
+                # "what was the negative prompt?": that setting, said even when it is "none"
+                parts.append(
+                    describe_fields(image, fields, self._asked_params(image), self.repo.image_path(image))
+                )
             else:
                 parts.append(describe_prompt(image, self._asked_params(image)))
         return "\n\n".join(parts)

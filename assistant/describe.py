@@ -6,6 +6,11 @@ from the chat transcript or a model's memory, so the answer is true even after a
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
+from math import gcd
+from pathlib import Path
+
 from assistant.one_line import one_line
 from storage.models import Image
 from storage.repository import Repository
@@ -13,6 +18,10 @@ from storage.repository import Repository
 
 def _quote(text: str | None, width: int = 160) -> str:
     return f"“{one_line(text, width)}”"
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _step(image: Image, numbers: dict[int, int], seeds: dict[int, int | None]) -> str:
@@ -34,8 +43,7 @@ def _step(image: Image, numbers: dict[int, int], seeds: dict[int, int | None]) -
     parent = numbers.get(image.parent_id or -1)
     source = f" of #{parent}" if parent is not None else ""
     words = f" ({_quote(image.instruction, 80)})" if image.instruction else ""
-    article = "an" if image.operation[0] in "aeiou" else "a"
-    return f"#{image.number} is {article} {image.operation}{source}{words}{again}"
+    return f"#{image.number} is {_article(image.operation)} {image.operation}{source}{words}{again}"
 
 
 def describe_prompt(image: Image, asked: dict[str, object] | None = None) -> str:
@@ -72,6 +80,78 @@ def describe_prompt(image: Image, asked: dict[str, object] | None = None) -> str
             f"{image.backend} backend: " + ", ".join(f"{k} {v}" for k, v in unused.items())
         )
     return "\n\n".join(lines)
+
+
+#: the settings a question can be about ("what was the negative prompt for #1?", "where is the
+#: file for #2?"), in the order an answer lists them
+QUESTION_FIELDS: tuple[tuple[str, str], ...] = (
+    ("prompt", r"(?<!negative\s)\bprompts?\b"),
+    ("negative", r"\bnegative(?:\s+prompts?)?\b|\bnegatives\b"),
+    ("seed", r"\bseeds?\b"),
+    (
+        "size",
+        r"\b(?:size|dimensions?|resolution|aspect(?:\s+ratio)?|ratio|orientation|width|height|"
+        r"how\s+(?:big|large|wide|tall))\b",
+    ),
+    ("steps", r"\bsteps?\b"),
+    ("guidance", r"\b(?:guidance|cfg)\b"),
+    ("sampler", r"\b(?:sampler|scheduler)s?\b"),
+    ("strength", r"\b(?:strength|denoising)\b"),
+    ("model", r"\b(?:model|backend|checkpoint)s?\b"),
+    ("file", r"\b(?:file|path|folder|saved|stored|located|disk)\b"),
+)
+
+
+def asked_fields(question: str) -> tuple[str, ...]:
+    """The settings a question names, so "what was the negative prompt for #1?" is answered
+    with that (or "none"), not the whole card; "how did you make #1?" names none."""
+    return tuple(name for name, pattern in QUESTION_FIELDS if re.search(pattern, question, re.IGNORECASE))
+
+
+def _aspect(width: int, height: int) -> str:
+    divisor = gcd(width, height) or 1
+    ratio = f"{width // divisor}:{height // divisor}"
+    shape = "square" if width == height else "landscape" if width > height else "portrait"
+    return f"{width}×{height} pixels ({ratio}, {shape})"
+
+
+def _field_line(image: Image, name: str, asked: dict[str, object], path: Path | None) -> str:
+    params = image.params or {}
+    backend = f"the {image.backend} backend"
+    if name == "prompt":
+        return f"Prompt used: {_quote(image.prompt, 600)}" if image.prompt else "It has no prompt."
+    if name == "negative":
+        if image.negative_prompt:
+            return f"Negative prompt: {_quote(image.negative_prompt, 300)}"
+        return "Negative prompt: none."
+    if name == "seed":
+        if image.seed is not None:
+            return f"Seed: {image.seed}"
+        return f"Seed: none ({_article(image.operation)} {image.operation} has no seed of its own)."
+    if name == "size":
+        return f"Size: {_aspect(image.width, image.height)}"
+    if name == "model":
+        return f"Model: {image.model} ({backend})"
+    if name == "file":
+        where = str(path) if path is not None else "the image store"
+        return f"File: {where} (a PNG with its parameters and lineage in its metadata)"
+    value = params.get(name)
+    label = {"guidance": "Guidance (CFG)"}.get(name, name.capitalize())
+    if value is not None:
+        return f"{label}: {value}"
+    if asked.get(name) is not None:
+        return f"{label}: {asked[name]} was asked for, but {backend} does not use it."
+    what = f"{_article(image.operation)} {image.operation}"
+    return f"{label}: none recorded; {backend} does not use one for {what}."
+
+
+def describe_fields(
+    image: Image, fields: Collection[str], asked: dict[str, object] | None = None, path: Path | None = None
+) -> str:
+    """The settings a question asked about, each answered even when the answer is "none"."""
+    header = f"#{image.number} ({image.operation}, {image.backend}/{image.model})"
+    order = [name for name, _ in QUESTION_FIELDS if name in fields]
+    return "\n\n".join([header, *(_field_line(image, name, asked or {}, path) for name in order)])
 
 
 def _describe_upload(image: Image) -> str:

@@ -54,6 +54,8 @@ from assistant.chat_replies import (
     DONT_WANT,
     IMAGE_QUESTIONS,
     NEEDS_ONLY_A_REFERENCE,
+    OPINION,
+    OPINION_REPLY,
     OTHER_MEDIA,
     OTHER_MEDIA_REPLY,
     PRAISE,
@@ -403,9 +405,11 @@ _DESCRIBE: tuple[tuple[str, str], ...] = (
     (
         "params",
         r"\b(?:what|which)\b.*\b(?:seed|size|dimensions?|resolution|settings|parameters|params|steps|guidance|"
-        r"cfg|cfg\s+scale|sampler|scheduler|denoising|strength|model|backend|negative\s+prompt)\b"
-        r"|\bhow\s+many\s+steps\b|\b(?:tell|show|give)\s+me\s+(?:the\s+)?(?:seed|settings|"
-        r"parameters|params|size|dimensions)\b|\b(?:seed|settings|parameters)\s+(?:of|for)\s",
+        r"cfg|cfg\s+scale|sampler|scheduler|denoising|strength|model|backend|negative\s+prompt|aspect|ratio|"
+        r"orientation|width|height|file|path)\b"
+        r"|\bhow\s+many\s+steps\b|\bhow\s+(?:big|large|wide|tall)\b|\b(?:tell|show|give)\s+me\s+(?:the\s+)?"
+        r"(?:seed|settings|parameters|params|size|dimensions|steps|sampler|cfg|guidance|model|negative)\b"
+        r"|\b(?:seed|settings|parameters)\s+(?:of|for)\s|^where\b.*\b(?:file|saved|stored|kept|png|it|#\d+)\b",
     ),
     (
         "list",
@@ -414,6 +418,9 @@ _DESCRIBE: tuple[tuple[str, str], ...] = (
         r"(?:images|pictures)\b|\bwhich\s+(?:images|pictures)\b",
     ),
 )
+
+#: "history", "show my history": the conversation's images, each with where it came from
+_HISTORY = r"(?:(?:show|open|see)\s+(?:me\s+)?)?(?:the\s+|my\s+|our\s+)?(?:image\s+|chat\s+)?history[\s?!.]*"
 
 
 def _is_question_form(text: str) -> bool:
@@ -726,6 +733,8 @@ class OfflinePlanner:
         if re.fullmatch(PRAISE, raw, flags=_I):
             # "that's perfect" is feedback, not a picture of the words "that's perfect"
             return _clarify(raw, PRAISE_REPLY)
+        if re.fullmatch(OPINION, raw, flags=_I):
+            return Plan(intent=Intent.HELP, instruction=raw, reply=OPINION_REPLY)
         for talk in (
             self._other_conversation,
             self._small_talk,
@@ -1135,9 +1144,12 @@ class OfflinePlanner:
     # -- describe ---------------------------------------------------------------------------
 
     def _describe(self, raw: str, context: PlannerContext) -> Plan | None:
-        if not _is_question_form(raw):
+        if re.fullmatch(_HISTORY, raw, flags=_I):
+            kind: str | None = "list"
+        elif not _is_question_form(raw):
             return None
-        kind = next((k for k, p in _DESCRIBE if re.search(p, raw, flags=_I)), None)
+        else:
+            kind = next((k for k, p in _DESCRIBE if re.search(p, raw, flags=_I)), None)
         if kind is None:
             return None
         if kind == "list":

@@ -274,8 +274,46 @@ def test_asking_what_cfg_an_offline_image_used_says_it_was_asked_for_but_not_use
     conversation_id = run(assistant, None, "a red fox in snow, cfg 9")[0].conversation_id
     events = run(assistant, conversation_id, "what cfg did #1 use?")
     (reply,) = [e for e in events if isinstance(e, Reply)]
-    assert "Asked for but not used by the offline backend: guidance 9" in reply.text
+    assert "Guidance (CFG): 9.0 was asked for, but the offline backend does not use it." in reply.text
     assert not images_of(events)
+
+
+def _answer(assistant: Assistant, conversation_id: int, question: str) -> str:
+    events = run(assistant, conversation_id, question)
+    assert not images_of(events), question  # a question is answered, never drawn
+    (reply,) = [e for e in events if isinstance(e, Reply)]
+    return reply.text
+
+
+def test_a_question_about_one_setting_is_answered_with_that_setting(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a red fox in snow, 1536x1024")[0].conversation_id
+    fox = assistant.repo.get_image_by_number(conversation_id, 1)
+    ratio = _answer(assistant, conversation_id, "what aspect ratio is #1?")
+    assert "Size: 1536×1024 pixels (3:2, landscape)" in ratio and "Prompt used" not in ratio
+    where = _answer(assistant, conversation_id, "where is the file for #1?")
+    path = assistant.repo.image_path(fox)
+    assert f"File: {path}" in where and path.is_file()
+    both = _answer(assistant, conversation_id, "can you tell me the steps and seed?")
+    assert f"Seed: {fox.seed}" in both and "Steps: " in both
+    # what a backend did not use is said, not left out
+    sampler = _answer(assistant, conversation_id, "which sampler did #1 use?")
+    assert "Sampler: none recorded; the offline backend does not use one for a generate." in sampler
+    negative = _answer(assistant, conversation_id, "what was the negative prompt for #1?")
+    expected = f"“{fox.negative_prompt}”" if fox.negative_prompt else "Negative prompt: none."
+    assert expected in negative
+    # "what prompt made #1?" still gets the whole card
+    assert "Prompt used: " in _answer(assistant, conversation_id, "what prompt made #1?")
+
+
+def test_opinions_and_a_bare_history_are_answered_not_drawn(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a red fox in snow")[0].conversation_id
+    run(assistant, conversation_id, "make it snowier")
+    assert "yours to judge" in _answer(assistant, conversation_id, "which one is the best?")
+    history = _answer(assistant, conversation_id, "history")
+    assert "#1 generate" in history and "#2 edit from #1" in history
+    assert assistant.repo.counts()["images"] == 2
 
 
 def test_one_change_to_several_images_edits_each_from_its_own_picture(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from pydantic import SecretStr
 
 from assistant.agent import LLMAgent
 from assistant.core import Assistant
+from assistant.describe import asked_fields
 from assistant.events import Event, Failed, ImageReady, Reply
 from assistant.plan import REPLY_ONLY_INTENTS, Intent, Plan, PlannerContext
 from assistant.runtime import open_repository
@@ -502,11 +503,11 @@ def test_no_image_cases_through_the_whole_loop(
     for word in expect.get("reply_contains", []):
         assert word.lower() in final.text.lower(), (word, final.text)
     if expect["intent"] == "describe":
-        _assert_answer_is_the_record(expect, result, repo, conversation_id)
+        _assert_answer_is_the_record(expect, case["text"], result, repo, conversation_id)
 
 
 def _assert_answer_is_the_record(
-    expect: dict[str, Any], result: str, repo: Any, conversation_id: int
+    expect: dict[str, Any], text: str, result: str, repo: Any, conversation_id: int
 ) -> None:
     """The facts in the answer are the stored rows' (the table's expectations are only a subset)."""
     kind = expect["question_kind"]
@@ -520,6 +521,21 @@ def _assert_answer_is_the_record(
     if kind == "prompt":
         assert f"Prompt used: “{image.prompt}”" in result
         assert f"Negative prompt: “{image.negative_prompt}”" in result
+    elif kind == "params" and set(fields := asked_fields(text)) - {"prompt"}:
+        # the settings asked about, each answered, "none" included
+        values = {
+            "negative": f"“{image.negative_prompt}”" if image.negative_prompt else "Negative prompt: none",
+            "seed": f"Seed: {image.seed}" if image.seed is not None else "Seed: none",
+            "size": f"{image.width}×{image.height}",
+            "model": f"Model: {image.model}",
+            "file": f"File: {repo.image_path(image)}",
+            "steps": "Steps: ",
+            "guidance": "Guidance (CFG): ",
+            "sampler": "Sampler: ",
+            "strength": "Strength: ",
+        }
+        for field in fields:
+            assert field == "prompt" or values[field] in result, (field, result)
     elif kind == "params":
         assert f"seed {image.seed}" in result and f"{image.width}×{image.height}" in result
     else:  # lineage: every step back to the root, with what the user asked at each

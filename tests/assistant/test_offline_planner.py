@@ -190,6 +190,16 @@ def test_praise_is_answered_not_drawn(text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    ["which one is the best?", "which is better?", "what do you think?", "which of them is your favorite?"],
+)
+def test_asking_for_an_opinion_is_answered_not_drawn(text: str) -> None:
+    plan = PLANNER.plan(text, PlannerContext(images=(CABIN_1,)))
+    assert plan.intent is Intent.HELP and plan.operation is None
+    assert "yours to judge" in (plan.reply or "")
+
+
+@pytest.mark.parametrize(
     "text", ["use my prompt exactly", "use my prompt verbatim please", "don't rewrite my prompt", "verbatim"]
 )
 def test_the_verbatim_command_alone_asks_for_the_prompt(text: str) -> None:

@@ -550,6 +550,12 @@ _VARIATION_WORDS = vocab(
     "drastically bold bolder radical radically different crazy heavy heavily dramatic dramatically extreme "
     "few couple several new"
 )
+#: "show me 3 variations", "I like #2 best, give me variations": how the request is said, no change
+_VARIATION_CHATTER = (
+    r"\b(?:show|give|get|make|send)\s+me\b|\blet\s+me\s+(?:see|have)\b|\bcan\s+i\s+(?:see|get|have)\b"
+    r"|\bi(?:'d|\s+would)?\s+(?:really\s+)?(?:like|love|prefer|want)\b(?:\s+(?:it|this|that|this\s+one|that\s+one))?"
+    r"(?:\s+(?:the\s+)?(?:best|most))?"
+)
 _IMG2IMG_FROM = (
     r"\b(?:based\s+on|starting\s+(?:from|with)|start\s+(?:from|with)|inspired\s+by|(?:use|using|take|taking)"
     r"(?:\s+(?P<ref>.{1,40}?))?\s+as\s+(?:a\s+|the\s+|an\s+)?(?:base|starting\s+point|reference|template|init(?:ial)?"
@@ -1579,6 +1585,7 @@ class OfflinePlanner:
         count, rest = _count(rest)
         if count is None:  # "give me 4 of them": "them" went with the references
             count, _ = _count_of_them(raw)
+        rest = re.sub(_VARIATION_CHATTER, " ", rest, flags=_I)
         extra_words = _leftover(rest, _VARIATION, extra=_VARIATION_WORDS)
         refs, problem = self._targets_for_tool(raw, context)
         if problem:
@@ -1932,6 +1939,13 @@ def _join(*parts: str | None) -> str | None:
     return text or None
 
 
+_PUT_IN = r"(?:put|place|move|set)\s+(?:in|on|into|onto|inside|under|at)\b"
+_PUT_REF_IN = (
+    r"\b(?:put|place|move|set)\s+(?:#\s?\d+|(?:image|picture)\s+\d+|the\s+\w+\s+(?:one|image|picture))\s+"
+    r"(?:in|on|into|onto|inside|under|at)\b"
+)
+
+
 def _instruction_text(refs: ReferenceResult) -> str:
     """The message minus the words that pointed at images; pronouns stay ("make it snowier")."""
     text = strip_polite(refs.text_without(keep_pronouns=True))
@@ -1940,6 +1954,9 @@ def _instruction_text(refs: ReferenceResult) -> str:
     after = _after_leading_pronoun(text)
     if after is not None:
         text = after
+    # "put #3 in a forest": the image was the verb's object, which the place rule needs ("put it in …")
+    if re.match(_PUT_IN, text, flags=_I) and re.search(_PUT_REF_IN, refs.text, flags=_I):
+        text = re.sub(r"^(\w+)", r"\1 it", text)
     # a preposition that led into the cut-out reference goes too ("remove the snow from [#2]")
     return re.sub(r"(?:\s+(?:from|of|in|on|to|for|into|onto|at))+\s*[.!?]*$", "", text, flags=_I).strip()
 

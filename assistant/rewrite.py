@@ -790,7 +790,7 @@ def _edit_lighting(prompt: str, clause: str) -> tuple[str, str] | None:
 
 def _edit_color(prompt: str, clause: str) -> tuple[str, str] | None:
     obj_re = (
-        r"(?:the\s+|its\s+|his\s+|her\s+)?(?P<obj>[a-z][a-z\-]*(?:\s+(?!to\b|into\b|be\b|of\b|"
+        r"(?:the\s+|its\s+|his\s+|her\s+)?(?P<obj>[a-z][a-z\-]*(?:\s+(?!to\b|into\b|be\b|of\b|an?\b|the\b|"
         + _SHADE
         + r"\s)[a-z][a-z\-]*)?)"
         r"(?:'s)?(?:\s+colou?r)?(?:\s+of)?"  # "the sky of #1 purple" arrives as "the sky of purple"
@@ -806,8 +806,8 @@ def _edit_color(prompt: str, clause: str) -> tuple[str, str] | None:
         or re.fullmatch(
             r"(?:make|turn|paint|colou?r|recolou?r|change|dye)\s+"
             + obj_re
-            + r"\s+(?:to\s+|into\s+)?(?:be\s+)?"
-            r"(?P<color>" + _COLOR + r")",
+            + r"\s+(?:to\s+|into\s+)?(?:be\s+)?(?:an?\s+)?"
+            r"(?P<color>" + _COLOR + r")(?:\s+(?:colou?r|shade|hue|tone))?",
             clause,
             flags=re.IGNORECASE,
         )
@@ -1063,6 +1063,9 @@ _REPLACE = (
     r"(?:replace|swap|exchange)\s+(?:the\s+|a\s+|an\s+)?(?P<old>[a-z][a-z\-]*(?:\s+[a-z][a-z\-]*)?)\s+"
     r"(?:with|for|by)\s+(?P<new>.+)"
     r"|(?:turn|change|transform)\s+the\s+(?P<old2>[a-z][a-z\-]*)\s+(?:in)?to\s+(?P<new2>(?:an?|some)\s+.+)"
+    # "make the dog a cat", "make the cabin into a castle" (not "make the sky a deep orange")
+    r"|make\s+the\s+(?P<old3>[a-z][a-z\-]*)\s+(?:into\s+)?(?P<new3>(?:an?|some)\s+(?!(?:bit|little|lot|touch|tad)\b)"
+    r"(?!.*\b(?:shade|hue|tone|colou?r|deeper|darker|lighter|brighter|" + "|".join(COLORS) + r")\b).+)"
 )
 
 
@@ -1070,20 +1073,52 @@ def _edit_replace(prompt: str, clause: str) -> tuple[str, str] | None:
     m = re.fullmatch(_REPLACE, clause, flags=re.IGNORECASE)
     if not m:
         return None
-    old = (m.group("old") or m.group("old2")).lower()
-    new = (m.group("new") or m.group("new2")).strip()
+    old = (m.group("old") or m.group("old2") or m.group("old3")).lower()
+    new = (m.group("new") or m.group("new2") or m.group("new3")).strip()
     head = re.escape(old.split()[-1])
     # the old thing with its article and up to two adjectives: "a large blue whale" → the new thing
     found = re.search(
         r"\b(?:(?:an?|the|some)\s+)?(?:[a-z\-]+\s+){0,2}?" + head + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE
     )
     if not found:
-        return None
+        # the words do not name it (an upload, "the dog" in a "portrait"): the new thing is said,
+        # and the old one is not, so a model is not asked for the dog it should lose
+        return _insert_after_subject(prompt, new, as_segment=True), ""
     if not re.match(r"(?:an?|the|some)\s", new, flags=re.IGNORECASE) and found.group(0).lower().startswith(
         "a"
     ):
         new = f"a {new}"
     return _fix_articles(prompt[: found.start()] + new + prompt[found.end() :]), ""
+
+
+#: "put it on a beach", "place the fox in a forest": a new setting for the subject
+_PLACE = (
+    r"(?:put|place|set|move|take|send)\s+(?:it|him|her|them|this|that|the\s+[a-z][a-z\-]*)\s+"
+    r"(?P<where>(?:on|in|at|into|onto|inside|under|underwater|by|near|beside)\b.*)"
+)
+#: where the subject is now, in the subject's own words ("in the woods", "on a mossy rock")
+_SETTING = (
+    r"\s(?:in|on|by|near|inside|under|beside|atop)\s+(?:the|a|an)\s+[a-z\- ]+?"
+    r"(?=\s+(?:at|during|with|under|in)\s|$)"
+)
+
+
+def _edit_place(prompt: str, clause: str) -> tuple[str, str] | None:
+    m = re.fullmatch(_PLACE, clause, flags=re.IGNORECASE)
+    if not m:
+        return None
+    where = re.sub(r"^(?:into|onto)\b", lambda p: p.group(0)[:-2], m.group("where"), flags=re.IGNORECASE)
+    # "on a beach at sunset": the place here, the time for the time rule
+    time_follows = re.search(r"\s+(?=(?:at|during|with|and)\s)", where, flags=re.IGNORECASE)
+    left = ""
+    if time_follows:
+        where, left = where[: time_follows.start()], where[time_follows.end() :]
+    head, sep, rest = prompt.partition(",")
+    setting = re.search(_SETTING, head, flags=re.IGNORECASE)
+    if setting and not any(w in setting.group(0).lower().split() for w in _TIME_WORDS):
+        head = head[: setting.start()] + " " + where + head[setting.end() :]
+        return head + sep + rest, left
+    return _insert_after_subject(prompt, where, as_segment=False), left
 
 
 def _edit_add(prompt: str, clause: str) -> tuple[str, str] | None:
@@ -1223,6 +1258,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_style,
             _edit_time,
             _edit_season,
+            _edit_place,
             _edit_weather,
             _edit_lighting,
             _edit_less,

@@ -509,6 +509,11 @@ _REGENERATE_WORDS = vocab(
     "again regenerate regen reroll redo retry rerun remake try another seed new different other fresh random "
     "once time go attempt take roll one version draw generate render create prompt with use same but more"
 )
+#: "again but darker", "try again, but at sunset", "one more but snowier"
+_AGAIN_BUT = (
+    r"(?:(?:try|do\s+it|make\s+it|go)\s+)?(?:again|another(?:\s+one)?|one\s+more|once\s+more|another\s+try)"
+    r"[\s,]+(?:but|only|and\s+make\s+it|with)\b"
+)
 #: "another one", "one more": one image, even after a turn that made several
 _ONE_MORE = r"\b(?:another(?:\s+one)?|one\s+more)\b"
 #: "3 of them": a batch size said about the last image(s), not a reference to them
@@ -754,6 +759,7 @@ class OfflinePlanner:
             self._complaint,
             self._opposite,
             self._same_again,
+            self._same_look,
         ):
             answered = talk(raw, context)
             if answered is not None:
@@ -943,6 +949,40 @@ class OfflinePlanner:
         if change is None:
             return _clarify(raw, f"There is no earlier change to repeat. What should I do to {named}?")
         return replace(self._plan(f"{named}, {change}", context), instruction=raw)
+
+    def _same_look(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "now an owl in that style", "same style but a kingfisher": a new subject drawn with the
+        look of an earlier image (its style, lighting and craft words, and its size).
+
+        The picture is new (a generate, new seed): nothing of the old one's pixels is wanted.
+        """
+        core = strip_polite(raw).replace("’", "'")
+        m = next((m for p in _SAME_LOOK if (m := re.fullmatch(p, core, flags=_I))), None)
+        if m is None or not context.images:
+            return None
+        subject = m["subject"].strip(" ,.!")
+        if re.match(_NOT_A_SUBJECT, subject, flags=_I):
+            return None
+        refs = resolve_references(m["ref"] or "", context.images, focus=context.focus, default_to_last=True)
+        if not refs.ok:
+            return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
+        source = context.image(refs.numbers[0])
+        assert source is not None
+        if not source.prompt:  # an upload: no words of a look to carry
+            return None
+        look = source.prompt.partition(",")[2].strip()
+        prompt = f"{subject}, {look}" if look else rewrite_prompt(subject, source.style)[0]
+        return Plan(
+            intent=Intent.GENERATE,
+            instruction=raw,
+            prompt=prompt,
+            negative_prompt=source.negative_prompt if context.backend_takes_negative_prompt else "",
+            style=source.style,
+            size=(source.width, source.height),
+            verbatim=context.verbatim,
+            reply=f"A new picture in the look of #{source.number}: its style and lighting words, its size, "
+            "a new seed.",
+        )
 
     # -- render settings --------------------------------------------------------------------
 
@@ -1469,6 +1509,9 @@ class OfflinePlanner:
         if count is None:
             count, rest = _count(rest)
         if _leftover(rest, _REGENERATE, extra=_REGENERATE_WORDS):
+            # "try again but darker", "another one but at sunset": the image again, with that change
+            if context.images and re.match(_AGAIN_BUT, strip_polite(probe.remainder), flags=_I):
+                return self._edit(raw, context)
             return None
         return self._regenerate_plan(raw, text, count, seed, context)
 
@@ -1738,6 +1781,8 @@ class OfflinePlanner:
         seed, instruction = _seed(_instruction_text(refs))
         count, instruction = _count(instruction)
         instruction = re.sub(_REGENERATE, " ", instruction, flags=_I).strip(" ,;:")
+        # "another one but darker" leaves "one but darker": the change is "darker"
+        instruction = re.sub(r"^(?:(?:one|try|go)\s+)?(?:,\s*)?(?:but|only)\s+", "", instruction, flags=_I)
         parent = context.image(refs.numbers[0])
         assert parent is not None
         found_in: str | None = None
@@ -1943,6 +1988,36 @@ _PUT_IN = r"(?:put|place|move|set)\s+(?:in|on|into|onto|inside|under|at)\b"
 _PUT_REF_IN = (
     r"\b(?:put|place|move|set)\s+(?:#\s?\d+|(?:image|picture)\s+\d+|the\s+\w+\s+(?:one|image|picture))\s+"
     r"(?:in|on|into|onto|inside|under|at)\b"
+)
+
+
+_LOOK = r"(?:style|look|vibe|aesthetic|mood|feel|way|lighting|settings)"
+_THE_REF = (
+    r"(?P<ref>#\s?\d+|it|that|this|the\s+(?:first|second|third|fourth|fifth|last|previous|other)\s+one)"
+)
+#: "now an owl in that style", "same style but a kingfisher", "another one but a wizard",
+#: "do the same (thing) with a lighthouse", "the same but with a dragon instead"
+_SAME_LOOK = (
+    r"(?:(?:now|ok(?:ay)?|next|and)[,\s]+)?(?:(?:do|make|draw|try|paint|render|create|give\s+me)\s+)?"
+    r"(?P<subject>(?:an?|some|two|three|the)\s+.+?)\s+in\s+(?:that|the\s+same|this|a\s+similar|the)\s+"
+    + _LOOK
+    + r"(?:\s+(?:of|as)\s+"
+    + _THE_REF
+    + r")?(?P<no>)[\s.!]*",
+    r"(?:(?:now|ok(?:ay)?|next|and)[,\s]+)?(?:(?:the|use\s+the|keep\s+the)\s+)?same\s+"
+    + _LOOK
+    + r"(?:\s+(?:as|of)\s+"
+    + _THE_REF
+    + r")?\s*[,:]?\s+(?:but\s+)?(?:(?:with|for|of)\s+)?(?P<subject>(?:an?|some)\s+.+?)(?:\s+instead)?[\s.!]*",
+    r"(?:(?:now|ok(?:ay)?|next)[,\s]+)?another\s+one,?\s+but\s+(?:with\s+)?(?P<subject>(?:an?|some)\s+.+?)"
+    r"(?:\s+instead)?(?P<ref>)[\s.!]*",
+    r"(?:(?:now|ok(?:ay)?|next)[,\s]+)?(?:do\s+)?the\s+same(?:\s+thing)?,?\s+(?:but\s+)?(?:with|for)\s+"
+    r"(?P<subject>(?:an?|some)\s+.+?)(?:\s+instead)?(?P<ref>)[\s.!]*",
+)
+#: "another one but a bit darker": a change, not a new subject
+_NOT_A_SUBJECT = (
+    r"(?:an?|some)\s+(?:bit|little|lot|touch|tad|few|different|new|similar|other|slightly|more|less|close-?up|"
+    r"wider|closer|darker|brighter|lighter|higher|lower|better|new\s+seed|different\s+seed)\b"
 )
 
 

@@ -482,3 +482,26 @@ def test_make_it_darker_keeps_the_layout_and_is_darker(tmp_path: Path, prompt: s
     assert second.seed == first.seed and second.parent_id == first.id
     brightness = [ImageStat.Stat(repo.load_image(i).convert("L")).mean[0] for i in (first, second)]
     assert brightness[1] < brightness[0] * 0.85, brightness
+
+
+def test_a_new_subject_in_the_same_style_keeps_the_look_and_size_of_the_last_image(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a watercolor of a lighthouse at dusk, 768x512")[0].conversation_id
+    lighthouse = assistant.repo.get_image_by_number(conversation_id, 1)
+    (made,) = images_of(run(assistant, conversation_id, "now do an owl in that style"))
+    owl = assistant.repo.get_image(made.id)
+    assert owl.operation == "generate" and owl.parent_id is None  # a new picture, not a redraw
+    assert owl.prompt.startswith("an owl, ") and "lighthouse" not in owl.prompt
+    assert lighthouse.prompt.partition(",")[2].strip() in owl.prompt  # its look, word for word
+    assert (owl.width, owl.height) == (lighthouse.width, lighthouse.height) == (768, 512)
+    assert owl.seed != lighthouse.seed
+
+
+def test_try_again_with_a_change_changes_the_last_image(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a red fox in the snow")[0].conversation_id
+    fox = assistant.repo.get_image_by_number(conversation_id, 1)
+    (made,) = images_of(run(assistant, conversation_id, "another one but at sunset"))
+    image = assistant.repo.get_image(made.id)
+    assert image.operation == "edit" and image.parent_id == fox.id
+    assert image.prompt.startswith("a red fox in the snow at sunset")

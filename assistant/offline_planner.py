@@ -1828,14 +1828,16 @@ class OfflinePlanner:
             )
         seed, instruction = _seed(_instruction_text(refs))
         instruction = re.sub(r"\b(?:all|each|every\s+one|both)\b", " ", instruction, flags=_I).strip(" ,;:")
-        if not _words(instruction) or only_keeps(instruction):
+        own_changes = _own_changes(raw, context)
+        if not own_changes and (not _words(instruction) or only_keeps(instruction)):
             return _clarify(raw, f"What should I change in {_numbers(refs.numbers)}?")
-        new_style = detect_style(instruction)
-        numbers = tuple(sorted(refs.numbers))
+        numbers = tuple(sorted(own_changes or refs.numbers))
         per_target: dict[int, dict[str, Any]] = {}
         for number in numbers:
             parent = context.image(number)
             assert parent is not None
+            instruction = own_changes.get(number, instruction)
+            new_style = detect_style(instruction)
             style = new_style or parent.style or (None if parent.prompt else normalize_style(context.style))
             own = Plan(
                 intent=Intent.EDIT,
@@ -1857,6 +1859,31 @@ class OfflinePlanner:
             **per_target[numbers[0]],
             per_target=per_target,
         )
+
+
+#: where "make #2 sunnier and #3 foggy" splits: before each image named by number after the first
+_EACH_OWN_CHANGE = r"\s*(?:[,;]\s*(?:and\s+)?|\s+and\s+(?:then\s+)?)(?=(?:(?:make|turn|give)\s+)?#\s?\d+\b)"
+
+
+def _own_changes(raw: str, context: PlannerContext) -> dict[int, str]:
+    """ "make #2 sunnier and #3 foggy", "#1 at sunset, #2 at dawn": a change for each image, when
+    every part names one image of its own and says what to do to it; else none."""
+    parts = re.split(_EACH_OWN_CHANGE, raw.strip(), flags=_I)
+    if len(parts) < 2:
+        return {}
+    verb = re.match(r"\s*(make|turn|give)\s", parts[0], flags=_I)
+    changes: dict[int, str] = {}
+    for part in parts:
+        if verb and re.match(r"#\s?\d", part):  # "… and #3 foggy": the first part's verb
+            part = f"{verb.group(1)} {part}"
+        refs = resolve_references(part, context.images, focus=context.focus)
+        if not refs.ok or len(refs.numbers) != 1 or refs.numbers[0] in changes:
+            return {}
+        _, change = _seed(_instruction_text(refs))
+        if not _leftover(change, extra=("make", "turn", "give")):
+            return {}
+        changes[refs.numbers[0]] = change
+    return changes
 
 
 # --------------------------------------------------------------------------------------------

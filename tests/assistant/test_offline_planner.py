@@ -1172,3 +1172,29 @@ def test_more_images_than_a_batch_at_once_asks_which() -> None:
     plan = PLANNER.plan("make #1, #2 and #3 snowier", context)
     assert plan.intent is Intent.CLARIFY and plan.targets == ()
     assert "up to 2 in one go" in (plan.reply or "") and "#3" in (plan.reply or "")
+
+
+FOX_PROMPT = "a red fox sitting on a mossy rock, soft natural lighting"
+
+
+@pytest.mark.parametrize(
+    ("text", "first", "second"),
+    [
+        ("make #1 sunnier and #2 foggy", "bright sunshine", "fog"),
+        ("#1 at sunset, #2 at dawn", "at sunset", "dawn"),
+        ("make #1 pixel art and #2 a watercolor", "pixel art", "watercolor"),
+    ],
+)
+def test_each_image_named_gets_its_own_change(text: str, first: str, second: str) -> None:
+    fox = replace(CABIN_1, number=2, id=102, prompt=FOX_PROMPT)
+    plan = PLANNER.plan(text, PlannerContext(images=(CABIN_1, fox)))
+    assert plan.intent is Intent.EDIT and plan.targets == (1, 2)
+    cabin, other = plan.per_target[1]["prompt"], plan.per_target[2]["prompt"]
+    assert first in cabin and second not in cabin and cabin.startswith("a cozy cabin")
+    assert second in other and first not in other and other.startswith("a red fox")
+
+
+def test_one_change_for_several_images_is_still_one_change_for_each() -> None:
+    fox = replace(CABIN_1, number=2, id=102, prompt=FOX_PROMPT)
+    plan = PLANNER.plan("add a moon to #1 and #2", PlannerContext(images=(CABIN_1, fox)))
+    assert all("with a moon" in plan.per_target[n]["prompt"] for n in (1, 2))

@@ -475,14 +475,15 @@ class LLMAgent:
 
     @staticmethod
     def _with_more_edits(planned: Plan, more: list[dict[str, Any]], call: Call) -> Plan:
-        """The first call's plan, joined by the calls after it when each edits one more image."""
-        if not more or not all(c["name"] == "edit_image" for c in more):
+        """The first call's plan, joined by the calls after it when each edits (or varies) one
+        more image."""
+        if not more or not all(c["name"] in ("edit_image", "vary_image") for c in more):
             return planned
         try:
             plans = [planned, *(plan_for_call(c["name"], c["args"], call) for c in more)]
         except ToolCallError:  # ForTheUser is one: the first call alone is what was asked
             return planned
-        return _one_edit_of_several(plans) or planned
+        return _one_edit_of_several(plans, call.context.max_n) or planned
 
     def _text_plan(self, text: str, context: PlannerContext, words: str | None) -> Plan:
         """A text answer is the reply; its label (help / refuse / clarify) is for the record only.
@@ -801,20 +802,30 @@ def _failure_advice(failure: ChatUnavailable) -> str:
     return f"Check ATELIER_CHAT_BASE_URL and ATELIER_CHAT_MODEL, {offline} while it is down."
 
 
-def _one_edit_of_several(plans: list[Plan]) -> Plan | None:
-    """ "make both snowier" is one edit_image call per image: as a plan, one edit of each, each
-    with its own prompt (what the offline planner makes of the same words)."""
-    if len(plans) < 2 or any(p.intent is not Intent.EDIT or len(p.targets) != 1 for p in plans):
+def _one_edit_of_several(plans: list[Plan], max_n: int) -> Plan | None:
+    """ "make both snowier" is one edit_image call per image, "variations of #1 and #4" one
+    vary_image call each: as a plan, one edit (or batch of variations) of each, each with its own
+    prompt (what the offline planner makes of the same words). The images of all of them are one
+    request's, so they share its limit."""
+    intent = plans[0].intent
+    if intent not in (Intent.EDIT, Intent.VARIATION):
+        return None
+    if len(plans) < 2 or any(p.intent is not intent or len(p.targets) != 1 for p in plans):
         return None
     targets = [p.targets[0] for p in plans]
-    if len(set(targets)) != len(targets):
+    if len(set(targets)) != len(targets) or len(targets) > max_n:
         return None
     per_target = {
         p.targets[0]: {"prompt": p.prompt, "negative_prompt": p.negative_prompt, "style": p.style}
         for p in plans
     }
     first = min(plans, key=lambda p: p.targets[0])
-    return replace(first, targets=tuple(sorted(targets)), per_target=per_target)
+    n = min(p.n for p in plans)
+    if n * len(targets) > max_n:
+        n = max_n // len(targets)
+        note = f"I make at most {max_n} images in one go, so here are {n} of each."
+        first = replace(first, reply=" ".join(filter(None, (first.reply, note))))
+    return replace(first, targets=tuple(sorted(targets)), per_target=per_target, n=n)
 
 
 def _calls(answer: AIMessage) -> list[dict[str, Any]]:

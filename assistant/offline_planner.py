@@ -1633,36 +1633,45 @@ class OfflinePlanner:
         refs, problem = self._targets_for_tool(raw, context)
         if problem:
             return problem
-        if len(refs.numbers) > 1:
+        several = len(refs.numbers)
+        if several > context.max_n:
             return _clarify(raw, "Variations of which one: " + _numbers(refs.numbers) + "?")
-        target = context.image(refs.numbers[0])
-        assert target is not None
-        prompt, style = target.prompt, target.style
+        instruction = ""
         if extra_words:
             # what is left besides the variation words is a change to make as well ("… at sunset")
             instruction = re.sub(_VARIATION, " ", rest, flags=_I)
-            vocabulary = r"\b(?:" + "|".join(sorted(_VARIATION_WORDS | {"of"})) + r")\b"
+            vocabulary = r"\b(?:" + "|".join(sorted(_VARIATION_WORDS | {"of", "and", "both"})) + r")\b"
             instruction = re.sub(vocabulary, " ", instruction, flags=_I)
-            prompt = apply_edit(prompt, instruction)
-            style = detect_style(instruction) or style
+        per_target: dict[int, dict[str, Any]] = {}
+        for number in refs.numbers:
+            target = context.image(number)
+            assert target is not None
+            per_target[number] = {
+                "prompt": apply_edit(target.prompt, instruction) if instruction else target.prompt,
+                "style": (detect_style(instruction) if instruction else None) or target.style,
+                "negative_prompt": target.negative_prompt if context.backend_takes_negative_prompt else "",
+            }
         plural = re.search(
             r"\b(?:variations|variants|alternatives|riffs|remixes|others|ones|more)\b", raw, _I
         )
         default = min(3, context.max_n) if plural else context.default_n
         n, note = cap_n(default if count is None else count, context)
+        if several > 1 and n * several > context.max_n:
+            # "variations of #1 and #4": each gets its share of one request's images
+            n = context.max_n // several
+            note = f"I make at most {context.max_n} images in one go, so here are {n} of each."
         return Plan(
             intent=Intent.VARIATION,
             targets=refs.numbers,
             instruction=raw,
-            prompt=prompt,
-            negative_prompt=target.negative_prompt if context.backend_takes_negative_prompt else "",
             n=n,
             strength=_strength(raw, DEFAULT_VARIATION_STRENGTH),
             new_seed=seed is None,
             seed=seed,
-            style=style,
             verbatim=context.verbatim,
             reply=note,
+            **per_target[refs.numbers[0]],
+            per_target=per_target if several > 1 else {},
         )
 
     # -- edit or generate -----------------------------------------------------------------

@@ -505,3 +505,19 @@ def test_try_again_with_a_change_changes_the_last_image(tmp_path: Path) -> None:
     image = assistant.repo.get_image(made.id)
     assert image.operation == "edit" and image.parent_id == fox.id
     assert image.prompt.startswith("a red fox in the snow at sunset")
+
+
+def test_variations_of_two_images_vary_each_from_its_own_prompt(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a red fox in the snow")[0].conversation_id
+    run(assistant, conversation_id, "a lighthouse on a cliff")
+    fox, lighthouse = (assistant.repo.get_image_by_number(conversation_id, n) for n in (1, 2))
+    events = run(assistant, conversation_id, "variations of #1 and #2")
+    made = [assistant.repo.get_image(e.id) for e in images_of(events)]
+    assert sorted((m.operation, m.parent_id) for m in made) == sorted(
+        [("variation", fox.id)] * 2 + [("variation", lighthouse.id)] * 2
+    )
+    assert all(m.prompt == (fox if m.parent_id == fox.id else lighthouse).prompt for m in made)
+    assert len({m.sha256 for m in made}) == 4  # four different pictures
+    (reply,) = [e for e in events if isinstance(e, Reply)]
+    assert "2 of each" in reply.text

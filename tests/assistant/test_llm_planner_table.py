@@ -226,6 +226,8 @@ def model_call(case: dict[str, Any], context: PlannerContext) -> tuple[str, dict
         wanted = expect.get("prompt_contains", [])
         if source is not None and any(w.lower() not in source.prompt.lower() for w in wanted):
             args["prompt"] = _prompt(expect)  # "variations with a moon": the changed prompt
+        if len(targets) > 1:  # one call per image, each a full batch (the agent shares out the limit)
+            n = 3
         return "vary_image", {**args, "image_number": first, "n": n}
     if intent == "img2img":
         if "strength" in expect:
@@ -253,14 +255,18 @@ def model_call(case: dict[str, Any], context: PlannerContext) -> tuple[str, dict
 
 
 def more_calls(case: dict[str, Any], context: PlannerContext) -> list[tuple[str, dict[str, Any]]]:
-    """ "make both snowier": after the call for the first image, one edit_image per other image."""
+    """ "make both snowier": after the call for the first image, one edit_image per other image;
+    "variations of #1 and #4": one vary_image per other image, each asking for a full batch."""
     expect = case["expect"]
-    if expect["intent"] != "edit" or case["id"] in ASKED_FOR:
+    if expect["intent"] not in ("edit", "variation") or case["id"] in ASKED_FOR:
         return []
-    calls = []
+    calls: list[tuple[str, dict[str, Any]]] = []
     for number in expect.get("targets", [])[1:]:
         source = context.image(number)
         assert source is not None
+        if expect["intent"] == "variation":
+            calls.append(("vary_image", {"image_number": number, "n": 3}))
+            continue
         prompt = f"{source.prompt}, {_prompt(expect)}"
         calls.append(("edit_image", {"image_number": number, "instruction": case["text"], "prompt": prompt}))
     return calls

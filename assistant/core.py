@@ -25,6 +25,7 @@ from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Repl
 from assistant.one_line import one_line
 from assistant.pasted_parameters import plan_from_pasted_parameters
 from assistant.plan import ImageInfo, Intent, Plan, Planner, PlannerContext
+from assistant.references import asks_which_image
 from assistant.settings import BACKEND_MAX_STEPS, MAX_GUIDANCE, MAX_SEED, MIN_SIDE, Settings
 from assistant.upload_parameters import EMBEDDED_NAMES, embedded_parameters, number_or_none
 from storage.db import StorageError
@@ -354,7 +355,19 @@ class Assistant:
             max_n=self.settings.max_n,
             default_size=self.default_size(),
             focus=self._went_back_to(conversation_id, rows),
+            pending_request=self._asked_which_image(conversation_id),
         )
+
+    def _asked_which_image(self, conversation_id: int) -> str | None:
+        """The words of the request the last reply asked "which one?" about, if it did."""
+        history = self.repo.messages(conversation_id, limit=3)
+        if len(history) < 3 or history[-1].role != "user":  # [-1] is the message being planned
+            return None
+        request, reply = history[-3], history[-2]
+        plan = reply.plan or {}
+        if request.role != "user" or reply.role != "assistant" or plan.get("intent") != "clarify":
+            return None
+        return request.content if asks_which_image(str(plan.get("reply") or "")) else None
 
     def _went_back_to(self, conversation_id: int, rows: Sequence[Image]) -> int | None:
         """The image an "undo" reply went back to, while no image has been made since."""

@@ -724,6 +724,9 @@ class OfflinePlanner:
                 return _clarify(text, UPLOAD_WHAT_TO_DO.format(f"#{upload[0]}" if upload else "this image"))
             return _clarify(text, EMPTY_REPLY)
 
+        picked = self._picked_image(raw, context)
+        if picked is not None:
+            return picked
         if any(re.search(p, raw, flags=_I) for p in _DESTRUCTIVE):
             return Plan(intent=Intent.REFUSE, instruction=raw, reply=DELETE_REPLY)
         injection = next((m for p in _INJECTION if (m := re.search(p, raw, flags=_I))), None)
@@ -949,6 +952,24 @@ class OfflinePlanner:
         if change is None:
             return _clarify(raw, f"There is no earlier change to repeat. What should I do to {named}?")
         return replace(self._plan(f"{named}, {change}", context), instruction=raw)
+
+    def _picked_image(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "the second one" after "Which one did you mean: #1 or #2?": the request that was asked
+        about, for the image picked (not "What should I change in #2?")."""
+        pending = context.pending_request
+        if not pending:
+            return None
+        chosen = _chosen_image(raw, context)
+        if chosen is None:
+            return None
+        refs = resolve_references(pending, context.images, focus=context.focus)
+        tied = next((m for m in refs.mentions if m.problem and chosen in m.candidates), None)
+        if tied is not None:  # "the cabin one, add a moon" → "#2, add a moon"
+            request = pending[: tied.start] + f"#{chosen}" + pending[tied.end :]
+        else:  # "variations of #1 and #4" → "#1: variations of"
+            request = f"#{chosen}: " + refs.text_without(keep_pronouns=True)
+        planned = self.plan(request, replace(context, pending_request=None))
+        return replace(planned, instruction=request)
 
     def _same_look(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "now an owl in that style", "same style but a kingfisher": a new subject drawn with the
@@ -2055,6 +2076,26 @@ _NOT_A_SUBJECT = (
     r"(?:an?|some)\s+(?:bit|little|lot|touch|tad|few|different|new|similar|other|slightly|more|less|close-?up|"
     r"wider|closer|darker|brighter|lighter|higher|lower|better|new\s+seed|different\s+seed)\b"
 )
+
+
+#: what may surround a pick: "I meant #2", "number 3 please", "the first one!"
+_CHOICE_WORDS = vocab(
+    "i mean meant number no image picture pic one the that this please yes ok okay oh sorry"
+)
+
+
+def _chosen_image(text: str, context: PlannerContext) -> int | None:
+    """The one image a short answer picks ("2", "#2", "the first one", "the fox one"), if it is only that."""
+    bare = re.fullmatch(
+        r"\s*(?:(?:i\s+meant?|number|no\.?|image|picture)\s+)?#?\s?(\d+)[\s.!]*", text, flags=_I
+    )
+    if bare is not None:
+        number = int(bare.group(1))
+        return number if context.image(number) is not None else None
+    refs = resolve_references(text, context.images, focus=context.focus)
+    if not refs.ok or len(refs.numbers) != 1 or not refs.explicit:
+        return None
+    return None if _leftover(refs.remainder, extra=_CHOICE_WORDS) else refs.numbers[0]
 
 
 def _instruction_text(refs: ReferenceResult) -> str:

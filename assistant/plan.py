@@ -108,6 +108,9 @@ class PlannerContext:
     #: the image the user went back to ("undo", "go back to #1") when no image was made since:
     #: the one "it" and an edit naming no image mean
     focus: int | None = None
+    #: the request the last reply asked "which image?" about ("the cabin one, add a moon"), so
+    #: an answer of just "the second one" carries it out
+    pending_request: str | None = None
 
     def image(self, number: int) -> ImageInfo | None:
         for info in self.images:

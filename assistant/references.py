@@ -744,3 +744,14 @@ def resolve_references(
             if n not in numbers:
                 numbers.append(n)
     return replace(base, status=RefStatus.RESOLVED, numbers=tuple(numbers))
+
+
+def asks_which_image(question: str) -> bool:
+    """True for a reply that asks the user to pick between images ("… could be #1 or #3. Which
+    one did you mean?"): the next message may be only the pick."""
+    question = question.strip()
+    return (
+        question.endswith("?")
+        and re.search(r"\bwhich\b", question, flags=re.IGNORECASE) is not None
+        and len(set(re.findall(r"#\d+", question))) >= 2
+    )

@@ -521,3 +521,20 @@ def test_variations_of_two_images_vary_each_from_its_own_prompt(tmp_path: Path) 
     assert len({m.sha256 for m in made}) == 4  # four different pictures
     (reply,) = [e for e in events if isinstance(e, Reply)]
     assert "2 of each" in reply.text
+
+
+def test_answering_which_image_carries_out_the_request_that_asked(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a cozy cabin in the woods")[0].conversation_id
+    run(assistant, conversation_id, "make it snowier")
+    first = assistant.repo.get_image_by_number(conversation_id, 1)
+    asked = run(assistant, conversation_id, "the cabin one, add a moon")
+    assert not images_of(asked) and "Which one did you mean?" in asked[-1].text  # type: ignore[attr-defined]
+    (made,) = images_of(run(assistant, conversation_id, "the first one"))
+    image = assistant.repo.get_image(made.id)
+    assert image.operation == "edit" and image.parent_id == first.id
+    assert "with a moon" in image.prompt and "heavy snowfall" not in image.prompt
+    assert image.instruction == "#1, add a moon"  # the lineage says what was done, not "the first one"
+    # only right after the question: later, "the first one" is an ordinary message again
+    later = run(assistant, conversation_id, "the first one")
+    assert not images_of(later) and "What should I change in #1?" in later[-1].text  # type: ignore[attr-defined]

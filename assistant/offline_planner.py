@@ -267,6 +267,12 @@ def _count(text: str) -> tuple[int | None, str]:
         m = re.search(
             r"\b(?P<n>" + _N + r")\s+times\b(?!\s+(?:as|more|less|the|over|\w+er)\b)", text, flags=_I
         )
+    if not m:  # "batch size 4", "batch of 4", "n=4", "n_iter 4": how A1111 users say it
+        m = re.search(
+            r"\b(?:batch(?:\s+(?:size|count|of))?|n|n_iter|num_images|count)\s*[:=]?\s*(?P<n>" + _N + r")\b",
+            text,
+            flags=_I,
+        )
     if not m:  # "four of a lighthouse" (not "two of the foxes fighting", "one of a kind")
         m = re.search(
             r"(?:^|\b(?:me|make|draw|show|generate|create|want|need)\s+)(?P<n>"
@@ -877,6 +883,8 @@ class OfflinePlanner:
         it ("go back to the first one and add a dog") the change is made to that image.
         """
         core = strip_polite(raw).replace("’", "'")
+        # "no, I don't like that, revert": the complaint says why; the request is to go back
+        core = re.sub(_BEFORE_GOING_BACK, "", core, count=1, flags=_I) or core
         cue = next((m for p in BACK_CUES if (m := re.match(p, core, flags=_I))), None)
         if cue is None:
             return None
@@ -1013,7 +1021,8 @@ class OfflinePlanner:
             return None
         probe = resolve_references(rest, context.images, focus=context.focus)
         _, words = _seed(probe.remainder)
-        if _leftover(words, _REGENERATE, extra=RERUN_WORDS):
+        # "use the same seed and make it 768x512": only settings, so the image again with them
+        if _leftover(words, _REGENERATE, extra=RERUN_WORDS | {"seed", "make", "keep", "size"}):
             return _with_params(raw, self._plan(rest, context), params, context)
         return self._rerun(raw, rest, params, context)
 
@@ -2013,6 +2022,14 @@ def _factor_for_size(info: ImageInfo, width: int, height: int | None) -> tuple[i
 
 
 #: "undo twice", "undo 3 times", "undo x2"
+#: "no, I don't like that," / "ugh, that's worse." before "revert", "undo", "go back"
+_BEFORE_GOING_BACK = (
+    r"^(?:(?:no+|nope|nah|ugh|hmm+|meh|oh\s+no|oops|yikes)\b[\s,.!]*)?"
+    r"(?:(?:i\s+(?:really\s+)?(?:don'?t|do\s+not)\s+(?:like|love)\s+(?:it|that|this)(?:\s+one)?(?:\s+at\s+all)?"
+    r"|that'?s\s+(?:not\s+(?:it|right|good|great|what\s+i\s+wanted)|worse|bad|wrong|awful|terrible)"
+    r"|(?:it|that)\s+(?:got|looks)\s+worse|not\s+(?:that|like\s+that))\b[\s,.!;-]*)?"
+    r"(?:(?:just|so|then|let'?s|can\s+you|could\s+you)\s+)*(?=\S)"
+)
 _UNDO_TIMES = (
     r"twice|thrice|(?:(?P<n>\d+|"
     + "|".join(NUMBER_WORDS)

@@ -538,3 +538,15 @@ def test_answering_which_image_carries_out_the_request_that_asked(tmp_path: Path
     # only right after the question: later, "the first one" is an ordinary message again
     later = run(assistant, conversation_id, "the first one")
     assert not images_of(later) and "What should I change in #1?" in later[-1].text  # type: ignore[attr-defined]
+
+
+def test_same_seed_at_a_new_size_redraws_it_at_that_size_with_that_seed(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a red fox in the snow")[0].conversation_id
+    fox = assistant.repo.get_image_by_number(conversation_id, 1)
+    (made,) = images_of(run(assistant, conversation_id, "use the same seed and make it 768x512"))
+    image = assistant.repo.get_image(made.id)
+    assert (image.width, image.height, image.seed, image.prompt) == (768, 512, fox.seed, fox.prompt)
+    run(assistant, conversation_id, "a castle on a hill, batch size 4")
+    castles = [i for i in assistant.repo.conversation_images(conversation_id) if "castle" in i.prompt]
+    assert len(castles) == 4 and not any("batch" in c.prompt for c in castles)

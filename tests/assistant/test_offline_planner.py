@@ -376,6 +376,10 @@ def test_one_word_and_chatty_prompts_still_make_pictures(text: str) -> None:
         ("I prefer #1", 1),
         ("go back to #1", 1),
         ("back to the first one", 1),
+        # a complaint first says why; the request is still to go back
+        ("no, I don't like that, revert", 2),
+        ("ugh, that's worse. undo", 2),
+        ("nope, let's go back to #1", 1),
     ],
 )
 def test_going_back_points_at_the_earlier_image_and_makes_nothing(text: str, still_there: int) -> None:

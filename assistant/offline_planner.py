@@ -835,9 +835,13 @@ class OfflinePlanner:
         if re.search(COMBINE, raw, flags=_I) is None:
             return None
         refs = resolve_references(raw, context.images, focus=context.focus)
-        if len(refs.numbers) < 2:
+        numbers = list(refs.numbers)
+        upload = self._upload_target(context)
+        if context.has_upload and upload and re.search(r"\b(?:this|it|my\s+photo)\b", raw, flags=_I):
+            numbers = list(dict.fromkeys([*upload, *numbers]))  # "combine this with the previous one"
+        if len(numbers) < 2:
             return None
-        return _clarify(raw, COMBINE_REPLY.format(f"#{refs.numbers[0]}"))
+        return _clarify(raw, COMBINE_REPLY.format(f"#{numbers[0]}"))
 
     def _image_question(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "how did you make #3?", "what's in #2?", "describe #2": answered from the record, never drawn."""
@@ -1340,13 +1344,21 @@ class OfflinePlanner:
                 return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
             targets = refs.numbers[:1]
         idea = _instruction_text(refs)
+        # "here's my dog, put him on the moon": the remark says what the photo shows
+        shows = re.match(_UPLOAD_SHOWS, strip_polite(idea), flags=_I)
+        subject = ""
+        if shows:
+            thing = shows["thing"].lower()
+            subject = f"{'an' if thing[0] in 'aeiou' else 'a'} {thing}"
+            idea = strip_polite(idea)[shows.end() :]
         # "here is my photo, make it a watercolor": the remark goes, the request stays
         idea = re.sub(r"^(?:" + _UPLOAD_REMARK + r")[,;:.!\-–—]+\s*", "", strip_polite(idea), flags=_I)
+        idea = strip_polite(idea).rstrip(" ?")  # "can you put him on the moon?"
         idea = _upload_idea(idea)
         idea = re.sub(
             r"^(?:turn|make|convert|transform|change|render|redraw|reimagine|repaint|restyle|redo)\s+"
             r"(?:(?:this|the|my|that)\s+)?(?:photo|image|picture|pic|upload|drawing|sketch|one|it)?\s*"
-            r"(?:into|to|as|in|look\s+like)?\s*",
+            r"(?:into|to|as|in|look\s+like|look)?\s*",
             "",
             strip_polite(idea),
             flags=_I,
@@ -1361,10 +1373,15 @@ class OfflinePlanner:
             return _clarify(raw, UPLOAD_WHAT_TO_DO.format(which))
         style = detect_style(raw) or normalize_style(context.style)
         source = context.image(targets[0]) if targets else None
-        # a file that says what it shows (an A1111 PNG) keeps its subject through "make it a
-        # watercolor"; a plain photo has no words, so the request is the whole prompt
-        own_prompt = source.prompt if source is not None else ""
-        if re.match(_EDIT_START, idea, flags=_I) or (own_prompt and _only_a_style(idea)):
+        # a file that says what it shows (an A1111 PNG), or a user who did ("here's my dog"),
+        # keeps its subject through "make it a watercolor"; else the request is the whole prompt
+        own_prompt = (source.prompt if source is not None else "") or subject
+        said_what_it_shows = bool(subject) and not (source is not None and source.prompt)
+        if (
+            re.match(_EDIT_START, idea, flags=_I)
+            or (own_prompt and _only_a_style(idea))
+            or said_what_it_shows
+        ):
             idea = apply_edit(own_prompt, idea)
         if context.verbatim:
             prompt, negative, style = clean_idea(idea), "", None
@@ -1978,6 +1995,12 @@ def _describe(raw: str, kind: str, context: PlannerContext) -> Plan:
     )
 
 
+#: "here's my dog, …", "this is our cabin: …": what the attached photo shows, in the user's words
+_UPLOAD_SHOWS = (
+    r"(?:(?:ok(?:ay)?|so|hi|hey)[\s,]+)?(?:here(?:'s|\s+is)|this\s+is|meet)\s+(?:my|our)\s+"
+    r"(?!(?:own|old|new|favou?rite|family|quick|rough)?\s*(?:photo|picture|pic|image|drawing|sketch|file|upload|"
+    r"shot|snapshot|selfie)s?\b)(?P<thing>[a-z]+(?:\s+[a-z]+)?)\s*[,;:.!\-–—]"
+)
 #: what people say as they attach a file ("here is my photo", "this is a sketch I made"):
 #: nothing in it says what to do, so Atelier asks rather than redraw the photo as "here is"
 _UPLOAD_REMARK = (

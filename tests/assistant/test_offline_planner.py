@@ -1202,3 +1202,12 @@ def test_one_change_for_several_images_is_still_one_change_for_each() -> None:
     fox = replace(CABIN_1, number=2, id=102, prompt=FOX_PROMPT)
     plan = PLANNER.plan("add a moon to #1 and #2", PlannerContext(images=(CABIN_1, fox)))
     assert all("with a moon" in plan.per_target[n]["prompt"] for n in (1, 2))
+
+
+def test_combining_an_upload_with_an_earlier_image_says_it_cannot() -> None:
+    photo = ImageInfo(2, 102, "upload", None, "", "my photo", 800, 600, None)
+    plan = PLANNER.plan(
+        "combine this with the previous one", PlannerContext(images=(CABIN_1, photo), has_upload=True)
+    )
+    assert plan.intent is Intent.CLARIFY and plan.operation is None
+    assert "can't combine" in (plan.reply or "") and "#2" in (plan.reply or "")

@@ -37,7 +37,7 @@ OPINION = (
 )
 OPINION_REPLY = (
     "That's yours to judge: I don't look at the pictures, I keep the record of how each was made. "
-    "Pick one by number and go on from it (“variations of #2”, “#3 but warmer”, “upscale #1”)."
+    "Pick one by number and go on from it (“variations of {0}”, “{0} but warmer”, “upscale {0}”)."
 )
 
 _SMALL_TALK_KINDS: tuple[tuple[str, str], ...] = (

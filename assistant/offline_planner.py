@@ -754,7 +754,8 @@ class OfflinePlanner:
             # "that's perfect" is feedback, not a picture of the words "that's perfect"
             return _clarify(raw, PRAISE_REPLY)
         if re.fullmatch(OPINION, raw, flags=_I):
-            return Plan(intent=Intent.HELP, instruction=raw, reply=OPINION_REPLY)
+            example = f"#{context.last.number}" if context.last else "#1"
+            return Plan(intent=Intent.HELP, instruction=raw, reply=OPINION_REPLY.format(example))
         for talk in (
             self._other_conversation,
             self._small_talk,

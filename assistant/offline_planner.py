@@ -1681,6 +1681,14 @@ class OfflinePlanner:
         refs, problem = self._targets_for_tool(raw, context)
         if problem:
             return problem
+        things = _named_things(rest) if refs.defaulted and extra_words else []
+        named = r"\b(?:the|that|this)\s+(?:" + "|".join(map(re.escape, things)) + r")\b"
+        if things and not _leftover(re.sub(named, " ", rest, flags=_I), _VARIATION, extra=_VARIATION_WORDS):
+            # "the lion, 3 variations": the words only say which image, the one with the lion
+            holder = _image_with(things, context)
+            if holder is not None:
+                refs = replace(refs, numbers=(holder.number,))
+            extra_words = []
         several = len(refs.numbers)
         if several > context.max_n:
             return _clarify(raw, "Variations of which one: " + _numbers(refs.numbers) + "?")

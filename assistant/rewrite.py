@@ -1103,6 +1103,28 @@ _SETTING = (
 )
 
 
+#: "a 50mm lens shot", "shot on 35mm", "use an 85 mm lens": one focal length a picture can have
+_LENS = r"\b(?P<mm>\d{2,3})\s?mm\b(?:\s+lens\b)?"
+
+
+def _edit_lens(prompt: str, clause: str) -> tuple[str, str] | None:
+    said = re.search(_LENS, clause, flags=re.IGNORECASE)
+    if said is None:
+        return None
+    lens = f"{said['mm']}mm lens"
+    left = re.sub(
+        r"^(?:make\s+it|use|shoot\s+(?:it\s+)?(?:with|on)|shot\s+(?:with|on)|with|as)?(?:\s*\ban?)?\s*$",
+        "",
+        clause[: said.start()].strip(),
+        flags=re.IGNORECASE,
+    )
+    rest = re.sub(r"^\s*(?:shot|photo|photograph|look)\b", "", clause[said.end() :], flags=re.IGNORECASE)
+    leftover = f"{left} {rest}".strip(" ,")
+    if re.search(_LENS, prompt, flags=re.IGNORECASE):
+        return re.sub(_LENS, lens, prompt, count=1, flags=re.IGNORECASE), leftover
+    return _insert_before_details(prompt, lens), leftover
+
+
 def _edit_place(prompt: str, clause: str) -> tuple[str, str] | None:
     m = re.fullmatch(_PLACE, clause, flags=re.IGNORECASE)
     if not m:
@@ -1193,8 +1215,15 @@ def _edit_remove(prompt: str, clause: str) -> tuple[str, str] | None:
         flags=re.IGNORECASE,
     )
     new = _tidy(new.replace(_PLACEHOLDER, " "))
-    # the subject itself went: "[a red fox] with a hat in the snow" leaves no "with" at the front
-    return re.sub(r"^(?:with|and|plus|of|to)\s+", "", new, flags=re.IGNORECASE), ""
+    # the subject itself went: "[a red fox] with a hat in the snow" leaves no "with" at the front,
+    # "[a garden path] through a forest" leaves "a forest" (and a verb before it goes too)
+    return re.sub(
+        r"^(?:[a-z]+ing\s+)?(?:with|and|plus|of|to|through|"
+        r"across|along|in|on|at|by|near|under|over|into|beside|behind|among|amid)\s+(?=(?:an?|the|some)\s)",
+        "",
+        re.sub(r"^(?:with|and|plus|of|to)\s+", "", new, flags=re.IGNORECASE),
+        flags=re.IGNORECASE,
+    ), ""
 
 
 def _edit_clause(prompt: str, clause: str) -> str:
@@ -1258,6 +1287,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_style,
             _edit_time,
             _edit_season,
+            _edit_lens,
             _edit_place,
             _edit_weather,
             _edit_lighting,

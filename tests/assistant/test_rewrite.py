@@ -482,3 +482,42 @@ def test_zooming_is_framing_never_the_words(instruction: str, framing: str, gone
 def test_a_shade_is_part_of_the_colour_not_of_the_thing(instruction: str, wanted: str) -> None:
     edited = apply_edit(FOX, instruction)
     assert wanted in edited and "fox hot" not in edited and "in pink" not in edited, edited
+
+
+@pytest.mark.parametrize(
+    ("prompt", "instruction", "expected"),
+    [
+        (
+            "a portrait of a woman, 85mm lens, highly detailed",
+            "a 50mm lens shot",
+            "a portrait of a woman, 50mm lens",
+        ),
+        (
+            "a portrait of a woman, 85mm lens, highly detailed",
+            "shot on 24 mm",
+            "a portrait of a woman, 24mm lens",
+        ),
+        ("a portrait of a woman, highly detailed", "use a 35mm lens", "a portrait of a woman, 35mm lens"),
+    ],
+)
+def test_a_lens_replaces_the_lens(prompt: str, instruction: str, expected: str) -> None:
+    edited = apply_edit(prompt, instruction)
+    assert edited.startswith(expected) and len(re.findall(r"\d+mm", edited)) == 1, edited
+
+
+@pytest.mark.parametrize(
+    ("prompt", "instruction", "expected"),
+    [
+        (
+            "a garden path through a forest at dawn, soft light",
+            "remove the path",
+            "a forest at dawn, soft light",
+        ),
+        ("a lion resting on a rock, detailed", "without the lion", "a rock, detailed"),
+        ("a red fox sitting on a mossy rock, detailed", "remove the fox", "a mossy rock, detailed"),
+    ],
+)
+def test_removing_the_subject_leaves_the_scene_it_was_in(
+    prompt: str, instruction: str, expected: str
+) -> None:
+    assert apply_edit(prompt, instruction) == expected

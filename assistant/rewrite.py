@@ -677,8 +677,28 @@ _SEASON_IN_PROMPT = (
 )
 
 
+#: "autumn colors", "fall tones", "a winter palette": the season's colours, not a season
+_SEASON_PALETTE = (
+    r"\b(?P<season>autumn(?:al)?|fall|winter|wintry|summer(?:y)?|spring)\s+"
+    r"(?:colou?rs?|tones?|palette|hues?|shades?)\b"
+)
+
+
 def _edit_season(prompt: str, clause: str) -> tuple[str, str] | None:
     """ "make it summer" of "a lake in winter" is a lake in summer, not "in winter, summer"."""
+    palette = re.search(_SEASON_PALETTE, clause, flags=re.IGNORECASE)
+    if palette:
+        season = {"fall": "autumn", "autumnal": "autumn", "wintry": "winter", "summery": "summer"}.get(
+            palette["season"].lower(), palette["season"].lower()
+        )
+        left = re.sub(
+            r"^(?:make|turn|give|use|with|in)?(?:\s+(?:it|them|this|that|everything))?(?:\s+an?)?\s*$",
+            "",
+            clause[: palette.start()].strip(),
+            flags=re.IGNORECASE,
+        )
+        rest = f"{left} {clause[palette.end() :]}".strip()
+        return _insert_before_details(prompt, f"{season} color palette"), rest
     m = re.search(_SEASON_ASKED, clause, flags=re.IGNORECASE)
     if not m:
         return None
@@ -1127,7 +1147,7 @@ def _edit_lens(prompt: str, clause: str) -> tuple[str, str] | None:
 
 def _edit_place(prompt: str, clause: str) -> tuple[str, str] | None:
     m = re.fullmatch(_PLACE, clause, flags=re.IGNORECASE)
-    if not m:
+    if not m or re.fullmatch(_MOVE_IN_FRAME, clause, flags=re.IGNORECASE):  # "in the top left": the frame
         return None
     where = re.sub(r"^(?:into|onto)\b", lambda p: p.group(0)[:-2], m.group("where"), flags=re.IGNORECASE)
     # "on a beach at sunset": the place here, the time for the time rule
@@ -1141,6 +1161,61 @@ def _edit_place(prompt: str, clause: str) -> tuple[str, str] | None:
         head = head[: setting.start()] + " " + where + head[setting.end() :]
         return head + sep + rest, left
     return _insert_after_subject(prompt, where, as_segment=False), left
+
+
+#: "give her glasses", "give the fox a hat" (not "give it a vintage look", a style or mood)
+_GIVE = (
+    r"give\s+(?:him|her|it|them|the\s+(?P<obj>[a-z][a-z\-]*))\s+(?P<what>(?!(?:an?\s+)?(?:[a-z\-]+\s+)?"
+    r"(?:look|feel|vibe|touch|glow|makeover|style|effect|finish|tint|mood|atmosphere|aesthetic)\b).+)"
+)
+#: "move the bowl to the right", "put the moon in the top left": where a thing sits in the frame
+_MOVE_IN_FRAME = (
+    r"(?:move|shift|put|place|slide)\s+the\s+(?P<obj>[a-z][a-z\-]*)\s+(?:to|towards|into|in|on)\s+the\s+"
+    r"(?P<side>(?:(?:top|bottom|upper|lower)\s+)?(?:left|right)|top|bottom|cent(?:er|re)|middle|foreground|background)"
+    r"(?:\s+(?:side|corner|edge))?(?:\s+of\s+the\s+(?:frame|image|picture))?"
+)
+#: "make the table wooden": one word about one thing (comparatives and colours have rules of their own)
+#: the adjective has to look like one ("wooden", "rusty", "glossy", "old"): "make the fox smile" is not
+_THING_ADJECTIVE = (
+    r"make\s+the\s+(?P<obj>[a-z][a-z\-]*)\s+(?P<adj>(?!more\b|less\b)(?:[a-z][a-z\-]*(?:en|y|ful|ous|ic|al|ish|less|ive|"
+    r"ed|able|ible|ant|ent|ary)|old|new|wet|dry|bare|bald|clean|huge|tiny))"
+)
+
+
+def _with_thing(prompt: str, obj: str | None, phrase: str) -> str:
+    """`phrase` next to the thing it is about when the prompt names it, else after the subject."""
+    noun = re.search(r"\b" + re.escape(obj) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE) if obj else None
+    if noun is None:
+        return _insert_after_subject(prompt, phrase, as_segment=True)
+    return prompt[: noun.end()] + f" {phrase}" + prompt[noun.end() :]
+
+
+def _edit_give(prompt: str, clause: str) -> tuple[str, str] | None:
+    m = re.fullmatch(_GIVE, clause, flags=re.IGNORECASE)
+    if not m:
+        return None
+    return _with_thing(prompt, m["obj"], f"with {m['what'].strip()}"), ""
+
+
+def _edit_move_in_frame(prompt: str, clause: str) -> tuple[str, str] | None:
+    m = re.fullmatch(_MOVE_IN_FRAME, clause, flags=re.IGNORECASE)
+    if not m:
+        return None
+    side = m["side"].lower().replace("centre", "center")
+    where = f"in the {side}" if side in ("foreground", "background", "center", "middle") else f"on the {side}"
+    # said as a phrase of its own: inside the subject it would split "a bowl [here] of fruit"
+    return _insert_after_subject(prompt, f"the {m['obj'].lower()} {where} of the frame", as_segment=True), ""
+
+
+def _edit_thing_adjective(prompt: str, clause: str) -> tuple[str, str] | None:
+    m = re.fullmatch(_THING_ADJECTIVE, clause, flags=re.IGNORECASE)
+    if not m:
+        return None
+    obj, adj = m["obj"].lower(), m["adj"].lower()
+    noun = re.search(r"\b" + re.escape(obj) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
+    if noun is None:
+        return _insert_after_subject(prompt, f"{adj} {obj}", as_segment=True), ""
+    return _fix_articles(prompt[: noun.start()] + f"{adj} " + prompt[noun.start() :]), ""
 
 
 def _edit_add(prompt: str, clause: str) -> tuple[str, str] | None:
@@ -1298,6 +1373,9 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_thing_size,
             _edit_color,
             _edit_remove,
+            _edit_give,
+            _edit_move_in_frame,
+            _edit_thing_adjective,
             _edit_add,
         ):
             result = rule(prompt, clause)

@@ -521,3 +521,32 @@ def test_removing_the_subject_leaves_the_scene_it_was_in(
     prompt: str, instruction: str, expected: str
 ) -> None:
     assert apply_edit(prompt, instruction) == expected
+
+
+ROOM = "a woman reading at a table with a bowl of fruit, soft window light, highly detailed"
+
+
+@pytest.mark.parametrize(
+    ("instruction", "expected"),
+    [
+        (
+            "make the table wooden",
+            "a woman reading at a wooden table with a bowl of fruit, soft window light",
+        ),
+        ("give the woman a hat", "a woman with a hat reading at a table"),
+        (
+            "give her glasses",
+            "a woman reading at a table with a bowl of fruit, with glasses, soft window light",
+        ),
+        (
+            "move the bowl to the right",
+            "a bowl of fruit, the bowl on the right of the frame, soft window light",
+        ),
+        ("make it autumn colors", "soft window light, autumn color palette, highly detailed"),
+    ],
+)
+def test_a_change_to_one_thing_is_said_about_that_thing(instruction: str, expected: str) -> None:
+    edited = apply_edit(ROOM, instruction)
+    assert expected in edited, edited
+    verb = instruction.split()[0]
+    assert verb not in edited.split() and "in autumn" not in edited

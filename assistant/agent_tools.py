@@ -281,7 +281,10 @@ class RegenerateImage(_Args):
 
 
 class DescribeImage(_Args):
-    """Look up what is recorded about an image: its prompt, its parameters (seed, size) or its lineage."""
+    """Look up what is recorded about an image: its prompt, its parameters (seed, size) or its lineage.
+
+    Also for questions about what an image shows ("is there a dog in #2?", "what colour is the
+    cabin?"): with about="prompt" the answer quotes what its prompt says of that thing."""
 
     model_config = ConfigDict(title="describe_image")
     tool_name: ClassVar[str] = "describe_image"

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image as PILImage
 
+from assistant.content_question import asked_content, describe_content
 from assistant.describe import asked_fields, describe_fields, describe_lineage, describe_list, describe_prompt
 from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Reply
 from assistant.one_line import one_line
@@ -1023,8 +1024,12 @@ class Assistant:
                 parts.append(f"There is no image #{number} in this conversation.")
                 continue
             fields = asked_fields(plan.instruction or "")
+            content = asked_content(plan.instruction or "")
             if plan.question_kind == "lineage":
                 parts.append(describe_lineage(self.repo, image))
+            elif content is not None:
+                # "is there a dog in #2?": what its prompt asked for, never a guess at the pixels
+                parts.append(describe_content(image, content))
             elif set(fields) - {"prompt"} and image.operation != "upload":
                 # "what was the negative prompt?": that setting, said even when it is "none"
                 parts.append(

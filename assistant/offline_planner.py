@@ -74,6 +74,7 @@ from assistant.chat_replies import (
     still_there,
     undo_target,
 )
+from assistant.content_question import asked_content
 from assistant.phrase_parsing import strip_polite, vocab, without_match
 from assistant.plan import (
     ImageInfo,
@@ -759,6 +760,7 @@ class OfflinePlanner:
         for talk in (
             self._other_conversation,
             self._small_talk,
+            self._content_question,
             self._describe,
             self._image_question,
             self._other_media,
@@ -843,6 +845,12 @@ class OfflinePlanner:
         if len(numbers) < 2:
             return None
         return _clarify(raw, COMBINE_REPLY.format(f"#{numbers[0]}"))
+
+    def _content_question(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "is there a dog in #2?", "what colour is the cabin?": answered from the prompt on record."""
+        if asked_content(raw) is None:
+            return None
+        return _describe(raw, "prompt", context)
 
     def _image_question(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "how did you make #3?", "what's in #2?", "describe #2": answered from the record, never drawn."""

@@ -20,7 +20,8 @@ _POLITE = (
     r"^(?:(?:please|pls|ok(?:ay)?|so|now|hey|hi|and|then|also|actually|hmm+|maybe|perhaps|great|perfect|nice|"
     r"cool|awesome|lol|yes|yeah|can\s+you|could\s+you|would\s+you|will\s+you|"
     r"i\s+want(?:\s+you)?(?:\s+to)?|i'?d\s+like(?:\s+you)?(?:\s+to)?|i\s+would\s+like(?:\s+to)?|i\s+need|"
-    r"let'?s|lets|go\s+ahead\s+and|how\s+about|what\s+about)\s*,?\s+)+"
+    r"let'?s|lets|go\s+ahead\s+and|how\s+about|what\s+about|is\s+it\s+possible\s+to|are\s+you\s+able\s+to|"
+    r"is\s+there\s+(?:a|any)\s+way\s+(?:to|(?:i|you|we)\s+(?:can|could)))\s*,?\s+)+"
 )
 
 

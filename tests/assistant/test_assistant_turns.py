@@ -306,6 +306,32 @@ def test_a_question_about_one_setting_is_answered_with_that_setting(tmp_path: Pa
     assert "Prompt used: " in _answer(assistant, conversation_id, "what prompt made #1?")
 
 
+def test_a_question_about_what_an_image_shows_is_answered_from_its_prompt(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a red fox on a mossy rock under a full moon")[0].conversation_id
+    fox = assistant.repo.get_image_by_number(conversation_id, 1)
+    moon = _answer(assistant, conversation_id, "is there a moon in #1?")
+    assert "#1: its prompt has “a red fox on a mossy rock under a full moon”" in moon
+    assert fox.prompt[:80] in moon and "not the pixels" in moon
+    dog = _answer(assistant, conversation_id, "does it have a dog?")
+    assert "doesn't mention a dog" in dog and "“add a dog to #1”" in dog
+    colour = _answer(assistant, conversation_id, "what color is the fox?")
+    assert "its prompt has “a red fox" in colour and "no colour given" not in colour
+    rock = _answer(assistant, conversation_id, "what colour is the rock?")
+    assert "no colour given for the rock" in rock
+    run(assistant, conversation_id, "three cats asleep on a sofa")
+    assert "its prompt has “three cats asleep on a sofa”" in _answer(
+        assistant, conversation_id, "how many cats are there?"
+    )
+    dogs = _answer(assistant, conversation_id, "how many dogs are in #2?")
+    assert "doesn't mention dogs, so it was not asked to show any" in dogs and "“add dogs to #2”" in dogs
+    # a request asked as a question is still the request
+    events = run(assistant, conversation_id, "is there a way to make #1 snowier?")
+    (edited,) = [assistant.repo.get_image(e.id) for e in images_of(events)]
+    assert edited.operation == "edit" and edited.parent_id == fox.id
+    assert assistant.repo.counts()["images"] == 3
+
+
 def test_opinions_and_a_bare_history_are_answered_not_drawn(tmp_path: Path) -> None:
     assistant = open_assistant(tmp_path)
     conversation_id = run(assistant, None, "a red fox in snow")[0].conversation_id

@@ -35,9 +35,11 @@ from PIL import Image as PILImage
 from pydantic import SecretStr
 
 from assistant.agent import LLMAgent
+from assistant.content_question import asked_content
 from assistant.core import Assistant
 from assistant.describe import asked_fields
 from assistant.events import Event, Failed, ImageReady, Reply
+from assistant.one_line import one_line
 from assistant.plan import REPLY_ONLY_INTENTS, Intent, Plan, PlannerContext
 from assistant.runtime import open_repository
 from assistant.settings import BackendChoice, ChatFailureMode, Settings
@@ -524,7 +526,13 @@ def _assert_answer_is_the_record(
         return
     (number,) = expect["targets"]
     image = rows[number]
-    if kind == "prompt":
+    content = asked_content(text)
+    if content is not None:
+        # "is there a dog in #1?": the prompt on record, and whether it names the thing
+        assert f"“{one_line(image.prompt, 300)}”" in result
+        named = content.thing.rstrip("es") in image.prompt.lower()
+        assert ("its prompt has" in result) is named and ("doesn't mention" in result) is not named, result
+    elif kind == "prompt":
         assert f"Prompt used: “{image.prompt}”" in result
         assert f"Negative prompt: “{image.negative_prompt}”" in result
     elif kind == "params" and set(fields := asked_fields(text)) - {"prompt"}:

@@ -693,6 +693,15 @@ _SAME_SEED_AS = (
     r"(?P<ref>#\s?\d+|(?:image|picture)\s+\d+|the\s+[a-z]+(?:\s+one)?)"
     r"|\b(?:(?:with|using|use)\s+)?(?P<ref2>#\s?\d+)'s\s+seed\b"
 )
+#: "same seed but a wolf", "keep the seed, a lighthouse instead": the seed of the image talked about
+_SAME_SEED = (
+    r"\b(?:(?:with|using|use|keep|keeping|and)\s+)?(?:the\s+)?same\s+seed\b(?!\s+as\b)"
+    r"|\bkeep(?:ing)?\s+(?:the|that|its|this)\s+seed\b"
+)
+#: "do a wolf": a verb before a new subject (not "make the cabin red", an edit)
+_NEW_SUBJECT_VERB = (
+    r"^(?:(?:and|but|then|just)\s+)*(?:do|draw|try|paint|render|give\s+me)\s+(?=(?:an?|some|two|three|four)\s)"
+)
 #: a re-run that keeps the seed: what AUTOMATIC1111 users mean by replaying an image
 _REPLAY = (
     r"\b(?:replay|reproduce)\b"
@@ -1178,20 +1187,40 @@ class OfflinePlanner:
 
     def _same_seed_as(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "same seed as #1 but at sunset": #1's seed, and #1 is what the change starts from."""
-        m = re.search(_SAME_SEED_AS, raw, flags=_I)
+        m = re.search(_SAME_SEED_AS, raw, flags=_I) or re.search(_SAME_SEED, raw, flags=_I)
         if m is None:
             return None
-        refs = resolve_references(m.group("ref") or m.group("ref2"), context.images, focus=context.focus)
+        # "same seed but a wolf": the seed of the image being talked about ("it")
+        named = m.groupdict().get("ref") or m.groupdict().get("ref2") or "it"
+        refs = resolve_references(named, context.images, focus=context.focus)
         if not refs.ok or not refs.numbers:
             return _clarify(raw, refs.question or NO_IMAGES_QUESTION) if not refs.ok else None
         source = context.image(refs.numbers[0])
         assert source is not None
         rest = tidy_rest(without_match(raw, m))
+        # "keep the seed and do a wolf instead": the new subject is "a wolf"
+        rest = re.sub(_NEW_SUBJECT_VERB, "", rest, flags=_I)
+        rest = re.sub(r"\s+instead[\s.!]*$", "", rest, flags=_I)
+        asks_nothing = not _words(re.sub(r"\b(?:please|pls|thanks|thank\s+you)\b", "", rest, flags=_I))
+        if asks_nothing and m.re.pattern == _SAME_SEED:
+            return _clarify(
+                raw,
+                f"Same seed as #{source.number} ({source.seed}), with what change? For example "
+                "“same seed but a wolf” (a new subject), “same seed but at sunset” (an edit) or "
+                "“same seed, 40 steps”.",
+            )
         if not _words(rest) or re.match(_EDIT_START, strip_polite(rest), flags=_I):
             rest = f"#{source.number} {rest}".strip()
         planned = self._plan(rest, context)
         if planned.is_reply_only or planned.intent in (Intent.TRANSFORM, Intent.UPSCALE):
             return replace(planned, instruction=raw)
+        if planned.intent is Intent.GENERATE and planned.size is None:
+            # the same noise needs the same latent size: "same seed but a wolf" keeps #1's shape
+            planned = replace(
+                planned,
+                size=(source.width, source.height),
+                reply=_join(planned.reply, f"A new prompt on #{source.number}'s seed ({source.seed})."),
+            )
         return replace(planned, instruction=raw, seed=source.seed, new_seed=False)
 
     def _replay(self, raw: str, context: PlannerContext) -> Plan | None:

@@ -763,6 +763,9 @@ def _edit_weather(prompt: str, clause: str) -> tuple[str, str] | None:
                 prompt = prompt[: target.start()] + new + prompt[target.end() :]
             else:
                 prompt = _insert_after_subject(prompt, new, as_segment=True)
+            if w.name == "sun" and TIME_LIGHTING["night"] in prompt:
+                # sunshine at night is no picture: "sunnier" on a night scene makes it day
+                prompt = _night_to_day(prompt)
         rest = clause[: m.start()] + " " + clause[m.end() :]
         rest = re.sub(
             _REMOVE_CUE
@@ -777,6 +780,20 @@ def _edit_weather(prompt: str, clause: str) -> tuple[str, str] | None:
         )
         return _tidy(_dedupe_segments(prompt)), _clean_clause(rest)
     return None
+
+
+def _night_to_day(prompt: str) -> str:
+    changed = _edit_time(prompt, "during the day")
+    return changed[0] if changed else prompt
+
+
+#: the time-of-day lighting each mood cannot sit beside: "bright" on "low-key night lighting"
+_CLASHING_LIGHT: dict[str, str] = {
+    "bright": TIME_LIGHTING["night"],
+    "very bright": TIME_LIGHTING["night"],
+    "dark": TIME_LIGHTING["day"],
+    "very dark": TIME_LIGHTING["day"],
+}
 
 
 def _edit_lighting(prompt: str, clause: str) -> tuple[str, str] | None:
@@ -801,6 +818,9 @@ def _edit_lighting(prompt: str, clause: str) -> tuple[str, str] | None:
     new = MOOD_LIGHTING[mood]
     if current:
         prompt = prompt.replace(MOOD_LIGHTING[current], new, 1)
+    elif _CLASHING_LIGHT.get(mood, "\x00") in prompt:
+        # "make it brighter" at night: a brightly lit night, not two lighting terms that disagree
+        prompt = prompt.replace(_CLASHING_LIGHT[mood], new, 1)
     elif NEUTRAL_LIGHTING in prompt:
         prompt = prompt.replace(NEUTRAL_LIGHTING, new, 1)
     else:

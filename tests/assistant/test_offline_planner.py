@@ -737,6 +737,22 @@ def test_same_seed_as_another_image() -> None:
     assert not {"same", "seed", "as"} & _words_of(plan)
 
 
+def test_same_seed_with_a_new_subject_draws_it_on_that_seed_and_size() -> None:
+    wide = PlannerContext(images=(replace(_img(1, CABIN_NIGHT), width=768, height=512),))
+    plan = PLANNER.plan("same seed but a wolf", wide)
+    assert plan.intent is Intent.GENERATE and plan.seed == 1001 and plan.size == (768, 512)
+    assert plan.prompt.startswith("a wolf") and "cabin" not in plan.prompt
+    assert "seed (1001)" in (plan.reply or "")
+    instead = PLANNER.plan("keep the seed and do a wolf instead", wide)
+    assert instead.prompt.startswith("a wolf,") and instead.seed == 1001
+    # an edit keeps the picture; the seed alone asks what should change
+    assert PLANNER.plan("same seed but make the cabin red", wide).intent is Intent.EDIT
+    alone = PLANNER.plan("same seed please", wide)
+    assert alone.intent is Intent.CLARIFY and "Same seed as #1 (1001), with what change?" in (
+        alone.reply or ""
+    )
+
+
 def test_naming_an_object_picks_the_image_that_has_it() -> None:
     assert PLANNER.plan("replace the whale with a shark", FOX_WHALE).targets == (2,)  # the last one
     fox_last = PlannerContext(images=(_img(1, WHALE), _img(2, FOX_SNOW)))

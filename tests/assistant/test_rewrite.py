@@ -271,6 +271,17 @@ def test_lighting_changes_replace_the_neutral_lighting() -> None:
     assert TIME_LIGHTING["night"] in night_darker and MOOD_LIGHTING["dark"] in night_darker
 
 
+def test_light_that_clashes_with_the_time_of_day_is_replaced_not_stacked() -> None:
+    brighter = apply_edit(CABIN, "make it brighter")
+    assert MOOD_LIGHTING["bright"] in brighter and TIME_LIGHTING["night"] not in brighter
+    assert "at night" in brighter  # a brightly lit night: the time stays
+    sunnier = apply_edit(CABIN, "make it sunnier")
+    assert "sunshine" in sunnier and "night" not in sunnier and TIME_LIGHTING["day"] in sunnier
+    day = apply_edit(FOX, "make it day")
+    assert MOOD_LIGHTING["dark"] in (dark_day := apply_edit(day, "make it darker"))
+    assert TIME_LIGHTING["day"] not in dark_day
+
+
 def test_add_and_remove() -> None:
     moon = apply_edit(CABIN, "add a moon")
     assert moon.startswith("a cozy cabin in the woods at night with a moon, ")

@@ -121,6 +121,9 @@ OTHER_MEDIA = (
     r"(?:videos?|animations?|animated\s+\w+|gifs?|movies?|films?|clips?|songs?|music|audio|sound|voices?)"
     r"(?!\s+(?:game|poster|still|camera|player|night|theater|theatre|star))\b"
     r"|^animate\b|\bmake\s+(?:it|this|that|#\s?\d+)\s+(?:move|animated)\b"
+    r"|\b(?:make|turn)\s+(?:it|this|that|them|#\s?\d+)\s+(?:in)?(?:to\s+)?(?:an?\s+)?(?:animated\s+)?"
+    r"(?:gif|video|animation|movie|clip|film)s?\b(?!\s+(?:game|poster|still|camera|player|night|theater|theatre|star|"
+    r"scene|set|frame|look|style|grain|noir))"
 )
 OTHER_MEDIA_REPLY = (
     "I make still images only: no video, animation or sound. I can create a picture, change it, make "

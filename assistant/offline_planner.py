@@ -111,9 +111,11 @@ from assistant.rewrite import (
     style_prompt,
 )
 from assistant.transform_phrases import (
+    DISPLAY_SIZE,
     RESIZE,
     UPSCALE,
     crop_side,
+    display_width,
     named_transform,
     unchanged_by,
     upscale_factor,
@@ -582,7 +584,8 @@ _EDIT_START = (
     r"(?:in|during)\s+(?:the\s+)?(?:winter|summer|spring|autumn|fall|wintertime|summertime|rain|snow|fog|mist|storm)\b|"
     r"recolou?r|colou?r\s|paint\s+(?:it|the)|get\s+rid|take\s+(?:out|away)|erase|delete|with\s|as\s+(?:a|an)\s|"
     r"in\s+(?:the\s+)?(?:style|\w+\s+style)|same\b|zoom|move|fix|lighter|darker|brighter|what\s+if\b|"
-    r"(?:re)?do\s+it\b|keep\b|leave\b|"
+    r"(?:re)?do\s+it\b|keep\b|leave\b|(?:have|let|get)\s+the\s+[a-z\-]+\s+(?:to\s+)?[a-z]+\b|"
+    r"the\s+[a-z\-]+\s+should\b|"
     r"(?:at|during|by|in\s+the)\s+(?:night|sunset|sunrise|dawn|dusk|noon|midnight|day|daytime|twilight|evening|"
     r"morning|afternoon|moonlight|golden\s+hour)|\w+ier\b|\w+er\s*[.!?]*$)"
 )
@@ -700,7 +703,8 @@ _SAME_SEED = (
 )
 #: "do a wolf": a verb before a new subject (not "make the cabin red", an edit)
 _NEW_SUBJECT_VERB = (
-    r"^(?:(?:and|but|then|just)\s+)*(?:do|draw|try|paint|render|give\s+me)\s+(?=(?:an?|some|two|three|four)\s)"
+    r"^(?:(?:and|but|then|just)\s+)*(?:do|draw|try|paint|render|give\s+me)\s+"
+    r"(?=(?:an?|some|two|three|four)\s)"
 )
 #: a re-run that keeps the seed: what AUTOMATIC1111 users mean by replaying an image
 _REPLAY = (
@@ -1497,6 +1501,7 @@ class OfflinePlanner:
             probe.remainder,
             UPSCALE,
             r"\b\d+\s*(?:x|×|times)\b|\b(?:x|×)\s*\d+\b",
+            r"\b" + DISPLAY_SIZE,
             extra=[
                 "bigger",
                 "larger",
@@ -1508,6 +1513,7 @@ class OfflinePlanner:
                 "res",
                 "hi",
                 "high",
+                *("in", "at", "to", "make"),
             ],
         )
         if leftover:
@@ -1524,11 +1530,18 @@ class OfflinePlanner:
                 f"“resize {which} to 256x256”.",
             )
         wanted = re.search(_UPSCALE_TO, probe.remainder, flags=_I)
+        display = display_width(probe.remainder)
         if wanted is not None and first is not None:
             sized, why = _factor_for_size(first, int(wanted["w"]), int(wanted["h"]) if wanted["h"] else None)
             if sized is None:
                 return _clarify(raw, why)
             factor, note = sized, why or None
+        elif display is not None and first is not None:
+            label, width = display
+            sized, why = _factor_for_size(first, width, None)
+            if sized is None:
+                return _clarify(raw, why.replace(f"{width} px", f"{label} ({width} px wide)"))
+            factor, note = sized, why.replace(f"{width} px", f"{label} ({width} px wide)") or None
         return Plan(
             intent=Intent.UPSCALE,
             targets=refs.numbers,
@@ -1894,8 +1907,9 @@ class OfflinePlanner:
             holder = _image_with(things, context)
             if holder is not None:
                 parent, refs = holder, replace(refs, numbers=(holder.number,))
+                shown = [t for t in things if prompt_mentions(holder.prompt, t)]
                 found_in = (
-                    f"#{holder.number} is the one with the {' and '.join(things)}, so I changed that one."
+                    f"#{holder.number} is the one with the {' and '.join(shown)}, so I changed that one."
                 )
         if not _words(instruction):
             return _clarify(raw, f"What should I change in #{parent.number}?")
@@ -2328,6 +2342,8 @@ def _image_with(things: Sequence[str], context: PlannerContext) -> ImageInfo | N
     whale picture is meant.
     """
     last = context.last
+    # "make the fox look at the camera": the fox picks the image; the camera is new to all of them
+    things = [t for t in things if any(prompt_mentions(i.prompt, t) for i in context.images)]
     if not things or last is None or any(prompt_mentions(last.prompt, t) for t in things):
         return None
     return next(

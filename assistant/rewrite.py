@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from assistant.phrase_parsing import vocab
+
 # --------------------------------------------------------------------------------------------
 # style presets
 
@@ -1202,6 +1204,112 @@ _THING_ADJECTIVE = (
 )
 
 
+#: what a thing in the picture can be made to do ("make the fox smile", "have the dog sit")
+_ACTION_VERBS = vocab(
+    """
+    smile laugh grin cry frown wink yawn sleep sit stand lie kneel crouch lean run jump fly swim walk
+    dance sing look stare gaze wave hold eat drink read play howl roar bark rest pose point hug fight
+    climb ride face glance peek smoke hide wear carry
+    """
+)
+#: whole-body poses: a new one replaces the old ("sitting" → "sleeping"), an expression does not
+_POSES = vocab("sleep sit stand lie kneel crouch lean run jump fly swim walk dance rest climb ride hide")
+_DOUBLED = vocab("sit run swim grin hug")
+
+
+def _gerund(verb: str) -> str:
+    if verb == "lie":
+        return "lying"
+    if verb in _DOUBLED:
+        return verb + verb[-1] + "ing"
+    if verb.endswith("e") and not verb.endswith(("ee", "ye", "oe")):
+        return verb[:-1] + "ing"
+    return verb + "ing"
+
+
+_ACTION_BY_FORM = {**{v: v for v in _ACTION_VERBS}, **{_gerund(v): v for v in _ACTION_VERBS}}
+_THING_ACTION = (
+    r"(?:(?:make|have|let|get)\s+the\s+(?P<obj>[a-z][a-z\-]*)(?:\s+to)?"
+    r"|the\s+(?P<obj2>[a-z][a-z\-]*)\s+should(?:\s+be)?)\s+(?P<verb>[a-z]+)(?P<rest>(?:\s+.+)?)"
+)
+
+
+def _before_adjectives(prompt: str, noun: re.Match[str], word: str) -> str:
+    """ "a red fox" → "a smiling red fox": the word goes first among the thing's adjectives."""
+    head = prompt[: noun.start()]
+    article = list(re.finditer(r"\b(?:a|an|the|one|two|three|some)\s+(?=[^,]*$)", head, flags=re.IGNORECASE))
+    at = article[-1].end() if article else noun.start()
+    return _fix_articles(prompt[:at] + f"{word} " + prompt[at:])
+
+
+def _edit_thing_action(prompt: str, clause: str) -> tuple[str, str] | None:
+    """ "make the fox smile", "the dog should be sleeping": the thing doing it, in the picture's words."""
+    m = re.fullmatch(_THING_ACTION, clause.strip(), flags=re.IGNORECASE)
+    if not m or m["verb"].lower() not in _ACTION_BY_FORM or not prompt:
+        return None
+    obj, verb, rest = (m["obj"] or m["obj2"]).lower(), _ACTION_BY_FORM[m["verb"].lower()], m["rest"].strip()
+    doing = f"{_gerund(verb)} {rest}".strip()
+    noun = re.search(r"\b" + re.escape(obj) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
+    if noun is None:
+        return _insert_after_subject(prompt, f"the {obj} {doing}", as_segment=True), ""
+    after = prompt[noun.end() :]
+    old_pose = re.match(r"\s+(?P<g>[a-z]+ing)\b(?P<phrase>[^,]*)", after, flags=re.IGNORECASE)
+    if verb in _POSES and old_pose and _ACTION_BY_FORM.get(old_pose["g"].lower()) in _POSES:
+        # "sitting on a mossy rock" → "sleeping on a mossy rock": one pose at a time, the place kept
+        kept = "" if rest else old_pose["phrase"]
+        return prompt[: noun.end()] + f" {doing}{kept}" + after[old_pose.end() :], ""
+    if not rest:
+        return _before_adjectives(prompt, noun, doing), ""
+    return _insert_after_subject(prompt, f"the {obj} {doing}", as_segment=True), ""
+
+
+#: "-er" comparatives whose plain form ends in "e" ("cuter" is "cute", not "cut")
+_E_COMPARATIVES = vocab("cuter wider larger paler closer whiter nicer safer bluer purer ruder riper")
+#: nouns that end like comparatives, and comparatives about the light or the framing, which
+#: other rules read ("make the cabin darker" is the lighting, not dark wood)
+_NOT_THING_COMPARATIVES = vocab(
+    """
+    other water paper silver copper amber ever never corner border darker brighter lighter dimmer
+    warmer cooler colder sharper softer simpler busier closer farther further
+    """
+)
+_THING_COMPARATIVE = (
+    r"make\s+the\s+(?P<obj>[a-z][a-z\-]*)\s+(?:(?:a\s+(?:bit|little)|much|even|slightly)\s+)?"
+    r"(?P<adj>[a-z]+(?:ier|er))"
+)
+
+
+def _plain_adjective(comparative: str) -> str | None:
+    """ "fluffier" → "fluffy", "older" → "old", "bigger" → "big"; None for words like "water"."""
+    word = comparative.lower()
+    if word.endswith("ier"):
+        return word[:-3] + "y"
+    if word in _E_COMPARATIVES:
+        return word[:-1]
+    stem = word[:-2]
+    if len(stem) >= 3 and stem[-1] == stem[-2] and stem[-1] not in "aeiouls":
+        return stem[:-1]  # "bigger", "thinner"
+    return stem if len(stem) >= 3 else None
+
+
+def _edit_thing_comparative(prompt: str, clause: str) -> tuple[str, str] | None:
+    """ "make the fox fluffier": the thing becomes very fluffy (a prompt has no "more")."""
+    m = re.fullmatch(_THING_COMPARATIVE, clause.strip(), flags=re.IGNORECASE)
+    if not m or m["adj"].lower() in _NOT_THING_COMPARATIVES:
+        return None
+    adj, obj = _plain_adjective(m["adj"]), m["obj"].lower()
+    noun = re.search(r"\b" + re.escape(obj) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE) if adj else None
+    if adj is None or noun is None:
+        return None
+    head = prompt[: noun.start()]
+    already = re.search(r"\b(?:very\s+)?" + re.escape(adj) + r"\s+(?=[^,]*$)", head, flags=re.IGNORECASE)
+    if already:  # "a fluffy fox" → "a very fluffy fox"; "very" twice would say nothing more
+        if already.group(0).lower().startswith("very"):
+            return _fix_articles(prompt.replace(already.group(0), f"extremely {adj} ", 1)), ""
+        return head[: already.start()] + f"very {adj} " + head[already.end() :] + prompt[noun.start() :], ""
+    return _before_adjectives(prompt, noun, f"very {adj}"), ""
+
+
 def _with_thing(prompt: str, obj: str | None, phrase: str) -> str:
     """`phrase` next to the thing it is about when the prompt names it, else after the subject."""
     noun = re.search(r"\b" + re.escape(obj) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE) if obj else None
@@ -1395,6 +1503,8 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_remove,
             _edit_give,
             _edit_move_in_frame,
+            _edit_thing_action,
+            _edit_thing_comparative,
             _edit_thing_adjective,
             _edit_add,
         ):

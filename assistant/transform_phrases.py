@@ -41,11 +41,33 @@ _BRIGHTNESS = r"\b(?:brightness|brighten|darken|exposure)\b"
 _CONTRAST = r"\bcontrast\b"
 _SATURATION = r"\b(?:saturation|saturated?|desaturate|vibran(?:t|ce)|vivid)\b"
 _BORDER = r"\b(?:border|frame\s+it)\b"
+#: display sizes people name instead of pixels; the width each means
+DISPLAY_SIZE = r"(?:[248]k|uhd|ultra\s+hd|full\s+hd|hd|1080p)\b"
+DISPLAY_WIDTHS: dict[str, int] = {"2k": 2048, "4k": 3840, "8k": 7680, "uhd": 3840, "ultra hd": 3840}
+
+
+def display_width(text: str) -> tuple[str, int] | None:
+    """ "4k" → ("4K", 3840); "full hd" → ("Full HD", 1920): the size named and its width."""
+    m = re.search(r"\b" + DISPLAY_SIZE, text, flags=re.IGNORECASE)
+    if m is None:
+        return None
+    key = re.sub(r"\s+", " ", m.group(0).lower())
+    width = DISPLAY_WIDTHS.get(key, 1920)
+    label = {"full hd": "Full HD", "ultra hd": "Ultra HD", "hd": "HD"}.get(key, key.upper())
+    return label, width
+
+
 UPSCALE = (
     r"\b(?:up-?scale|upsample|enlarge|super[\s-]?resolution|hi-?res|high(?:er)?[\s-]res(?:olution)?|"
     r"increase\s+(?:the\s+)?resolution|(?:make|get)\s+(?:it\s+|this\s+|that\s+)?(?:bigger|larger)|blow\s+(?:it\s+)?up|"
     r"double\s+the\s+size|(?:2|4)\s*(?:x|×)\s+(?:bigger|larger)|but\s+(?:bigger|larger)|^(?:bigger|larger)"
     r"(?=\s*(?:please)?\s*[.!]*$))\b"
+    # "make it 4k", "in 4K please": a display size, which only an upscale gives a finished image
+    r"|\b(?:make|render|get|export|save)\s+(?:it|this|that|#\s?\d+)\s+(?:in\s+|at\s+|to\s+)?"
+    + DISPLAY_SIZE
+    + r"|^(?:(?:in|at)\s+)?"
+    + DISPLAY_SIZE
+    + r"(?=\s*(?:please)?\s*[.!]*$)"
 )
 
 _DIRECTIONS = vocab(

@@ -345,6 +345,8 @@ def test_question_openers_with_a_subject_still_make_pictures(text: str) -> None:
         ("thanks!", Intent.HELP),
         ("can you make videos?", Intent.HELP),
         ("animate it", Intent.HELP),
+        ("make it a gif", Intent.HELP),
+        ("turn it into a video", Intent.HELP),
     ],
 )
 @pytest.mark.parametrize("context", [NO_IMAGES, CHAIN], ids=["empty", "chain"])
@@ -358,7 +360,15 @@ def test_small_talk_gets_a_short_reply_and_no_image(
 
 
 @pytest.mark.parametrize(
-    "text", ["sunset", "a cat", "dragon", "a good morning coffee on a table", "a movie poster of a fox"]
+    "text",
+    [
+        "sunset",
+        "a cat",
+        "dragon",
+        "a good morning coffee on a table",
+        "a movie poster of a fox",
+        "a castle, 4k, masterpiece",
+    ],
 )
 def test_one_word_and_chatty_prompts_still_make_pictures(text: str) -> None:
     assert PLANNER.plan(text, NO_IMAGES).intent is Intent.GENERATE

@@ -282,6 +282,22 @@ def test_light_that_clashes_with_the_time_of_day_is_replaced_not_stacked() -> No
     assert TIME_LIGHTING["day"] not in dark_day
 
 
+def test_a_thing_made_to_do_something_does_it_in_the_prompt() -> None:
+    assert apply_edit(FOX, "make the fox smile").startswith("a smiling red fox sitting on a mossy rock")
+    # a new pose replaces the old one and keeps where it is
+    assert apply_edit(FOX, "make the fox sleep").startswith("a red fox sleeping on a mossy rock,")
+    running = apply_edit(FOX, "have the fox run through the forest")
+    assert running.startswith("a red fox running through the forest,") and "mossy rock" not in running
+    looking = apply_edit(FOX, "the fox should look at the camera")
+    assert looking.startswith("a red fox sitting on a mossy rock, the fox looking at the camera,")
+    assert "should" not in looking
+    # a comparative makes the thing very so, and a second one more so
+    fluffier = apply_edit(FOX, "make the fox fluffier")
+    assert fluffier.startswith("a very fluffy red fox sitting") and "fluffier" not in fluffier
+    assert apply_edit(fluffier, "make the fox fluffier").startswith("an extremely fluffy red fox")
+    assert apply_edit(FOX, "make the rock mossier").startswith("a red fox sitting on a very mossy rock,")
+
+
 def test_add_and_remove() -> None:
     moon = apply_edit(CABIN, "add a moon")
     assert moon.startswith("a cozy cabin in the woods at night with a moon, ")
@@ -292,8 +308,8 @@ def test_add_and_remove() -> None:
 
 
 def test_unknown_instruction_becomes_a_clause_after_the_subject() -> None:
-    edited = apply_edit(FOX, "make the fox smile")
-    assert _segments(edited)[:2] == ["a red fox sitting on a mossy rock", "the fox smile"]
+    edited = apply_edit(FOX, "a friendly bear nearby")
+    assert _segments(edited)[:2] == ["a red fox sitting on a mossy rock", "a friendly bear nearby"]
     _kept(FOX, edited)
 
 

@@ -585,11 +585,15 @@ _EDIT_START = (
     r"recolou?r|colou?r\s|paint\s+(?:it|the)|get\s+rid|take\s+(?:out|away)|erase|delete|with\s|as\s+(?:a|an)\s|"
     r"in\s+(?:the\s+)?(?:style|\w+\s+style)|same\b|zoom|move|fix|lighter|darker|brighter|what\s+if\b|"
     r"(?:re)?do\s+it\b|keep\b|leave\b|(?:have|let|get)\s+the\s+[a-z\-]+\s+(?:to\s+)?[a-z]+\b|"
-    r"the\s+[a-z\-]+\s+should\b|"
+    r"the\s+[a-z\-]+\s+(?:should|must|needs\s+to\s+be|has\s+to\s+be|to\s+be)\b|blur\s+(?:the|its)\s+background|"
+    r"(?:more\s+|some\s+)?(?:bokeh|shallow(?:er)?\s+depth\s+of\s+field)\s*[.!]*$|"
+    r"(?:an?\s+)?wider\s+(?:shot|view|angle)\b|"
     r"(?:at|during|by|in\s+the)\s+(?:night|sunset|sunrise|dawn|dusk|noon|midnight|day|daytime|twilight|evening|"
     r"morning|afternoon|moonlight|golden\s+hour)|\w+ier\b|\w+er\s*[.!?]*$)"
 )
 
+
+_SHOW_MORE_OF = r"show\s+(?:me\s+)?more\s+of\s+(?:the|its|it)\b"
 
 #: "surprise me" and friends: the user leaves the subject to Atelier
 _SURPRISE = (
@@ -1803,6 +1807,8 @@ class OfflinePlanner:
             found = named.explicit and named.status in (RefStatus.RESOLVED, RefStatus.AMBIGUOUS)
             # the working image, when it is that thing (or nothing is); else the one that is
             return self._edit(described if found and not latest else same["rest"], context, typed=raw)
+        if context.images and re.match(_SHOW_MORE_OF, core, flags=_I):
+            return self._edit(raw, context)  # "show more of the forest": the same picture, wider
         # the verb test runs without the references, so "picture 1, add a moon" is no "picture a…"
         if re.match(_GENERATE_START, strip_polite(refs.remainder), flags=_I):
             return self._generate(raw, context)

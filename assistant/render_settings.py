@@ -201,6 +201,34 @@ _NAMED_SHAPE = (
     _PARAM_LEAD + r"\b(?:in\s+)?(?:an?\s+)?" + _ASPECT_WORD + r"\s+" + _SHAPE_NOUN + r"\b"
     r"|" + _PARAM_LEAD_WORD + r"\b(?P<wide>widescreen|panoramic)\b"
 )
+#: where a picture will be used, which fixes its shape: "a phone wallpaper" is tall, "a desktop
+#: wallpaper" wide; said the way people ask ("make it a wallpaper for my phone")
+_SCREEN = r"(?:phone|mobile|iphone|android|smartphone|lock[\s-]?screen)"
+_MONITOR = r"(?:desktop|laptop|monitor|computer|pc|mac|macbook)"
+_BACKDROP = r"(?:wallpaper|background|backdrop)"
+_DEVICE_SHAPES: tuple[tuple[str, tuple[int, int]], ...] = (
+    (
+        rf"{_SCREEN}\s+{_BACKDROP}|{_BACKDROP}\s+for\s+(?:my\s+|a\s+|the\s+)?{_SCREEN}|instagram\s+stor(?:y|ies)|tiktok"
+        r"|(?:phone|mobile)\s+screen",
+        (9, 16),
+    ),
+    (
+        rf"{_MONITOR}\s+{_BACKDROP}|{_BACKDROP}\s+for\s+(?:my\s+|a\s+|the\s+)?{_MONITOR}|youtube\s+thumbnail",
+        (16, 9),
+    ),
+    (r"instagram\s+post", (4, 5)),
+)
+_DEVICE_LEAD = r"\b(?:(?:as|into|for|like)\s+)?(?:an?\s+|my\s+)?"
+
+
+def device_shape(text: str) -> tuple[tuple[int, int], re.Match[str]] | None:
+    """The shape a named use asks for ("a phone wallpaper" → 9:16) and where it was said."""
+    for pattern, ratio in _DEVICE_SHAPES:
+        if m := re.search(_DEVICE_LEAD + r"(?:" + pattern + r")\b", text, flags=_I):
+            return ratio, m
+    return None
+
+
 #: the image a "make #2 square" names; it stays in the rest, so the planner knows which to redraw
 _SHAPE_OBJECT = (
     r"(?P<obj>it|this|that|them|(?:this|that)\s+one|#\s?\d+|(?:image|picture|pic|photo|number)\s+\d+|"
@@ -269,6 +297,8 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
         named = m.group("obj") or m.group("obj2") or ""
         core = strip_polite(text)
         text = f"{core[: m.start()]} {named} {core[m.end() :]}"
+    if aspect is None and size is None and stretch is None and (device := device_shape(text)):
+        aspect, text = device[0], without_match(text, device[1])
     if aspect is None and size is None and stretch is None:
         aspect, text = _named_shape(text, shape_words_alone=shape_words_alone)
     return RenderParams(steps, guidance, aspect, size, stretch, sampler, strength), tidy_rest(text)

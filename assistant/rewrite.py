@@ -74,7 +74,7 @@ STYLE_PRESETS: dict[str, StylePreset] = {
             ("oil painting", "visible impasto brushstrokes", "canvas texture", "classical fine art"),
             ("photo", "photorealistic", "3d render", "flat digital shading"),
             ("oil painting", "oil-painting", "oil paint", "oil on canvas"),
-            ("oils",),
+            ("oils", "painting", "painted"),
         ),
         StylePreset(
             "pixel art",
@@ -177,7 +177,7 @@ def detect_style(text: str) -> str | None:
         for alias in (*preset.aliases, *preset.weak_aliases):
             core = _alias_pattern(alias)
             phrase = (
-                r"\b(?:in|as|into|like|to)\s+(?:an?\s+|the\s+)?" + core + r"(?:[\s-]+style)?\b"
+                r"\b(?:in|as|into|like|to|more|look)\s+(?:an?\s+|the\s+)?" + core + r"(?:[\s-]+style)?\b"
                 r"|\b" + core + r"[\s-]+(?:style|look)\b"
                 r"|\bstyle\s+of\s+(?:an?\s+)?" + core + r"\b"
             )
@@ -198,7 +198,7 @@ def _style_phrase_pattern(preset: StylePreset) -> str:
 
     every = core((*preset.aliases, *preset.weak_aliases))
     return (
-        r"\s*\b(?:in|as|into|like)\s+(?:an?\s+|the\s+)?" + every + r"(?:[\s-]+(?:style|look))?\b"
+        r"\s*\b(?:in|as|into|like|more|look)\s+(?:an?\s+|the\s+)?" + every + r"(?:[\s-]+(?:style|look))?\b"
         r"|\s*\b" + every + r"[\s-]+(?:style|look)\b"
         r"|\s*\bstyle\s+of\s+(?:an?\s+)?" + every + r"\b"
         r"|\s*\b" + core(preset.aliases) + r"\b"
@@ -390,16 +390,28 @@ class _Weather:
 WEATHER: tuple[_Weather, ...] = (
     _Weather(
         "snow",
-        ("snow", "blizzard"),
+        ("snow(?!m[ae]n|board|globe|ball)", "blizzard"),
         "light snow",
         "falling snow",
         "heavy snowfall",
         "blizzard, very heavy snowfall",
     ),
     _Weather(
-        "rain", ("rain", "drizzl", "downpour"), "light drizzle", "rain", "heavy rain", "torrential downpour"
+        "rain",
+        ("rain(?!bow|coat|forest|drop)", "drizzl", "downpour"),
+        "light drizzle",
+        "rain",
+        "heavy rain",
+        "torrential downpour",
     ),
-    _Weather("fog", ("fog", "mist", "haz"), "light mist", "fog", "thick fog", "dense impenetrable fog"),
+    _Weather(
+        "fog",
+        ("fog", "mist(?!ake|ress|letoe|ral)", "haz(?!el|ard)"),
+        "light mist",
+        "fog",
+        "thick fog",
+        "dense impenetrable fog",
+    ),
     _Weather(
         "storm",
         ("storm", "thunder", "lightning"),
@@ -411,7 +423,14 @@ WEATHER: tuple[_Weather, ...] = (
     _Weather(
         "cloud", ("cloud", "overcast"), "a few clouds", "cloudy sky", "overcast sky", "heavy dark overcast"
     ),
-    _Weather("wind", ("wind", "breez", "gust"), "light breeze", "windy", "strong wind", "gale-force wind"),
+    _Weather(
+        "wind",
+        ("wind(?!ow|mill|shield|ing)", "breez", "gust(?!o)"),
+        "light breeze",
+        "windy",
+        "strong wind",
+        "gale-force wind",
+    ),
     _Weather(
         "sun", ("sunny", "sunnier", "sunshine"), "soft sunshine", "sunny", "bright sunshine", "blazing sun"
     ),
@@ -780,7 +799,12 @@ def _edit_weather(prompt: str, clause: str) -> tuple[str, str] | None:
             rest,
             flags=re.IGNORECASE,
         )
-        return _tidy(_dedupe_segments(prompt)), _clean_clause(rest)
+        rest = _clean_clause(rest)
+        if re.fullmatch(r"[a-z\-]+", rest, flags=re.IGNORECASE) and re.search(
+            rf"\b{re.escape(rest)}\b", prompt, re.I
+        ):
+            rest = ""  # "make the woods snowy": the woods are already in the picture
+        return _tidy(_dedupe_segments(prompt)), rest
     return None
 
 
@@ -961,7 +985,9 @@ _SMALLER_SEGMENTS = ("the {obj} small in the distance", "wide shot")
 #: "zoom out", "zoom in on the fox", "pull back a bit", "get closer": the framing, in words models know
 _ZOOM = (
     r"(?:zoom(?:\s+(?P<dz>in|out))?|(?:pull|move|step|get|come)\s+(?P<dir>out|in|back|closer|away|farther|further)"
-    r"|(?P<dir2>closer|farther\s+away|further\s+away))"
+    r"|(?P<dir2>closer|farther\s+away|further\s+away)"
+    # "show more of the forest", "a wider shot": the same picture seen from farther away
+    r"|(?P<more>show\s+(?:me\s+)?more(?:\s+of\s+(?:the\s+|its\s+)?[a-z][a-z\s\-]*)?|(?:an?\s+)?wider\s+(?:shot|view|angle|framing)))"
     r"(?:\s+(?:a\s+(?:bit|little|lot)|slightly|more|much))?(?:\s+(?:on|to(?:wards)?)\s+(?:the\s+)?(?P<obj>[a-z][a-z\s\-]*))?"
 )
 _ZOOMED_OUT = ("wide shot", "seen from farther away")
@@ -974,7 +1000,9 @@ def _edit_zoom(prompt: str, clause: str) -> tuple[str, str] | None:
     if not m:
         return None
     # a clause cleaner may drop a trailing "in": a bare "zoom" is zooming in
-    direction = (m.group("dz") or m.group("dir") or m.group("dir2") or "in").lower()
+    direction = (
+        "out" if m.group("more") else (m.group("dz") or m.group("dir") or m.group("dir2") or "in").lower()
+    )
     closer = direction in ("in", "closer")
     framing = (
         [f"close-up of the {m.group('obj').strip()}"]
@@ -1209,7 +1237,7 @@ _ACTION_VERBS = vocab(
     """
     smile laugh grin cry frown wink yawn sleep sit stand lie kneel crouch lean run jump fly swim walk
     dance sing look stare gaze wave hold eat drink read play howl roar bark rest pose point hug fight
-    climb ride face glance peek smoke hide wear carry
+    climb ride face glance peek smoke hide wear carry glow shine sparkle shimmer flicker burn
     """
 )
 #: whole-body poses: a new one replaces the old ("sitting" → "sleeping"), an expression does not
@@ -1251,7 +1279,9 @@ def _edit_thing_action(prompt: str, clause: str) -> tuple[str, str] | None:
     doing = f"{_gerund(verb)} {rest}".strip()
     noun = re.search(r"\b" + re.escape(obj) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
     if noun is None:
-        return _insert_after_subject(prompt, f"the {obj} {doing}", as_segment=True), ""
+        # "make the windows glow" when the prompt has no windows: "glowing windows"
+        phrase = f"the {obj} {doing}" if rest else f"{doing} {obj}"
+        return _insert_after_subject(prompt, phrase, as_segment=True), ""
     after = prompt[noun.end() :]
     old_pose = re.match(r"\s+(?P<g>[a-z]+ing)\b(?P<phrase>[^,]*)", after, flags=re.IGNORECASE)
     if verb in _POSES and old_pose and _ACTION_BY_FORM.get(old_pose["g"].lower()) in _POSES:
@@ -1308,6 +1338,26 @@ def _edit_thing_comparative(prompt: str, clause: str) -> tuple[str, str] | None:
             return _fix_articles(prompt.replace(already.group(0), f"extremely {adj} ", 1)), ""
         return head[: already.start()] + f"very {adj} " + head[already.end() :] + prompt[noun.start() :], ""
     return _before_adjectives(prompt, noun, f"very {adj}"), ""
+
+
+#: "blur the background", "make the background out of focus", "add bokeh": a camera's depth of
+#: field, drawn by the model (a blur filter would blur the subject too)
+_BACKGROUND_BLUR = (
+    r"(?:blur|soften|defocus)\s+(?:the\s+|its\s+)?(?:background|backdrop)"
+    r"|make\s+(?:the\s+|its\s+)?(?:background|backdrop)\s+(?:(?:more|a\s+(?:bit|little))\s+)?"
+    r"(?:blurry|blurrier|blurred|out\s+of\s+focus|soft|softer|fuzzy|hazy)"
+    r"|(?:add\s+|with\s+|more\s+|some\s+)*(?:bokeh|(?:a\s+)?shallow(?:er)?\s+depth\s+of\s+field|background\s+blur)"
+)
+_DEPTH_OF_FIELD = "blurred background, shallow depth of field, bokeh"
+
+
+def _edit_background_blur(prompt: str, clause: str) -> tuple[str, str] | None:
+    if not re.fullmatch(_BACKGROUND_BLUR, clause.strip(), flags=re.IGNORECASE):
+        return None
+    if _DEPTH_OF_FIELD in prompt:
+        return prompt, ""
+    prompt = prompt.replace("layered foreground and background", "subject in sharp focus")
+    return _insert_before_details(prompt, _DEPTH_OF_FIELD), ""
 
 
 def _with_thing(prompt: str, obj: str | None, phrase: str) -> str:
@@ -1376,6 +1426,10 @@ def _edit_add(prompt: str, clause: str) -> tuple[str, str] | None:
         noun = re.search(r"\b" + re.escape(onto.group("obj")) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
         if noun:
             return prompt[: noun.end()] + f" with {onto.group('thing')}" + prompt[noun.end() :], ""
+        if onto.group("obj").lower() in ("sky", "background", "foreground", "scene", "water", "ground"):
+            # "add some stars to the sky": the stars are in the sky, not "stars to the sky"
+            where = f"{onto.group('thing')} in the {onto.group('obj').lower()}"
+            return _insert_after_subject(prompt, f"with {where}", as_segment=False), ""
     return _insert_after_subject(prompt, f"with {what}", as_segment=False), ""
 
 
@@ -1480,9 +1534,19 @@ def only_keeps(instruction: str) -> bool:
     return bool(clauses) and all(is_keep_clause(c) for c in clauses)
 
 
+#: "the cabin should be bigger", "I want the fox to be asleep": a wish about a thing is "make the X …"
+_THING_WISH = (
+    r"(?:i\s+want\s+|i'?d\s+like\s+|i\s+would\s+like\s+)?the\s+(?P<obj>[a-z][a-z\-]*)\s+"
+    r"(?:to\s+be|should\s+be|needs\s+to\s+be|must\s+be|has\s+to\s+be)\s+(?P<rest>.+)"
+)
+
+
 def _apply_clause(prompt: str, clause: str) -> str:
     if is_keep_clause(clause):
         return prompt
+    wish = re.fullmatch(_THING_WISH, clause.strip(), flags=re.IGNORECASE)
+    if wish:
+        clause = f"make the {wish['obj']} {wish['rest']}"
     for _ in range(4):
         if not _has_content(clause):
             return prompt
@@ -1503,6 +1567,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_remove,
             _edit_give,
             _edit_move_in_frame,
+            _edit_background_blur,
             _edit_thing_action,
             _edit_thing_comparative,
             _edit_thing_adjective,

@@ -763,6 +763,23 @@ def test_same_seed_with_a_new_subject_draws_it_on_that_seed_and_size() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("make it a wallpaper for my phone", (384, 680)),
+        ("as a phone wallpaper please", (384, 680)),
+        ("make #1 an instagram story", (384, 680)),
+        ("desktop wallpaper", (680, 384)),
+        ("a youtube thumbnail", (680, 384)),
+    ],
+)
+def test_a_named_use_gives_the_shape_it_needs(text: str, size: tuple[int, int]) -> None:
+    plan = PLANNER.plan(text, PlannerContext(images=(_img(1, CABIN_NIGHT),)))
+    assert plan.intent is Intent.REGENERATE and plan.size == size and plan.seed == 1001
+    new = PLANNER.plan("a lighthouse at dawn, phone wallpaper", NO_IMAGES)
+    assert new.intent is Intent.GENERATE and new.size == (384, 680) and "phone" not in new.prompt
+
+
 def test_naming_an_object_picks_the_image_that_has_it() -> None:
     assert PLANNER.plan("replace the whale with a shark", FOX_WHALE).targets == (2,)  # the last one
     fox_last = PlannerContext(images=(_img(1, WHALE), _img(2, FOX_SNOW)))

@@ -298,6 +298,32 @@ def test_a_thing_made_to_do_something_does_it_in_the_prompt() -> None:
     assert apply_edit(FOX, "make the rock mossier").startswith("a red fox sitting on a very mossy rock,")
 
 
+@pytest.mark.parametrize(
+    ("instruction", "added"),
+    [
+        ("put a light in the window", "with a light in the window"),
+        ("add a rainbow", "with a rainbow"),
+        ("add a snowman", "with a snowman"),
+        ("add a windmill", "with a windmill"),
+    ],
+)
+def test_words_that_start_like_weather_are_things_not_weather(instruction: str, added: str) -> None:
+    edited = apply_edit(CABIN, instruction)
+    assert added in edited
+    assert not re.search(r"\b(?:windy|rain|fog|snow(?:fall)?|wind)\b,", edited)
+
+
+def test_background_blur_is_depth_of_field_not_a_picture_of_the_words() -> None:
+    for instruction in ("blur the background", "make the background out of focus", "add bokeh"):
+        edited = apply_edit(CABIN, instruction)
+        assert edited.startswith("a cozy cabin in the woods at night, ")
+        assert (
+            "shallow depth of field" in edited and "blur the" not in edited and "out of focus" not in edited
+        )
+    once = apply_edit(CABIN, "blur the background")
+    assert apply_edit(once, "add bokeh") == once
+
+
 def test_add_and_remove() -> None:
     moon = apply_edit(CABIN, "add a moon")
     assert moon.startswith("a cozy cabin in the woods at night with a moon, ")

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from assistant.offline_planner import (
     DELETE_REPLY,
+    HAND_TUNED_NOTE,
     VERBATIM_WHICH_PROMPT,
     OfflinePlanner,
     describe_reply,
@@ -466,7 +467,11 @@ def _exact_prompt(prompt: str, call: Call, *, model_verbatim: bool = False) -> t
     """
     asked = call.verbatim_request
     if asked is not None:
-        return asked, None if prompt == asked else VERBATIM_NOTE
+        # a prompt in weights and tags is kept as typed, as if the user had asked for that
+        why = (
+            HAND_TUNED_NOTE if call.reading.reply and HAND_TUNED_NOTE in call.reading.reply else VERBATIM_NOTE
+        )
+        return asked, None if prompt == asked else why
     if call.context.verbatim:
         words, replaced = call.setting_words(prompt)
         return words, VERBATIM_SETTING_NOTE if replaced else None

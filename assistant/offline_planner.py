@@ -103,6 +103,7 @@ from assistant.rewrite import (
     build_negative,
     clean_idea,
     detect_style,
+    is_hand_tuned,
     normalize_style,
     only_keeps,
     reduced_terms,
@@ -123,6 +124,10 @@ from assistant.transform_phrases import (
 from tools.base import Operation
 
 EMPTY_REPLY = "Please type what you'd like to create or change."
+HAND_TUNED_NOTE = (
+    "Your prompt reads hand-tuned (weights or tags), so it went to the image model as written, with "
+    "nothing added and no default negative prompt."
+)
 DELETE_REPLY = (
     "Atelier never deletes images or conversations from chat — every image and how it was made "
     "is kept. I can create, edit, vary, upscale or transform images; tell me what to make."
@@ -227,6 +232,8 @@ _NEGATIVE_LABEL = (
     r"(?:^|[\s,.;])(?:(?:set|use|with|add|and)\s+)?(?:the\s+|a\s+)?negative"
     r"(?:\s+prompt\s*(?:[:=]|\bis\b|\bto\b)|\s*[:=])\s*(?P<neg>.*)$"
 )
+#: Midjourney's "--no wings, text": the same as a negative prompt
+_NO_FLAG = r"(?:^|\s)--no\s+(?P<neg>[^\-].*?)(?=\s+--|\s*$)"
 NO_NEGATIVE_PROMPT_REPLY = (
     "This backend takes no negative prompt, so it would change nothing here. The diffusers "
     "backend (ATELIER_BACKEND=diffusers) takes one; here, say what to leave out instead "
@@ -1625,11 +1632,11 @@ class OfflinePlanner:
         negative prompt, as an A1111 user would compare; with a description it goes to the new
         picture. A backend that takes no negative prompt gets an honest answer instead.
         """
-        m = re.search(_NEGATIVE_LABEL, raw, flags=_I)
+        m = re.search(_NEGATIVE_LABEL, raw, flags=_I) or re.search(_NO_FLAG, raw, flags=_I)
         if m is None:
             return None
         negative = m.group("neg").strip(" ,.;:\"'“”")
-        rest = raw[: m.start()].strip(" ,.;:-")
+        rest = (raw[: m.start()] + " " + raw[m.end() :]).strip(" ,.;:-")
         if not negative:
             return _clarify(raw, "What should the negative prompt be? For example “negative: blurry, text”.")
         probe = resolve_references(rest, context.images, focus=context.focus)
@@ -1875,7 +1882,8 @@ class OfflinePlanner:
             return _clarify(raw, "What should the image show? Describe it in a few words.")
         n, note = cap_n(context.default_n if count is None else count, context)
         style = detect_style(raw) or normalize_style(context.style)
-        if context.verbatim:
+        hand_tuned = not context.verbatim and is_hand_tuned(idea)
+        if context.verbatim or hand_tuned:
             prompt, negative, style = idea, "", None
         else:
             prompt, negative = rewrite_prompt(idea, style)
@@ -1887,8 +1895,8 @@ class OfflinePlanner:
             n=n,
             seed=seed,
             style=style,
-            verbatim=context.verbatim,
-            reply=note,
+            verbatim=context.verbatim or hand_tuned,
+            reply=_join(HAND_TUNED_NOTE if hand_tuned else None, note),
         )
 
     def _edit(self, text: str, context: PlannerContext, typed: str | None = None) -> Plan:

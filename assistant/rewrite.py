@@ -229,6 +229,29 @@ def _dedupe(items: Iterable[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# prompts written by hand for a diffusion model
+
+#: AUTOMATIC1111 weights "(hat:1.2)", "[cat:dog:10]", LoRA tags, booru tags ("1girl"): marks of a
+#: prompt tuned by hand, which a rewrite would only spoil
+_HAND_TUNED_MARKS = (
+    r"\([^()]+:\s*-?\d+(?:\.\d+)?\s*\)|\[[^\[\]]+:[^\[\]]+:\s*\d+(?:\.\d+)?\]|<(?:lora|lyco|hypernet):"
+    r"|\b\d+(?:girl|boy|girls|boys|other)s?\b"
+)
+#: a tag list that opens with quality tags: "masterpiece, best quality, …"
+_QUALITY_TAGS = (
+    r"\s*\(*(?:masterpiece|best\s+quality|high(?:est)?\s+quality|ultra[\s-]detailed|highres|absurdres|"
+    r"raw\s+photo|(?:4|8)k(?:\s+uhd)?|score_\d+(?:_up)?)\b"
+)
+
+
+def is_hand_tuned(idea: str) -> bool:
+    """True for a prompt already written in diffusion-model tags or weights, used as typed."""
+    if re.search(_HAND_TUNED_MARKS, idea, flags=re.IGNORECASE):
+        return True
+    return bool(re.match(_QUALITY_TAGS, idea, flags=re.IGNORECASE)) and idea.count(",") >= 3
+
+
+# --------------------------------------------------------------------------------------------
 # rewriting a fresh idea
 
 #: time of day → the lighting term that matches it (and only it)

@@ -139,8 +139,8 @@ CONVERSATION_REPLY = (
 )
 SAVE_REPLY = (
     "Every image is saved, with how it was made, the moment it is made. To download {} as a PNG, "
-    "use More → PNG under it (`atelier show` gives its file); `atelier export` saves a whole "
-    "conversation."
+    "use More → PNG under it (`atelier show` gives its file); “Export conversation (zip)” in the "
+    "sidebar (or `atelier export`) saves the whole conversation."
 )
 #: "rename this chat", "start over", "new conversation please": about the conversation, not a picture
 _CONVERSATION_TALK = (
@@ -162,6 +162,15 @@ _FRESH_START = (
 _SAVE = (
     r"^(?:please\s+)?(?:save|download|export|keep)\s+(?P<what>#\s?\d+|it|this|that|(?:this|that)\s+one)"
     r"(?:\s+please)?[.!]*$"
+)
+#: "can I download #2?", "how do I save it?", "export all images": how to get files out
+_SAVE_ASK = (
+    r"^(?:(?:how|where)\s+(?:do|can|could|would|should)\s+i|can\s+i|could\s+i|is\s+(?:there\s+a\s+way|it\s+possible)\s+to)"
+    r"\s+(?:save|download|export|get|keep)(?:\s+(?:a\s+copy\s+of|out))?\s+(?P<what>#\s?\d+|it|this|that|(?:this|that)\s+one|them|"
+    r"(?:all\s+(?:of\s+)?)?(?:the|my|these|those)\s+(?:images|pictures|photos|files|pngs)|everything|all(?:\s+of\s+them)?)"
+    r"(?:\s+(?:as\s+(?:a\s+)?(?:png|file|jpe?g)s?|to\s+my\s+(?:computer|phone|disk)))?\s*[?.!]*$"
+    r"|^(?:please\s+)?(?:save|download|export)\s+(?P<all>all(?:\s+(?:of\s+)?(?:them|the\s+images|my\s+images|images))?|"
+    r"everything|(?:the\s+)?whole\s+(?:conversation|chat))(?:\s+please)?[.!]*$"
 )
 INJECTION_REPLY = (
     "I can't change how I work from a chat message. I make and change images: describe one, "
@@ -772,8 +781,11 @@ class OfflinePlanner:
             return replace(restarted, instruction=raw)
         if any(re.search(p, raw, flags=_I) for p in _CONVERSATION_TALK):
             return _clarify(raw, CONVERSATION_REPLY)
-        if saved := re.fullmatch(_SAVE, raw, flags=_I):
-            what = saved["what"].replace(" ", "") if saved["what"].startswith("#") else saved["what"].lower()
+        if saved := re.fullmatch(_SAVE, raw, flags=_I) or re.fullmatch(_SAVE_ASK, raw, flags=_I):
+            said = saved.groupdict().get("what") or ""
+            what = said.replace(" ", "") if said.startswith("#") else said.lower()
+            if not said or not re.fullmatch(r"#\d+|it|this|that|(?:this|that)\s+one", what):
+                what = "an image"  # "all of them": each image has its own download; export takes them all
             return _clarify(raw, SAVE_REPLY.format(what))
         if re.fullmatch(PRAISE, raw, flags=_I):
             # "that's perfect" is feedback, not a picture of the words "that's perfect"

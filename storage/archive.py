@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import struct
+import tempfile
 import warnings
 import zipfile
 import zlib
@@ -114,6 +115,15 @@ def export_conversation(
             raise ArchiveError(f"Cannot write {out_path}: {reason}. Nothing was exported.") from None
         raise
     return len(hashes)
+
+
+def export_conversation_bytes(repo: Repository, conversation_id: int) -> bytes:
+    """The export zip in memory, for a browser download: the same checks and contents as
+    `export_conversation` (it writes the zip in a scratch folder and reads it back)."""
+    with tempfile.TemporaryDirectory(prefix="atelier-export-") as folder:
+        path = Path(folder) / "conversation.zip"
+        export_conversation(repo, conversation_id, path)
+        return path.read_bytes()
 
 
 def check_export_target(repo: Repository, out_path: Path, *, replace: bool = False) -> None:

@@ -27,6 +27,7 @@ from assistant.settings import BackendChoice, Settings, describe_settings_error
 from assistant.turn_lanes import TurnLanes
 from assistant.ui import support
 from assistant.ui.support import Keys, escape_markdown
+from storage.archive import export_conversation_bytes
 from storage.db import StorageError
 from storage.models import Conversation
 from storage.repository import NotFound, Repository
@@ -467,6 +468,19 @@ def _sidebar_conversations(repo: Repository) -> None:
             )
     if selected is None:
         return
+    if repo.conversation_images(selected.id):
+        sidebar.download_button(
+            "Export conversation (zip)",
+            # made on the click, not on every rerun: the zip holds every image file
+            data=lambda: export_conversation_bytes(repo, selected.id),
+            file_name=f"atelier-conversation-{selected.id}.zip",
+            mime="application/zip",
+            key=f"atelier.export.{selected.id}",
+            on_click="ignore",
+            icon=":material/download:",
+            width="stretch",
+            help="Images, messages and lineage; `atelier import` reads it back.",
+        )
     with sidebar.expander("Rename or delete this conversation"):
         rename_key = f"atelier.rename.{selected.id}"
         st.text_input("Title", value=selected.title, key=rename_key, max_chars=120)

@@ -1171,11 +1171,22 @@ def test_talk_about_the_conversation_is_answered_not_drawn(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "what"), [("save #2", "#2"), ("download it", "it"), ("keep this one", "this one")]
+    ("text", "what"),
+    [
+        ("save #2", "#2"),
+        ("download it", "it"),
+        ("keep this one", "this one"),
+        ("can I download #2?", "#2"),
+        ("how do I save it?", "it"),
+        ("export all images", "an image"),
+        ("how can I download all my images?", "an image"),
+        ("download everything", "an image"),
+    ],
 )
 def test_save_is_answered_with_where_the_image_already_is(text: str, what: str) -> None:
     plan = PLANNER.plan(text, CHAIN)
     assert plan.intent is Intent.CLARIFY and f"To download {what} as a PNG" in (plan.reply or ""), plan
+    assert "Export conversation (zip)" in (plan.reply or "")
 
 
 @pytest.mark.parametrize(

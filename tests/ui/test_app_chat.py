@@ -179,6 +179,27 @@ def test_sidebar_settings_reach_the_stored_image(app: AppTest, stored: Repositor
     assert random_seed.prompt == styled.prompt and random_seed.seed != 42
 
 
+def test_the_sidebar_exports_the_conversation_as_a_zip_that_imports_back(
+    app: AppTest, stored: Repository, media: MediaFiles, tmp_path: Path
+) -> None:
+    from storage.archive import import_conversation
+
+    assert not [b for b in app.get("download_button") if b.proto.label == "Export conversation (zip)"]
+    send(app, FOX)
+    send(app, "make it snowier")
+    (export,) = [b for b in app.get("download_button") if b.proto.label == "Export conversation (zip)"]
+    assert export.proto.deferred_file_id  # the zip is made on the click, not on every rerun
+    zip_path = tmp_path / "download.zip"
+    zip_path.write_bytes(media.download(export))
+    elsewhere = Repository.open(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "other-images")
+    imported = import_conversation(elsewhere, zip_path)
+    images = elsewhere.conversation_images(imported)
+    assert [(i.number, i.operation) for i in images] == [(1, "generate"), (2, "edit")]
+    originals = stored.list_images()
+    assert {elsewhere.image_bytes(i) for i in images} == {stored.image_bytes(i) for i in originals}
+    elsewhere.db.dispose()
+
+
 def test_the_chat_shows_a_cached_thumbnail_and_downloads_the_full_png(
     app: AppTest, stored: Repository, media: MediaFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -191,7 +212,7 @@ def test_the_chat_shows_a_cached_thumbnail_and_downloads_the_full_png(
     with PILImage.open(io.BytesIO(media.image(shown))) as thumbnail:
         assert thumbnail.size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE * 3 // 4)
 
-    (download,) = app.get("download_button")
+    (download,) = [b for b in app.get("download_button") if b.proto.label != "Export conversation (zip)"]
     data = media.download(download)
     assert data == stored.image_bytes(image)  # the stored file itself, not the thumbnail
     with PILImage.open(io.BytesIO(data)) as png:

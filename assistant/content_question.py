@@ -9,6 +9,7 @@ prompt never names it, is true and tells the user what to ask for next.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from assistant.one_line import one_line
@@ -44,6 +45,11 @@ CONTENT_QUESTIONS: tuple[tuple[str, str], ...] = (
         rf"^what\s+colou?rs?\s+(?:is|are|was|were)\s+(?:(?:the|its|their|his|her|my)\s+)?{_THING}{_WHERE}{_END}",
     ),
     ("count", rf"^how\s+many\s+{_THING}\s+(?:are|is|were|was)\s+(?:there|in|on|shown|visible)\b[^?]*{_END}"),
+    (
+        "which",
+        r"^(?:which|what)\s+(?:one|ones|image|images|picture|pictures|pic|pics|number)\s+"
+        rf"(?:has|have|had|shows?|showed|contains?|includes?|features?|is\s+the\s+one\s+with)\s+{_A}{_THING}{_END}",
+    ),
 )
 #: "is there a way to…", "where is the file?": questions about Atelier, not about the picture
 _NOT_THINGS = vocab(
@@ -161,3 +167,22 @@ def describe_content(image: Image, asked: ContentQuestion) -> str:
         f"#{image.number}: {said} (the whole prompt: {whole}). "
         "That is what it was asked to show; I go by the record, not the pixels."
     )
+
+
+def describe_which(images: Sequence[Image], asked: ContentQuestion) -> str:
+    """ "which one has the fox?": the images whose prompts name it, each with the words that do."""
+    found = [
+        (image, part)
+        for image in images
+        if image.prompt and (part := _part_naming(image.prompt, asked.thing))
+    ]
+    if not found:
+        last = asked.thing.split()[-1]
+        thing = asked.thing if _stem(last) != last else f"a {asked.thing}"
+        return (
+            f"No image's prompt here mentions {thing}. I go by the prompts on record, not the pixels; "
+            "uploads have none."
+        )
+    lines = [f"- #{image.number}: “{one_line(part, 100)}”" for image, part in found]
+    count = f"{len(found)} image{'s' if len(found) != 1 else ''}"
+    return f"{count} with {asked.thing} in the prompt (from the record, not the pixels):\n" + "\n".join(lines)

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image as PILImage
 
-from assistant.content_question import asked_content, describe_content
+from assistant.content_question import asked_content, describe_content, describe_which
 from assistant.describe import asked_fields, describe_fields, describe_lineage, describe_list, describe_prompt
 from assistant.events import Event, Failed, ImageReady, PlanMade, Progress, Reply
 from assistant.one_line import one_line
@@ -1014,6 +1014,9 @@ class Assistant:
         if plan.intent is not Intent.DESCRIBE:
             return plan.reply or "How can I help?"
         images = self.repo.conversation_images(conversation_id)
+        content = asked_content(plan.instruction or "")
+        if content is not None and content.kind == "which":
+            return describe_which(images, content)  # "which one has the fox?"
         if plan.question_kind == "list" or not plan.targets:
             return describe_list(images)
         parts = []
@@ -1024,7 +1027,6 @@ class Assistant:
                 parts.append(f"There is no image #{number} in this conversation.")
                 continue
             fields = asked_fields(plan.instruction or "")
-            content = asked_content(plan.instruction or "")
             if plan.question_kind == "lineage":
                 parts.append(describe_lineage(self.repo, image))
             elif content is not None:

@@ -884,8 +884,11 @@ class OfflinePlanner:
 
     def _content_question(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "is there a dog in #2?", "what colour is the cabin?": answered from the prompt on record."""
-        if asked_content(raw) is None:
+        asked = asked_content(raw)
+        if asked is None:
             return None
+        if asked.kind == "which":  # "which one has the fox?": every image is looked at
+            return Plan(intent=Intent.DESCRIBE, instruction=raw, question_kind="list")
         return _describe(raw, "prompt", context)
 
     def _image_question(self, raw: str, context: PlannerContext) -> Plan | None:
@@ -2140,9 +2143,9 @@ _BEFORE_GOING_BACK = (
     r"(?:(?:just|so|then|let'?s|can\s+you|could\s+you)\s+)*(?=\S)"
 )
 _UNDO_TIMES = (
-    r"twice|thrice|(?:(?P<n>\d+|"
+    r"twice|thrice|(?:(?:the\s+)?(?:last|previous)\s+)?(?:(?P<n>\d+|"
     + "|".join(NUMBER_WORDS)
-    + r")\s+(?:times|steps|changes|edits))|x\s*(?P<x>\d+)"
+    + r")\s+(?:times|steps|changes|edits))(?:\s+(?:too|please|back))?|x\s*(?P<x>\d+)"
 )
 #: "replace it with", "fill the masked area with", "paint": the verb of a masked repaint, not its subject
 _INPAINT_VERB = (

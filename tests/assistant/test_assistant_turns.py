@@ -323,6 +323,14 @@ def test_a_question_about_what_an_image_shows_is_answered_from_its_prompt(tmp_pa
     assert "its prompt has “three cats asleep on a sofa”" in _answer(
         assistant, conversation_id, "how many cats are there?"
     )
+    which = _answer(assistant, conversation_id, "which one has the cats?")
+    assert (
+        which.startswith("1 image with cats in the prompt") and "#2: “three cats asleep on a sofa”" in which
+    )
+    assert "#1" not in which
+    assert "No image's prompt here mentions a dragon" in _answer(
+        assistant, conversation_id, "which image shows a dragon?"
+    )
     dogs = _answer(assistant, conversation_id, "how many dogs are in #2?")
     assert "doesn't mention dogs, so it was not asked to show any" in dogs and "“add dogs to #2”" in dogs
     # a request asked as a question is still the request

@@ -1106,6 +1106,8 @@ def test_a_transform_that_would_give_the_image_back_as_it_is_says_so(text: str) 
         ("a temple with 200 steps", lambda p: p.steps is None and "200 steps" in p.prompt),
         ("a stone castle, 30 steps", lambda p: p.steps == 30 and "steps" not in p.prompt),
         ("undo twice", lambda p: p.intent is Intent.CLARIFY and p.focus == 1),
+        ("undo the last two changes", lambda p: p.intent is Intent.CLARIFY and p.focus == 1),
+        ("undo 2 steps", lambda p: p.intent is Intent.CLARIFY and p.focus == 1),
     ],
 )
 def test_second_qa_round_phrasings(text: str, check: Any) -> None:

@@ -79,6 +79,13 @@ class ContentQuestion:
     thing: str
 
 
+#: things counted by amount, not one by one: "any snow", never "a snow"
+MASS_NOUNS = vocab(
+    "snow rain fog mist haze water grass sand smoke fire moss ice steam light sunlight moonlight sunshine "
+    "lightning wind furniture foliage hair text writing blood mud dust lava snowfall rainfall greenery"
+)
+
+
 def asked_content(question: str) -> ContentQuestion | None:
     """The thing a question asks about, or None when it is not a question about contents."""
     text = re.sub(
@@ -135,11 +142,8 @@ def _words_before(part: str, thing: str) -> set[str]:
 def describe_content(image: Image, asked: ContentQuestion) -> str:
     """The prompt's answer to a content question about one image, quoted from the record."""
     thing = asked.thing
-    plural = _stem(thing.split()[-1]) != thing.split()[-1] or thing.split()[-1] in {
-        "people",
-        "children",
-        "mice",
-    }
+    last = thing.split()[-1]
+    plural = _stem(last) != last or last in {"people", "children", "mice"} or last in MASS_NOUNS
     article = "" if plural else "an " if thing[:1] in "aeiou" else "a "
     if not image.prompt:
         source = (
@@ -178,7 +182,7 @@ def describe_which(images: Sequence[Image], asked: ContentQuestion) -> str:
     ]
     if not found:
         last = asked.thing.split()[-1]
-        thing = asked.thing if _stem(last) != last else f"a {asked.thing}"
+        thing = asked.thing if _stem(last) != last or last in MASS_NOUNS else f"a {asked.thing}"
         return (
             f"No image's prompt here mentions {thing}. I go by the prompts on record, not the pixels; "
             "uploads have none."

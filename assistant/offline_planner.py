@@ -419,7 +419,9 @@ _DESCRIBE: tuple[tuple[str, str], ...] = (
     (
         "prompt",
         r"\b(?:what|which)\b.*\bprompts?\b|\b(?:the|its|their|'s)\s+(?:full\s+)?prompts?\b(?!\s+exactly)"
-        r"|\bprompts?\s+(?:for|of|behind|used|that)\b|\bwhat\s+did\s+(?:i|you)\s+(?:ask|type|write|say)\b",
+        r"|\bprompts?\s+(?:for|of|behind|used|that)\b|\bwhat\s+did\s+(?:i|you)\s+(?:ask|type|write|say)\b"
+        r"|\bwhat\s+(?:was|is|were)\s+my\s+(?:(?:last|previous|latest|most\s+recent)\s+)?(?:request|message|"
+        r"ask|instruction|words?)s?\b",
     ),
     (
         "lineage",
@@ -440,7 +442,9 @@ _DESCRIBE: tuple[tuple[str, str], ...] = (
         "list",
         r"^(?:please\s+)?list\b|\bshow\s+(?:me\s+)?(?:all\s+)?(?:of\s+)?(?:my|our|the|all)\s+(?:images|pictures|"
         r"photos)\s*(?:so\s+far)?[?.!]*$|\bwhat\s+(?:images|pictures)\s+(?:do|have|did|are)\b|\bhow\s+many\s+"
-        r"(?:images|pictures)\b|\bwhich\s+(?:images|pictures)\b",
+        r"(?:images|pictures)\b|\bwhich\s+(?:images|pictures)\b"
+        r"|\bwhat\s+(?:have|did|has)\s+(?:we|you|i)\s+(?:made|make|done|created|generated|drawn)(?:\s+(?:so\s+far|"
+        r"today|yet|until\s+now))?\s*[?.!]*$",
     ),
 )
 
@@ -609,6 +613,12 @@ _EDIT_START = (
 )
 
 
+#: "make 2 more of the fox", "three more pictures of the cabin": a batch like the image that shows it
+_MORE_OF_THING = (
+    r"(?:(?:make|give\s+me|show\s+me|do|create|generate|draw|render)\s+)?(?P<n>" + _N + r"|a\s+few|a\s+couple"
+    r"(?:\s+of)?|some|several)\s+more\s+(?:(?:images?|pictures?|pics?|versions?|ones?|takes?)\s+)?of\s+the\s+"
+    r"(?P<thing>[a-z][a-z\-]*(?:\s+[a-z][a-z\-]*){0,2}?)(?:\s+(?:please|pls))?\s*[.!?]*"
+)
 _SHOW_MORE_OF = r"show\s+(?:me\s+)?more\s+of\s+(?:the|its|it)\b"
 
 #: "surprise me" and friends: the user leaves the subject to Atelier
@@ -1745,6 +1755,16 @@ class OfflinePlanner:
         )
 
     def _variation(self, raw: str, context: PlannerContext) -> Plan | None:
+        more_of = re.fullmatch(_MORE_OF_THING, raw, flags=_I)
+        if more_of is not None:
+            # "make 2 more of the fox": more like the newest picture of the fox, not a picture of "the fox"
+            words = [w for w in _words(more_of["thing"]) if len(w) > 2]
+            showing = [i for i in context.images if all(prompt_mentions(i.prompt, w) for w in words)]
+            showing = showing if words else []
+            holder = showing[-1] if showing else None
+            if holder is not None:
+                plan = self._variation(f"{more_of['n']} variations of #{holder.number}", context)
+                return replace(plan, instruction=raw) if plan is not None else None
         if not re.search(_VARIATION, raw, flags=_I):
             return None
         probe = resolve_references(raw, context.images, focus=context.focus)

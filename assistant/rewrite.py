@@ -464,6 +464,7 @@ _REMOVE_CUE = (
     r"|minus|lose)\b"
 )
 _LESS_CUE = r"\b(?:less|lighter|fewer|lighten|reduce|softer|gentler|a\s+(?:bit|little)\s+of)\b"
+_SLIGHT_CUE = r"\b(?:a\s+(?:little\s+)?bit|a\s+little|slightly|somewhat|a\s+touch|a\s+tad)\b"
 #: "snowyer" is how many people spell "snowier"
 _MORE_CUE = (
     r"\b(?:more|heavier|heavy|lots\s+of|much|thicker|intense|stronger|extra|very)\b|\b\w+(?:ier|yer)\b"
@@ -480,6 +481,8 @@ MOOD_LIGHTING: dict[str, str] = {
     "warm": "warm lighting",
     "cool": "cool lighting",
     "soft": "soft diffused lighting",
+    # "darker" on a night scene: a deeper night, keeping the night lighting it already has
+    "dark night": TIME_LIGHTING["night"] + ", pitch-dark night, deep shadows",
 }
 _MOOD_WORDS: dict[str, str] = {
     "darker": "dark",
@@ -798,7 +801,13 @@ def _edit_weather(prompt: str, clause: str) -> tuple[str, str] | None:
             pass  # already as heavy as it gets: "make it snowy" after a blizzard adds no second snow term
         else:
             more = bool(present) or re.search(_MORE_CUE, clause, flags=re.IGNORECASE) is not None
-            if any(p.group(0).strip().lower() == w.heavy for p in present):
+            levels = (w.light, w.base, w.heavy)
+            said = [p.group(0).strip().lower() for p in added]
+            level = max((levels.index(t) for t in said if t in levels), default=-1)
+            if re.search(_SLIGHT_CUE, clause, flags=re.IGNORECASE):
+                # "a bit sunnier": one step up from what is there, not straight to the heaviest
+                new = levels[min(level + 1, len(levels) - 1)]
+            elif any(p.group(0).strip().lower() == w.heavy for p in present):
                 new = w.heavier if re.search(_MORE_CUE, clause, flags=re.IGNORECASE) else w.heavy
             else:
                 new = w.heavy if more else w.base
@@ -862,9 +871,13 @@ def _edit_lighting(prompt: str, clause: str) -> tuple[str, str] | None:
         return None
     mood = _MOOD_WORDS[m.group("mood").lower()]
     current = next((k for k, v in MOOD_LIGHTING.items() if v in prompt), None)
-    if current == mood and f"very {mood}" in MOOD_LIGHTING:
-        mood = f"very {mood}"
+    if mood == "dark" and (current == "dark night" or (current is None and TIME_LIGHTING["night"] in prompt)):
+        mood = "dark night"  # not "low-key night lighting, dark, low-key lighting"
+    elif current in (mood, f"very {mood}") and f"very {mood}" in MOOD_LIGHTING:
+        mood = f"very {mood}"  # "darker" again after "very dark" stays very dark, never lighter
     new = MOOD_LIGHTING[mood]
+    if current == "dark night" and mood in ("bright", "very bright"):
+        new = TIME_LIGHTING["night"]  # a step back from pitch-dark: night as it was, not daylight
     if current:
         prompt = prompt.replace(MOOD_LIGHTING[current], new, 1)
     elif _CLASHING_LIGHT.get(mood, "\x00") in prompt:

@@ -63,7 +63,7 @@ UPSCALE = (
     r"double\s+the\s+size|(?:2|4)\s*(?:x|×)\s+(?:bigger|larger)|but\s+(?:bigger|larger)|^(?:bigger|larger)"
     r"(?=\s*(?:please)?\s*[.!]*$))\b"
     # "make it 4k", "in 4K please": a display size, which only an upscale gives a finished image
-    r"|\b(?:make|render|get|export|save)\s+(?:it|this|that|#\s?\d+)\s+(?:in\s+|at\s+|to\s+)?"
+    r"|\b(?:make|render|get|export|save)\s+(?:(?:it|this|that|#\s?\d+)\s+(?:in\s+|at\s+|to\s+)?|(?:in|at|to)\s+)"
     + DISPLAY_SIZE
     + r"|^(?:(?:in|at)\s+)?"
     + DISPLAY_SIZE

@@ -331,6 +331,8 @@ def test_a_question_about_what_an_image_shows_is_answered_from_its_prompt(tmp_pa
     assert "No image's prompt here mentions a dragon" in _answer(
         assistant, conversation_id, "which image shows a dragon?"
     )
+    snow = _answer(assistant, conversation_id, "is there snow in #2?")
+    assert "doesn't mention snow, so it was not asked to show any" in snow and "“add snow to #2”" in snow
     dogs = _answer(assistant, conversation_id, "how many dogs are in #2?")
     assert "doesn't mention dogs, so it was not asked to show any" in dogs and "“add dogs to #2”" in dogs
     # a request asked as a question is still the request

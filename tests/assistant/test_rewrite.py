@@ -267,8 +267,15 @@ def test_lighting_changes_replace_the_neutral_lighting() -> None:
     assert MOOD_LIGHTING["dark"] in darker and NEUTRAL_LIGHTING not in darker
     assert MOOD_LIGHTING["very dark"] in apply_edit(darker, "even darker")
     assert MOOD_LIGHTING["bright"] in apply_edit(darker, "make it brighter")
+    # "darker" at night deepens the night instead of stacking a second low-key lighting term
     night_darker = apply_edit(CABIN, "make it darker")
-    assert TIME_LIGHTING["night"] in night_darker and MOOD_LIGHTING["dark"] in night_darker
+    assert MOOD_LIGHTING["dark night"] in night_darker and MOOD_LIGHTING["dark"] not in night_darker
+    assert night_darker.count("low-key") == 1
+    assert apply_edit(night_darker, "even darker") == night_darker
+    assert apply_edit(night_darker, "make it brighter") == CABIN  # a step back, not daylight
+    # "darker" after "very dark" stays very dark; it never lightens
+    very_dark = apply_edit(darker, "even darker")
+    assert apply_edit(very_dark, "make it darker") == very_dark
 
 
 def test_light_that_clashes_with_the_time_of_day_is_replaced_not_stacked() -> None:
@@ -280,6 +287,16 @@ def test_light_that_clashes_with_the_time_of_day_is_replaced_not_stacked() -> No
     day = apply_edit(FOX, "make it day")
     assert MOOD_LIGHTING["dark"] in (dark_day := apply_edit(day, "make it darker"))
     assert TIME_LIGHTING["day"] not in dark_day
+
+
+def test_a_bit_more_weather_is_one_step_not_the_heaviest() -> None:
+    assert "soft sunshine" in apply_edit(FOX, "make it a bit sunnier")
+    assert "bright sunshine" in apply_edit(FOX, "make it sunnier")
+    light = apply_edit(FOX, "a bit snowier")
+    assert "light snow" in light
+    falling = apply_edit(light, "slightly snowier")
+    assert "falling snow" in falling and "light snow" not in falling
+    assert "heavy snowfall" in apply_edit(falling, "a little bit snowier")
 
 
 def test_a_thing_made_to_do_something_does_it_in_the_prompt() -> None:

@@ -596,7 +596,8 @@ _IMG2IMG_FROM = (
     r"(?:\s+image)?|sketch|source|guide))\b"
 )
 _EDIT_START = (
-    r"^(?:make\s+(?:it|this|that|them|these|those|him|her|the|its|#)|turn|change|add|remove|put|replace|give\s+"
+    r"^(?:make\s+(?:it|this|that|them|these|those|him|her|the|its|#)|turn|change|add|remove|put|replace|"
+    r"dress\s+(?:up\s+)?(?:it|him|her|them|the)\b|give\s+"
     r"(?:it|the|him|her|them)|swap|without|no\s|but\b|now\b|instead|set\b|let\s+it|have\s+it|"
     r"(?:(?:a\s+(?:little|bit|lot)|slightly|much|way|even|far)\s+)?(?:more|less|fewer)\b|not\s+(?:so|as|too)\s|"
     # "a bit brighter", "slightly warmer colors": a comparative is always about what is there

@@ -234,10 +234,14 @@ _SHAPE_OBJECT = (
     r"(?P<obj>it|this|that|them|(?:this|that)\s+one|#\s?\d+|(?:image|picture|pic|photo|number)\s+\d+|"
     r"the\s+(?:[a-z]+\s+)?(?:one|image|picture))"
 )
-#: a shape word as a whole segment: ", vertical", "make it portrait", "make #2 square", "in landscape"
+#: a shape word as a whole segment: ", vertical", "make it portrait", "make #2 square", "in landscape",
+#: "same but in landscape"; "a landscape" on its own is a subject
 _SHAPE_SEGMENT = (
-    r"^(?:(?:make|turn|change|switch|set|redo|redraw|render|do)\s+(?:" + _SHAPE_OBJECT + r"\s+)?)?"
-    r"(?:(?:to|into|in|as)\s+)?(?:an?\s+)?" + _ASPECT_WORD + r"(?:\s+(?:one|image|picture|please))?[.!]*$"
+    r"^(?!an?\s)(?:(?:(?:make|turn|change|switch|set|redo|redraw|render|do)\s+)?(?:"
+    + _SHAPE_OBJECT
+    + r"\s+)?|same\s+)?(?:but\s+)?(?:(?:to|into|in|as)\s+)?(?:an?\s+)?"
+    + _ASPECT_WORD
+    + r"(?:\s+(?:one|image|picture|please))?[.!]*$"
 )
 
 

@@ -1408,7 +1408,51 @@ def _edit_give(prompt: str, clause: str) -> tuple[str, str] | None:
     m = re.fullmatch(_GIVE, clause, flags=re.IGNORECASE)
     if not m:
         return None
-    return _with_thing(prompt, m["obj"], f"with {m['what'].strip()}"), ""
+    what = m["what"].strip()
+    worn = _is_worn(what)
+    return _with_thing(prompt, m["obj"], f"wearing {what}" if worn else f"with {what}"), ""
+
+
+#: things a subject wears: "give the fox a hat" and "put the fox in a scarf" both mean "wearing"
+_WORN = vocab(
+    """
+    hat hats cap caps helmet crown tiara scarf scarves coat coats jacket jackets sweater sweaters hoodie
+    jumper dress dresses suit suits tuxedo shirt t-shirt costume armor armour cape cloak boots shoes
+    glasses sunglasses spectacles goggles mask gloves mittens tie bowtie bow-tie kimono robe robes uniform
+    apron raincoat vest pajamas pyjamas onesie beanie bandana collar necklace earrings backpack
+    headphones wig veil hood sombrero fedora beret turban overalls jeans skirt
+    """
+)
+
+
+def _is_worn(what: str) -> bool:
+    words = re.findall(r"[a-z][a-z\-]*", what.lower())
+    return bool(words) and words[-1] in _WORN
+
+
+#: "put the fox in a hat", "dress the cat in a red scarf", "dress the fox as a pirate"
+_DRESS = (
+    r"(?:(?:put|dress)\s+(?:up\s+)?(?:him|her|it|them|the\s+(?P<obj>[a-z][a-z\-]*))\s+(?:up\s+)?in|"
+    r"(?:have|let|make)\s+the\s+(?P<obj3>[a-z][a-z\-]*)\s+wear)\s+(?P<what>.+)"
+    r"|dress\s+(?:up\s+)?(?:him|her|it|them|the\s+(?P<obj2>[a-z][a-z\-]*))\s+(?:up\s+)?as\s+(?P<role>.+)"
+)
+
+
+def _edit_dress(prompt: str, clause: str) -> tuple[str, str] | None:
+    m = re.fullmatch(_DRESS, clause.strip(), flags=re.IGNORECASE)
+    if not m:
+        return None
+    if m["role"]:
+        return _with_thing(prompt, m["obj2"], f"dressed as {m['role'].strip()}"), ""
+    what = m["what"].strip()
+    if not _is_worn(what):
+        return None  # "put the fox in a basket" is a place, which the place rule reads
+    obj = m["obj"] or m["obj3"]
+    noun = re.search(r"\b" + re.escape(obj) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE) if obj else None
+    if noun is None:
+        return _with_thing(prompt, obj, f"wearing {what}"), ""
+    # right after the thing's name: "a red fox wearing a hat sitting on a mossy rock", pose and place kept
+    return prompt[: noun.end()] + f" wearing {what}" + prompt[noun.end() :], ""
 
 
 def _edit_move_in_frame(prompt: str, clause: str) -> tuple[str, str] | None:
@@ -1461,7 +1505,8 @@ def _edit_add(prompt: str, clause: str) -> tuple[str, str] | None:
     if onto:
         noun = re.search(r"\b" + re.escape(onto.group("obj")) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
         if noun:
-            return prompt[: noun.end()] + f" with {onto.group('thing')}" + prompt[noun.end() :], ""
+            link = "wearing" if _is_worn(onto.group("thing")) else "with"  # "put a hat on the fox"
+            return prompt[: noun.end()] + f" {link} {onto.group('thing')}" + prompt[noun.end() :], ""
         if onto.group("obj").lower() in ("sky", "background", "foreground", "scene", "water", "ground"):
             # "add some stars to the sky": the stars are in the sky, not "stars to the sky"
             where = f"{onto.group('thing')} in the {onto.group('obj').lower()}"
@@ -1570,6 +1615,11 @@ def only_keeps(instruction: str) -> bool:
     return bool(clauses) and all(is_keep_clause(c) for c in clauses)
 
 
+#: "make the fox look fluffier", "make the cabin look bigger": how it looks is what it is, in a prompt
+_LOOK_ADJECTIVE = (
+    r"make\s+the\s+(?P<obj>[a-z][a-z\-]*)\s+look\s+(?P<rest>(?:(?:a\s+(?:bit|little)|much|even|slightly)\s+)?"
+    r"[a-z][a-z\-]*)"
+)
 #: "the cabin should be bigger", "I want the fox to be asleep": a wish about a thing is "make the X …"
 _THING_WISH = (
     r"(?:i\s+want\s+|i'?d\s+like\s+|i\s+would\s+like\s+)?the\s+(?P<obj>[a-z][a-z\-]*)\s+"
@@ -1583,6 +1633,12 @@ def _apply_clause(prompt: str, clause: str) -> str:
     wish = re.fullmatch(_THING_WISH, clause.strip(), flags=re.IGNORECASE)
     if wish:
         clause = f"make the {wish['obj']} {wish['rest']}"
+    looked = re.fullmatch(_LOOK_ADJECTIVE, clause.strip(), flags=re.IGNORECASE)
+    if looked:
+        plain = f"make the {looked['obj']} {looked['rest']}"
+        readers = (_edit_thing_size, _edit_thing_comparative, _edit_thing_adjective)
+        if any(read(prompt, plain) for read in readers):
+            clause = plain
     for _ in range(4):
         if not _has_content(clause):
             return prompt
@@ -1591,6 +1647,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_time,
             _edit_season,
             _edit_lens,
+            _edit_dress,
             _edit_place,
             _edit_weather,
             _edit_lighting,

@@ -299,6 +299,23 @@ def test_a_bit_more_weather_is_one_step_not_the_heaviest() -> None:
     assert "heavy snowfall" in apply_edit(falling, "a little bit snowier")
 
 
+def test_clothing_is_worn_and_a_look_is_what_the_thing_is() -> None:
+    hat = apply_edit(FOX, "put the fox in a hat")
+    assert hat.startswith("a red fox wearing a hat sitting on a mossy rock,")
+    assert apply_edit(FOX, "give the fox a red scarf").startswith("a red fox wearing a red scarf sitting")
+    assert apply_edit(FOX, "dress the fox up as a pirate").startswith("a red fox dressed as a pirate sitting")
+    assert apply_edit(FOX, "have the fox wear sunglasses").startswith("a red fox wearing sunglasses")
+    # a place is no garment; a friend is no garment
+    assert apply_edit(FOX, "put the fox in a basket").startswith("a red fox sitting in a basket,")
+    assert apply_edit(FOX, "give the fox a friend").startswith("a red fox with a friend sitting")
+    # "look fluffier" is fluffier; "look at the camera" is still where it looks
+    fluffier = apply_edit(FOX, "make the fox look fluffier")
+    assert fluffier.startswith("a very fluffy red fox sitting") and "look" not in fluffier
+    assert "the fox looking at the camera" in apply_edit(FOX, "make the fox look at the camera")
+    bigger = apply_edit(FOX, "make the rock look bigger")
+    assert "a large mossy rock" in bigger and "look" not in bigger
+
+
 def test_a_thing_made_to_do_something_does_it_in_the_prompt() -> None:
     assert apply_edit(FOX, "make the fox smile").startswith("a smiling red fox sitting on a mossy rock")
     # a new pose replaces the old one and keeps where it is
@@ -481,7 +498,7 @@ def test_snowy_after_a_blizzard_adds_no_second_snow_term() -> None:
 def test_add_to_an_object_goes_next_to_it_and_removing_it_leaves_no_fragments() -> None:
     fox = "a red fox in the snow, detailed environment"
     hat = apply_edit(fox, "add a hat to the fox")
-    assert hat == "a red fox with a hat in the snow, detailed environment"
+    assert hat == "a red fox wearing a hat in the snow, detailed environment"
     gone = apply_edit(hat, "remove the fox")
     assert "fox" not in gone
     assert not re.match(r"^(?:with|to)\b", gone) and " to," not in gone
@@ -603,10 +620,10 @@ ROOM = "a woman reading at a table with a bowl of fruit, soft window light, high
             "make the table wooden",
             "a woman reading at a wooden table with a bowl of fruit, soft window light",
         ),
-        ("give the woman a hat", "a woman with a hat reading at a table"),
+        ("give the woman a hat", "a woman wearing a hat reading at a table"),
         (
             "give her glasses",
-            "a woman reading at a table with a bowl of fruit, with glasses, soft window light",
+            "a woman reading at a table with a bowl of fruit, wearing glasses, soft window light",
         ),
         (
             "move the bowl to the right",

@@ -331,6 +331,15 @@ def clean_idea(idea: str) -> str:
     return re.sub(r"\s+", " ", idea).strip().strip(" ,;:-").rstrip(".!")
 
 
+#: a change said after the idea: "a cat, but make it cyberpunk", "a cabin but at night", "a castle,
+#: make it snowy"; "a small but cozy cabin" is one idea (no comma, no change word after "but")
+_AFTERTHOUGHT = (
+    r"(?:,\s*but\s+(?:make\s+it\s+|have\s+it\s+)?"
+    r"|\s+but\s+(?=(?:make|turn|in|at|during|with|without|as|no|set|more|less)\b)(?:make\s+it\s+)?"
+    r"|,\s*(?:make|turn)\s+it\s+)(?P<change>.+)$"
+)
+
+
 def rewrite_prompt(idea: str, style: str | None = None) -> tuple[str, str]:
     """A short idea → (detailed prompt, negative prompt); the same input gives the same output.
 
@@ -340,7 +349,18 @@ def rewrite_prompt(idea: str, style: str | None = None) -> tuple[str, str]:
     preset = STYLE_PRESETS.get(normalize_style(style) or "")
     if not idea:
         return "", build_negative(style)
+    afterthought = re.search(_AFTERTHOUGHT, idea, flags=re.IGNORECASE)
+    if afterthought and afterthought.start() > 0:
+        # "a cat, but make it cyberpunk": the picture is the cat, changed; not the words "but make it"
+        head, change = idea[: afterthought.start()], afterthought["change"]
+        prompt, negative = rewrite_prompt(head, style)
+        edited = apply_edit(prompt, change)
+        removed = [t for t in removed_terms(change) if t.lower() not in negative.lower()]
+        return edited, ", ".join([negative, *removed]) if removed else negative
     parts = [idea, _setting_for(idea), _composition_for(idea)]
+    if re.search(r"depth\s+of\s+field|bokeh|blurr?(?:ed|y)\s+background", idea, flags=re.IGNORECASE):
+        # the photographer's blur: a layered, all-sharp background would argue with it
+        parts = [p.replace("layered foreground and background", "subject in sharp focus") for p in parts]
     if not re.search(_HAS_LIGHTING, idea, flags=re.IGNORECASE):
         parts.append(lighting_for(idea))
     if preset:

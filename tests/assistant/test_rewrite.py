@@ -316,6 +316,26 @@ def test_clothing_is_worn_and_a_look_is_what_the_thing_is() -> None:
     assert "a large mossy rock" in bigger and "look" not in bigger
 
 
+def test_a_change_said_after_the_idea_changes_the_picture_and_is_not_drawn_as_words() -> None:
+    cyber, _ = rewrite_prompt("a cat, but make it cyberpunk")
+    assert cyber.startswith("a cat, ") and "but" not in cyber and "make it" not in cyber
+    assert "neon" in cyber
+    night, _ = rewrite_prompt("a cat but at night")
+    assert night.startswith("a cat at night,") and TIME_LIGHTING["night"] in night
+    snowy, _ = rewrite_prompt("a cabin in the woods, make it snowy")
+    assert snowy.startswith("a cabin in the woods, falling snow,")
+    street, negative = rewrite_prompt("a street but without cars")
+    assert "cars" not in street and negative.endswith(", cars")
+    # "but" inside one idea is part of it
+    assert rewrite_prompt("a small but cozy cabin")[0].startswith("a small but cozy cabin,")
+
+
+def test_a_shallow_depth_of_field_gets_no_layered_background() -> None:
+    photo, _ = rewrite_prompt("a puppy in autumn leaves, 35mm, shallow depth of field")
+    assert "layered foreground and background" not in photo and "subject in sharp focus" in photo
+    assert "layered foreground and background" in rewrite_prompt("a puppy in autumn leaves in a park")[0]
+
+
 def test_a_thing_made_to_do_something_does_it_in_the_prompt() -> None:
     assert apply_edit(FOX, "make the fox smile").startswith("a smiling red fox sitting on a mossy rock")
     # a new pose replaces the old one and keeps where it is

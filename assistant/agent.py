@@ -197,6 +197,8 @@ Choosing a tool:
   Questions about what an image shows ("is there a dog in #2?", "what colour is the cabin?"):
   describe_image with about="prompt"; the answer quotes its prompt. Never draw a question.
 - "same seed but a wolf": generate_image with the new subject and that image's seed.
+- "#3 in 4 different styles", "a castle in watercolor and anime": one call per style, each with its
+  style set (edit_image for an existing image, generate_image for a new subject), n=1 each.
 - Images are named by number (#1, #2, ...). Use only numbers from the image list below; "it" or "the
   last one" is the newest image. Never guess a number: if a reference is ambiguous or matches nothing,
   ask which image the user means instead of calling a tool.
@@ -481,14 +483,18 @@ class LLMAgent:
     @staticmethod
     def _with_more_edits(planned: Plan, more: list[dict[str, Any]], call: Call) -> Plan:
         """The first call's plan, joined by the calls after it when each edits (or varies) one
-        more image."""
-        if not more or not all(c["name"] in ("edit_image", "vary_image") for c in more):
+        more image, or draws the same picture another way."""
+        if not more or not all(c["name"] in ("edit_image", "vary_image", "generate_image") for c in more):
             return planned
         try:
             plans = [planned, *(plan_for_call(c["name"], c["args"], call) for c in more)]
         except ToolCallError:  # ForTheUser is one: the first call alone is what was asked
             return planned
-        return _one_edit_of_several(plans, call.context.max_n) or planned
+        return (
+            _one_edit_of_several(plans, call.context.max_n)
+            or _one_picture_several_ways(plans, call.context.max_n)
+            or planned
+        )
 
     def _text_plan(self, text: str, context: PlannerContext, words: str | None) -> Plan:
         """A text answer is the reply; its label (help / refuse / clarify) is for the record only.
@@ -831,6 +837,23 @@ def _one_edit_of_several(plans: list[Plan], max_n: int) -> Plan | None:
         note = f"I make at most {max_n} images in one go, so here are {n} of each."
         first = replace(first, reply=" ".join(filter(None, (first.reply, note))))
     return replace(first, targets=tuple(sorted(targets)), per_target=per_target, n=n)
+
+
+def _one_picture_several_ways(plans: list[Plan], max_n: int) -> Plan | None:
+    """ "show #3 in 4 styles" is four edit_image calls of #3, "a cat in watercolor and in anime"
+    two generate_image calls: as a plan, one picture per call, each its own prompt and style
+    (what the offline planner makes of the same words)."""
+    first = plans[0]
+    if first.intent not in (Intent.EDIT, Intent.GENERATE, Intent.IMG2IMG) or len(plans) < 2:
+        return None
+    if any(p.intent is not first.intent or p.targets != first.targets or p.n != 1 for p in plans):
+        return None
+    if len({(p.prompt, p.style) for p in plans}) != len(plans) or len(plans) > max_n:
+        return None
+    alternatives = tuple(
+        {"prompt": p.prompt, "negative_prompt": p.negative_prompt, "style": p.style} for p in plans
+    )
+    return replace(first, n=len(plans), alternatives=alternatives)
 
 
 def _calls(answer: AIMessage) -> list[dict[str, Any]]:

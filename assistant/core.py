@@ -474,6 +474,15 @@ class Assistant:
         self, state: TurnState, upload: Image | None, mask: PILImage.Image | None
     ) -> Generator[Event, None, None]:
         plan = state.plan
+        if plan.alternatives:
+            # "the fox in 4 styles": each picture is its own call, all of them this one turn
+            try:
+                for alternative in plan.each_alternative():
+                    state.plan = alternative
+                    yield from self._run_plan(state, upload, mask)
+            finally:
+                state.plan = plan
+            return
         sources = self._sources(state.conversation_id, plan, upload)
         if plan.intent in (Intent.TRANSFORM, Intent.UPSCALE):
             for source in sources:
@@ -1120,6 +1129,8 @@ class Assistant:
         prompts = {f"#{number}": str(own.get("prompt", "")) for number, own in plan.per_target.items()}
         if len(set(prompts.values())) > 1:  # "add a moon to #1 and #3": each keeps its own picture
             params["prompts"] = prompts
+        if plan.alternatives:  # "the fox in 4 styles": what each picture is
+            params["alternatives"] = [a.get("style") or a.get("prompt", "") for a in plan.alternatives]
         return PlanMade(
             conversation_id,
             intent=plan.intent.value,

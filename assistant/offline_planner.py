@@ -111,6 +111,7 @@ from assistant.rewrite import (
     rewrite_prompt,
     style_prompt,
 )
+from assistant.style_tour import STYLE_TOUR, asked_styles, style_label
 from assistant.transform_phrases import (
     DISPLAY_SIZE,
     RESIZE,
@@ -826,6 +827,7 @@ class OfflinePlanner:
         if context.has_mask:
             return self._inpaint(raw, context)
         for step in (
+            self._in_styles,
             self._with_negative,
             self._upscale,
             self._transform,
@@ -1650,6 +1652,66 @@ class OfflinePlanner:
             return None
         return self._regenerate_plan(raw, text, count, seed, context)
 
+    def _in_styles(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "show #3 in 4 different styles", "a cat in watercolor and anime": one picture per style."""
+        asked = asked_styles(raw)
+        if asked is None:
+            return None
+        rest = re.sub(_STYLES_LEAD, "", strip_polite(asked.rest), flags=_I)
+        refs = resolve_references(rest, context.images, focus=context.focus)
+        target: ImageInfo | None = None
+        subject = ""
+        if refs.numbers and not [w for w in _words(refs.remainder) if w not in _STYLES_FILLER]:
+            if len(refs.numbers) > 1:
+                return _clarify(
+                    raw, "Which one should I show in those styles: " + _numbers(refs.numbers) + "?"
+                )
+            target = context.image(refs.numbers[0])
+        elif not [w for w in _words(rest) if w not in _STYLES_FILLER]:
+            target = context.last
+            if target is None:
+                return _clarify(raw, "What should I draw in those styles? For example “a fox in 4 styles”.")
+        else:
+            count, subject = _styles_subject(rest)
+            if count is not None and not re.search(r"\d|" + "|".join(NUMBER_WORDS), raw[len(rest) :], _I):
+                asked = replace(asked, requested=count, styles=STYLE_TOUR[:count])
+            # "the fox in 3 styles": the fox already drawn, when an image shows it
+            named = re.fullmatch(r"the\s+(?P<thing>[a-z][a-z\-]*(?:\s+[a-z][a-z\-]*)?)", subject, flags=_I)
+            words = _words(named["thing"]) if named else []
+            showing = [
+                i for i in context.images if words and all(prompt_mentions(i.prompt, w) for w in words)
+            ]
+            if showing:
+                target = showing[-1]
+            elif named:
+                subject = "a " + named["thing"]
+        if target is not None:
+            again = asked_styles(raw, target.style)  # its own style is not one of the new looks
+            asked = again if again is not None and len(again.styles) >= len(asked.styles) else asked
+        n, note = cap_n(min(asked.requested, len(asked.styles)), context)
+        styles = asked.styles[:n]
+        if target is not None:
+            subs = [self._plan(f"#{target.number} in {style} style", context) for style in styles]
+        else:
+            fresh = replace(context, images=(), focus=None)
+            subs = [self._plan(f"{subject}, {style} style", fresh) for style in styles]
+        first = subs[0]
+        if any(sub.is_reply_only for sub in subs):
+            return first if first.is_reply_only else next(sub for sub in subs if sub.is_reply_only)
+        labels = [style_label(style) for style in styles]
+        listed = ", ".join(labels[:-1]) + " and " + labels[-1] if len(labels) > 1 else labels[0]
+        in_styles = f"in {len(subs)} style{'s' if len(subs) != 1 else ''}: {listed}."
+        return replace(
+            first,
+            instruction=raw,
+            n=len(subs),
+            reply=_join(note, f"#{target.number} {in_styles}" if target is not None else "I" + in_styles[1:]),
+            alternatives=tuple(
+                {"prompt": sub.prompt, "negative_prompt": sub.negative_prompt, "style": sub.style}
+                for sub in subs
+            ),
+        )
+
     def _with_negative(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "negative: blurry, text", "a castle. negative prompt: fog": the words after the label
         are the negative prompt, never part of the picture.
@@ -2174,6 +2236,35 @@ _INPAINT_VERB = (
     r"(?:(?:it|this|that|the\s+(?:masked\s+|marked\s+|white\s+)?(?:area|part|region|mask|selection|spot))\s+)?"
     r"(?:with|into|in(?:to)?|as)?\s*"
 )
+
+
+#: the verb before "… in 4 styles": how the request is said, not what to draw
+_STYLES_LEAD = (
+    r"^(?:(?:can|could|would)\s+you\s+)?(?:show(?:\s+me)?|make|draw|render|do|try|give\s+me|generate|create|"
+    r"paint|redo|redraw|see|imagine|reimagine|re-imagine)\s+"
+)
+_STYLES_FILLER = vocab(
+    "try show me again version versions of one image picture please same also it this that"
+)
+
+
+def _styles_subject(rest: str) -> tuple[int | None, str]:
+    """ "4 cats" → (4, "a cat"): the count of pictures and one of what each shows; else (None, rest)."""
+    m = re.fullmatch(
+        r"(?P<n>\d+|" + "|".join(NUMBER_WORDS) + r")\s+(?P<noun>[a-z]+)\b(?P<more>.*)", rest, flags=_I
+    )
+    if m is None:
+        return None, rest
+    noun = m["noun"].lower()
+    if noun.endswith(("ches", "shes", "xes", "zes", "sses")):
+        one = noun[:-2]
+    elif noun.endswith("ies"):
+        one = noun[:-3] + "y"
+    elif noun.endswith("s") and not noun.endswith("ss"):
+        one = noun[:-1]
+    else:
+        return None, rest
+    return _to_int(m["n"]), f"a {one}{m['more']}"
 
 
 def _clarify(text: str, question: str) -> Plan:

@@ -175,6 +175,9 @@ class Plan:
     #: an edit of several images at once ("make them all pixel art"): what differs per target
     #: number, each its own "prompt", "negative_prompt" and "style"; the fields above are the first's
     per_target: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    #: several pictures from one message, one image each, each its own "prompt", "negative_prompt"
+    #: and "style" ("the fox in 4 styles"); `n` is their count; empty: the plan is one picture
+    alternatives: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.operation is None and self.intent in INTENT_OPERATIONS:
@@ -184,6 +187,13 @@ class Plan:
         object.__setattr__(self, "per_target", {int(k): dict(v) for k, v in self.per_target.items()})
         if self.size is not None:
             object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+        object.__setattr__(self, "alternatives", tuple(dict(a) for a in self.alternatives))
+
+    def each_alternative(self) -> tuple[Plan, ...]:
+        """One plan per picture asked for: each alternative alone, one image; else the plan itself."""
+        if not self.alternatives:
+            return (self,)
+        return tuple(replace(self, **alternative, n=1, alternatives=()) for alternative in self.alternatives)
 
     def for_target(self, number: int) -> Plan:
         """The plan as it applies to one of its targets: its own prompt when they differ."""
@@ -220,6 +230,7 @@ class Plan:
             "sampler": self.sampler,
             "focus": self.focus,
             "per_target": {str(k): dict(v) for k, v in self.per_target.items()},
+            "alternatives": [dict(a) for a in self.alternatives],
         }
 
     @classmethod
@@ -250,6 +261,7 @@ class Plan:
             sampler=str(sampler) if (sampler := data.get("sampler")) else None,
             focus=int(focus) if (focus := data.get("focus")) is not None else None,
             per_target={int(k): dict(v) for k, v in (data.get("per_target") or {}).items()},
+            alternatives=tuple(dict(a) for a in data.get("alternatives") or ()),
         )
 
 

@@ -21,8 +21,9 @@ Schema (see the "schema" entry at the top of the JSON file for the same in prose
               "prompt_equals": str, "prompt_starts_with": str, "negative_contains": [str],
               "negative_empty": bool, "reply_contains": [str], "strength": [lo, hi], "verbatim": bool,
               "seed": int | null, "new_seed": bool, "question_kind": str, "style": str | null,
-              "operation": str, "use_upload": bool}
-              (only "intent" is required; absent keys are not checked; text checks ignore case)
+              "operation": str, "use_upload": bool, "styles": [str]}
+              (only "intent" is required; absent keys are not checked; text checks ignore case;
+              "styles": one picture per style, in order, as the plan's alternatives)
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ def check_plan(plan: Plan, expect: Mapping[str, Any]) -> list[str]:
     for word in expect.get("reply_contains", []):
         if word.lower() not in reply:
             differ("reply_contains", plan.reply, word)
+    if "styles" in expect and [a.get("style") for a in plan.alternatives] != expect["styles"]:
+        differ("styles", [a.get("style") for a in plan.alternatives], expect["styles"])
     if "strength" in expect:
         lo, hi = expect["strength"]
         if plan.strength is None or not lo <= plan.strength <= hi:

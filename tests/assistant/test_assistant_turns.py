@@ -586,3 +586,30 @@ def test_same_seed_at_a_new_size_redraws_it_at_that_size_with_that_seed(tmp_path
     run(assistant, conversation_id, "a castle on a hill, batch size 4")
     castles = [i for i in assistant.repo.conversation_images(conversation_id) if "castle" in i.prompt]
     assert len(castles) == 4 and not any("batch" in c.prompt for c in castles)
+
+
+def test_one_message_asks_for_the_same_picture_in_several_styles(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a red fox on a mossy rock")[0].conversation_id
+    fox = assistant.repo.get_image_by_number(conversation_id, 1)
+    events = run(assistant, conversation_id, "show #1 in 3 different styles")
+    made = [assistant.repo.get_image(e.id) for e in images_of(events)]
+    assert [image.number for image in made] == [2, 3, 4]
+    # each is an edit of the fox, each in its own style, each with that style's words in its prompt
+    assert all(image.operation == "edit" and image.parent_id == fox.id for image in made)
+    assert [image.params["style"] for image in made] == ["watercolor", "anime", "oil painting"]
+    assert "watercolor" in made[0].prompt and "anime" in made[1].prompt and "impasto" in made[2].prompt
+    assert len({image.prompt for image in made}) == 3
+    reply = [e for e in events if isinstance(e, Reply)][-1].text
+    assert "#1 in 3 styles: watercolor, anime and oil painting." in reply
+    # the pixels differ: three looks, not one picture three times
+    pixels = {assistant.repo.image_path(image).read_bytes() for image in made}
+    assert len(pixels) == 3
+    # a new subject in named styles: one generate per style, no parent
+    events = run(assistant, conversation_id, "a castle in pixel art and pencil sketch")
+    castles = [assistant.repo.get_image(e.id) for e in images_of(events)]
+    assert [c.params["style"] for c in castles] == ["pixel art", "pencil sketch"]
+    assert all(c.parent_id is None and c.prompt.startswith("a castle,") for c in castles)
+    # the message's record keeps the set, so a reload reads the same plan
+    stored = assistant.repo.messages(conversation_id)[-1]
+    assert [a["style"] for a in (stored.plan or {})["alternatives"]] == ["pixel art", "pencil sketch"]

@@ -199,13 +199,13 @@ def model_call(case: dict[str, Any], context: PlannerContext) -> tuple[str, dict
     args: dict[str, Any] = {}
     if expect.get("seed") is not None:
         args["seed"] = expect["seed"]
-    style = expect.get("style")
+    style = expect["styles"][0] if "styles" in expect else expect.get("style")
     if style and style != context.style:  # a default style must come from the settings, not the model
         args["style"] = style
     negative = ", ".join(expect.get("negative_contains", []))
     if negative:
         args["negative_prompt"] = negative
-    n = _requested_n(case)
+    n = 1 if "styles" in expect else _requested_n(case)  # one call per style
     if intent == "generate":
         args |= {"prompt": _prompt(expect), "n": n}
         if expect.get("verbatim") and not context.verbatim:
@@ -258,8 +258,12 @@ def model_call(case: dict[str, Any], context: PlannerContext) -> tuple[str, dict
 
 def more_calls(case: dict[str, Any], context: PlannerContext) -> list[tuple[str, dict[str, Any]]]:
     """ "make both snowier": after the call for the first image, one edit_image per other image;
-    "variations of #1 and #4": one vary_image per other image, each asking for a full batch."""
+    "variations of #1 and #4": one vary_image per other image, each asking for a full batch;
+    "#3 in 4 styles": one call per other style."""
     expect = case["expect"]
+    if "styles" in expect:  # "#3 in 4 styles": the same call again for each other style
+        name, first = model_call(case, context)  # type: ignore[misc]
+        return [(name, {**first, "style": style}) for style in expect["styles"][1:]]
     if expect["intent"] not in ("edit", "variation") or case["id"] in ASKED_FOR:
         return []
     calls: list[tuple[str, dict[str, Any]]] = []

@@ -1,0 +1,93 @@
+"""Reading "the fox in 4 different styles" and "#2 in watercolor, anime and pixel art".
+
+Such a message asks for several pictures at once, each the same subject in another style. This
+module only reads the words: which styles (named, or picked for the user), how many, and what is
+left to say which picture; the planner turns that into one plan with one alternative per style.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from assistant.rewrite import STYLE_PRESETS, normalize_style
+
+_I = re.IGNORECASE
+_NUMBER = r"\d+|two|three|four|five|six|seven|eight|a\s+few|a\s+couple(?:\s+of)?|several|some|multiple|many"
+_WORD_NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8}
+
+#: "in 4 different styles", "in a few different art styles", "in various styles", "in 3 styles"
+_DIFFERENT_STYLES = (
+    r"\s*\b(?:in|as|with|using)\s+(?:(?P<n>" + _NUMBER + r")\s+)?(?:(?:different|various|varied|other|"
+    r"distinct|contrasting)\s+)(?:art(?:istic)?\s+)?styles\b"
+    r"|\s*\b(?:in|as)\s+(?P<n2>\d+|two|three|four|five|six|seven|eight)\s+(?:art(?:istic)?\s+)?styles\b"
+)
+#: "in watercolor, anime and pixel art (styles)": a list of two or more style names
+_LISTED_STYLES = (
+    r"\s*\b(?:in|as)\s+(?P<list>[a-z0-9 \-]+?(?:\s*,\s*[a-z0-9 \-]+?)*\s*(?:,\s*)?(?:\band\b|\bor\b)\s*"
+    r"[a-z0-9 \-]+?)(?:\s+(?:art\s+)?styles?)?\s*[.!?]*$"
+)
+
+#: the order styles are picked in when the user leaves it open: far apart from each other, so a
+#: set of four shows four different looks
+STYLE_TOUR: tuple[str, ...] = (
+    "watercolor",
+    "anime",
+    "oil painting",
+    "pixel art",
+    "3d render",
+    "pencil sketch",
+    "cyberpunk",
+    "line art",
+)
+#: how many pictures "in different styles" makes when no number is said
+DEFAULT_STYLE_COUNT = 4
+
+
+@dataclass(frozen=True)
+class StylesAsked:
+    #: preset names, in the order they will be drawn
+    styles: tuple[str, ...]
+    #: how many were asked for (before capping); for a named list, its length
+    requested: int
+    #: the message with the style words taken out: what says which picture ("#2", "a cat", "it")
+    rest: str
+
+
+def asked_styles(text: str, current_style: str | None = None) -> StylesAsked | None:
+    """The styles a message asks to see one picture each in, or None when it asks for no set."""
+    if m := re.search(_DIFFERENT_STYLES, text, flags=_I):
+        said = (m["n"] or m["n2"] or "").lower()
+        requested = _count(said) if said else DEFAULT_STYLE_COUNT
+        pool = [s for s in STYLE_TOUR if s != current_style]
+        return StylesAsked(tuple(pool[:requested]), requested, _rest(text, m))
+    if m := re.search(_LISTED_STYLES, text, flags=_I):
+        pieces = [p.strip() for p in re.split(r"\s*,\s*|\s+(?:and|or)\s+", m["list"], flags=_I) if p.strip()]
+        styles = [normalize_style(re.sub(r"\s+styles?$", "", p, flags=_I)) for p in pieces]
+        if len(pieces) >= 2 and all(styles):
+            named = tuple(dict.fromkeys(s for s in styles if s))
+            if len(named) >= 2:
+                return StylesAsked(named, len(named), _rest(text, m))
+    return None
+
+
+def _count(said: str) -> int:
+    if said.isdigit():
+        return int(said)
+    if said.startswith("a couple"):
+        return 2
+    if said in ("a few", "several", "some", "multiple", "many"):
+        return 3
+    return _WORD_NUMBERS[said]
+
+
+def _rest(text: str, m: re.Match[str]) -> str:
+    rest = (text[: m.start()] + " " + text[m.end() :]).strip(" ,.!?")
+    return re.sub(r"\s+", " ", rest)
+
+
+def style_label(style: str) -> str:
+    """The preset's name as a reply says it ("oil painting", "3D render")."""
+    preset = STYLE_PRESETS.get(style)
+    name = preset.name if preset else style
+    return name.replace("3d", "3D")

@@ -596,9 +596,21 @@ _IMG2IMG_FROM = (
     r"(?:\s+(?P<ref>.{1,40}?))?\s+as\s+(?:a\s+|the\s+|an\s+)?(?:base|starting\s+point|reference|template|init(?:ial)?"
     r"(?:\s+image)?|sketch|source|guide))\b"
 )
+#: "from above", "try a different angle", "show it from the side": the camera moves, nothing else
+_CAMERA_MOVE = (
+    r"(?:(?:try|show|shoot|see|view|do)\s+(?:it\s+|this\s+|that\s+|them\s+)?)?(?:(?:from|at|with|in)\s+)?"
+    r"(?:above|below|behind|the\s+(?:side|front|back|air|sky|ground)|(?:an?(?:\s+|other\s+))?(?:different|new|"
+    r"other)\s+(?:camera\s+)?(?:angle|viewpoint|perspective)|(?:an?\s+)?(?:low|high)[\s-]angle(?:\s+shot)?|"
+    r"(?:an?\s+)?(?:aerial|drone|bird'?s?[\s-]eye|top[\s-]down|side|front|back|rear|overhead)\s+(?:view|shot))"
+    r"(?:\s+(?:please|instead))?\s*[.!]*$"
+)
 _EDIT_START = (
     r"^(?:make\s+(?:it|this|that|them|these|those|him|her|the|its|#)|turn|change|add|remove|put|replace|"
-    r"dress\s+(?:up\s+)?(?:it|him|her|them|the)\b|give\s+"
+    r"dress\s+(?:up\s+)?(?:it|him|her|them|the)\b|"
+    r"(?:do|make|give\s+me|show\s+me|draw|render)\s+(?:(?:a|one|another)\s+(?:version|one|take|variant)|one|"
+    r"another)\s+(?:where|in\s+which|with|that)\b|(?:what|how)\s+would\s+it\s+look\b|"
+    + _CAMERA_MOVE
+    + r"|give\s+"
     r"(?:it|the|him|her|them)|swap|without|no\s|but\b|now\b|instead|set\b|let\s+it|have\s+it|"
     r"(?:(?:a\s+(?:little|bit|lot)|slightly|much|way|even|far)\s+)?(?:more|less|fewer)\b|not\s+(?:so|as|too)\s|"
     # "a bit brighter", "slightly warmer colors": a comparative is always about what is there
@@ -1914,6 +1926,14 @@ class OfflinePlanner:
             return self._edit(described if found and not latest else same["rest"], context, typed=raw)
         if context.images and re.match(_SHOW_MORE_OF, core, flags=_I):
             return self._edit(raw, context)  # "show more of the forest": the same picture, wider
+        if context.images and re.match(_CAMERA_MOVE, core, flags=_I):
+            return self._edit(raw, context)  # "show it from below": the same picture, the camera moved
+        verb_first = re.match(
+            _GENERATE_VERB + r"\s+(?=(?:#\s?\d+|(?:image|picture|pic|number)\s+#?\d+)\b)", core, _I
+        )
+        if verb_first and refs.explicit:
+            # "draw #1 as a watercolor", "show me #3 at night": that image changed, not a picture of "#1"
+            return self._edit(core[verb_first.end() :], context, typed=raw)
         # the verb test runs without the references, so "picture 1, add a moon" is no "picture a…"
         if re.match(_GENERATE_START, strip_polite(refs.remainder), flags=_I):
             return self._generate(raw, context)
@@ -2311,6 +2331,9 @@ _SAME_LOOK = (
     r"(?:\s+instead)?(?P<ref>)[\s.!]*",
     r"(?:(?:now|ok(?:ay)?|next)[,\s]+)?(?:do\s+)?the\s+same(?:\s+thing)?,?\s+(?:but\s+)?(?:with|for)\s+"
     r"(?P<subject>(?:an?|some)\s+.+?)(?:\s+instead)?(?P<ref>)[\s.!]*",
+    # "draw a cat like #1": a cat with #1's look, not a picture of the words "like #1"
+    r"(?:(?:do|make|draw|try|paint|render|create|give\s+me|show\s+me)\s+)?(?P<subject>(?:an?|some|two|three)\s+"
+    r"(?!(?:more|others?|ones?|versions?|variations?|images?|pictures?|few|couple)\b).+?)\s+(?:just\s+)?like\s+(?P<ref>#\s?\d+|(?:image|picture)\s+#?\d+|(?:that|this)\s+one)(?P<no>)[\s.!]*",
 )
 #: "another one but a bit darker": a change, not a new subject
 _NOT_A_SUBJECT = (

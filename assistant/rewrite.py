@@ -74,7 +74,7 @@ STYLE_PRESETS: dict[str, StylePreset] = {
             ("oil painting", "visible impasto brushstrokes", "canvas texture", "classical fine art"),
             ("photo", "photorealistic", "3d render", "flat digital shading"),
             ("oil painting", "oil-painting", "oil paint", "oil on canvas"),
-            ("oils", "painting", "painted"),
+            ("oils", "oil", "painting", "painted"),
         ),
         StylePreset(
             "pixel art",
@@ -526,7 +526,11 @@ _MOOD_WORDS: dict[str, str] = {
 
 _LEAD = (
     r"^(?:(?:please|pls|now|ok(?:ay)?|also|and|but|then|just|so|can\s+you|could\s+you|would\s+you|"
-    r"i\s+want|i'd\s+like|i\s+would\s+like|let's|lets|how\s+about|what\s+about|what\s+if|try)\s+)+"
+    r"i\s+want|i'd\s+like|i\s+would\s+like|let's|lets|how\s+about|what\s+about|what\s+if|try|"
+    # "a version where it's raining", "what would it look like in summer": the change is what follows
+    r"(?:do|make|give\s+me|show\s+me|draw|render)\s+(?:(?:a|one|another)\s+(?:version|one|take|variant)|one|"
+    r"another)\s+(?:where|in\s+which|with|that\s+(?:is|has))|what\s+would\s+it\s+look\s+like|how\s+would\s+it\s+look|"
+    r"it'?s|it\s+is|it\s+was|it\s+were|there'?s|there\s+is|there\s+are)\s+)+"
 )
 _TRAIL = r"(?:\s+(?:please|pls|plz|thanks|thx|thank\s+you|instead|now|too|as\s+well|this\s+time|for\s+me))+$"
 
@@ -540,7 +544,7 @@ _EMPTY_WORDS = frozenset(
         r"\S+",
         "a an the it its this that these those them one ones image picture photo pic scene make turn let "
         "have be is was were please now then so and but also just from of in on to for into at with do redo "
-        "again same what if how about add put include show give",
+        "again same what if how about add put include show give look looks like feel feels seem seems",
     )
 )
 
@@ -779,6 +783,12 @@ def _edit_season(prompt: str, clause: str) -> tuple[str, str] | None:
         prompt = _replace_mentions(prompt, found, f"in {season}" if with_prep else season)
     else:
         prompt = _insert_after_subject(prompt, f"in {season}", as_segment=False)
+    if season != "winter":
+        # "make it autumn" on a snowy scene: autumn, not autumn under a blizzard
+        snow = next(w for w in WEATHER if w.name == "snow")
+        for hit in reversed(_weather_in(prompt, snow)):
+            prompt = prompt[: hit.start()] + prompt[hit.end() :]
+        prompt = prompt.replace("blizzard, ", "")
     rest = clause[: m.start()] + " " + clause[m.end() :]
     rest = re.sub(r"\b(?:in|during|the|make\s+it|turn\s+it|set\s+it|season)\b", " ", rest, flags=re.I)
     return _tidy(_dedupe_segments(prompt)), _clean_clause(rest)
@@ -1223,7 +1233,7 @@ _PLACE = (
     r"(?P<where>(?:on|in|at|into|onto|inside|under|underwater|by|near|beside)\b.*)"
 )
 #: where the subject is now, in the subject's own words ("in the woods", "on a mossy rock")
-_SETTING = (
+_SUBJECT_SETTING = (
     r"\s(?:in|on|by|near|inside|under|beside|atop)\s+(?:the|a|an)\s+[a-z\- ]+?"
     r"(?=\s+(?:at|during|with|under|in)\s|$)"
 )
@@ -1262,7 +1272,7 @@ def _edit_place(prompt: str, clause: str) -> tuple[str, str] | None:
     if time_follows:
         where, left = where[: time_follows.start()], where[time_follows.end() :]
     head, sep, rest = prompt.partition(",")
-    setting = re.search(_SETTING, head, flags=re.IGNORECASE)
+    setting = re.search(_SUBJECT_SETTING, head, flags=re.IGNORECASE)
     if setting and not any(w in setting.group(0).lower().split() for w in _TIME_WORDS):
         head = head[: setting.start()] + " " + where + head[setting.end() :]
         return head + sep + rest, left
@@ -1405,6 +1415,107 @@ _BACKGROUND_BLUR = (
     r"|(?:add\s+|with\s+|more\s+|some\s+)*(?:bokeh|(?:a\s+)?shallow(?:er)?\s+depth\s+of\s+field|background\s+blur)"
 )
 _DEPTH_OF_FIELD = "blurred background, shallow depth of field, bokeh"
+
+
+#: camera angles, each said the way models know it; one at a time
+CAMERA_ANGLES: dict[str, str] = {
+    "above": "high angle shot, seen from above",
+    "aerial": "aerial view, bird's eye view",
+    "below": "low angle shot, seen from below",
+    "side": "side view",
+    "behind": "seen from behind",
+    "front": "front view",
+    "different": "different camera angle, new viewpoint",
+}
+_ANGLE_WORDS = (
+    (
+        r"from\s+(?:high\s+)?above|(?:a\s+)?high[\s-]angle(?:\s+(?:shot|view))?|top[\s-]down(?:\s+view)?|overhead(?:\s+(?:shot|view))?",
+        "above",
+    ),
+    (
+        r"(?:an?\s+)?(?:aerial|drone|bird'?s?[\s-]eye)(?:\s+(?:shot|view|perspective))?|from\s+the\s+(?:air|sky)",
+        "aerial",
+    ),
+    (
+        r"from\s+below|(?:a\s+)?low[\s-]angle(?:\s+(?:shot|view))?|(?:a\s+)?worm'?s?[\s-]eye(?:\s+view)?|from\s+the\s+ground",
+        "below",
+    ),
+    (r"from\s+the\s+side|(?:a\s+)?side\s+view|(?:in\s+)?profile(?:\s+view)?", "side"),
+    (r"from\s+behind|from\s+the\s+back|(?:a\s+)?(?:back|rear)\s+view", "behind"),
+    (r"from\s+the\s+front|(?:a\s+)?front(?:al)?\s+view|head[\s-]on", "front"),
+    (
+        r"(?:from\s+|with\s+|at\s+)?(?:an?(?:\s+|other\s+))?(?:different|new|other|another)\s+(?:camera\s+)?(?:angle|"
+        r"viewpoint|perspective|point\s+of\s+view)",
+        "different",
+    ),
+)
+
+
+def _edit_angle(prompt: str, clause: str) -> tuple[str, str] | None:
+    """ "from above", "a low angle", "try a different angle": the camera moves, the subject stays."""
+    said = re.sub(
+        r"^(?:(?:show|shoot|draw|render|do|make|try|see|view)\s+(?:it|this|that|them|the\s+[a-z\-]+)?\s*|"
+        r"(?:use|with|change\s+the\s+(?:camera|angle)\s+to)\s+)?",
+        "",
+        clause.strip(),
+        flags=re.IGNORECASE,
+    )
+    kind = next(
+        (
+            k
+            for pattern, k in _ANGLE_WORDS
+            if re.fullmatch(r"(?:(?:from|at|with|in)\s+)?(?:" + pattern + ")", said, re.I)
+        ),
+        None,
+    )
+    if kind is None:
+        return None
+    segments = [seg.strip() for seg in prompt.split(",") if seg.strip()]
+    old = {part for phrase in CAMERA_ANGLES.values() for part in phrase.split(", ")}
+    kept = ", ".join(seg for seg in segments if seg not in old)
+    return _insert_after_subject(kept, CAMERA_ANGLES[kind], as_segment=True), ""
+
+
+#: "change the background to mountains", "replace the background with a city", "put mountains in
+#: the background": a new backdrop behind the same subject
+_BACKGROUND = (
+    r"(?:(?:change|set|switch|turn|make)\s+(?:the\s+|its\s+)?(?:background|backdrop|scenery)\s+(?:to|into|in)\s+"
+    r"|(?:replace|swap)\s+(?:the\s+|its\s+)?(?:background|backdrop|scenery)\s+(?:with|for)\s+"
+    r"|make\s+(?:the\s+|its\s+)?(?:background|backdrop)\s+(?=(?:a|an|the|some)\s)"
+    r"|(?:the\s+)?(?:background|backdrop)\s+(?:should\s+be|is|of|as)\s+"
+    r"|(?:put|add|place|with)\s+(?=.+\s+in\s+the\s+background$))(?P<what>.+?)(?:\s+in\s+the\s+background)?"
+)
+
+
+def _edit_background(prompt: str, clause: str) -> tuple[str, str] | None:
+    m = re.fullmatch(_BACKGROUND, clause.strip(), flags=re.IGNORECASE)
+    if not m or not prompt:
+        return None
+    what = re.sub(r"^(?:a|an|the|some)\s+(?=\w+s\b)", "", m["what"].strip(), flags=re.IGNORECASE)
+    head, sep, rest = prompt.partition(",")
+    setting = re.search(_SUBJECT_SETTING, head, flags=re.IGNORECASE)
+    if setting and not any(w in setting.group(0).lower().split() for w in _TIME_WORDS):
+        head = head[: setting.start()] + head[setting.end() :]  # the old backdrop goes
+    segments = [
+        seg for seg in (head + sep + rest).split(",") if not seg.strip().endswith("in the background")
+    ]
+    return _insert_after_subject(",".join(segments), f"{what} in the background", as_segment=True), ""
+
+
+#: "make it pop", "punchier", "more eye-catching": bold colour and contrast, in words models know
+_POP = (
+    r"(?:make\s+(?:it|this|that|the\s+(?:image|picture|colou?rs?))\s+)?(?:(?:a\s+(?:bit|little)|much|more|even)\s+)?"
+    r"(?:pop(?:\s+more)?|punchier|punchy|more\s+(?:striking|eye-catching|dynamic|vivid)|striking|eye-catching|vivid)"
+)
+_POP_TERMS = "vibrant colors, bold contrast"
+
+
+def _edit_pop(prompt: str, clause: str) -> tuple[str, str] | None:
+    if not re.fullmatch(_POP, clause.strip(), flags=re.IGNORECASE):
+        return None
+    if _POP_TERMS in prompt:
+        return prompt, ""
+    return _insert_before_details(prompt, _POP_TERMS), ""
 
 
 def _edit_background_blur(prompt: str, clause: str) -> tuple[str, str] | None:
@@ -1668,6 +1779,8 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_season,
             _edit_lens,
             _edit_dress,
+            _edit_background,
+            _edit_angle,
             _edit_place,
             _edit_weather,
             _edit_lighting,
@@ -1681,6 +1794,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_give,
             _edit_move_in_frame,
             _edit_background_blur,
+            _edit_pop,
             _edit_thing_action,
             _edit_thing_comparative,
             _edit_thing_adjective,

@@ -18,15 +18,14 @@ _WORD_NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 
 
 #: "in 4 different styles", "in a few different art styles", "in various styles", "in 3 styles"
 _DIFFERENT_STYLES = (
-    r"\s*\b(?:in|as|with|using)\s+(?:(?P<n>" + _NUMBER + r")\s+)?(?:(?:different|various|varied|other|"
+    r"\b(?:in|as|with|using)\s+(?:(?P<n>" + _NUMBER + r")\s+)?(?:(?:different|various|varied|other|"
     r"distinct|contrasting)\s+)(?:art(?:istic)?\s+)?styles\b"
-    r"|\s*\b(?:in|as)\s+(?P<n2>\d+|two|three|four|five|six|seven|eight)\s+(?:art(?:istic)?\s+)?styles\b"
+    r"|\b(?:in|as)\s+(?P<n2>\d+|two|three|four|five|six|seven|eight)\s+(?:art(?:istic)?\s+)?styles\b"
 )
-#: "in watercolor, anime and pixel art (styles)": a list of two or more style names
-_LISTED_STYLES = (
-    r"\s*\b(?:in|as)\s+(?P<list>[a-z0-9 \-]+?(?:\s*,\s*[a-z0-9 \-]+?)*\s*(?:,\s*)?(?:\band\b|\bor\b)\s*"
-    r"[a-z0-9 \-]+?)(?:\s+(?:art\s+)?styles?)?\s*[.!?]*$"
-)
+#: where a list of style names may start: "… in watercolor, anime and pixel art (styles)"
+_LIST_START = r"\b(?:in|as)\s+"
+#: longer messages are no list of styles; the cap also keeps the scan linear in practice
+_MAX_LISTED_CHARS = 300
 
 #: the order styles are picked in when the user leaves it open: far apart from each other, so a
 #: set of four shows four different looks
@@ -61,13 +60,16 @@ def asked_styles(text: str, current_style: str | None = None) -> StylesAsked | N
         requested = _count(said) if said else DEFAULT_STYLE_COUNT
         pool = [s for s in STYLE_TOUR if s != current_style]
         return StylesAsked(tuple(pool[:requested]), requested, _rest(text, m))
-    if m := re.search(_LISTED_STYLES, text, flags=_I):
-        pieces = [p.strip() for p in re.split(r"\s*,\s*|\s+(?:and|or)\s+", m["list"], flags=_I) if p.strip()]
-        styles = [normalize_style(re.sub(r"\s+styles?$", "", p, flags=_I)) for p in pieces]
-        if len(pieces) >= 2 and all(styles):
-            named = tuple(dict.fromkeys(s for s in styles if s))
-            if len(named) >= 2:
-                return StylesAsked(named, len(named), _rest(text, m))
+    if len(text) > _MAX_LISTED_CHARS:
+        return None
+    for start in re.finditer(_LIST_START, text, flags=_I):
+        tail = re.sub(r"(?:\s+(?:art\s+)?styles?)?[\s.!?]*$", "", text[start.end() :], flags=_I)
+        pieces = [p.strip() for p in re.split(r"\s*,\s*|\s+(?:and|or)\s+", tail, flags=_I)]
+        styles = [normalize_style(re.sub(r"\s+styles?$", "", p, flags=_I)) for p in pieces if p]
+        named = tuple(dict.fromkeys(s for s in styles if s))
+        if len(pieces) >= 2 and all(pieces) and all(styles) and len(named) >= 2:
+            rest = (text[: start.start()]).strip(" ,.!?")
+            return StylesAsked(named, len(named), re.sub(r"\s+", " ", rest))
     return None
 
 

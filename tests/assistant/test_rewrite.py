@@ -336,6 +336,37 @@ def test_a_shallow_depth_of_field_gets_no_layered_background() -> None:
     assert "layered foreground and background" in rewrite_prompt("a puppy in autumn leaves in a park")[0]
 
 
+def test_look_like_pop_and_a_season_without_snow() -> None:
+    winter = apply_edit(CABIN, "make it look like winter")
+    assert "in winter" in winter and "look" not in winter and "like" not in winter
+    autumn = apply_edit(apply_edit(CABIN, "make it snowier"), "make it feel like autumn")
+    assert "in autumn" in autumn and "snow" not in autumn
+    assert "snowman" in apply_edit("a snowman in a garden, falling snow", "make it summer")
+    pop = apply_edit(FOX, "make it pop")
+    assert "vibrant colors, bold contrast" in pop and "pop" not in pop
+    assert apply_edit(pop, "make it punchier") == pop
+
+
+def test_the_camera_moves_one_angle_at_a_time() -> None:
+    above = apply_edit(CABIN, "from above")
+    assert "high angle shot, seen from above" in above and above.count("from above") == 1
+    below = apply_edit(above, "from a low angle")
+    assert "low angle shot, seen from below" in below and "seen from above" not in below
+    assert "different camera angle" in apply_edit(FOX, "try a different angle")
+    assert "aerial view" in apply_edit(FOX, "a bird's eye view")
+    assert "side view" in apply_edit(FOX, "show it from the side")
+
+
+def test_a_new_background_replaces_the_old_setting() -> None:
+    mountains = apply_edit(CABIN, "change the background to mountains")
+    assert mountains.startswith("a cozy cabin at night, mountains in the background,")
+    city = apply_edit(mountains, "replace the background with a city skyline")
+    assert "a city skyline in the background" in city and "mountains" not in city
+    assert "a beach in the background" in apply_edit(CABIN, "the background should be a beach")
+    # a blurred background is depth of field, not a backdrop called "blurry"
+    assert "shallow depth of field" in apply_edit(CABIN, "make the background blurry")
+
+
 def test_a_thing_made_to_do_something_does_it_in_the_prompt() -> None:
     assert apply_edit(FOX, "make the fox smile").startswith("a smiling red fox sitting on a mossy rock")
     # a new pose replaces the old one and keeps where it is

@@ -252,6 +252,8 @@ COMPLAINTS: tuple[str, ...] = (
     r"kind\s+of|kinda|a\s+bit|all)\s+)?(?:wrong|bad|ugly|terrible|awful|horrible|weird|off|strange|boring|worse|"
     r"not\s+(?:good|right|great|it|what\s+i)|what\s+i\s+(?:wanted|meant))\b",
     r"^(?:ugh|meh|yuck|ew+|wrong|bad|worse|no\s+good|not\s+good|that'?s\s+wrong|try\s+something\s+else)\s*[.!]*$",
+    # "fix it", "can you fix this?": something is wrong, and only the user knows what
+    r"^(?:please\s+)?fix\s+(?:it|this|that|#\s?\d+)(?:\s+(?:please|pls))?\s*[.!?]*$",
 )
 #: "I don't want snow", "I don't want any people in it"
 DONT_WANT = (

@@ -75,6 +75,7 @@ from assistant.chat_replies import (
     undo_target,
 )
 from assistant.content_question import asked_content
+from assistant.one_line import one_line
 from assistant.phrase_parsing import strip_polite, vocab, without_match
 from assistant.plan import (
     ImageInfo,
@@ -91,6 +92,7 @@ from assistant.references import (
     ORDINALS,
     ReferenceResult,
     RefStatus,
+    content_stems,
     describe_image,
     last_batch,
     prompt_mentions,
@@ -125,6 +127,11 @@ from assistant.transform_phrases import (
 from tools.base import Operation
 
 EMPTY_REPLY = "Please type what you'd like to create or change."
+NO_CHANGE_REPLY = (
+    "I couldn't turn “{instruction}” into a change to #{n}: its prompt would stay the same, so the picture "
+    "would too. Say what to add, remove or make different, for example “make the fox orange”, “remove "
+    "the rock” or “add a moon”; “try again” draws #{n} with a new seed."
+)
 HAND_TUNED_NOTE = (
     "Your prompt reads hand-tuned (weights or tags), so it went to the image model as written, with "
     "nothing added and no default negative prompt."
@@ -606,7 +613,7 @@ _CAMERA_MOVE = (
 )
 _EDIT_START = (
     r"^(?:make\s+(?:it|this|that|them|these|those|him|her|the|its|#)|turn|change|add|remove|put|replace|"
-    r"dress\s+(?:up\s+)?(?:it|him|her|them|the)\b|"
+    r"dress\s+(?:up\s+)?(?:it|him|her|them|the)\b|(?:improve|enhance|polish|refine|beautify)\b|"
     r"(?:do|make|give\s+me|show\s+me|draw|render)\s+(?:(?:a|one|another)\s+(?:version|one|take|variant)|one|"
     r"another)\s+(?:where|in\s+which|with|that)\b|(?:what|how)\s+would\s+it\s+look\b|"
     + _CAMERA_MOVE
@@ -904,8 +911,40 @@ class OfflinePlanner:
         if context.has_upload and upload and re.search(r"\b(?:this|it|my\s+photo)\b", raw, flags=_I):
             numbers = list(dict.fromkeys([*upload, *numbers]))  # "combine this with the previous one"
         if len(numbers) < 2:
-            return None
+            return self._combine_things(raw, context)
+        pair = [context.image(n) for n in numbers]
+        if len(pair) == 2 and all(i is not None and i.prompt for i in pair):
+            first, second = pair
+            assert first is not None and second is not None
+            if not _same_subject(first, second):  # two cabins make no third picture
+                return self._both_in_one(raw, first, second, f"#{first.number} and #{second.number}", context)
         return _clarify(raw, COMBINE_REPLY.format(f"#{numbers[0]}"))
+
+    def _combine_things(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "combine the fox and the cabin": a new picture with both, each in its own image's words."""
+        m = re.fullmatch(_COMBINE_THINGS, strip_polite(raw), flags=_I)
+        if m is None:
+            return None
+        holders = []
+        for thing in (m["a"], m["b"]):
+            showing = [i for i in context.images if i.prompt and prompt_mentions(i.prompt, thing)]
+            if not showing:
+                return None
+            holders.append(showing[-1])
+        first, second = holders
+        if first.number == second.number:
+            return None  # both in one picture already: "combine" is no change anyone can draw
+        said = f"the {m['a'].lower()} of #{first.number} and the {m['b'].lower()} of #{second.number}"
+        return self._both_in_one(raw, first, second, said, context)
+
+    def _both_in_one(
+        self, raw: str, first: ImageInfo, second: ImageInfo, said: str, context: PlannerContext
+    ) -> Plan:
+        """A new picture of both subjects, each as its image's prompt says it (its first part)."""
+        idea = f"{first.prompt.split(',')[0]} with {second.prompt.split(',')[0]}"
+        drawn = self._plan(idea, replace(context, images=(), focus=None))
+        reply = f"A new picture with {said}, drawn from their prompts: images can't be merged pixel by pixel."
+        return replace(drawn, instruction=raw, reply=_join(reply, drawn.reply))
 
     def _content_question(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "is there a dog in #2?", "what colour is the cabin?": answered from the prompt on record."""
@@ -2063,7 +2102,22 @@ class OfflinePlanner:
             verbatim=context.verbatim,
             reply=_join(found_in, note),
         )
-        return _negatives_in_prompt(plan, instruction, context)
+        plan = _negatives_in_prompt(plan, instruction, context)
+        if (
+            parent.prompt
+            and plan.prompt == parent.prompt
+            and plan.negative_prompt == parent.negative_prompt
+            and style == parent.style
+            and seed is None
+            and count is None
+            and not removed_terms(instruction)
+            and not reduced_terms(instruction)
+        ):
+            # the words changed nothing the prompt says: drawing it again would only look like a change
+            return _clarify(
+                raw, NO_CHANGE_REPLY.format(instruction=one_line(instruction, 60), n=parent.number)
+            )
+        return plan
 
     def _edit_several(self, raw: str, refs: ReferenceResult, context: PlannerContext) -> Plan:
         """ "make them all pixel art", "add a moon to #1 and #3": the same change to each image
@@ -2258,6 +2312,18 @@ _INPAINT_VERB = (
 )
 
 
+def _same_subject(first: ImageInfo, second: ImageInfo) -> bool:
+    """True when two images' subjects (their prompts' first parts) share most of their words."""
+    a, b = (set(content_stems(i.prompt.split(",")[0])) for i in (first, second))
+    return bool(a and b) and len(a & b) * 2 >= min(len(a), len(b))
+
+
+#: "combine the fox and the cabin", "put the fox and the cabin together"
+_COMBINE_THINGS = (
+    r"(?:combine|merge|blend|mix|fuse|mash\s*up|put\s+together|join)\s+the\s+(?P<a>[a-z][a-z\-]*)\s+(?:and|with)\s+"
+    r"the\s+(?P<b>[a-z][a-z\-]*)(?:\s+(?:together|into\s+one(?:\s+(?:image|picture))?|in\s+one\s+(?:image|picture)))?"
+    r"\s*[.!]*"
+)
 #: the verb before "… in 4 styles": how the request is said, not what to draw
 _STYLES_LEAD = (
     r"^(?:(?:can|could|would)\s+you\s+)?(?:show(?:\s+me)?|make|draw|render|do|try|give\s+me|generate|create|"

@@ -1229,7 +1229,7 @@ def _edit_replace(prompt: str, clause: str) -> tuple[str, str] | None:
 
 #: "put it on a beach", "place the fox in a forest": a new setting for the subject
 _PLACE = (
-    r"(?:put|place|set|move|take|send)\s+(?:it|him|her|them|this|that|the\s+[a-z][a-z\-]*)\s+"
+    r"(?:put|place|set|move|take|send)\s+(?:it|him|her|them|this|that|the\s+(?P<obj>[a-z][a-z\-]*))\s+"
     r"(?P<where>(?:on|in|at|into|onto|inside|under|underwater|by|near|beside)\b.*)"
 )
 #: where the subject is now, in the subject's own words ("in the woods", "on a mossy rock")
@@ -1272,6 +1272,13 @@ def _edit_place(prompt: str, clause: str) -> tuple[str, str] | None:
     if time_follows:
         where, left = where[: time_follows.start()], where[time_follows.end() :]
     head, sep, rest = prompt.partition(",")
+    obj = (m.group("obj") or "").lower()
+    if obj and prompt and not re.search(r"\b" + re.escape(obj) + r"(?:e?s)?\b", head, flags=re.IGNORECASE):
+        # "put the fox in front of the cabin" on the cabin picture: a fox is added there; the
+        # cabin stays where it is
+        named = re.search(r"\b" + re.escape(obj) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
+        thing = f"the {obj}" if named else _fix_articles(f"a {obj}")
+        return _insert_after_subject(prompt, f"{thing} {where}", as_segment=True), left
     setting = re.search(_SUBJECT_SETTING, head, flags=re.IGNORECASE)
     if setting and not any(w in setting.group(0).lower().split() for w in _TIME_WORDS):
         head = head[: setting.start()] + " " + where + head[setting.end() :]
@@ -1500,6 +1507,25 @@ def _edit_background(prompt: str, clause: str) -> tuple[str, str] | None:
         seg for seg in (head + sep + rest).split(",") if not seg.strip().endswith("in the background")
     ]
     return _insert_after_subject(",".join(segments), f"{what} in the background", as_segment=True), ""
+
+
+#: "make it better", "improve it", "more detail": no one change, so the craft words go up a step
+_IMPROVE = (
+    r"(?:(?:make|get)\s+(?:it|this|that|the\s+(?:image|picture))\s+(?:look\s+)?(?:(?:a\s+(?:bit|little|lot)|much|even)\s+)?"
+    r"(?:better|nicer|prettier|more\s+beautiful|good|great|beautiful|more\s+polished|more\s+professional)"
+    r"|(?:improve|enhance|polish|refine|beautify)(?:\s+(?:it|this|that|the\s+(?:image|picture|quality)))?"
+    r"|(?:(?:add\s+)?more|with\s+more|extra|better|higher)\s+(?:details?|detailed|quality)|more\s+detailed"
+    r"|(?:improve|enhance|better|higher)\s+(?:the\s+)?quality)"
+)
+IMPROVED_TERMS = "intricate details, refined composition, professional quality"
+
+
+def _edit_improve(prompt: str, clause: str) -> tuple[str, str] | None:
+    if not re.fullmatch(_IMPROVE, clause.strip(), flags=re.IGNORECASE):
+        return None
+    if IMPROVED_TERMS in prompt:
+        return prompt, ""  # as far as words go: the planner says so instead of drawing the same again
+    return _insert_before_details(prompt, IMPROVED_TERMS), ""
 
 
 #: "make it pop", "punchier", "more eye-catching": bold colour and contrast, in words models know
@@ -1795,6 +1821,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_move_in_frame,
             _edit_background_blur,
             _edit_pop,
+            _edit_improve,
             _edit_thing_action,
             _edit_thing_comparative,
             _edit_thing_adjective,

@@ -127,6 +127,9 @@ WRONG_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
     "upload-ref-attached-only": ("redraw_image", {"use_upload": True, "prompt": "the original photo"}),
     # "#2 but keep the fox": an edit that changes nothing
     "edit-keep-only": ("edit_image", {"image_number": 2, "prompt": SAME_PROMPT}),
+    # words that change nothing the prompt says: the model redraws #1 as it is
+    "edit-no-change-asks": ("edit_image", {"image_number": 1, "prompt": SAME_PROMPT}),
+    "clarify-fix-it": ("edit_image", {"image_number": 1, "prompt": SAME_PROMPT}),
     # a crop with no shape
     "transform-crop-needs-shape": ("transform_image", {"image_number": 5, "operation": "crop", "args": {}}),
     # the bare command drawn as a picture of its own words

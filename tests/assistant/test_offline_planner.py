@@ -789,8 +789,17 @@ def test_naming_an_object_picks_the_image_that_has_it() -> None:
 
 
 def test_combining_images_is_explained() -> None:
-    plan = PLANNER.plan("combine #1 and #3", CHAIN)
+    plan = PLANNER.plan("combine #1 and #3", CHAIN)  # two cabins: no third picture to draw
     assert plan.intent is Intent.CLARIFY and "can't combine" in (plan.reply or "")
+
+
+def test_combining_two_subjects_draws_both_in_a_new_picture() -> None:
+    for text in ("combine #1 and #2", "combine the fox and the whale", "merge the fox with the whale"):
+        plan = PLANNER.plan(text, FOX_WHALE)
+        assert plan.intent is Intent.GENERATE and not plan.targets, text
+        fox, whale = (i.prompt.split(",")[0] for i in FOX_WHALE.images)
+        assert plan.prompt.startswith(f"{fox} with {whale}"), text
+        assert "can't be merged pixel by pixel" in (plan.reply or "")
 
 
 def test_a_style_name_alone_restyles_the_last_image() -> None:

@@ -9,6 +9,7 @@ import pytest
 from assistant.rewrite import (
     COLORS,
     DEFAULT_NEGATIVE,
+    IMPROVED_TERMS,
     MOOD_LIGHTING,
     NEUTRAL_LIGHTING,
     STYLE_PRESETS,
@@ -365,6 +366,21 @@ def test_a_new_background_replaces_the_old_setting() -> None:
     assert "a beach in the background" in apply_edit(CABIN, "the background should be a beach")
     # a blurred background is depth of field, not a backdrop called "blurry"
     assert "shallow depth of field" in apply_edit(CABIN, "make the background blurry")
+
+
+def test_a_thing_put_somewhere_it_is_not_yet_is_added_there() -> None:
+    fox = apply_edit(CABIN, "put the fox in front of the cabin")
+    assert fox.startswith("a cozy cabin in the woods at night, a fox in front of the cabin,")
+    # the subject itself moves: its setting is replaced
+    assert apply_edit(CABIN, "put the cabin on a beach").startswith("a cozy cabin on a beach at night,")
+
+
+def test_vague_praise_words_raise_the_craft_terms_once() -> None:
+    better = apply_edit(CABIN, "make it better")
+    assert IMPROVED_TERMS in better and "better" not in better
+    for said in ("improve it", "more detail", "make it prettier", "enhance the quality"):
+        assert apply_edit(CABIN, said) == better, said
+    assert apply_edit(better, "make it nicer") == better
 
 
 def test_a_thing_made_to_do_something_does_it_in_the_prompt() -> None:

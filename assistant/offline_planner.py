@@ -145,6 +145,17 @@ CONVERSATION_REPLY = (
     "(or `atelier chat` without -c) starts a fresh one, and “Rename or delete this conversation” "
     "renames this one. Here I make and change images: describe one to go on."
 )
+OFF_TOPIC_REPLY = (
+    "I only make and change images, so I can't answer that. Describe a picture (“a cozy cabin at "
+    "night”), or ask about one (“what prompt made #1?”); “help” lists what I can do."
+)
+#: "what's the weather?", "who won the game?", "how do magnets work?": a question about the world.
+#: Suggestions ("how about a dog", "what if it snowed") and questions about a picture are read
+#: before this; what is left is no picture to draw.
+_WORLD_QUESTION = (
+    r"^(?!what\s+(?:if|about)\b|how\s+about\b)(?:who\b|(?:what|when|where|why|which|how)(?:'s|'re|\s+(?:is|are|"
+    r"was|were|do|does|did|can|could|should|will|has|have|much|many|long|far|old|tall|big))\b)"
+)
 SAVE_REPLY = (
     "Every image is saved, with how it was made, the moment it is made. To download {} as a PNG, "
     "use More → PNG under it (`atelier show` gives its file); “Export conversation (zip)” in the "
@@ -843,6 +854,11 @@ class OfflinePlanner:
             answered = talk(raw, context)
             if answered is not None:
                 return answered
+        if re.match(_WORLD_QUESTION, strip_polite(raw).replace("’", "'"), flags=_I) and not re.search(
+            r"#\s?\d", raw
+        ):
+            # questions about the pictures were answered above; this one is about the world
+            return _clarify(raw, OFF_TOPIC_REPLY)
         if context.has_mask:
             return self._inpaint(raw, context)
         for step in (

@@ -289,6 +289,17 @@ _TIME_WORDS: dict[str, str] = {
 _TIME_RE = r"\b(?:" + "|".join(_alias_pattern(w) for w in sorted(_TIME_WORDS, key=len, reverse=True)) + r")\b"
 
 _PORTRAIT = r"\b(?:portrait|headshot|selfie|close-?up|face)\b"
+#: graphic design rather than a scene: "a minimalist logo of a mountain", "an app icon", "a sticker"
+_GRAPHIC = (
+    r"\b(?:logo|logotype|icon|emblem|badge|sticker|favicon|monogram|wordmark|insignia|crest|clip\s?art)s?\b"
+)
+GRAPHIC_TERMS: tuple[str, ...] = (
+    "plain white background",
+    "centered design, flat vector style, clean shapes",
+    "crisp edges",
+    "high quality",
+)
+GRAPHIC_NEGATIVE: tuple[str, ...] = ("photo", "photorealistic", "cluttered background")
 _LANDSCAPE = (
     r"\b(?:landscape|mountains?|valley|forest|woods|lake|sea|ocean|beach|desert|city|cityscape|skyline|"
     r"village|meadow|field|river|canyon|island|horizon|coast|street|town|garden|park|jungle|hills?)\b"
@@ -357,6 +368,16 @@ def rewrite_prompt(idea: str, style: str | None = None) -> tuple[str, str]:
         edited = apply_edit(prompt, change)
         removed = [t for t in removed_terms(change) if t.lower() not in negative.lower()]
         return edited, ", ".join([negative, *removed]) if removed else negative
+    if re.search(_GRAPHIC, idea, flags=re.IGNORECASE):
+        # a logo or icon is a design on a plain ground: no scenery, lighting or depth of field
+        # with a style asked for, the style's own look replaces the flat vector one
+        design = (
+            [GRAPHIC_TERMS[0], "centered design, clean shapes", *preset.positive] if preset else GRAPHIC_TERMS
+        )
+        parts = [idea, *design, *(GRAPHIC_TERMS[3:] if preset else ())]
+        extra = [p for p in parts[1:] if p.lower() not in idea.lower()]
+        negative = ", ".join(_dedupe([*build_negative(style, idea).split(", "), *GRAPHIC_NEGATIVE]))
+        return ", ".join(_dedupe([idea, *extra])), negative
     parts = [idea, _setting_for(idea), _composition_for(idea)]
     if re.search(r"depth\s+of\s+field|bokeh|blurr?(?:ed|y)\s+background", idea, flags=re.IGNORECASE):
         # the photographer's blur: a layered, all-sharp background would argue with it

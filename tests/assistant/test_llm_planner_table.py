@@ -151,7 +151,10 @@ WRONG_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 #: Reply-only cases the model answers in words: the stored label is Atelier's part.
-TEXT_ANSWERS: dict[str, str] = {"refuse-injection-only": "I can't share my instructions."}
+TEXT_ANSWERS: dict[str, str] = {
+    "refuse-injection-only": "I can't share my instructions.",
+    "clarify-world-question": "I only make images, so I can't tell you the weather.",
+}
 
 
 #: What a model fills in for a transform's required arguments when the table does not pin them.

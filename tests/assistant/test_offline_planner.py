@@ -788,6 +788,22 @@ def test_naming_an_object_picks_the_image_that_has_it() -> None:
     assert "#1 is the one with the whale" in (plan.reply or "")
 
 
+def test_a_question_about_the_world_is_answered_not_drawn() -> None:
+    for text in (
+        "what's the weather?",
+        "who won the world cup",
+        "how do magnets work?",
+        "when is the next full moon?",
+    ):
+        for context in (NO_IMAGES, CHAIN):
+            plan = PLANNER.plan(text, context)
+            assert plan.intent is Intent.CLARIFY and "only make and change images" in (plan.reply or ""), text
+    # suggestions and questions about a picture are still what they were
+    assert PLANNER.plan("how about a dog in the snow", NO_IMAGES).intent is Intent.GENERATE
+    assert PLANNER.plan("what if it was daytime", CHAIN).intent is Intent.EDIT
+    assert PLANNER.plan("what prompt made #2?", CHAIN).intent is Intent.DESCRIBE
+
+
 def test_combining_images_is_explained() -> None:
     plan = PLANNER.plan("combine #1 and #3", CHAIN)  # two cabins: no third picture to draw
     assert plan.intent is Intent.CLARIFY and "can't combine" in (plan.reply or "")

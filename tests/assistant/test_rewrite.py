@@ -383,6 +383,21 @@ def test_vague_praise_words_raise_the_craft_terms_once() -> None:
     assert apply_edit(better, "make it nicer") == better
 
 
+def test_a_logo_is_a_design_on_a_plain_ground_not_a_scene() -> None:
+    logo, negative = rewrite_prompt("a minimalist logo of a mountain")
+    assert logo.startswith("a minimalist logo of a mountain, plain white background,")
+    assert "flat vector style" in logo
+    for scene_word in ("environment", "establishing", "lighting", "depth of field"):
+        assert scene_word not in logo
+    assert "photorealistic" in negative and negative.count("photo,") == 1
+    # a style asked for replaces the flat vector look, and nothing argues with it
+    painted, painted_negative = rewrite_prompt("a logo of a fox", "watercolor")
+    assert "watercolor painting" in painted and "flat vector" not in painted and "crisp edges" not in painted
+    assert painted_negative.count("photorealistic") == 1
+    # the user's own words for text are kept out of the negative prompt
+    assert "text" not in rewrite_prompt('a coffee shop logo with the text "Bean"')[1].split(", ")
+
+
 def test_a_thing_made_to_do_something_does_it_in_the_prompt() -> None:
     assert apply_edit(FOX, "make the fox smile").startswith("a smiling red fox sitting on a mossy rock")
     # a new pose replaces the old one and keeps where it is

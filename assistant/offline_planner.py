@@ -100,8 +100,10 @@ from assistant.references import (
 )
 from assistant.render_settings import NEW_SEED, RERUN_WORDS, RenderParams, render_params, tidy_rest
 from assistant.rewrite import (
+    NO_BACKGROUND,
     STYLE_PRESETS,
     apply_edit,
+    asks_no_background,
     build_negative,
     clean_idea,
     detect_style,
@@ -1503,10 +1505,12 @@ class OfflinePlanner:
         idea = re.sub(r"^(?:" + _UPLOAD_REMARK + r")[,;:.!\-–—]+\s*", "", strip_polite(idea), flags=_I)
         idea = strip_polite(idea).rstrip(" ?")  # "can you put him on the moon?"
         idea = _upload_idea(idea)
+        if asks_no_background(idea):
+            idea = NO_BACKGROUND  # said before the verbs go: "make the background white"
         idea = re.sub(
             r"^(?:turn|make|convert|transform|change|render|redraw|reimagine|repaint|restyle|redo)\s+"
-            r"(?:(?:this|the|my|that)\s+)?(?:photo|image|picture|pic|upload|drawing|sketch|one|it)?\s*"
-            r"(?:into|to|as|in|look\s+like|look)?\s*",
+            r"(?:(?:this|the|my|that)\s+)?(?:photo|image|picture|pic|upload|drawing|sketch|one|it|me|us|him|her|them)?"
+            r"\s*(?:into|to|as|in|look\s+like|look)?\s*",
             "",
             strip_polite(idea),
             flags=_I,

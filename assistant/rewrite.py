@@ -1515,6 +1515,40 @@ _BACKGROUND = (
 )
 
 
+#: "remove the background", "white background", "no background": the subject alone, on plain white
+_NO_BACKGROUND = (
+    r"(?:(?:remove|delete|erase|drop|cut\s+out|take\s+(?:out|away)|get\s+rid\s+of|lose)\s+(?:the\s+|its\s+)?"
+    r"(?:background|backdrop|scenery)|no\s+background|without\s+(?:a\s+|the\s+)?background"
+    r"|make\s+(?:the\s+|its\s+)?background\s+(?:plain\s+)?(?:white|plain|blank|transparent|empty)"
+    r"|(?:(?:make|give|put|set)\s+(?:it|the\s+background|the\s+(?:image|picture))\s+(?:on\s+|to\s+|a\s+)?)?"
+    r"(?:on\s+)?(?:a\s+)?(?:plain|white|blank|transparent|clean)(?:\s+white)?\s+background)"
+)
+NO_BACKGROUND = "isolated on a plain white background"
+_SCENE_TERMS = ("detailed environment", "wide establishing view", "layered foreground and background")
+
+
+def asks_no_background(text: str) -> bool:
+    """ "remove the background", "make the background white": the subject alone on plain white."""
+    return re.fullmatch(_NO_BACKGROUND, _clean_clause(text), flags=re.IGNORECASE) is not None
+
+
+def _edit_no_background(prompt: str, clause: str) -> tuple[str, str] | None:
+    if not asks_no_background(clause):
+        return None
+    if not prompt:  # an upload: the request is the whole prompt
+        return NO_BACKGROUND, ""
+    head, sep, rest = prompt.partition(",")
+    setting = re.search(_SUBJECT_SETTING, head, flags=re.IGNORECASE)
+    if setting and not any(w in setting.group(0).lower().split() for w in _TIME_WORDS):
+        head = head[: setting.start()] + head[setting.end() :]
+    segments = [
+        s
+        for s in (head + sep + rest).split(",")
+        if s.strip() not in _SCENE_TERMS and not s.strip().endswith("in the background")
+    ]
+    return _insert_after_subject(",".join(segments), NO_BACKGROUND, as_segment=True), ""
+
+
 def _edit_background(prompt: str, clause: str) -> tuple[str, str] | None:
     m = re.fullmatch(_BACKGROUND, clause.strip(), flags=re.IGNORECASE)
     if not m or not prompt:
@@ -1826,6 +1860,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_season,
             _edit_lens,
             _edit_dress,
+            _edit_no_background,
             _edit_background,
             _edit_angle,
             _edit_place,

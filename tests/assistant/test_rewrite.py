@@ -398,6 +398,17 @@ def test_a_logo_is_a_design_on_a_plain_ground_not_a_scene() -> None:
     assert "text" not in rewrite_prompt('a coffee shop logo with the text "Bean"')[1].split(", ")
 
 
+def test_removing_the_background_leaves_the_subject_on_plain_white() -> None:
+    for said in ("remove the background", "white background", "make the background white", "no background"):
+        cut = apply_edit(CABIN, said)
+        assert cut.startswith("a cozy cabin at night, isolated on a plain white background,"), said
+        assert "woods" not in cut and "detailed environment" not in cut and "layered foreground" not in cut
+    # an upload has no prompt: the request is all there is
+    assert apply_edit("", "remove the background") == "isolated on a plain white background"
+    # the subject itself can still be removed
+    assert "cabin" not in apply_edit(CABIN, "remove the cabin")
+
+
 def test_a_thing_made_to_do_something_does_it_in_the_prompt() -> None:
     assert apply_edit(FOX, "make the fox smile").startswith("a smiling red fox sitting on a mossy rock")
     # a new pose replaces the old one and keeps where it is

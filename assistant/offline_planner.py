@@ -1744,7 +1744,7 @@ class OfflinePlanner:
                 return _clarify(raw, "What should I draw in those styles? For example “a fox in 4 styles”.")
         else:
             count, subject = _styles_subject(rest)
-            if count is not None and not re.search(r"\d|" + "|".join(NUMBER_WORDS), raw[len(rest) :], _I):
+            if count is not None and not asked.counted:  # "4 cats in different styles": four pictures
                 asked = replace(asked, requested=count, styles=STYLE_TOUR[:count])
             # "the fox in 3 styles": the fox already drawn, when an image shows it
             named = re.fullmatch(r"the\s+(?P<thing>[a-z][a-z\-]*(?:\s+[a-z][a-z\-]*)?)", subject, flags=_I)

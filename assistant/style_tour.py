@@ -51,15 +51,17 @@ class StylesAsked:
     requested: int
     #: the message with the style words taken out: what says which picture ("#2", "a cat", "it")
     rest: str
+    #: the user said how many ("in 3 styles", or a list); else the count is Atelier's choice
+    counted: bool = True
 
 
 def asked_styles(text: str, current_style: str | None = None) -> StylesAsked | None:
     """The styles a message asks to see one picture each in, or None when it asks for no set."""
     if m := re.search(_DIFFERENT_STYLES, text, flags=_I):
-        said = (m["n"] or m["n2"] or "").lower()
+        said = " ".join((m["n"] or m["n2"] or "").lower().split())
         requested = _count(said) if said else DEFAULT_STYLE_COUNT
         pool = [s for s in STYLE_TOUR if s != current_style]
-        return StylesAsked(tuple(pool[:requested]), requested, _rest(text, m))
+        return StylesAsked(tuple(pool[:requested]), requested, _rest(text, m), counted=bool(said))
     if len(text) > _MAX_LISTED_CHARS:
         return None
     for start in re.finditer(_LIST_START, text, flags=_I):

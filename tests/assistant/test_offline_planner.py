@@ -788,6 +788,23 @@ def test_naming_an_object_picks_the_image_that_has_it() -> None:
     assert "#1 is the one with the whale" in (plan.reply or "")
 
 
+def test_a_set_of_styles_is_one_picture_each() -> None:
+    cats = PLANNER.plan("4 cats in different styles", NO_IMAGES)
+    assert cats.intent is Intent.GENERATE and cats.n == 4 and len(cats.alternatives) == 4
+    assert all(a["prompt"].startswith("a cat, ") for a in cats.alternatives)
+    assert [a["style"] for a in cats.alternatives] == ["watercolor", "anime", "oil painting", "pixel art"]
+    assert PLANNER.plan("2 dogs in 3 different styles", NO_IMAGES).n == 3  # the styles' number wins
+    # an image in its own style gets the others; the count is capped like any batch
+    anime = PlannerContext(images=(replace(_img(1, FOX_SNOW), style="anime"),), max_n=3)
+    restyled = PLANNER.plan("show #1 in 5 different styles", anime)
+    assert restyled.intent is Intent.EDIT and restyled.targets == (1,) and restyled.n == 3
+    assert "anime" not in [a["style"] for a in restyled.alternatives]
+    assert "at most 3" in (restyled.reply or "")
+    # a list that is not all styles is a subject: "a house in red and blue"
+    assert not PLANNER.plan("a house in red and blue", NO_IMAGES).alternatives
+    assert PLANNER.plan("in a few  different styles", NO_IMAGES).intent is Intent.CLARIFY
+
+
 def test_a_question_about_the_world_is_answered_not_drawn() -> None:
     for text in (
         "what's the weather?",

@@ -114,6 +114,7 @@ from assistant.rewrite import (
     removed_terms,
     rewrite_prompt,
     style_prompt,
+    without_asked_terms,
 )
 from assistant.style_tour import STYLE_TOUR, asked_styles, style_label
 from assistant.transform_phrases import (
@@ -626,6 +627,7 @@ _CAMERA_MOVE = (
 )
 _EDIT_START = (
     r"^(?:make\s+(?:it|this|that|them|these|those|him|her|the|its|#)|turn|change|add|remove|put|replace|"
+    r"(?:write|print)\s+[\"“']|"
     r"dress\s+(?:up\s+)?(?:it|him|her|them|the)\b|(?:improve|enhance|polish|refine|beautify)\b|"
     r"(?:do|make|give\s+me|show\s+me|draw|render)\s+(?:(?:a|one|another)\s+(?:version|one|take|variant)|one|"
     r"another)\s+(?:where|in\s+which|with|that)\b|(?:what|how)\s+would\s+it\s+look\b|"
@@ -2475,6 +2477,8 @@ def _edit_negative(
         )
     else:
         base = parent.negative_prompt
+    # "add the text 'Happy Birthday'": the parent's "text" negative would forbid what is asked
+    base = ", ".join(without_asked_terms(base.split(", "), instruction)) if base else base
     taken = (*removed_terms(instruction), *reduced_terms(instruction))
     removed = [t for t in _dedupe_terms(taken) if t not in base.split(", ")]
     return ", ".join([base, *removed]) if removed and base else (base or ", ".join(removed))

@@ -209,12 +209,26 @@ def build_negative(style: str | None, text: str = "") -> str:
     """Default negative terms plus the style's, minus any the user's own text asks for.
 
     "a blurry photo of a ghost" must not get "blurry" as a negative, nor "a sign with the text
-    OPEN" get "text".
+    OPEN" (or "a sign that says OPEN") get "text".
     """
     preset = STYLE_PRESETS.get(normalize_style(style) or "")
     terms = [*DEFAULT_NEGATIVE, *(preset.negative if preset else ())]
+    return ", ".join(_dedupe(without_asked_terms(terms, text)))
+
+
+#: words that ask for lettering in the picture, though the word "text" is not among them
+_ASKS_FOR_TEXT = (
+    r"[\"“][^\"”]+[\"”]|(?<![a-z])'[^']+'(?![a-z])|\b(?:says?|saying|reads?|reading|written|write|lettering|caption|"
+    r"title|headline|slogan|typography|words?)\b"
+)
+
+
+def without_asked_terms(terms: Iterable[str], text: str) -> list[str]:
+    """`terms` less those the user's words ask for: a negative prompt must not forbid the request."""
     kept = [t for t in terms if not re.search(r"\b" + re.escape(t) + r"\b", text, flags=re.IGNORECASE)]
-    return ", ".join(_dedupe(kept))
+    if re.search(_ASKS_FOR_TEXT, text, flags=re.IGNORECASE):
+        kept = [t for t in kept if t != "text"]
+    return kept
 
 
 def _dedupe(items: Iterable[str]) -> list[str]:
@@ -1532,6 +1546,22 @@ def asks_no_background(text: str) -> bool:
     return re.fullmatch(_NO_BACKGROUND, _clean_clause(text), flags=re.IGNORECASE) is not None
 
 
+#: "write 'welcome' on the door", "add the text 'Happy Birthday' at the top": lettering in the picture
+_LETTERING = (
+    r"(?:write|print|paint|put|add|place)\s+(?:the\s+)?(?:(?:text|words?|caption|title|lettering)\s+)?"
+    r"(?P<words>[\"“'][^\"”']+[\"”'])(?:\s+(?P<where>(?:on|across|at|in|over|above|below|under)\s+.+))?"
+)
+
+
+def _edit_lettering(prompt: str, clause: str) -> tuple[str, str] | None:
+    m = re.fullmatch(_LETTERING, clause.strip(), flags=re.IGNORECASE)
+    if not m:
+        return None
+    words = "“" + m["words"].strip("\"“”'") + "”"
+    where = f" {m['where'].strip()}" if m["where"] else ""
+    return _insert_after_subject(prompt, f"the words {words} written{where}", as_segment=True), ""
+
+
 def _edit_no_background(prompt: str, clause: str) -> tuple[str, str] | None:
     if not asks_no_background(clause):
         return None
@@ -1860,6 +1890,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_season,
             _edit_lens,
             _edit_dress,
+            _edit_lettering,
             _edit_no_background,
             _edit_background,
             _edit_angle,

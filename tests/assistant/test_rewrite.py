@@ -409,6 +409,16 @@ def test_removing_the_background_leaves_the_subject_on_plain_white() -> None:
     assert "cabin" not in apply_edit(CABIN, "remove the cabin")
 
 
+def test_lettering_is_written_in_the_picture_and_never_forbidden() -> None:
+    door = apply_edit(CABIN, "write 'welcome' on the door")
+    assert "the words “welcome” written on the door" in door and "write" not in door
+    assert "the words “Happy Birthday” written" in apply_edit(CABIN, "add the text 'Happy Birthday'")
+    # the default negative "text" goes when the words ask for lettering
+    assert "text" not in rewrite_prompt("a sign that says OPEN")[1].split(", ")
+    assert "text" not in rewrite_prompt('a poster with the title "Atelier"')[1].split(", ")
+    assert "text" in rewrite_prompt("a cat's hat")[1].split(", ")
+
+
 def test_a_thing_made_to_do_something_does_it_in_the_prompt() -> None:
     assert apply_edit(FOX, "make the fox smile").startswith("a smiling red fox sitting on a mossy rock")
     # a new pose replaces the old one and keeps where it is

@@ -655,6 +655,20 @@ _MORE_OF_THING = (
     r"(?:\s+of)?|some|several)\s+more\s+(?:(?:images?|pictures?|pics?|versions?|ones?|takes?)\s+)?of\s+the\s+"
     r"(?P<thing>[a-z][a-z\-]*(?:\s+[a-z][a-z\-]*){0,2}?)(?:\s+(?:please|pls))?\s*[.!?]*"
 )
+#: "give me 3 versions of the fox at sunset": takes on the image with the fox, with the change
+_VERSIONS_OF_THING = (
+    r"(?:(?:make|give\s+me|show\s+me|do|create|generate|draw|render)\s+)?(?P<n>" + _N + r"|a\s+few|a\s+couple"
+    r"(?:\s+of)?|some|several)\s+(?:more\s+)?(?:versions?|variations?|variants?|takes?|alternatives?)\s+of\s+the\s+"
+    r"(?P<thing>[a-z][a-z\-]*(?:\s+(?!(?:at|in|on|with|but|during|under|without|as|by)\b)[a-z][a-z\-]*){0,2})"
+    r"(?P<rest>\s+(?:at|in|on|with|but|during|under|without|as|by)\b.*)?[.!?]*"
+)
+#: "2 more but darker", "a few more, but at night": a batch like the last image, changed
+_MORE_BUT = (
+    r"(?P<n>"
+    + _N
+    + r"|a\s+few|a\s+couple(?:\s+of)?|some|several)\s+more(?:\s+(?:of\s+(?:them|those|it)|like\s+"
+    r"(?:it|that|this)|versions?|ones?))?\s*,?\s+(?:but|only|and\s+make\s+(?:them|it))\s+(?P<change>\S.*?)[.!]*"
+)
 _SHOW_MORE_OF = r"show\s+(?:me\s+)?more\s+of\s+(?:the|its|it)\b"
 
 #: "surprise me" and friends: the user leaves the subject to Atelier
@@ -1891,16 +1905,27 @@ class OfflinePlanner:
         )
 
     def _variation(self, raw: str, context: PlannerContext) -> Plan | None:
-        more_of = re.fullmatch(_MORE_OF_THING, raw, flags=_I)
+        more_of = re.fullmatch(_MORE_OF_THING, raw, flags=_I) or re.fullmatch(
+            _VERSIONS_OF_THING, raw, flags=_I
+        )
         if more_of is not None:
-            # "make 2 more of the fox": more like the newest picture of the fox, not a picture of "the fox"
+            # "make 2 more of the fox", "3 versions of the fox at sunset": more like the newest
+            # picture of the fox, not a new picture of "the fox"
             words = [w for w in _words(more_of["thing"]) if len(w) > 2]
             showing = [i for i in context.images if all(prompt_mentions(i.prompt, w) for w in words)]
             showing = showing if words else []
             holder = showing[-1] if showing else None
             if holder is not None:
-                plan = self._variation(f"{more_of['n']} variations of #{holder.number}", context)
+                change = (more_of.groupdict().get("rest") or "").strip()
+                plan = self._variation(
+                    f"{more_of['n']} variations of #{holder.number} {change}".strip(), context
+                )
                 return replace(plan, instruction=raw) if plan is not None else None
+        more_but = re.fullmatch(_MORE_BUT, strip_polite(raw), flags=_I)
+        if more_but is not None and context.images:
+            # "2 more but darker": a batch like the last, with the change
+            plan = self._variation(f"{more_but['n']} variations but {more_but['change']}", context)
+            return replace(plan, instruction=raw) if plan is not None else None
         if not re.search(_VARIATION, raw, flags=_I):
             return None
         probe = resolve_references(raw, context.images, focus=context.focus)

@@ -840,7 +840,13 @@ def _weather_in(prompt: str, w: _Weather) -> list[re.Match[str]]:
     return list(re.finditer(pattern, prompt, flags=re.IGNORECASE))
 
 
+def _weather_named(text: str) -> bool:
+    return any(re.search(r"\b(?:" + "|".join(w.words) + r")", text, flags=re.IGNORECASE) for w in WEATHER)
+
+
 def _edit_weather(prompt: str, clause: str) -> tuple[str, str] | None:
+    if re.fullmatch(_REPLACE, clause, flags=re.IGNORECASE):
+        return None  # "replace the snow with rain" is a swap, which the replace rule makes
     for w in WEATHER:
         stems = "|".join(w.words)
         m = re.search(r"\b(?:" + stems + r")[\w-]*", clause, flags=re.IGNORECASE)
@@ -957,7 +963,7 @@ def _edit_lighting(prompt: str, clause: str) -> tuple[str, str] | None:
 
 def _edit_color(prompt: str, clause: str) -> tuple[str, str] | None:
     obj_re = (
-        r"(?:the\s+|its\s+|his\s+|her\s+)?(?P<obj>[a-z][a-z\-]*(?:\s+(?!to\b|into\b|be\b|of\b|an?\b|the\b|"
+        r"(?:the\s+|its\s+|his\s+|her\s+)?(?:[a-z][a-z\-]*'s\s+)?(?P<obj>[a-z][a-z\-]*(?:\s+(?!to\b|into\b|be\b|of\b|an?\b|the\b|"
         + _SHADE
         + r"\s)[a-z][a-z\-]*)?)"
         r"(?:'s)?(?:\s+colou?r)?(?:\s+of)?"  # "the sky of #1 purple" arrives as "the sky of purple"
@@ -1246,6 +1252,11 @@ def _edit_replace(prompt: str, clause: str) -> tuple[str, str] | None:
         return None
     old = (m.group("old") or m.group("old2") or m.group("old3")).lower()
     new = (m.group("new") or m.group("new2") or m.group("new3")).strip()
+    if _weather_named(old) and _weather_named(new):
+        # "replace the snow with rain": the weather rule takes the snow away and brings the rain
+        cleared = _edit_weather(prompt, f"remove the {old}")
+        brought = _edit_weather(cleared[0] if cleared else prompt, f"add {new}")
+        return (brought[0] if brought else prompt), ""
     head = re.escape(old.split()[-1])
     # the old thing with its article and up to two adjectives: "a large blue whale" → the new thing
     found = re.search(

@@ -419,6 +419,16 @@ def test_lettering_is_written_in_the_picture_and_never_forbidden() -> None:
     assert "text" in rewrite_prompt("a cat's hat")[1].split(", ")
 
 
+def test_one_weather_swapped_for_another_and_a_part_of_a_thing_recoloured() -> None:
+    snowy = apply_edit(CABIN, "make it snowier")
+    rainy = apply_edit(snowy, "replace the snow with rain")
+    assert "snow" not in rainy and "rain" in rainy and "replace" not in rainy
+    foggy = apply_edit(snowy, "swap the snow for fog")
+    assert "fog" in foggy and "snow" not in foggy
+    roof = apply_edit(CABIN, "change the cabin's roof to red")
+    assert "red roof" in roof and "change" not in roof
+
+
 def test_a_thing_made_to_do_something_does_it_in_the_prompt() -> None:
     assert apply_edit(FOX, "make the fox smile").startswith("a smiling red fox sitting on a mossy rock")
     # a new pose replaces the old one and keeps where it is

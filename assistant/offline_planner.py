@@ -1851,6 +1851,13 @@ class OfflinePlanner:
         if seed is None:
             return None
         probe = resolve_references(rest, context.images, focus=context.focus)
+        named = re.search(r"\b(?:for|on|of)\s+the\s+(?P<thing>[a-z][a-z\-]*)\s*[.!]*$", probe.remainder, _I)
+        if named and not probe.numbers:
+            # "use seed 7 for the fox": the newest image that shows a fox, with that seed
+            showing = [i for i in context.images if i.prompt and prompt_mentions(i.prompt, named["thing"])]
+            if showing:
+                rest = f"#{showing[-1].number} {probe.remainder[: named.start()]}"
+                probe = resolve_references(rest, context.images, focus=context.focus)
         if _leftover(probe.remainder, extra=_RESEED_WORDS):
             return None
         if not context.images:

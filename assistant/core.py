@@ -1044,11 +1044,25 @@ class Assistant:
             elif set(fields) - {"prompt"} and image.operation != "upload":
                 # "what was the negative prompt?": that setting, said even when it is "none"
                 parts.append(
-                    describe_fields(image, fields, self._asked_params(image), self.repo.image_path(image))
+                    describe_fields(
+                        image,
+                        fields,
+                        self._asked_params(image),
+                        self.repo.image_path(image),
+                        self._took_ms(image),
+                    )
                 )
             else:
                 parts.append(describe_prompt(image, self._asked_params(image)))
         return "\n\n".join(parts)
+
+    def _took_ms(self, image: Image) -> int | None:
+        """How long the call that made `image` ran, as its generation row says (None: no call)."""
+        if image.generation_id is None:
+            return None
+        with contextlib.suppress(NotFound):
+            return self.repo.generation(image.generation_id)[0].duration_ms
+        return None
 
     def _asked_params(self, image: Image) -> dict[str, object]:
         if image.generation_id is None:

@@ -99,6 +99,7 @@ QUESTION_FIELDS: tuple[tuple[str, str], ...] = (
     ("strength", r"\b(?:strength|denoising)\b"),
     ("model", r"\b(?:model|backend|checkpoint)s?\b"),
     ("file", r"\b(?:file|path|folder|saved|stored|located|disk)\b"),
+    ("made", r"\bhow\s+long\b|\bwhen\b|\btook\b|\bdate\b|\bwhat\s+time\b"),
 )
 
 
@@ -115,9 +116,16 @@ def _aspect(width: int, height: int) -> str:
     return f"{width}×{height} pixels ({ratio}, {shape})"
 
 
-def _field_line(image: Image, name: str, asked: dict[str, object], path: Path | None) -> str:
+def _field_line(
+    image: Image, name: str, asked: dict[str, object], path: Path | None, took_ms: int | None = None
+) -> str:
     params = image.params or {}
     backend = f"the {image.backend} backend"
+    if name == "made":
+        when = f"Made: {image.created_at:%Y-%m-%d %H:%M} UTC"
+        if took_ms is None:
+            return f"{when} (how long it took is not recorded: {_article(image.operation)} {image.operation})"
+        return f"{when}, in {took_ms / 1000:.1f} s (the whole call, with every image it made)"
     if name == "prompt":
         return f"Prompt used: {_quote(image.prompt, 600)}" if image.prompt else "It has no prompt."
     if name == "negative":
@@ -146,12 +154,20 @@ def _field_line(image: Image, name: str, asked: dict[str, object], path: Path | 
 
 
 def describe_fields(
-    image: Image, fields: Collection[str], asked: dict[str, object] | None = None, path: Path | None = None
+    image: Image,
+    fields: Collection[str],
+    asked: dict[str, object] | None = None,
+    path: Path | None = None,
+    took_ms: int | None = None,
 ) -> str:
-    """The settings a question asked about, each answered even when the answer is "none"."""
+    """The settings a question asked about, each answered even when the answer is "none".
+
+    `took_ms` is how long the backend call that made the image ran, from its generation row.
+    """
     header = f"#{image.number} ({image.operation}, {image.backend}/{image.model})"
     order = [name for name, _ in QUESTION_FIELDS if name in fields]
-    return "\n\n".join([header, *(_field_line(image, name, asked or {}, path) for name in order)])
+    lines = (_field_line(image, name, asked or {}, path, took_ms) for name in order)
+    return "\n\n".join([header, *lines])
 
 
 def _describe_upload(image: Image) -> str:

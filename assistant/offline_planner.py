@@ -458,7 +458,9 @@ _DESCRIBE: tuple[tuple[str, str], ...] = (
         r"orientation|width|height|file|path)\b"
         r"|\bhow\s+many\s+steps\b|\bhow\s+(?:big|large|wide|tall)\b|\b(?:tell|show|give)\s+me\s+(?:the\s+)?"
         r"(?:seed|settings|parameters|params|size|dimensions|steps|sampler|cfg|guidance|model|negative)\b"
-        r"|\b(?:seed|settings|parameters)\s+(?:of|for)\s|^where\b.*\b(?:file|saved|stored|kept|png|it|#\d+)\b",
+        r"|\b(?:seed|settings|parameters)\s+(?:of|for)\s|^where\b.*\b(?:file|saved|stored|kept|png|it|#\d+)\b"
+        r"|\bhow\s+long\s+(?:did|does|do|was)\b|\bwhen\s+(?:was|were|did)\b.*\b(?:made|created|generated|drawn|"
+        r"done|make|create|draw)\b",
     ),
     (
         "list",

@@ -613,3 +613,17 @@ def test_one_message_asks_for_the_same_picture_in_several_styles(tmp_path: Path)
     # the message's record keeps the set, so a reload reads the same plan
     stored = assistant.repo.messages(conversation_id)[-1]
     assert [a["style"] for a in (stored.plan or {})["alternatives"]] == ["pixel art", "pencil sketch"]
+
+
+def test_when_an_image_was_made_and_how_long_it_took_come_from_the_record(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id = run(assistant, None, "a red fox on a mossy rock")[0].conversation_id
+    fox = assistant.repo.get_image_by_number(conversation_id, 1)
+    assert fox.generation_id is not None
+    took = assistant.repo.generation(fox.generation_id)[0].duration_ms
+    assert took is not None
+    answer = _answer(assistant, conversation_id, "how long did #1 take?")
+    assert f"Made: {fox.created_at:%Y-%m-%d %H:%M} UTC, in {took / 1000:.1f} s" in answer
+    assert f"{fox.created_at:%Y-%m-%d}" in _answer(assistant, conversation_id, "when was #1 made?")
+    # a question is never drawn: still one image
+    assert assistant.repo.counts()["images"] == 1

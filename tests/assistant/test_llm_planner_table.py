@@ -557,6 +557,7 @@ def _assert_answer_is_the_record(
             "guidance": "Guidance (CFG): ",
             "sampler": "Sampler: ",
             "strength": "Strength: ",
+            "made": f"Made: {image.created_at:%Y-%m-%d %H:%M} UTC",
         }
         for field in fields:
             assert field == "prompt" or values[field] in result, (field, result)

@@ -15,7 +15,7 @@ Two jobs, both pure string functions so they can be tested exhaustively and repl
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from assistant.phrase_parsing import vocab
@@ -1616,12 +1616,19 @@ _IMPROVE = (
 IMPROVED_TERMS = "intricate details, refined composition, professional quality"
 
 
-def _edit_improve(prompt: str, clause: str) -> tuple[str, str] | None:
-    if not re.fullmatch(_IMPROVE, clause.strip(), flags=re.IGNORECASE):
-        return None
-    if IMPROVED_TERMS in prompt:
-        return prompt, ""  # as far as words go: the planner says so instead of drawing the same again
-    return _insert_before_details(prompt, IMPROVED_TERMS), ""
+def _terms_once(pattern: str, terms: str) -> Callable[[str, str], tuple[str, str] | None]:
+    """A rule that adds `terms` for a clause matching `pattern`, once: a second time changes
+    nothing, and the planner then asks what to change instead of drawing the same again."""
+
+    def rule(prompt: str, clause: str) -> tuple[str, str] | None:
+        if not re.fullmatch(pattern, clause.strip(), flags=re.IGNORECASE):
+            return None
+        return (prompt if terms in prompt else _insert_before_details(prompt, terms)), ""
+
+    return rule
+
+
+_edit_improve = _terms_once(_IMPROVE, IMPROVED_TERMS)
 
 
 #: "make it pop", "punchier", "more eye-catching": bold colour and contrast, in words models know
@@ -1630,14 +1637,7 @@ _POP = (
     r"(?:pop(?:\s+more)?|punchier|punchy|more\s+(?:striking|eye-catching|dynamic|vivid)|striking|eye-catching|vivid)"
 )
 _POP_TERMS = "vibrant colors, bold contrast"
-
-
-def _edit_pop(prompt: str, clause: str) -> tuple[str, str] | None:
-    if not re.fullmatch(_POP, clause.strip(), flags=re.IGNORECASE):
-        return None
-    if _POP_TERMS in prompt:
-        return prompt, ""
-    return _insert_before_details(prompt, _POP_TERMS), ""
+_edit_pop = _terms_once(_POP, _POP_TERMS)
 
 
 def _edit_background_blur(prompt: str, clause: str) -> tuple[str, str] | None:

@@ -1285,6 +1285,14 @@ _SUBJECT_SETTING = (
 )
 
 
+def _subject_setting(head: str) -> re.Match[str] | None:
+    """Where the subject is in the prompt's first part ("in the woods"); "at night" is a time, not a place."""
+    setting = re.search(_SUBJECT_SETTING, head, flags=re.IGNORECASE)
+    if setting and not any(w in setting.group(0).lower().split() for w in _TIME_WORDS):
+        return setting
+    return None
+
+
 #: "a 50mm lens shot", "shot on 35mm", "use an 85 mm lens": one focal length a picture can have
 _LENS = r"\b(?P<mm>\d{2,3})\s?mm\b(?:\s+lens\b)?"
 
@@ -1325,8 +1333,8 @@ def _edit_place(prompt: str, clause: str) -> tuple[str, str] | None:
         named = re.search(r"\b" + re.escape(obj) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
         thing = f"the {obj}" if named else _fix_articles(f"a {obj}")
         return _insert_after_subject(prompt, f"{thing} {where}", as_segment=True), left
-    setting = re.search(_SUBJECT_SETTING, head, flags=re.IGNORECASE)
-    if setting and not any(w in setting.group(0).lower().split() for w in _TIME_WORDS):
+    setting = _subject_setting(head)
+    if setting:
         head = head[: setting.start()] + " " + where + head[setting.end() :]
         return head + sep + rest, left
     return _insert_after_subject(prompt, where, as_segment=False), left
@@ -1579,8 +1587,7 @@ def _edit_no_background(prompt: str, clause: str) -> tuple[str, str] | None:
     if not prompt:  # an upload: the request is the whole prompt
         return NO_BACKGROUND, ""
     head, sep, rest = prompt.partition(",")
-    setting = re.search(_SUBJECT_SETTING, head, flags=re.IGNORECASE)
-    if setting and not any(w in setting.group(0).lower().split() for w in _TIME_WORDS):
+    if setting := _subject_setting(head):
         head = head[: setting.start()] + head[setting.end() :]
     segments = [
         s
@@ -1596,8 +1603,7 @@ def _edit_background(prompt: str, clause: str) -> tuple[str, str] | None:
         return None
     what = re.sub(r"^(?:a|an|the|some)\s+(?=\w+s\b)", "", m["what"].strip(), flags=re.IGNORECASE)
     head, sep, rest = prompt.partition(",")
-    setting = re.search(_SUBJECT_SETTING, head, flags=re.IGNORECASE)
-    if setting and not any(w in setting.group(0).lower().split() for w in _TIME_WORDS):
+    if setting := _subject_setting(head):
         head = head[: setting.start()] + head[setting.end() :]  # the old backdrop goes
     segments = [
         seg for seg in (head + sep + rest).split(",") if not seg.strip().endswith("in the background")

@@ -236,6 +236,8 @@ BACK_CUES: tuple[str, ...] = (
     r"|last\s+(?:change|edit|step)|(?:the|that|this)\s+(?:change|edit)))?",
     r"^(?:(?:go|get|come|switch|step|revert|return)\s+)?back(?:\s+to)?\b",
     r"^(?:return|revert|switch)\s+to\b",
+    # "let's go with #3", "I'll stick with the second one": a pick to go on from
+    r"^(?:let'?s\s+|i'?ll\s+|i\s+will\s+)?(?:go|stick|continue|carry\s+on|work|stay)\s+with\b",
     r"^i\s+(?:liked|like|loved|prefer(?:red)?)\s+(?=.+\b(?:better|more|instead)\s*[.!]*$)",
     r"^i\s+prefer(?:red)?\b",
     r"^(?:i\s+want|give\s+me)\s+(?=(?:the\s+)?(?:previous|original|first|earlier|old|other)\b)",

@@ -1059,6 +1059,9 @@ class OfflinePlanner:
         refs = resolve_references(rest, context.images, focus=context.focus)
         if not context.images:
             return _clarify(raw, NO_IMAGES_QUESTION)
+        named = None if refs.explicit else _image_by_thing(rest, context)
+        if named is not None:  # "go back to the cabin", "I liked the first fox better"
+            refs = resolve_references(f"#{named}", context.images, focus=context.focus)
         if not refs.ok:
             return _clarify(raw, refs.question or NO_IMAGES_QUESTION)
         number = refs.numbers[0] if refs.explicit else undo_target(context)
@@ -2366,6 +2369,32 @@ _INPAINT_VERB = (
     r"(?:(?:it|this|that|the\s+(?:masked\s+|marked\s+|white\s+)?(?:area|part|region|mask|selection|spot))\s+)?"
     r"(?:with|into|in(?:to)?|as)?\s*"
 )
+
+
+#: "the cabin", "the first fox", "the other cabin one": an image named by what it shows
+_THING_NAMED = (
+    r"(?:the\s+)?(?:(?P<which>first|second|third|last|latest|newest|previous|earlier|original|old|older|other)\s+)?"
+    r"(?P<thing>[a-z][a-z\-]*)(?:\s+(?:one|image|picture|pic|version))?"
+    r"(?:\s+(?:better|more|instead|again|please))*\s*[.!]*"
+)
+
+
+def _image_by_thing(text: str, context: PlannerContext) -> int | None:
+    """The image `text` names by what it shows, going back: the first or second one when it says
+    so, else the newest one that is not the working image; None when no prompt names it."""
+    m = re.fullmatch(_THING_NAMED, text.strip(), flags=_I)
+    if m is None or m["thing"].lower() in BACK_WORDS:
+        return None
+    showing = [i.number for i in context.images if i.prompt and prompt_mentions(i.prompt, m["thing"])]
+    if not showing:
+        return None
+    which = (m["which"] or "").lower()
+    if which in ("first", "original", "second", "third"):
+        index = {"first": 0, "original": 0, "second": 1, "third": 2}[which]
+        return showing[min(index, len(showing) - 1)]
+    working = context.focus if context.focus is not None else (context.last.number if context.last else None)
+    earlier = [n for n in showing if n != working]
+    return (earlier or showing)[-1]
 
 
 def _same_subject(first: ImageInfo, second: ImageInfo) -> bool:

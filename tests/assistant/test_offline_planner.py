@@ -788,6 +788,18 @@ def test_naming_an_object_picks_the_image_that_has_it() -> None:
     assert "#1 is the one with the whale" in (plan.reply or "")
 
 
+def test_going_back_to_an_image_named_by_what_it_shows() -> None:
+    # #1 a cabin at night, #2 snowier, #3 at sunset (the working image)
+    plan = PLANNER.plan("go back to the cabin", CHAIN)
+    assert plan.intent is Intent.CLARIFY and plan.focus == 2 and "#2 is still there" in (plan.reply or "")
+    assert PLANNER.plan("I liked the first cabin better", CHAIN).focus == 1
+    picked = PLANNER.plan("let's go with #1", CHAIN)
+    assert picked.intent is Intent.CLARIFY and picked.focus == 1 and not picked.prompt
+    assert PLANNER.plan("I'll stick with the second one", CHAIN).focus == 2
+    whale = PLANNER.plan("go back to the whale", FOX_WHALE)
+    assert whale.focus == 2
+
+
 def test_a_set_of_styles_is_one_picture_each() -> None:
     cats = PLANNER.plan("4 cats in different styles", NO_IMAGES)
     assert cats.intent is Intent.GENERATE and cats.n == 4 and len(cats.alternatives) == 4

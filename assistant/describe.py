@@ -124,7 +124,8 @@ def _field_line(
     if name == "made":
         when = f"Made: {image.created_at:%Y-%m-%d %H:%M} UTC"
         if took_ms is None:
-            return f"{when} (how long it took is not recorded: {_article(image.operation)} {image.operation})"
+            what = f"{_article(image.operation)} {image.operation}"
+            return f"{when}; as {what} it ran no backend call, so it has no time of its own"
         return f"{when}, in {took_ms / 1000:.1f} s (the whole call, with every image it made)"
     if name == "prompt":
         return f"Prompt used: {_quote(image.prompt, 600)}" if image.prompt else "It has no prompt."

@@ -627,3 +627,8 @@ def test_when_an_image_was_made_and_how_long_it_took_come_from_the_record(tmp_pa
     assert f"{fox.created_at:%Y-%m-%d}" in _answer(assistant, conversation_id, "when was #1 made?")
     # a question is never drawn: still one image
     assert assistant.repo.counts()["images"] == 1
+    run(assistant, conversation_id, "flip it")
+    # a pixel transform has no backend call to time
+    assert assistant.repo.get_image_by_number(conversation_id, 2).generation_id is None
+    flipped = _answer(assistant, conversation_id, "how long did #2 take?")
+    assert "as a transform it ran no backend call" in flipped, flipped

@@ -963,7 +963,7 @@ class OfflinePlanner:
             return None
         holders = []
         for thing in (m["a"], m["b"]):
-            showing = [i for i in context.images if i.prompt and prompt_mentions(i.prompt, thing)]
+            showing = _images_showing([thing], context)
             if not showing:
                 return None
             holders.append(showing[-1])
@@ -1770,9 +1770,7 @@ class OfflinePlanner:
             # "the fox in 3 styles": the fox already drawn, when an image shows it
             named = re.fullmatch(r"the\s+(?P<thing>[a-z][a-z\-]*(?:\s+[a-z][a-z\-]*)?)", subject, flags=_I)
             words = _words(named["thing"]) if named else []
-            showing = [
-                i for i in context.images if words and all(prompt_mentions(i.prompt, w) for w in words)
-            ]
+            showing = _images_showing(words, context)
             if showing:
                 target = showing[-1]
             elif named:
@@ -1859,7 +1857,7 @@ class OfflinePlanner:
         named = re.search(r"\b(?:for|on|of)\s+the\s+(?P<thing>[a-z][a-z\-]*)\s*[.!]*$", probe.remainder, _I)
         if named and not probe.numbers:
             # "use seed 7 for the fox": the newest image that shows a fox, with that seed
-            showing = [i for i in context.images if i.prompt and prompt_mentions(i.prompt, named["thing"])]
+            showing = _images_showing([named["thing"]], context)
             if showing:
                 rest = f"#{showing[-1].number} {probe.remainder[: named.start()]}"
                 probe = resolve_references(rest, context.images, focus=context.focus)
@@ -1924,8 +1922,7 @@ class OfflinePlanner:
             # "make 2 more of the fox", "3 versions of the fox at sunset": more like the newest
             # picture of the fox, not a new picture of "the fox"
             words = [w for w in _words(more_of["thing"]) if len(w) > 2]
-            showing = [i for i in context.images if all(prompt_mentions(i.prompt, w) for w in words)]
-            showing = showing if words else []
+            showing = _images_showing(words, context)
             holder = showing[-1] if showing else None
             if holder is not None:
                 change = (more_of.groupdict().get("rest") or "").strip()
@@ -2385,7 +2382,7 @@ def _image_by_thing(text: str, context: PlannerContext) -> int | None:
     m = re.fullmatch(_THING_NAMED, text.strip(), flags=_I)
     if m is None or m["thing"].lower() in BACK_WORDS:
         return None
-    showing = [i.number for i in context.images if i.prompt and prompt_mentions(i.prompt, m["thing"])]
+    showing = [i.number for i in _images_showing([m["thing"]], context)]
     if not showing:
         return None
     which = (m["which"] or "").lower()
@@ -2395,6 +2392,13 @@ def _image_by_thing(text: str, context: PlannerContext) -> int | None:
     working = context.focus if context.focus is not None else (context.last.number if context.last else None)
     earlier = [n for n in showing if n != working]
     return (earlier or showing)[-1]
+
+
+def _images_showing(things: Sequence[str], context: PlannerContext) -> list[ImageInfo]:
+    """The images whose prompts name every one of `things`, oldest first; none for no things."""
+    if not things:
+        return []
+    return [i for i in context.images if i.prompt and all(prompt_mentions(i.prompt, t) for t in things)]
 
 
 def _same_subject(first: ImageInfo, second: ImageInfo) -> bool:

@@ -643,13 +643,25 @@ _EDIT_START = (
     r"recolou?r|colou?r\s|paint\s+(?:it|the)|get\s+rid|take\s+(?:out|away)|erase|delete|with\s|as\s+(?:a|an)\s|"
     r"in\s+(?:the\s+)?(?:style|\w+\s+style)|same\b|zoom|move|fix|lighter|darker|brighter|what\s+if\b|"
     r"(?:re)?do\s+it\b|keep\b|leave\b|(?:have|let|get)\s+the\s+[a-z\-]+\s+(?:to\s+)?[a-z]+\b|"
-    r"the\s+[a-z\-]+\s+(?:should|must|needs\s+to\s+be|has\s+to\s+be|to\s+be)\b|blur\s+(?:the|its)\s+background|"
+    r"the\s+[a-z\-]+(?:\s+and\s+(?:the\s+)?[a-z\-]+)?\s+(?:should|must|needs?\s+to\s+be|has\s+to\s+be|to\s+be)\b|blur\s+(?:the|its)\s+background|"
     r"(?:more\s+|some\s+)?(?:bokeh|shallow(?:er)?\s+depth\s+of\s+field)\s*[.!]*$|"
     r"(?:an?\s+)?wider\s+(?:shot|view|angle)\b|"
     r"(?:at|during|by|in\s+the)\s+(?:night|sunset|sunrise|dawn|dusk|noon|midnight|day|daytime|twilight|evening|"
     r"morning|afternoon|moonlight|golden\s+hour)|\w+ier\b|\w+er\s*[.!?]*$)"
 )
 
+
+#: "crop to the cabin", "crop #1 around the fox", "crop in on the dog": a thing, not a side or a shape
+_CROP_TO_THING = (
+    r"\bcrop\b(?P<what>\s+(?:it|#\s?\d+|(?:the\s+)?(?:image|picture|photo)))?"
+    r"\s+(?:in\s+)?(?:to|on|around)\s+(?:just\s+)?(?:the\s+)?"
+)
+_CROP_TO_THING += r"(?P<thing>[a-z][a-z\-]*(?:\s+[a-z][a-z\-]*)?)"
+#: words after "crop to the" that name a part or a shape, which the crop transform reads itself
+_CROP_WORDS = vocab(
+    "left right top bottom upper lower center centre middle square portrait landscape vertical horizontal "
+    "wide widescreen half third quarter"
+)
 
 #: "make 2 more of the fox", "three more pictures of the cabin": a batch like the image that shows it
 _MORE_OF_THING = (
@@ -1682,6 +1694,30 @@ class OfflinePlanner:
             reply=note,
         )
 
+    def _crop_to_thing(self, raw: str, remainder: str, context: PlannerContext) -> Plan | None:
+        """ "crop to the cabin": the thing closer, redrawn, since where it lies in the pixels is unknown.
+
+        Atelier reads prompts, not pixels, so no crop box can be found around a thing; a close-up
+        of the same picture (same seed) is what the user wants to see, and the reply says how to
+        cut pixels instead."""
+        m = re.fullmatch(_CROP_TO_THING, strip_polite(remainder).strip(" .!"), flags=_I)
+        if m is None or m["thing"].split()[0].lower() in _CROP_WORDS:
+            return None
+        thing = re.sub(r"\s+(?:please|pls|thanks)$", "", m["thing"].strip(), flags=_I)
+        said = re.search(_CROP_TO_THING, raw, flags=_I)
+        number = re.search(r"#\s?\d+", said["what"] or "") if said else None
+        zoom = f"zoom in on the {thing}" + (f" in {number.group(0)}" if number else "")
+        plan = self._edit(
+            raw[: said.start()] + zoom + raw[said.end() :] if said else zoom, context, typed=raw
+        )
+        if plan.intent is not Intent.EDIT:
+            return plan
+        note = (
+            f"Atelier reads prompts, not pixels, so it can't find the {thing} to cut around: I redrew "
+            f"#{plan.targets[0]} closer on it. “crop to the left half” or “crop to 16:9” cuts pixels."
+        )
+        return replace(plan, reply=_join(plan.reply, note))
+
     def _transform(self, raw: str, context: PlannerContext) -> Plan | None:
         probe = resolve_references(raw, context.images, focus=context.focus)
         # sizes in pixels ("half", "the left half") come from the image named, else the last one
@@ -1691,7 +1727,7 @@ class OfflinePlanner:
             return None
         name, args, pattern, extra = found
         if _leftover(probe.remainder, pattern, r"\d+(?:\.\d+)?\s*%?", r"\b\d+\s*[:x×/]\s*\d+\b", extra=extra):
-            return None
+            return self._crop_to_thing(raw, probe.remainder, context) if name in ("", "crop") else None
         if name == "resize" and _redraw_not_stretch(probe.remainder, args, target):
             return None  # the render settings step redraws it at that size
         refs, problem = self._targets_for_tool(raw, context)

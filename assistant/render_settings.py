@@ -254,6 +254,19 @@ _STRETCH = (
 )
 
 
+#: "…wider but keep the cabin", "…taller, keep everything else": a re-render at the new shape keeps
+#: the prompt and seed, so the wish to keep things is already met
+_KEEP_TAIL = (
+    r"(?:\s*,\s*|\s+)(?:(?:but|and)\s+)?(?:please\s+)?(?:keep|leave|don'?t\s+change)\s+"
+    r"(?:the\s+|everything|it|its\s+)?[a-z\s\-]*[.!]*$"
+)
+
+
+def _without_keep_tail(text: str) -> str:
+    # a shape request is a short message; the length bound keeps the scan linear on a pasted essay
+    return re.sub(_KEEP_TAIL, "", text, flags=_I) if len(text) <= 200 else text
+
+
 def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, str]:
     """The settings in `text` and the text without them.
 
@@ -295,11 +308,10 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
         aspect is None
         and size is None
         and shape_words_alone
-        and (m := re.search(_STRETCH, strip_polite(text), flags=_I))
+        and (m := re.search(_STRETCH, core := _without_keep_tail(strip_polite(text)), flags=_I))
     ):
         stretch = 1 if m.group("stretch").lower() == "wider" else -1
         named = m.group("obj") or m.group("obj2") or ""
-        core = strip_polite(text)
         text = f"{core[: m.start()]} {named} {core[m.end() :]}"
     if aspect is None and size is None and stretch is None and (device := device_shape(text)):
         aspect, text = device[0], without_match(text, device[1])

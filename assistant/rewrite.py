@@ -1099,6 +1099,14 @@ _ZOOM = (
 )
 _ZOOMED_OUT = ("wide shot", "seen from farther away")
 _ZOOMED_IN = ("close-up",)
+#: framing a close-up contradicts: a new idea's landscape composition says the view is wide
+_WIDE_FRAMING = frozenset({"wide establishing view", *_ZOOMED_OUT})
+
+
+def _closer(prompt: str, framing: str) -> str:
+    """The close framing after the subject, with the wide framing it replaces gone."""
+    kept = [seg.strip() for seg in prompt.split(",") if seg.strip() and seg.strip() not in _WIDE_FRAMING]
+    return _insert_after_subject(", ".join(kept), framing, as_segment=True)
 
 
 def _edit_zoom(prompt: str, clause: str) -> tuple[str, str] | None:
@@ -1122,8 +1130,9 @@ def _edit_zoom(prompt: str, clause: str) -> tuple[str, str] | None:
         for seg in prompt.split(",")
         if seg.strip() and seg.strip() not in opposite and not seg.strip().startswith("close-up of")
     ]
-    if not closer:
-        segments = [seg for seg in segments if seg not in _BIGGER_SEGMENTS]
+    if closer:
+        return _closer(", ".join(segments), ", ".join(framing)), ""
+    segments = [seg for seg in segments if seg not in _BIGGER_SEGMENTS]
     return _insert_after_subject(", ".join(segments), ", ".join(framing), as_segment=True), ""
 
 
@@ -1151,7 +1160,8 @@ def _edit_thing_size(prompt: str, clause: str) -> tuple[str, str] | None:
     prompt = ", ".join(s for s in segments if s not in (*up, *down))
     noun = re.search(r"\b" + re.escape(head) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
     if not noun:
-        thing = f"a {'large' if bigger else 'small'} {obj}"
+        size = "large" if bigger else "small"
+        thing = f"{size} {obj}" if re.search(r"[^s]s$", obj) else f"a {size} {obj}"
         return _fix_articles(_insert_after_subject(prompt, thing, as_segment=True)), ""
     before, after = prompt[: noun.start()], prompt[noun.start() :]
     # a size word up to two words before the noun is the one to step ("a small red fox")
@@ -1174,7 +1184,9 @@ def _edit_thing_size(prompt: str, clause: str) -> tuple[str, str] | None:
     prompt = _fix_articles(before + after)
     if undoing:
         return prompt, ""
-    return _insert_after_subject(prompt, ", ".join(up if bigger else down), as_segment=True), ""
+    if bigger:
+        return _closer(prompt, ", ".join(up)), ""
+    return _insert_after_subject(prompt, ", ".join(down), as_segment=True), ""
 
 
 #: "less red", "make it less blue", "not so blue", "fewer trees": turn something down, never add it
@@ -1881,9 +1893,25 @@ _LOOK_ADJECTIVE = (
 )
 #: "the cabin should be bigger", "I want the fox to be asleep": a wish about a thing is "make the X …"
 _THING_WISH = (
-    r"(?:i\s+want\s+|i'?d\s+like\s+|i\s+would\s+like\s+)?the\s+(?P<obj>[a-z][a-z\-]*)\s+"
-    r"(?:to\s+be|should\s+be|needs\s+to\s+be|must\s+be|has\s+to\s+be)\s+(?P<rest>.+)"
+    r"(?:i\s+want\s+|i'?d\s+like\s+|i\s+would\s+like\s+)?the\s+(?P<obj>[a-z][a-z\-]*(?:\s+and\s+(?:the\s+)?"
+    r"[a-z][a-z\-]*)?)\s+(?:to\s+be|should\s+be|needs?\s+to\s+be|must\s+be|has\s+to\s+be)\s+(?P<rest>.+)"
 )
+
+
+#: "make the fox and the cabin bigger", "the fox and the cabin red": one change said of two things
+_TWO_THINGS = r"(?:make\s+)?the\s+(?P<a>[a-z][a-z\-]*)\s+and\s+(?:the\s+)?(?P<b>[a-z][a-z\-]*)\s+(?P<rest>.+)"
+
+
+def _each_thing(prompt: str, clause: str) -> list[str] | None:
+    """The clause said once of each thing, when a thing rule reads it that way; else None."""
+    m = re.fullmatch(_TWO_THINGS, clause.strip(), flags=re.IGNORECASE)
+    if not m or m["rest"].split()[0].lower() in ("and", "with", "of", "in", "on", "at", "by", "near"):
+        return None
+    each = [f"make the {m[k]} {m['rest']}" for k in ("a", "b")]
+    readers = (_edit_thing_size, _edit_thing_comparative, _edit_color, _edit_thing_adjective)
+    if all(any(read(prompt, one) for read in readers) for one in each):
+        return each
+    return None
 
 
 def _apply_clause(prompt: str, clause: str) -> str:
@@ -1892,6 +1920,11 @@ def _apply_clause(prompt: str, clause: str) -> str:
     wish = re.fullmatch(_THING_WISH, clause.strip(), flags=re.IGNORECASE)
     if wish:
         clause = f"make the {wish['obj']} {wish['rest']}"
+    each = _each_thing(prompt, clause)
+    if each:
+        for one in each:
+            prompt = _apply_clause(prompt, one)
+        return prompt
     looked = re.fullmatch(_LOOK_ADJECTIVE, clause.strip(), flags=re.IGNORECASE)
     if looked:
         plain = f"make the {looked['obj']} {looked['rest']}"

@@ -1321,3 +1321,30 @@ def test_combining_an_upload_with_an_earlier_image_says_it_cannot() -> None:
     )
     assert plan.intent is Intent.CLARIFY and plan.operation is None
     assert "can't combine" in (plan.reply or "") and "#2" in (plan.reply or "")
+
+
+def _named_context(name: str) -> PlannerContext:
+    contexts = load_table()["contexts"]
+    spec = dict(contexts[name])
+    while "base" in spec:
+        spec = {**contexts[spec.pop("base")], **spec}
+    return build_context(spec)
+
+
+@pytest.mark.parametrize(("text", "number"), [("crop to the fox", 4), ("crop #3 around the fox please", 3)])
+def test_crop_to_a_thing_draws_it_closer_and_says_why_no_pixels_were_cut(text: str, number: int) -> None:
+    plan = PLANNER.plan(text, _named_context("gallery"))
+    assert plan.intent is Intent.EDIT and plan.targets == (number,)
+    assert "close-up of the fox" in plan.prompt and "please" not in plan.prompt
+    assert plan.reply is not None and "not pixels" in plan.reply and "crop to the left half" in plan.reply
+
+
+@pytest.mark.parametrize("text", ["crop to the middle", "crop to the center"])
+def test_crop_to_the_middle_asks_for_the_shape(text: str) -> None:
+    plan = PLANNER.plan(text, _named_context("gallery"))
+    assert plan.intent is Intent.CLARIFY and plan.reply is not None and "what shape" in plan.reply
+
+
+def test_crop_to_a_side_still_cuts_pixels() -> None:
+    plan = PLANNER.plan("crop to the left half", _named_context("gallery"))
+    assert plan.intent is Intent.TRANSFORM and plan.transform == "crop"

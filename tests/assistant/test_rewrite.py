@@ -750,3 +750,30 @@ def test_a_change_to_one_thing_is_said_about_that_thing(instruction: str, expect
     assert expected in edited, edited
     verb = instruction.split()[0]
     assert verb not in edited.split() and "in autumn" not in edited
+
+
+@pytest.mark.parametrize(
+    "instruction",
+    [
+        "make the cabin and the trees bigger",
+        "the cabin and the trees should be bigger",
+        "the trees and the cabin need to be bigger",
+    ],
+)
+def test_one_size_change_said_of_two_things_changes_both(instruction: str) -> None:
+    edited = apply_edit(CABIN, instruction)
+    assert "large cozy cabin" in edited and "large trees" in edited, edited
+    assert "and the trees" not in edited and "bigger" not in edited and "a large trees" not in edited
+
+
+def test_one_colour_said_of_two_things_colours_both() -> None:
+    edited = apply_edit(CABIN, "make the cabin and the trees red")
+    assert "red cabin" in edited and "red trees" in edited and "and the trees" not in edited, edited
+
+
+@pytest.mark.parametrize("instruction", ["zoom in on the cabin", "make the cabin bigger", "zoom in"])
+def test_a_close_up_drops_the_wide_view_it_contradicts(instruction: str) -> None:
+    assert "wide establishing view" in CABIN
+    edited = apply_edit(CABIN, instruction)
+    assert "close-up" in edited and "wide establishing view" not in edited, edited
+    assert "wide shot" in apply_edit(edited, "zoom out")

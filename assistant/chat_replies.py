@@ -61,7 +61,11 @@ _SMALL_TALK_KINDS: tuple[tuple[str, str], ...] = (
         r"is\s+(?:this|it)\s+working|does\s+(?:this|it)\s+work|test(?:ing)?(?:\s+\d+)*|ping|"
         r"how\s+are\s+you(?:\s+doing)?|who\s+are\s+you|who\s+made\s+you)",
     ),
-    ("no", r"(?:no+|nope|nah|not\s+really|never\s*mind|nevermind|forget\s+it)"),
+    (
+        "no",
+        r"(?:no+|nope|nah|not\s+really|never\s*mind|nevermind|forget\s+(?:about\s+)?(?:it|that|this)|"
+        r"(?:scrap|scratch|ignore|skip|drop)\s+(?:that|this|it))",
+    ),
     (
         "ack",
         r"(?:ok(?:ay)?|k+|alright|all\s+right|sure|fine|yes|yeah|yep|yup|ya|got\s+it|i\s+see|right|understood|"

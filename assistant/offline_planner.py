@@ -555,6 +555,9 @@ def describe_reply(kind: str, targets: Sequence[int], context: PlannerContext) -
 _REGENERATE = (
     r"\b(?:again|re-?generate|regen|re-?roll|re-?do|retry|re-?try|re-?run|re-?make|one\s+more|once\s+more|"
     r"another|(?:new|different|other|fresh|random)\s+seed|same\s+prompt|try\s+again|"
+    # "make a new one", "new image please": the last request again, as "another one" says it
+    r"^(?:(?:make|give\s+me|draw|do|generate|create)\s+)?(?:me\s+)?(?:a\s+)?new\s+(?:one|version|take|image|picture|pic)"
+    r"(?:\s+(?:please|pls))?[.!]*$|"
     # "same but 4 images", "the same, 2 more": the last request again (any change makes it an edit)
     r"^(?:(?:do|make)\s+)?(?:the\s+)?same(?:\s+(?:thing|one|image|picture|settings))?)\b"
 )
@@ -692,7 +695,8 @@ _SURPRISE = (
     r"surprise\s+(?:me|us)|anything(?:\s+(?:you\s+(?:like|want|choose)|at\s+all|really))?|whatever"
     r"(?:\s+you\s+(?:like|want))?|dealer'?s\s+choice|(?:your|you'?r)\s+(?:choice|call|pick)|(?:you\s+)?"
     r"(?:choose|pick|decide)(?:\s+(?:for\s+me|something|anything))?|up\s+to\s+you|something\s+"
-    r"(?:random|cool|nice|fun|interesting|different|surprising)|(?:something|anything)"
+    r"(?:random|cool|nice|fun|interesting|(?:(?:completely|totally|entirely|very)\s+)?different|surprising|else)"
+    r"|(?:something|anything)"
     r"|random\s+(?:images?|pictures?|pics?|photos?|things?|subjects?|drawings?|ones?|stuff)|random)\b"
 )
 #: what "surprise me" draws: subjects the built-in renderer can show, each a plain description
@@ -973,13 +977,29 @@ class OfflinePlanner:
         m = re.fullmatch(_COMBINE_THINGS, strip_polite(raw), flags=_I)
         if m is None:
             return None
-        holders = []
-        for thing in (m["a"], m["b"]):
-            showing = _images_showing([thing], context)
-            if not showing:
-                return None
-            holders.append(showing[-1])
-        first, second = holders
+        things = (m["a"].lower(), m["b"].lower())
+        found = [showing[-1] if (showing := _images_showing([t], context)) else None for t in things]
+        first, second = found
+        if first is None and second is None:
+            # neither is drawn yet: a new picture of both, in the user's words
+            idea = f"{_a_thing(things[0])} and {_a_thing(things[1])}"
+            drawn = self._plan(idea, replace(context, images=(), focus=None))
+            return replace(drawn, instruction=raw)
+        if first is None or second is None:
+            # one is drawn: that picture with the other added ("combine the fox and the dragon")
+            holder = first or second
+            assert holder is not None
+            missing = things[1] if second is None else things[0]
+            plan = self._edit(f"#{holder.number} add {_a_thing(missing)}", context, typed=raw)
+            if plan.intent is not Intent.EDIT:
+                return plan
+            shown = things[0] if second is None else things[1]
+            note = (
+                f"No image shows {_a_thing(missing)} yet, so I added "
+                f"{'them' if _a_thing(missing) == missing else 'one'} to #{holder.number}, "
+                f"the one with the {shown}."
+            )
+            return replace(plan, reply=note)
         if first.number == second.number:
             return None  # both in one picture already: "combine" is no change anyone can draw
         said = f"the {m['a'].lower()} of #{first.number} and the {m['b'].lower()} of #{second.number}"
@@ -1068,6 +1088,8 @@ class OfflinePlanner:
                 first = context.images[0].number
                 return replace(_clarify(raw, nothing_before(first)), focus=first)
             return replace(_clarify(raw, still_there(number)), focus=number)
+        # "go back to the start": the first image, as "the original" says it
+        rest = re.sub(r"^(?:the\s+)?(?:very\s+)?(?:start|beginning)\b", "the original", rest, flags=_I)
         refs = resolve_references(rest, context.images, focus=context.focus)
         if not context.images:
             return _clarify(raw, NO_IMAGES_QUESTION)
@@ -1082,6 +1104,19 @@ class OfflinePlanner:
             if undo and not follows and not refs.explicit:
                 # "undo the snow": take it away again
                 return replace(self._plan(f"remove {rest}", context), instruction=raw)
+            thing = re.fullmatch(_THING_NAMED, rest, flags=_I)
+            if (
+                thing
+                and not (undo or follows or refs.explicit)
+                and thing["thing"].lower() not in _NOT_A_THING
+            ):
+                # "go back to the dragon" when no prompt names a dragon: ask, never draw the words
+                shown = [i.number for i in context.images]
+                return _clarify(
+                    raw,
+                    f"No image here shows {_a_thing(thing['thing'].lower())}. "
+                    f"Which one should I go back to: {_numbers(shown[-6:])}?",
+                )
             if number is None or not (refs.explicit or follows):
                 return None
             change = re.sub(r"^(?:and|then|but)\s+", "", refs.remainder.strip(" ,"), flags=_I)
@@ -2410,6 +2445,17 @@ _THING_NAMED = (
     r"(?P<thing>[a-z][a-z\-]*)(?:\s+(?:one|image|picture|pic|version))?"
     r"(?:\s+(?:better|more|instead|again|please))*\s*[.!]*"
 )
+
+
+#: words after "go back to the" that are no thing in a picture
+_NOT_A_THING = vocab("top idea drawing board previous prior way plan it that this")
+
+
+def _a_thing(thing: str) -> str:
+    """ "a dragon", "an owl", "trees": the thing as a sentence names it."""
+    if re.search(r"[^s]s$", thing):
+        return thing
+    return f"an {thing}" if thing[0] in "aeiou" else f"a {thing}"
 
 
 def _image_by_thing(text: str, context: PlannerContext) -> int | None:

@@ -154,6 +154,7 @@ WRONG_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
 TEXT_ANSWERS: dict[str, str] = {
     "refuse-injection-only": "I can't share my instructions.",
     "clarify-world-question": "I only make images, so I can't tell you the weather.",
+    "clarify-back-to-a-thing-not-drawn": "None of these images shows a dragon. Which one did you mean?",
 }
 
 

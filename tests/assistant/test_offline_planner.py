@@ -1348,3 +1348,37 @@ def test_crop_to_the_middle_asks_for_the_shape(text: str) -> None:
 def test_crop_to_a_side_still_cuts_pixels() -> None:
     plan = PLANNER.plan("crop to the left half", _named_context("gallery"))
     assert plan.intent is Intent.TRANSFORM and plan.transform == "crop"
+
+
+def test_going_back_to_a_thing_no_image_shows_asks_which_image() -> None:
+    plan = PLANNER.plan("go back to the dragon", _named_context("gallery"))
+    assert plan.intent is Intent.CLARIFY and plan.reply is not None
+    assert "No image here shows a dragon" in plan.reply and "#5" in plan.reply
+
+
+@pytest.mark.parametrize("text", ["go back to the start", "go back to the beginning"])
+def test_going_back_to_the_start_is_the_first_image(text: str) -> None:
+    plan = PLANNER.plan(text, _named_context("gallery"))
+    assert plan.intent is Intent.CLARIFY and plan.focus == 1 and plan.prompt == ""
+
+
+@pytest.mark.parametrize("text", ["forget that", "scrap that", "scratch that"])
+def test_taking_back_a_request_asks_what_instead(text: str) -> None:
+    plan = PLANNER.plan(text, _named_context("gallery"))
+    assert plan.intent is Intent.CLARIFY and plan.reply is not None and "instead" in plan.reply
+
+
+@pytest.mark.parametrize("text", ["something completely different", "draw something else"])
+def test_something_else_is_a_surprise_not_the_words(text: str) -> None:
+    plan = PLANNER.plan(text, _named_context("gallery"))
+    assert plan.intent is Intent.GENERATE and plan.reply is not None and plan.reply.startswith("Surprise")
+    assert "different" not in plan.prompt and "else" not in plan.prompt
+
+
+def test_combining_with_things_no_image_shows() -> None:
+    gallery = _named_context("gallery")
+    added = PLANNER.plan("combine the fox and the trees", gallery)
+    assert added.intent is Intent.EDIT and added.targets == (4,) and "with trees" in added.prompt
+    assert added.reply == "No image shows trees yet, so I added them to #4, the one with the fox."
+    both = PLANNER.plan("combine the owl and the dragon", gallery)
+    assert both.intent is Intent.GENERATE and both.prompt.startswith("an owl and a dragon")

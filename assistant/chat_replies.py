@@ -27,6 +27,50 @@ PRAISE = (
     r"(?:it|this|that)(?:\s+(?:one|a\s+lot|very\s+much))?)"
     r"(?:\s*[,!.]*\s*(?:thanks|thank\s+you|ty))?[\s!.]*"
 )
+#: a reaction before a request ("cute! make it red", "thats good, make it look like a painting",
+#: "love it, 2 more like this"): it asks for nothing, so the request after it is what is planned
+_REACTION_LEAD = (
+    r"^(?:(?:oh|wow|aww+|ooh+|omg|yes|yeah|great)\s*[,!.]*\s*)*(?:(?:that'?s|thats|it'?s|its|this\s+is|so|very|"
+    r"too|how|really)\s+)*(?:perfect|great|awesome|amazing|beautiful|lovely|nice(?:\s+one)?|cool|wonderful|"
+    r"excellent|fantastic|gorgeous|brilliant|stunning|cute|adorable|good|sweet|neat|not\s+bad|wow+|yay|"
+    r"ha(?:ha)+|lol|thanks|thank\s+you|ty|hmm+|ok(?:ay)?|alright|love\s+it|i\s+(?:really\s+)?(?:love|like)\s+"
+    r"(?:it|this|that)(?:\s+(?:one|a\s+lot))?)\s*[,!.]+\s*"
+    r"(?=(?:now|but|can|could|would|please|pls|make|let'?s|so|and|then|try|do|give|add|put|change|turn|show|"
+    r"draw|one|another|more|again|same|\d|two|three|four|a\s+few|some)\b)"
+)
+#: emoji and pictographs at either end of a message decorate it ("make it pink 💖", "😍 love it")
+_EDGE_EMOJI = "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d\u20e3\\s]+"
+
+
+#: emoji that say "not that": an answer of only these is a complaint, any other only-emoji one praise
+_DISLIKE_EMOJI = "👎😞😕🙁☹😢😡😠🤢🤮😬😐😑🙄"
+
+
+def emoji_reaction(text: str) -> str | None:
+    """ "praise" or "complaint" for a message of only emoji ("👍", "😍😍", "👎"), else None."""
+    if not text.strip() or not re.fullmatch(_EDGE_EMOJI, text):
+        return None
+    return "complaint" if any(c in _DISLIKE_EMOJI for c in text) else "praise"
+
+
+#: chat spellings of the words the rules read ("moar snow", "bigger pls")
+_CHAT_SPELLINGS = {"moar": "more", "pls": "please", "plz": "please", "plox": "please", "thx": "thanks"}
+
+
+def without_reaction(text: str) -> str:
+    """The request in a message, without emoji at its ends and a reaction before it."""
+    trimmed = re.sub("^" + _EDGE_EMOJI + "|" + _EDGE_EMOJI + "$", "", text)
+    if not trimmed.strip():
+        return text  # only emoji: a reaction of its own, answered as such
+    spelled = re.sub(
+        r"\b(?:" + "|".join(_CHAT_SPELLINGS) + r")\b",
+        lambda m: _CHAT_SPELLINGS[m.group(0).lower()],
+        trimmed.strip(),
+        flags=_I,
+    )
+    return re.sub(_REACTION_LEAD, "", spelled, count=1, flags=_I) or spelled
+
+
 #: "which one is the best?": a judgement Atelier does not make (it does not look at the pictures)
 OPINION = (
     r"(?:so\s+|ok(?:ay)?[,\s]+)?(?:(?:which|what)(?:\s+(?:one|image|picture|version|of\s+(?:them|these|those)))?"

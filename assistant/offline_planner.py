@@ -66,6 +66,7 @@ from assistant.chat_replies import (
     SMALL_TALK_CHUNK,
     SMALL_TALK_REPLIES,
     UNDO_CUE,
+    emoji_reaction,
     forward_again,
     nothing_before,
     opposite_request,
@@ -73,6 +74,7 @@ from assistant.chat_replies import (
     small_talk_kind,
     still_there,
     undo_target,
+    without_reaction,
 )
 from assistant.content_question import asked_content
 from assistant.one_line import one_line
@@ -591,11 +593,15 @@ _VARIATION = (
     # "4 more please", "3 more of those" ("one more please" is a re-roll, like "one more")
     r"(?:\d+|" + "|".join(w for w in NUMBER_WORDS if w != "one") + r"|a\s+few|a\s+couple(?:\s+of)?|some)"
     r"\s+more\s+(?:please|pls|thanks|of\s+(?:them|those|these|it|that))\s*[.!?]*$|"
-    # "make 4 versions", "give me 2 more options", "give me 4 of them"
-    r"^(?:make|give\s+me|show\s+me|do|create|generate)\s+(?:\d+|"
+    # "make 4 versions", "give me 2 more options", "can you do 2 more versions", "3 more versions"
+    r"^(?:(?:can|could|would|will)\s+you\s+)?(?:(?:make|give\s+me|show\s+me|do|create|generate)\s+)?(?:\d+|"
     + "|".join(NUMBER_WORDS)
     + r")\s+(?:more\s+)?"
     r"(?:versions?|options?|variations?|takes?|alternatives?|of\s+(?:them|those|these|it|that))"
+    r"(?:\s+(?:please|pls))?\s*[.!?]*$|"
+    r"^(?:(?:can|could|would|will)\s+you\s+)?(?:(?:make|give\s+me|show\s+me|do|create|generate)\s+)?(?:\d+|"
+    + "|".join(w for w in NUMBER_WORDS if w != "one")
+    + r"|a\s+few|a\s+couple(?:\s+of)?|some)\s+more\s+(?:images?|pictures?|pics?|ones?)"
     r"(?:\s+(?:please|pls))?\s*[.!?]*$|"
     # "4 images of it", "3 more of #2", "two versions of the second one": a batch of an image named
     r"(?:" + _N + r"|a\s+few|a\s+couple|several)\s+(?:more\s+)?" + _COUNT_NOUNS + r"\s+of\s+"
@@ -634,6 +640,10 @@ _EDIT_START = (
     r"^(?:make\s+(?:it|this|that|them|these|those|him|her|the|its|#)|turn|change|add|remove|put|replace|"
     r"(?:write|print)\s+[\"“']|"
     r"dress\s+(?:up\s+)?(?:it|him|her|them|the)\b|(?:improve|enhance|polish|refine|beautify)\b|"
+    # "white background", "use a serif font", "a baby version of it": said of the picture there is
+    r"(?:(?:a|an|the)\s+)?(?:plain|white|black|blank|transparent|clean|simple|different|new)\s+background\s*[.!]*$|"
+    r"(?:use|try)\s+(?:a\s+|an\s+|the\s+)?(?:[a-z\-]+\s+)?(?:font|typeface|lettering|palette|colou?r\s+scheme)\b|"
+    r"(?:an?\s+)?[a-z\-]+\s+version\s+of\s+(?:it|this|that|them|#)|"
     r"(?:do|make|give\s+me|show\s+me|draw|render)\s+(?:(?:a|one|another)\s+(?:version|one|take|variant)|one|"
     r"another)\s+(?:where|in\s+which|with|that)\b|(?:what|how)\s+would\s+it\s+look\b|"
     + _CAMERA_MOVE
@@ -826,7 +836,10 @@ class OfflinePlanner:
     """Deterministic rules: the fallback planner, and the reference the LLM planner is tested against."""
 
     def plan(self, text: str, context: PlannerContext) -> Plan:
-        plan = self._plan(text, context)
+        request = without_reaction(text)
+        plan = self._plan(request, context)
+        if request != text.strip():
+            plan = replace(plan, instruction=text.strip())  # what was typed, reaction and all
         plan = self._mark_upload(plan, context)
         return enforce_capabilities(plan, context)
 
@@ -865,6 +878,11 @@ class OfflinePlanner:
             if not said or not re.fullmatch(r"#\d+|it|this|that|(?:this|that)\s+one", what):
                 what = "an image"  # "all of them": each image has its own download; export takes them all
             return _clarify(raw, SAVE_REPLY.format(what))
+        if context.last is not None and (reaction := emoji_reaction(raw)) is not None:
+            # "👍" or "👎" after a picture is about it, not a picture of the emoji
+            if reaction == "complaint":
+                return _clarify(raw, COMPLAINT_REPLY.format(n=context.last.number))
+            return _clarify(raw, PRAISE_REPLY)
         if re.fullmatch(PRAISE, raw, flags=_I):
             # "that's perfect" is feedback, not a picture of the words "that's perfect"
             return _clarify(raw, PRAISE_REPLY)
@@ -2077,6 +2095,12 @@ class OfflinePlanner:
         named_first = re.match(r"(?:make|turn)\s+(?:it|this|that|them|these|those|#\s?\d+)\s", core, flags=_I)
         if named_first and context.images:
             return self._edit(raw, context)
+        # "do the same but at night": "same but at night", said with a verb
+        done = re.match(
+            r"(?:do|make|try|draw|render)\s+(?:the\s+)?same(?:\s+(?:thing|one))?(?=\s*,?\s+but\b)", core, _I
+        )
+        if done and context.images:
+            return replace(self._plan("same" + core[done.end() :], context), instruction=raw)
         # "the same cabin but in summer": the cabin image, changed; not a new "same cabin"
         same = re.match(
             r"(?:the\s+)?same\s+(?P<what>[a-z][a-z\s-]{0,40}?)\s*,?\s+but\s+(?P<rest>\S.*)$", core, _I

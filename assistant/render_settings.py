@@ -267,6 +267,20 @@ def _without_keep_tail(text: str) -> str:
     return re.sub(_KEEP_TAIL, "", text, flags=_I) if len(text) <= 200 else text
 
 
+#: a shape word said with exact pixels ("portrait 512x768", "512x768 landscape") says the pixels again
+_SHAPE_BESIDE_SIZE = (
+    r"(?:in\s+)?(?:portrait|landscape|square|vertical|horizontal)(?:\s+(?:mode|format|orientation))?"
+)
+
+
+def _without_size(text: str, m: re.Match[str]) -> str:
+    """The text without the pixel size and a shape word right beside it, which the size decides."""
+    before, after = text[: m.start()], text[m.end() :]
+    before = re.sub(r"\b" + _SHAPE_BESIDE_SIZE + r"\s*,?\s*(?:at\s+)?$", "", before, flags=_I)
+    after = re.sub(r"^\s*,?\s*" + _SHAPE_BESIDE_SIZE + r"\b", "", after, flags=_I)
+    return f"{before} {after}".strip()
+
+
 def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, str]:
     """The settings in `text` and the text without them.
 
@@ -295,7 +309,7 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
             break
     if m := re.search(_PIXELS, text, flags=_I):
         width, height = (m["w"], m["h"]) if m["w"] else (m["w2"], m["h2"]) if m["w2"] else (m["w3"], m["h3"])
-        size, text = (int(width), int(height)), without_match(text, m)
+        size, text = (int(width), int(height)), _without_size(text, m)
     for pattern in _RATIO:
         found = [
             m for m in re.finditer(pattern, text, flags=_I) if (int(m["a"]), int(m["b"])) in _KNOWN_RATIOS

@@ -347,6 +347,10 @@ def _composition_for(idea: str) -> str:
 
 
 def _setting_for(idea: str) -> str:
+    if re.search(
+        r"\b(?:plain|white|black|blank|transparent|simple|solid)\s+(?:\w+\s+)?background\b", idea, re.I
+    ):
+        return "simple background"  # "a cat on a white background" is no scene
     if re.search(_SETTING, idea, flags=re.IGNORECASE) or re.search(_LANDSCAPE, idea, flags=re.IGNORECASE):
         return "detailed environment"
     return "simple background"
@@ -1837,7 +1841,8 @@ def _edit_remove(prompt: str, clause: str) -> tuple[str, str] | None:
 
 def _edit_clause(prompt: str, clause: str) -> str:
     cleaned = re.sub(
-        r"^(?:make\s+it|make|let\s+it\s+be|have\s+it\s+be|have|turn\s+it|change\s+it\s+to|give\s+it(?:\s+an?)?)\s+"
+        r"^(?:make\s+it|make|let\s+it\s+be|have\s+it\s+be|have|turn\s+it|change\s+it\s+to|give\s+it(?:\s+an?)?|"
+        r"(?:use|try)(?=\s+(?:an?\s+)?(?:[a-z\-]+\s+)?(?:font|typeface|lettering|palette)\b))\s+"
         r"(?:look(?:s)?\s+(?:like\s+)?(?:an?\s+)?)?",
         "",
         clause,
@@ -1914,9 +1919,33 @@ def _each_thing(prompt: str, clause: str) -> list[str] | None:
     return None
 
 
+#: "a baby version of it", "a darker version of that": the picture with that quality
+_VERSION_OF = (
+    r"(?:an?\s+)?(?P<adj>[a-z][a-z\-]*)\s+version\s+of\s+(?:it|this|that|them|the\s+(?:image|picture))"
+)
+
+
+def _version_of(prompt: str, clause: str) -> str | None:
+    """ "a darker version of it" is "make it darker"; a word no rule reads ("a baby version of it")
+    goes before the subject, where it describes it ("a baby red fox")."""
+    m = re.fullmatch(_VERSION_OF, clause.strip(), flags=re.IGNORECASE)
+    if m is None:
+        return None
+    said = f"make it {m['adj'].lower()}"
+    changed = _apply_clause(prompt, said)
+    if changed != _edit_clause(prompt, said):
+        return changed
+    article = re.match(r"\s*(?:an?|the)\s+", prompt, flags=re.IGNORECASE)
+    at = article.end() if article else 0
+    return _fix_articles(prompt[:at] + f"{m['adj'].lower()} " + prompt[at:])
+
+
 def _apply_clause(prompt: str, clause: str) -> str:
     if is_keep_clause(clause):
         return prompt
+    version = _version_of(prompt, clause)
+    if version is not None:
+        return version
     wish = re.fullmatch(_THING_WISH, clause.strip(), flags=re.IGNORECASE)
     if wish:
         clause = f"make the {wish['obj']} {wish['rest']}"

@@ -409,3 +409,14 @@ def test_an_edit_that_changed_no_pixel_says_so(tmp_path: Path) -> None:
     ) and "Edited" not in reply_text(events)
     _, events = say(assistant, conversation_id, "make it sunset")  # a change it can draw
     assert "changed nothing" not in reply_text(events)
+
+
+def test_a_shape_word_beside_exact_pixels_is_said_and_stored_as_those_pixels(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id, events = say(assistant, None, "a lighthouse on a cliff, portrait 512x768")
+    first = images(assistant, conversation_id)[1]
+    assert (first.width, first.height) == (512, 768) and "portrait" not in first.prompt
+    _, events = say(assistant, conversation_id, "landscape 768x512")
+    again = images(assistant, conversation_id)[2]
+    assert (again.width, again.height) == (768, 512)
+    assert "768x512" in reply_text(events) and "3:2" not in reply_text(events)

@@ -1382,3 +1382,28 @@ def test_combining_with_things_no_image_shows() -> None:
     assert added.reply == "No image shows trees yet, so I added them to #4, the one with the fox."
     both = PLANNER.plan("combine the owl and the dragon", gallery)
     assert both.intent is Intent.GENERATE and both.prompt.startswith("an owl and a dragon")
+
+
+def test_a_reaction_before_a_request_stays_in_the_instruction_but_not_the_prompt() -> None:
+    plan = PLANNER.plan("thats good, make it look like a painting", _named_context("cabin"))
+    assert plan.intent is Intent.EDIT and plan.targets == (1,)
+    assert "oil painting" in plan.prompt and "good" not in plan.prompt
+    assert plan.instruction == "thats good, make it look like a painting"
+
+
+def test_an_adjective_before_a_new_subject_is_no_reaction() -> None:
+    plan = PLANNER.plan("cute, fluffy cat", _named_context("cabin"))
+    assert plan.intent is Intent.GENERATE and plan.prompt.startswith("cute, fluffy cat")
+
+
+@pytest.mark.parametrize(
+    ("text", "reply"), [("👍", "Glad you like it"), ("😍😍", "Glad"), ("👎", "isn't right")]
+)
+def test_only_emoji_after_a_picture_is_a_reaction_to_it(text: str, reply: str) -> None:
+    plan = PLANNER.plan(text, _named_context("cabin"))
+    assert plan.intent is Intent.CLARIFY and plan.reply is not None and reply in plan.reply
+
+
+def test_only_emoji_with_no_picture_yet_is_drawn() -> None:
+    plan = PLANNER.plan("🐱🚀", _named_context("empty"))
+    assert plan.intent is Intent.GENERATE and "🐱🚀" in plan.prompt

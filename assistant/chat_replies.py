@@ -236,6 +236,8 @@ def undo_target(context: PlannerContext) -> int | None:
     current = context.last
     if current is None:
         return None
+    if current.rerun_of is not None and context.image(current.rerun_of) is not None:
+        return current.rerun_of  # "40 steps" made #6 as #5 again: undo shows #5
     if current.parent_number is not None and context.image(current.parent_number) is not None:
         return current.parent_number
     earlier = [info.number for info in context.images if info.number < current.number]

@@ -933,6 +933,34 @@ def replay(
             raise typer.Exit(2)
 
 
+def streamlit_flags(port: int, address: str) -> list[str]:
+    """The Streamlit settings `atelier ui` runs with: an app for people, not a script being written.
+
+    - Always headless: the non-headless mode asks for an e-mail address on the terminal at first
+      start, which blocks a fresh install; `ui` opens the browser itself.
+    - No file watcher: on any change to a source file (a `git pull` while the app runs) Streamlit
+      re-imports every project module, and the cached assistant, built from the old classes, then
+      meets new ones (an upscale failed with "'NewImage' object has no attribute 'inputs'").
+    - No "Deploy" button or developer menu, and no usage statistics.
+    """
+    return [
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true",
+        "--server.fileWatcherType",
+        "none",
+        "--server.runOnSave",
+        "false",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+    ]
+
+
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
@@ -944,25 +972,13 @@ def ui(
 
     import streamlit_app
 
-    # Streamlit always runs headless: its non-headless mode asks for an e-mail address on the
-    # terminal at first start, which blocks a fresh install. We open the browser ourselves.
     command = [
         sys.executable,
         "-m",
         "streamlit",
         "run",
         streamlit_app.__file__,
-        "--server.port",
-        str(port),
-        "--server.address",
-        address,
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-        # no "Deploy" button or developer menu: this is an app, not a script being written
-        "--client.toolbarMode",
-        "minimal",
+        *streamlit_flags(port, address),
     ]
     host = "127.0.0.1" if address in ("0.0.0.0", "::", "") else address
     url = f"http://{host}:{port}"

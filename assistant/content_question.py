@@ -48,7 +48,9 @@ CONTENT_QUESTIONS: tuple[tuple[str, str], ...] = (
     (
         "which",
         r"^(?:which|what)\s+(?:one|ones|image|images|picture|pictures|pic|pics|number)\s+"
-        rf"(?:has|have|had|shows?|showed|contains?|includes?|features?|is\s+the\s+one\s+with)\s+{_A}{_THING}{_END}",
+        rf"(?:has|have|had|shows?|showed|contains?|includes?|features?|is\s+the\s+one\s+with|"
+        # "which one was at dawn?", "which ones are snowy?"
+        rf"(?:is|are|was|were)(?:\s+(?:at|in|on|during|by|with))?)\s+{_A}{_THING}{_END}",
     ),
 )
 #: "is there a way to…", "where is the file?": questions about Atelier, not about the picture
@@ -97,6 +99,8 @@ def asked_content(question: str) -> ContentQuestion | None:
         if m is None:
             continue
         thing = m.group("thing").lower().strip()
+        if kind == "which" and re.search(r"(?:est|^(?:first|last|latest|newest|oldest|same))$", thing):
+            continue  # "which one was the biggest?" compares the images; no prompt names "biggest"
         if not set(thing.split()) & _NOT_THINGS:
             return ContentQuestion(kind, thing)
     return None
@@ -110,6 +114,10 @@ def _stem(word: str) -> str:
         return word[:-2]
     if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
         return word[:-1]
+    if re.search(r"[^aeiou]y$", word) and len(word) > 4:
+        # "snowy", "foggy", "sunny": the thing the adjective says ("snow" is in "heavy snowfall")
+        word = word[:-1]
+        return word[:-1] if re.search(r"([^aeiou])\1$", word) else word
     return word
 
 

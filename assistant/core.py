@@ -340,6 +340,7 @@ class Assistant:
                 negative_prompt=row.negative_prompt,
                 style=(row.params or {}).get("style"),
                 message_id=row.message_id,
+                rerun_of=numbers.get((row.params or {}).get("regenerated_from", -1)),
             )
             for row in rows
         )
@@ -1116,6 +1117,23 @@ class Assistant:
         notes = [note for note in state.notes if note]
         return text if not notes else text + "\n\n" + "\n".join(f"Note: {note}" for note in notes)
 
+    def _planned_size(self, plan: Plan, like: Image | None) -> tuple[int, int] | None:
+        """The size the turn's images will have, as the progress card shows it before they exist:
+        an edit, img2img or re-run is its source's size (an upload's too), not the default; a
+        transform's depends on its arguments, so it has none to show."""
+        if plan.size is not None:
+            return plan.size
+        if plan.intent is Intent.TRANSFORM:
+            return None
+        if like is None or plan.intent is Intent.GENERATE:
+            return self.default_size()
+        if plan.intent is Intent.UPSCALE:
+            factor = plan.transform_args.get("factor", 2)
+            if not isinstance(factor, int | float) or isinstance(factor, bool):
+                return None  # the transform refuses it, with its own message
+            return round(like.width * factor), round(like.height * factor)
+        return like.width, like.height
+
     def _plan_event(
         self, conversation_id: int, plan: Plan, tool_calls: Sequence[dict[str, Any]], notes: list[str]
     ) -> PlanMade:
@@ -1125,12 +1143,9 @@ class Assistant:
             with contextlib.suppress(NotFound):
                 like = self.repo.get_image_by_number(conversation_id, plan.targets[0])
         steps, guidance = self._sampler_settings(plan, like)
-        params: dict[str, Any] = {
-            "n": plan.n,
-            "steps": steps,
-            "guidance": guidance,
-            "size": "{}x{}".format(*(plan.size or self.default_size())),
-        }
+        params: dict[str, Any] = {"n": plan.n, "steps": steps, "guidance": guidance}
+        if (size := self._planned_size(plan, like)) is not None:
+            params["size"] = "{}x{}".format(*size)
         if plan.strength is not None:
             params["strength"] = plan.strength
         if plan.seed is not None:

@@ -91,7 +91,7 @@ QUESTION_FIELDS: tuple[tuple[str, str], ...] = (
     (
         "size",
         r"\b(?:size|dimensions?|resolution|aspect(?:\s+ratio)?|ratio|orientation|width|height|"
-        r"how\s+(?:big|large|wide|tall))\b",
+        r"how\s+(?:big|large|wide|tall)|bigger|biggest|larger|largest|smaller|smallest|wider|widest|taller|tallest)\b",
     ),
     ("steps", r"\bsteps?\b"),
     ("guidance", r"\b(?:guidance|cfg)\b"),
@@ -216,7 +216,8 @@ def describe_list(images: list[Image]) -> str:
             parent_number = next((i.number for i in images if i.id == image.parent_id), None)
             parent = f" from #{parent_number}" if parent_number is not None else ""
         lines.append(
-            f"- #{image.number} {image.operation}{parent}: {_quote(image.instruction or image.prompt, 70)}"
+            f"- #{image.number} {image.operation}{parent}, {image.width}×{image.height}: "
+            f"{_quote(image.instruction or image.prompt, 70)}"
         )
     count = f"{len(images)} image{'s' if len(images) != 1 else ''}"
     return f"Images in this conversation ({count}):\n" + "\n".join(lines)

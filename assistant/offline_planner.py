@@ -664,6 +664,20 @@ _EDIT_START = (
 )
 
 
+#: a question: a question word first and a question mark last, or a question word that starts
+#: nothing else ("which one…", "did #4…", "why…")
+_QUESTION_SHAPE = (
+    r"^(?:(?:what|which|who|whose|where|when|how|is|are|was|were|do|does|did|has|have|had)\b.*\?\s*$"
+    r"|(?:which|whose|did|does|was|were|why)\b)"
+)
+#: question-shaped requests: "what if it were at night?", "what would a quokka look like?"
+_ASKS_FOR_A_PICTURE = (
+    r"^(?:what\s+(?:if|about)|how\s+about|(?:what|how)\s+(?:would|will|might|could)\b.*\blook(?:s)?(?:\s+like)?\b"
+    r"|what\s+does\s+.*\blook\s+like|is\s+(?:it|there)\s+(?:possible|a\s+way)|how\s+(?:do|can|could|would|should)\s+i)"
+)
+#: words that make a question one about the pictures made here
+_ABOUT_IMAGES = r"\b(?:ones?|images?|pictures?|pics?|versions?|photos?|drawings?|renders?|generations?)\b"
+
 #: "crop to the cabin", "crop #1 around the fox", "crop in on the dog": a thing, not a side or a shape
 _CROP_TO_THING = (
     r"\bcrop\b(?P<what>\s+(?:it|#\s?\d+|(?:the\s+)?(?:image|picture|photo)))?"
@@ -904,6 +918,7 @@ class OfflinePlanner:
             self._opposite,
             self._same_again,
             self._same_look,
+            self._question_about_images,
         ):
             answered = talk(raw, context)
             if answered is not None:
@@ -1031,6 +1046,24 @@ class OfflinePlanner:
         drawn = self._plan(idea, replace(context, images=(), focus=None))
         reply = f"A new picture with {said}, drawn from their prompts: images can't be merged pixel by pixel."
         return replace(drawn, instruction=raw, reply=_join(reply, drawn.reply))
+
+    def _question_about_images(self, raw: str, context: PlannerContext) -> Plan | None:
+        """ "what was different between #3 and #2?", "did #4 use the same seed as #1?", "which image
+        was the biggest?": a question no rule above reads, about the images, is answered with what
+        the record says of them (their prompts and settings), never drawn or made an edit of."""
+        core = strip_polite(raw).replace("’", "'")
+        if (
+            not context.images
+            or not re.match(_QUESTION_SHAPE, core, flags=_I)
+            or re.match(_ASKS_FOR_A_PICTURE, core, flags=_I)
+        ):
+            return None
+        refs = resolve_references(core, context.images, focus=context.focus)
+        if refs.explicit:
+            return _describe(raw, "prompt", context)
+        if re.search(_ABOUT_IMAGES, core, flags=_I):
+            return Plan(intent=Intent.DESCRIBE, instruction=raw, question_kind="list")
+        return None
 
     def _content_question(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "is there a dog in #2?", "what colour is the cabin?": answered from the prompt on record."""

@@ -83,6 +83,9 @@ class ImageInfo:
     style: str | None = None
     #: the assistant message that brought the image: images of one turn share it ("them", "again")
     message_id: int | None = None
+    #: the image this one re-ran ("40 steps" of #5 is #5 again, from #5's own source): what
+    #: "undo" goes back to, since its parent is #5's parent
+    rerun_of: int | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from assistant.cli import app
+from assistant.cli import app, streamlit_flags
 from storage.files import sha256_hex
 from storage.repository import Repository
 from tests.storage.helpers import add_generated, files_on_disk
@@ -395,3 +395,28 @@ def test_listings_piped_into_a_reader_that_stops_end_quietly(data_dir: Path, arg
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 0, stderr
     assert stderr == ""
+
+
+def _streamlit_config(cwd: Path, *flags: str) -> str:
+    shown = subprocess.run(
+        [sys.executable, "-m", "streamlit", "config", "show", *flags],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
+def test_the_app_never_reimports_its_modules_while_it_runs(tmp_path: Path) -> None:
+    """A source change under a running app (a `git pull`) made Streamlit re-import every module,
+    so the cached assistant met new classes and every upscale failed until a restart. Streamlit
+    itself reads the flags `atelier ui` passes, and the project's config for `streamlit run`."""
+    launched = _streamlit_config(tmp_path, *streamlit_flags(8599, "127.0.0.1"))
+    project = _streamlit_config(Path(__file__).resolve().parents[1])
+    default = _streamlit_config(tmp_path)
+    for shown in (launched, project):
+        assert 'fileWatcherType = "none"' in shown and "runOnSave = false" in shown
+    assert 'fileWatcherType = "none"' not in default  # the check can fail: Streamlit's own default
+    assert "headless = true" in launched and "port = 8599" in launched

@@ -401,7 +401,12 @@ def parse_scene(prompt: str) -> Scene:
         if word in _ELEMENTS and kind == "time" and _ELEMENTS[word] not in elements:
             elements.append(_ELEMENTS[word])
 
-    for thing in _unknown_things(tagged):
+    # phrase by phrase: "a lighthouse on a cliff, detailed environment" names a cliff, and the
+    # craft words after the comma are no thing in the picture
+    unnamed = (
+        t for part in prompt.split(",") for t in _unknown_things(_tag(_strip_boilerplate(_tokens(part))))
+    )
+    for thing in dict.fromkeys(unnamed):
         if not any(entry.split()[-1] == thing for entry in not_drawn):
             not_drawn.append(thing)
 

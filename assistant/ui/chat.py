@@ -383,7 +383,7 @@ def _input_area(ctx: UiContext) -> TurnRequest | None:
         )
 
     submitted = st.chat_input(
-        "Describe an image, or a change: “#1 but at sunset”",
+        "Describe an image, or a change to one…",
         accept_file=True,
         file_type=IMAGE_TYPES,
         max_chars=ctx.settings.max_message_chars,

@@ -268,7 +268,8 @@ def render_detail(ctx: UiContext, image: Image) -> None:
     st.graphviz_chart(support.lineage_dot(nodes, image.id))
     if len(nodes) > 1:
         with st.container(horizontal=True, gap="small"):
-            for node in nodes:
+            # in number order, as the images were made: the tree above shows how they branch
+            for node in sorted(nodes, key=lambda n: (n.image.conversation_id, n.image.number)):
                 if node.image.id != image.id:
                     st.button(
                         f"Open #{node.image.number}",

@@ -383,12 +383,15 @@ class ImageView:
     rerolled_from: str | None = None
     #: "30 steps · CFG 7.5 · Euler a": what the backend reports it used (none for a transform)
     sampling: str = ""
+    #: the style preset it was drawn in: "#3 in 4 styles" gives four edits of #3, told apart by it
+    style: str | None = None
 
     @property
     def caption(self) -> str:
         origin = f" · from {self.parent_label}" if self.parent_label else ""
         again = f" · re-roll of {self.rerolled_from}" if self.rerolled_from else ""
-        return f"#{self.number} · {self.operation}{origin}{again}"
+        style = f" · {self.style}" if self.style else ""
+        return f"#{self.number} · {self.operation}{origin}{again}{style}"
 
     @property
     def settings_line(self) -> str:
@@ -447,6 +450,7 @@ def image_view(image: Image, path: Path, numbers: Mapping[int, int]) -> ImageVie
         seed=image.seed,
         rerolled_from=_rerolled_from(image, numbers),
         sampling=sampling_words(image.params or {}),
+        style=style if isinstance(style := (image.params or {}).get("style"), str) and style else None,
     )
 
 

@@ -632,3 +632,20 @@ def test_when_an_image_was_made_and_how_long_it_took_come_from_the_record(tmp_pa
     assert assistant.repo.get_image_by_number(conversation_id, 2).generation_id is None
     flipped = _answer(assistant, conversation_id, "how long did #2 take?")
     assert "as a transform it ran no backend call" in flipped, flipped
+
+
+def test_the_plan_shows_the_size_the_images_will_have(tmp_path: Path) -> None:
+    """The progress card reads the plan's size before any image exists: an edit of an upload is
+    the upload's size, an upscale twice it; only a fresh picture takes the default size."""
+    assistant = open_assistant(tmp_path)
+    photo = Attachment(png("navy", (240, 160)), "image", "photo.png")
+    events = run(assistant, None, "turn this photo into a watercolor", (photo,))
+    planned = next(e for e in events if isinstance(e, PlanMade))
+    made = images_of(events)[-1]
+    stored = assistant.repo.get_image_by_number(made.conversation_id, made.number)
+    assert planned.params["size"] == f"{stored.width}x{stored.height}" == "240x160"
+    events = run(assistant, made.conversation_id, f"upscale #{made.number} 2x")
+    planned = next(e for e in events if isinstance(e, PlanMade))
+    assert planned.params["size"] == "480x320"
+    events = run(assistant, made.conversation_id, "a fox on a rock")
+    assert next(e for e in events if isinstance(e, PlanMade)).params["size"] == "128x128"

@@ -420,3 +420,42 @@ def test_a_shape_word_beside_exact_pixels_is_said_and_stored_as_those_pixels(tmp
     again = images(assistant, conversation_id)[2]
     assert (again.width, again.height) == (768, 512)
     assert "768x512" in reply_text(events) and "3:2" not in reply_text(events)
+
+
+def test_questions_about_the_images_are_answered_from_the_record(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a red fox in a snowy forest")
+    say(assistant, conversation_id, "a cabin by a lake at dawn")
+    _, events = say(assistant, conversation_id, "which one was at dawn?")
+    assert new_images(events) == [] and "#2" in reply_text(events) and "#1" not in reply_text(events)
+    _, events = say(assistant, conversation_id, "which one is snowy?")
+    assert "#1" in reply_text(events) and "#2" not in reply_text(events)
+    _, events = say(assistant, conversation_id, "did #2 use the same seed as #1?")
+    stored = images(assistant, conversation_id)
+    answer = reply_text(events)
+    assert (
+        new_images(events) == []
+        and f"Seed: {stored[1].seed}" in answer
+        and f"Seed: {stored[2].seed}" in answer
+    )
+    _, events = say(assistant, conversation_id, "which image was the biggest?")
+    size = f"{stored[1].width}×{stored[1].height}"
+    assert new_images(events) == [] and f"#1 generate, {size}" in reply_text(events)
+    assert sorted(images(assistant, conversation_id)) == [1, 2]
+
+
+def test_undo_after_a_re_run_goes_back_to_the_image_re_run(tmp_path: Path) -> None:
+    """#3 is #2 again at 40 steps; #2 is a variation of #1, so #3's parent is #1, but the picture
+    the user saw before was #2."""
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a lake at sunset")
+    say(assistant, conversation_id, "a variation of #1")
+    _, events = say(assistant, conversation_id, "40 steps, cfg 9")
+    assert (
+        new_images(events) == [3]
+        and images(assistant, conversation_id)[3].parent_id == images(assistant, conversation_id)[1].id
+    )
+    _, events = say(assistant, conversation_id, "undo")
+    assert reply_text(events).startswith("Back to #2")
+    _, events = say(assistant, conversation_id, "undo")
+    assert reply_text(events).startswith("Back to #1")

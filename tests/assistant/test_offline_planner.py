@@ -1407,3 +1407,35 @@ def test_only_emoji_after_a_picture_is_a_reaction_to_it(text: str, reply: str) -
 def test_only_emoji_with_no_picture_yet_is_drawn() -> None:
     plan = PLANNER.plan("🐱🚀", _named_context("empty"))
     assert plan.intent is Intent.GENERATE and "🐱🚀" in plan.prompt
+
+
+@pytest.mark.parametrize(
+    ("text", "targets"),
+    [
+        ("what was different between #3 and #2?", (3, 2)),
+        ("did #4 use the same seed as #1?", (4, 1)),
+        ("was #3 made with the same prompt as #4?", (3, 4)),
+        ("is #2 bigger than #1?", (2, 1)),
+    ],
+)
+def test_a_question_about_images_named_is_answered_never_drawn(text: str, targets: tuple[int, ...]) -> None:
+    plan = PLANNER.plan(text, _named_context("gallery"))
+    assert plan.intent is Intent.DESCRIBE and plan.targets == targets and plan.prompt == ""
+
+
+@pytest.mark.parametrize("text", ["which image was the biggest?", "which ones were made first?"])
+def test_a_question_comparing_all_images_lists_them(text: str) -> None:
+    plan = PLANNER.plan(text, _named_context("gallery"))
+    assert plan.intent is Intent.DESCRIBE and plan.question_kind == "list"
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("what would a quokka look like?", Intent.GENERATE),
+        ("what about at sunset?", Intent.EDIT),
+        ("how do magnets work?", Intent.CLARIFY),
+    ],
+)
+def test_question_shaped_requests_are_still_requests(text: str, intent: Intent) -> None:
+    assert PLANNER.plan(text, _named_context("gallery")).intent is intent

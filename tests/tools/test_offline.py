@@ -955,3 +955,13 @@ def test_a_coloured_thing_the_sketch_cannot_draw_is_named_not_tinted_over_everyt
     )
     assert parse_scene("a cozy cabin in the woods, wide shot, seen from farther away").not_drawn == ()
     assert parse_scene("a red fox").subjects[0].colour_name == "red"
+
+
+def test_the_words_atelier_adds_are_never_named_as_things_it_could_not_draw() -> None:
+    """ "a lighthouse on a cliff, detailed environment, …": the phrase "a cliff" ends at the
+    comma, so the note named "environment" (a craft word Atelier adds) instead of the cliff."""
+    scene = parse_scene(
+        "a lighthouse on a cliff, detailed environment, wide establishing view, layered foreground and "
+        "background, soft natural lighting, highly detailed, sharp focus, high quality"
+    )
+    assert scene.not_drawn == ("lighthouse", "cliff")

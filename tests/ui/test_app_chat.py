@@ -139,7 +139,7 @@ def test_image_actions_send_requests_about_that_image(app: AppTest, stored: Repo
     assert all(image.operation != "upload" for image in stored.conversation_images(conversation_id))
     assert app.session_state[Keys.INIT_IMAGE] is None  # used once
     shown = captions(app)
-    assert f"#{derived.number} · {derived.operation} · from #1" in shown
+    assert f"#{derived.number} · {derived.operation} · from #1 · watercolor" in shown  # with its style
 
 
 def test_sidebar_settings_reach_the_stored_image(app: AppTest, stored: Repository) -> None:
@@ -705,3 +705,16 @@ def test_a_lineage_answer_shows_each_step_small_and_opens_the_tree(app: AppTest,
     four = stored.get_image_by_number(conversation.id, 4)
     button = answer.button(key=f"atelier.chain.{stored.messages(conversation.id)[-1].id}.{four.id}")
     assert button.label == "Open the lineage of #4"
+
+
+def test_pictures_of_one_turn_in_several_styles_are_captioned_with_their_style(
+    app: AppTest, stored: Repository
+) -> None:
+    send(app, FOX)
+    send(app, "show #1 in watercolor and pixel art")
+    shown = {c.split(" · ")[0]: c for c in captions(app) if c.startswith("#")}
+    assert shown["#2"].endswith(" · watercolor") and shown["#3"].endswith(" · pixel art"), shown
+    assert shown["#1"] == "#1 · generate"  # drawn in no named style: nothing added
+    (conversation,) = stored.list_conversations()
+    styles = [(image.params or {}).get("style") for image in stored.conversation_images(conversation.id)]
+    assert styles == [None, "watercolor", "pixel art"]

@@ -249,3 +249,19 @@ def test_conversations_past_the_first_thousand_can_be_chosen_and_are_named(
     assert_ok(app)
     assert app.selectbox(key=CONVERSATION_KEY).index == 0  # gone: back to every conversation
     assert gallery_numbers(app) == ["#1 · generate · offline"]
+
+
+def test_the_lineage_open_buttons_come_in_number_order(app: AppTest, stored: Repository) -> None:
+    """#2 and #4 are edits of #1, #3 an edit of #2: the tree lists #2 and #4 (one step from #1)
+    before #3 (two steps), but the buttons under it are in the order the images were made."""
+    send(app, FOX)
+    send(app, "make it darker")
+    send(app, "make it snowier")
+    send(app, "#1 but at sunset")
+    (conversation,) = stored.list_conversations()
+    first, second, third, fourth = stored.conversation_images(conversation.id)
+    assert third.parent_id == second.id and fourth.parent_id == first.id
+    app.switch_page(HISTORY_PAGE).run()
+    click(app, f"atelier.h.detail.{first.id}")
+    opened = [b.label for b in app.button if b.key and b.key.startswith("atelier.h.node.")]
+    assert opened == ["Open #2", "Open #3", "Open #4"]

@@ -634,14 +634,26 @@ def _fix_articles(text: str) -> str:
     return re.sub(r"\b([Aa]n?)\s+([A-Za-z]\w*)", fix, text)
 
 
+#: quality tags a tag-style prompt opens with ("masterpiece, best quality, 1girl, …"): no subject
+_QUALITY_TAG = (
+    r"\s*\(*(?:masterpiece|best\s+quality|high\s+quality|highest\s+quality|amazing\s+quality|top\s+quality|"
+    r"ultra[\s-]detailed|extremely\s+detailed|highres|absurdres|very\s+aesthetic|[48]k|uhd|hdr|score_\d+(?:_up)?)"
+    r"(?::[\d.]+)?\)*\s*"
+)
+
+
 def _insert_after_subject(prompt: str, phrase: str, *, as_segment: bool) -> str:
-    """Put new content next to the subject (the first segment), where the user's words live."""
+    """Put new content next to the subject (the first segment), where the user's words live;
+    in a tag-style prompt the subject is the first tag after the quality tags."""
     if not prompt:
         return phrase
-    head, sep, rest = prompt.partition(",")
-    head = head.rstrip()
-    new_head = f"{head}, {phrase}" if as_segment else f"{head} {phrase}"
-    return new_head + (sep + rest if sep else "")
+    segments = prompt.split(",")
+    at = 0
+    while at < len(segments) - 1 and re.fullmatch(_QUALITY_TAG, segments[at], flags=re.IGNORECASE):
+        at += 1
+    head = segments[at].rstrip()
+    segments[at] = f"{head}, {phrase}" if as_segment else f"{head} {phrase}"
+    return ",".join(segments)
 
 
 def _insert_before_details(prompt: str, phrase: str) -> str:
@@ -656,6 +668,10 @@ def _insert_before_details(prompt: str, phrase: str) -> str:
 # -- rules, each: (prompt, clause) -> new prompt, or None when the rule does not apply ---------
 
 
+#: words that say a picture is drawn, not seen: a photographic style takes them out
+_DRAWN_LOOK = r"\b(?:cartoon(?:ish|y)?|toon|comic(?:-book)?|animated|cel-shaded)\b"
+
+
 def _edit_style(prompt: str, clause: str) -> tuple[str, str] | None:
     style = detect_style(clause)
     if not style:
@@ -666,6 +682,9 @@ def _edit_style(prompt: str, clause: str) -> tuple[str, str] | None:
             prompt = re.sub(r"\s*,?\s*\b" + re.escape(term) + r"\b", "", prompt, flags=re.IGNORECASE)
         if preset.name != style:
             prompt = re.sub(_style_phrase_pattern(preset), " ", prompt, flags=re.IGNORECASE)
+    if style in ("photographic", "cinematic"):
+        # "more realistic" of "a cartoon dragon": a photo of a cartoon dragon is still a cartoon
+        prompt = re.sub(_DRAWN_LOOK + r"\s*", "", prompt, flags=re.IGNORECASE)
     prompt = _insert_before_details(_tidy(prompt), ", ".join(new.positive))
     rest = re.sub(_style_phrase_pattern(new), " ", clause, flags=re.IGNORECASE)
     rest = re.sub(
@@ -1004,7 +1023,11 @@ def _edit_color(prompt: str, clause: str) -> tuple[str, str] | None:
     color = m.group("color").lower()
     obj = m.group("obj").lower() or "it"
     if obj in ("it", "this", "that", "everything", "the image", "image", "picture", "scene"):
-        return _insert_before_details(prompt, f"dominant {color} tones"), ""
+        # one cast at a time: "make it green" after "make it blue" is green, not blue and green
+        others = re.sub(
+            r"\s*,?\s*\b(?:strongly\s+)?dominant\s+[a-z\s\-]{2,30}?\s+tones\b", "", prompt, flags=re.I
+        )
+        return _insert_before_details(others, f"dominant {color} tones"), ""
     head = obj.split()[-1]
     noun = re.search(r"\b" + re.escape(head) + r"(?:e?s)?\b", prompt, flags=re.IGNORECASE)
     if not noun:
@@ -1218,6 +1241,10 @@ def _names_it(segment: str, what: str) -> bool:
     return any(any(word.startswith(stem) for word in words) for stem in wanted if stem)
 
 
+#: looks said as adjectives of the subject, which "less …" takes out of the subject too
+_LOOK_WORDS = r"\b(?:cartoon(?:ish|y)?|cute|kawaii|chibi|scary|creepy|spooky|gloomy)\b"
+
+
 def _stem(word: str) -> str:
     """ "snowy"/"snowier" → "snow", "reds" → "red": enough to find a term in a prompt segment."""
     for suffix in ("iest", "ier", "yer", "ies", "y", "s"):
@@ -1236,6 +1263,17 @@ def _edit_less(prompt: str, clause: str) -> tuple[str, str] | None:
     what = reduced_target(clause)
     if what is None:
         return None
+    if re.fullmatch(_LOOK_WORDS, what, flags=re.IGNORECASE):
+        # "less cartoony", "less cute": how the subject looks is in its own words ("a cute puppy")
+        family = what[:4].lower()
+        prompt = _tidy(
+            re.sub(
+                _LOOK_WORDS + r"\s*",
+                lambda m: "" if m.group(0).lower().startswith(family) else m.group(0),
+                prompt,
+                flags=re.IGNORECASE,
+            )
+        )
     head, _, rest = prompt.partition(",")
     kept = [seg for seg in rest.split(",") if seg.strip() and not _names_it(seg, what)]
     return ", ".join([head.strip(), *(seg.strip() for seg in kept)]).strip(" ,"), ""
@@ -1597,6 +1635,27 @@ def _edit_lettering(prompt: str, clause: str) -> tuple[str, str] | None:
     return _insert_after_subject(prompt, f"the words {words} written{where}", as_segment=True), ""
 
 
+#: "change the name to 'Bean Here'", "make the sign say 'Open'": other words where words are
+_REWORD = (
+    r"(?:(?:change|rename|make|set|update|switch)\s+)?(?:the\s+|its\s+|it\s+)?(?:(?P<what>name|text|title|words?|wording|"
+    r"caption|lettering|sign|label|slogan|headline)\s+)?(?:to|into|should\s+(?:say|read)|(?:say|read)s?)\s+"
+    r"(?P<words>[\"“'][^\"”']+[\"”'])"
+)
+
+
+def _edit_reword(prompt: str, clause: str) -> tuple[str, str] | None:
+    """New words for the words already in the picture (the quoted part of the prompt)."""
+    m = re.fullmatch(_REWORD, clause.strip(), flags=re.IGNORECASE)
+    if not m:
+        return None
+    said = re.search(r"[“\"][^”\"]+[”\"]", prompt)
+    words = "“" + m["words"].strip("\"“”'") + "”"
+    if said is None:  # no words yet: they are written in, on the sign when one is named
+        where = f" on the {m['what'].lower()}" if (m["what"] or "").lower() in ("sign", "label") else ""
+        return prompt, f"write {words}{where}"
+    return prompt[: said.start()] + words + prompt[said.end() :], ""
+
+
 def _edit_no_background(prompt: str, clause: str) -> tuple[str, str] | None:
     if not asks_no_background(clause):
         return None
@@ -1941,6 +2000,25 @@ def _version_of(prompt: str, clause: str) -> str | None:
 
 
 def _apply_clause(prompt: str, clause: str) -> str:
+    changed = _apply_one_clause(prompt, clause)
+    if NO_BACKGROUND in changed and NO_BACKGROUND in prompt and _gives_a_place(clause):
+        # "put him on a beach instead" after "remove the background": the beach is the background
+        changed = _tidy(changed.replace(NO_BACKGROUND, ""))
+    return changed
+
+
+def _gives_a_place(clause: str) -> bool:
+    """ "put him on a beach", "in a forest": a setting for the subject, which plain white is not."""
+    placed = re.search(
+        r"\b(?:on|in|at|into|onto|inside|under|by|near)\s+(?:an?|the|some)\s+[a-z]", clause, re.I
+    )
+    backdrop = re.search(r"\b(?:background|backdrop|scenery)\b", clause, re.I)
+    if backdrop and re.search(r"\b(?:blur|bokeh|soft|focus)", clause, re.I):
+        return False  # a blurred background is still the plain one
+    return bool(placed or backdrop) and not asks_no_background(clause)
+
+
+def _apply_one_clause(prompt: str, clause: str) -> str:
     if is_keep_clause(clause):
         return prompt
     version = _version_of(prompt, clause)
@@ -1952,7 +2030,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
     each = _each_thing(prompt, clause)
     if each:
         for one in each:
-            prompt = _apply_clause(prompt, one)
+            prompt = _apply_one_clause(prompt, one)
         return prompt
     looked = re.fullmatch(_LOOK_ADJECTIVE, clause.strip(), flags=re.IGNORECASE)
     if looked:
@@ -1969,6 +2047,7 @@ def _apply_clause(prompt: str, clause: str) -> str:
             _edit_season,
             _edit_lens,
             _edit_dress,
+            _edit_reword,
             _edit_lettering,
             _edit_no_background,
             _edit_background,

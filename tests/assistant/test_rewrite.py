@@ -777,3 +777,64 @@ def test_a_close_up_drops_the_wide_view_it_contradicts(instruction: str) -> None
     edited = apply_edit(CABIN, instruction)
     assert "close-up" in edited and "wide establishing view" not in edited, edited
     assert "wide shot" in apply_edit(edited, "zoom out")
+
+
+def test_a_new_colour_cast_replaces_the_old_one() -> None:
+    blue = apply_edit(FOX, "make it blue")
+    green = apply_edit(blue, "ok make it green")
+    assert "dominant green tones" in green and "blue" not in green, green
+    assert "strongly" not in apply_edit(apply_edit(apply_edit(FOX, "bluer"), "bluer"), "make it red")
+
+
+def test_a_photographic_style_drops_the_words_that_say_it_is_drawn() -> None:
+    real = apply_edit("a cartoon dragon on a hill, highly detailed", "more realistic")
+    assert real.startswith("a dragon on a hill") and "professional photograph" in real, real
+
+
+@pytest.mark.parametrize(
+    ("prompt", "instruction", "expected"),
+    [
+        (
+            "a cartoon dragon on a hill, highly detailed",
+            "less cartoony",
+            "a dragon on a hill, highly detailed",
+        ),
+        ("a cute puppy on a rug, highly detailed", "less cute", "a puppy on a rug, highly detailed"),
+        ("a scary clown in a scarf, highly detailed", "less scary", "a clown in a scarf, highly detailed"),
+    ],
+)
+def test_less_of_a_look_takes_it_out_of_the_subject(prompt: str, instruction: str, expected: str) -> None:
+    assert apply_edit(prompt, instruction) == expected
+
+
+@pytest.mark.parametrize(
+    "instruction",
+    ['change the name to "Bean Here"', "rename it to 'Bean Here'", "the text should say 'Bean Here'"],
+)
+def test_new_words_replace_the_words_in_the_picture(instruction: str) -> None:
+    logo = "a logo for a coffee shop called “Bean There”, flat vector"
+    assert apply_edit(logo, instruction) == "a logo for a coffee shop called “Bean Here”, flat vector"
+    assert "“Open” written on the sign" in apply_edit(CABIN, "make the sign say 'Open'")
+
+
+@pytest.mark.parametrize(
+    ("instruction", "wanted"),
+    [
+        ("put him on a beach instead", "my dog on a beach"),
+        ("change the background to mountains", "mountains"),
+    ],
+)
+def test_a_place_after_remove_the_background_replaces_the_plain_white(instruction: str, wanted: str) -> None:
+    alone = "my dog, isolated on a plain white background, highly detailed"
+    edited = apply_edit(alone, instruction)
+    assert wanted in edited and "white background" not in edited, edited
+    assert "white background" in apply_edit(alone, "add a hat")  # no place: still on white
+
+
+def test_a_tag_prompts_new_words_go_with_its_subject_tag_not_the_quality_tags() -> None:
+    tags = "masterpiece, best quality, 1girl, silver hair"
+    assert (
+        apply_edit(tags, "with a red cloak")
+        == "masterpiece, best quality, 1girl with a red cloak, silver hair"
+    )
+    assert apply_edit(tags, "make it foggy").startswith("masterpiece, best quality, 1girl, fog")

@@ -116,6 +116,8 @@ from assistant.rewrite import (
     removed_terms,
     rewrite_prompt,
     style_prompt,
+    swap_subject,
+    understood_edit,
     without_asked_terms,
 )
 from assistant.style_tour import STYLE_TOUR, asked_styles, style_label
@@ -1440,17 +1442,38 @@ class OfflinePlanner:
                 "“same seed but a wolf” (a new subject), “same seed but at sunset” (an edit) or "
                 "“same seed, 40 steps”.",
             )
-        if not _words(rest) or re.match(_EDIT_START, strip_polite(rest), flags=_I):
+        if (
+            not _words(rest)
+            or re.match(_EDIT_START, strip_polite(rest), flags=_I)
+            or (source.prompt and understood_edit(source.prompt, rest))  # "same seed but daytime"
+        ):
             rest = f"#{source.number} {rest}".strip()
         planned = self._plan(rest, context)
         if planned.is_reply_only or planned.intent in (Intent.TRANSFORM, Intent.UPSCALE):
             return replace(planned, instruction=raw)
-        if planned.intent is Intent.GENERATE and planned.size is None:
-            # the same noise needs the same latent size: "same seed but a wolf" keeps #1's shape
+        if planned.intent is Intent.GENERATE:
+            # the same noise wants the same picture around it: "same seed but a wolf" of "a red fox
+            # in a meadow" is a wolf in the meadow, at #1's shape, steps and guidance (its child)
+            subject = clean_idea(rest)
+            swapped = (
+                bool(source.prompt)
+                and not is_hand_tuned(source.prompt)
+                and "," not in subject
+                and len(subject.split()) <= 5
+            )
+            reply = (
+                f"#{source.number} with {subject} in place of its subject, on its seed ({source.seed})."
+                if swapped
+                else f"A new prompt on #{source.number}'s seed ({source.seed})."
+            )
             planned = replace(
                 planned,
-                size=(source.width, source.height),
-                reply=_join(planned.reply, f"A new prompt on #{source.number}'s seed ({source.seed})."),
+                targets=(source.number,),
+                prompt=swap_subject(source.prompt, subject) if swapped else planned.prompt,
+                negative_prompt=source.negative_prompt if swapped else planned.negative_prompt,
+                style=source.style if swapped else planned.style,
+                size=planned.size or (source.width, source.height),
+                reply=_join(planned.reply, reply),
             )
         return replace(planned, instruction=raw, seed=source.seed, new_seed=False)
 

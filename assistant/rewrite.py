@@ -2081,6 +2081,32 @@ def _apply_one_clause(prompt: str, clause: str) -> str:
     return prompt
 
 
+def understood_edit(prompt: str, instruction: str) -> bool:
+    """True when some rule reads every clause as a change ("daytime", "add a moon"), not only as
+    words to add ("a wolf"): such an instruction said of an image is an edit of it."""
+    clauses = split_instruction(instruction)
+    return bool(clauses) and all(
+        _apply_one_clause(prompt, clause) != _edit_clause(prompt, clause) for clause in clauses
+    )
+
+
+#: where a subject ends in the first part of a prompt: "a red fox | in a meadow", "a girl | reading"
+_SUBJECT_END = (
+    r"\s+(?:in|on|at|by|under|with|near|beside|behind|over|above|inside|among|through|across|along|"
+    r"against|sitting|standing|lying|walking|running|flying|swimming|perched|resting|reading|holding)\b"
+)
+
+
+def swap_subject(prompt: str, subject: str) -> str:
+    """The prompt with a new subject in the old one's place: "a red fox in a meadow, …" with "a wolf"
+    is "a wolf in a meadow, …"; a subject with its own setting replaces the whole first part."""
+    first, sep, rest = prompt.partition(",")
+    end = re.search(_SUBJECT_END, first, flags=re.IGNORECASE)
+    if end is None or re.search(_SUBJECT_END, subject, flags=re.IGNORECASE):
+        return subject + sep + rest
+    return subject + first[end.start() :] + sep + rest
+
+
 def removed_terms(instruction: str) -> tuple[str, ...]:
     """What an edit asks to take away ("remove the snow" → "snow"), for the negative prompt."""
     out: list[str] = []

@@ -459,3 +459,19 @@ def test_undo_after_a_re_run_goes_back_to_the_image_re_run(tmp_path: Path) -> No
     assert reply_text(events).startswith("Back to #2")
     _, events = say(assistant, conversation_id, "undo")
     assert reply_text(events).startswith("Back to #1")
+
+
+def test_same_seed_but_a_new_subject_keeps_the_scene_and_the_settings(tmp_path: Path) -> None:
+    """An AUTOMATIC1111 habit: keep the seed and the settings, change the subject."""
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(assistant, None, "a red fox in a meadow, 40 steps, cfg 9, seed 5")
+    _, events = say(assistant, conversation_id, "same seed but a wolf")
+    assert new_images(events) == [2]
+    stored = images(assistant, conversation_id)
+    wolf = stored[2]
+    assert wolf.prompt.startswith("a wolf in a meadow") and "fox" not in wolf.prompt
+    assert (wolf.seed, wolf.parent_id, (wolf.params or {}).get("steps")) == (5, stored[1].id, 40)
+    say(assistant, conversation_id, "same seed as #1 but daytime")
+    day = images(assistant, conversation_id)[3]
+    assert day.operation == "edit" and day.prompt.startswith("a red fox in a meadow") and day.seed == 5
+    assert "daytime" not in day.prompt.split(",")[1:]  # read as a time of day, not added as words

@@ -68,8 +68,10 @@ def test_plan_invariants(case: dict[str, Any]) -> None:
         assert context.can(plan.operation)
     if plan.intent in (Intent.EDIT, Intent.INPAINT, Intent.VARIATION, Intent.UPSCALE, Intent.TRANSFORM):
         assert plan.targets or plan.use_upload
-    if plan.intent is Intent.GENERATE:
-        assert plan.prompt and plan.targets == ()
+    if (
+        plan.intent is Intent.GENERATE
+    ):  # a fresh picture; one it redraws ("same seed but a wolf") is its parent
+        assert plan.prompt and len(plan.targets) <= 1
     if not context.backend_takes_negative_prompt:
         assert plan.negative_prompt == ""
 
@@ -754,7 +756,8 @@ def test_same_seed_with_a_new_subject_draws_it_on_that_seed_and_size() -> None:
     assert plan.prompt.startswith("a wolf") and "cabin" not in plan.prompt
     assert "seed (1001)" in (plan.reply or "")
     instead = PLANNER.plan("keep the seed and do a wolf instead", wide)
-    assert instead.prompt.startswith("a wolf,") and instead.seed == 1001
+    # the wolf takes the cabin's place in its picture, and #1 is its parent (its steps and guidance)
+    assert instead.prompt.startswith("a wolf at night,") and instead.seed == 1001 and instead.targets == (1,)
     # an edit keeps the picture; the seed alone asks what should change
     assert PLANNER.plan("same seed but make the cabin red", wide).intent is Intent.EDIT
     alone = PLANNER.plan("same seed please", wide)

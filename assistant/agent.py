@@ -196,11 +196,13 @@ Choosing a tool:
   Questions about an image's prompt, seed or history: describe_image, describe_lineage, list_images.
   Questions about what an image shows ("is there a dog in #2?", "what colour is the cabin?"):
   describe_image with about="prompt"; the answer quotes its prompt. Never draw a question.
-- "same seed but a wolf": generate_image with the new subject and that image's seed.
+- "same seed but a wolf": generate_image with that image's seed and its prompt, the wolf in place of
+  its subject.
 - "#3 in 4 different styles", "a castle in watercolor and anime": one call per style, each with its
   style set (edit_image for an existing image, generate_image for a new subject), n=1 each.
 - Images are named by number (#1, #2, ...). Use only numbers from the image list below; "it" or "the
-  last one" is the newest image. Never guess a number: if a reference is ambiguous or matches nothing,
+  last one" is the newest image; right after a turn that made several, "the second one" is the
+  second of those. Never guess a number: if a reference is ambiguous or matches nothing,
   ask which image the user means instead of calling a tool.
 - n is how many images to make (default 1, at most {context.max_n}).
 - Nothing can be deleted from chat: there is no delete tool. If asked to delete, say that Atelier

@@ -595,9 +595,38 @@ def _find_mentions(text: str, images: Sequence[ImageInfo], focus: int | None = N
 
     f.scan(r"\bthe\s+original(?:\s+" + _NOUN + r")?\b", original)
 
-    # "the second one", "the third", "2nd image"
+    # "the first of those", "the second of the new ones": counted in the last turn's batch
+    def of_batch(m: re.Match[str]) -> Mention:
+        k = ORDINALS[m.group("ord").lower()]
+        batch = last_batch(images)
+        if not batch:
+            return f.problem(m, "ordinal", NO_IMAGES_QUESTION)
+        if k > len(batch):
+            return f.problem(
+                m,
+                "ordinal",
+                f"The last turn made {len(batch)}: {', '.join(f'#{n}' for n in batch)}. "
+                "Which one did you mean?",
+            )
+        return f.ok(m, "ordinal", [batch[k - 1]])
+
+    f.scan(
+        r"\bthe\s+(?P<ord>"
+        + _ORD
+        + r")(?:\s+"
+        + _NOUN
+        + r")?\s+of\s+(?:those|these|them|the\s+(?:new|last|latest)"
+        r"(?:\s+(?:ones|batch|images|pictures|few))?)\b",
+        of_batch,
+    )
+
+    # "the second one", "the third", "2nd image": right after a batch, counted in the batch (the
+    # pictures just shown side by side); otherwise from the conversation's first image
     def ordinal(m: re.Match[str]) -> Mention:
         k = ORDINALS[m.group("ord").lower()]
+        batch = last_batch(images)
+        if len(batch) > 1 and k <= len(batch) and (focus is None or focus in batch):
+            return f.ok(m, "ordinal", [batch[k - 1]])
         return f.by_position(m, "ordinal", k - 1, f"{_ORDINAL_WORDS[k]} image")
 
     f.scan(r"\bthe\s+(?P<ord>" + _ORD + r")\s+" + _NOUN + r"\b", ordinal)

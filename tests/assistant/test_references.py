@@ -276,3 +276,32 @@ def test_prompt_mentions_uses_word_stems() -> None:
     assert prompt_mentions("a blue whale underwater", "whale")
     assert prompt_mentions("two foxes in the snow", "fox")
     assert not prompt_mentions("a red fox in the snow", "whale")
+
+
+BATCH = (*IMAGES, _image(6, "a boat", "variation", 5), _image(7, "a boat", "variation", 5))
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers"),
+    [
+        ("the first of those, make it rain", (6,)),
+        ("the second of them at sunset", (7,)),
+        ("make the second one bigger", (7,)),  # right after a batch: the second picture just shown
+        ("the first one", (6,)),
+        ("the third one", (3,)),  # past the batch's end: counted from the conversation's start
+        ("#2 at sunset", (2,)),
+    ],
+)
+def test_an_ordinal_right_after_a_batch_counts_in_the_batch(text: str, numbers: tuple[int, ...]) -> None:
+    assert resolve_references(text, BATCH).numbers == numbers
+
+
+def test_an_ordinal_after_a_single_image_counts_from_the_start() -> None:
+    assert resolve_references("make the second one bigger", IMAGES).numbers == (2,)
+    assert resolve_references("three more like the second one", IMAGES).numbers == (2,)
+
+
+def test_an_ordinal_of_those_past_the_batch_asks() -> None:
+    result = resolve_references("the third of those", BATCH)
+    assert result.status is not RefStatus.RESOLVED and result.question is not None
+    assert "#6, #7" in result.question

@@ -382,6 +382,13 @@ def _generate_idea(text: str) -> tuple[str, int | None]:
         if found is not None:
             n, idea = found, rest
     idea = re.sub(r"\s*,?\s*please\s*[.!?]*$", "", idea, flags=_I)
+    # "a new scene: Mira in a forest": what the picture is, not what it shows
+    idea = re.sub(
+        r"^(?:an?\s+)?(?:new|different|next)\s+(?:scene|picture|image|one|shot)\s*[:\-–—]\s*",
+        "",
+        idea,
+        flags=_I,
+    )
     return clean_idea(idea).rstrip("?"), n
 
 
@@ -2247,6 +2254,12 @@ class OfflinePlanner:
         n, note = cap_n(context.default_n if count is None else count, context)
         style = detect_style(raw) or normalize_style(context.style)
         hand_tuned = not context.verbatim and is_hand_tuned(idea)
+        known = None if context.verbatim or hand_tuned else _character_in(idea, context)
+        if known is not None:
+            # "now show Mira in a snowy village": Mira as she was introduced, in her look
+            idea, source, said = known
+            style = detect_style(raw) or source.style or style
+            note = _join(f"{said} as introduced in #{source.number}.", note)
         if context.verbatim or hand_tuned:
             prompt, negative, style = idea, "", None
         else:
@@ -2529,6 +2542,35 @@ _THING_NAMED = (
 
 #: words after "go back to the" that are no thing in a picture
 _NOT_A_THING = vocab("top idea drawing board previous prior way plan it that this")
+
+
+#: "a red-haired girl named Mira …": a character introduced by name
+_NAMED = r"\s*,?\s*\b(?:named|called)\s+"
+#: where a character's description ends and its first scene begins ("… in a park", "… sitting")
+_DESCRIPTION_END = (
+    r"\s+(?:in|on|at|by|under|near|beside|behind|inside|among|against|sitting|standing|lying|walking|"
+    r"running|flying|reading|holding)\b"
+)
+
+
+def _character_in(idea: str, context: PlannerContext) -> tuple[str, ImageInfo, str] | None:
+    """The idea with a named character's description, when an earlier prompt introduced the name
+    ("a red-haired girl named Mira with a green scarf"): a new scene keeps who Mira is."""
+    for name in dict.fromkeys(re.findall(r"\b[A-Z][a-z]{2,}\b", idea)):
+        introduced = re.compile(_NAMED + re.escape(name) + r"\b")
+        source = next((i for i in context.images if i.prompt and introduced.search(i.prompt)), None)
+        if source is None:
+            continue
+        first = source.prompt.split(",")[0]
+        described = introduced.sub("", first, count=1).strip()
+        end = re.search(_DESCRIPTION_END, described, flags=_I)
+        described = described[: end.start()] if end else described
+        if not described or described.lower() in idea.lower():
+            continue
+        at = re.search(r"\b" + re.escape(name) + r"\b", idea)
+        assert at is not None
+        return f"{idea[: at.end()]}, {described},{idea[at.end() :]}", source, name
+    return None
 
 
 def _a_thing(thing: str) -> str:

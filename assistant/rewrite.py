@@ -1334,7 +1334,7 @@ _PLACE = (
 )
 #: where the subject is now, in the subject's own words ("in the woods", "on a mossy rock")
 _SUBJECT_SETTING = (
-    r"\s(?:in|on|by|near|inside|under|beside|atop)\s+(?:the|a|an)\s+[a-z\- ]+?"
+    r"\s(?:in|on|at|by|near|inside|under|beside|atop)\s+(?:the|a|an)\s+[a-z\- ]+?"
     r"(?=\s+(?:at|during|with|under|in)\s|$)"
 )
 
@@ -1373,6 +1373,12 @@ def _edit_place(prompt: str, clause: str) -> tuple[str, str] | None:
     m = re.fullmatch(_PLACE, clause, flags=re.IGNORECASE)
     if not m or re.fullmatch(_MOVE_IN_FRAME, clause, flags=re.IGNORECASE):  # "in the top left": the frame
         return None
+    if time_of_day(m["where"].split()[1] if len(m["where"].split()) > 1 else "") or re.match(
+        r"(?:in|during)\s+(?:the\s+)?(?:winter|summer|spring|autumn|fall|rain|snow|fog|mist|storm)\b",
+        m["where"],
+        flags=re.IGNORECASE,
+    ):
+        return None  # "put it at night", "put it in winter": a time or a season, which other rules read
     where = re.sub(r"^(?:into|onto)\b", lambda p: p.group(0)[:-2], m.group("where"), flags=re.IGNORECASE)
     # "on a beach at sunset": the place here, the time for the time rule
     time_follows = re.search(r"\s+(?=(?:at|during|with|and)\s)", where, flags=re.IGNORECASE)
@@ -1472,6 +1478,24 @@ def _edit_thing_action(prompt: str, clause: str) -> tuple[str, str] | None:
     if not rest:
         return _before_adjectives(prompt, noun, doing), ""
     return _insert_after_subject(prompt, f"the {obj} {doing}", as_segment=True), ""
+
+
+#: "make her wave", "have them dance": the subject doing it, when a pronoun names the subject
+_SUBJECT_ACTION = (
+    r"(?:make|have|let|get)\s+(?:her|him|it|them)(?:\s+to)?\s+(?P<verb>[a-z]+)(?P<rest>(?:\s+.+)?)"
+)
+
+
+def _edit_subject_action(prompt: str, clause: str) -> tuple[str, str] | None:
+    """The action after the subject's own words, before where it is: "Mira waving at the beach"."""
+    m = re.fullmatch(_SUBJECT_ACTION, clause.strip(), flags=re.IGNORECASE)
+    if not m or m["verb"].lower() not in _ACTION_BY_FORM or not prompt:
+        return None
+    doing = f"{_gerund(_ACTION_BY_FORM[m['verb'].lower()])} {m['rest'].strip()}".strip()
+    first, sep, rest = prompt.partition(",")
+    end = re.search(_SUBJECT_END, first, flags=re.IGNORECASE)
+    at = end.start() if end else len(first.rstrip())
+    return first[:at] + f" {doing}" + first[at:] + sep + rest, ""
 
 
 #: "-er" comparatives whose plain form ends in "e" ("cuter" is "cute", not "cut")
@@ -2043,16 +2067,18 @@ def _apply_one_clause(prompt: str, clause: str) -> str:
             return prompt
         for rule in (
             _edit_style,
+            _edit_dress,  # "put the fox in a hat": worn, not a place
+            # "put her in a rainy city at night": the place first, whose own words may name a
+            # weather ("rainy city"); the time after it is left over for the time rule
+            _edit_place,
             _edit_time,
             _edit_season,
             _edit_lens,
-            _edit_dress,
             _edit_reword,
             _edit_lettering,
             _edit_no_background,
             _edit_background,
             _edit_angle,
-            _edit_place,
             _edit_weather,
             _edit_lighting,
             _edit_less,
@@ -2068,6 +2094,7 @@ def _apply_one_clause(prompt: str, clause: str) -> str:
             _edit_pop,
             _edit_improve,
             _edit_thing_action,
+            _edit_subject_action,
             _edit_thing_comparative,
             _edit_thing_adjective,
             _edit_add,

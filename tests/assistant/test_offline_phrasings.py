@@ -475,3 +475,18 @@ def test_same_seed_but_a_new_subject_keeps_the_scene_and_the_settings(tmp_path: 
     day = images(assistant, conversation_id)[3]
     assert day.operation == "edit" and day.prompt.startswith("a red fox in a meadow") and day.seed == 5
     assert "daytime" not in day.prompt.split(",")[1:]  # read as a time of day, not added as words
+
+
+def test_a_character_introduced_by_name_keeps_its_description_and_look(tmp_path: Path) -> None:
+    assistant = open_assistant(tmp_path)
+    conversation_id, _ = say(
+        assistant, None, "a red-haired girl named Mira with a green scarf and a fox companion, anime style"
+    )
+    _, events = say(assistant, conversation_id, "now show Mira in a snowy village")
+    scene = images(assistant, conversation_id)[2]
+    assert scene.prompt.startswith(
+        "Mira, a red-haired girl with a green scarf and a fox companion, in a snowy village"
+    )
+    assert (scene.params or {}).get("style") == "anime" and "as introduced in #1" in reply_text(events)
+    say(assistant, conversation_id, "a castle on a hill")  # no name: nothing borrowed
+    assert images(assistant, conversation_id)[3].prompt.startswith("a castle on a hill,")

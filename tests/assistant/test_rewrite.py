@@ -838,3 +838,31 @@ def test_a_tag_prompts_new_words_go_with_its_subject_tag_not_the_quality_tags() 
         == "masterpiece, best quality, 1girl with a red cloak, silver hair"
     )
     assert apply_edit(tags, "make it foggy").startswith("masterpiece, best quality, 1girl, fog")
+
+
+MIRA = "Mira and her fox at the beach at sunset, anime style, cel shading"
+
+
+@pytest.mark.parametrize(
+    ("instruction", "expected"),
+    [
+        ("now put her in a rainy city at night", "Mira and her fox in a rainy city at night, anime style"),
+        ("put them in a forest", "Mira and her fox in a forest at sunset, anime style"),
+        ("put it at night", "Mira and her fox at the beach at night, anime style"),
+    ],
+)
+def test_putting_the_subject_somewhere_replaces_where_it_was(instruction: str, expected: str) -> None:
+    edited = apply_edit(MIRA, instruction)
+    assert edited.startswith(expected) and "beach" not in edited.replace(expected, ""), edited
+
+
+@pytest.mark.parametrize(
+    ("instruction", "expected"),
+    [
+        ("keep the same character but make her wave", "Mira and her fox waving at the beach at sunset"),
+        ("have them sleep", "Mira and her fox sleeping at the beach"),
+    ],
+)
+def test_an_action_said_of_a_pronoun_is_the_subjects(instruction: str, expected: str) -> None:
+    edited = apply_edit(MIRA, instruction)
+    assert edited.startswith(expected) and "her wave" not in edited, edited

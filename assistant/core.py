@@ -992,6 +992,20 @@ class Assistant:
 
         name = plan.transform or ("upscale" if plan.intent is Intent.UPSCALE else "")
         args = dict(plan.transform_args)
+        limit = self.settings.max_side
+        factor, side = args.get("factor", 2), max(source.width, source.height)
+        if name == "upscale" and isinstance(factor, int) and side * factor > limit:
+            # said before the work: the largest upscale that fits, if any, is what to ask for
+            width, height = source.width * factor, source.height * factor
+            fits = (
+                f" 2× ({source.width * 2}×{source.height * 2}) fits: say “upscale #{source.number} 2x”."
+                if side * 2 <= limit
+                else ""
+            )
+            raise TurnFailed(
+                f"That upscale of #{source.number} would be {width}×{height}; "
+                f"the limit is {limit} px per side (ATELIER_MAX_SIDE).{fits}"
+            )
         try:
             pixels = apply_transform(self.repo.load_image(source), name, **args)
         except ToolError as exc:
@@ -999,7 +1013,6 @@ class Assistant:
         except TypeError:
             raise TurnFailed(f"The {name} transform does not take {sorted(args)}.") from None
         # the same cap as a backend call: an image Atelier makes is one it can edit again
-        limit = self.settings.max_side
         if max(pixels.size) > limit:
             raise TurnFailed(
                 f"That {name} of #{source.number} would be {pixels.width}×{pixels.height}; the limit is "

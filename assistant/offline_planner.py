@@ -134,6 +134,11 @@ from assistant.transform_phrases import (
 from tools.base import Operation
 
 EMPTY_REPLY = "Please type what you'd like to create or change."
+#: "make the background transparent": what Atelier can do instead, said
+TRANSPARENT_NOTE = (
+    "Image models draw no transparency, so the subject is on plain white, which cuts out cleanly: "
+    "a background remover then gives a transparent PNG."
+)
 NO_CHANGE_REPLY = (
     "I couldn't turn “{instruction}” into a change to #{n}: its prompt would stay the same, so the picture "
     "would too. Say what to add, remove or make different, for example “make the fox orange”, “remove "
@@ -2323,6 +2328,8 @@ class OfflinePlanner:
             reply=_join(found_in, note),
         )
         plan = _negatives_in_prompt(plan, instruction, context)
+        if NO_BACKGROUND in plan.prompt and re.search(r"\btransparen", instruction, flags=_I):
+            plan = replace(plan, reply=_join(plan.reply, TRANSPARENT_NOTE))
         if (
             parent.prompt
             and plan.prompt == parent.prompt

@@ -1442,3 +1442,10 @@ def test_a_question_comparing_all_images_lists_them(text: str) -> None:
 )
 def test_question_shaped_requests_are_still_requests(text: str, intent: Intent) -> None:
     assert PLANNER.plan(text, _named_context("gallery")).intent is intent
+
+
+def test_a_transparent_background_is_plain_white_and_says_so() -> None:
+    plan = PLANNER.plan("make the background transparent", _named_context("cabin"))
+    assert plan.intent is Intent.EDIT and "plain white background" in plan.prompt
+    assert plan.reply is not None and "transparent PNG" in plan.reply
+    assert PLANNER.plan("make the background white", _named_context("cabin")).reply is None

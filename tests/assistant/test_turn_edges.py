@@ -84,10 +84,18 @@ def test_a_seed_out_of_range_is_refused_not_wrapped_and_minus_one_means_random(t
 def test_model_free_results_keep_to_the_side_limit(tmp_path: Path, text: str, result: str) -> None:
     assistant, conversation_id = start(tmp_path, max_side=256)  # images are 128² here
     message = failure(run(assistant, conversation_id, text))
-    assert message == f"That {result}; the limit is 256 px per side (ATELIER_MAX_SIDE).", message
+    fits = " 2× (256×256) fits: say “upscale #1 2x”." if text.startswith("upscale") else ""
+    assert message == f"That {result}; the limit is 256 px per side (ATELIER_MAX_SIDE).{fits}", message
     assert numbers(assistant, conversation_id) == [1]
     images = images_of(run(assistant, conversation_id, "upscale #1 2x"))  # within the limit: fine
     assert (assistant.repo.get_image(images[0].id).width, len(images)) == (256, 1)
+
+
+def test_an_upscale_no_factor_fits_offers_none(tmp_path: Path) -> None:
+    assistant, conversation_id = start(tmp_path, max_side=200)  # 128² doubled is already too big
+    message = failure(run(assistant, conversation_id, "upscale #1 4x"))
+    assert message == "That upscale of #1 would be 512×512; the limit is 200 px per side (ATELIER_MAX_SIDE)."
+    assert numbers(assistant, conversation_id) == [1]
 
 
 def test_try_again_after_a_failed_turn_retries_that_request(tmp_path: Path) -> None:

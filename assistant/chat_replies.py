@@ -288,7 +288,8 @@ BACK_CUES: tuple[str, ...] = (
     r"^(?:return|revert|switch)\s+to\b",
     # "let's go with #3", "I'll stick with the second one": a pick to go on from
     r"^(?:let'?s\s+|i'?ll\s+|i\s+will\s+)?(?:go|stick|continue|carry\s+on|work|stay)\s+with\b",
-    r"^i\s+(?:liked|like|loved|prefer(?:red)?)\s+(?=.+\b(?:better|more|instead)\s*[.!]*$)",
+    # "I liked the first fox better", "… better, give it a hat": a pick, maybe with a change after it
+    r"^i\s+(?:liked|like|loved|prefer(?:red)?)\s+(?=[^,;]+?\b(?:better|more|instead)\s*(?:[.!]*$|[,;]|\s(?:and|so|but)\s))",
     r"^i\s+prefer(?:red)?\b",
     r"^(?:i\s+want|give\s+me)\s+(?=(?:the\s+)?(?:previous|original|first|earlier|old|other)\b)",
 )

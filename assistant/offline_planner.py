@@ -1125,6 +1125,31 @@ class OfflinePlanner:
             return None  # nothing was undone: "redo" is a re-roll
         return replace(_clarify(raw, forward_again(number)), focus=number)
 
+    def _picked_then_changed(self, raw: str, rest: str, context: PlannerContext) -> Plan | None:
+        """ "go back to the first fox and add a hat", "I liked the first cabin better, add a moon":
+        the image picked (by number, place or what it shows), then the change made to it."""
+        split = re.fullmatch(
+            r"(?P<what>[^,;]+?)(?:\s*[,;]\s*(?:and\s+|then\s+|so\s+)?|\s+(?:and|then|so|but)\s+)"
+            r"(?:(?:can|could|would)\s+you\s+|please\s+)?(?P<change>\S.*)",
+            rest,
+            flags=_I,
+        )
+        if split is None:
+            return None
+        what = split["what"]
+        number = _image_by_thing(what, context)
+        if number is None:
+            refs = resolve_references(what, context.images, focus=context.focus)
+            if not (refs.explicit and refs.ok and len(refs.numbers) == 1) or _leftover(
+                refs.remainder, extra=BACK_WORDS
+            ):
+                return None
+            number = refs.numbers[0]
+        planned = self._plan(f"#{number}, {split['change']}", replace(context, focus=number))
+        if planned.is_reply_only:
+            return None
+        return replace(planned, instruction=raw)
+
     def _go_back(self, raw: str, context: PlannerContext) -> Plan | None:
         """ "undo", "go back to #2", "I liked the previous one better": the earlier image is still there.
 
@@ -1155,9 +1180,12 @@ class OfflinePlanner:
             return replace(_clarify(raw, still_there(number)), focus=number)
         # "go back to the start": the first image, as "the original" says it
         rest = re.sub(r"^(?:the\s+)?(?:very\s+)?(?:start|beginning)\b", "the original", rest, flags=_I)
-        refs = resolve_references(rest, context.images, focus=context.focus)
         if not context.images:
             return _clarify(raw, NO_IMAGES_QUESTION)
+        picked = None if undo else self._picked_then_changed(raw, rest, context)
+        if picked is not None:
+            return picked
+        refs = resolve_references(rest, context.images, focus=context.focus)
         named = None if refs.explicit else _image_by_thing(rest, context)
         if named is not None:  # "go back to the cabin", "I liked the first fox better"
             refs = resolve_references(f"#{named}", context.images, focus=context.focus)

@@ -1449,3 +1449,18 @@ def test_a_transparent_background_is_plain_white_and_says_so() -> None:
     assert plan.intent is Intent.EDIT and "plain white background" in plan.prompt
     assert plan.reply is not None and "transparent PNG" in plan.reply
     assert PLANNER.plan("make the background white", _named_context("cabin")).reply is None
+
+
+@pytest.mark.parametrize(
+    ("text", "target", "wanted"),
+    [
+        ("go back to the first fox and add a hat", 3, "red fox sitting on a mossy rock with a hat"),
+        ("I liked the first cabin better, add a moon", 1, "cozy cabin in the woods at night with a moon"),
+        ("i like the first fox better, can you give it a treasure pile", 3, "treasure pile"),
+        ("go back to #2 and add a moon", 2, "with a moon, heavy snowfall"),
+    ],
+)
+def test_picking_an_image_then_a_change_edits_the_image_picked(text: str, target: int, wanted: str) -> None:
+    plan = PLANNER.plan(text, _named_context("gallery"))
+    assert plan.intent is Intent.EDIT and plan.targets == (target,) and wanted in plan.prompt, plan
+    assert "better" not in plan.prompt and "go back" not in plan.prompt

@@ -217,6 +217,13 @@ _DEVICE_SHAPES: tuple[tuple[str, tuple[int, int]], ...] = (
         (16, 9),
     ),
     (r"instagram\s+post", (4, 5)),
+    # paper is 1:1.41; 5:7 is the nearest shape models take ("A4 poster", "US letter", "A4 landscape")
+    (
+        r"(?:a[3-6]|(?:us\s+)?letter)(?:\s+(?:paper|page|poster|print|sheet|size|format))?\s+(?:landscape|horizontal)",
+        (7, 5),
+    ),
+    (r"(?:landscape|horizontal)\s+(?:a[3-6]|(?:us\s+)?letter)", (7, 5)),
+    (r"a[3-6](?:\s+(?:paper|page|poster|print|sheet|size|format|portrait))?|us\s+letter", (5, 7)),
 )
 _DEVICE_LEAD = r"\b(?:(?:as|into|for|like)\s+)?(?:an?\s+|my\s+)?"
 
@@ -331,6 +338,9 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
         aspect, text = device[0], without_match(text, device[1])
     if aspect is None and size is None and stretch is None:
         aspect, text = _named_shape(text, shape_words_alone=shape_words_alone)
+    else:
+        # "make it vertical, A4": one shape is said twice; the exact one decides, the word goes
+        _, text = _named_shape(text, shape_words_alone=shape_words_alone)
     return RenderParams(steps, guidance, aspect, size, stretch, sampler, strength), tidy_rest(text)
 
 

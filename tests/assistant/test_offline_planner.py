@@ -774,6 +774,9 @@ def test_same_seed_with_a_new_subject_draws_it_on_that_seed_and_size() -> None:
         ("make #1 an instagram story", (384, 680)),
         ("desktop wallpaper", (680, 384)),
         ("a youtube thumbnail", (680, 384)),
+        ("make it an A4 poster", (432, 608)),  # paper: 1:1.41, as near as a model's sizes go
+        ("A4 landscape", (608, 432)),
+        ("make it vertical, US letter", (432, 608)),
     ],
 )
 def test_a_named_use_gives_the_shape_it_needs(text: str, size: tuple[int, int]) -> None:

@@ -144,7 +144,9 @@ def render_gallery(ctx: UiContext) -> None:
             placeholder="fox sunset, fox OR wolf, fox -snow, #4…",
             help=SEARCH_HELP,
         )
-        columns = st.columns(5)
+        # the conversation filter holds a search box and titles: it gets the widest column, so
+        # "All conversations" is not cut to "All conversation…" at a laptop's width
+        columns = st.columns([2, 2, 3, 2, 2])
         backend = columns[0].selectbox("Backend", [ALL, *backends], key="atelier.h.backend")
         operation = columns[1].selectbox("Operation", [ALL, *operations], key="atelier.h.operation")
         with columns[2]:

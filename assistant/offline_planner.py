@@ -1122,7 +1122,12 @@ class OfflinePlanner:
             newest = f"Nothing to redo: #{context.focus} is the newest step."
             return replace(_clarify(raw, newest), focus=context.focus)
         if number is None:
-            return None  # nothing was undone: "redo" is a re-roll
+            # nothing was undone: "redo" is a re-roll, as in ChatGPT, and the reply says which
+            rolled = self._regenerate(raw, context)
+            if rolled is None or rolled.intent is not Intent.REGENERATE:
+                return rolled
+            note = f"Nothing was undone, so “redo” re-rolls #{rolled.targets[0]} with a new seed."
+            return replace(rolled, reply=_join(note, rolled.reply))
         return replace(_clarify(raw, forward_again(number)), focus=number)
 
     def _picked_then_changed(self, raw: str, rest: str, context: PlannerContext) -> Plan | None:

@@ -1467,3 +1467,9 @@ def test_picking_an_image_then_a_change_edits_the_image_picked(text: str, target
     plan = PLANNER.plan(text, _named_context("gallery"))
     assert plan.intent is Intent.EDIT and plan.targets == (target,) and wanted in plan.prompt, plan
     assert "better" not in plan.prompt and "go back" not in plan.prompt
+
+
+def test_redo_with_nothing_undone_re_rolls_and_says_so() -> None:
+    plan = PLANNER.plan("redo", _named_context("cabin"))
+    assert plan.intent is Intent.REGENERATE and plan.targets == (1,) and plan.new_seed
+    assert plan.reply is not None and "Nothing was undone" in plan.reply

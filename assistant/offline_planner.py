@@ -652,8 +652,11 @@ _CAMERA_MOVE = (
 )
 _EDIT_START = (
     r"^(?:make\s+(?:it|this|that|them|these|those|him|her|the|its|#)|turn|change|add|remove|put|replace|"
-    r"(?:write|print)\s+[\"“']|"
+    r"(?:write|print)\s+(?:[\"“']|(?:the\s+|an?\s+(?:big\s+|large\s+)?)?number\s+\d)|"
     r"dress\s+(?:up\s+)?(?:it|him|her|them|the)\b|(?:improve|enhance|polish|refine|beautify)\b|"
+    # "warmer lighting, like golden hour", "softer colours": a change to the light or colour there is
+    r"(?:warmer|cooler|softer|harsher|brighter|darker|moodier|dimmer|richer|deeper|more\s+[a-z]+)\s+"
+    r"(?:lighting|light|colou?rs|tones|shadows|contrast|palette)\b|"
     # "white background", "use a serif font", "a baby version of it": said of the picture there is
     r"(?:(?:a|an|the)\s+)?(?:plain|white|black|blank|transparent|clean|simple|different|new)\s+background\s*[.!]*$|"
     r"(?:use|try)\s+(?:a\s+|an\s+|the\s+)?(?:[a-z\-]+\s+)?(?:font|typeface|lettering|palette|colou?r\s+scheme)\b|"
@@ -691,6 +694,12 @@ _ASKS_FOR_A_PICTURE = (
 )
 #: words that make a question one about the pictures made here
 _ABOUT_IMAGES = r"\b(?:ones?|images?|pictures?|pics?|versions?|photos?|drawings?|renders?|generations?)\b"
+
+#: a drawing verb whose object is the picture there is ("paint it blue", "try it at night")
+_VERB_ON_THE_PICTURE = (
+    r"(?P<verb>paint|colou?r|try|show|render|draw|redo|redraw|do)\s+(?:me\s+)?(?=(?:it|this|that|them)\b(?!'s|\s+(?:is|was|of)\b)"
+    r"|the\s+[a-z\-]+\s+(?!of\b)[a-z])"
+)
 
 #: "crop to the cabin", "crop #1 around the fox", "crop in on the dog": a thing, not a side or a shape
 _CROP_TO_THING = (
@@ -2225,6 +2234,20 @@ class OfflinePlanner:
         if verb_first and refs.explicit:
             # "draw #1 as a watercolor", "show me #3 at night": that image changed, not a picture of "#1"
             return self._edit(core[verb_first.end() :], context, typed=raw)
+        # "paint it blue", "try it in mid-century style", "show it from a low angle", "paint the
+        # walls terracotta": a drawing verb with the picture (or a thing in it) as its object
+        said_of_it = re.match(_VERB_ON_THE_PICTURE, core, flags=_I)
+        if said_of_it and context.images and not refs.explicit:
+            painted = said_of_it["verb"].lower() in ("paint", "colour", "color")
+            change = core[said_of_it.end("verb") :].strip()
+            if not painted:  # "try it at night": the change is "at night"
+                change = re.sub(r"^(?:me\s+)?(?:it|this|that|them)\s+", "", change, flags=_I)
+            if _words(re.sub(r"\b(?:to|for)\s+(?:me|us)\b|\bagain\b|\bplease\b", " ", change, flags=_I)):
+                return self._edit(f"make {change}" if painted else change, context, raw)
+        # "batch of 4", "batch size 4": the last request again, that many times
+        batch = re.fullmatch(r"batch(?:\s+(?:size|count|of))?\s*[:=]?\s*(?P<n>\d{1,2})[.!]*", core, flags=_I)
+        if batch and context.images:
+            return replace(self._plan(f"same but {batch['n']} images", context), instruction=raw)
         # the verb test runs without the references, so "picture 1, add a moon" is no "picture a…"
         if re.match(_GENERATE_START, strip_polite(refs.remainder), flags=_I):
             return self._generate(raw, context)

@@ -537,12 +537,11 @@ def _find_mentions(text: str, images: Sequence[ImageInfo], focus: int | None = N
             else NO_IMAGES_QUESTION,
         ),
     )
-    # "#3", "image 3", "images 2 and 3"
+    # "#3", "image 3", "images 2 and 3"; "a big number 8 on the cake" is a number in the picture
     f.scan(r"#\s?(\d+)", lambda m: f.by_numbers(m, "number", [int(m.group(1))]))
     f.scan(
-        r"\b(?:images?|pictures?|pics?|photos?|numbers?|no\.)\s*#?\s*"
-        + _NUM
-        + r"(?:\s*(?:,|and|&|or)\s*#?\s*\d+\b)*\b",
+        r"\b(?:images?|pictures?|pics?|photos?|(?<!\ba )(?<!\bthe )(?<!big )(?<!large )(?<!huge )(?<!giant )"
+        r"(?<!gold )(?<!golden )numbers?|no\.)\s*#?\s*" + _NUM + r"(?:\s*(?:,|and|&|or)\s*#?\s*\d+\b)*\b",
         lambda m: f.by_numbers(
             m,
             "number",

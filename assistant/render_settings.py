@@ -217,6 +217,7 @@ _DEVICE_SHAPES: tuple[tuple[str, tuple[int, int]], ...] = (
         (16, 9),
     ),
     (r"instagram\s+post", (4, 5)),
+    (r"(?:for|on)\s+(?:my\s+)?(?:instagram|insta|ig)(?:\s+feed)?", (1, 1)),
     # paper is 1:1.41; 5:7 is the nearest shape models take ("A4 poster", "US letter", "A4 landscape")
     (
         r"(?:a[3-6]|(?:us\s+)?letter)(?:\s+(?:paper|page|poster|print|sheet|size|format))?\s+(?:landscape|horizontal)",
@@ -339,7 +340,9 @@ def render_params(text: str, *, shape_words_alone: bool) -> tuple[RenderParams, 
     if aspect is None and size is None and stretch is None:
         aspect, text = _named_shape(text, shape_words_alone=shape_words_alone)
     else:
-        # "make it vertical, A4": one shape is said twice; the exact one decides, the word goes
+        # "make it vertical, A4", "16:9 for instagram": one shape said twice; the exact one decides
+        if device := device_shape(text):
+            text = without_match(text, device[1])
         _, text = _named_shape(text, shape_words_alone=shape_words_alone)
     return RenderParams(steps, guidance, aspect, size, stretch, sampler, strength), tidy_rest(text)
 

@@ -219,7 +219,7 @@ def build_negative(style: str | None, text: str = "") -> str:
 #: words that ask for lettering in the picture, though the word "text" is not among them
 _ASKS_FOR_TEXT = (
     r"[\"“][^\"”]+[\"”]|(?<![a-z])'[^']+'(?![a-z])|\b(?:says?|saying|reads?|reading|written|write|lettering|caption|"
-    r"title|headline|slogan|typography|words?)\b"
+    r"title|headline|slogan|typography|words?)\b|\bnumbers?\s+\d"
 )
 
 
@@ -1646,7 +1646,8 @@ def asks_no_background(text: str) -> bool:
 #: "write 'welcome' on the door", "add the text 'Happy Birthday' at the top": lettering in the picture
 _LETTERING = (
     r"(?:write|print|paint|put|add|place)\s+(?:the\s+)?(?:(?:text|words?|caption|title|lettering)\s+)?"
-    r"(?P<words>[\"“'][^\"”']+[\"”'])(?:\s+(?P<where>(?:on|across|at|in|over|above|below|under)\s+.+))?"
+    r"(?P<words>[\"“'][^\"”']+[\"”']|(?:an?\s+(?:big\s+|large\s+)?)?number\s+(?P<number>\d{1,4}))"
+    r"(?:\s+(?P<where>(?:on|across|at|in|over|above|below|under)\s+.+))?"
 )
 
 
@@ -1654,8 +1655,10 @@ def _edit_lettering(prompt: str, clause: str) -> tuple[str, str] | None:
     m = re.fullmatch(_LETTERING, clause.strip(), flags=re.IGNORECASE)
     if not m:
         return None
-    words = "“" + m["words"].strip("\"“”'") + "”"
     where = f" {m['where'].strip()}" if m["where"] else ""
+    if m["number"]:  # "write the number 3 on it": a numeral, drawn as one
+        return _insert_after_subject(prompt, f"the number {m['number']} written{where}", as_segment=True), ""
+    words = "“" + m["words"].strip("\"“”'") + "”"
     return _insert_after_subject(prompt, f"the words {words} written{where}", as_segment=True), ""
 
 

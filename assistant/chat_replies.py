@@ -71,6 +71,34 @@ def without_reaction(text: str) -> str:
     return re.sub(_REACTION_LEAD, "", spelled, count=1, flags=_I) or spelled
 
 
+#: questions about using Atelier well, each answered in words (never drawn, never an edit)
+HOW_TO_ANSWERS: tuple[tuple[str, str], ...] = (
+    (
+        r"\bhow\s+(?:do|can|could|should)\s+i\s+(?:get|make|have)\s+(?:better|nicer|good|great|best)\s+"
+        r"(?:results?|images?|pictures?|outputs?)\b|\btips?\s+for\s+(?:better|good)\b",
+        "Say the subject, where it is, the light and the style (“a red fox on a mossy rock at dawn, "
+        "watercolor”), then change one thing at a time (“make it snowier”, “from above”). Keep a seed "
+        "you like and compare settings on it (“#3 with seed 42”, “40 steps”, “cfg 9”), and ask for a "
+        "few at once (“4 variations of #3”). The offline sketch renderer draws only keywords: an "
+        "OpenAI key or a local diffusers model draws the real picture.",
+    ),
+    (
+        r"\b(?:connect|use|set\s*up|add|install|plug\s+in|switch\s+to)\s+(?:my\s+own|my|a|an|another|other|"
+        r"a\s+local|a\s+real)\s+(?:[a-z\-]+\s+){0,2}(?:model|gpu|checkpoint|stable\s+diffusion|api\s+key|key|"
+        r"backend)\b",
+        "Set it in the environment and restart Atelier: a local diffusers model with "
+        'ATELIER_DIFFUSERS_MODEL=/path/to/model-folder (pip install -e ".[diffusers]"; it runs on your '
+        "GPU when torch sees one), or the OpenAI Images API with OPENAI_API_KEY. `atelier config` "
+        "shows what is in use.",
+    ),
+    (
+        r"\b(?:commercial(?:ly)?|licen[cs]e[ds]?|copyright(?:ed)?|royalt(?:y|ies))\b[^?]{0,80}\?|\bcan\s+i\s+sell\b",
+        "Atelier puts no terms on the images you make; the backend's do apply: OpenAI's usage "
+        "policies for its images, a local model's own licence (for example CreativeML OpenRAIL for "
+        "Stable Diffusion 1.5). The offline sketches are yours.",
+    ),
+)
+
 #: "which one is the best?": a judgement Atelier does not make (it does not look at the pictures)
 OPINION = (
     r"(?:so\s+|ok(?:ay)?[,\s]+)?(?:(?:which|what)(?:\s+(?:one|image|picture|version|of\s+(?:them|these|those)))?"

@@ -52,6 +52,7 @@ from assistant.chat_replies import (
     COMPLAINT_REPLY,
     COMPLAINTS,
     DONT_WANT,
+    HOW_TO_ANSWERS,
     IMAGE_QUESTIONS,
     NEEDS_ONLY_A_REFERENCE,
     OPINION,
@@ -903,6 +904,9 @@ class OfflinePlanner:
 
         if any(re.search(p, raw, flags=_I) for p in _HELP):
             return Plan(intent=Intent.HELP, instruction=raw, reply=_help_reply(context))
+        for pattern, answer in HOW_TO_ANSWERS:
+            if re.search(pattern, raw, flags=_I):  # "how do I get better results?", "can I sell these?"
+                return Plan(intent=Intent.HELP, instruction=raw, reply=answer)
         fresh = re.match(_FRESH_START, raw, flags=_I)
         if fresh and not context.has_upload:
             restarted = self.plan(fresh["rest"], replace(context, images=(), focus=None))

@@ -1306,6 +1306,8 @@ def _edit_replace(prompt: str, clause: str) -> tuple[str, str] | None:
         return None
     old = (m.group("old") or m.group("old2") or m.group("old3")).lower()
     new = (m.group("new") or m.group("new2") or m.group("new3")).strip()
+    # "swap the sofa for a green one": a green sofa, not "a green one"
+    new = re.sub(r"\b(?:one|ones)$", old.split()[-1], new, flags=re.IGNORECASE)
     if _weather_named(old) and _weather_named(new):
         # "replace the snow with rain": the weather rule takes the snow away and brings the rain
         cleared = _edit_weather(prompt, f"remove the {old}")
@@ -2048,6 +2050,13 @@ def _gives_a_place(clause: str) -> bool:
 def _apply_one_clause(prompt: str, clause: str) -> str:
     if is_keep_clause(clause):
         return prompt
+    # "make the roof gold instead of silver": what it was is said only to be left behind
+    clause = re.sub(
+        r"^((?:make|turn|paint|colou?r)\s.+?)\s+instead\s+of\s+(?:the\s+|an?\s+)?[a-z\-]+(?:\s+[a-z\-]+)?\s*$",
+        r"\1",
+        clause.strip(),
+        flags=re.IGNORECASE,
+    )
     version = _version_of(prompt, clause)
     if version is not None:
         return version

@@ -1473,3 +1473,23 @@ def test_redo_with_nothing_undone_re_rolls_and_says_so() -> None:
     plan = PLANNER.plan("redo", _named_context("cabin"))
     assert plan.intent is Intent.REGENERATE and plan.targets == (1,) and plan.new_seed
     assert plan.reply is not None and "Nothing was undone" in plan.reply
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("how do I get better results?", "change one thing at a time"),
+        ("how do I connect my own GPU model?", "ATELIER_DIFFUSERS_MODEL"),
+        ("can I use these commercially?", "licence"),
+    ],
+)
+def test_how_to_questions_are_answered_in_words(text: str, answer: str) -> None:
+    plan = PLANNER.plan(text, _named_context("cabin"))
+    assert plan.intent is Intent.HELP and plan.reply is not None and answer in plan.reply
+
+
+def test_a_replacement_said_as_one_is_the_old_thing_changed() -> None:
+    plan = PLANNER.plan("swap the cabin for a wooden one", _named_context("cabin"))
+    assert plan.prompt.startswith("a wooden cabin in the woods") and "one" not in plan.prompt.split(",")[0]
+    gold = PLANNER.plan("make the roof gold instead of silver", _named_context("cabin"))
+    assert "gold roof" in gold.prompt and "instead" not in gold.prompt and "silver" not in gold.prompt

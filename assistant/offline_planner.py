@@ -874,7 +874,7 @@ class OfflinePlanner:
     """Deterministic rules: the fallback planner, and the reference the LLM planner is tested against."""
 
     def plan(self, text: str, context: PlannerContext) -> Plan:
-        request = without_reaction(text)
+        request = without_reaction(text) if context.last is not None else text
         plan = self._plan(request, context)
         if request != text.strip():
             plan = replace(plan, instruction=text.strip())  # what was typed, reaction and all
@@ -1088,7 +1088,7 @@ class OfflinePlanner:
         refs = resolve_references(core, context.images, focus=context.focus)
         if refs.explicit:
             return _describe(raw, "prompt", context)
-        if re.search(_ABOUT_IMAGES, core, flags=_I):
+        if re.match(r"(?:which|whose)\b", core, flags=_I) and re.search(_ABOUT_IMAGES, core, flags=_I):
             return Plan(intent=Intent.DESCRIBE, instruction=raw, question_kind="list")
         return None
 
@@ -1163,7 +1163,15 @@ class OfflinePlanner:
             ):
                 return None
             number = refs.numbers[0]
-        planned = self._plan(f"#{number}, {split['change']}", replace(context, focus=number))
+        change, picked = split["change"], context.image(number)
+        if re.fullmatch(r"(?:thanks?|thank\s+you|ty|please|pls|ok(?:ay)?|cheers)\b[\s!.]*", change, flags=_I):
+            # "I liked the fox better, thank you!": the pick alone, thanked for
+            return replace(self._plan(f"go back to #{number}", context), instruction=raw)
+        if picked is None or not (
+            re.match(_EDIT_START, strip_polite(change), flags=_I) or understood_edit(picked.prompt, change)
+        ):
+            return None  # "go back to #1, thanks": a pick with a remark, not a change
+        planned = self._plan(f"#{number}, {change}", replace(context, focus=number))
         if planned.is_reply_only:
             return None
         return replace(planned, instruction=raw)
@@ -1197,7 +1205,9 @@ class OfflinePlanner:
                 return replace(_clarify(raw, nothing_before(first)), focus=first)
             return replace(_clarify(raw, still_there(number)), focus=number)
         # "go back to the start": the first image, as "the original" says it
-        rest = re.sub(r"^(?:the\s+)?(?:very\s+)?(?:start|beginning)\b", "the original", rest, flags=_I)
+        if context.images:  # "go back to the start": the conversation's first image
+            start = f"#{context.images[0].number}"
+            rest = re.sub(r"^(?:the\s+)?(?:very\s+)?(?:start|beginning)\b", start, rest, flags=_I)
         if not context.images:
             return _clarify(raw, NO_IMAGES_QUESTION)
         picked = None if undo else self._picked_then_changed(raw, rest, context)
@@ -1500,12 +1510,16 @@ class OfflinePlanner:
                 "“same seed but a wolf” (a new subject), “same seed but at sunset” (an edit) or "
                 "“same seed, 40 steps”.",
             )
+        said = re.sub(r"^(?:make\s+it|turn\s+it\s+into)\s+(?=an?\s)", "", rest, flags=_I)
+        new_subject = re.match(r"(?:an?|some|two|three|four)\s+[a-z]", said, flags=_I) is not None
         if (
             not _words(rest)
-            or re.match(_EDIT_START, strip_polite(rest), flags=_I)
-            or (source.prompt and understood_edit(source.prompt, rest))  # "same seed but daytime"
+            or (re.match(_EDIT_START, strip_polite(rest), flags=_I) and not new_subject)
+            or (source.prompt and not new_subject and understood_edit(source.prompt, rest))  # "… but daytime"
         ):
             rest = f"#{source.number} {rest}".strip()
+        elif new_subject:
+            rest = said  # "same seed but a cat at night": a new subject, whatever else it says
         planned = self._plan(rest, context)
         if planned.is_reply_only or planned.intent in (Intent.TRANSFORM, Intent.UPSCALE):
             return replace(planned, instruction=raw)
@@ -1871,6 +1885,8 @@ class OfflinePlanner:
         if m is None or m["thing"].split()[0].lower() in _CROP_WORDS:
             return None
         thing = re.sub(r"\s+(?:please|pls|thanks)$", "", m["thing"].strip(), flags=_I)
+        if not _images_showing([thing], context):
+            return None  # "crop to instagram", "crop to the edges": no thing of the pictures
         said = re.search(_CROP_TO_THING, raw, flags=_I)
         number = re.search(r"#\s?\d+", said["what"] or "") if said else None
         zoom = f"zoom in on the {thing}" + (f" in {number.group(0)}" if number else "")
@@ -2623,7 +2639,11 @@ _DESCRIPTION_END = (
 def _character_in(idea: str, context: PlannerContext) -> tuple[str, ImageInfo, str] | None:
     """The idea with a named character's description, when an earlier prompt introduced the name
     ("a red-haired girl named Mira with a green scarf"): a new scene keeps who Mira is."""
-    for name in dict.fromkeys(re.findall(r"\b[A-Z][a-z]{2,}\b", idea)):
+    for name in dict.fromkeys(re.findall(r"\b[A-Z][a-z]{2,}\b(?!\s+[A-Z])", idea)):
+        if re.search(_NAMED + re.escape(name) + r"\b", idea) or re.search(
+            r"\b(?:an?|the)\s+(?:[a-z\-]+\s+){1,3}" + re.escape(name) + r"\b", idea
+        ):
+            continue  # "a golden retriever puppy named Max": a new Max, introduced here
         introduced = re.compile(_NAMED + re.escape(name) + r"\b")
         source = next((i for i in context.images if i.prompt and introduced.search(i.prompt)), None)
         if source is None:

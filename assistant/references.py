@@ -624,8 +624,15 @@ def _find_mentions(text: str, images: Sequence[ImageInfo], focus: int | None = N
     def ordinal(m: re.Match[str]) -> Mention:
         k = ORDINALS[m.group("ord").lower()]
         batch = last_batch(images)
-        if len(batch) > 1 and k <= len(batch) and (focus is None or focus in batch):
-            return f.ok(m, "ordinal", [batch[k - 1]])
+        if len(batch) > 1 and (focus is None or focus in batch):
+            if k <= len(batch):
+                return f.ok(m, "ordinal", [batch[k - 1]])
+            return f.problem(  # "the third one" of two just made: which third is it?
+                m,
+                "ordinal",
+                f"The last turn made {len(batch)}: {', '.join(f'#{n}' for n in batch)}. "
+                "Which one did you mean?",
+            )
         return f.by_position(m, "ordinal", k - 1, f"{_ORDINAL_WORDS[k]} image")
 
     f.scan(r"\bthe\s+(?P<ord>" + _ORD + r")\s+" + _NOUN + r"\b", ordinal)

@@ -684,7 +684,9 @@ def _edit_style(prompt: str, clause: str) -> tuple[str, str] | None:
             prompt = re.sub(_style_phrase_pattern(preset), " ", prompt, flags=re.IGNORECASE)
     if style in ("photographic", "cinematic"):
         # "more realistic" of "a cartoon dragon": a photo of a cartoon dragon is still a cartoon
-        prompt = re.sub(_DRAWN_LOOK + r"\s*", "", prompt, flags=re.IGNORECASE)
+        # only as a word describing a thing ("a cartoon dragon"), not a thing ("watching a cartoon on tv")
+        described = _DRAWN_LOOK + r"\s+(?!(?:on|in|at|of|and|or|with|by|for|to|from|style)\b)(?=[a-z])"
+        prompt = _fix_articles(re.sub(described, "", prompt, flags=re.IGNORECASE))
     prompt = _insert_before_details(_tidy(prompt), ", ".join(new.positive))
     rest = re.sub(_style_phrase_pattern(new), " ", clause, flags=re.IGNORECASE)
     rest = re.sub(
@@ -1375,12 +1377,20 @@ def _edit_place(prompt: str, clause: str) -> tuple[str, str] | None:
     m = re.fullmatch(_PLACE, clause, flags=re.IGNORECASE)
     if not m or re.fullmatch(_MOVE_IN_FRAME, clause, flags=re.IGNORECASE):  # "in the top left": the frame
         return None
-    if time_of_day(m["where"].split()[1] if len(m["where"].split()) > 1 else "") or re.match(
-        r"(?:in|during)\s+(?:the\s+)?(?:winter|summer|spring|autumn|fall|rain|snow|fog|mist|storm)\b",
-        m["where"],
-        flags=re.IGNORECASE,
+    place = re.split(r"\s+(?=(?:at|during|with|and)\s)", m["where"], maxsplit=1)[0]
+    if (
+        time_of_day(place)
+        or asks_no_background(f"put it {place}")
+        or re.match(
+            r"(?:in|during|under)\s+(?:the\s+)?(?:winter|summer|spring|autumn|fall|rain|snow|fog|mist|storm|"
+            r"sun|sunshine|sunlight|moonlight)\b",
+            place,
+            flags=re.IGNORECASE,
+        )
     ):
-        return None  # "put it at night", "put it in winter": a time or a season, which other rules read
+        # "put it in the evening", "… in the rain", "… on a white background": no place; the words
+        # after "put it" are left over for the time, weather or background rule
+        return prompt, m["where"]
     where = re.sub(r"^(?:into|onto)\b", lambda p: p.group(0)[:-2], m.group("where"), flags=re.IGNORECASE)
     # "on a beach at sunset": the place here, the time for the time rule
     time_follows = re.search(r"\s+(?=(?:at|during|with|and)\s)", where, flags=re.IGNORECASE)

@@ -1493,3 +1493,80 @@ def test_a_replacement_said_as_one_is_the_old_thing_changed() -> None:
     assert plan.prompt.startswith("a wooden cabin in the woods") and "one" not in plan.prompt.split(",")[0]
     gold = PLANNER.plan("make the roof gold instead of silver", _named_context("cabin"))
     assert "gold roof" in gold.prompt and "instead" not in gold.prompt and "silver" not in gold.prompt
+
+
+def _ctx(*prompts: str) -> PlannerContext:
+    return PlannerContext(
+        images=tuple(
+            ImageInfo(n, 100 + n, "generate", None, p, None, 512, 512, n)
+            for n, p in enumerate(prompts, start=1)
+        )
+    )
+
+
+def test_a_pick_with_a_remark_after_it_is_only_the_pick() -> None:
+    two = _ctx("a red fox in a meadow, detailed", "a cabin in the woods with a moon, detailed")
+    for text, number in (("go back to #1, thanks", 1), ("I liked the fox better, thank you!", 1)):
+        plan = PLANNER.plan(text, two)
+        assert plan.intent is Intent.CLARIFY and plan.focus == number and plan.prompt == "", text
+
+
+def test_going_back_to_the_start_is_the_conversations_first_image() -> None:
+    chains = PlannerContext(
+        images=(
+            ImageInfo(1, 101, "generate", None, "a red fox in a meadow", None, 512, 512, 1),
+            ImageInfo(2, 102, "generate", None, "a cabin in the woods", None, 512, 512, 2),
+            ImageInfo(3, 103, "edit", 2, "a cabin in the woods, snow", None, 512, 512, 2),
+        )
+    )
+    assert PLANNER.plan("go back to the start", chains).focus == 1
+
+
+@pytest.mark.parametrize(
+    ("instruction", "wanted"),
+    [
+        ("put it in the evening", "a red fox sitting in a meadow in the evening"),
+        ("put it on a white background", "isolated on a plain white background"),
+        ("put her in the rain", "a red fox sitting in a meadow, rain"),
+    ],
+)
+def test_put_it_with_a_time_weather_or_backdrop_is_no_new_place(instruction: str, wanted: str) -> None:
+    plan = PLANNER.plan(instruction, _ctx("a red fox sitting in a meadow, detailed environment"))
+    assert plan.intent is Intent.EDIT and wanted in plan.prompt and "with her" not in plan.prompt, plan.prompt
+
+
+def test_same_seed_but_a_new_subject_with_a_time_is_the_new_subject() -> None:
+    fox = _ctx("a red fox sitting in a meadow, detailed environment")
+    cat = PLANNER.plan("same seed but a cat at night", fox)
+    assert (
+        cat.intent is Intent.GENERATE and cat.prompt.startswith("a cat at night") and "fox" not in cat.prompt
+    )
+    wolf = PLANNER.plan("same seed but make it a wolf", fox)
+    assert wolf.prompt.startswith("a wolf sitting in a meadow") and "#1 with a wolf in place" in (
+        wolf.reply or ""
+    )
+
+
+@pytest.mark.parametrize(
+    "text", ["a golden retriever puppy named Max playing in the snow", "Max Verstappen racing at Monaco"]
+)
+def test_another_max_is_not_the_max_introduced_before(text: str) -> None:
+    plan = PLANNER.plan(text, _ctx("a grumpy old cat named Max sitting on a windowsill, detailed"))
+    assert "grumpy" not in plan.prompt and "as introduced" not in (plan.reply or "")
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"), [("Cute, two kittens in a basket", "Cute, two kittens"), ("draw a 🐱", "a 🐱")]
+)
+def test_a_first_message_keeps_its_words_and_emoji(text: str, kept: str) -> None:
+    assert PLANNER.plan(text, PlannerContext()).prompt.startswith(kept)
+
+
+def test_crop_to_something_no_picture_shows_is_not_a_close_up() -> None:
+    plan = PLANNER.plan("crop to instagram", _ctx("a red fox sitting in front of a cabin"))
+    assert "close-up" not in plan.prompt
+
+
+def test_a_question_about_ideas_does_not_list_the_images() -> None:
+    plan = PLANNER.plan("what are some good ideas for pictures?", _ctx("a red fox"))
+    assert plan.question_kind != "list" and plan.intent is not Intent.GENERATE

@@ -288,7 +288,6 @@ BATCH = (*IMAGES, _image(6, "a boat", "variation", 5), _image(7, "a boat", "vari
         ("the second of them at sunset", (7,)),
         ("make the second one bigger", (7,)),  # right after a batch: the second picture just shown
         ("the first one", (6,)),
-        ("the third one", (3,)),  # past the batch's end: counted from the conversation's start
         ("#2 at sunset", (2,)),
     ],
 )
@@ -301,7 +300,8 @@ def test_an_ordinal_after_a_single_image_counts_from_the_start() -> None:
     assert resolve_references("three more like the second one", IMAGES).numbers == (2,)
 
 
-def test_an_ordinal_of_those_past_the_batch_asks() -> None:
-    result = resolve_references("the third of those", BATCH)
+@pytest.mark.parametrize("text", ["the third of those", "the third one"])
+def test_an_ordinal_past_the_batch_just_made_asks(text: str) -> None:
+    result = resolve_references(text, BATCH)
     assert result.status is not RefStatus.RESOLVED and result.question is not None
     assert "#6, #7" in result.question

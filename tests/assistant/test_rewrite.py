@@ -866,3 +866,14 @@ def test_putting_the_subject_somewhere_replaces_where_it_was(instruction: str, e
 def test_an_action_said_of_a_pronoun_is_the_subjects(instruction: str, expected: str) -> None:
     edited = apply_edit(MIRA, instruction)
     assert edited.startswith(expected) and "her wave" not in edited, edited
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a kid watching a cartoon on tv, detailed", "a kid watching a cartoon on tv"),
+        ("an animated street market, detailed", "a street market"),
+    ],
+)
+def test_a_photo_style_drops_drawn_looks_but_keeps_things_named(prompt: str, expected: str) -> None:
+    assert apply_edit(prompt, "make it photorealistic").startswith(expected)

@@ -30,7 +30,8 @@ PRAISE = (
 #: a reaction before a request ("cute! make it red", "thats good, make it look like a painting",
 #: "love it, 2 more like this"): it asks for nothing, so the request after it is what is planned
 _REACTION_LEAD = (
-    r"^(?:(?:oh|wow|aww+|ooh+|omg|yes|yeah|great)\s*[,!.]*\s*)*(?:(?:that'?s|thats|it'?s|its|this\s+is|so|very|"
+    # each interjection is one word and one run of separators, so the scan never backtracks between them
+    r"^(?:(?:oh|wow|aww+|ooh+|omg|yes|yeah|great)[\s,!.]+)*(?:(?:that'?s|thats|it'?s|its|this\s+is|so|very|"
     r"too|how|really)\s+)*(?:perfect|great|awesome|amazing|beautiful|lovely|nice(?:\s+one)?|cool|wonderful|"
     r"excellent|fantastic|gorgeous|brilliant|stunning|cute|adorable|good|sweet|neat|not\s+bad|wow+|yay|"
     r"ha(?:ha)+|lol|thanks|thank\s+you|ty|hmm+|ok(?:ay)?|alright|love\s+it|i\s+(?:really\s+)?(?:love|like)\s+"
@@ -53,13 +54,23 @@ def emoji_reaction(text: str) -> str | None:
     return "complaint" if any(c in _DISLIKE_EMOJI for c in text) else "praise"
 
 
+def _without_edge_emoji(text: str) -> str:
+    """The text without emoji and spaces at its ends: one pass from each end, linear on any input."""
+    start, end = 0, len(text)
+    while start < end and re.fullmatch(_EDGE_EMOJI, text[start]):
+        start += 1
+    while end > start and re.fullmatch(_EDGE_EMOJI, text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
 #: chat spellings of the words the rules read ("moar snow", "bigger pls")
 _CHAT_SPELLINGS = {"moar": "more", "pls": "please", "plz": "please", "plox": "please", "thx": "thanks"}
 
 
 def without_reaction(text: str) -> str:
     """The request in a message, without emoji at its ends and a reaction before it."""
-    trimmed = re.sub("^" + _EDGE_EMOJI + "|" + _EDGE_EMOJI + "$", "", text)
+    trimmed = _without_edge_emoji(text)
     if not trimmed.strip():
         return text  # only emoji: a reaction of its own, answered as such
     spelled = re.sub(

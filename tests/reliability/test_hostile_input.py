@@ -125,6 +125,10 @@ TEXT_CASES = [
         LONG[:20_000],
         ("Your message was longer than 20,000 characters; I used the first 20,000.",),
     ),
+    # an interjection read before a request backtracked through every way to split the spaces
+    TextCase(
+        "forty-interjections", "wow " * 40 + "a red fox in the snow", "wow " * 40 + "a red fox in the snow"
+    ),
     TextCase(
         "terminal-escapes-and-nul", "a red\x1b[2J fox\x00 in the\r\n snow", "a red[2J fox in the\n snow"
     ),

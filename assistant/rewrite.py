@@ -1663,6 +1663,11 @@ _LETTERING = (
 )
 
 
+def _quoted(said: str) -> str:
+    """Words the user quoted, in the one pair of quotes prompts use ("'Open'" → “Open”)."""
+    return "“" + said.strip("\"“”'") + "”"
+
+
 def _edit_lettering(prompt: str, clause: str) -> tuple[str, str] | None:
     m = re.fullmatch(_LETTERING, clause.strip(), flags=re.IGNORECASE)
     if not m:
@@ -1670,7 +1675,7 @@ def _edit_lettering(prompt: str, clause: str) -> tuple[str, str] | None:
     where = f" {m['where'].strip()}" if m["where"] else ""
     if m["number"]:  # "write the number 3 on it": a numeral, drawn as one
         return _insert_after_subject(prompt, f"the number {m['number']} written{where}", as_segment=True), ""
-    words = "“" + m["words"].strip("\"“”'") + "”"
+    words = _quoted(m["words"])
     return _insert_after_subject(prompt, f"the words {words} written{where}", as_segment=True), ""
 
 
@@ -1688,7 +1693,7 @@ def _edit_reword(prompt: str, clause: str) -> tuple[str, str] | None:
     if not m:
         return None
     said = re.search(r"[“\"][^”\"]+[”\"]", prompt)
-    words = "“" + m["words"].strip("\"“”'") + "”"
+    words = _quoted(m["words"])
     if said is None:  # no words yet: they are written in, on the sign when one is named
         where = f" on the {m['what'].lower()}" if (m["what"] or "").lower() in ("sign", "label") else ""
         return prompt, f"write {words}{where}"
